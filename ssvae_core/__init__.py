@@ -1,0 +1,1 @@
+"""ssvae: semi-supervised variational autoencoders whose latent space is the classifier."""

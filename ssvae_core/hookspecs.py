@@ -1,0 +1,65 @@
+"""Hook specifications: the contract between ssvae and every plugin, built-in or external.
+
+A plugin is a module (or object) with functions decorated by :data:`hookimpl` and named
+after the specifications below; it is registered through the entry-point group ``ssvae``::
+
+    [project.entry-points.ssvae]
+    my_prior = "my_package.plugin"
+
+Each hook returns ``{name: ComponentFactory}``. The core's own components (priors
+``standard`` and ``mixture``, the ``dense`` networks, heads ``tau`` and ``softmax``) are
+registered through these same hooks by :mod:`ssvae_core.builtin`.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from ssvae_core.components import ComponentFactory
+
+PROJECT_NAME = "ssvae"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def ssvae_register_priors() -> dict[str, ComponentFactory]:
+    """Return priors by name.
+
+    Each factory's ``build(options, context, key)`` returns a final subclass of
+    :class:`ssvae_core.protocols.AbstractPrior`. A prior with ``num_components > 0`` gets
+    the τ head automatically; its KL terms must be finite, per example, and (where they are
+    true KLs) non-negative and zero when ``q`` equals ``p``.
+    """
+
+
+@hookspec
+def ssvae_register_encoders() -> dict[str, ComponentFactory]:
+    """Return encoders by name.
+
+    ``build(options, context, key)`` returns an :class:`~ssvae_core.protocols.AbstractEncoder`
+    for ``context.input_shape`` with ``context.latent_dim`` latents and
+    ``context.num_components`` channel logits (none when it is 0).
+    """
+
+
+@hookspec
+def ssvae_register_decoders() -> dict[str, ComponentFactory]:
+    """Return decoders by name.
+
+    ``build(options, context, key)`` returns an :class:`~ssvae_core.protocols.AbstractDecoder`
+    producing ``context.input_shape`` outputs, conditioned by ``context.conditioning`` on
+    embeddings of size ``context.embedding_dim``, with as many scale outputs as
+    ``context.likelihood.scale_size(prod(input_shape))`` asks for.
+    """
+
+
+@hookspec
+def ssvae_register_heads() -> dict[str, ComponentFactory]:
+    """Return classification heads by name.
+
+    ``build(options, context, key)`` returns an :class:`~ssvae_core.protocols.AbstractHead`
+    over ``context.num_classes`` classes. Heads that need channels must raise ``ValueError``
+    when ``context.num_components == 0``.
+    """

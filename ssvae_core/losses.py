@@ -1,0 +1,99 @@
+"""Loss terms as small pure functions; each docstring carries its formula.
+
+All functions work on one example's arrays (the last axis is the latent or channel
+axis) and broadcast over leading batch axes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+_EPS = 1e-12
+
+
+def gaussian_kl(
+    mean: Float[Array, "*b D"],
+    log_var: Float[Array, "*b D"],
+    prior_mean: Float[Array, "*b D"] | float = 0.0,
+) -> Float[Array, "*b"]:
+    """``KL(N(μ, diag σ²) || N(m, I)) = ½ Σ_d (σ² + (μ − m)² − 1 − log σ²)``."""
+    return 0.5 * jnp.sum(jnp.exp(log_var) + (mean - prior_mean) ** 2 - 1.0 - log_var, axis=-1)
+
+
+def diagonal_gaussian_log_density(
+    z: Float[Array, "*b D"], mean: Float[Array, "*b D"], log_var: Float[Array, "*b D"]
+) -> Float[Array, "*b"]:
+    """``log N(z; μ, diag σ²) = −½ Σ_d (log 2π + log σ² + (z − μ)² / σ²)``."""
+    return -0.5 * jnp.sum(
+        jnp.log(2.0 * jnp.pi) + log_var + (z - mean) ** 2 * jnp.exp(-log_var), axis=-1
+    )
+
+
+def categorical_kl(
+    logits: Float[Array, "*b K"], log_weights: Float[Array, " K"]
+) -> Float[Array, "*b"]:
+    """``KL(q(c|x) || π) = Σ_c r_c (log r_c − log π_c)`` with ``r = softmax(logits)``."""
+    log_r = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.sum(jnp.exp(log_r) * (log_r - log_weights), axis=-1)
+
+
+def entropy(probabilities: Float[Array, "*b K"]) -> Float[Array, "*b"]:
+    """``H(p) = −Σ_c p_c log p_c`` (with ``0 log 0 = 0``)."""
+    return -jnp.sum(probabilities * jnp.log(jnp.clip(probabilities, _EPS)), axis=-1)
+
+
+def usage_entropy_penalty(
+    responsibilities: Float[Array, "B K"], weight: float
+) -> Float[Array, ""]:
+    """``R_usage = w_u · H(p̂)`` with ``p̂ = mean_batch r``.
+
+    ``w_u > 0`` concentrates usage on few channels; ``w_u < 0`` rewards diversity.
+    """
+    return weight * entropy(jnp.mean(responsibilities, axis=0))
+
+
+def dirichlet_penalty(log_weights: Float[Array, " K"], alpha: float) -> Float[Array, ""]:
+    """Dirichlet MAP penalty on π: ``R_π = −Σ_c (α − 1) log π_c``."""
+    return -(alpha - 1.0) * jnp.sum(log_weights)
+
+
+def expected_reconstruction(
+    responsibilities: Float[Array, "*b K"], nll_per_channel: Float[Array, "*b K"]
+) -> Float[Array, "*b"]:
+    """``Σ_c r_c(x) · NLL(x | z, c)``: the reconstruction expected over channels."""
+    return jnp.sum(responsibilities * nll_per_channel, axis=-1)
+
+
+def tau_probabilities(
+    responsibilities: Float[Array, "*b K"], tau: Float[Array, "K Y"]
+) -> Float[Array, "*b Y"]:
+    """``p(y|x) = Σ_c r_c(x) τ_{c,y}``."""
+    return responsibilities @ tau
+
+
+def tau_supervised_loss(
+    responsibilities: Float[Array, "*b K"], tau: Float[Array, "K Y"], labels: Int[Array, "*b"]
+) -> Float[Array, "*b"]:
+    """``−log Σ_c r_c(x) · sg(τ)_{c,y}``; τ is wrapped in ``stop_gradient``.
+
+    Labels of ``-1`` are clipped to class 0 here; the caller masks those rows.
+    """
+    probabilities = tau_probabilities(responsibilities, jax.lax.stop_gradient(tau))
+    safe = jnp.clip(labels, 0)
+    picked = jnp.take_along_axis(probabilities, safe[..., None], axis=-1)[..., 0]
+    return -jnp.log(jnp.clip(picked, _EPS))
+
+
+def tau_from_counts(counts: Float[Array, "K Y"], alpha0: float) -> Float[Array, "K Y"]:
+    """``τ_{c,y} = (s_{c,y} + α₀) / Σ_{y'} (s_{c,y'} + α₀)``; each row sums to 1."""
+    smoothed = counts + alpha0
+    return smoothed / jnp.sum(smoothed, axis=-1, keepdims=True)
+
+
+def kl_warmup(step: Int[Array, ""], beta: float, warmup_steps: int) -> Float[Array, ""]:
+    """``β_z(t) = β_z · min(1, t / T_warm)`` (``β_z`` at once when ``T_warm = 0``)."""
+    if warmup_steps <= 0:
+        return jnp.asarray(beta, dtype=jnp.float32)
+    return beta * jnp.minimum(1.0, step.astype(jnp.float32) / warmup_steps)

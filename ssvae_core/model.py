@@ -1,0 +1,166 @@
+"""The SSVAE model: one pytree holding encoder, decoder, prior, head and embeddings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ssvae_core.components import BuildContext
+from ssvae_core.config import AUTO_HEAD, ComponentConfig, Config, parse_component
+from ssvae_core.errors import ConfigError
+from ssvae_core.likelihoods import AbstractLikelihood, make_likelihood
+from ssvae_core.options import parse_options
+from ssvae_core.protocols import AbstractDecoder, AbstractEncoder, AbstractHead, AbstractPrior
+from ssvae_core.registry import PROTOCOLS, Registry, default_registry
+from ssvae_core.types import EncoderOutput
+
+
+class SSVAE(eqx.Module):
+    """Encoder ``q(z, c | x)``, prior ``p(c) p(z|c)``, decoder ``p(x | z, c)`` and a head.
+
+    ``embeddings`` holds the component embeddings ``e_c`` (``K × E``) when the decoder is
+    conditioned on channels, and is ``None`` otherwise.
+    """
+
+    encoder: AbstractEncoder
+    decoder: AbstractDecoder
+    prior: AbstractPrior
+    head: AbstractHead
+    likelihood: AbstractLikelihood
+    embeddings: Float[Array, "K E"] | None
+
+    @property
+    def num_components(self) -> int:
+        return self.prior.num_components
+
+    def encode(self, x: Float[Array, "B *sample"]) -> EncoderOutput:
+        """``q(z|x)`` and ``q(c|x)`` logits for a batch."""
+        return jax.vmap(self.encoder)(x)
+
+    def channel_nll(
+        self, x: Float[Array, "B *sample"], z: Float[Array, "B D"]
+    ) -> Float[Array, "B K"]:
+        """``NLL(x | z, c)`` for every channel (one column when the decoder ignores ``c``)."""
+        if self.embeddings is None:
+            outputs = jax.vmap(lambda z_i: self.decoder(z_i, None))(z)
+            return jax.vmap(self.likelihood.nll)(x, outputs)[:, None]
+
+        def per_example(x_i: Float[Array, "*sample"], z_i: Float[Array, " D"]) -> Float[Array, " K"]:
+            outputs = jax.vmap(lambda e: self.decoder(z_i, e))(self.embeddings)
+            return jax.vmap(lambda o: self.likelihood.nll(x_i, o))(outputs)
+
+        return jax.vmap(per_example)(x, z)
+
+    def reconstruct(
+        self, z: Float[Array, "B D"], channels: Int[Array, " B"]
+    ) -> Float[Array, "B *sample"]:
+        """Mean reconstruction ``E[x | z, c]``; ``channels`` is ignored without embeddings."""
+        if self.embeddings is None:
+            return jax.vmap(lambda z_i: self.likelihood.mean(self.decoder(z_i, None)))(z)
+        embeddings = self.embeddings[channels]
+        return jax.vmap(lambda z_i, e: self.likelihood.mean(self.decoder(z_i, e)))(z, embeddings)
+
+
+def reparameterise(posterior: EncoderOutput, key: PRNGKeyArray) -> Float[Array, "B D"]:
+    """``z = μ + σ ⊙ ε`` with ``ε ~ N(0, I)``."""
+    noise = jax.random.normal(key, posterior.z_mean.shape)
+    return posterior.z_mean + jnp.exp(0.5 * posterior.z_log_var) * noise
+
+
+def _build(kind: str, component: ComponentConfig, context: BuildContext, key: PRNGKeyArray, registry: Registry):
+    registered = registry.get(kind, component.name)
+    try:
+        built = registered.factory.build(component.options, context, key)
+    except ValueError as error:
+        raise ConfigError(f"{kind} {component.name!r}: {error}") from None
+    if not isinstance(built, PROTOCOLS[kind]):
+        raise ConfigError(
+            f"{kind} {component.name!r} from plugin {registered.plugin!r} built "
+            f"{type(built).__name__}, which is not an {PROTOCOLS[kind].__name__}"
+        )
+    return built
+
+
+def build_model(
+    config: Config,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    key: PRNGKeyArray,
+    data: np.ndarray | None = None,
+    registry: Registry | None = None,
+) -> tuple[SSVAE, Config]:
+    """Build the model a config describes; returns it and the config with ``auto`` resolved.
+
+    ``data`` (training inputs) is offered to components with data-dependent
+    initialisation; it is ``None`` when rebuilding a skeleton for a checkpoint.
+    """
+    registry = registry or default_registry()
+    model_config = config.model
+    likelihood = make_likelihood(
+        model_config.likelihood,
+        sigma=model_config.sigma,
+        sigma_min=model_config.sigma_min,
+        sigma_max=model_config.sigma_max,
+        per_pixel=model_config.sigma_per_pixel,
+    )
+    context = BuildContext(
+        input_shape=tuple(input_shape),
+        latent_dim=model_config.latent_dim,
+        num_classes=num_classes,
+        num_components=0,
+        conditioning="none",
+        embedding_dim=model_config.embedding_dim,
+        likelihood=likelihood,
+        data=data,
+    )
+    prior_key, encoder_key, decoder_key, head_key, embedding_key = jax.random.split(key, 5)
+    prior = _build("prior", config.prior, context, prior_key, registry)
+
+    conditioning = model_config.conditioning
+    if conditioning == "auto":
+        conditioning = "film" if prior.conditions_decoder else "none"
+    elif conditioning != "none" and not prior.conditions_decoder:
+        raise ConfigError(
+            f"model.conditioning must be 'none' or 'auto' for prior {config.prior.name!r}, "
+            f"whose channels do not condition the decoder; got {conditioning!r}"
+        )
+    context = dataclasses.replace(
+        context, num_components=prior.num_components, conditioning=conditioning
+    )
+
+    head_config = config.head
+    if head_config.name == AUTO_HEAD:
+        name = "tau" if prior.num_components > 0 else "softmax"
+        head_config = parse_component("head", {"name": name, **head_config.options}, registry)
+    elif not dataclasses.is_dataclass(head_config.options):
+        head_config = ComponentConfig(
+            head_config.name,
+            parse_options(registry.get("head", head_config.name).factory.options, head_config.options, "head"),
+        )
+
+    encoder = _build("encoder", config.encoder, context, encoder_key, registry)
+    decoder = _build("decoder", config.decoder, context, decoder_key, registry)
+    head = _build("head", head_config, context, head_key, registry)
+    embeddings = None
+    if conditioning != "none":
+        embeddings = jax.random.normal(
+            embedding_key, (prior.num_components, model_config.embedding_dim)
+        )
+    model = SSVAE(
+        encoder=encoder,
+        decoder=decoder,
+        prior=prior,
+        head=head,
+        likelihood=likelihood,
+        embeddings=embeddings,
+    )
+    resolved = config.replace(
+        model=dataclasses.replace(model_config, conditioning=conditioning), head=head_config
+    )
+    return model, resolved

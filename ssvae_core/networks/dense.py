@@ -1,0 +1,124 @@
+"""Fully connected encoder and component-aware decoder."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ssvae_core.conditioning import ComponentConditioning
+from ssvae_core.protocols import AbstractDecoder, AbstractEncoder
+from ssvae_core.types import DecoderOutput, EncoderOutput
+
+ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu, "tanh": jnp.tanh}
+
+
+def _layers(sizes: Sequence[int], key: PRNGKeyArray) -> list[eqx.nn.Linear]:
+    keys = jax.random.split(key, max(len(sizes) - 1, 1))
+    return [eqx.nn.Linear(a, b, key=k) for a, b, k in zip(sizes[:-1], sizes[1:], keys)]
+
+
+class DenseEncoder(AbstractEncoder):
+    """MLP on the flattened input; heads for ``μ``, ``log σ²`` and, with channels, logits."""
+
+    input_shape: tuple[int, ...] = eqx.field(static=True)
+    latent_dim: int = eqx.field(static=True)
+    num_components: int = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+    hidden: list[eqx.nn.Linear]
+    mean_head: eqx.nn.Linear
+    log_var_head: eqx.nn.Linear
+    logits_head: eqx.nn.Linear | None
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        latent_dim: int,
+        num_components: int,
+        hidden_sizes: Sequence[int],
+        activation: str,
+        *,
+        key: PRNGKeyArray,
+    ):
+        self.input_shape = tuple(input_shape)
+        self.latent_dim = latent_dim
+        self.num_components = num_components
+        self.activation = activation
+        body_key, mean_key, var_key, logit_key = jax.random.split(key, 4)
+        sizes = [math.prod(input_shape), *hidden_sizes]
+        self.hidden = _layers(sizes, body_key)
+        width = sizes[-1]
+        self.mean_head = eqx.nn.Linear(width, latent_dim, key=mean_key)
+        self.log_var_head = eqx.nn.Linear(width, latent_dim, key=var_key)
+        self.logits_head = (
+            eqx.nn.Linear(width, num_components, key=logit_key) if num_components > 0 else None
+        )
+
+    def __call__(self, x: Float[Array, "*sample"]) -> EncoderOutput:
+        act = ACTIVATIONS[self.activation]
+        h = x.reshape(-1)
+        for layer in self.hidden:
+            h = act(layer(h))
+        logits = self.logits_head(h) if self.logits_head is not None else None
+        # Bounded log-variance keeps exp() finite early in training.
+        log_var = 6.0 * jnp.tanh(self.log_var_head(h) / 6.0)
+        return EncoderOutput(z_mean=self.mean_head(h), z_log_var=log_var, logits=logits)
+
+
+class DenseDecoder(AbstractDecoder):
+    """MLP from ``z`` to the sample; ``e_c`` enters by the chosen conditioning method.
+
+    ``concat`` widens the input; ``film`` / ``cin`` modulate the first hidden layer.
+    """
+
+    output_shape: tuple[int, ...] = eqx.field(static=True)
+    conditioning: str = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+    condition: ComponentConditioning
+    hidden: list[eqx.nn.Linear]
+    loc_head: eqx.nn.Linear
+    scale_head: eqx.nn.Linear | None
+
+    def __init__(
+        self,
+        output_shape: tuple[int, ...],
+        latent_dim: int,
+        hidden_sizes: Sequence[int],
+        activation: str,
+        conditioning: str,
+        embedding_dim: int,
+        scale_size: int,
+        *,
+        key: PRNGKeyArray,
+    ):
+        if not hidden_sizes:
+            raise ValueError("the dense decoder needs at least one hidden layer")
+        self.output_shape = tuple(output_shape)
+        self.conditioning = conditioning
+        self.activation = activation
+        cond_key, body_key, loc_key, scale_key = jax.random.split(key, 4)
+        self.condition = ComponentConditioning(
+            conditioning, embedding_dim, hidden_sizes[0], key=cond_key
+        )
+        sizes = [latent_dim + self.condition.extra_input_features(), *hidden_sizes]
+        self.hidden = _layers(sizes, body_key)
+        self.loc_head = eqx.nn.Linear(sizes[-1], math.prod(output_shape), key=loc_key)
+        self.scale_head = eqx.nn.Linear(sizes[-1], scale_size, key=scale_key) if scale_size else None
+
+    def __call__(
+        self, z: Float[Array, " D"], embedding: Float[Array, " E"] | None
+    ) -> DecoderOutput:
+        act = ACTIVATIONS[self.activation]
+        h = self.condition.condition_input(z, embedding)
+        for index, layer in enumerate(self.hidden):
+            h = layer(h)
+            if index == 0:
+                h = self.condition.condition_hidden(h, embedding)
+            h = act(h)
+        loc = self.loc_head(h).reshape(self.output_shape)
+        scale_raw = self.scale_head(h) if self.scale_head is not None else None
+        return DecoderOutput(loc=loc, scale_raw=scale_raw)

@@ -1,0 +1,75 @@
+"""The loss pipeline: combines reconstruction, the prior's KL terms, the head and regularisers.
+
+    L(x) = Σ_c r_c(x) NLL(x | z, c) + β_z(t) KL_z + β_c KL_c + R_usage + λ_π R_π
+         + λ_sup · E_labeled[ supervised loss ]
+
+Every term keeps its name in the returned metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+
+from ssvae_core.config import LossConfig
+from ssvae_core.losses import entropy, expected_reconstruction, kl_warmup
+from ssvae_core.model import SSVAE, reparameterise
+from ssvae_core.types import EncoderOutput
+
+
+def _masked_mean(values: Float[Array, " B"], mask: Float[Array, " B"]) -> Float[Array, ""]:
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def objective(
+    model: SSVAE,
+    head_state: PyTree[Any],
+    x: Float[Array, "B *sample"],
+    labels: Int[Array, " B"],
+    step: Int[Array, ""],
+    key: PRNGKeyArray,
+    config: LossConfig,
+) -> tuple[Float[Array, ""], tuple[dict[str, Float[Array, ""]], EncoderOutput]]:
+    """Total loss and ``(metrics, posterior)``; ``labels == -1`` marks unlabeled rows."""
+    z_key, prior_key = jax.random.split(key)
+    posterior = model.encode(x)
+    z = reparameterise(posterior, z_key)
+    responsibilities = posterior.responsibilities
+    nll = model.channel_nll(x, z)
+    if responsibilities is None or nll.shape[-1] == 1:
+        reconstruction = nll[:, 0]
+    else:
+        reconstruction = expected_reconstruction(responsibilities, nll)
+
+    labeled = (labels >= 0).astype(jnp.float32)
+    unsupervised_rows = jnp.ones_like(labeled) if config.reconstruct_labeled else 1.0 - labeled
+    kl_terms = model.prior.kl_terms(posterior, z, encoder=model.encoder, key=prior_key)
+    beta_z = kl_warmup(step, config.beta_z, config.kl_warmup_steps)
+    weights = {"kl_z": beta_z, "kl_c": config.beta_c}
+
+    metrics: dict[str, Float[Array, ""]] = {
+        "reconstruction": _masked_mean(reconstruction, unsupervised_rows)
+    }
+    per_example = reconstruction
+    for name, values in kl_terms.items():
+        per_example = per_example + weights.get(name, 1.0) * values
+        metrics[name] = _masked_mean(values, unsupervised_rows)
+    total = _masked_mean(per_example, unsupervised_rows)
+
+    if responsibilities is not None:
+        usage_entropy = entropy(jnp.mean(responsibilities, axis=0))
+        metrics["usage_entropy"] = usage_entropy
+        total = total + config.usage_weight * usage_entropy
+    for name, value in model.prior.regularisers().items():
+        metrics[name] = value
+        total = total + config.dirichlet_weight * value
+
+    supervised = model.head.supervised_loss(posterior, z, labels, head_state)
+    metrics["supervised"] = _masked_mean(supervised, labeled)
+    total = total + config.supervised_weight * metrics["supervised"]
+    metrics["beta_z"] = beta_z
+    metrics["loss"] = total
+    return total, (metrics, posterior)

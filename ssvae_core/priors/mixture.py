@@ -1,0 +1,78 @@
+"""The mixture prior: ``c ~ Cat(π)``, ``z | c ~ N(0, I)``, component-aware decoder."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ssvae_core.losses import categorical_kl, dirichlet_penalty, gaussian_kl
+from ssvae_core.protocols import AbstractEncoder, AbstractPrior
+from ssvae_core.types import EncoderOutput
+
+
+class MixturePrior(AbstractPrior):
+    """K channels with weights ``π = softmax(pi_logits)``.
+
+    ``KL_z = Σ_c r_c KL(q(z|x) || N(0, I))`` (every ``p(z|c)`` is ``N(0, I)``, so this is the
+    plain Gaussian KL) and ``KL_c = KL(q(c|x) || π)``. With ``learn_pi`` the Dirichlet MAP
+    penalty ``−Σ_c (α − 1) log π_c`` is added; otherwise π gets exactly zero update.
+    """
+
+    num_components: int = eqx.field(static=True)
+    conditions_decoder: bool = eqx.field(static=True)
+    latent_dim: int = eqx.field(static=True)
+    learn_pi: bool = eqx.field(static=True)
+    dirichlet_alpha: float = eqx.field(static=True)
+    pi_logits: Float[Array, " K"]
+
+    def __init__(
+        self,
+        latent_dim: int,
+        num_components: int,
+        *,
+        learn_pi: bool = False,
+        dirichlet_alpha: float = 1.0,
+        pi_logits: Float[Array, " K"] | None = None,
+    ):
+        self.num_components = num_components
+        self.conditions_decoder = True
+        self.latent_dim = latent_dim
+        self.learn_pi = learn_pi
+        self.dirichlet_alpha = dirichlet_alpha
+        self.pi_logits = jnp.zeros((num_components,)) if pi_logits is None else pi_logits
+
+    def log_weights(self) -> Float[Array, " K"]:
+        return jax.nn.log_softmax(self.pi_logits)
+
+    def kl_terms(
+        self,
+        posterior: EncoderOutput,
+        z: Float[Array, "B D"],
+        *,
+        encoder: AbstractEncoder,
+        key: PRNGKeyArray,
+    ) -> dict[str, Float[Array, " B"]]:
+        assert posterior.logits is not None, "the mixture prior needs channel logits"
+        responsibilities = jax.nn.softmax(posterior.logits, axis=-1)
+        kl_per_channel = gaussian_kl(posterior.z_mean, posterior.z_log_var)[:, None]
+        return {
+            "kl_z": jnp.sum(responsibilities * kl_per_channel, axis=-1),
+            "kl_c": categorical_kl(posterior.logits, self.log_weights()),
+        }
+
+    def sample(
+        self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
+        channel_key, z_key = jax.random.split(key)
+        channels = jax.random.categorical(channel_key, self.pi_logits, shape=(num_samples,))
+        return jax.random.normal(z_key, (num_samples, self.latent_dim)), channels
+
+    def regularisers(self) -> dict[str, Float[Array, ""]]:
+        if not self.learn_pi:
+            return {}
+        return {"dirichlet_pi": dirichlet_penalty(self.log_weights(), self.dirichlet_alpha)}
+
+    def parameter_scales(self) -> dict[str, float]:
+        return {} if self.learn_pi else {"pi_logits": 0.0}

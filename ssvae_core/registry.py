@@ -1,0 +1,212 @@
+"""Plugin discovery: built-ins and entry points of the group ``ssvae``, through pluggy.
+
+A plugin that fails to import, raises in a hook, registers a name that is already taken,
+or returns a factory that does not satisfy its protocol is recorded in
+:attr:`Registry.problems` with its name and the reason; every other plugin keeps working.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from ssvae_core import builtin, hookspecs
+from ssvae_core.components import KINDS, ComponentFactory
+from ssvae_core.errors import ConfigError
+from ssvae_core.options import suggest
+from ssvae_core.protocols import AbstractDecoder, AbstractEncoder, AbstractHead, AbstractPrior
+
+ENTRY_POINT_GROUP = "ssvae"
+
+PROTOCOLS: dict[str, type] = {
+    "prior": AbstractPrior,
+    "encoder": AbstractEncoder,
+    "decoder": AbstractDecoder,
+    "head": AbstractHead,
+}
+
+HOOKS = {
+    "prior": "ssvae_register_priors",
+    "encoder": "ssvae_register_encoders",
+    "decoder": "ssvae_register_decoders",
+    "head": "ssvae_register_heads",
+}
+
+# Components shipped as separate packages, so a config naming one can say what to install.
+KNOWN_PACKAGES = {
+    ("prior", "vamp"): "ssvae-vamp",
+    ("prior", "geometric_mog"): "ssvae-geometric",
+    ("encoder", "conv"): "ssvae-conv",
+    ("decoder", "conv"): "ssvae-conv",
+}
+
+
+@dataclass(frozen=True)
+class RegisteredComponent:
+    """A factory together with where it came from."""
+
+    kind: str
+    name: str
+    factory: ComponentFactory
+    plugin: str
+    package: str
+    version: str
+
+
+@dataclass(frozen=True)
+class PluginProblem:
+    """A plugin (or one of its components) that could not be registered, and why."""
+
+    plugin: str
+    reason: str
+
+
+def _core_version() -> str:
+    try:
+        return importlib.metadata.version("ssvae-core")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+local"
+
+
+def protocol_violation(kind: str, name: str, factory: Any) -> str | None:
+    """Why ``factory`` cannot serve as a ``kind`` component, or ``None`` if it can."""
+    if not isinstance(factory, ComponentFactory):
+        return f"{kind} {name!r} is not a ComponentFactory (got {type(factory).__name__})"
+    protocol = PROTOCOLS[kind]
+    component_type = factory.component_type
+    if not (inspect.isclass(component_type) and issubclass(component_type, protocol)):
+        return f"{kind} {name!r} builds {component_type!r}, which is not a subclass of {protocol.__name__}"
+    if inspect.isabstract(component_type):
+        missing = ", ".join(sorted(getattr(component_type, "__abstractmethods__", ())))
+        return f"{kind} {name!r} leaves abstract methods unimplemented: {missing}"
+    try:
+        factory.default_options()
+    except TypeError as error:
+        return f"{kind} {name!r} options cannot be built with defaults: {error}"
+    if not callable(factory.build):
+        return f"{kind} {name!r} has no callable build"
+    return None
+
+
+class Registry:
+    """Every component available in this environment, by kind and name."""
+
+    def __init__(self, *, entry_points: bool = True, plugins: Iterable[tuple[str, Any]] = ()):
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.manager.add_hookspecs(hookspecs)
+        self.components: dict[str, dict[str, RegisteredComponent]] = {kind: {} for kind in KINDS}
+        self.problems: list[PluginProblem] = []
+        self._origin: dict[str, tuple[str, str]] = {}
+        self.register(builtin, name="ssvae_core", package="ssvae-core", version=_core_version())
+        if entry_points:
+            self._load_entry_points()
+        for name, plugin in plugins:
+            self.register(plugin, name=name)
+
+    def _load_entry_points(self) -> None:
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = entry_point.dist
+            package = dist.metadata["Name"] if dist is not None else entry_point.module
+            version = dist.version if dist is not None else "unknown"
+            try:
+                plugin = entry_point.load()
+            except Exception as error:  # a broken plugin must not take the others down
+                self.problems.append(
+                    PluginProblem(entry_point.name, f"failed to import: {type(error).__name__}: {error}")
+                )
+                continue
+            self.register(plugin, name=entry_point.name, package=package, version=version)
+
+    def register(
+        self,
+        plugin: ModuleType | object,
+        *,
+        name: str,
+        package: str | None = None,
+        version: str = "unknown",
+    ) -> None:
+        """Register one plugin object and collect its components, recording any problem."""
+        try:
+            self.manager.register(plugin, name=name)
+        except Exception as error:
+            self.problems.append(PluginProblem(name, f"rejected by pluggy: {error}"))
+            return
+        self._origin[name] = (package or name, version)
+        for kind, hook_name in HOOKS.items():
+            caller = getattr(self.manager.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                if impl.plugin_name != name:
+                    continue
+                try:
+                    factories = impl.function()
+                except Exception as error:
+                    self.problems.append(
+                        PluginProblem(name, f"{hook_name}() raised {type(error).__name__}: {error}")
+                    )
+                    continue
+                if not isinstance(factories, dict):
+                    self.problems.append(
+                        PluginProblem(name, f"{hook_name}() must return a dict, got {type(factories).__name__}")
+                    )
+                    continue
+                for component_name, factory in factories.items():
+                    self._add(kind, component_name, factory, name)
+
+    def _add(self, kind: str, name: str, factory: Any, plugin: str) -> None:
+        existing = self.components[kind].get(name)
+        if existing is not None:
+            self.problems.append(
+                PluginProblem(plugin, f"{kind} {name!r} is already registered by {existing.plugin!r}")
+            )
+            return
+        violation = protocol_violation(kind, name, factory)
+        if violation is not None:
+            self.problems.append(PluginProblem(plugin, violation))
+            return
+        package, version = self._origin[plugin]
+        self.components[kind][name] = RegisteredComponent(kind, name, factory, plugin, package, version)
+
+    def names(self, kind: str) -> list[str]:
+        """Registered names of one kind, sorted."""
+        return sorted(self.components[kind])
+
+    def get(self, kind: str, name: str) -> RegisteredComponent:
+        """The component ``kind``/``name``; a :class:`ConfigError` says what is allowed."""
+        try:
+            return self.components[kind][name]
+        except KeyError:
+            pass
+        allowed = ", ".join(self.names(kind))
+        package = KNOWN_PACKAGES.get((kind, name))
+        if package is not None:
+            raise ConfigError(
+                f"{kind} {name!r} is provided by the package {package!r}, which is not installed "
+                f"(pip install {package}); installed {kind}s: {allowed}"
+            )
+        broken = [p for p in self.problems if name in p.plugin]
+        hint = f"; plugin {broken[0].plugin!r} failed: {broken[0].reason}" if broken else ""
+        raise ConfigError(
+            f"{kind}.name {name!r} is not registered{suggest(name, self.names(kind))}; "
+            f"allowed: {allowed}{hint}"
+        )
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for kind in KINDS:
+            yield from (self.components[kind][n] for n in self.names(kind))
+
+
+_DEFAULT: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """The process-wide registry of built-ins and installed entry points (built once)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = Registry()
+    return _DEFAULT

@@ -1,0 +1,250 @@
+"""Training state, optimiser, the pure train step, and the loop that drives it.
+
+The step is one pure function ``(model, state, opt_state, batch, key) -> (model, state,
+opt_state, metrics)``. The loop runs ``log_every`` steps per compiled call with
+``lax.scan``, sampling batches on the device from the training arrays, and brings metrics
+to the host only once per call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+
+from ssvae_core.config import Config, LossConfig, TrainConfig
+from ssvae_core.model import SSVAE
+from ssvae_core.objective import objective
+
+USAGE_EMA_DECAY = 0.99
+
+
+class TrainState(eqx.Module):
+    """Everything besides parameters and optimiser state that a run carries between steps.
+
+    ``head_state`` holds the τ soft counts; ``usage`` an EMA of the batch-mean
+    responsibilities ``p̂``; ``key`` the RNG key the next step splits.
+    """
+
+    step: Int[Array, ""]
+    key: PRNGKeyArray
+    head_state: PyTree[Any]
+    usage: Float[Array, " K"]
+
+
+def init_state(model: SSVAE, key: PRNGKeyArray) -> TrainState:
+    """Step 0, zero counts, uniform usage."""
+    components = model.num_components
+    usage = jnp.full((components,), 1.0 / components) if components else jnp.zeros((0,))
+    return TrainState(
+        step=jnp.asarray(0, dtype=jnp.int32),
+        key=key,
+        head_state=model.head.init_state(),
+        usage=usage,
+    )
+
+
+class Batch(eqx.Module):
+    """Inputs and labels (``-1`` = unlabeled) for one step."""
+
+    x: Float[Array, "B *sample"]
+    labels: Int[Array, " B"]
+
+
+class TrainingArrays(eqx.Module):
+    """The training data on the device: every training input, and the labeled pool."""
+
+    x: Float[Array, "N *sample"]
+    labeled_x: Float[Array, "M *sample"]
+    labeled_y: Int[Array, " M"]
+
+
+def _parameter_labels(model: SSVAE) -> PyTree[str]:
+    params = eqx.filter(model, eqx.is_inexact_array)
+    labels = jax.tree.map(lambda _: "default", params)
+    for field, scale in model.prior.parameter_scales().items():
+        label = f"scale={scale!r}"
+        labels = eqx.tree_at(
+            lambda tree, field=field: getattr(tree.prior, field),
+            labels,
+            replace_fn=lambda sub, label=label: jax.tree.map(lambda _: label, sub),
+        )
+    return labels
+
+
+def make_optimizer(config: TrainConfig, model: SSVAE) -> optax.GradientTransformation:
+    """Clip by global norm, then Adam/AdamW; prior fields get their declared LR scale.
+
+    A scale of 0 uses ``optax.set_to_zero`` so a frozen field (a fixed π) gets exactly
+    zero update; other scales multiply the Adam update (a learning-rate scale).
+    """
+    if config.optimizer == "adamw":
+        base = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+    else:
+        base = optax.adam(config.learning_rate)
+    transforms: dict[str, optax.GradientTransformation] = {"default": base}
+    for scale in model.prior.parameter_scales().values():
+        label = f"scale={scale!r}"
+        transforms[label] = optax.set_to_zero() if scale == 0.0 else optax.chain(base, optax.scale(scale))
+    labels = _parameter_labels(model)
+    chain = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip > 0 else []
+    return optax.chain(*chain, optax.multi_transform(transforms, labels))
+
+
+def train_step(
+    model: SSVAE,
+    state: TrainState,
+    opt_state: optax.OptState,
+    batch: Batch,
+    key: PRNGKeyArray,
+    *,
+    optimizer: optax.GradientTransformation,
+    loss_config: LossConfig,
+) -> tuple[SSVAE, TrainState, optax.OptState, dict[str, Float[Array, ""]]]:
+    """One optimiser step; the τ counts update from this batch's stop-gradient posterior."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def loss_fn(params: SSVAE) -> tuple[Float[Array, ""], Any]:
+        return objective(
+            eqx.combine(params, static),
+            state.head_state,
+            batch.x,
+            batch.labels,
+            state.step,
+            key,
+            loss_config,
+        )
+
+    (_, (metrics, posterior)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    model = eqx.apply_updates(model, updates)
+    head_state = model.head.update_state(state.head_state, posterior, batch.labels)
+    usage = state.usage
+    if posterior.logits is not None:
+        batch_usage = jnp.mean(jax.lax.stop_gradient(posterior.responsibilities), axis=0)
+        usage = USAGE_EMA_DECAY * usage + (1.0 - USAGE_EMA_DECAY) * batch_usage
+    metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
+    state = dataclasses.replace(state, step=state.step + 1, head_state=head_state, usage=usage)
+    return model, state, opt_state, metrics
+
+
+def sample_batch(
+    data: TrainingArrays, key: PRNGKeyArray, batch_size: int, labeled_batch_size: int
+) -> Batch:
+    """Draw ``batch_size − L`` inputs from all training data (labels hidden) and ``L`` labeled."""
+    unlabeled_key, labeled_key = jax.random.split(key)
+    num_unlabeled = batch_size - labeled_batch_size
+    picked = jax.random.randint(unlabeled_key, (num_unlabeled,), 0, data.x.shape[0])
+    x = data.x[picked]
+    labels = jnp.full((num_unlabeled,), -1, dtype=jnp.int32)
+    if labeled_batch_size:
+        chosen = jax.random.randint(labeled_key, (labeled_batch_size,), 0, data.labeled_x.shape[0])
+        x = jnp.concatenate([x, data.labeled_x[chosen]])
+        labels = jnp.concatenate([labels, data.labeled_y[chosen]])
+    return Batch(x=x, labels=labels)
+
+
+@eqx.filter_jit(donate="all-except-first")
+def _run_steps(
+    data: TrainingArrays,
+    model: SSVAE,
+    state: TrainState,
+    opt_state: optax.OptState,
+    *,
+    num_steps: int,
+    optimizer: optax.GradientTransformation,
+    loss_config: LossConfig,
+    batch_size: int,
+    labeled_batch_size: int,
+) -> tuple[SSVAE, TrainState, optax.OptState, dict[str, Float[Array, ""]]]:
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def body(carry: Any, _: None) -> tuple[Any, dict[str, Float[Array, ""]]]:
+        params, state, opt_state = carry
+        model = eqx.combine(params, static)
+        next_key, batch_key, step_key = jax.random.split(state.key, 3)
+        state = dataclasses.replace(state, key=next_key)
+        batch = sample_batch(data, batch_key, batch_size, labeled_batch_size)
+        model, state, opt_state, metrics = train_step(
+            model, state, opt_state, batch, step_key, optimizer=optimizer, loss_config=loss_config
+        )
+        return (eqx.filter(model, eqx.is_array), state, opt_state), metrics
+
+    (params, state, opt_state), metrics = jax.lax.scan(
+        body, (params, state, opt_state), None, length=num_steps
+    )
+    mean_metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+    return eqx.combine(params, static), state, opt_state, mean_metrics
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Drives training for a config: owns the optimiser and the step schedule."""
+
+    config: Config
+    optimizer: optax.GradientTransformation
+
+    @classmethod
+    def for_model(cls, config: Config, model: SSVAE) -> Trainer:
+        return cls(config=config, optimizer=make_optimizer(config.train, model))
+
+    def init_opt_state(self, model: SSVAE) -> optax.OptState:
+        return self.optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+
+    def run(
+        self,
+        data: TrainingArrays,
+        model: SSVAE,
+        state: TrainState,
+        opt_state: optax.OptState,
+        *,
+        until_step: int | None = None,
+        on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> tuple[SSVAE, TrainState, optax.OptState]:
+        """Train from ``state.step`` to ``until_step`` (default: ``train.steps``).
+
+        ``on_metrics(step, metrics)`` receives host floats (chunk means) after each chunk.
+        """
+        until_step = self.config.train.steps if until_step is None else until_step
+        chunk = self.config.train.log_every
+        step = int(state.step)
+        while step < until_step:
+            num_steps = min(chunk, until_step - step)
+            started = time.perf_counter()
+            model, state, opt_state, metrics = _run_steps(
+                data,
+                model,
+                state,
+                opt_state,
+                num_steps=num_steps,
+                optimizer=self.optimizer,
+                loss_config=self.config.loss,
+                batch_size=self.config.train.batch_size,
+                labeled_batch_size=self.config.labeled_batch_size,
+            )
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            step += num_steps
+            host["seconds"] = time.perf_counter() - started
+            if not all(math.isfinite(v) for v in host.values()):
+                raise FloatingPointError(f"training diverged at step {step}: {host}")
+            if on_metrics is not None:
+                on_metrics(step, host)
+        return model, state, opt_state
+
+
+def training_arrays(x: np.ndarray, labeled_x: np.ndarray, labeled_y: np.ndarray) -> TrainingArrays:
+    """Move training inputs and the labeled pool to the device."""
+    return TrainingArrays(
+        x=jnp.asarray(x, dtype=jnp.float32),
+        labeled_x=jnp.asarray(labeled_x, dtype=jnp.float32),
+        labeled_y=jnp.asarray(labeled_y, dtype=jnp.int32),
+    )
