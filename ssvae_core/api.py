@@ -1,0 +1,184 @@
+"""The Python API: build from a config, fit on arrays, predict, score, encode, save and load."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ssvae_core.checkpoint import load_checkpoint, save_checkpoint
+from ssvae_core.config import Config, default_config
+from ssvae_core.data import Dataset, from_arrays
+from ssvae_core.errors import DataError, SSVAEError
+from ssvae_core.inference import Inference, infer
+from ssvae_core.heads import TauHead
+from ssvae_core.metrics import accuracy, channel_diagnostics, expected_calibration_error
+from ssvae_core.model import SSVAE, build_model
+from ssvae_core.registry import Registry, default_registry
+from ssvae_core.training import Trainer, TrainState, init_state, training_arrays
+
+MetricsCallback = Callable[[int, dict[str, float]], None]
+
+
+class SSVAEClassifier:
+    """A semi-supervised VAE used as a classifier.
+
+    >>> clf = SSVAEClassifier(config).fit(x, y)      # y = -1 marks unlabeled rows
+    >>> clf.predict_proba(x_new); clf.ood_score(x_new); clf.encode(x_new)
+    >>> clf.save("model.ckpt"); SSVAEClassifier.load("model.ckpt")
+    """
+
+    def __init__(self, config: Config | None = None, *, registry: Registry | None = None):
+        self.registry = registry or default_registry()
+        self.config = config or default_config(self.registry)
+        self.model: SSVAE | None = None
+        self.state: TrainState | None = None
+        self.opt_state: Any = None
+        self.input_shape: tuple[int, ...] = ()
+        self.label_names: tuple[str, ...] = ()
+        self.history: list[dict[str, float]] = []
+
+    def fit(
+        self,
+        x: ArrayLike | Dataset,
+        y: ArrayLike | None = None,
+        *,
+        num_classes: int | None = None,
+        label_names: Sequence[str] | None = None,
+        on_metrics: MetricsCallback | None = None,
+    ) -> SSVAEClassifier:
+        """Train on every row of ``x``; rows whose label is ``-1`` are unlabeled.
+
+        ``on_metrics(step, metrics)`` is called after each chunk of ``train.log_every`` steps.
+        """
+        dataset = x if isinstance(x, Dataset) else from_arrays(
+            x, y, num_classes=num_classes, label_names=label_names
+        )
+        labeled = np.flatnonzero(dataset.y >= 0)
+        if len(labeled) == 0 and self.config.loss.supervised_weight > 0:
+            raise DataError("fit needs at least one labeled example (a label >= 0 in y)")
+        if dataset.num_classes < 1:
+            raise DataError("fit needs at least one class; pass num_classes or labels")
+        model_key, state_key = jax.random.split(jax.random.PRNGKey(self.config.seed))
+        model, self.config = build_model(
+            self.config,
+            input_shape=dataset.sample_shape,
+            num_classes=dataset.num_classes,
+            key=model_key,
+            data=dataset.x,
+            registry=self.registry,
+        )
+        trainer = Trainer.for_model(self.config, model)
+        state = init_state(model, state_key)
+        opt_state = trainer.init_opt_state(model)
+        self.input_shape = dataset.sample_shape
+        self.label_names = dataset.label_names
+        self.history = []
+
+        def record(step: int, metrics: dict[str, float]) -> None:
+            self.history.append({"step": step, **metrics})
+            if on_metrics is not None:
+                on_metrics(step, metrics)
+
+        arrays = training_arrays(dataset.x, dataset.x[labeled], dataset.y[labeled])
+        self.model, self.state, self.opt_state = trainer.run(
+            arrays, model, state, opt_state, on_metrics=record
+        )
+        return self
+
+    def _fitted(self) -> tuple[SSVAE, TrainState]:
+        if self.model is None or self.state is None:
+            raise SSVAEError("this SSVAEClassifier is not fitted yet; call fit() or load() first")
+        return self.model, self.state
+
+    def _inputs(self, x: ArrayLike | Dataset) -> np.ndarray:
+        dataset = x if isinstance(x, Dataset) else from_arrays(x)
+        if dataset.sample_shape != self.input_shape:
+            raise DataError(
+                f"inputs have sample shape {dataset.sample_shape}, but the model was trained "
+                f"on {self.input_shape}"
+            )
+        return dataset.x
+
+    def infer(self, x: ArrayLike | Dataset) -> Inference:
+        """Every per-example output at once (probabilities, certainty, latents, ...)."""
+        model, state = self._fitted()
+        return infer(model, state.head_state, self._inputs(x))
+
+    def predict_proba(self, x: ArrayLike | Dataset) -> np.ndarray:
+        """``p(y|x)``, shape ``(N, num_classes)``; rows sum to 1."""
+        return self.infer(x).probabilities
+
+    def predict(self, x: ArrayLike | Dataset) -> np.ndarray:
+        """The most probable class of each example."""
+        return self.infer(x).predictions
+
+    def ood_score(self, x: ArrayLike | Dataset) -> np.ndarray:
+        """``1 − max_c r_c(x) max_y τ_{c,y}`` (τ head) or ``1 − max_y p(y|x)``; in [0, 1]."""
+        return self.infer(x).ood_score
+
+    def encode(self, x: ArrayLike | Dataset) -> tuple[np.ndarray, np.ndarray]:
+        """``(z_mean, responsibilities)``; responsibilities have width 0 without channels."""
+        result = self.infer(x)
+        return result.z_mean, result.responsibilities
+
+    @property
+    def tau(self) -> np.ndarray | None:
+        """The channel→label map ``τ`` (``K × Y``), or ``None`` for a head without it."""
+        model, state = self._fitted()
+        if not isinstance(model.head, TauHead):
+            return None
+        return np.asarray(model.head.tau(state.head_state))
+
+    def evaluate(self, x: ArrayLike | Dataset, y: ArrayLike | None = None) -> dict[str, Any]:
+        """Accuracy, ECE, reconstruction error and channel diagnostics on labeled data."""
+        dataset = x if isinstance(x, Dataset) else from_arrays(x, y)
+        keep = dataset.y >= 0
+        if not np.any(keep):
+            raise DataError("evaluate needs labeled examples (labels >= 0)")
+        result = self.infer(dataset.x[keep])
+        labels = dataset.y[keep]
+        if labels.max() >= len(self.label_names):
+            raise DataError(
+                f"labels go up to {labels.max()}, but the model knows {len(self.label_names)} classes"
+            )
+        return {
+            "accuracy": accuracy(result.probabilities, labels),
+            "ece": expected_calibration_error(result.probabilities, labels),
+            "reconstruction_error": float(np.mean(result.reconstruction_error)),
+            "num_examples": int(len(labels)),
+            "channels": channel_diagnostics(result.responsibilities, self.tau),
+        }
+
+    def save(self, path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> None:
+        """Write a checkpoint (atomically) that :meth:`load` restores."""
+        model, state = self._fitted()
+        save_checkpoint(
+            path,
+            model=model,
+            state=state,
+            opt_state=self.opt_state,
+            config=self.config,
+            input_shape=self.input_shape,
+            label_names=self.label_names,
+            registry=self.registry,
+            extra=extra,
+        )
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], *, registry: Registry | None = None
+    ) -> SSVAEClassifier:
+        """Restore a classifier saved by :meth:`save` (or by ``ssvae train``)."""
+        checkpoint = load_checkpoint(path, registry)
+        classifier = cls(checkpoint.config, registry=registry)
+        classifier.model = checkpoint.model
+        classifier.state = checkpoint.state
+        classifier.opt_state = checkpoint.opt_state
+        classifier.input_shape = tuple(checkpoint.manifest["input_shape"])
+        classifier.label_names = checkpoint.label_names
+        return classifier

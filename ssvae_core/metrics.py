@@ -1,0 +1,92 @@
+"""Evaluation metrics: accuracy, calibration, confusion, OOD AUROC, channel diagnostics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+ECE_BINS = 15
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of examples whose most probable class is the label."""
+    return float(np.mean(np.argmax(probabilities, axis=-1) == labels))
+
+
+def expected_calibration_error(
+    probabilities: np.ndarray, labels: np.ndarray, num_bins: int = ECE_BINS
+) -> float:
+    """``ECE = Σ_b (n_b / N) |acc_b − conf_b|`` over equal-width confidence bins."""
+    confidence = np.max(probabilities, axis=-1)
+    correct = np.argmax(probabilities, axis=-1) == labels
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    # Bin b holds confidences in (edge_b, edge_{b+1}]; a confidence of exactly 0 joins bin 0.
+    bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, num_bins - 1)
+    total = 0.0
+    for b in range(num_bins):
+        members = bins == b
+        if np.any(members):
+            total += np.mean(members) * abs(np.mean(correct[members]) - np.mean(confidence[members]))
+    return float(total)
+
+
+def reliability_table(
+    probabilities: np.ndarray, labels: np.ndarray, num_bins: int = ECE_BINS
+) -> list[dict[str, float]]:
+    """Per-bin count, mean confidence and accuracy (the data of a reliability diagram)."""
+    confidence = np.max(probabilities, axis=-1)
+    correct = np.argmax(probabilities, axis=-1) == labels
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, num_bins - 1)
+    rows = []
+    for b in range(num_bins):
+        members = bins == b
+        count = int(np.sum(members))
+        rows.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "count": count,
+                "confidence": float(np.mean(confidence[members])) if count else 0.0,
+                "accuracy": float(np.mean(correct[members])) if count else 0.0,
+            }
+        )
+    return rows
+
+
+def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``M[i, j]`` = number of examples of class ``i`` predicted as ``j``."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """Area under the ROC curve for telling ``out`` (positive) from ``in`` by a score.
+
+    Computed as the Mann–Whitney probability ``P(s_out > s_in) + ½ P(s_out = s_in)``.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    scores = np.concatenate([in_scores, out_scores])
+    targets = np.concatenate([np.zeros(len(in_scores)), np.ones(len(out_scores))])
+    return float(roc_auc_score(targets, scores))
+
+
+def channel_diagnostics(responsibilities: np.ndarray, tau: np.ndarray | None) -> dict[str, Any]:
+    """Channel usage ``p̂``, the number of channels in use, and τ's dominant label per channel."""
+    if responsibilities.shape[-1] == 0:
+        return {}
+    usage = np.mean(responsibilities, axis=0)
+    result: dict[str, Any] = {
+        "usage": [round(float(u), 5) for u in usage],
+        "active_channels": int(np.sum(usage >= 1e-3)),
+        "mean_responsibility_entropy": float(
+            np.mean(-np.sum(responsibilities * np.log(np.clip(responsibilities, 1e-12, None)), axis=-1))
+        ),
+    }
+    if tau is not None:
+        result["tau_label"] = [int(i) for i in np.argmax(tau, axis=-1)]
+        result["tau_confidence"] = [round(float(v), 4) for v in np.max(tau, axis=-1)]
+    return result
