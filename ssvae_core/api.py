@@ -14,8 +14,8 @@ from ssvae_core.checkpoint import load_checkpoint, save_checkpoint
 from ssvae_core.config import Config, default_config
 from ssvae_core.data import Dataset, from_arrays
 from ssvae_core.errors import DataError, SSVAEError
-from ssvae_core.inference import Inference, infer
 from ssvae_core.heads import TauHead
+from ssvae_core.inference import Inference, infer
 from ssvae_core.metrics import accuracy, channel_diagnostics, expected_calibration_error
 from ssvae_core.model import SSVAE, build_model
 from ssvae_core.registry import Registry, default_registry
@@ -150,7 +150,7 @@ class SSVAEClassifier:
             "accuracy": accuracy(result.probabilities, labels),
             "ece": expected_calibration_error(result.probabilities, labels),
             "reconstruction_error": float(np.mean(result.reconstruction_error)),
-            "num_examples": int(len(labels)),
+            "num_examples": len(labels),
             "channels": channel_diagnostics(result.responsibilities, self.tau),
         }
 

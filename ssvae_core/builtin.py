@@ -80,7 +80,7 @@ class TauOptions:
         0.05, help="Dirichlet smoothing α₀ of τ rows", minimum=0.0, exclusive_minimum=True
     )
     count_decay: float = option(
-        1.0, help="per-step decay of the soft counts (1 keeps every count)", minimum=0.0,
+        0.99, help="per-step decay of the soft counts, so τ follows the moving encoder (1 keeps every count)", minimum=0.0,
         maximum=1.0, exclusive_minimum=True,
     )
 
@@ -141,9 +141,9 @@ def ssvae_register_decoders() -> dict[str, ComponentFactory]:
 def ssvae_register_heads() -> dict[str, ComponentFactory]:
     return {
         "tau": ComponentFactory(
-            TauHead, TauOptions, _build_tau, "latent-only τ-classifier from channel soft counts"
+            TauHead, TauOptions, _build_tau, "Latent-only τ-classifier from channel soft counts"
         ),
         "softmax": ComponentFactory(
-            SoftmaxHead, SoftmaxOptions, _build_softmax, "linear softmax classifier on z"
+            SoftmaxHead, SoftmaxOptions, _build_softmax, "Linear softmax classifier on z"
         ),
     }

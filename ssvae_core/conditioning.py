@@ -60,8 +60,8 @@ class ComponentConditioning(eqx.Module):
         return jnp.concatenate([z, self.projection(embedding)])
 
     def condition_hidden(
-        self, hidden: Float[Array, "C *spatial"], embedding: Float[Array, " E"] | None
-    ) -> Float[Array, "C *spatial"]:
+        self, hidden: Float[Array, "C ..."], embedding: Float[Array, " E"] | None
+    ) -> Float[Array, "C ..."]:
         """``γ_c · h + β_c`` (``film``), the same after normalising ``h`` (``cin``)."""
         if self.method not in ("film", "cin"):
             return hidden

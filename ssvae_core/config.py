@@ -66,9 +66,9 @@ class LossConfig:
     kl_warmup_steps: int = option(0, help="steps over which β_z rises linearly from 0", minimum=0)
     beta_c: float = option(1.0, help="weight β_c of KL(q(c|x) || π)", minimum=0.0)
     usage_weight: float = option(
-        0.0, help="w_u of the usage entropy H(p̂): > 0 concentrates, < 0 diversifies"
+        -5.0, help="w_u of the usage entropy H(p̂): > 0 concentrates, < 0 diversifies"
     )
-    supervised_weight: float = option(1.0, help="λ_sup of the supervised loss", minimum=0.0)
+    supervised_weight: float = option(10.0, help="λ_sup of the supervised loss", minimum=0.0)
     dirichlet_weight: float = option(1.0, help="λ_π of the Dirichlet penalty on a learnable π", minimum=0.0)
     reconstruct_labeled: bool = option(
         True, help="include the labeled rows of each batch in the unsupervised terms"
@@ -77,7 +77,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = option(3000, help="optimiser steps", minimum=1)
+    steps: int = option(4000, help="optimiser steps", minimum=1)
     batch_size: int = option(128, help="examples per step, labeled ones included", minimum=2)
     labeled_fraction: float = option(
         0.25, help="share of each batch drawn from the labeled examples", minimum=0.0, maximum=1.0

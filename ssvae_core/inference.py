@@ -38,7 +38,7 @@ class Inference:
 
 @eqx.filter_jit
 def _infer_batch(
-    model: SSVAE, head_state: PyTree[Any], x: Float[Array, "B *sample"]
+    model: SSVAE, head_state: PyTree[Any], x: Float[Array, "B ..."]
 ) -> dict[str, Array]:
     posterior = model.encode(x)
     z = posterior.z_mean

@@ -38,12 +38,12 @@ class SSVAE(eqx.Module):
     def num_components(self) -> int:
         return self.prior.num_components
 
-    def encode(self, x: Float[Array, "B *sample"]) -> EncoderOutput:
+    def encode(self, x: Float[Array, "B ..."]) -> EncoderOutput:
         """``q(z|x)`` and ``q(c|x)`` logits for a batch."""
         return jax.vmap(self.encoder)(x)
 
     def channel_nll(
-        self, x: Float[Array, "B *sample"], z: Float[Array, "B D"]
+        self, x: Float[Array, "B ..."], z: Float[Array, "B D"]
     ) -> Float[Array, "B K"]:
         """``NLL(x | z, c)`` for every channel (one column when the decoder ignores ``c``)."""
         if self.embeddings is None:
@@ -58,7 +58,7 @@ class SSVAE(eqx.Module):
 
     def reconstruct(
         self, z: Float[Array, "B D"], channels: Int[Array, " B"]
-    ) -> Float[Array, "B *sample"]:
+    ) -> Float[Array, "B ..."]:
         """Mean reconstruction ``E[x | z, c]``; ``channels`` is ignored without embeddings."""
         if self.embeddings is None:
             return jax.vmap(lambda z_i: self.likelihood.mean(self.decoder(z_i, None)))(z)

@@ -27,7 +27,7 @@ def _masked_mean(values: Float[Array, " B"], mask: Float[Array, " B"]) -> Float[
 def objective(
     model: SSVAE,
     head_state: PyTree[Any],
-    x: Float[Array, "B *sample"],
+    x: Float[Array, "B ..."],
     labels: Int[Array, " B"],
     step: Int[Array, ""],
     key: PRNGKeyArray,

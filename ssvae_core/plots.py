@@ -27,7 +27,7 @@ def write_run_plots(
     terms = [t for t in LOSS_TERMS if history and t in history[0]]
     if terms:
         fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 2.8))
-        for axis, term in zip(np.atleast_1d(axes), terms):
+        for axis, term in zip(np.atleast_1d(axes), terms, strict=True):
             axis.plot(steps, [row[term] for row in history])
             axis.set_title(term)
             axis.set_xlabel("step")

@@ -56,15 +56,15 @@ def init_state(model: SSVAE, key: PRNGKeyArray) -> TrainState:
 class Batch(eqx.Module):
     """Inputs and labels (``-1`` = unlabeled) for one step."""
 
-    x: Float[Array, "B *sample"]
+    x: Float[Array, "B ..."]
     labels: Int[Array, " B"]
 
 
 class TrainingArrays(eqx.Module):
     """The training data on the device: every training input, and the labeled pool."""
 
-    x: Float[Array, "N *sample"]
-    labeled_x: Float[Array, "M *sample"]
+    x: Float[Array, "N ..."]
+    labeled_x: Float[Array, "M ..."]
     labeled_y: Int[Array, " M"]
 
 

@@ -14,8 +14,8 @@ class EncoderOutput(eqx.Module):
     ``logits`` is ``None`` for priors without channels.
     """
 
-    z_mean: Float[Array, "*batch D"]
-    z_log_var: Float[Array, "*batch D"]
+    z_mean: Float[Array, "*batch d"]
+    z_log_var: Float[Array, "*batch d"]
     logits: Float[Array, "*batch K"] | None
 
     @property

@@ -19,7 +19,7 @@ ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu, "t
 
 def _layers(sizes: Sequence[int], key: PRNGKeyArray) -> list[eqx.nn.Linear]:
     keys = jax.random.split(key, max(len(sizes) - 1, 1))
-    return [eqx.nn.Linear(a, b, key=k) for a, b, k in zip(sizes[:-1], sizes[1:], keys)]
+    return [eqx.nn.Linear(a, b, key=k) for a, b, k in zip(sizes[:-1], sizes[1:], keys, strict=True)]
 
 
 class DenseEncoder(AbstractEncoder):

@@ -1,0 +1,47 @@
+"""The test matrix: core alone, each plugin alone with the core, everything, lint, types."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests", "plugins", "all", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PLUGINS = sorted(p.name for p in Path("plugins").iterdir() if (p / "pyproject.toml").exists())
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Core unit and property tests with only the core installed."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("plugin", PLUGINS)
+def plugins(session: nox.Session, plugin: str) -> None:
+    """Core + one plugin in a fresh environment: the plugin's tests and the property suite."""
+    session.install("-e", ".[test]", f"./plugins/{plugin}")
+    session.run("ssvae", "plugins")
+    session.run("pytest", f"plugins/{plugin}", "tests", *session.posargs)
+
+
+@nox.session(name="all")
+def all_(session: nox.Session) -> None:
+    """Core and every plugin together: the full suite."""
+    session.install("-r", "requirements-dev.txt")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".", "mypy>=1.10")
+    session.run("mypy", "ssvae_core")

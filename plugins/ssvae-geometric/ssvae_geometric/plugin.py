@@ -1,0 +1,54 @@
+"""Registers the ``geometric_mog`` prior through the ``ssvae`` entry-point group."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+from jaxtyping import PRNGKeyArray
+
+from ssvae_core.components import BuildContext, ComponentFactory
+from ssvae_core.hookspecs import hookimpl
+from ssvae_core.options import option
+from ssvae_geometric.prior import LAYOUTS, GeometricMixturePrior
+
+
+@dataclass(frozen=True)
+class GeometricOptions:
+    num_components: int = option(
+        9, help="number of channels K (a square number for the grid layout)", minimum=2
+    )
+    layout: str = option(
+        "circle", help="centres on a circle, or on a √K×√K grid, in latent dims 1-2",
+        choices=LAYOUTS,
+    )
+    radius: float = option(
+        3.0, help="circle radius; for the grid, the spacing between neighbouring centres",
+        minimum=0.0, exclusive_minimum=True,
+    )
+
+
+def _build_geometric(
+    options: GeometricOptions, context: BuildContext, key: PRNGKeyArray
+) -> GeometricMixturePrior:
+    prior = GeometricMixturePrior(
+        context.latent_dim, options.num_components, layout=options.layout, radius=options.radius
+    )
+    warnings.warn(
+        f"prior 'geometric_mog' fixes its {options.num_components} channel centres on a "
+        f"{options.layout} in the first two latent dimensions, which imposes that topology "
+        "on the latent space; use it as a diagnostic or curriculum prior",
+        UserWarning,
+        stacklevel=2,
+    )
+    return prior
+
+
+@hookimpl
+def ssvae_register_priors() -> dict[str, ComponentFactory]:
+    return {
+        "geometric_mog": ComponentFactory(
+            GeometricMixturePrior, GeometricOptions, _build_geometric,
+            "N(μ_c, I) at fixed centres on a circle or grid; diagnostic / curriculum prior",
+        )
+    }

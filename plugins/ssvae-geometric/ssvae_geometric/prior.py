@@ -1,0 +1,130 @@
+"""The geometric mixture of Gaussians: ``c ~ Cat(π)`` uniform, ``z | c ~ N(μ_c, I)``.
+
+The centres ``μ_c`` are fixed by the options and live in the first two latent dimensions
+(zero elsewhere): evenly spaced on a circle, or on a √K × √K grid centred at the origin.
+They are computed from static options, never stored as parameters, so no optimiser can
+move them. A diagnostic / curriculum prior: it imposes that layout on the latent space.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ssvae_core.losses import categorical_kl, gaussian_kl
+from ssvae_core.protocols import AbstractEncoder, AbstractPrior
+from ssvae_core.types import EncoderOutput
+
+LAYOUTS = ("circle", "grid")
+
+
+def geometric_centres(
+    num_components: int, latent_dim: int, layout: str, radius: float
+) -> Float[np.ndarray, "K D"]:
+    """The fixed centres ``μ_c``; only the first two coordinates are non-zero.
+
+    ``circle``: ``μ_c = r (cos 2πc/K, sin 2πc/K)``.
+    ``grid``: with ``m = √K``, ``μ_{im+j} = r (i − (m−1)/2, j − (m−1)/2)`` for
+    ``i, j = 0 … m−1``, so ``r`` is the spacing between neighbouring centres.
+    Raises ``ValueError`` for ``latent_dim < 2``, a non-square K on the grid, or an
+    unknown layout.
+    """
+    if latent_dim < 2:
+        raise ValueError(
+            "needs model.latent_dim >= 2 (its centres live in the first two latent "
+            f"dimensions), got {latent_dim}"
+        )
+    centres = np.zeros((num_components, latent_dim), dtype=np.float32)
+    if layout == "circle":
+        angles = 2.0 * np.pi * np.arange(num_components) / num_components
+        centres[:, 0], centres[:, 1] = radius * np.cos(angles), radius * np.sin(angles)
+        return centres
+    if layout == "grid":
+        side = math.isqrt(num_components)
+        if side * side != num_components:
+            raise ValueError(
+                "layout 'grid' needs num_components to be a square number (4, 9, 16, ...) "
+                f"for a √K × √K grid, got {num_components}"
+            )
+        offsets = radius * (np.arange(side) - (side - 1) / 2.0)
+        rows, cols = np.meshgrid(offsets, offsets, indexing="ij")
+        centres[:, 0], centres[:, 1] = rows.reshape(-1), cols.reshape(-1)
+        return centres
+    raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
+
+
+class GeometricMixturePrior(AbstractPrior):
+    """K channels with uniform ``π`` and ``p(z|c) = N(μ_c, I)`` at fixed centres.
+
+    Closed form, per example::
+
+        KL_z = Σ_c r_c KL(q(z|x) || N(μ_c, I))
+             = Σ_c r_c · ½ Σ_d (σ_d² + (μ_d − μ_{c,d})² − 1 − log σ_d²)
+        KL_c = KL(q(c|x) || π) = Σ_c r_c (log r_c + log K)
+
+    The decoder is conditioned on the channel (every conditioning method works).
+    """
+
+    num_components: int = eqx.field(static=True)
+    conditions_decoder: bool = eqx.field(static=True)
+    latent_dim: int = eqx.field(static=True)
+    layout: str = eqx.field(static=True)
+    radius: float = eqx.field(static=True)
+
+    def __init__(
+        self, latent_dim: int, num_components: int, *, layout: str = "circle", radius: float = 3.0
+    ):
+        # Computing the centres once validates the layout before the prior is used.
+        geometric_centres(num_components, latent_dim, layout, radius)
+        self.num_components = num_components
+        self.conditions_decoder = True
+        self.latent_dim = latent_dim
+        self.layout = layout
+        self.radius = radius
+
+    def centres(self) -> Float[Array, "K D"]:
+        """The fixed centres ``μ_c`` (constants: they receive no gradient)."""
+        return jnp.asarray(
+            geometric_centres(self.num_components, self.latent_dim, self.layout, self.radius)
+        )
+
+    def log_weights(self) -> Float[Array, " K"]:
+        return jnp.full((self.num_components,), -jnp.log(self.num_components))
+
+    def kl_terms(
+        self,
+        posterior: EncoderOutput,
+        z: Float[Array, "B D"],
+        *,
+        encoder: AbstractEncoder,
+        key: PRNGKeyArray,
+    ) -> dict[str, Float[Array, " B"]]:
+        assert posterior.logits is not None, "the geometric prior needs channel logits"
+        responsibilities = jax.nn.softmax(posterior.logits, axis=-1)
+        kl_per_channel = gaussian_kl(
+            posterior.z_mean[:, None, :], posterior.z_log_var[:, None, :], self.centres()
+        )
+        return {
+            "kl_z": jnp.sum(responsibilities * kl_per_channel, axis=-1),
+            "kl_c": categorical_kl(posterior.logits, self.log_weights()),
+        }
+
+    def sample(
+        self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
+        """``c ~ π`` (uniform), then ``z ~ N(μ_c, I)``."""
+        channel_key, z_key = jax.random.split(key)
+        channels = jax.random.categorical(channel_key, self.log_weights(), shape=(num_samples,))
+        noise = jax.random.normal(z_key, (num_samples, self.latent_dim))
+        return self.centres()[channels] + noise, channels
+
+    def regularisers(self) -> dict[str, Float[Array, ""]]:
+        return {}
+
+    def parameter_scales(self) -> dict[str, float]:
+        return {}

@@ -1,0 +1,157 @@
+"""The geometric mixture prior: centres, closed-form KL, validation, end-to-end training."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssvae_core.config import config_from_dict
+from ssvae_core.errors import ConfigError
+from ssvae_core.model import build_model
+from ssvae_core.registry import Registry, default_registry
+from ssvae_core.training import Batch, init_state, make_optimizer, train_step
+from ssvae_core.types import EncoderOutput
+from ssvae_geometric import GeometricMixturePrior, geometric_centres, plugin
+
+pytestmark = pytest.mark.filterwarnings("ignore:prior 'geometric_mog' fixes:UserWarning")
+
+INPUT_SHAPE = (4, 4)
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry(entry_points=False, plugins=[("ssvae_geometric", plugin)])
+
+
+def _config(registry: Registry, *, latent_dim: int = 3, conditioning: str = "auto", **prior_options: object):
+    return config_from_dict(
+        {
+            "model": {"latent_dim": latent_dim, "embedding_dim": 4, "conditioning": conditioning},
+            "prior": {"name": "geometric_mog", "num_components": 4, **prior_options},
+            "encoder": {"hidden": [16]},
+            "decoder": {"hidden": [16]},
+            "train": {"batch_size": 8},
+        },
+        registry,
+    )
+
+
+def _build(config, **kwargs):
+    return build_model(config, input_shape=INPUT_SHAPE, num_classes=2, key=jax.random.PRNGKey(0), **kwargs)
+
+
+def test_circle_centres_lie_evenly_on_the_radius() -> None:
+    centres = geometric_centres(6, 4, "circle", 2.5)
+    np.testing.assert_allclose(np.linalg.norm(centres[:, :2], axis=1), 2.5, rtol=1e-6)
+    angles = np.sort(np.mod(np.arctan2(centres[:, 1], centres[:, 0]), 2 * np.pi))
+    np.testing.assert_allclose(np.diff(angles), 2 * np.pi / 6, rtol=1e-5)
+    np.testing.assert_array_equal(centres[:, 2:], 0.0)
+
+
+def test_grid_centres_form_a_square_centred_at_zero() -> None:
+    centres = geometric_centres(9, 3, "grid", 2.0)
+    points = {tuple(p) for p in centres[:, :2].round(6)}
+    assert points == {(a, b) for a in (-2.0, 0.0, 2.0) for b in (-2.0, 0.0, 2.0)}
+    np.testing.assert_allclose(centres.mean(axis=0), 0.0, atol=1e-6)
+    np.testing.assert_array_equal(centres[:, 2:], 0.0)
+
+
+def test_centres_are_not_parameters() -> None:
+    prior = GeometricMixturePrior(3, 4)
+    assert jax.tree.leaves(eqx.filter(prior, eqx.is_inexact_array)) == []
+    assert prior.parameter_scales() == {}
+
+
+def test_kl_is_zero_when_q_is_a_centre_with_one_hot_responsibilities() -> None:
+    prior = GeometricMixturePrior(3, 4, layout="grid", radius=1.5)
+    centres = prior.centres()
+    posterior = EncoderOutput(
+        z_mean=centres, z_log_var=jnp.zeros_like(centres), logits=40.0 * jnp.eye(4)
+    )
+    terms = prior.kl_terms(posterior, centres, encoder=None, key=jax.random.PRNGKey(0))
+    np.testing.assert_allclose(terms["kl_z"], 0.0, atol=1e-5)
+
+
+def test_kl_terms_are_non_negative_and_finite() -> None:
+    prior = GeometricMixturePrior(3, 9)
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    posterior = EncoderOutput(
+        z_mean=3.0 * jax.random.normal(keys[0], (16, 3)),
+        z_log_var=jax.random.normal(keys[1], (16, 3)),
+        logits=jax.random.normal(keys[2], (16, 9)),
+    )
+    terms = prior.kl_terms(posterior, posterior.z_mean, encoder=None, key=jax.random.PRNGKey(0))
+    for values in terms.values():
+        assert values.shape == (16,)
+        assert np.all(np.isfinite(values)) and np.all(values >= -1e-6)
+
+
+def test_kl_matches_the_hand_computed_closed_form() -> None:
+    # Unit circle, K = 4: centres (1, 0), (0, 1), (-1, 0), (0, -1); q = N((1, 0), diag(2, 1)).
+    prior = GeometricMixturePrior(2, 4, radius=1.0)
+    responsibilities = jnp.array([[0.5, 0.25, 0.125, 0.125]])
+    posterior = EncoderOutput(
+        z_mean=jnp.array([[1.0, 0.0]]),
+        z_log_var=jnp.log(jnp.array([[2.0, 1.0]])),
+        logits=jnp.log(responsibilities),
+    )
+    terms = prior.kl_terms(posterior, posterior.z_mean, encoder=None, key=jax.random.PRNGKey(0))
+    # KL to each centre: ½(1 − log 2), ½(3 − log 2), ½(5 − log 2), ½(3 − log 2).
+    np.testing.assert_allclose(terms["kl_z"], [0.5 * (2.25 - np.log(2.0))], rtol=1e-5)
+    np.testing.assert_allclose(terms["kl_c"], [0.25 * np.log(2.0)], rtol=1e-5)
+
+
+def test_sample_draws_around_the_centres() -> None:
+    prior = GeometricMixturePrior(3, 4, radius=50.0)
+    z, channels = prior.sample(256, encoder=None, key=jax.random.PRNGKey(0))
+    assert z.shape == (256, 3) and channels.shape == (256,)
+    assert set(np.unique(channels)) == {0, 1, 2, 3}
+    distances = np.linalg.norm(z[:, None, :] - prior.centres()[None], axis=-1)
+    np.testing.assert_array_equal(np.argmin(distances, axis=1), channels)
+
+
+def test_grid_with_non_square_num_components_is_a_config_error(registry: Registry) -> None:
+    with pytest.raises(ConfigError, match=r"prior 'geometric_mog': layout 'grid' needs num_components to be a square number .* got 6"):
+        _build(_config(registry, layout="grid", num_components=6))
+
+
+def test_latent_dim_below_two_is_a_config_error(registry: Registry) -> None:
+    with pytest.raises(ConfigError, match="prior 'geometric_mog': needs model.latent_dim >= 2"):
+        _build(_config(registry, latent_dim=1))
+
+
+def test_building_warns_that_the_prior_imposes_a_topology(registry: Registry) -> None:
+    with pytest.warns(UserWarning, match="imposes that topology"):
+        _build(_config(registry, layout="grid"))
+
+
+@pytest.mark.parametrize("conditioning", ["film", "cin", "concat", "none"])
+def test_trains_a_few_steps_with_each_conditioning(registry: Registry, conditioning: str) -> None:
+    model, config = _build(_config(registry, conditioning=conditioning))
+    assert config.model.conditioning == conditioning
+    assert (model.embeddings is None) == (conditioning == "none")
+    optimizer = make_optimizer(config.train, model)
+    state = init_state(model, jax.random.PRNGKey(1))
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    step = eqx.filter_jit(functools.partial(train_step, optimizer=optimizer, loss_config=config.loss))
+    x = jax.random.uniform(jax.random.PRNGKey(2), (8, *INPUT_SHAPE))
+    batch = Batch(x=x, labels=jnp.array([0, 1, -1, -1, -1, -1, -1, -1]))
+    for index in range(3):
+        model, state, opt_state, metrics = step(model, state, opt_state, batch, jax.random.PRNGKey(index))
+        assert all(np.isfinite(value) for value in metrics.values())
+    assert int(state.step) == 3
+    assert metrics["kl_z"] >= 0.0
+
+
+def test_entry_point_registers_geometric_mog() -> None:
+    try:
+        importlib.metadata.version("ssvae-geometric")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("ssvae-geometric is not installed")
+    assert default_registry().get("prior", "geometric_mog").package == "ssvae-geometric"

@@ -1,0 +1,251 @@
+"""The VampPrior: Monte-Carlo KL, pseudo-input init and learning rate, end-to-end training."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssvae_core.api import SSVAEClassifier
+from ssvae_core.config import config_from_dict
+from ssvae_core.errors import ConfigError
+from ssvae_core.model import build_model
+from ssvae_core.networks.dense import DenseEncoder
+from ssvae_core.registry import Registry, default_registry
+from ssvae_core.training import make_optimizer
+from ssvae_core.types import EncoderOutput
+from ssvae_vamp import VampPrior, initial_pseudo_inputs, plugin
+
+INPUT_SHAPE = (4, 4)
+LATENT_DIM = 3
+K = 4
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry(entry_points=False, plugins=[("ssvae_vamp", plugin)])
+
+
+@pytest.fixture(scope="module")
+def encoder() -> DenseEncoder:
+    return DenseEncoder(INPUT_SHAPE, LATENT_DIM, K, (8,), "tanh", key=jax.random.PRNGKey(1))
+
+
+def _prior(num_samples: int, pseudo_inputs: np.ndarray | None = None) -> VampPrior:
+    if pseudo_inputs is None:
+        pseudo_inputs = initial_pseudo_inputs("random", K, INPUT_SHAPE, None, jax.random.PRNGKey(2))
+    return VampPrior(pseudo_inputs, num_samples=num_samples)
+
+
+def _posterior(encoder: DenseEncoder, batch: int = 5) -> EncoderOutput:
+    x = jax.random.uniform(jax.random.PRNGKey(3), (batch, *INPUT_SHAPE))
+    return jax.vmap(encoder)(x)
+
+
+@eqx.filter_jit
+def _kl_terms(
+    prior: VampPrior, encoder: DenseEncoder, posterior: EncoderOutput, key: jax.Array
+) -> dict[str, jax.Array]:
+    return prior.kl_terms(posterior, posterior.z_mean, encoder=encoder, key=key)
+
+
+def _kl_z(prior: VampPrior, encoder: DenseEncoder, posterior: EncoderOutput, key: jax.Array) -> jax.Array:
+    return _kl_terms(prior, encoder, posterior, key)["kl_z"]
+
+
+def _config(registry: Registry, **prior_options: object):
+    return config_from_dict(
+        {
+            "model": {"latent_dim": 2, "embedding_dim": 4},
+            "prior": {"name": "vamp", "num_components": 3, **prior_options},
+            "encoder": {"hidden": [16]},
+            "decoder": {"hidden": [16]},
+            "train": {"steps": 6, "batch_size": 8, "log_every": 3},
+        },
+        registry,
+    )
+
+
+def _synthetic(num: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    y = np.arange(num) % 3
+    x = np.clip(rng.normal(0.2 + 0.3 * y[:, None, None], 0.1, (num, *INPUT_SHAPE)), 0.0, 1.0)
+    labels = np.where(np.arange(num) < 6, y, -1)
+    return x.astype(np.float32), labels
+
+
+def test_kl_terms_are_finite_per_example(encoder: DenseEncoder) -> None:
+    posterior = _posterior(encoder)
+    terms = _kl_terms(_prior(2), encoder, posterior, jax.random.PRNGKey(0))
+    assert set(terms) == {"kl_z", "kl_c"}
+    for values in terms.values():
+        assert values.shape == (5,)
+        assert np.all(np.isfinite(values))
+    assert np.all(terms["kl_c"] >= -1e-6)
+
+
+def test_kl_c_is_zero_for_uniform_responsibilities(encoder: DenseEncoder) -> None:
+    posterior = _posterior(encoder)
+    uniform = EncoderOutput(posterior.z_mean, posterior.z_log_var, jnp.zeros((5, K)))
+    terms = _kl_terms(_prior(1), encoder, uniform, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(terms["kl_c"], 0.0, atol=1e-6)
+
+
+def test_different_keys_give_different_estimates(encoder: DenseEncoder) -> None:
+    posterior = _posterior(encoder)
+    prior = _prior(1)
+    first = _kl_z(prior, encoder, posterior, jax.random.PRNGKey(0))
+    second = _kl_z(prior, encoder, posterior, jax.random.PRNGKey(1))
+    assert not np.allclose(first, second)
+    np.testing.assert_array_equal(first, _kl_z(prior, encoder, posterior, jax.random.PRNGKey(0)))
+
+
+def test_monte_carlo_error_shrinks_with_num_samples(encoder: DenseEncoder) -> None:
+    posterior = _posterior(encoder)
+    reference = _kl_z(_prior(1 << 15), encoder, posterior, jax.random.PRNGKey(99))
+    keys = jax.random.split(jax.random.PRNGKey(0), 32)
+
+    def mean_error(num_samples: int) -> float:
+        prior = _prior(num_samples)
+        estimates = eqx.filter_jit(eqx.filter_vmap(_kl_z, in_axes=(None, None, None, 0)))(
+            prior, encoder, posterior, keys
+        )
+        return float(jnp.mean(jnp.abs(estimates - reference)))
+
+    assert mean_error(256) < 0.5 * mean_error(4)
+
+
+def test_matches_analytic_kl_when_all_pseudo_posteriors_coincide(encoder: DenseEncoder) -> None:
+    # Identical pseudo-inputs make p(z) the single Gaussian N(m, diag v) = q(z|u).
+    pseudo_inputs = np.full((K, *INPUT_SHAPE), 0.3, dtype=np.float32)
+    posterior = _posterior(encoder)
+    target = encoder(jnp.asarray(pseudo_inputs[0]))
+    var_q, var_p = jnp.exp(posterior.z_log_var), jnp.exp(target.z_log_var)
+    analytic = 0.5 * jnp.sum(
+        target.z_log_var - posterior.z_log_var
+        + (var_q + (posterior.z_mean - target.z_mean) ** 2) / var_p
+        - 1.0,
+        axis=-1,
+    )
+    estimate = _kl_z(_prior(1 << 14, pseudo_inputs), encoder, posterior, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(estimate, analytic, atol=0.05, rtol=0.02)
+
+
+def test_sample_picks_a_channel_then_its_pseudo_posterior(encoder: DenseEncoder) -> None:
+    prior = _prior(1)
+    sample = eqx.filter_jit(lambda prior, encoder, key: prior.sample(64, encoder=encoder, key=key))
+    z, channels = sample(prior, encoder, jax.random.PRNGKey(0))
+    assert z.shape == (64, LATENT_DIM) and channels.shape == (64,)
+    assert np.all((channels >= 0) & (channels < K))
+    assert len(np.unique(channels)) > 1
+    assert np.all(np.isfinite(z))
+
+
+def test_random_init_draws_training_inputs() -> None:
+    data = np.random.default_rng(0).random((20, *INPUT_SHAPE), dtype=np.float32)
+    pseudo = initial_pseudo_inputs("random", K, INPUT_SHAPE, data, jax.random.PRNGKey(0))
+    assert pseudo.shape == (K, *INPUT_SHAPE)
+    rows = {row.tobytes() for row in data}
+    assert all(p.tobytes() in rows for p in pseudo)
+    assert len({p.tobytes() for p in pseudo}) == K
+    again = initial_pseudo_inputs("random", K, INPUT_SHAPE, data, jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(pseudo, again)
+
+
+def test_kmeans_init_finds_cluster_centres_in_unit_range() -> None:
+    rng = np.random.default_rng(0)
+    levels = np.array([0.1, 0.4, 0.7, 0.95])
+    data = levels[np.arange(80) % K][:, None, None] + rng.normal(0, 0.02, (80, *INPUT_SHAPE))
+    pseudo = initial_pseudo_inputs("kmeans", K, INPUT_SHAPE, data, jax.random.PRNGKey(0))
+    assert pseudo.shape == (K, *INPUT_SHAPE)
+    assert pseudo.min() >= 0.0 and pseudo.max() <= 1.0
+    np.testing.assert_allclose(np.sort(pseudo.mean(axis=(1, 2))), levels, atol=0.02)
+
+
+def test_kmeans_init_needs_as_many_inputs_as_components() -> None:
+    data = np.zeros((2, *INPUT_SHAPE))
+    with pytest.raises(ValueError, match="at least num_components = 4"):
+        initial_pseudo_inputs("kmeans", K, INPUT_SHAPE, data, jax.random.PRNGKey(0))
+
+
+def test_init_without_data_is_deterministic_uniform_noise() -> None:
+    pseudo = initial_pseudo_inputs("kmeans", K, INPUT_SHAPE, None, jax.random.PRNGKey(0))
+    assert pseudo.shape == (K, *INPUT_SHAPE)
+    assert pseudo.min() >= 0.0 and pseudo.max() < 1.0
+    again = initial_pseudo_inputs("kmeans", K, INPUT_SHAPE, None, jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(pseudo, again)
+
+
+def test_init_rejects_data_of_another_shape() -> None:
+    with pytest.raises(ValueError, match=r"sample shape \(5,\), expected \(4, 4\)"):
+        initial_pseudo_inputs("random", K, INPUT_SHAPE, np.zeros((10, 5)), jax.random.PRNGKey(0))
+
+
+def test_invalid_options_are_config_errors(registry: Registry) -> None:
+    with pytest.raises(ConfigError, match="prior.num_components must be an integer >= 2, got 1"):
+        _config(registry, num_components=1)
+    with pytest.raises(ConfigError, match="prior.pseudo_lr_scale must be a number > 0"):
+        _config(registry, pseudo_lr_scale=0.0)
+
+
+def test_pseudo_lr_scale_multiplies_the_pseudo_input_update(registry: Registry) -> None:
+    def first_update(scale: float):
+        config = _config(registry, pseudo_lr_scale=scale)
+        model, config = build_model(
+            config, input_shape=INPUT_SHAPE, num_classes=3, key=jax.random.PRNGKey(0)
+        )
+        params = eqx.filter(model, eqx.is_inexact_array)
+        leaves, treedef = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+        grads = jax.tree.unflatten(
+            treedef, [jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves)]
+        )
+        optimizer = make_optimizer(config.train, model)
+        updates, _ = eqx.filter_jit(optimizer.update)(grads, optimizer.init(params), params)
+        return updates
+
+    scaled, unit = first_update(0.25), first_update(1.0)
+    np.testing.assert_allclose(
+        scaled.prior.pseudo_inputs, 0.25 * unit.prior.pseudo_inputs, rtol=1e-6, atol=1e-9
+    )
+    assert np.any(unit.prior.pseudo_inputs != 0.0)
+    np.testing.assert_array_equal(scaled.encoder.mean_head.weight, unit.encoder.mean_head.weight)
+
+
+@pytest.fixture(scope="module")
+def fitted(registry: Registry) -> tuple[SSVAEClassifier, np.ndarray]:
+    x, y = _synthetic()
+    classifier = SSVAEClassifier(_config(registry, num_samples=2), registry=registry)
+    return classifier.fit(x, y, num_classes=3), x
+
+
+def test_trains_end_to_end_with_tau_head_and_unconditioned_decoder(fitted) -> None:
+    classifier, x = fitted
+    assert classifier.config.model.conditioning == "none"
+    assert classifier.config.head.name == "tau"
+    assert classifier.model.embeddings is None
+    probabilities = classifier.predict_proba(x)
+    assert probabilities.shape == (len(x), 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert all(np.isfinite(row["kl_z"]) for row in classifier.history)
+
+
+def test_checkpoint_roundtrip_restores_pseudo_inputs(fitted, registry: Registry, tmp_path) -> None:
+    classifier, x = fitted
+    path = tmp_path / "vamp.ckpt"
+    classifier.save(path)
+    loaded = SSVAEClassifier.load(path, registry=registry)
+    np.testing.assert_array_equal(loaded.model.prior.pseudo_inputs, classifier.model.prior.pseudo_inputs)
+    np.testing.assert_allclose(loaded.predict_proba(x), classifier.predict_proba(x), atol=1e-6)
+
+
+def test_entry_point_registers_vamp() -> None:
+    try:
+        importlib.metadata.version("ssvae-vamp")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("ssvae-vamp is not installed")
+    assert default_registry().get("prior", "vamp").package == "ssvae-vamp"

@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny synthetic dataset, a tiny config, and one fitted classifier."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ssvae_core.api import SSVAEClassifier
+from ssvae_core.config import config_from_dict
+
+NUM_CLASSES = 3
+SAMPLE_SHAPE = (4, 4)
+
+
+def _prototypes() -> np.ndarray:
+    """Three distinct 4×4 images in [0, 1]: a diagonal, an anti-diagonal, a centre block."""
+    block = np.zeros((4, 4))
+    block[1:3, 1:3] = 1.0
+    return np.stack([np.eye(4), np.fliplr(np.eye(4)), block])
+
+
+@pytest.fixture(scope="session")
+def synthetic() -> dict[str, np.ndarray]:
+    """60 noisy copies of three prototypes; ``y`` has every label, ``partial`` two per class."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(NUM_CLASSES), 20).astype(np.int32)
+    x = np.clip(_prototypes()[y] + 0.1 * rng.standard_normal((60, *SAMPLE_SHAPE)), 0.0, 1.0)
+    partial = np.full(60, -1, dtype=np.int32)
+    labeled = [0, 1, 20, 21, 40, 41]
+    partial[labeled] = y[labeled]
+    return {"x": x.astype(np.float32), "y": y, "partial": partial}
+
+
+@pytest.fixture
+def tiny_raw() -> dict[str, Any]:
+    """A raw (TOML-shaped) config for a model that compiles and trains in seconds."""
+    return {
+        "seed": 0,
+        "data": {"labels_per_class": 2},
+        "model": {"latent_dim": 2, "embedding_dim": 4},
+        "prior": {"name": "mixture", "num_components": 4},
+        "encoder": {"hidden": [16]},
+        "decoder": {"hidden": [16]},
+        "train": {"steps": 10, "batch_size": 8, "log_every": 10},
+    }
+
+
+@pytest.fixture(scope="session")
+def fitted_classifier(synthetic: dict[str, np.ndarray]) -> SSVAEClassifier:
+    """One classifier fitted for 10 steps on the synthetic data; tests must not mutate it."""
+    config = config_from_dict(
+        {
+            "model": {"latent_dim": 2, "embedding_dim": 4},
+            "prior": {"name": "mixture", "num_components": 4},
+            "encoder": {"hidden": [16]},
+            "decoder": {"hidden": [16]},
+            "train": {"steps": 10, "batch_size": 8, "log_every": 10},
+        }
+    )
+    return SSVAEClassifier(config).fit(synthetic["x"], synthetic["partial"])

@@ -1,0 +1,31 @@
+"""The documentation states the real defaults and the real commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ssvae_core.reference import BEGIN_MARKER, END_MARKER, reference_markdown
+from ssvae_core.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _embedded_reference() -> str:
+    text = (ROOT / "docs" / "user-guide.md").read_text(encoding="utf-8")
+    return text.split(BEGIN_MARKER, 1)[1].split(END_MARKER, 1)[0].strip()
+
+
+def test_user_guide_options_reference_matches_the_option_dataclasses() -> None:
+    expected = reference_markdown(Registry(entry_points=False)).strip()
+    assert _embedded_reference() == expected, (
+        "docs/user-guide.md is stale; regenerate the block between the markers with "
+        "ssvae_core.reference.reference_markdown(Registry(entry_points=False))"
+    )
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert ".venv/bin/pip install -r requirements-dev.txt && .venv/bin/pytest" in readme
+    assert ".venv/bin/pip install --quiet -r requirements-dev.txt" in ci
+    assert ci.rstrip().endswith(".venv/bin/pytest")

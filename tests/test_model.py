@@ -1,0 +1,268 @@
+"""The model, the decoder's conditioning methods, and the objective (SPEC §1, §2, §6)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ssvae_core.objective as objective_module
+from ssvae_core.conditioning import CONDITIONING_METHODS
+from ssvae_core.config import Config, LossConfig, config_from_dict
+from ssvae_core.model import SSVAE, build_model
+from ssvae_core.networks.dense import DenseDecoder
+from ssvae_core.objective import objective
+from ssvae_core.types import EncoderOutput
+
+SHAPE = (4, 4)
+KEY = jax.random.PRNGKey(0)
+STEP = jnp.asarray(0, dtype=jnp.int32)
+
+
+def _raw(**sections: dict[str, Any]) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "model": {"latent_dim": 2, "embedding_dim": 4},
+        "prior": {"name": "mixture", "num_components": 4},
+        "encoder": {"hidden": [16]},
+        "decoder": {"hidden": [16]},
+    }
+    for name, table in sections.items():
+        raw[name] = {**raw.get(name, {}), **table}
+    return raw
+
+
+@pytest.fixture(scope="module")
+def built() -> tuple[SSVAE, Config]:
+    return build_model(
+        config_from_dict(_raw()), input_shape=SHAPE, num_classes=3, key=jax.random.PRNGKey(1)
+    )
+
+
+@pytest.fixture(scope="module")
+def model(built: tuple[SSVAE, Config]) -> SSVAE:
+    return built[0]
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[jax.Array, jax.Array]:
+    x = jax.random.uniform(jax.random.PRNGKey(2), (8, *SHAPE))
+    labels = jnp.array([-1, -1, -1, -1, -1, 0, 1, 2], dtype=jnp.int32)
+    return x, labels
+
+
+def _loss_config(**changes: Any) -> LossConfig:
+    return dataclasses.replace(LossConfig(), **changes)
+
+
+def _counts(model: SSVAE) -> jax.Array:
+    return jnp.ones((model.num_components, 3))
+
+
+# --- conditioning --------------------------------------------------------------------------
+
+
+def _decoder(method: str) -> DenseDecoder:
+    return DenseDecoder(
+        SHAPE, 2, (16,), "gelu", method, embedding_dim=4, scale_size=0, key=jax.random.PRNGKey(3)
+    )
+
+
+Z = jnp.array([0.3, -0.7])
+E_A = jnp.array([1.0, 0.0, -1.0, 0.5])
+E_B = jnp.array([-2.0, 1.0, 0.0, 0.3])
+
+
+@pytest.mark.parametrize("method", CONDITIONING_METHODS)
+def test_dense_decoder_output_has_the_sample_shape(method: str) -> None:
+    embedding = None if method == "none" else E_A
+    assert _decoder(method)(Z, embedding).loc.shape == SHAPE
+
+
+@pytest.mark.parametrize("method", ["concat", "film", "cin"])
+def test_conditioned_decoder_output_depends_on_the_embedding(method: str) -> None:
+    decoder = _decoder(method)
+    assert not np.allclose(np.asarray(decoder(Z, E_A).loc), np.asarray(decoder(Z, E_B).loc))
+
+
+def test_unconditioned_decoder_ignores_the_embedding() -> None:
+    decoder = _decoder("none")
+    np.testing.assert_array_equal(np.asarray(decoder(Z, E_A).loc), np.asarray(decoder(Z, E_B).loc))
+    np.testing.assert_array_equal(np.asarray(decoder(Z, None).loc), np.asarray(decoder(Z, E_A).loc))
+
+
+def test_auto_conditioning_resolves_to_film_for_the_mixture_prior(
+    built: tuple[SSVAE, Config],
+) -> None:
+    model, resolved = built
+    assert resolved.model.conditioning == "film"
+    assert model.embeddings is not None and model.embeddings.shape == (4, 4)
+
+
+def test_auto_conditioning_resolves_to_none_and_softmax_head_for_the_standard_prior() -> None:
+    raw = _raw()
+    raw["prior"] = {"name": "standard"}
+    model, resolved = build_model(
+        config_from_dict(raw), input_shape=SHAPE, num_classes=3, key=KEY
+    )
+    assert resolved.model.conditioning == "none"
+    assert resolved.head.name == "softmax"
+    assert model.embeddings is None
+
+
+def test_heteroscedastic_per_pixel_decoder_emits_one_scale_per_pixel() -> None:
+    raw = _raw(model={"likelihood": "heteroscedastic", "sigma_per_pixel": True})
+    model, _ = build_model(config_from_dict(raw), input_shape=SHAPE, num_classes=3, key=KEY)
+    output = model.decoder(Z, model.embeddings[0])
+    assert output.scale_raw is not None and output.scale_raw.shape == (16,)
+
+
+def test_channel_nll_has_one_column_per_channel(model: SSVAE, batch) -> None:
+    x, _ = batch
+    assert model.channel_nll(x, jnp.zeros((8, 2))).shape == (8, 4)
+
+
+# --- objective -----------------------------------------------------------------------------
+
+
+def test_objective_metrics_name_every_term(model: SSVAE, batch) -> None:
+    x, labels = batch
+    _, (metrics, _) = objective(model, _counts(model), x, labels, STEP, KEY, _loss_config())
+    for name in ("reconstruction", "kl_z", "kl_c", "usage_entropy", "supervised", "loss"):
+        assert name in metrics
+        assert np.isfinite(float(metrics[name]))
+
+
+def test_objective_returns_loss_metric_equal_to_total(model: SSVAE, batch) -> None:
+    x, labels = batch
+    total, (metrics, _) = objective(model, _counts(model), x, labels, STEP, KEY, _loss_config())
+    assert float(total) == float(metrics["loss"])
+
+
+def test_reconstruction_is_responsibility_weighted_channel_nll(
+    model: SSVAE, batch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Use z = μ so the reconstruction can be recomputed without the sampling noise.
+    monkeypatch.setattr(
+        objective_module, "reparameterise", lambda posterior, key: posterior.z_mean
+    )
+    x, _ = batch
+    labels = jnp.full((8,), -1, dtype=jnp.int32)
+    _, (metrics, _) = objective(model, _counts(model), x, labels, STEP, KEY, _loss_config())
+    posterior = model.encode(x)
+    nll = np.asarray(model.channel_nll(x, posterior.z_mean))
+    r = np.asarray(jax.nn.softmax(posterior.logits, axis=-1))
+    expected = np.mean(np.sum(r * nll, axis=-1))
+    assert float(metrics["reconstruction"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_positive_usage_weight_adds_weight_times_usage_entropy_to_the_loss(
+    model: SSVAE, batch
+) -> None:
+    x, labels = batch
+    plain, (metrics, _) = objective(model, _counts(model), x, labels, STEP, KEY, _loss_config())
+    weighted, _ = objective(
+        model, _counts(model), x, labels, STEP, KEY, _loss_config(usage_weight=0.5)
+    )
+    assert float(weighted) - float(plain) == pytest.approx(
+        0.5 * float(metrics["usage_entropy"]), rel=1e-4
+    )
+
+
+def test_kl_warmup_zeroes_beta_z_at_step_zero(model: SSVAE, batch) -> None:
+    x, labels = batch
+    config = _loss_config(kl_warmup_steps=10, beta_z=2.0)
+    _, (metrics, _) = objective(model, _counts(model), x, labels, STEP, KEY, config)
+    assert float(metrics["beta_z"]) == 0.0
+
+
+def test_supervised_metric_is_zero_without_labeled_rows(model: SSVAE, batch) -> None:
+    x, _ = batch
+    labels = jnp.full((8,), -1, dtype=jnp.int32)
+    _, (metrics, _) = objective(model, _counts(model), x, labels, STEP, KEY, _loss_config())
+    assert float(metrics["supervised"]) == 0.0
+
+
+def _unsupervised_metrics(model: SSVAE, x: jax.Array, labels: jax.Array, config: LossConfig):
+    _, (metrics, _) = objective(model, _counts(model), x, labels, STEP, KEY, config)
+    return {k: float(metrics[k]) for k in ("reconstruction", "kl_z", "kl_c")}
+
+
+def test_reconstruct_labeled_false_excludes_labeled_rows(model: SSVAE, batch) -> None:
+    x, labels = batch
+    changed = x.at[5:].set(1.0 - x[5:])  # rows 5..7 are the labeled ones
+    config = _loss_config(reconstruct_labeled=False)
+    assert _unsupervised_metrics(model, x, labels, config) == _unsupervised_metrics(
+        model, changed, labels, config
+    )
+
+
+def test_reconstruct_labeled_true_includes_labeled_rows(model: SSVAE, batch) -> None:
+    x, labels = batch
+    changed = x.at[5:].set(1.0 - x[5:])
+    config = _loss_config(reconstruct_labeled=True)
+    before = _unsupervised_metrics(model, x, labels, config)
+    after = _unsupervised_metrics(model, changed, labels, config)
+    assert before["reconstruction"] != after["reconstruction"]
+
+
+# --- per-example independence (SPEC §6) ----------------------------------------------------
+
+
+def _sub(posterior: EncoderOutput, rows: slice) -> EncoderOutput:
+    return jax.tree.map(lambda a: a[rows], posterior)
+
+
+def test_kl_terms_of_an_example_do_not_depend_on_its_batch_mates(model: SSVAE, batch) -> None:
+    x, _ = batch
+    posterior = model.encode(x)
+    z = posterior.z_mean
+    full = model.prior.kl_terms(posterior, z, encoder=model.encoder, key=KEY)
+    part = model.prior.kl_terms(_sub(posterior, slice(2, 5)), z[2:5], encoder=model.encoder, key=KEY)
+    assert set(full) == set(part) == {"kl_z", "kl_c"}
+    for name in full:
+        np.testing.assert_allclose(np.asarray(full[name][2:5]), np.asarray(part[name]), rtol=1e-6)
+
+
+def test_channel_nll_of_an_example_does_not_depend_on_its_batch_mates(
+    model: SSVAE, batch
+) -> None:
+    x, _ = batch
+    z = jax.random.normal(KEY, (8, 2))
+    full = model.channel_nll(x, z)
+    part = model.channel_nll(x[2:5], z[2:5])
+    np.testing.assert_allclose(np.asarray(full[2:5]), np.asarray(part), rtol=1e-6)
+
+
+def test_supervised_loss_of_an_example_does_not_depend_on_its_batch_mates(
+    model: SSVAE, batch
+) -> None:
+    x, labels = batch
+    posterior = model.encode(x)
+    z = posterior.z_mean
+    full = model.head.supervised_loss(posterior, z, labels, _counts(model))
+    part = model.head.supervised_loss(_sub(posterior, slice(4, 8)), z[4:], labels[4:], _counts(model))
+    np.testing.assert_allclose(np.asarray(full[4:]), np.asarray(part), rtol=1e-6)
+
+
+# --- KL invariants (SPEC §6) ---------------------------------------------------------------
+
+
+def test_mixture_kl_terms_are_zero_when_posterior_equals_prior(model: SSVAE) -> None:
+    posterior = EncoderOutput(
+        z_mean=jnp.zeros((3, 2)), z_log_var=jnp.zeros((3, 2)), logits=jnp.zeros((3, 4))
+    )
+    terms = model.prior.kl_terms(posterior, jnp.zeros((3, 2)), encoder=model.encoder, key=KEY)
+    for values in terms.values():
+        np.testing.assert_allclose(np.asarray(values), 0.0, atol=1e-6)
+
+
+def test_mixture_kl_terms_are_non_negative(model: SSVAE, batch) -> None:
+    x, _ = batch
+    posterior = model.encode(x)
+    terms = model.prior.kl_terms(posterior, posterior.z_mean, encoder=model.encoder, key=KEY)
+    for values in terms.values():
+        assert bool(jnp.all(values >= 0.0))
