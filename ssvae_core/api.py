@@ -84,7 +84,13 @@ class SSVAEClassifier:
             if on_metrics is not None:
                 on_metrics(step, metrics)
 
-        arrays = training_arrays(dataset.x, dataset.x[labeled], dataset.y[labeled])
+        loss = self.config.loss
+        arrays = training_arrays(
+            dataset.x,
+            labeled,
+            dataset.y[labeled],
+            num_neighbours=loss.num_neighbours if loss.neighbour_weight > 0 else 0,
+        )
         self.model, self.state, self.opt_state = trainer.run(
             arrays, model, state, opt_state, on_metrics=record
         )

@@ -159,7 +159,7 @@ def load_checkpoint(path: str | os.PathLike[str], registry: Registry | None = No
             key=jax.random.PRNGKey(0),
             registry=registry,
         )
-    except ConfigError as error:
+    except (ConfigError, TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {where!r} cannot be rebuilt: {error}") from None
     state = init_state(model, jax.random.PRNGKey(0))
     opt_state = Trainer.for_model(config, model).init_opt_state(model)

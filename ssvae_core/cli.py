@@ -68,7 +68,7 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = list(args.set)
     if args.data is not None:
-        overrides.insert(0, f"data.dataset={json.dumps(args.data)}")
+        overrides.insert(0, f"data.dataset={json.dumps(args.data, ensure_ascii=False)}")
     if args.labels_per_class is not None:
         overrides.insert(0, f"data.labels_per_class={args.labels_per_class}")
     if args.seed is not None:

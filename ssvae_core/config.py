@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ssvae_core.augment import AugmentConfig
 from ssvae_core.conditioning import CONDITIONING_METHODS
 from ssvae_core.errors import ConfigError
 from ssvae_core.likelihoods import LIKELIHOODS
@@ -33,9 +34,14 @@ class DataConfig:
     dataset: str = option(
         "digits", help="'digits' (embedded), an .npz file, or a folder with MNIST-style IDX files"
     )
-    labels_per_class: int | None = option(
-        10, help="labeled training examples per class (omit to use every label)", minimum=1
+    labels_per_class: int = option(
+        10, help="labeled training examples per class (0 uses every training label)", minimum=0
     )
+
+    @property
+    def label_budget(self) -> int | None:
+        """``labels_per_class`` for the split: ``None`` means every training label."""
+        return self.labels_per_class or None
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,16 @@ class LossConfig:
     reconstruct_labeled: bool = option(
         True, help="include the labeled rows of each batch in the unsupervised terms"
     )
+    consistency_weight: float = option(
+        0.0, help="weight of −log Σ_c r_c(x) r_c(x') between an image and an augmented view", minimum=0.0
+    )
+    neighbour_weight: float = option(
+        0.0, help="weight of −log Σ_c r_c(x) r_c(n) between an image and one of its nearest neighbours", minimum=0.0
+    )
+    num_neighbours: int = option(5, help="k of the k-nearest-neighbour pairs (pixel space)", minimum=1)
+    embedding_repulsion: float = option(
+        0.0, help="weight of the RBF repulsion between component embeddings e_c", minimum=0.0
+    )
 
 
 @dataclass(frozen=True)
@@ -101,6 +117,7 @@ CORE_SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
     "loss": LossConfig,
+    "augment": AugmentConfig,
     "train": TrainConfig,
 }
 COMPONENT_SECTIONS = ("prior", "encoder", "decoder", "head")
@@ -116,6 +133,7 @@ class Config:
     data: DataConfig
     model: ModelConfig
     loss: LossConfig
+    augment: AugmentConfig
     train: TrainConfig
     prior: ComponentConfig
     encoder: ComponentConfig

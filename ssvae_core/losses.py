@@ -97,3 +97,23 @@ def kl_warmup(step: Int[Array, ""], beta: float, warmup_steps: int) -> Float[Arr
     if warmup_steps <= 0:
         return jnp.asarray(beta, dtype=jnp.float32)
     return beta * jnp.minimum(1.0, step.astype(jnp.float32) / warmup_steps)
+
+
+def agreement_loss(
+    responsibilities_a: Float[Array, "*b K"], responsibilities_b: Float[Array, "*b K"]
+) -> Float[Array, "*b"]:
+    """``−log Σ_c r_c(a) r_c(b)``: minus the log-probability that two views share a channel.
+
+    Zero exactly when both views put all their mass on the same channel.
+    """
+    agreement = jnp.sum(responsibilities_a * responsibilities_b, axis=-1)
+    return -jnp.log(jnp.clip(agreement, _EPS))
+
+
+def embedding_repulsion(embeddings: Float[Array, "K E"]) -> Float[Array, ""]:
+    """``mean_{c≠c'} exp(−‖e_c − e_{c'}‖² / (2E))``: an RBF penalty on near-duplicate embeddings."""
+    count, dim = embeddings.shape
+    squared = jnp.sum((embeddings[:, None, :] - embeddings[None, :, :]) ** 2, axis=-1)
+    kernel = jnp.exp(-squared / (2.0 * dim))
+    off_diagonal = jnp.sum(kernel) - jnp.trace(kernel)
+    return off_diagonal / (count * (count - 1))

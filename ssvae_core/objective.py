@@ -15,7 +15,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ssvae_core.config import LossConfig
-from ssvae_core.losses import entropy, expected_reconstruction, kl_warmup
+from ssvae_core.losses import (
+    agreement_loss,
+    embedding_repulsion,
+    entropy,
+    expected_reconstruction,
+    kl_warmup,
+)
 from ssvae_core.model import SSVAE, reparameterise
 from ssvae_core.types import EncoderOutput
 
@@ -32,8 +38,15 @@ def objective(
     step: Int[Array, ""],
     key: PRNGKeyArray,
     config: LossConfig,
+    *,
+    x_view: Float[Array, "B ..."] | None = None,
+    x_neighbour: Float[Array, "B ..."] | None = None,
 ) -> tuple[Float[Array, ""], tuple[dict[str, Float[Array, ""]], EncoderOutput]]:
-    """Total loss and ``(metrics, posterior)``; ``labels == -1`` marks unlabeled rows."""
+    """Total loss and ``(metrics, posterior)``; ``labels == -1`` marks unlabeled rows.
+
+    ``x_view`` (an augmented view per row) and ``x_neighbour`` (a nearest neighbour per row)
+    enable the consistency and neighbour terms; both need a prior with channels.
+    """
     z_key, prior_key = jax.random.split(key)
     posterior = model.encode(x)
     z = reparameterise(posterior, z_key)
@@ -63,6 +76,18 @@ def objective(
         usage_entropy = entropy(jnp.mean(responsibilities, axis=0))
         metrics["usage_entropy"] = usage_entropy
         total = total + config.usage_weight * usage_entropy
+    for name, partner, weight in (
+        ("consistency", x_view, config.consistency_weight),
+        ("neighbour", x_neighbour, config.neighbour_weight),
+    ):
+        if partner is None or responsibilities is None or weight == 0.0:
+            continue
+        partner_responsibilities = jax.nn.softmax(model.encode(partner).logits, axis=-1)
+        metrics[name] = jnp.mean(agreement_loss(responsibilities, partner_responsibilities))
+        total = total + weight * metrics[name]
+    if model.embeddings is not None and config.embedding_repulsion > 0:
+        metrics["embedding_repulsion"] = embedding_repulsion(model.embeddings)
+        total = total + config.embedding_repulsion * metrics["embedding_repulsion"]
     for name, value in model.prior.regularisers().items():
         metrics[name] = value
         total = total + config.dirichlet_weight * value

@@ -60,7 +60,7 @@ def write_text(path: Path, text: str) -> None:
 
 def split_dataset(dataset: Dataset, config: Config) -> Split:
     """The benchmark split of ``dataset`` with the config's label budget and seed."""
-    return benchmark_split(dataset.y, config.data.labels_per_class, config.seed, dataset.num_classes)
+    return benchmark_split(dataset.y, config.data.label_budget, config.seed, dataset.num_classes)
 
 
 def training_view(dataset: Dataset, split: Split) -> Dataset:

@@ -21,9 +21,11 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
+from ssvae_core.augment import AugmentConfig, augment_batch
 from ssvae_core.config import Config, LossConfig, TrainConfig
 from ssvae_core.model import SSVAE
 from ssvae_core.objective import objective
+from ssvae_core.types import Batch
 
 USAGE_EMA_DECAY = 0.99
 
@@ -44,7 +46,7 @@ class TrainState(eqx.Module):
 def init_state(model: SSVAE, key: PRNGKeyArray) -> TrainState:
     """Step 0, zero counts, uniform usage."""
     components = model.num_components
-    usage = jnp.full((components,), 1.0 / components) if components else jnp.zeros((0,))
+    usage = jnp.full((components,), 1.0 / components, dtype=jnp.float32) if components else jnp.zeros((0,), dtype=jnp.float32)
     return TrainState(
         step=jnp.asarray(0, dtype=jnp.int32),
         key=key,
@@ -53,19 +55,18 @@ def init_state(model: SSVAE, key: PRNGKeyArray) -> TrainState:
     )
 
 
-class Batch(eqx.Module):
-    """Inputs and labels (``-1`` = unlabeled) for one step."""
-
-    x: Float[Array, "B ..."]
-    labels: Int[Array, " B"]
-
-
 class TrainingArrays(eqx.Module):
-    """The training data on the device: every training input, and the labeled pool."""
+    """The training data on the device.
+
+    ``x`` holds every training input; ``labeled_index`` / ``labeled_y`` the labeled pool (rows
+    of ``x`` and their labels); ``neighbours`` the indices of each row's nearest neighbours
+    when the neighbour term is on.
+    """
 
     x: Float[Array, "N ..."]
-    labeled_x: Float[Array, "M ..."]
+    labeled_index: Int[Array, " M"]
     labeled_y: Int[Array, " M"]
+    neighbours: Int[Array, "N k"] | None = None
 
 
 def _parameter_labels(model: SSVAE) -> PyTree[str]:
@@ -122,6 +123,8 @@ def train_step(
             state.step,
             key,
             loss_config,
+            x_view=batch.x_view,
+            x_neighbour=batch.x_neighbour,
         )
 
     (_, (metrics, posterior)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -138,19 +141,40 @@ def train_step(
 
 
 def sample_batch(
-    data: TrainingArrays, key: PRNGKeyArray, batch_size: int, labeled_batch_size: int
+    data: TrainingArrays,
+    key: PRNGKeyArray,
+    batch_size: int,
+    labeled_batch_size: int,
+    *,
+    augment: AugmentConfig | None = None,
+    with_view: bool = False,
 ) -> Batch:
-    """Draw ``batch_size − L`` inputs from all training data (labels hidden) and ``L`` labeled."""
-    unlabeled_key, labeled_key = jax.random.split(key)
+    """Draw ``batch_size − L`` rows from all training data (labels hidden) and ``L`` labeled.
+
+    With ``augment.apply_to_inputs`` the inputs themselves are augmented; ``with_view`` adds
+    an independently augmented view of each row; ``data.neighbours`` adds a random one of
+    each row's nearest neighbours.
+    """
+    unlabeled_key, labeled_key, input_key, view_key, neighbour_key = jax.random.split(key, 5)
     num_unlabeled = batch_size - labeled_batch_size
-    picked = jax.random.randint(unlabeled_key, (num_unlabeled,), 0, data.x.shape[0])
-    x = data.x[picked]
+    rows = jax.random.randint(unlabeled_key, (num_unlabeled,), 0, data.x.shape[0])
     labels = jnp.full((num_unlabeled,), -1, dtype=jnp.int32)
     if labeled_batch_size:
-        chosen = jax.random.randint(labeled_key, (labeled_batch_size,), 0, data.labeled_x.shape[0])
-        x = jnp.concatenate([x, data.labeled_x[chosen]])
+        chosen = jax.random.randint(labeled_key, (labeled_batch_size,), 0, data.labeled_y.shape[0])
+        rows = jnp.concatenate([rows, data.labeled_index[chosen]])
         labels = jnp.concatenate([labels, data.labeled_y[chosen]])
-    return Batch(x=x, labels=labels)
+    original = data.x[rows]
+    x = original
+    if augment is not None and augment.apply_to_inputs and augment.enabled:
+        x = augment_batch(original, input_key, augment)
+    x_view = None
+    if with_view:
+        x_view = augment_batch(original, view_key, augment) if augment is not None else original
+    x_neighbour = None
+    if data.neighbours is not None:
+        pick = jax.random.randint(neighbour_key, (batch_size,), 0, data.neighbours.shape[1])
+        x_neighbour = data.x[data.neighbours[rows, pick]]
+    return Batch(x=x, labels=labels, x_view=x_view, x_neighbour=x_neighbour)
 
 
 @eqx.filter_jit(donate="all-except-first")
@@ -163,17 +187,21 @@ def _run_steps(
     num_steps: int,
     optimizer: optax.GradientTransformation,
     loss_config: LossConfig,
+    augment: AugmentConfig,
     batch_size: int,
     labeled_batch_size: int,
 ) -> tuple[SSVAE, TrainState, optax.OptState, dict[str, Float[Array, ""]]]:
     params, static = eqx.partition(model, eqx.is_array)
+    with_view = loss_config.consistency_weight > 0
 
     def body(carry: Any, _: None) -> tuple[Any, dict[str, Float[Array, ""]]]:
         params, state, opt_state = carry
         model = eqx.combine(params, static)
         next_key, batch_key, step_key = jax.random.split(state.key, 3)
         state = dataclasses.replace(state, key=next_key)
-        batch = sample_batch(data, batch_key, batch_size, labeled_batch_size)
+        batch = sample_batch(
+            data, batch_key, batch_size, labeled_batch_size, augment=augment, with_view=with_view
+        )
         model, state, opt_state, metrics = train_step(
             model, state, opt_state, batch, step_key, optimizer=optimizer, loss_config=loss_config
         )
@@ -228,6 +256,7 @@ class Trainer:
                 num_steps=num_steps,
                 optimizer=self.optimizer,
                 loss_config=self.config.loss,
+                augment=self.config.augment,
                 batch_size=self.config.train.batch_size,
                 labeled_batch_size=self.config.labeled_batch_size,
             )
@@ -241,10 +270,32 @@ class Trainer:
         return model, state, opt_state
 
 
-def training_arrays(x: np.ndarray, labeled_x: np.ndarray, labeled_y: np.ndarray) -> TrainingArrays:
-    """Move training inputs and the labeled pool to the device."""
+def nearest_neighbours(x: np.ndarray, count: int) -> np.ndarray:
+    """Indices of each row's ``count`` nearest neighbours in pixel space (itself excluded)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    flat = x.reshape(x.shape[0], -1)
+    count = min(count, flat.shape[0] - 1)
+    if count < 1:
+        raise ValueError("the neighbour term needs at least two training examples")
+    index = NearestNeighbors(n_neighbors=count + 1).fit(flat)
+    return index.kneighbors(flat, return_distance=False)[:, 1:]
+
+
+def training_arrays(
+    x: np.ndarray,
+    labeled_index: np.ndarray,
+    labeled_y: np.ndarray,
+    *,
+    num_neighbours: int = 0,
+) -> TrainingArrays:
+    """Move training inputs, the labeled pool and (optionally) the kNN graph to the device."""
+    neighbours = None
+    if num_neighbours > 0:
+        neighbours = jnp.asarray(nearest_neighbours(x, num_neighbours), dtype=jnp.int32)
     return TrainingArrays(
         x=jnp.asarray(x, dtype=jnp.float32),
-        labeled_x=jnp.asarray(labeled_x, dtype=jnp.float32),
+        labeled_index=jnp.asarray(labeled_index, dtype=jnp.int32),
         labeled_y=jnp.asarray(labeled_y, dtype=jnp.int32),
+        neighbours=neighbours,
     )

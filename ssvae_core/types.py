@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 
 class EncoderOutput(eqx.Module):
@@ -36,3 +36,16 @@ class DecoderOutput(eqx.Module):
 
     loc: Float[Array, "*sample"]
     scale_raw: Float[Array, " S"] | None
+
+
+class Batch(eqx.Module):
+    """Inputs and labels (``-1`` = unlabeled) for one step.
+
+    ``x_view`` is an augmented view of ``x`` and ``x_neighbour`` a nearest neighbour of each
+    row, present when the consistency or neighbour terms are on.
+    """
+
+    x: Float[Array, "B ..."]
+    labels: Int[Array, " B"]
+    x_view: Float[Array, "B ..."] | None = None
+    x_neighbour: Float[Array, "B ..."] | None = None

@@ -128,7 +128,9 @@ def test_tau_supervised_loss_is_negative_log_probability_of_label() -> None:
 def test_tau_supervised_loss_passes_no_gradient_into_counts() -> None:
     labels = jnp.array([0, 2, 1])
     grad = jax.grad(
-        lambda counts: jnp.sum(_tau_head().supervised_loss(_posterior(LOGITS), None, labels, counts))
+        lambda counts: jnp.sum(
+            _tau_head().supervised_loss(_posterior(LOGITS), None, labels, counts)
+        )
     )(jnp.asarray(COUNTS))
     assert np.array_equal(np.asarray(grad), np.zeros_like(COUNTS))
 

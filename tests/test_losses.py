@@ -68,7 +68,9 @@ def test_diagonal_gaussian_log_density_matches_hand_value() -> None:
     mean = jnp.array([0.0, 0.0])
     log_var = jnp.array([0.0, np.log(4.0)])
     expected = -0.5 * ((np.log(2 * np.pi) + 0.0 + 1.0) + (np.log(2 * np.pi) + np.log(4.0) + 0.0))
-    assert float(diagonal_gaussian_log_density(z, mean, log_var)) == pytest.approx(expected, rel=1e-6)
+    assert float(diagonal_gaussian_log_density(z, mean, log_var)) == pytest.approx(
+        expected, rel=1e-6
+    )
 
 
 # --- categorical_kl / entropy --------------------------------------------------------------
@@ -195,9 +197,7 @@ def test_tau_supervised_loss_passes_gradient_into_responsibilities() -> None:
 # --- KL warm-up ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("step", "expected"), [(0, 0.0), (5, 1.0), (10, 2.0), (25, 2.0)]
-)
+@pytest.mark.parametrize(("step", "expected"), [(0, 0.0), (5, 1.0), (10, 2.0), (25, 2.0)])
 def test_kl_warmup_rises_linearly_then_holds(step: int, expected: float) -> None:
     value = kl_warmup(jnp.asarray(step, dtype=jnp.int32), 2.0, 10)
     assert float(value) == pytest.approx(expected)
@@ -205,3 +205,40 @@ def test_kl_warmup_rises_linearly_then_holds(step: int, expected: float) -> None
 
 def test_kl_warmup_without_warmup_gives_full_beta_at_step_zero() -> None:
     assert float(kl_warmup(jnp.asarray(0, dtype=jnp.int32), 0.7, 0)) == pytest.approx(0.7)
+
+
+# --- consistency and repulsion terms ------------------------------------------------------
+
+
+def test_agreement_loss_matches_hand_value() -> None:
+    from ssvae_core.losses import agreement_loss
+
+    a = np.array([0.5, 0.5, 0.0])
+    b = np.array([0.25, 0.25, 0.5])
+    # −log(0.5·0.25 + 0.5·0.25 + 0) = −log 0.25
+    assert float(agreement_loss(jnp.asarray(a), jnp.asarray(b))) == pytest.approx(np.log(4.0))
+
+
+def test_agreement_loss_is_zero_for_identical_one_hot_views() -> None:
+    from ssvae_core.losses import agreement_loss
+
+    one_hot = jnp.asarray([0.0, 1.0, 0.0])
+    assert float(agreement_loss(one_hot, one_hot)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_embedding_repulsion_matches_hand_value() -> None:
+    from ssvae_core.losses import embedding_repulsion
+
+    embeddings = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 0.0]])
+    # squared distances: d01 = 4, d02 = 0, d12 = 4; kernel exp(−d / (2·2))
+    k01, k02, k12 = np.exp(-1.0), 1.0, np.exp(-1.0)
+    expected = 2 * (k01 + k02 + k12) / (3 * 2)
+    assert float(embedding_repulsion(jnp.asarray(embeddings))) == pytest.approx(expected, rel=1e-6)
+
+
+def test_embedding_repulsion_falls_as_embeddings_spread() -> None:
+    from ssvae_core.losses import embedding_repulsion
+
+    near = jnp.asarray([[0.0, 0.0], [0.1, 0.0]])
+    far = jnp.asarray([[0.0, 0.0], [5.0, 0.0]])
+    assert float(embedding_repulsion(far)) < float(embedding_repulsion(near))

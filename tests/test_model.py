@@ -105,9 +105,7 @@ def test_auto_conditioning_resolves_to_film_for_the_mixture_prior(
 def test_auto_conditioning_resolves_to_none_and_softmax_head_for_the_standard_prior() -> None:
     raw = _raw()
     raw["prior"] = {"name": "standard"}
-    model, resolved = build_model(
-        config_from_dict(raw), input_shape=SHAPE, num_classes=3, key=KEY
-    )
+    model, resolved = build_model(config_from_dict(raw), input_shape=SHAPE, num_classes=3, key=KEY)
     assert resolved.model.conditioning == "none"
     assert resolved.head.name == "softmax"
     assert model.embeddings is None
@@ -146,9 +144,7 @@ def test_reconstruction_is_responsibility_weighted_channel_nll(
     model: SSVAE, batch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Use z = μ so the reconstruction can be recomputed without the sampling noise.
-    monkeypatch.setattr(
-        objective_module, "reparameterise", lambda posterior, key: posterior.z_mean
-    )
+    monkeypatch.setattr(objective_module, "reparameterise", lambda posterior, key: posterior.z_mean)
     x, _ = batch
     labels = jnp.full((8,), -1, dtype=jnp.int32)
     _, (metrics, _) = objective(model, _counts(model), x, labels, STEP, KEY, _loss_config())
@@ -163,7 +159,9 @@ def test_positive_usage_weight_adds_weight_times_usage_entropy_to_the_loss(
     model: SSVAE, batch
 ) -> None:
     x, labels = batch
-    plain, (metrics, _) = objective(model, _counts(model), x, labels, STEP, KEY, _loss_config())
+    plain, (metrics, _) = objective(
+        model, _counts(model), x, labels, STEP, KEY, _loss_config(usage_weight=0.0)
+    )
     weighted, _ = objective(
         model, _counts(model), x, labels, STEP, KEY, _loss_config(usage_weight=0.5)
     )
@@ -221,15 +219,15 @@ def test_kl_terms_of_an_example_do_not_depend_on_its_batch_mates(model: SSVAE, b
     posterior = model.encode(x)
     z = posterior.z_mean
     full = model.prior.kl_terms(posterior, z, encoder=model.encoder, key=KEY)
-    part = model.prior.kl_terms(_sub(posterior, slice(2, 5)), z[2:5], encoder=model.encoder, key=KEY)
+    part = model.prior.kl_terms(
+        _sub(posterior, slice(2, 5)), z[2:5], encoder=model.encoder, key=KEY
+    )
     assert set(full) == set(part) == {"kl_z", "kl_c"}
     for name in full:
         np.testing.assert_allclose(np.asarray(full[name][2:5]), np.asarray(part[name]), rtol=1e-6)
 
 
-def test_channel_nll_of_an_example_does_not_depend_on_its_batch_mates(
-    model: SSVAE, batch
-) -> None:
+def test_channel_nll_of_an_example_does_not_depend_on_its_batch_mates(model: SSVAE, batch) -> None:
     x, _ = batch
     z = jax.random.normal(KEY, (8, 2))
     full = model.channel_nll(x, z)
@@ -244,7 +242,9 @@ def test_supervised_loss_of_an_example_does_not_depend_on_its_batch_mates(
     posterior = model.encode(x)
     z = posterior.z_mean
     full = model.head.supervised_loss(posterior, z, labels, _counts(model))
-    part = model.head.supervised_loss(_sub(posterior, slice(4, 8)), z[4:], labels[4:], _counts(model))
+    part = model.head.supervised_loss(
+        _sub(posterior, slice(4, 8)), z[4:], labels[4:], _counts(model)
+    )
     np.testing.assert_allclose(np.asarray(full[4:]), np.asarray(part), rtol=1e-6)
 
 

@@ -46,11 +46,11 @@ class VampPrior(AbstractPrior):
     conditions_decoder: bool = eqx.field(static=True)
     num_samples: int = eqx.field(static=True)
     pseudo_lr_scale: float = eqx.field(static=True)
-    pseudo_inputs: Float[Array, "K *sample"]
+    pseudo_inputs: Float[Array, "K ..."]
 
     def __init__(
         self,
-        pseudo_inputs: Float[Array, "K *sample"],
+        pseudo_inputs: Float[Array, "K ..."],
         *,
         num_samples: int = 1,
         pseudo_lr_scale: float = 1.0,

@@ -21,9 +21,9 @@ def initial_pseudo_inputs(
     init: str,
     num_components: int,
     input_shape: tuple[int, ...],
-    data: Float[np.ndarray, "N *sample"] | None,
+    data: Float[np.ndarray, "N ..."] | None,
     key: PRNGKeyArray,
-) -> Float[np.ndarray, "K *sample"]:
+) -> Float[np.ndarray, "K ..."]:
     """K pseudo-inputs of the input's shape.
 
     ``"random"`` draws K training inputs (without replacement when there are enough);

@@ -1,0 +1,207 @@
+"""Convolutional encoder and component-aware decoder: the conv counterpart of the dense family.
+
+Samples are images of shape ``(H, W)`` (one channel) or ``(C, H, W)``. With
+``L = len(channels)`` stride-2 layers:
+
+- the encoder's convolutions ('SAME' padding) map a side ``n`` to ``⌈n/2⌉``, so it
+  accepts any image size;
+- the decoder's transposed convolutions double a ``H/2^L × W/2^L`` seed map ``L`` times,
+  so it produces exactly the sizes whose height and width are multiples of ``2^L``
+  (28 × 28 and 8 × 8 with the default two layers) and rejects every other size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ssvae_core.conditioning import ComponentConditioning
+from ssvae_core.networks.dense import ACTIVATIONS
+from ssvae_core.protocols import AbstractDecoder, AbstractEncoder
+from ssvae_core.types import DecoderOutput, EncoderOutput
+
+# The dense encoder's bound on log σ², so that both families behave alike.
+LOG_VAR_BOUND = 6.0
+
+
+def image_shape(sample_shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(C, H, W)`` of a sample of shape ``(H, W)`` (``C = 1``) or ``(C, H, W)``."""
+    shape = tuple(sample_shape)
+    if len(shape) == 2:
+        return (1, *shape)
+    if len(shape) == 3:
+        return shape[0], shape[1], shape[2]
+    raise ValueError(
+        f"the conv networks take images of shape (H, W) or (C, H, W), got sample shape {shape}"
+    )
+
+
+def _check_channels(channels: Sequence[int]) -> None:
+    if not channels or min(channels) < 1:
+        raise ValueError(f"channels must list at least one positive width, got {list(channels)}")
+
+
+def decoder_seed_shape(sample_shape: Sequence[int], channels: Sequence[int]) -> tuple[int, int, int]:
+    """The first feature map ``(C_L, H/2^L, W/2^L)``; ``ValueError`` unless ``2^L`` divides H and W."""
+    _check_channels(channels)
+    _, height, width = image_shape(sample_shape)
+    factor = 2 ** len(channels)
+    if height % factor or width % factor:
+        raise ValueError(
+            f"the conv decoder produces images whose height and width are multiples of "
+            f"2**len(channels) = {factor} (channels = {list(channels)}); got sample shape "
+            f"{tuple(sample_shape)}"
+        )
+    return channels[-1], height // factor, width // factor
+
+
+def _transposed_padding(kernel_size: int) -> tuple[int, int]:
+    """Padding and output padding for which a stride-2 transposed conv doubles the size.
+
+    Output side ``2(n − 1) − 2p + k + q = 2n`` with ``p = ⌊(k − 1)/2⌋``, ``q = 2 + 2p − k``.
+    """
+    padding = (kernel_size - 1) // 2
+    return padding, 2 + 2 * padding - kernel_size
+
+
+class ConvEncoder(AbstractEncoder):
+    """Stride-2 convolutions, then linear heads for ``μ``, ``log σ²`` and channel logits.
+
+    ``log σ² = b · tanh(raw / b)`` with the dense encoder's bound ``b = 6`` keeps ``exp``
+    finite early in training; there are no logits when ``num_components == 0``.
+    """
+
+    input_shape: tuple[int, ...] = eqx.field(static=True)
+    latent_dim: int = eqx.field(static=True)
+    num_components: int = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+    convs: list[eqx.nn.Conv2d]
+    mean_head: eqx.nn.Linear
+    log_var_head: eqx.nn.Linear
+    logits_head: eqx.nn.Linear | None
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        latent_dim: int,
+        num_components: int,
+        channels: Sequence[int],
+        kernel_size: int,
+        activation: str,
+        *,
+        key: PRNGKeyArray,
+    ):
+        _check_channels(channels)
+        in_channels, height, width = image_shape(input_shape)
+        self.input_shape = tuple(input_shape)
+        self.latent_dim = latent_dim
+        self.num_components = num_components
+        self.activation = activation
+        conv_key, mean_key, var_key, logit_key = jax.random.split(key, 4)
+        widths = [in_channels, *channels]
+        self.convs = [
+            eqx.nn.Conv2d(a, b, kernel_size, stride=2, padding="SAME", key=k)
+            for a, b, k in zip(
+                widths[:-1], widths[1:], jax.random.split(conv_key, len(channels)), strict=True
+            )
+        ]
+        for _ in channels:
+            height, width = -(-height // 2), -(-width // 2)
+        features = channels[-1] * height * width
+        self.mean_head = eqx.nn.Linear(features, latent_dim, key=mean_key)
+        self.log_var_head = eqx.nn.Linear(features, latent_dim, key=var_key)
+        self.logits_head = (
+            eqx.nn.Linear(features, num_components, key=logit_key) if num_components > 0 else None
+        )
+
+    def __call__(self, x: Float[Array, "*sample"]) -> EncoderOutput:
+        act = ACTIVATIONS[self.activation]
+        h = x.reshape(image_shape(self.input_shape))
+        for conv in self.convs:
+            h = act(conv(h))
+        h = h.reshape(-1)
+        logits = self.logits_head(h) if self.logits_head is not None else None
+        log_var = LOG_VAR_BOUND * jnp.tanh(self.log_var_head(h) / LOG_VAR_BOUND)
+        return EncoderOutput(z_mean=self.mean_head(h), z_log_var=log_var, logits=logits)
+
+
+class ConvDecoder(AbstractDecoder):
+    """Linear map of ``z`` to a seed feature map, then stride-2 transposed convolutions.
+
+    ``e_c`` enters as in the dense decoder: ``concat`` appends ``proj(e_c)`` to ``z``;
+    ``film`` / ``cin`` modulate the seed map per feature channel (``cin`` normalises each
+    channel over its spatial positions first). A heteroscedastic scale comes from extra
+    output channels when it is per pixel, otherwise from a linear head on the seed map.
+    """
+
+    output_shape: tuple[int, ...] = eqx.field(static=True)
+    conditioning: str = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+    seed_shape: tuple[int, int, int] = eqx.field(static=True)
+    per_pixel_scale: bool = eqx.field(static=True)
+    condition: ComponentConditioning
+    stem: eqx.nn.Linear
+    deconvs: list[eqx.nn.ConvTranspose2d]
+    scale_head: eqx.nn.Linear | None
+
+    def __init__(
+        self,
+        output_shape: tuple[int, ...],
+        latent_dim: int,
+        channels: Sequence[int],
+        kernel_size: int,
+        activation: str,
+        conditioning: str,
+        embedding_dim: int,
+        scale_size: int,
+        *,
+        key: PRNGKeyArray,
+    ):
+        self.seed_shape = decoder_seed_shape(output_shape, channels)
+        self.output_shape = tuple(output_shape)
+        self.conditioning = conditioning
+        self.activation = activation
+        cond_key, stem_key, deconv_key, scale_key = jax.random.split(key, 4)
+        self.condition = ComponentConditioning(
+            conditioning, embedding_dim, channels[-1], key=cond_key
+        )
+        self.stem = eqx.nn.Linear(
+            latent_dim + self.condition.extra_input_features(), math.prod(self.seed_shape), key=stem_key
+        )
+        self.per_pixel_scale = scale_size == math.prod(output_shape)
+        out_channels = image_shape(output_shape)[0] * (2 if self.per_pixel_scale else 1)
+        widths = [*reversed(channels), out_channels]
+        padding, output_padding = _transposed_padding(kernel_size)
+        self.deconvs = [
+            eqx.nn.ConvTranspose2d(
+                a, b, kernel_size, stride=2, padding=padding, output_padding=output_padding, key=k
+            )
+            for a, b, k in zip(
+                widths[:-1], widths[1:], jax.random.split(deconv_key, len(channels)), strict=True
+            )
+        ]
+        self.scale_head = (
+            eqx.nn.Linear(math.prod(self.seed_shape), scale_size, key=scale_key)
+            if scale_size and not self.per_pixel_scale
+            else None
+        )
+
+    def __call__(
+        self, z: Float[Array, " D"], embedding: Float[Array, " E"] | None
+    ) -> DecoderOutput:
+        act = ACTIVATIONS[self.activation]
+        h = self.stem(self.condition.condition_input(z, embedding)).reshape(self.seed_shape)
+        h = act(self.condition.condition_hidden(h, embedding))
+        scale_raw = self.scale_head(h.reshape(-1)) if self.scale_head is not None else None
+        for deconv in self.deconvs[:-1]:
+            h = act(deconv(h))
+        h = self.deconvs[-1](h)
+        if self.per_pixel_scale:
+            h, scale = jnp.split(h, 2)
+            scale_raw = scale.reshape(-1)
+        return DecoderOutput(loc=h.reshape(self.output_shape), scale_raw=scale_raw)

@@ -1,0 +1,156 @@
+"""The conv encoder and decoder: shapes, conditioning, likelihoods, size rule, training."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ssvae_conv import ConvDecoder, ConvEncoder, image_shape, plugin
+
+from ssvae_core.config import config_from_dict
+from ssvae_core.errors import ConfigError
+from ssvae_core.likelihoods import make_likelihood
+from ssvae_core.model import build_model
+from ssvae_core.registry import Registry, default_registry
+from ssvae_core.training import Trainer, init_state, training_arrays
+
+LATENT_DIM = 3
+EMBEDDING_DIM = 4
+LIKELIHOODS = {
+    "bernoulli": make_likelihood("bernoulli"),
+    "gaussian": make_likelihood("gaussian"),
+    "heteroscedastic": make_likelihood("heteroscedastic"),
+    "heteroscedastic_per_pixel": make_likelihood("heteroscedastic", per_pixel=True),
+}
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry(entry_points=False, plugins=[("ssvae_conv", plugin)])
+
+
+def _decoder(shape: tuple[int, ...], conditioning: str, scale_size: int, kernel_size: int = 4) -> ConvDecoder:
+    return ConvDecoder(
+        shape, LATENT_DIM, (4, 8), kernel_size, "relu", conditioning, EMBEDDING_DIM, scale_size,
+        key=jax.random.PRNGKey(0),
+    )
+
+
+def _config(registry: Registry, *, encoder: str = "conv", decoder: str = "conv", **model: object):
+    return config_from_dict(
+        {
+            "model": {"latent_dim": LATENT_DIM, "embedding_dim": EMBEDDING_DIM, **model},
+            "prior": {"name": "mixture", "num_components": 3},
+            "encoder": {"name": encoder, **({"channels": [4, 8]} if encoder == "conv" else {"hidden": [8]})},
+            "decoder": {"name": decoder, "channels": [4, 8]},
+            "train": {"steps": 3, "batch_size": 8, "log_every": 3},
+        },
+        registry,
+    )
+
+
+def test_image_shape_adds_a_channel_axis_to_2d_samples() -> None:
+    assert image_shape((28, 28)) == (1, 28, 28)
+    assert image_shape((3, 16, 8)) == (3, 16, 8)
+    with pytest.raises(ValueError, match=r"\(H, W\) or \(C, H, W\), got sample shape \(64,\)"):
+        image_shape((64,))
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (8, 8), (3, 8, 12)])
+@pytest.mark.parametrize("conditioning", ["concat", "film", "cin", "none"])
+def test_decoder_output_matches_sample_and_likelihood(shape: tuple[int, ...], conditioning: str) -> None:
+    # Shapes only: eval_shape traces the networks without running (or compiling) them.
+    z = jnp.zeros((LATENT_DIM,))
+    embedding = None if conditioning == "none" else jnp.ones((EMBEDDING_DIM,))
+    for likelihood in LIKELIHOODS.values():
+        scale_size = likelihood.scale_size(math.prod(shape))
+        decoder = eqx.filter_eval_shape(_decoder, shape, conditioning, scale_size)
+        output = eqx.filter_eval_shape(lambda d: d(z, embedding), decoder)
+        assert output.loc.shape == shape
+        if scale_size:
+            assert output.scale_raw.shape == (scale_size,)
+        else:
+            assert output.scale_raw is None
+        nll = eqx.filter_eval_shape(likelihood.nll, jnp.zeros(shape), output)
+        assert nll.shape == ()
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (8, 8), (3, 8, 12), (7, 9)])
+@pytest.mark.parametrize("num_components", [0, 5])
+def test_encoder_outputs_posterior_for_any_image_size(shape: tuple[int, ...], num_components: int) -> None:
+    encoder = eqx.filter_eval_shape(
+        ConvEncoder, shape, LATENT_DIM, num_components, (4, 8), 3, "gelu", key=jax.random.PRNGKey(0)
+    )
+    output = eqx.filter_eval_shape(lambda e: e(jnp.zeros(shape)), encoder)
+    assert output.z_mean.shape == output.z_log_var.shape == (LATENT_DIM,)
+    if num_components:
+        assert output.logits.shape == (num_components,)
+    else:
+        assert output.logits is None
+
+
+@pytest.mark.parametrize("kernel_size", [3, 4])
+def test_decoder_forward_is_finite_and_conditioned_on_the_channel(kernel_size: int) -> None:
+    decoder = _decoder((8, 8), "film", 1, kernel_size)
+    decode = eqx.filter_jit(lambda d, e: d(jnp.ones((LATENT_DIM,)), e))
+    first, second = decode(decoder, jnp.ones((EMBEDDING_DIM,))), decode(decoder, -jnp.ones((EMBEDDING_DIM,)))
+    assert first.loc.shape == (8, 8) and np.all(np.isfinite(first.loc))
+    assert not np.allclose(first.loc, second.loc)
+
+
+def test_per_pixel_scale_comes_from_extra_output_channels() -> None:
+    decoder = _decoder((3, 8, 8), "none", 3 * 8 * 8)
+    assert decoder.per_pixel_scale and decoder.scale_head is None
+    assert decoder.deconvs[-1].out_channels == 6
+
+
+@pytest.mark.parametrize("shape", [(10, 10), (28, 30), (3, 6, 8)])
+def test_decoder_rejects_sizes_it_cannot_produce(registry: Registry, shape: tuple[int, ...]) -> None:
+    config = _config(registry, encoder="dense")
+    with pytest.raises(ConfigError, match=rf"decoder 'conv': .*multiples of 2\*\*len\(channels\) = 4 .*got sample shape {re.escape(str(shape))}"):
+        build_model(config, input_shape=shape, num_classes=2, key=jax.random.PRNGKey(0))
+
+
+def test_encoder_rejects_non_image_samples(registry: Registry) -> None:
+    with pytest.raises(ConfigError, match=r"encoder 'conv': .*\(H, W\) or \(C, H, W\), got sample shape \(64,\)"):
+        build_model(_config(registry), input_shape=(64,), num_classes=2, key=jax.random.PRNGKey(0))
+
+
+def test_empty_channels_are_rejected(registry: Registry) -> None:
+    config = config_from_dict({"encoder": {"name": "conv", "channels": []}}, registry)
+    with pytest.raises(ConfigError, match="encoder 'conv': channels must list at least one"):
+        build_model(config, input_shape=(8, 8), num_classes=2, key=jax.random.PRNGKey(0))
+
+
+def test_trains_a_few_steps_on_8x8_images(registry: Registry) -> None:
+    model, config = build_model(
+        _config(registry, likelihood="heteroscedastic"),
+        input_shape=(8, 8), num_classes=2, key=jax.random.PRNGKey(0),
+    )
+    assert isinstance(model.encoder, ConvEncoder) and isinstance(model.decoder, ConvDecoder)
+    trainer = Trainer.for_model(config, model)
+    x = np.random.default_rng(0).random((16, 8, 8), dtype=np.float32)
+    history: list[dict[str, float]] = []
+    _, state, _ = trainer.run(
+        training_arrays(x, x[:4], np.array([0, 1, 0, 1])), model,
+        init_state(model, jax.random.PRNGKey(1)), trainer.init_opt_state(model),
+        on_metrics=lambda step, metrics: history.append(metrics),
+    )
+    assert int(state.step) == 3
+    assert np.isfinite(history[-1]["loss"])
+
+
+def test_entry_point_registers_conv_encoder_and_decoder() -> None:
+    try:
+        importlib.metadata.version("ssvae-conv")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("ssvae-conv is not installed")
+    registry = default_registry()
+    assert registry.get("encoder", "conv").package == "ssvae-conv"
+    assert registry.get("decoder", "conv").package == "ssvae-conv"

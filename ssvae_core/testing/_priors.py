@@ -1,0 +1,551 @@
+"""Conformance checks for priors (SPEC §6): KL terms, samples, scales and frozen π.
+
+Which KL terms are *exact* (analytic) KLs and which are Monte-Carlo estimates is decided
+by observation: a term whose value changes with the ``key`` passed to ``kl_terms`` is an
+estimate; a deterministic term whose name starts with ``kl`` is taken as an exact KL
+(``ConformanceSettings.exact_kl_terms`` overrides this). Exact KLs must be finite, ≥ 0 and
+0 when ``q`` equals ``p``; estimates must converge to a high-sample reference as the
+sample-count option grows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cached_property, partial
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from hypothesis import strategies as st
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ssvae_core.components import ComponentFactory
+from ssvae_core.model import reparameterise
+from ssvae_core.protocols import AbstractEncoder, AbstractPrior
+from ssvae_core.testing import strategies
+from ssvae_core.testing._runner import NotApplicable, check, expect, expect_close, for_all
+from ssvae_core.testing._signatures import protocol_method
+from ssvae_core.testing._subjects import (
+    ConformanceSettings,
+    Subject,
+    build_checked,
+    dense_companion,
+    expect_finite_step,
+    make_context,
+    permute_channels,
+)
+from ssvae_core.types import EncoderOutput
+
+# Monte-Carlo convergence: estimates at two sample counts against a high-sample reference.
+MC_SAMPLE_COUNTS = (4, 64)
+MC_REFERENCE_SAMPLES = 4096
+MC_REPEATS = 32
+# Samples per channel for the moments of p(z|c) (KL_z must vanish at the matching q).
+MOMENT_SAMPLES = 4096
+ONE_HOT_LOGIT = -60.0
+
+
+def _kl_terms(
+    prior: AbstractPrior, encoder: AbstractEncoder, posterior: EncoderOutput, key: PRNGKeyArray
+) -> dict[str, Float[Array, " B"]]:
+    z_key, prior_key = jax.random.split(key)
+    z = reparameterise(posterior, z_key)
+    return prior.kl_terms(posterior, z, encoder=encoder, key=prior_key)
+
+
+_kl_terms_jit = eqx.filter_jit(_kl_terms)
+
+
+@eqx.filter_jit
+def _kl_terms_over_keys(
+    prior: AbstractPrior, encoder: AbstractEncoder, posterior: EncoderOutput, keys: PRNGKeyArray
+) -> dict[str, Float[Array, "M B"]]:
+    return jax.vmap(partial(_kl_terms, prior, encoder, posterior))(keys)
+
+
+def _one_hot_logits(channels: np.ndarray, num_components: int) -> np.ndarray:
+    """Logits whose softmax is (numerically) one-hot at ``channels``."""
+    logits = np.full((len(channels), num_components), ONE_HOT_LOGIT, dtype=np.float32)
+    logits[np.arange(len(channels)), channels] = 0.0
+    return logits
+
+
+def _mix(mask: np.ndarray, kept: EncoderOutput, other: EncoderOutput) -> EncoderOutput:
+    """Rows of ``kept`` where ``mask`` is true, rows of ``other`` elsewhere."""
+    return jax.tree.map(lambda a, b: jnp.where(mask.reshape(-1, *([1] * (a.ndim - 1))), a, b), kept, other)
+
+
+class PriorSubject(Subject):
+    """A prior built for a model without channels yet, with a dense companion encoder."""
+
+    kind = "prior"
+
+    def __init__(self, label: str, factory: ComponentFactory, options: Any, settings: ConformanceSettings):
+        super().__init__(label, factory, options, settings)
+        self.context = make_context(settings, num_components=0)
+        self.prior = build_checked("prior", factory, options, self.context, label)
+        self.num_components = int(self.prior.num_components)
+        encoder_context = make_context(settings, num_components=self.num_components)
+        self.encoder = dense_companion("encoder", encoder_context)
+
+    def kl(
+        self, posterior: EncoderOutput, seed: int, prior: AbstractPrior | None = None, *, jit: bool = True
+    ) -> dict[str, np.ndarray]:
+        """The prior's KL terms as NumPy arrays (``z`` and the prior's key come from ``seed``)."""
+        prior = self.prior if prior is None else prior
+        key = jax.random.PRNGKey(seed)
+        if jit:
+            terms = _kl_terms_jit(prior, self.encoder, posterior, key)
+        else:
+            with jax.disable_jit():
+                terms = _kl_terms(prior, self.encoder, posterior, key)
+        expect(isinstance(terms, dict), f"kl_terms returned {type(terms).__name__}, not a dict")
+        return {name: np.asarray(value) for name, value in terms.items()}
+
+    def inputs(self, batch_sizes: tuple[int, ...] = strategies.BATCH_SIZES) -> st.SearchStrategy[dict[str, Any]]:
+        """A batch of posteriors for this prior's ``K`` and a seed."""
+        latent_dim, num_components = self.settings.latent_dim, self.num_components
+        return st.sampled_from(batch_sizes).flatmap(
+            lambda batch: st.fixed_dictionaries(
+                {
+                    "posterior": strategies.posteriors(batch, latent_dim, num_components),
+                    "seed": strategies.seeds(),
+                }
+            )
+        )
+
+    @cached_property
+    def term_kinds(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """``(exact, monte_carlo)`` term names, told apart by their dependence on the key."""
+        rng = np.random.default_rng(0)
+        batch, latent_dim = 3, self.settings.latent_dim
+        posterior = EncoderOutput(
+            z_mean=jnp.asarray(rng.normal(size=(batch, latent_dim)), dtype=jnp.float32),
+            z_log_var=jnp.asarray(rng.normal(size=(batch, latent_dim)) * 0.5, dtype=jnp.float32),
+            logits=jnp.asarray(rng.normal(size=(batch, self.num_components)), dtype=jnp.float32)
+            if self.num_components
+            else None,
+        )
+        first, second = self.kl(posterior, 0), self.kl(posterior, 1)
+        monte_carlo = tuple(name for name in first if not np.array_equal(first[name], second[name]))
+        if self.settings.exact_kl_terms is not None:
+            exact = tuple(self.settings.exact_kl_terms)
+        else:
+            exact = tuple(n for n in first if n.startswith("kl") and n not in monte_carlo)
+        return exact, monte_carlo
+
+
+@check("prior", "attributes", "num_components is an int >= 0 (0: no channels, which cannot "
+       "condition the decoder); log_weights() is a finite log-distribution over the K channels")
+def _attributes(subject: PriorSubject) -> None:
+    prior = subject.prior
+    count = prior.num_components
+    expect(isinstance(count, int) and not isinstance(count, bool) and count >= 0,
+           f"num_components must be an int >= 0, got {count!r}")
+    expect(isinstance(prior.conditions_decoder, bool),
+           f"conditions_decoder must be a bool, got {prior.conditions_decoder!r}")
+    expect(count > 0 or not prior.conditions_decoder,
+           "a prior without channels (num_components == 0) cannot condition the decoder")
+    log_weights = np.asarray(prior.log_weights())
+    expect(log_weights.shape == (count,), f"log_weights() has shape {log_weights.shape}, expected ({count},)")
+    if count:
+        expect(np.all(np.isfinite(log_weights)), f"log_weights() is not finite: {log_weights}")
+        total = float(jax.nn.logsumexp(log_weights))
+        expect(abs(total) < 1e-5, f"exp(log_weights()) sums to {np.exp(total):.6g}, not 1")
+
+
+@check("prior", "signatures", "every AbstractPrior method accepts and returns what its "
+       "jaxtyping-annotated protocol signature says (checked by beartype)")
+def _signatures(subject: PriorSubject) -> None:
+    prior, encoder = subject.prior, subject.encoder
+    methods = {
+        name: protocol_method(AbstractPrior, name, prior)
+        for name in ("log_weights", "kl_terms", "sample", "regularisers", "parameter_scales")
+    }
+
+    def body(example: dict[str, Any]) -> None:
+        posterior = example["posterior"]
+        key = jax.random.PRNGKey(example["seed"])
+        methods["log_weights"]()
+        methods["kl_terms"](posterior, reparameterise(posterior, key), encoder=encoder, key=key)
+        methods["sample"](5, encoder=encoder, key=key)
+        methods["regularisers"]()
+        methods["parameter_scales"]()
+
+    for_all(subject, subject.inputs(), body)
+
+
+@check("prior", "kl_terms_per_example_finite", "kl_terms returns a non-empty dict of finite "
+       "float arrays of shape (B,), one value per example")
+def _kl_terms_finite(subject: PriorSubject) -> None:
+    def body(example: dict[str, Any]) -> None:
+        batch = example["posterior"].z_mean.shape[0]
+        terms = subject.kl(example["posterior"], example["seed"])
+        expect(terms, "kl_terms returned no terms")
+        for name, value in terms.items():
+            expect(value.shape == (batch,), f"term {name!r} has shape {value.shape}, expected ({batch},)")
+            expect(np.issubdtype(value.dtype, np.floating), f"term {name!r} has dtype {value.dtype}")
+            expect(np.all(np.isfinite(value)), f"term {name!r} is not finite: {value}")
+
+    for_all(subject, subject.inputs(), body)
+
+
+@check("prior", "exact_kl_nonnegative", "exact (analytic) KL terms are >= 0")
+def _exact_kl_nonnegative(subject: PriorSubject) -> str:
+    exact, _ = subject.term_kinds
+    if not exact:
+        raise NotApplicable("no exact KL terms")
+
+    def body(example: dict[str, Any]) -> None:
+        terms = subject.kl(example["posterior"], example["seed"])
+        for name in exact:
+            expect(np.all(terms[name] >= -1e-4), f"exact KL term {name!r} is negative: {terms[name]}")
+
+    for_all(subject, subject.inputs(), body)
+    return f"exact terms: {', '.join(exact)}"
+
+
+def _channel_moments(subject: PriorSubject) -> tuple[list[int], np.ndarray, np.ndarray, str | None]:
+    """Channels, means and variances of p(z|c) from samples; why no diagonal Gaussian q fits."""
+    channels = max(subject.num_components, 1)
+    z, c = subject.prior.sample(MOMENT_SAMPLES * channels, encoder=subject.encoder, key=jax.random.PRNGKey(5))
+    z, c = np.asarray(z, dtype=np.float64), np.asarray(c)
+    used, means, variances = [], [], []
+    for channel in range(channels):
+        samples = z[c == channel]
+        if len(samples) < MOMENT_SAMPLES // 4:
+            continue
+        mean, std = samples.mean(0), samples.std(0)
+        standard = (samples - mean) / np.maximum(std, 1e-12)
+        skew, excess_kurtosis = np.mean(standard**3, 0), np.mean(standard**4, 0) - 3.0
+        correlation = np.corrcoef(samples, rowvar=False) if samples.shape[1] > 1 else np.eye(1)
+        off_diagonal = np.abs(correlation - np.diag(np.diag(correlation))).max()
+        if np.abs(skew).max() > 0.3 or np.abs(excess_kurtosis).max() > 0.6 or off_diagonal > 0.1:
+            reason = (
+                f"p(z|c={channel}) is not a diagonal Gaussian (skewness up to "
+                f"{np.abs(skew).max():.2f}, excess kurtosis up to {np.abs(excess_kurtosis).max():.2f}, "
+                f"correlation up to {off_diagonal:.2f}), so no q(z|x) equals it"
+            )
+            return used, np.zeros(0), np.zeros(0), reason
+        used.append(channel)
+        means.append(mean)
+        variances.append(std**2)
+    return used, np.asarray(means), np.asarray(variances), None
+
+
+@check("prior", "exact_kl_zero_at_prior", "exact KL terms are 0 when q equals p: kl_c at "
+       "logits = log π, kl_z at q(z|x) = p(z|c) with one-hot q(c|x) (p(z|c)'s moments from sample())")
+def _exact_kl_zero(subject: PriorSubject) -> str:
+    exact, _ = subject.term_kinds
+    notes = []
+    latent_terms = [name for name in exact if name != "kl_c"]
+    if "kl_c" in exact and subject.num_components:
+        log_weights = np.asarray(subject.prior.log_weights())
+
+        def body(example: dict[str, Any]) -> None:
+            shifted = log_weights + example["shift"][:, None]
+            posterior = dataclasses.replace(example["posterior"], logits=jnp.asarray(shifted, dtype=jnp.float32))
+            kl_c = subject.kl(posterior, example["seed"])["kl_c"]
+            expect_close(kl_c, np.zeros_like(kl_c), "kl_c at logits = log π + const", atol=1e-5)
+
+        batch = 3
+        strategy = st.fixed_dictionaries(
+            {
+                "posterior": strategies.posteriors(batch, subject.settings.latent_dim, subject.num_components),
+                "shift": strategies.float_arrays((batch,), -5.0, 5.0),
+                "seed": strategies.seeds(),
+            }
+        )
+        for_all(subject, strategy, body)
+        notes.append("kl_c")
+    if latent_terms:
+        channels, means, variances, reason = _channel_moments(subject)
+        if reason is not None:
+            notes.append(f"not {', '.join(latent_terms)}: {reason}")
+        elif channels:
+            logits = (
+                jnp.asarray(_one_hot_logits(np.asarray(channels), subject.num_components))
+                if subject.num_components
+                else None
+            )
+            posterior = EncoderOutput(
+                z_mean=jnp.asarray(means, dtype=jnp.float32),
+                z_log_var=jnp.asarray(np.log(variances), dtype=jnp.float32),
+                logits=logits,
+            )
+            terms = subject.kl(posterior, 0)
+            for name in latent_terms:
+                # Moments from MOMENT_SAMPLES draws miss p by about D / MOMENT_SAMPLES nats.
+                expect(np.all(np.abs(terms[name]) < 0.02),
+                       f"{name} = {terms[name]} at q(z|x) = p(z|c) for channels {channels} "
+                       f"(means {np.round(means, 3).tolist()}, variances {np.round(variances, 3).tolist()})")
+            notes.append(", ".join(latent_terms))
+    if not notes:
+        raise NotApplicable("no exact KL terms")
+    return "checked " + "; ".join(notes)
+
+
+@check("prior", "monte_carlo_kl_converges", "Monte-Carlo KL estimates converge to a "
+       f"{MC_REFERENCE_SAMPLES}-sample reference: the error shrinks with the sample count "
+       f"({MC_SAMPLE_COUNTS[0]} -> {MC_SAMPLE_COUNTS[1]}), the estimate is unbiased and the reference >= 0")
+def _monte_carlo_converges(subject: PriorSubject) -> str:
+    _, monte_carlo = subject.term_kinds
+    if not monte_carlo:
+        raise NotApplicable("every KL term is deterministic")
+    option = subject.settings.sample_count_option
+    names = {field.name for field in dataclasses.fields(subject.options)}
+    if option not in names:
+        raise NotApplicable(
+            f"Monte-Carlo terms {', '.join(monte_carlo)} but no option {option!r} sets the "
+            "sample count (pass sample_count_option=...)"
+        )
+    low, high = (
+        build_checked(
+            "prior", subject.factory, dataclasses.replace(subject.options, **{option: count}),
+            subject.context, subject.label,
+        )
+        for count in MC_SAMPLE_COUNTS
+    )
+    reference = build_checked(
+        "prior", subject.factory,
+        dataclasses.replace(subject.options, **{option: MC_REFERENCE_SAMPLES}),
+        subject.context, subject.label,
+    )
+
+    def body(example: dict[str, Any]) -> None:
+        posterior, seed = example["posterior"], example["seed"]
+        keys = jax.random.split(jax.random.PRNGKey(seed), MC_REPEATS)
+        estimates_low = _kl_terms_over_keys(low, subject.encoder, posterior, keys)
+        estimates_high = _kl_terms_over_keys(high, subject.encoder, posterior, keys)
+        exact = subject.kl(posterior, seed, reference)
+        for name in monte_carlo:
+            target = exact[name]
+            spread_low, spread_high = np.asarray(estimates_low[name]), np.asarray(estimates_high[name])
+            expect(np.all(np.isfinite(target)), f"{name} with {MC_REFERENCE_SAMPLES} samples is not finite")
+            error_low = float(np.sqrt(np.mean((spread_low - target) ** 2)))
+            error_high = float(np.sqrt(np.mean((spread_high - target) ** 2)))
+            tolerance = 1e-3 * (1.0 + float(np.mean(np.abs(target))))
+            # The error of an unbiased estimate falls as 1/sqrt(S): 16x the samples, 1/4 the error.
+            expect(error_high <= 0.5 * error_low + tolerance,
+                   f"{name}: RMS error {error_low:.4g} with {MC_SAMPLE_COUNTS[0]} samples and "
+                   f"{error_high:.4g} with {MC_SAMPLE_COUNTS[1]} (expected about a quarter) "
+                   f"against the {MC_REFERENCE_SAMPLES}-sample value {target}")
+            sd_high = spread_high.std(0)
+            sd_reference = sd_high * np.sqrt(MC_SAMPLE_COUNTS[1] / MC_REFERENCE_SAMPLES)
+            bias = spread_high.mean(0) - target
+            allowed = 6.0 * (sd_high / np.sqrt(MC_REPEATS) + sd_reference) + tolerance
+            expect(np.all(np.abs(bias) <= allowed),
+                   f"{name}: mean of {MC_REPEATS} estimates with {MC_SAMPLE_COUNTS[1]} samples "
+                   f"misses the reference {target} by {bias} (allowed {allowed})")
+            expect(np.all(target >= -4.0 * sd_reference - tolerance),
+                   f"{name}: the {MC_REFERENCE_SAMPLES}-sample estimate of a KL is negative: {target}")
+
+    for_all(subject, subject.inputs((3,)), body)
+    return f"Monte-Carlo terms: {', '.join(monte_carlo)}"
+
+
+@check("prior", "per_example_independence", "each example's KL terms do not depend on the "
+       "other members of the batch")
+def _per_example(subject: PriorSubject) -> None:
+    def body(example: dict[str, Any]) -> None:
+        mask = example["mask"]
+        mixed = _mix(mask, example["posterior"], example["others"])
+        alone, together = subject.kl(example["posterior"], example["seed"]), subject.kl(mixed, example["seed"])
+        for name, value in alone.items():
+            expect_close(together[name][mask], value[mask], f"term {name!r} of the kept rows")
+
+    strategy = st.sampled_from((3, 8)).flatmap(
+        lambda batch: st.fixed_dictionaries(
+            {
+                "posterior": strategies.posteriors(batch, subject.settings.latent_dim, subject.num_components),
+                "others": strategies.posteriors(batch, subject.settings.latent_dim, subject.num_components),
+                "mask": strategies.row_masks(batch),
+                "seed": strategies.seeds(),
+            }
+        )
+    )
+    for_all(subject, strategy, body)
+
+
+@check("prior", "jit_matches_eager", "kl_terms gives the same values under jit and eagerly")
+def _jit_matches_eager(subject: PriorSubject) -> None:
+    def body(example: dict[str, Any]) -> None:
+        compiled = subject.kl(example["posterior"], example["seed"])
+        eager = subject.kl(example["posterior"], example["seed"], jit=False)
+        for name, value in compiled.items():
+            expect_close(value, eager[name], f"term {name!r}", rtol=1e-4, atol=1e-4)
+
+    for_all(subject, subject.inputs(), body)
+
+
+def _relabels(subject: PriorSubject, permuted: AbstractPrior, posterior: EncoderOutput,
+              permutation: np.ndarray, seed: int) -> bool:
+    """Whether ``permuted`` is this prior with its channels relabelled by ``permutation``."""
+    count = subject.num_components
+    log_weights = np.asarray(subject.prior.log_weights())
+    if not np.allclose(np.asarray(permuted.log_weights()), log_weights[permutation], atol=1e-6):
+        return False
+    # Every channel's terms under a one-hot q(c|x), for the same q(z|x).
+    repeated = EncoderOutput(
+        z_mean=jnp.repeat(posterior.z_mean[:1], count, axis=0),
+        z_log_var=jnp.repeat(posterior.z_log_var[:1], count, axis=0),
+        logits=jnp.asarray(_one_hot_logits(np.arange(count), count)),
+    )
+    original, relabelled = subject.kl(repeated, seed), subject.kl(repeated, seed, permuted)
+    return all(
+        np.allclose(relabelled[name], original[name][permutation], rtol=1e-4, atol=1e-4)
+        for name in original
+    )
+
+
+@check("prior", "channel_permutation", "relabelling the channels (logits and the prior's "
+       "channel-indexed parameters together) leaves every KL term unchanged; with uniform π, "
+       "permuting the logits alone leaves kl_c unchanged")
+def _channel_permutation(subject: PriorSubject) -> str:
+    count = subject.num_components
+    if count < 2:
+        raise NotApplicable("fewer than two channels")
+    log_weights = np.asarray(subject.prior.log_weights())
+    uniform = bool(np.allclose(log_weights, log_weights[0], atol=1e-6))
+    rng = np.random.default_rng(0)
+    probe = EncoderOutput(
+        z_mean=jnp.asarray(rng.normal(size=(1, subject.settings.latent_dim)), dtype=jnp.float32),
+        z_log_var=jnp.zeros((1, subject.settings.latent_dim)),
+        logits=jnp.zeros((1, count)),
+    )
+    cycle = np.roll(np.arange(count), 1)
+    relabels = _relabels(subject, permute_channels(subject.prior, cycle), probe, cycle, 0)
+    if not relabels and not uniform:
+        raise NotApplicable(
+            "π is not uniform and its channel parameters are not channel-indexed array fields"
+        )
+
+    def body(example: dict[str, Any]) -> None:
+        posterior, permutation, seed = example["posterior"], example["permutation"], example["seed"]
+        permuted_posterior = dataclasses.replace(posterior, logits=posterior.logits[:, permutation])
+        before = subject.kl(posterior, seed)
+        if relabels:
+            permuted = permute_channels(subject.prior, permutation)
+            after = subject.kl(permuted_posterior, seed, permuted)
+            for name, value in before.items():
+                expect_close(after[name], value, f"term {name!r} after relabelling", rtol=1e-4, atol=1e-4)
+        elif "kl_c" in before:
+            after = subject.kl(permuted_posterior, seed)
+            expect_close(after["kl_c"], before["kl_c"], "kl_c after permuting the logits", rtol=1e-4, atol=1e-5)
+
+    strategy = st.fixed_dictionaries(
+        {
+            "posterior": strategies.posteriors(3, subject.settings.latent_dim, count),
+            "permutation": strategies.channel_permutations(count),
+            "seed": strategies.seeds(),
+        }
+    )
+    for_all(subject, strategy, body)
+    if relabels:
+        return "every term, with the channel-indexed fields permuted"
+    return "kl_c only: the prior's channel parameters are not channel-indexed array fields"
+
+
+@check("prior", "samples_follow_prior", "sample(n) returns finite z of shape (n, D) and "
+       "integer channels in [0, K) (all 0 without channels) drawn with frequencies π")
+def _samples(subject: PriorSubject) -> None:
+    count, latent_dim, draws = subject.num_components, subject.settings.latent_dim, 4000
+    z, channels = subject.prior.sample(draws, encoder=subject.encoder, key=jax.random.PRNGKey(6))
+    z, channels = np.asarray(z), np.asarray(channels)
+    expect(z.shape == (draws, latent_dim), f"z has shape {z.shape}, expected ({draws}, {latent_dim})")
+    expect(np.issubdtype(z.dtype, np.floating) and np.all(np.isfinite(z)), "z is not finite floats")
+    expect(channels.shape == (draws,), f"channels have shape {channels.shape}, expected ({draws},)")
+    expect(np.issubdtype(channels.dtype, np.integer), f"channels have dtype {channels.dtype}")
+    if count == 0:
+        expect(np.all(channels == 0), "a prior without channels must return channel 0")
+        return
+    expect(np.all((channels >= 0) & (channels < count)), f"channels outside [0, {count})")
+    weights = np.exp(np.asarray(subject.prior.log_weights(), dtype=np.float64))
+    frequencies = np.bincount(channels, minlength=count) / draws
+    allowed = 5.0 * np.sqrt(weights * (1 - weights) / draws) + 1e-3
+    expect(np.all(np.abs(frequencies - weights) <= allowed),
+           f"channel frequencies {np.round(frequencies, 3)} do not match π = {np.round(weights, 3)}")
+
+
+@check("prior", "regularisers_finite", "regularisers() returns finite float scalars by name")
+def _regularisers(subject: PriorSubject) -> None:
+    penalties = subject.prior.regularisers()
+    expect(isinstance(penalties, dict), f"regularisers() returned {type(penalties).__name__}")
+    for name, value in penalties.items():
+        value = np.asarray(value)
+        expect(value.shape == (), f"regulariser {name!r} has shape {value.shape}, expected ()")
+        expect(np.isfinite(value), f"regulariser {name!r} is not finite: {value}")
+
+
+@check("prior", "parameter_scales_valid", "parameter_scales() maps field names of the prior "
+       "that hold trainable arrays to finite scales >= 0")
+def _scales_valid(subject: PriorSubject) -> None:
+    scales = subject.prior.parameter_scales()
+    expect(isinstance(scales, dict), f"parameter_scales() returned {type(scales).__name__}")
+    fields = {field.name for field in dataclasses.fields(subject.prior)}
+    for name, scale in scales.items():
+        expect(name in fields, f"{name!r} is not a field of {type(subject.prior).__name__} (fields: {sorted(fields)})")
+        expect(isinstance(scale, float) and np.isfinite(scale) and scale >= 0.0,
+               f"scale of {name!r} must be a finite float >= 0, got {scale!r}")
+        leaves = jax.tree.leaves(eqx.filter(getattr(subject.prior, name), eqx.is_inexact_array))
+        expect(leaves, f"field {name!r} holds no trainable (inexact) array, so a scale cannot act on it")
+
+
+@check("prior", "parameter_scales_honoured", "after one make_optimizer + train_step, a field "
+       "with scale 0 is bitwise unchanged and a field with scale s moves s times the unscaled Adam update")
+def _scales_honoured(subject: PriorSubject) -> str:
+    model = subject.tiny.model
+    scales = model.prior.parameter_scales()
+    if not scales:
+        raise NotApplicable("declares no parameter scales")
+    gradients = subject.gradients()
+    updated, _ = subject.step()
+    adam = optax.adam(subject.tiny.train.learning_rate)
+    params = eqx.filter(model, eqx.is_inexact_array)
+    unscaled, _ = adam.update(gradients, adam.init(params), params)
+    still = []
+    for name, scale in scales.items():
+        before = jax.tree.leaves(eqx.filter(getattr(model.prior, name), eqx.is_inexact_array))
+        after = jax.tree.leaves(eqx.filter(getattr(updated.prior, name), eqx.is_inexact_array))
+        reference = jax.tree.leaves(getattr(unscaled.prior, name))
+        grads = jax.tree.leaves(getattr(gradients.prior, name))
+        if not any(np.any(np.asarray(g) != 0) for g in grads):
+            still.append(name)
+        for old, new, step in zip(before, after, reference, strict=True):
+            old, new = np.asarray(old), np.asarray(new)
+            if scale == 0.0:
+                expect(np.array_equal(old, new),
+                       f"field {name!r} has scale 0.0 but moved by up to {np.abs(new - old).max():.3g}")
+            else:
+                expect_close(new - old, scale * np.asarray(step),
+                             f"update of field {name!r} (scale {scale}) vs {scale} x unscaled Adam update",
+                             rtol=1e-3, atol=1e-6)
+    return f"no gradient reached {', '.join(still)}" if still else ""
+
+
+@check("prior", "fixed_weights_stay_fixed", "a non-learnable π gets exactly zero update in a "
+       "full optimiser step (make_optimizer + train_step)")
+def _fixed_weights(subject: PriorSubject) -> None:
+    if subject.num_components == 0:
+        raise NotApplicable("no channels")
+    fixed = subject.settings.fixed_weights
+    if fixed is None:
+        fixed = not getattr(subject.options, "learn_pi", False)
+    if not fixed:
+        raise NotApplicable("π is learnable with these options")
+    updated, _ = subject.step()
+    before = np.asarray(subject.tiny.model.prior.log_weights())
+    after = np.asarray(updated.prior.log_weights())
+    expect(np.array_equal(before, after),
+           f"log π moved by up to {np.abs(after - before).max():.3g} in one optimiser step although π "
+           "is fixed (give its field scale 0.0 in parameter_scales())")
+
+
+@check("prior", "trains_one_step", "in a small model, one train step gives finite metrics "
+       "and finite parameters")
+def _trains(subject: PriorSubject) -> None:
+    expect_finite_step(subject)
+

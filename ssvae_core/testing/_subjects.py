@@ -1,0 +1,318 @@
+"""Preparing a component for the checks: settings, build contexts, companions, a tiny model.
+
+A *subject* is the component under test, built from its factory and options in the
+contexts the checks need, together with the companions it works with (a small dense
+encoder for a prior, a mixture prior for an encoder, ...). Companions come from the core's
+own built-ins, so a check exercises exactly the paths that ``ssvae train`` takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+
+from ssvae_core.components import BuildContext, ComponentFactory
+from ssvae_core.config import ComponentConfig, LossConfig, ModelConfig, TrainConfig, default_config
+from ssvae_core.hookspecs import hookimpl
+from ssvae_core.likelihoods import AbstractLikelihood, make_likelihood
+from ssvae_core.model import SSVAE, build_model
+from ssvae_core.objective import objective
+from ssvae_core.registry import PROTOCOLS, Registry
+from ssvae_core.testing._runner import ConformanceError, Violation, expect
+from ssvae_core.training import Batch, TrainState, init_state, make_optimizer, train_step
+
+BUILD_INVARIANT = (
+    "build(options, context, key) returns an instance of the factory's component_type, "
+    "a final subclass of the kind's protocol"
+)
+SUBJECT_NAME = "conformance_subject"
+COMPANION_HIDDEN = (16,)
+MODEL_BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class ConformanceSettings:
+    """Shapes and limits of a conformance run; every field has a sensible default.
+
+    ``input_shape``, ``latent_dim``, ``num_classes`` and ``embedding_dim`` describe the
+    model the component is built into; ``num_components`` is ``K`` for encoders, decoders
+    and heads (a prior brings its own ``K`` from its options). ``max_examples`` bounds the
+    Hypothesis examples of each property. ``sample_count_option`` names the option that
+    sets a prior's Monte-Carlo sample count; ``exact_kl_terms`` lists the KL terms that
+    are exact (analytic) KLs, by default every deterministic term whose name starts with
+    ``kl``. ``fixed_weights`` says whether π must stay fixed in training (default: unless
+    the options have ``learn_pi=True``). ``skip`` names checks not to run.
+    """
+
+    input_shape: tuple[int, ...] = (8, 8)
+    latent_dim: int = 4
+    num_classes: int = 3
+    num_components: int = 5
+    embedding_dim: int = 4
+    max_examples: int = 10
+    sample_count_option: str = "num_samples"
+    exact_kl_terms: tuple[str, ...] | None = None
+    fixed_weights: bool | None = None
+    skip: tuple[str, ...] = ()
+
+
+def training_inputs(settings: ConformanceSettings, count: int = 32) -> Float[np.ndarray, "N ..."]:
+    """Deterministic inputs in [0, 1] for data-dependent initialisation and model batches."""
+    rng = np.random.default_rng(0)
+    return rng.random((count, *settings.input_shape), dtype=np.float32)
+
+
+def make_context(
+    settings: ConformanceSettings,
+    *,
+    num_components: int,
+    conditioning: str = "none",
+    likelihood: AbstractLikelihood | None = None,
+) -> BuildContext:
+    """The :class:`BuildContext` a factory receives inside ``build_model``."""
+    return BuildContext(
+        input_shape=tuple(settings.input_shape),
+        latent_dim=settings.latent_dim,
+        num_classes=settings.num_classes,
+        num_components=num_components,
+        conditioning=conditioning,
+        embedding_dim=settings.embedding_dim,
+        likelihood=likelihood if likelihood is not None else make_likelihood("bernoulli"),
+        data=training_inputs(settings),
+    )
+
+
+def build_checked(
+    kind: str,
+    factory: ComponentFactory,
+    options: Any,
+    context: BuildContext,
+    label: str,
+    *,
+    key: PRNGKeyArray | None = None,
+) -> Any:
+    """``factory.build(...)``, with a failure or a wrong type reported as check ``builds``."""
+    key = jax.random.PRNGKey(0) if key is None else key
+    try:
+        built = factory.build(options, context, key)
+    except Exception as error:
+        raise ConformanceError(
+            label, "builds", BUILD_INVARIANT,
+            f"build raised {type(error).__name__}: {error} (context {context_summary(context)})",
+        ) from error
+    protocol = PROTOCOLS[kind]
+    if not isinstance(built, factory.component_type) or not isinstance(built, protocol):
+        raise ConformanceError(
+            label, "builds", BUILD_INVARIANT,
+            f"build returned {type(built).__name__}, expected {factory.component_type.__name__} "
+            f"(a {protocol.__name__})",
+        )
+    return built
+
+
+def context_summary(context: BuildContext) -> str:
+    """The context's shape-related fields, for messages."""
+    return (
+        f"input_shape={context.input_shape}, latent_dim={context.latent_dim}, "
+        f"num_components={context.num_components}, conditioning={context.conditioning!r}, "
+        f"likelihood={type(context.likelihood).__name__}"
+    )
+
+
+def builtin_registry() -> Registry:
+    """The core's own components only (the companions of every subject)."""
+    return Registry(entry_points=False)
+
+
+def dense_companion(kind: str, context: BuildContext) -> Any:
+    """A small built-in dense encoder or decoder for ``context``."""
+    factory = builtin_registry().get(kind, "dense").factory
+    return factory.build(factory.options(hidden=COMPANION_HIDDEN), context, jax.random.PRNGKey(1))
+
+
+class _SubjectPlugin:
+    """Registers the component under test as :data:`SUBJECT_NAME` for its kind only."""
+
+    def __init__(self, kind: str, factory: ComponentFactory):
+        self.kind = kind
+        self.factory = factory
+
+    def _only(self, kind: str) -> dict[str, ComponentFactory]:
+        return {SUBJECT_NAME: self.factory} if kind == self.kind else {}
+
+    @hookimpl
+    def ssvae_register_priors(self) -> dict[str, ComponentFactory]:
+        return self._only("prior")
+
+    @hookimpl
+    def ssvae_register_encoders(self) -> dict[str, ComponentFactory]:
+        return self._only("encoder")
+
+    @hookimpl
+    def ssvae_register_decoders(self) -> dict[str, ComponentFactory]:
+        return self._only("decoder")
+
+    @hookimpl
+    def ssvae_register_heads(self) -> dict[str, ComponentFactory]:
+        return self._only("head")
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A model built by :func:`ssvae_core.model.build_model` around the subject."""
+
+    model: SSVAE
+    state: TrainState
+    batch: Batch
+    train: TrainConfig
+    loss: LossConfig
+
+
+def tiny_model(
+    kind: str,
+    factory: ComponentFactory,
+    options: Any,
+    settings: ConformanceSettings,
+    *,
+    channels: bool = True,
+    conditioning: str = "auto",
+) -> TinyModel:
+    """The subject inside a small model; the other components are the dense built-ins.
+
+    ``channels`` picks the companion prior: ``mixture`` with ``settings.num_components``
+    channels, or ``standard``. Adam without clipping, so one step is easy to predict.
+    """
+    registry = Registry(entry_points=False, plugins=[("ssvae-conformance-subject", _SubjectPlugin(kind, factory))])
+    if registry.problems:
+        raise RuntimeError("; ".join(problem.reason for problem in registry.problems))
+    dense = registry.get("encoder", "dense").factory.options(hidden=COMPANION_HIDDEN)
+    if channels:
+        mixture = registry.get("prior", "mixture").factory.options(num_components=settings.num_components)
+        prior = ComponentConfig("mixture", mixture)
+    else:
+        prior = ComponentConfig("standard", registry.get("prior", "standard").factory.options())
+    components = {
+        "prior": prior,
+        "encoder": ComponentConfig("dense", dense),
+        "decoder": ComponentConfig("dense", dense),
+        "head": ComponentConfig("auto", {}),
+    }
+    components[kind] = ComponentConfig(SUBJECT_NAME, options)
+    train = TrainConfig(batch_size=MODEL_BATCH_SIZE, learning_rate=1e-2, grad_clip=0.0, optimizer="adam")
+    config = default_config(registry).replace(
+        model=ModelConfig(
+            latent_dim=settings.latent_dim,
+            embedding_dim=settings.embedding_dim,
+            conditioning=conditioning,
+        ),
+        train=train,
+        **components,
+    )
+    data = training_inputs(settings)
+    model, config = build_model(
+        config,
+        input_shape=tuple(settings.input_shape),
+        num_classes=settings.num_classes,
+        key=jax.random.PRNGKey(2),
+        data=data,
+        registry=registry,
+    )
+    positions = np.arange(MODEL_BATCH_SIZE)
+    labels = np.where(positions < MODEL_BATCH_SIZE // 2, positions % settings.num_classes, -1)
+    batch = Batch(x=jnp.asarray(data[:MODEL_BATCH_SIZE]), labels=jnp.asarray(labels, dtype=jnp.int32))
+    return TinyModel(model, init_state(model, jax.random.PRNGKey(3)), batch, config.train, config.loss)
+
+
+@eqx.filter_jit
+def _step(
+    model: SSVAE, state: TrainState, batch: Batch, key: PRNGKeyArray, train: TrainConfig, loss: LossConfig
+) -> tuple[SSVAE, dict[str, Float[Array, ""]]]:
+    optimizer = make_optimizer(train, model)
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    model, _, _, metrics = train_step(
+        model, state, opt_state, batch, key, optimizer=optimizer, loss_config=loss
+    )
+    return model, metrics
+
+
+@eqx.filter_jit
+def _gradients(
+    model: SSVAE, state: TrainState, batch: Batch, key: PRNGKeyArray, loss: LossConfig
+) -> SSVAE:
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def total(params: SSVAE) -> Float[Array, ""]:
+        value, _ = objective(
+            eqx.combine(params, static), state.head_state, batch.x, batch.labels, state.step, key, loss
+        )
+        return value
+
+    return jax.grad(total)(params)
+
+
+class Subject:
+    """A component prepared for checking: its label, factory, options and settings."""
+
+    kind: str
+
+    def __init__(self, label: str, factory: ComponentFactory, options: Any, settings: ConformanceSettings):
+        self.label = label
+        self.factory = factory
+        self.options = options
+        self.settings = settings
+
+    def model_options(self) -> tuple[bool, str]:
+        """``(channels, conditioning)`` of the tiny model this subject is checked in."""
+        return True, "auto"
+
+    @cached_property
+    def tiny(self) -> TinyModel:
+        channels, conditioning = self.model_options()
+        return tiny_model(
+            self.kind, self.factory, self.options, self.settings,
+            channels=channels, conditioning=conditioning,
+        )
+
+    def step(self) -> tuple[SSVAE, dict[str, Float[Array, ""]]]:
+        """One optimiser step (``make_optimizer`` + ``train_step``) of the tiny model."""
+        tiny = self.tiny
+        return _step(tiny.model, tiny.state, tiny.batch, jax.random.PRNGKey(4), tiny.train, tiny.loss)
+
+    def gradients(self) -> SSVAE:
+        """The gradient that :meth:`step` applies."""
+        tiny = self.tiny
+        return _gradients(tiny.model, tiny.state, tiny.batch, jax.random.PRNGKey(4), tiny.loss)
+
+
+def permute_channels(tree: PyTree[Any], permutation: Int[np.ndarray, " K"]) -> PyTree[Any]:
+    """Reorder the leading axis of every inexact array leaf whose leading size is ``K``.
+
+    Channel-indexed parameters and statistics (π logits, pseudo-inputs, τ counts, channel
+    locations) keep the channel on the leading axis, so this relabels the channels.
+    """
+    size = len(permutation)
+
+    def reorder(leaf: Any) -> Any:
+        if eqx.is_inexact_array(leaf) and leaf.ndim >= 1 and leaf.shape[0] == size:
+            return leaf[jnp.asarray(permutation)]
+        return leaf
+
+    return jax.tree.map(reorder, tree)
+
+
+
+def expect_finite_step(subject: Subject) -> None:
+    """One train step of the subject's tiny model leaves every metric and parameter finite."""
+    updated, metrics = subject.step()
+    for name, value in metrics.items():
+        expect(np.all(np.isfinite(np.asarray(value))), f"metric {name!r} is not finite: {value}")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(eqx.filter(updated, eqx.is_inexact_array)):
+        if not np.all(np.isfinite(np.asarray(leaf))):
+            raise Violation(f"parameter {jax.tree_util.keystr(path)} is not finite after one step")

@@ -1,0 +1,139 @@
+"""Hypothesis strategies for ssvae's arrays, drawn from a small fixed set of shapes.
+
+JAX compiles a function once per distinct input shape, so every strategy here draws its
+shapes from short fixed tuples (:data:`BATCH_SIZES`, :data:`NUM_COMPONENTS`,
+:data:`LATENT_DIMS`, :data:`SAMPLE_SHAPES`) and lets Hypothesis vary only the values: a
+property over a compiled function then compiles at most a handful of times.
+
+Values stay in ranges where a correct implementation is finite: logits in ``[-8, 8]``,
+means in ``[-4, 4]``, log-variances in ``[-4, 2]``, inputs in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from jaxtyping import Bool, Float, Int, PRNGKeyArray
+
+from ssvae_core.types import EncoderOutput
+
+BATCH_SIZES = (1, 3, 8)
+NUM_COMPONENTS = (2, 3, 5)
+LATENT_DIMS = (2, 4)
+NUM_CLASSES = (2, 3)
+SAMPLE_SHAPES = ((6,), (8, 8), (1, 8, 8))
+
+LOGIT_RANGE = (-8.0, 8.0)
+MEAN_RANGE = (-4.0, 4.0)
+LOG_VAR_RANGE = (-4.0, 2.0)
+
+
+def batch_sizes() -> st.SearchStrategy[int]:
+    """A batch size from :data:`BATCH_SIZES` (1 catches squeezed axes, 8 batch coupling)."""
+    return st.sampled_from(BATCH_SIZES)
+
+
+def num_components() -> st.SearchStrategy[int]:
+    """A number of channels ``K`` from :data:`NUM_COMPONENTS`."""
+    return st.sampled_from(NUM_COMPONENTS)
+
+
+def latent_dims() -> st.SearchStrategy[int]:
+    """A latent size ``D`` from :data:`LATENT_DIMS`."""
+    return st.sampled_from(LATENT_DIMS)
+
+
+def num_classes() -> st.SearchStrategy[int]:
+    """A number of labels ``Y`` from :data:`NUM_CLASSES`."""
+    return st.sampled_from(NUM_CLASSES)
+
+
+def sample_shapes() -> st.SearchStrategy[tuple[int, ...]]:
+    """The shape of one input: a vector, an image, or a one-channel image."""
+    return st.sampled_from(SAMPLE_SHAPES)
+
+
+def float_arrays(
+    shape: tuple[int, ...], low: float, high: float
+) -> st.SearchStrategy[Float[np.ndarray, "..."]]:
+    """float32 arrays of ``shape`` with every element in ``[low, high]`` (no NaN, no subnormals)."""
+    elements = st.floats(low, high, width=32, allow_nan=False, allow_subnormal=False)
+    return hnp.arrays(np.float32, shape, elements=elements)
+
+
+def logits(batch_size: int, num_components: int) -> st.SearchStrategy[Float[np.ndarray, "B K"]]:
+    """Channel logits of shape ``(B, K)`` in :data:`LOGIT_RANGE`."""
+    return float_arrays((batch_size, num_components), *LOGIT_RANGE)
+
+
+def means(batch_size: int, latent_dim: int) -> st.SearchStrategy[Float[np.ndarray, "B D"]]:
+    """Posterior means ``μ`` of shape ``(B, D)`` in :data:`MEAN_RANGE`."""
+    return float_arrays((batch_size, latent_dim), *MEAN_RANGE)
+
+
+def log_variances(
+    batch_size: int, latent_dim: int
+) -> st.SearchStrategy[Float[np.ndarray, "B D"]]:
+    """Posterior log-variances ``log σ²`` of shape ``(B, D)`` in :data:`LOG_VAR_RANGE`."""
+    return float_arrays((batch_size, latent_dim), *LOG_VAR_RANGE)
+
+
+def posteriors(
+    batch_size: int, latent_dim: int, num_components: int
+) -> st.SearchStrategy[EncoderOutput]:
+    """A batch of posteriors ``q(z|x) q(c|x)``; ``logits`` is ``None`` when ``K == 0``."""
+    channel_logits = logits(batch_size, num_components) if num_components else st.none()
+    return st.builds(
+        lambda mean, log_var, logit: EncoderOutput(
+            z_mean=jnp.asarray(mean),
+            z_log_var=jnp.asarray(log_var),
+            logits=None if logit is None else jnp.asarray(logit),
+        ),
+        means(batch_size, latent_dim),
+        log_variances(batch_size, latent_dim),
+        channel_logits,
+    )
+
+
+def labels(
+    batch_size: int, num_classes: int, *, unlabeled: bool = True
+) -> st.SearchStrategy[Int[np.ndarray, " B"]]:
+    """int32 labels in ``[0, Y)``, with ``-1`` (unlabeled) allowed when ``unlabeled``."""
+    low = -1 if unlabeled else 0
+    return hnp.arrays(np.int32, (batch_size,), elements=st.integers(low, num_classes - 1))
+
+
+def inputs(
+    batch_size: int, sample_shape: tuple[int, ...]
+) -> st.SearchStrategy[Float[np.ndarray, "B ..."]]:
+    """A batch of inputs ``x`` in ``[0, 1]`` of shape ``(B, *sample_shape)``."""
+    return float_arrays((batch_size, *sample_shape), 0.0, 1.0)
+
+
+def seeds() -> st.SearchStrategy[int]:
+    """An integer seed; :func:`keys` turns it into a key (seeds print better in examples)."""
+    return st.integers(0, 2**31 - 1)
+
+
+def keys() -> st.SearchStrategy[PRNGKeyArray]:
+    """A PRNG key made from :func:`seeds`."""
+    return seeds().map(jax.random.PRNGKey)
+
+
+def channel_permutations(num_components: int) -> st.SearchStrategy[Int[np.ndarray, " K"]]:
+    """A permutation of ``range(K)`` as an int32 index array."""
+    return st.permutations(range(num_components)).map(lambda p: np.asarray(p, dtype=np.int32))
+
+
+def row_masks(batch_size: int) -> st.SearchStrategy[Bool[np.ndarray, " B"]]:
+    """A boolean mask over the batch with at least one row kept and, if ``B > 1``, one changed.
+
+    Used to test that a row's output does not depend on the other rows of its batch.
+    """
+    if batch_size == 1:
+        return st.just(np.ones((1,), dtype=bool))
+    return hnp.arrays(bool, (batch_size,)).filter(lambda mask: mask.any() and not mask.all())
+

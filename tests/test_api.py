@@ -1,0 +1,100 @@
+"""The Python API: SSVAEClassifier fit / predict / score / encode and its errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ssvae_core.api import SSVAEClassifier
+from ssvae_core.config import config_from_dict
+from ssvae_core.errors import DataError, SSVAEError
+
+
+def test_fit_resolves_the_head_and_records_history(fitted_classifier: SSVAEClassifier) -> None:
+    assert fitted_classifier.config.head.name == "tau"
+    assert [row["step"] for row in fitted_classifier.history] == [10]
+    assert fitted_classifier.input_shape == (4, 4)
+    assert fitted_classifier.label_names == ("0", "1", "2")
+
+
+def test_predict_proba_rows_sum_to_one(fitted_classifier: SSVAEClassifier, synthetic) -> None:
+    probabilities = fitted_classifier.predict_proba(synthetic["x"])
+    assert probabilities.shape == (60, 3)
+    assert np.all(probabilities >= 0.0)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_predict_is_the_most_probable_class(fitted_classifier: SSVAEClassifier, synthetic) -> None:
+    x = synthetic["x"]
+    np.testing.assert_array_equal(
+        fitted_classifier.predict(x), np.argmax(fitted_classifier.predict_proba(x), axis=-1)
+    )
+
+
+def test_ood_score_lies_in_unit_interval(fitted_classifier: SSVAEClassifier, synthetic) -> None:
+    scores = fitted_classifier.ood_score(synthetic["x"])
+    assert scores.shape == (60,)
+    assert np.all((scores >= 0.0) & (scores <= 1.0))
+
+
+def test_encode_returns_latent_means_and_responsibilities(
+    fitted_classifier: SSVAEClassifier, synthetic
+) -> None:
+    z_mean, responsibilities = fitted_classifier.encode(synthetic["x"][:5])
+    assert z_mean.shape == (5, 2)
+    assert responsibilities.shape == (5, 4)
+    np.testing.assert_allclose(responsibilities.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_predictions_do_not_depend_on_how_many_inputs_are_passed(
+    fitted_classifier: SSVAEClassifier, synthetic
+) -> None:
+    x = synthetic["x"]
+    np.testing.assert_allclose(
+        fitted_classifier.predict_proba(x[:7]), fitted_classifier.predict_proba(x)[:7], rtol=1e-5
+    )
+
+
+def test_tau_has_one_row_per_channel_summing_to_one(fitted_classifier: SSVAEClassifier) -> None:
+    tau = fitted_classifier.tau
+    assert tau.shape == (4, 3)
+    np.testing.assert_allclose(tau.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_evaluate_reports_accuracy_and_calibration(
+    fitted_classifier: SSVAEClassifier, synthetic
+) -> None:
+    result = fitted_classifier.evaluate(synthetic["x"], synthetic["y"])
+    assert 0.0 <= result["accuracy"] <= 1.0
+    assert 0.0 <= result["ece"] <= 1.0
+    assert result["num_examples"] == 60
+    assert len(result["channels"]["usage"]) == 4
+
+
+def test_predict_on_wrong_sample_shape_is_a_data_error(
+    fitted_classifier: SSVAEClassifier,
+) -> None:
+    with pytest.raises(DataError, match=r"sample shape \(16,\).*trained on \(4, 4\)"):
+        fitted_classifier.predict(np.zeros((3, 16), dtype=np.float32))
+
+
+def test_evaluate_without_labels_is_a_data_error(
+    fitted_classifier: SSVAEClassifier, synthetic
+) -> None:
+    with pytest.raises(DataError, match="needs labeled examples"):
+        fitted_classifier.evaluate(synthetic["x"], np.full(60, -1))
+
+
+@pytest.mark.parametrize("method", ["predict_proba", "predict", "ood_score", "encode"])
+def test_unfitted_classifier_refuses_to_predict(method: str, synthetic) -> None:
+    with pytest.raises(SSVAEError, match="not fitted"):
+        getattr(SSVAEClassifier(), method)(synthetic["x"])
+
+
+def test_fit_without_any_label_is_a_data_error(tiny_raw: dict[str, Any], synthetic) -> None:
+    classifier = SSVAEClassifier(config_from_dict(tiny_raw))
+    with pytest.raises(DataError, match="at least one labeled example"):
+        classifier.fit(synthetic["x"], np.full(60, -1), num_classes=3)
+    assert classifier.model is None

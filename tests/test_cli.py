@@ -1,0 +1,209 @@
+"""The ``ssvae`` command line, called in-process: train, evaluate, plugins, and bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ssvae_core.cli import main
+from ssvae_core.config import load_config
+
+TINY = [
+    "--set", "train.batch_size=8",
+    "--set", "model.latent_dim=2",
+    "--set", "model.embedding_dim=4",
+    "--set", "prior.num_components=4",
+    "--set", "encoder.hidden=[16]",
+    "--set", "decoder.hidden=[16]",
+    "--quiet",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def npz_path(tmp_path_factory: pytest.TempPathFactory, synthetic) -> Path:
+    path = tmp_path_factory.mktemp("data") / "shapes.npz"
+    np.savez(path, x=synthetic["x"], y=synthetic["y"])
+    return path
+
+
+def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(data), "--out", str(out), *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, npz_path: Path) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    args = _train_args(
+        npz_path, out, "--steps", "10", "--set", "train.log_every=10",
+        "--labels-per-class", "2", "--seed", "0", "--no-plots",
+    )  # fmt: skip
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(args)
+    return {"code": code, "out": out, "stdout": stdout.getvalue()}
+
+
+def _report(run: dict[str, Any]) -> dict[str, Any]:
+    return json.loads((run["out"] / "report.json").read_text())
+
+
+# --- train ---------------------------------------------------------------------------------
+
+
+def test_train_exits_zero_and_prints_one_summary_line(run: dict[str, Any]) -> None:
+    assert run["code"] == 0
+    lines = run["stdout"].strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("test accuracy ")
+
+
+def test_train_writes_config_metrics_checkpoint_and_report(run: dict[str, Any]) -> None:
+    names = {p.name for p in run["out"].iterdir()}
+    assert {"config.toml", "metrics.jsonl", "model.ckpt", "report.json"} <= names
+    assert "plots" not in names
+
+
+def test_train_report_holds_the_headline_facts(run: dict[str, Any]) -> None:
+    report = _report(run)
+    assert 0.0 <= report["test_accuracy"] <= 1.0
+    assert 0.0 <= report["ece"] <= 1.0
+    assert report["num_labels"] == 6
+    assert report["prior"] == "mixture"
+    assert report["wall_time_s"] > 0.0
+
+
+def test_train_config_toml_is_the_resolved_config_with_cli_values(run: dict[str, Any]) -> None:
+    config = load_config(run["out"] / "config.toml")
+    assert config.head.name == "tau"
+    assert config.model.conditioning == "film"
+    assert config.train.steps == 10
+    assert config.data.labels_per_class == 2
+    assert config.encoder.options.hidden == (16,)
+
+
+def test_train_metrics_log_has_one_line_per_chunk(run: dict[str, Any]) -> None:
+    rows = [json.loads(line) for line in (run["out"] / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [10]
+    assert {"loss", "reconstruction", "kl_z", "kl_c", "supervised"} <= set(rows[0])
+
+
+# --- evaluate ------------------------------------------------------------------------------
+
+
+def test_evaluate_reproduces_the_reported_test_accuracy(
+    run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate", str(run["out"]), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    report = _report(run)
+    assert evaluated["test_accuracy"] == report["test_accuracy"]
+    assert evaluated["ece"] == pytest.approx(report["ece"])
+    assert evaluated["num_labels"] == report["num_labels"]
+
+
+def test_evaluate_prints_a_summary_line(
+    run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate", str(run["out"] / "model.ckpt")]) == 0
+    assert capsys.readouterr().out.startswith("test accuracy ")
+
+
+def test_evaluate_with_a_bad_checkpoint_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "model.ckpt").write_text("not a checkpoint")
+    assert main(["evaluate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ssvae: error:") and "not an ssvae checkpoint" in err
+
+
+def test_evaluate_with_a_missing_run_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def test_bad_config_key_exits_2_with_one_line_and_no_run_dir(
+    tmp_path: Path, npz_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main(_train_args(npz_path, out, "--set", "model.latnt_dim=3")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("ssvae: error:") and "did you mean 'latent_dim'?" in err[0]
+    assert not out.exists()
+
+
+def test_existing_non_empty_out_exits_2_and_is_left_untouched(
+    tmp_path: Path, npz_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert main(_train_args(npz_path, out, "--steps", "1")) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_bad_data_path_exits_2_and_creates_no_run_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main(_train_args(tmp_path / "missing.npz", out, "--steps", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.npz" in err[0]
+    assert not out.exists()
+
+
+def test_data_path_outside_the_basic_multilingual_plane_is_used_as_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing-\U0001f600.npz"
+    assert main(_train_args(missing, tmp_path / "run", "--steps", "1")) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+# --- plugins -------------------------------------------------------------------------------
+
+
+def test_plugins_lists_the_mixture_prior_and_tau_head(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.split()[:2] == ["prior", "mixture"] for line in out.splitlines())
+    assert any(line.split()[:2] == ["head", "tau"] for line in out.splitlines())
+
+
+def test_plugins_json_is_machine_readable(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    names = {(c["kind"], c["name"]) for c in listing["components"]}
+    assert {("prior", "mixture"), ("head", "tau"), ("encoder", "dense")} <= names
+    mixture = next(c for c in listing["components"] if c["name"] == "mixture")
+    assert "num_components" in {option["name"] for option in mixture["options"]}
+    assert isinstance(listing["problems"], list)
+
+
+# --- default data with plots ---------------------------------------------------------------
+
+
+def test_train_on_default_digits_writes_png_plots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "digits-run"
+    args = ["train", "--out", str(out), "--steps", "5", "--set", "train.log_every=5", *TINY]
+    assert main(args) == 0
+    assert _report({"out": out})["dataset"] == "digits"
+    plots = sorted(p.name for p in (out / "plots").iterdir())
+    assert {"loss_curves.png", "tau_heatmap.png", "reliability.png"} <= set(plots)
+    for name in plots:
+        assert (out / "plots" / name).read_bytes().startswith(b"\x89PNG")

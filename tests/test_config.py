@@ -1,0 +1,257 @@
+"""Config parsing and validation, ``--set`` overrides, and the TOML round trip."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import pytest
+
+from ssvae_core.config import (
+    Config,
+    apply_overrides,
+    config_from_dict,
+    default_config,
+    dumps_toml,
+    load_config,
+    parse_override,
+)
+from ssvae_core.errors import ConfigError
+from ssvae_core.model import build_model
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _rejects(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_from_dict(raw)
+
+
+# --- defaults ------------------------------------------------------------------------------
+
+
+def test_default_config_uses_mixture_prior_dense_networks_and_auto_head() -> None:
+    config = default_config()
+    assert (config.prior.name, config.encoder.name, config.decoder.name, config.head.name) == (
+        "mixture",
+        "dense",
+        "dense",
+        "auto",
+    )
+    assert config.data.dataset == "digits"
+
+
+def test_missing_keys_take_their_defaults() -> None:
+    config = config_from_dict({"model": {"latent_dim": 3}})
+    assert config.model.latent_dim == 3
+    assert config.model == type(config.model)(latent_dim=3)
+
+
+# --- unknown names -------------------------------------------------------------------------
+
+
+def test_unknown_section_is_rejected_with_a_suggestion() -> None:
+    _rejects({"modle": {}}, "unknown config section 'modle' (did you mean 'model'?)")
+
+
+def test_unknown_core_key_is_rejected_with_a_suggestion() -> None:
+    _rejects(
+        {"model": {"latnt_dim": 3}}, "unknown option model.latnt_dim (did you mean 'latent_dim'?)"
+    )
+
+
+def test_unknown_component_option_is_rejected_with_a_suggestion() -> None:
+    _rejects(
+        {"prior": {"num_compnents": 3}},
+        "unknown option prior.num_compnents (did you mean 'num_components'?)",
+    )
+
+
+def test_unknown_component_name_is_rejected_with_a_suggestion() -> None:
+    _rejects({"prior": {"name": "mixtur"}}, "did you mean 'mixture'?")
+
+
+def test_section_that_is_not_a_table_is_rejected() -> None:
+    _rejects({"model": 3}, "[model] must be a table of options, got 3")
+
+
+# --- types and ranges ----------------------------------------------------------------------
+
+
+def test_out_of_range_integer_names_option_bound_and_value() -> None:
+    _rejects(
+        {"prior": {"num_components": 0}}, "prior.num_components must be an integer >= 2, got 0"
+    )
+
+
+def test_string_for_an_integer_is_rejected() -> None:
+    _rejects({"train": {"steps": "ten"}}, "train.steps must be an integer, got 'ten'")
+
+
+def test_boolean_for_an_integer_is_rejected() -> None:
+    _rejects({"train": {"steps": True}}, "train.steps must be an integer, got True")
+
+
+def test_float_for_an_integer_is_rejected() -> None:
+    _rejects({"model": {"latent_dim": 2.5}}, "model.latent_dim must be an integer, got 2.5")
+
+
+def test_integer_for_a_float_is_accepted_as_float() -> None:
+    config = config_from_dict({"train": {"learning_rate": 1}})
+    assert config.train.learning_rate == 1.0
+    assert isinstance(config.train.learning_rate, float)
+
+
+def test_exclusive_minimum_rejects_the_bound_itself() -> None:
+    _rejects({"model": {"sigma": 0}}, "model.sigma must be a number > 0, got 0.0")
+
+
+def test_maximum_is_enforced() -> None:
+    _rejects(
+        {"train": {"labeled_fraction": 1.5}},
+        "train.labeled_fraction must be a number <= 1, got 1.5",
+    )
+
+
+def test_choice_outside_the_allowed_set_is_rejected_with_a_suggestion() -> None:
+    _rejects({"model": {"likelihood": "bernouli"}}, "(did you mean 'bernoulli'?)")
+
+
+def test_every_element_of_a_list_option_is_range_checked() -> None:
+    _rejects({"encoder": {"hidden": [16, 0]}}, "encoder.hidden must be an integer >= 1")
+
+
+def test_list_option_rejects_a_non_integer_element() -> None:
+    _rejects({"encoder": {"hidden": [16, "wide"]}}, "encoder.hidden[1] must be an integer")
+
+
+def test_cross_field_rule_is_reported_with_its_section() -> None:
+    _rejects({"model": {"sigma_min": 0.5, "sigma_max": 0.1}}, "model.sigma_min must be < sigma_max")
+
+
+def test_negative_seed_is_rejected() -> None:
+    _rejects({"seed": -1}, "seed must be an integer >= 0, got -1")
+
+
+def test_optional_option_accepts_an_integer() -> None:
+    assert config_from_dict({"data": {"labels_per_class": 3}}).data.labels_per_class == 3
+
+
+# --- --set overrides -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "keys", "value"),
+    [
+        ("train.steps=20", ["train", "steps"], 20),
+        ("loss.beta_z=0.5", ["loss", "beta_z"], 0.5),
+        ("loss.reconstruct_labeled=false", ["loss", "reconstruct_labeled"], False),
+        ("encoder.hidden=[16, 8]", ["encoder", "hidden"], [16, 8]),
+        ("data.dataset=digits", ["data", "dataset"], "digits"),
+        ('data.dataset="my data.npz"', ["data", "dataset"], "my data.npz"),
+        ("seed=3", ["seed"], 3),
+        (" model.latent_dim = 4 ", ["model", "latent_dim"], 4),
+    ],
+)
+def test_parse_override_reads_the_value_as_toml_else_as_a_string(
+    text: str, keys: list[str], value: Any
+) -> None:
+    assert parse_override(text) == (keys, value)
+
+
+@pytest.mark.parametrize("text", ["train.steps", "a.b.c=1", "=3", ".steps=1", "train.=1"])
+def test_parse_override_rejects_malformed_text(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"--set expects section\.key=value"):
+        parse_override(text)
+
+
+def test_apply_overrides_sets_nested_and_top_level_values_without_mutating_input() -> None:
+    raw = {"train": {"steps": 5}, "seed": 1}
+    result = apply_overrides(raw, ["train.batch_size=8", "model.latent_dim=3", "seed=2"])
+    assert result == {"train": {"steps": 5, "batch_size": 8}, "model": {"latent_dim": 3}, "seed": 2}
+    assert raw == {"train": {"steps": 5}, "seed": 1}
+
+
+def test_later_override_wins() -> None:
+    assert apply_overrides({}, ["train.steps=5", "train.steps=7"]) == {"train": {"steps": 7}}
+
+
+def test_override_into_a_non_table_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="seed is not a table"):
+        apply_overrides({"seed": 1}, ["seed.value=2"])
+
+
+def test_load_config_applies_file_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text("seed = 4\n[train]\nsteps = 50\nbatch_size = 16\n")
+    config = load_config(path, ["train.steps=7"])
+    assert (config.seed, config.train.steps, config.train.batch_size) == (4, 7, 16)
+
+
+def test_load_config_reports_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_load_config_reports_invalid_toml(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[train\nsteps = 3\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(path)
+
+
+def test_labeled_batch_size_follows_the_labeled_fraction() -> None:
+    def size(fraction: float) -> int:
+        return config_from_dict(
+            {"train": {"batch_size": 8, "labeled_fraction": fraction}}
+        ).labeled_batch_size
+
+    assert (size(0.0), size(0.25), size(0.01), size(1.0)) == (0, 2, 1, 7)
+
+
+# --- round trip ----------------------------------------------------------------------------
+
+
+def _resolved(raw: dict[str, Any]) -> Config:
+    _, config = build_model(
+        config_from_dict(raw), input_shape=(4, 4), num_classes=3, key=jax.random.PRNGKey(0)
+    )
+    return config
+
+
+def test_resolved_config_round_trips_through_to_dict(tiny_raw: dict[str, Any]) -> None:
+    config = _resolved(tiny_raw)
+    assert config.head.name == "tau"
+    assert config.model.conditioning == "film"
+    assert config_from_dict(config.to_dict()) == config
+
+
+def test_resolved_config_round_trips_through_toml_text(tiny_raw: dict[str, Any]) -> None:
+    config = _resolved(tiny_raw)
+    text = dumps_toml(config.to_dict())
+    assert tomllib.loads(text) == config.to_dict()
+    assert config_from_dict(tomllib.loads(text)) == config
+
+
+def test_config_using_every_label_round_trips() -> None:
+    config = config_from_dict({"data": {"labels_per_class": 0}})
+    assert config.data.label_budget is None
+    assert config_from_dict(config.to_dict()).data.label_budget is None
+
+
+def test_dumps_toml_escapes_quotes_and_backslashes() -> None:
+    data = {"data": {"dataset": 'C:\\data\\"odd".npz'}, "seed": 0}
+    assert tomllib.loads(dumps_toml(data)) == data
+
+
+def test_conditioning_film_with_the_standard_prior_is_rejected(tiny_raw: dict[str, Any]) -> None:
+    tiny_raw["prior"] = {"name": "standard"}
+    tiny_raw["model"]["conditioning"] = "film"
+    with pytest.raises(ConfigError, match=r"model\.conditioning must be 'none' or 'auto'"):
+        _resolved(tiny_raw)

@@ -1,0 +1,190 @@
+"""Plugin registry: built-ins, and broken plugins recorded without taking the others down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from ssvae_core.components import ComponentFactory
+from ssvae_core.config import config_from_dict
+from ssvae_core.errors import ConfigError
+from ssvae_core.hookspecs import hookimpl
+from ssvae_core.priors.standard import StandardPrior
+from ssvae_core.protocols import AbstractPrior
+from ssvae_core.registry import Registry
+
+
+@dataclass(frozen=True)
+class _NoOptions:
+    """No options."""
+
+
+def _build_standard(options, context, key) -> StandardPrior:
+    return StandardPrior(latent_dim=context.latent_dim)
+
+
+def _factory(component_type: type) -> ComponentFactory:
+    return ComponentFactory(component_type, _NoOptions, _build_standard, "test component")
+
+
+class _HalfPrior(AbstractPrior):
+    """Implements one abstract method of the prior protocol and leaves the rest."""
+
+    def log_weights(self):  # type: ignore[override]
+        raise NotImplementedError
+
+
+class _GoodPlugin:
+    @hookimpl
+    def ssvae_register_priors(self) -> dict[str, ComponentFactory]:
+        return {"plain": _factory(StandardPrior)}
+
+
+class _RaisingPlugin:
+    @hookimpl
+    def ssvae_register_priors(self) -> dict[str, ComponentFactory]:
+        raise RuntimeError("boom")
+
+
+class _DuplicatePlugin:
+    @hookimpl
+    def ssvae_register_priors(self) -> dict[str, ComponentFactory]:
+        return {"mixture": _factory(StandardPrior)}
+
+
+class _WrongTypePlugin:
+    @hookimpl
+    def ssvae_register_priors(self) -> dict[str, ComponentFactory]:
+        return {"wrongtype": _factory(int)}
+
+
+class _AbstractPlugin:
+    @hookimpl
+    def ssvae_register_priors(self) -> dict[str, ComponentFactory]:
+        return {"halfdone": _factory(_HalfPrior)}
+
+
+class _NotADictPlugin:
+    @hookimpl
+    def ssvae_register_heads(self) -> list[str]:
+        return ["tau2"]
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry(
+        entry_points=False,
+        plugins=[
+            ("raiser", _RaisingPlugin()),
+            ("dupe", _DuplicatePlugin()),
+            ("wrongtype_plugin", _WrongTypePlugin()),
+            ("abstract_plugin", _AbstractPlugin()),
+            ("listy", _NotADictPlugin()),
+            ("good", _GoodPlugin()),
+        ],
+    )
+
+
+def _reasons(registry: Registry) -> dict[str, str]:
+    return {problem.plugin: problem.reason for problem in registry.problems}
+
+
+# --- built-ins -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [
+        ("prior", "standard"),
+        ("prior", "mixture"),
+        ("encoder", "dense"),
+        ("decoder", "dense"),
+        ("head", "tau"),
+        ("head", "softmax"),
+    ],
+)
+def test_builtin_component_is_registered_by_the_core(kind: str, name: str) -> None:
+    component = Registry(entry_points=False).get(kind, name)
+    assert (component.kind, component.name, component.plugin) == (kind, name, "ssvae_core")
+    assert component.package == "ssvae-core"
+
+
+def test_a_registry_of_builtins_only_has_no_problems() -> None:
+    assert Registry(entry_points=False).problems == []
+
+
+# --- broken plugins ------------------------------------------------------------------------
+
+
+def test_plugin_whose_hook_raises_is_recorded_with_the_error(registry: Registry) -> None:
+    reason = _reasons(registry)["raiser"]
+    assert "ssvae_register_priors() raised RuntimeError: boom" in reason
+
+
+def test_plugin_registering_a_taken_name_is_recorded(registry: Registry) -> None:
+    assert _reasons(registry)["dupe"] == "prior 'mixture' is already registered by 'ssvae_core'"
+
+
+def test_duplicate_name_keeps_the_original_component(registry: Registry) -> None:
+    assert registry.get("prior", "mixture").plugin == "ssvae_core"
+
+
+def test_plugin_building_a_non_protocol_class_is_recorded(registry: Registry) -> None:
+    reason = _reasons(registry)["wrongtype_plugin"]
+    assert "prior 'wrongtype'" in reason and "not a subclass of AbstractPrior" in reason
+    assert "wrongtype" not in registry.names("prior")
+
+
+def test_plugin_with_unimplemented_abstract_methods_is_recorded(registry: Registry) -> None:
+    reason = _reasons(registry)["abstract_plugin"]
+    assert "prior 'halfdone' leaves abstract methods unimplemented" in reason
+    assert "kl_terms" in reason and "log_weights" not in reason
+    assert "halfdone" not in registry.names("prior")
+
+
+def test_hook_returning_a_non_dict_is_recorded(registry: Registry) -> None:
+    assert "must return a dict, got list" in _reasons(registry)["listy"]
+
+
+def test_working_plugins_register_despite_broken_ones(registry: Registry) -> None:
+    assert registry.get("prior", "plain").plugin == "good"
+    assert {"mixture", "standard", "plain"} <= set(registry.names("prior"))
+    assert registry.names("head") == ["softmax", "tau"]
+
+
+def test_every_broken_plugin_is_recorded_once(registry: Registry) -> None:
+    plugins = [problem.plugin for problem in registry.problems]
+    assert sorted(plugins) == sorted(
+        ["raiser", "dupe", "wrongtype_plugin", "abstract_plugin", "listy"]
+    )
+
+
+def test_asking_for_a_component_of_a_failed_plugin_names_the_failure(registry: Registry) -> None:
+    with pytest.raises(ConfigError, match=r"plugin 'raiser' failed: .*boom"):
+        registry.get("prior", "raiser")
+
+
+# --- lookups -------------------------------------------------------------------------------
+
+
+def test_uninstalled_known_plugin_names_its_package() -> None:
+    with pytest.raises(
+        ConfigError, match=r"provided by the package 'ssvae-vamp'.*pip install ssvae-vamp"
+    ):
+        Registry(entry_points=False).get("prior", "vamp")
+
+
+def test_config_naming_an_uninstalled_known_plugin_names_its_package() -> None:
+    with pytest.raises(ConfigError, match="ssvae-vamp"):
+        config_from_dict({"prior": {"name": "vamp"}}, Registry(entry_points=False))
+
+
+def test_unknown_component_lists_what_is_allowed() -> None:
+    with pytest.raises(ConfigError, match=r"allowed: mixture, standard"):
+        Registry(entry_points=False).get("prior", "gaussian_blob")
+
+
+def test_component_added_by_a_plugin_is_usable_in_a_config(registry: Registry) -> None:
+    config = config_from_dict({"prior": {"name": "plain"}}, registry)
+    assert config.prior.name == "plain"
