@@ -45,3 +45,11 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".", "mypy>=1.10")
     session.run("mypy", "ssvae_core")
+
+
+@nox.session(name="bench-quality")
+def bench_quality(session: nox.Session) -> None:
+    """The quality benchmark; pass its arguments after --, e.g. -- --preset mnist --dataset PATH."""
+    session.install("-r", "requirements-dev.txt")
+    arguments = session.posargs or ["--dataset", "digits", "--preset", "digits"]
+    session.run("python", "benchmarks/quality.py", *arguments)

@@ -29,7 +29,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Train on the embedded digits data (default) or on your own data, "
         "with the benchmark split (20%% held out) and a label budget.",
     )
-    train.add_argument("--config", metavar="PATH", help="TOML config file")
+    train.add_argument("--config", metavar="PATH", help="TOML config file (applied over --preset)")
+    train.add_argument(
+        "--preset", metavar="NAME",
+        help="a tuned configuration shipped with ssvae: digits, mnist (see docs/benchmarks.md)",
+    )
     train.add_argument(
         "--data", metavar="PATH",
         help="an .npz file (arrays x, y) or a folder with an MNIST-style IDX pair (default: digits)",
@@ -75,7 +79,7 @@ def _train(args: argparse.Namespace) -> int:
         overrides.insert(0, f"seed={args.seed}")
     if args.steps is not None:
         overrides.insert(0, f"train.steps={args.steps}")
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides, preset=args.preset)
     out = args.out if args.out is not None else new_run_dir()
     with TrainingProgress(config.train.steps, enabled=not args.quiet) as progress:
         report = train_run(

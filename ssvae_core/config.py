@@ -261,10 +261,30 @@ def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: Sequence[str] = (),
     registry: Registry | None = None,
+    *,
+    preset: str | None = None,
 ) -> Config:
-    """Defaults, then the TOML file at ``path`` (if any), then ``overrides``."""
-    raw = read_toml(path) if path is not None else {}
+    """Defaults, then a shipped preset (if named), then the TOML file at ``path`` (if any),
+    then ``overrides``; later layers win key by key."""
+    raw: dict[str, Any] = {}
+    if preset is not None:
+        from ssvae_core.presets import preset_path
+
+        raw = read_toml(preset_path(preset))
+    if path is not None:
+        raw = merge_tables(raw, read_toml(path))
     return config_from_dict(apply_overrides(raw, overrides), registry)
+
+
+def merge_tables(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, merging tables one level deep."""
+    merged = {k: dict(v) if isinstance(v, Mapping) else v for k, v in base.items()}
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = dict(value) if isinstance(value, Mapping) else value
+    return merged
 
 
 def _toml_value(value: Any) -> str:

@@ -135,7 +135,7 @@ def train_step(
     if posterior.logits is not None:
         batch_usage = jnp.mean(jax.lax.stop_gradient(posterior.responsibilities), axis=0)
         usage = USAGE_EMA_DECAY * usage + (1.0 - USAGE_EMA_DECAY) * batch_usage
-    metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
+    metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
     state = dataclasses.replace(state, step=state.step + 1, head_state=head_state, usage=usage)
     return model, state, opt_state, metrics
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ssvae_core.conditioning import ComponentConditioning
+from ssvae_core.networks import bounded_log_var
 from ssvae_core.protocols import AbstractDecoder, AbstractEncoder
 from ssvae_core.types import DecoderOutput, EncoderOutput
 
@@ -18,8 +20,9 @@ ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu, "t
 
 
 def _layers(sizes: Sequence[int], key: PRNGKeyArray) -> list[eqx.nn.Linear]:
-    keys = jax.random.split(key, max(len(sizes) - 1, 1))
-    return [eqx.nn.Linear(a, b, key=k) for a, b, k in zip(sizes[:-1], sizes[1:], keys, strict=True)]
+    pairs = list(itertools.pairwise(sizes))
+    keys = jax.random.split(key, max(len(pairs), 1))
+    return [eqx.nn.Linear(a, b, key=k) for (a, b), k in zip(pairs, keys[: len(pairs)], strict=True)]
 
 
 class DenseEncoder(AbstractEncoder):
@@ -64,8 +67,7 @@ class DenseEncoder(AbstractEncoder):
         for layer in self.hidden:
             h = act(layer(h))
         logits = self.logits_head(h) if self.logits_head is not None else None
-        # Bounded log-variance keeps exp() finite early in training.
-        log_var = 6.0 * jnp.tanh(self.log_var_head(h) / 6.0)
+        log_var = bounded_log_var(self.log_var_head(h))
         return EncoderOutput(z_mean=self.mean_head(h), z_log_var=log_var, logits=logits)
 
 

@@ -11,7 +11,7 @@ sample-count option grows.
 from __future__ import annotations
 
 import dataclasses
-from functools import cached_property, partial
+from functools import cached_property
 from typing import Any
 
 import equinox as eqx
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from hypothesis import strategies as st
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ssvae_core.components import ComponentFactory
 from ssvae_core.model import reparameterise
@@ -35,7 +35,9 @@ from ssvae_core.testing._subjects import (
     dense_companion,
     expect_finite_step,
     make_context,
+    mix_rows,
     permute_channels,
+    random_posterior,
 )
 from ssvae_core.types import EncoderOutput
 
@@ -60,10 +62,30 @@ _kl_terms_jit = eqx.filter_jit(_kl_terms)
 
 
 @eqx.filter_jit
-def _kl_terms_over_keys(
-    prior: AbstractPrior, encoder: AbstractEncoder, posterior: EncoderOutput, keys: PRNGKeyArray
-) -> dict[str, Float[Array, "M B"]]:
-    return jax.vmap(partial(_kl_terms, prior, encoder, posterior))(keys)
+def _monte_carlo_estimates(
+    priors: tuple[AbstractPrior, AbstractPrior, AbstractPrior],
+    encoder: AbstractEncoder,
+    posterior: EncoderOutput,
+    key: PRNGKeyArray,
+) -> tuple[
+    dict[str, Float[Array, "M B"]], dict[str, Float[Array, "M B"]], dict[str, Float[Array, " B"]]
+]:
+    """Estimates with few and more samples (``MC_REPEATS`` keys each), and the reference."""
+    low, high, reference = priors
+    keys = jax.random.split(key, MC_REPEATS)
+    repeat = jax.vmap(_kl_terms, in_axes=(None, None, None, 0))
+    return (
+        repeat(low, encoder, posterior, keys),
+        repeat(high, encoder, posterior, keys),
+        _kl_terms(reference, encoder, posterior, key),
+    )
+
+
+@eqx.filter_jit
+def _sample(
+    prior: AbstractPrior, encoder: AbstractEncoder, count: int, key: PRNGKeyArray
+) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
+    return prior.sample(count, encoder=encoder, key=key)
 
 
 def _one_hot_logits(channels: np.ndarray, num_components: int) -> np.ndarray:
@@ -73,39 +95,42 @@ def _one_hot_logits(channels: np.ndarray, num_components: int) -> np.ndarray:
     return logits
 
 
-def _mix(mask: np.ndarray, kept: EncoderOutput, other: EncoderOutput) -> EncoderOutput:
-    """Rows of ``kept`` where ``mask`` is true, rows of ``other`` elsewhere."""
-    return jax.tree.map(lambda a, b: jnp.where(mask.reshape(-1, *([1] * (a.ndim - 1))), a, b), kept, other)
-
-
 class PriorSubject(Subject):
     """A prior built for a model without channels yet, with a dense companion encoder."""
 
     kind = "prior"
 
-    def __init__(self, label: str, factory: ComponentFactory, options: Any, settings: ConformanceSettings):
+    def __init__(
+        self, label: str, factory: ComponentFactory, options: Any, settings: ConformanceSettings
+    ):
         super().__init__(label, factory, options, settings)
         self.context = make_context(settings, num_components=0)
         self.prior = build_checked("prior", factory, options, self.context, label)
-        self.num_components = int(self.prior.num_components)
+        count = self.prior.num_components
+        # A malformed K is reported by the attributes check; the other checks assume none.
+        self.num_components = count if isinstance(count, int) and count >= 0 else 0
         encoder_context = make_context(settings, num_components=self.num_components)
         self.encoder = dense_companion("encoder", encoder_context)
 
     def kl(
-        self, posterior: EncoderOutput, seed: int, prior: AbstractPrior | None = None, *, jit: bool = True
+        self,
+        posterior: EncoderOutput,
+        seed: int,
+        prior: AbstractPrior | None = None,
+        *,
+        jit: bool = True,
     ) -> dict[str, np.ndarray]:
         """The prior's KL terms as NumPy arrays (``z`` and the prior's key come from ``seed``)."""
         prior = self.prior if prior is None else prior
         key = jax.random.PRNGKey(seed)
-        if jit:
-            terms = _kl_terms_jit(prior, self.encoder, posterior, key)
-        else:
-            with jax.disable_jit():
-                terms = _kl_terms(prior, self.encoder, posterior, key)
+        kl_terms = _kl_terms_jit if jit else _kl_terms
+        terms = kl_terms(prior, self.encoder, posterior, key)
         expect(isinstance(terms, dict), f"kl_terms returned {type(terms).__name__}, not a dict")
         return {name: np.asarray(value) for name, value in terms.items()}
 
-    def inputs(self, batch_sizes: tuple[int, ...] = strategies.BATCH_SIZES) -> st.SearchStrategy[dict[str, Any]]:
+    def inputs(
+        self, batch_sizes: tuple[int, ...] = strategies.BATCH_SIZES
+    ) -> st.SearchStrategy[dict[str, Any]]:
         """A batch of posteriors for this prior's ``K`` and a seed."""
         latent_dim, num_components = self.settings.latent_dim, self.num_components
         return st.sampled_from(batch_sizes).flatmap(
@@ -118,17 +143,16 @@ class PriorSubject(Subject):
         )
 
     @cached_property
+    def samples(self) -> tuple[np.ndarray, np.ndarray]:
+        """``MOMENT_SAMPLES`` draws per channel from ``sample()``, as NumPy arrays."""
+        count = MOMENT_SAMPLES * max(self.num_components, 1)
+        z, channels = _sample(self.prior, self.encoder, count, jax.random.PRNGKey(5))
+        return np.asarray(z), np.asarray(channels)
+
+    @cached_property
     def term_kinds(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """``(exact, monte_carlo)`` term names, told apart by their dependence on the key."""
-        rng = np.random.default_rng(0)
-        batch, latent_dim = 3, self.settings.latent_dim
-        posterior = EncoderOutput(
-            z_mean=jnp.asarray(rng.normal(size=(batch, latent_dim)), dtype=jnp.float32),
-            z_log_var=jnp.asarray(rng.normal(size=(batch, latent_dim)) * 0.5, dtype=jnp.float32),
-            logits=jnp.asarray(rng.normal(size=(batch, self.num_components)), dtype=jnp.float32)
-            if self.num_components
-            else None,
-        )
+        posterior = random_posterior(0, 3, self.settings.latent_dim, self.num_components)
         first, second = self.kl(posterior, 0), self.kl(posterior, 1)
         monte_carlo = tuple(name for name in first if not np.array_equal(first[name], second[name]))
         if self.settings.exact_kl_terms is not None:
@@ -138,27 +162,44 @@ class PriorSubject(Subject):
         return exact, monte_carlo
 
 
-@check("prior", "attributes", "num_components is an int >= 0 (0: no channels, which cannot "
-       "condition the decoder); log_weights() is a finite log-distribution over the K channels")
+@check(
+    "prior",
+    "attributes",
+    "num_components is an int >= 0 (0: no channels, which cannot "
+    "condition the decoder); log_weights() is a finite log-distribution over the K channels",
+)
 def _attributes(subject: PriorSubject) -> None:
     prior = subject.prior
     count = prior.num_components
-    expect(isinstance(count, int) and not isinstance(count, bool) and count >= 0,
-           f"num_components must be an int >= 0, got {count!r}")
-    expect(isinstance(prior.conditions_decoder, bool),
-           f"conditions_decoder must be a bool, got {prior.conditions_decoder!r}")
-    expect(count > 0 or not prior.conditions_decoder,
-           "a prior without channels (num_components == 0) cannot condition the decoder")
+    expect(
+        isinstance(count, int) and not isinstance(count, bool) and count >= 0,
+        f"num_components must be an int >= 0, got {count!r}",
+    )
+    expect(
+        isinstance(prior.conditions_decoder, bool),
+        f"conditions_decoder must be a bool, got {prior.conditions_decoder!r}",
+    )
+    expect(
+        count > 0 or not prior.conditions_decoder,
+        "a prior without channels (num_components == 0) cannot condition the decoder",
+    )
     log_weights = np.asarray(prior.log_weights())
-    expect(log_weights.shape == (count,), f"log_weights() has shape {log_weights.shape}, expected ({count},)")
+    expect(
+        log_weights.shape == (count,),
+        f"log_weights() has shape {log_weights.shape}, expected ({count},)",
+    )
     if count:
         expect(np.all(np.isfinite(log_weights)), f"log_weights() is not finite: {log_weights}")
         total = float(jax.nn.logsumexp(log_weights))
         expect(abs(total) < 1e-5, f"exp(log_weights()) sums to {np.exp(total):.6g}, not 1")
 
 
-@check("prior", "signatures", "every AbstractPrior method accepts and returns what its "
-       "jaxtyping-annotated protocol signature says (checked by beartype)")
+@check(
+    "prior",
+    "signatures",
+    "every AbstractPrior method accepts and returns what its "
+    "jaxtyping-annotated protocol signature says (checked by beartype)",
+)
 def _signatures(subject: PriorSubject) -> None:
     prior, encoder = subject.prior, subject.encoder
     methods = {
@@ -166,28 +207,38 @@ def _signatures(subject: PriorSubject) -> None:
         for name in ("log_weights", "kl_terms", "sample", "regularisers", "parameter_scales")
     }
 
-    def body(example: dict[str, Any]) -> None:
-        posterior = example["posterior"]
-        key = jax.random.PRNGKey(example["seed"])
+    def call_all(posterior: EncoderOutput, key: PRNGKeyArray) -> None:
         methods["log_weights"]()
         methods["kl_terms"](posterior, reparameterise(posterior, key), encoder=encoder, key=key)
         methods["sample"](5, encoder=encoder, key=key)
         methods["regularisers"]()
         methods["parameter_scales"]()
 
+    def body(example: dict[str, Any]) -> None:
+        # Shapes and dtypes are all a signature states: trace abstractly, compile nothing.
+        eqx.filter_eval_shape(call_all, example["posterior"], jax.random.PRNGKey(example["seed"]))
+
     for_all(subject, subject.inputs(), body)
 
 
-@check("prior", "kl_terms_per_example_finite", "kl_terms returns a non-empty dict of finite "
-       "float arrays of shape (B,), one value per example")
+@check(
+    "prior",
+    "kl_terms_per_example_finite",
+    "kl_terms returns a non-empty dict of finite float arrays of shape (B,), one value per example",
+)
 def _kl_terms_finite(subject: PriorSubject) -> None:
     def body(example: dict[str, Any]) -> None:
         batch = example["posterior"].z_mean.shape[0]
         terms = subject.kl(example["posterior"], example["seed"])
         expect(terms, "kl_terms returned no terms")
         for name, value in terms.items():
-            expect(value.shape == (batch,), f"term {name!r} has shape {value.shape}, expected ({batch},)")
-            expect(np.issubdtype(value.dtype, np.floating), f"term {name!r} has dtype {value.dtype}")
+            expect(
+                value.shape == (batch,),
+                f"term {name!r} has shape {value.shape}, expected ({batch},)",
+            )
+            expect(
+                np.issubdtype(value.dtype, np.floating), f"term {name!r} has dtype {value.dtype}"
+            )
             expect(np.all(np.isfinite(value)), f"term {name!r} is not finite: {value}")
 
     for_all(subject, subject.inputs(), body)
@@ -202,7 +253,9 @@ def _exact_kl_nonnegative(subject: PriorSubject) -> str:
     def body(example: dict[str, Any]) -> None:
         terms = subject.kl(example["posterior"], example["seed"])
         for name in exact:
-            expect(np.all(terms[name] >= -1e-4), f"exact KL term {name!r} is negative: {terms[name]}")
+            expect(
+                np.all(terms[name] >= -1e-4), f"exact KL term {name!r} is negative: {terms[name]}"
+            )
 
     for_all(subject, subject.inputs(), body)
     return f"exact terms: {', '.join(exact)}"
@@ -211,9 +264,11 @@ def _exact_kl_nonnegative(subject: PriorSubject) -> str:
 def _channel_moments(subject: PriorSubject) -> tuple[list[int], np.ndarray, np.ndarray, str | None]:
     """Channels, means and variances of p(z|c) from samples; why no diagonal Gaussian q fits."""
     channels = max(subject.num_components, 1)
-    z, c = subject.prior.sample(MOMENT_SAMPLES * channels, encoder=subject.encoder, key=jax.random.PRNGKey(5))
-    z, c = np.asarray(z, dtype=np.float64), np.asarray(c)
-    used, means, variances = [], [], []
+    z, c = subject.samples
+    z = z.astype(np.float64)
+    used: list[int] = []
+    means: list[np.ndarray] = []
+    variances: list[np.ndarray] = []
     for channel in range(channels):
         samples = z[c == channel]
         if len(samples) < MOMENT_SAMPLES // 4:
@@ -236,8 +291,12 @@ def _channel_moments(subject: PriorSubject) -> tuple[list[int], np.ndarray, np.n
     return used, np.asarray(means), np.asarray(variances), None
 
 
-@check("prior", "exact_kl_zero_at_prior", "exact KL terms are 0 when q equals p: kl_c at "
-       "logits = log π, kl_z at q(z|x) = p(z|c) with one-hot q(c|x) (p(z|c)'s moments from sample())")
+@check(
+    "prior",
+    "exact_kl_zero_at_prior",
+    "exact KL terms are 0 when q equals p: kl_c at "
+    "logits = log π, kl_z at q(z|x) = p(z|c) with one-hot q(c|x) (p(z|c)'s moments from sample())",
+)
 def _exact_kl_zero(subject: PriorSubject) -> str:
     exact, _ = subject.term_kinds
     notes = []
@@ -247,19 +306,21 @@ def _exact_kl_zero(subject: PriorSubject) -> str:
 
         def body(example: dict[str, Any]) -> None:
             shifted = log_weights + example["shift"][:, None]
-            posterior = dataclasses.replace(example["posterior"], logits=jnp.asarray(shifted, dtype=jnp.float32))
+            posterior = dataclasses.replace(
+                example["posterior"], logits=jnp.asarray(shifted, dtype=jnp.float32)
+            )
             kl_c = subject.kl(posterior, example["seed"])["kl_c"]
             expect_close(kl_c, np.zeros_like(kl_c), "kl_c at logits = log π + const", atol=1e-5)
 
         batch = 3
-        strategy = st.fixed_dictionaries(
-            {
-                "posterior": strategies.posteriors(batch, subject.settings.latent_dim, subject.num_components),
-                "shift": strategies.float_arrays((batch,), -5.0, 5.0),
-                "seed": strategies.seeds(),
-            }
-        )
-        for_all(subject, strategy, body)
+        fields: dict[str, st.SearchStrategy[Any]] = {
+            "posterior": strategies.posteriors(
+                batch, subject.settings.latent_dim, subject.num_components
+            ),
+            "shift": strategies.float_arrays((batch,), -5.0, 5.0),
+            "seed": strategies.seeds(),
+        }
+        for_all(subject, st.fixed_dictionaries(fields), body)
         notes.append("kl_c")
     if latent_terms:
         channels, means, variances, reason = _channel_moments(subject)
@@ -279,18 +340,24 @@ def _exact_kl_zero(subject: PriorSubject) -> str:
             terms = subject.kl(posterior, 0)
             for name in latent_terms:
                 # Moments from MOMENT_SAMPLES draws miss p by about D / MOMENT_SAMPLES nats.
-                expect(np.all(np.abs(terms[name]) < 0.02),
-                       f"{name} = {terms[name]} at q(z|x) = p(z|c) for channels {channels} "
-                       f"(means {np.round(means, 3).tolist()}, variances {np.round(variances, 3).tolist()})")
+                expect(
+                    np.all(np.abs(terms[name]) < 0.02),
+                    f"{name} = {terms[name]} at q(z|x) = p(z|c) for channels {channels} "
+                    f"(means {np.round(means, 3).tolist()}, variances {np.round(variances, 3).tolist()})",
+                )
             notes.append(", ".join(latent_terms))
     if not notes:
         raise NotApplicable("no exact KL terms")
     return "checked " + "; ".join(notes)
 
 
-@check("prior", "monte_carlo_kl_converges", "Monte-Carlo KL estimates converge to a "
-       f"{MC_REFERENCE_SAMPLES}-sample reference: the error shrinks with the sample count "
-       f"({MC_SAMPLE_COUNTS[0]} -> {MC_SAMPLE_COUNTS[1]}), the estimate is unbiased and the reference >= 0")
+@check(
+    "prior",
+    "monte_carlo_kl_converges",
+    "Monte-Carlo KL estimates converge to a "
+    f"{MC_REFERENCE_SAMPLES}-sample reference: the error shrinks with the sample count "
+    f"({MC_SAMPLE_COUNTS[0]} -> {MC_SAMPLE_COUNTS[1]}), the estimate is unbiased and the reference >= 0",
+)
 def _monte_carlo_converges(subject: PriorSubject) -> str:
     _, monte_carlo = subject.term_kinds
     if not monte_carlo:
@@ -302,66 +369,85 @@ def _monte_carlo_converges(subject: PriorSubject) -> str:
             f"Monte-Carlo terms {', '.join(monte_carlo)} but no option {option!r} sets the "
             "sample count (pass sample_count_option=...)"
         )
-    low, high = (
+    priors = tuple(
         build_checked(
-            "prior", subject.factory, dataclasses.replace(subject.options, **{option: count}),
-            subject.context, subject.label,
+            "prior",
+            subject.factory,
+            dataclasses.replace(subject.options, **{option: count}),
+            subject.context,
+            subject.label,
         )
-        for count in MC_SAMPLE_COUNTS
-    )
-    reference = build_checked(
-        "prior", subject.factory,
-        dataclasses.replace(subject.options, **{option: MC_REFERENCE_SAMPLES}),
-        subject.context, subject.label,
+        for count in (*MC_SAMPLE_COUNTS, MC_REFERENCE_SAMPLES)
     )
 
     def body(example: dict[str, Any]) -> None:
-        posterior, seed = example["posterior"], example["seed"]
-        keys = jax.random.split(jax.random.PRNGKey(seed), MC_REPEATS)
-        estimates_low = _kl_terms_over_keys(low, subject.encoder, posterior, keys)
-        estimates_high = _kl_terms_over_keys(high, subject.encoder, posterior, keys)
-        exact = subject.kl(posterior, seed, reference)
+        estimates_low, estimates_high, reference = _monte_carlo_estimates(
+            priors, subject.encoder, example["posterior"], jax.random.PRNGKey(example["seed"])
+        )
         for name in monte_carlo:
-            target = exact[name]
-            spread_low, spread_high = np.asarray(estimates_low[name]), np.asarray(estimates_high[name])
-            expect(np.all(np.isfinite(target)), f"{name} with {MC_REFERENCE_SAMPLES} samples is not finite")
+            target = np.asarray(reference[name])
+            spread_low, spread_high = (
+                np.asarray(estimates_low[name]),
+                np.asarray(estimates_high[name]),
+            )
+            expect(
+                np.all(np.isfinite(target)),
+                f"{name} with {MC_REFERENCE_SAMPLES} samples is not finite",
+            )
             error_low = float(np.sqrt(np.mean((spread_low - target) ** 2)))
             error_high = float(np.sqrt(np.mean((spread_high - target) ** 2)))
             tolerance = 1e-3 * (1.0 + float(np.mean(np.abs(target))))
             # The error of an unbiased estimate falls as 1/sqrt(S): 16x the samples, 1/4 the error.
-            expect(error_high <= 0.5 * error_low + tolerance,
-                   f"{name}: RMS error {error_low:.4g} with {MC_SAMPLE_COUNTS[0]} samples and "
-                   f"{error_high:.4g} with {MC_SAMPLE_COUNTS[1]} (expected about a quarter) "
-                   f"against the {MC_REFERENCE_SAMPLES}-sample value {target}")
+            expect(
+                error_high <= 0.5 * error_low + tolerance,
+                f"{name}: RMS error {error_low:.4g} with {MC_SAMPLE_COUNTS[0]} samples and "
+                f"{error_high:.4g} with {MC_SAMPLE_COUNTS[1]} (expected about a quarter) "
+                f"against the {MC_REFERENCE_SAMPLES}-sample value {target}",
+            )
             sd_high = spread_high.std(0)
             sd_reference = sd_high * np.sqrt(MC_SAMPLE_COUNTS[1] / MC_REFERENCE_SAMPLES)
             bias = spread_high.mean(0) - target
             allowed = 6.0 * (sd_high / np.sqrt(MC_REPEATS) + sd_reference) + tolerance
-            expect(np.all(np.abs(bias) <= allowed),
-                   f"{name}: mean of {MC_REPEATS} estimates with {MC_SAMPLE_COUNTS[1]} samples "
-                   f"misses the reference {target} by {bias} (allowed {allowed})")
-            expect(np.all(target >= -4.0 * sd_reference - tolerance),
-                   f"{name}: the {MC_REFERENCE_SAMPLES}-sample estimate of a KL is negative: {target}")
+            expect(
+                np.all(np.abs(bias) <= allowed),
+                f"{name}: mean of {MC_REPEATS} estimates with {MC_SAMPLE_COUNTS[1]} samples "
+                f"misses the reference {target} by {bias} (allowed {allowed})",
+            )
+            expect(
+                np.all(target >= -4.0 * sd_reference - tolerance),
+                f"{name}: the {MC_REFERENCE_SAMPLES}-sample estimate of a KL is negative: {target}",
+            )
 
     for_all(subject, subject.inputs((3,)), body)
     return f"Monte-Carlo terms: {', '.join(monte_carlo)}"
 
 
-@check("prior", "per_example_independence", "each example's KL terms do not depend on the "
-       "other members of the batch")
+@check(
+    "prior",
+    "per_example_independence",
+    "each example's KL terms do not depend on the other members of the batch",
+)
 def _per_example(subject: PriorSubject) -> None:
     def body(example: dict[str, Any]) -> None:
         mask = example["mask"]
-        mixed = _mix(mask, example["posterior"], example["others"])
-        alone, together = subject.kl(example["posterior"], example["seed"]), subject.kl(mixed, example["seed"])
+        others = random_posterior(
+            example["others_seed"], len(mask), subject.settings.latent_dim, subject.num_components
+        )
+        mixed = mix_rows(mask, example["posterior"], others)
+        alone, together = (
+            subject.kl(example["posterior"], example["seed"]),
+            subject.kl(mixed, example["seed"]),
+        )
         for name, value in alone.items():
             expect_close(together[name][mask], value[mask], f"term {name!r} of the kept rows")
 
     strategy = st.sampled_from((3, 8)).flatmap(
         lambda batch: st.fixed_dictionaries(
             {
-                "posterior": strategies.posteriors(batch, subject.settings.latent_dim, subject.num_components),
-                "others": strategies.posteriors(batch, subject.settings.latent_dim, subject.num_components),
+                "posterior": strategies.posteriors(
+                    batch, subject.settings.latent_dim, subject.num_components
+                ),
+                "others_seed": strategies.seeds(),
                 "mask": strategies.row_masks(batch),
                 "seed": strategies.seeds(),
             }
@@ -378,44 +464,55 @@ def _jit_matches_eager(subject: PriorSubject) -> None:
         for name, value in compiled.items():
             expect_close(value, eager[name], f"term {name!r}", rtol=1e-4, atol=1e-4)
 
-    for_all(subject, subject.inputs(), body)
+    for_all(subject, subject.inputs((3,)), body)
 
 
-def _relabels(subject: PriorSubject, permuted: AbstractPrior, posterior: EncoderOutput,
-              permutation: np.ndarray, seed: int) -> bool:
-    """Whether ``permuted`` is this prior with its channels relabelled by ``permutation``."""
+def _relabels(
+    subject: PriorSubject,
+    permuted: AbstractPrior,
+    posterior: EncoderOutput,
+    permutation: np.ndarray,
+    seed: int,
+) -> bool:
+    """Whether ``permuted`` is this prior with its channels relabelled by ``permutation``.
+
+    Channel ``j`` of ``permuted`` must act as channel ``permutation[j]`` of the prior: same
+    weight, and the same terms under a one-hot ``q(c|x)`` (row ``j`` of both batches, so a
+    Monte-Carlo term sees the same noise).
+    """
     count = subject.num_components
     log_weights = np.asarray(subject.prior.log_weights())
     if not np.allclose(np.asarray(permuted.log_weights()), log_weights[permutation], atol=1e-6):
         return False
-    # Every channel's terms under a one-hot q(c|x), for the same q(z|x).
-    repeated = EncoderOutput(
-        z_mean=jnp.repeat(posterior.z_mean[:1], count, axis=0),
-        z_log_var=jnp.repeat(posterior.z_log_var[:1], count, axis=0),
-        logits=jnp.asarray(_one_hot_logits(np.arange(count), count)),
-    )
-    original, relabelled = subject.kl(repeated, seed), subject.kl(repeated, seed, permuted)
+
+    def one_hot_batch(channels: np.ndarray) -> EncoderOutput:
+        return EncoderOutput(
+            z_mean=jnp.repeat(posterior.z_mean[:1], count, axis=0),
+            z_log_var=jnp.repeat(posterior.z_log_var[:1], count, axis=0),
+            logits=jnp.asarray(_one_hot_logits(channels, count)),
+        )
+
+    original = subject.kl(one_hot_batch(permutation), seed)
+    relabelled = subject.kl(one_hot_batch(np.arange(count)), seed, permuted)
     return all(
-        np.allclose(relabelled[name], original[name][permutation], rtol=1e-4, atol=1e-4)
-        for name in original
+        np.allclose(relabelled[name], original[name], rtol=1e-4, atol=1e-4) for name in original
     )
 
 
-@check("prior", "channel_permutation", "relabelling the channels (logits and the prior's "
-       "channel-indexed parameters together) leaves every KL term unchanged; with uniform π, "
-       "permuting the logits alone leaves kl_c unchanged")
+@check(
+    "prior",
+    "channel_permutation",
+    "relabelling the channels (logits and the prior's "
+    "channel-indexed parameters together) leaves every KL term unchanged; with uniform π, "
+    "permuting the logits alone leaves kl_c unchanged",
+)
 def _channel_permutation(subject: PriorSubject) -> str:
     count = subject.num_components
     if count < 2:
         raise NotApplicable("fewer than two channels")
     log_weights = np.asarray(subject.prior.log_weights())
     uniform = bool(np.allclose(log_weights, log_weights[0], atol=1e-6))
-    rng = np.random.default_rng(0)
-    probe = EncoderOutput(
-        z_mean=jnp.asarray(rng.normal(size=(1, subject.settings.latent_dim)), dtype=jnp.float32),
-        z_log_var=jnp.zeros((1, subject.settings.latent_dim)),
-        logits=jnp.zeros((1, count)),
-    )
+    probe = random_posterior(0, 3, subject.settings.latent_dim, count)
     cycle = np.roll(np.arange(count), 1)
     relabels = _relabels(subject, permute_channels(subject.prior, cycle), probe, cycle, 0)
     if not relabels and not uniform:
@@ -431,31 +528,43 @@ def _channel_permutation(subject: PriorSubject) -> str:
             permuted = permute_channels(subject.prior, permutation)
             after = subject.kl(permuted_posterior, seed, permuted)
             for name, value in before.items():
-                expect_close(after[name], value, f"term {name!r} after relabelling", rtol=1e-4, atol=1e-4)
+                expect_close(
+                    after[name], value, f"term {name!r} after relabelling", rtol=1e-4, atol=1e-4
+                )
         elif "kl_c" in before:
             after = subject.kl(permuted_posterior, seed)
-            expect_close(after["kl_c"], before["kl_c"], "kl_c after permuting the logits", rtol=1e-4, atol=1e-5)
+            expect_close(
+                after["kl_c"],
+                before["kl_c"],
+                "kl_c after permuting the logits",
+                rtol=1e-4,
+                atol=1e-5,
+            )
 
-    strategy = st.fixed_dictionaries(
-        {
-            "posterior": strategies.posteriors(3, subject.settings.latent_dim, count),
-            "permutation": strategies.channel_permutations(count),
-            "seed": strategies.seeds(),
-        }
-    )
-    for_all(subject, strategy, body)
+    fields: dict[str, st.SearchStrategy[Any]] = {
+        "posterior": strategies.posteriors(3, subject.settings.latent_dim, count),
+        "permutation": strategies.channel_permutations(count),
+        "seed": strategies.seeds(),
+    }
+    for_all(subject, st.fixed_dictionaries(fields), body)
     if relabels:
         return "every term, with the channel-indexed fields permuted"
     return "kl_c only: the prior's channel parameters are not channel-indexed array fields"
 
 
-@check("prior", "samples_follow_prior", "sample(n) returns finite z of shape (n, D) and "
-       "integer channels in [0, K) (all 0 without channels) drawn with frequencies π")
+@check(
+    "prior",
+    "samples_follow_prior",
+    "sample(n) returns finite z of shape (n, D) and "
+    "integer channels in [0, K) (all 0 without channels) drawn with frequencies π",
+)
 def _samples(subject: PriorSubject) -> None:
-    count, latent_dim, draws = subject.num_components, subject.settings.latent_dim, 4000
-    z, channels = subject.prior.sample(draws, encoder=subject.encoder, key=jax.random.PRNGKey(6))
-    z, channels = np.asarray(z), np.asarray(channels)
-    expect(z.shape == (draws, latent_dim), f"z has shape {z.shape}, expected ({draws}, {latent_dim})")
+    count, latent_dim = subject.num_components, subject.settings.latent_dim
+    z, channels = subject.samples
+    draws = len(z)
+    expect(
+        z.shape == (draws, latent_dim), f"z has shape {z.shape}, expected ({draws}, {latent_dim})"
+    )
     expect(np.issubdtype(z.dtype, np.floating) and np.all(np.isfinite(z)), "z is not finite floats")
     expect(channels.shape == (draws,), f"channels have shape {channels.shape}, expected ({draws},)")
     expect(np.issubdtype(channels.dtype, np.integer), f"channels have dtype {channels.dtype}")
@@ -466,8 +575,10 @@ def _samples(subject: PriorSubject) -> None:
     weights = np.exp(np.asarray(subject.prior.log_weights(), dtype=np.float64))
     frequencies = np.bincount(channels, minlength=count) / draws
     allowed = 5.0 * np.sqrt(weights * (1 - weights) / draws) + 1e-3
-    expect(np.all(np.abs(frequencies - weights) <= allowed),
-           f"channel frequencies {np.round(frequencies, 3)} do not match π = {np.round(weights, 3)}")
+    expect(
+        np.all(np.abs(frequencies - weights) <= allowed),
+        f"channel frequencies {np.round(frequencies, 3)} do not match π = {np.round(weights, 3)}",
+    )
 
 
 @check("prior", "regularisers_finite", "regularisers() returns finite float scalars by name")
@@ -480,29 +591,44 @@ def _regularisers(subject: PriorSubject) -> None:
         expect(np.isfinite(value), f"regulariser {name!r} is not finite: {value}")
 
 
-@check("prior", "parameter_scales_valid", "parameter_scales() maps field names of the prior "
-       "that hold trainable arrays to finite scales >= 0")
+@check(
+    "prior",
+    "parameter_scales_valid",
+    "parameter_scales() maps field names of the prior "
+    "that hold trainable arrays to finite scales >= 0",
+)
 def _scales_valid(subject: PriorSubject) -> None:
     scales = subject.prior.parameter_scales()
     expect(isinstance(scales, dict), f"parameter_scales() returned {type(scales).__name__}")
     fields = {field.name for field in dataclasses.fields(subject.prior)}
     for name, scale in scales.items():
-        expect(name in fields, f"{name!r} is not a field of {type(subject.prior).__name__} (fields: {sorted(fields)})")
-        expect(isinstance(scale, float) and np.isfinite(scale) and scale >= 0.0,
-               f"scale of {name!r} must be a finite float >= 0, got {scale!r}")
+        expect(
+            name in fields,
+            f"{name!r} is not a field of {type(subject.prior).__name__} (fields: {sorted(fields)})",
+        )
+        expect(
+            isinstance(scale, float) and np.isfinite(scale) and scale >= 0.0,
+            f"scale of {name!r} must be a finite float >= 0, got {scale!r}",
+        )
         leaves = jax.tree.leaves(eqx.filter(getattr(subject.prior, name), eqx.is_inexact_array))
-        expect(leaves, f"field {name!r} holds no trainable (inexact) array, so a scale cannot act on it")
+        expect(
+            leaves,
+            f"field {name!r} holds no trainable (inexact) array, so a scale cannot act on it",
+        )
 
 
-@check("prior", "parameter_scales_honoured", "after one make_optimizer + train_step, a field "
-       "with scale 0 is bitwise unchanged and a field with scale s moves s times the unscaled Adam update")
+@check(
+    "prior",
+    "parameter_scales_honoured",
+    "after one make_optimizer + train_step, a field "
+    "with scale 0 is bitwise unchanged and a field with scale s moves s times the unscaled Adam update",
+)
 def _scales_honoured(subject: PriorSubject) -> str:
     model = subject.tiny.model
     scales = model.prior.parameter_scales()
     if not scales:
         raise NotApplicable("declares no parameter scales")
-    gradients = subject.gradients()
-    updated, _ = subject.step()
+    gradients, updated = subject.step.gradients, subject.step.model
     adam = optax.adam(subject.tiny.train.learning_rate)
     params = eqx.filter(model, eqx.is_inexact_array)
     unscaled, _ = adam.update(gradients, adam.init(params), params)
@@ -517,17 +643,27 @@ def _scales_honoured(subject: PriorSubject) -> str:
         for old, new, step in zip(before, after, reference, strict=True):
             old, new = np.asarray(old), np.asarray(new)
             if scale == 0.0:
-                expect(np.array_equal(old, new),
-                       f"field {name!r} has scale 0.0 but moved by up to {np.abs(new - old).max():.3g}")
+                expect(
+                    np.array_equal(old, new),
+                    f"field {name!r} has scale 0.0 but moved by up to {np.abs(new - old).max():.3g}",
+                )
             else:
-                expect_close(new - old, scale * np.asarray(step),
-                             f"update of field {name!r} (scale {scale}) vs {scale} x unscaled Adam update",
-                             rtol=1e-3, atol=1e-6)
+                expect_close(
+                    new - old,
+                    scale * np.asarray(step),
+                    f"update of field {name!r} (scale {scale}) vs {scale} x unscaled Adam update",
+                    rtol=1e-3,
+                    atol=1e-6,
+                )
     return f"no gradient reached {', '.join(still)}" if still else ""
 
 
-@check("prior", "fixed_weights_stay_fixed", "a non-learnable π gets exactly zero update in a "
-       "full optimiser step (make_optimizer + train_step)")
+@check(
+    "prior",
+    "fixed_weights_stay_fixed",
+    "a non-learnable π gets exactly zero update in a "
+    "full optimiser step (make_optimizer + train_step)",
+)
 def _fixed_weights(subject: PriorSubject) -> None:
     if subject.num_components == 0:
         raise NotApplicable("no channels")
@@ -536,16 +672,20 @@ def _fixed_weights(subject: PriorSubject) -> None:
         fixed = not getattr(subject.options, "learn_pi", False)
     if not fixed:
         raise NotApplicable("π is learnable with these options")
-    updated, _ = subject.step()
+    updated = subject.step.model
     before = np.asarray(subject.tiny.model.prior.log_weights())
     after = np.asarray(updated.prior.log_weights())
-    expect(np.array_equal(before, after),
-           f"log π moved by up to {np.abs(after - before).max():.3g} in one optimiser step although π "
-           "is fixed (give its field scale 0.0 in parameter_scales())")
+    expect(
+        np.array_equal(before, after),
+        f"log π moved by up to {np.abs(after - before).max():.3g} in one optimiser step although π "
+        "is fixed (give its field scale 0.0 in parameter_scales())",
+    )
 
 
-@check("prior", "trains_one_step", "in a small model, one train step gives finite metrics "
-       "and finite parameters")
+@check(
+    "prior",
+    "trains_one_step",
+    "in a small model, one train step gives finite metrics and finite parameters",
+)
 def _trains(subject: PriorSubject) -> None:
     expect_finite_step(subject)
-

@@ -106,7 +106,9 @@ def expect_close(
     if np.allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=False):
         return
     difference = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    worst = np.unravel_index(np.nanargmax(np.where(np.isnan(difference), np.inf, difference)), difference.shape)
+    worst = np.unravel_index(
+        np.nanargmax(np.where(np.isnan(difference), np.inf, difference)), difference.shape
+    )
     raise Violation(
         f"{what}: {format_value(actual)} != {format_value(expected)} "
         f"(largest difference {difference[worst]:.3g} at index {tuple(int(i) for i in worst)})"
@@ -128,7 +130,9 @@ def _hypothesis_settings(max_examples: int) -> settings:
 
 
 def for_all(
-    subject: Any, strategy: st.SearchStrategy[dict[str, Any]], body: Callable[[dict[str, Any]], None]
+    subject: Any,
+    strategy: st.SearchStrategy[dict[str, Any]],
+    body: Callable[[dict[str, Any]], None],
 ) -> None:
     """Run ``body(example)`` on Hypothesis examples; a failure keeps the shrunk example.
 
@@ -147,9 +151,9 @@ def for_all(
         except NotApplicable:
             raise
         except Exception as error:
-            violation = Violation(f"raised {describe_error(error)}")
-            violation.example = example
-            raise violation from error
+            wrapped = Violation(f"raised {describe_error(error)}")
+            wrapped.example = example
+            raise wrapped from error
 
     run()
 

@@ -16,7 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from ssvae_core.components import BuildContext, ComponentFactory
 from ssvae_core.config import ComponentConfig, LossConfig, ModelConfig, TrainConfig, default_config
@@ -25,8 +25,10 @@ from ssvae_core.likelihoods import AbstractLikelihood, make_likelihood
 from ssvae_core.model import SSVAE, build_model
 from ssvae_core.objective import objective
 from ssvae_core.registry import PROTOCOLS, Registry
+from ssvae_core.testing import strategies
 from ssvae_core.testing._runner import ConformanceError, Violation, expect
-from ssvae_core.training import Batch, TrainState, init_state, make_optimizer, train_step
+from ssvae_core.training import TrainState, init_state, make_optimizer, train_step
+from ssvae_core.types import Batch, EncoderOutput
 
 BUILD_INVARIANT = (
     "build(options, context, key) returns an instance of the factory's component_type, "
@@ -104,13 +106,17 @@ def build_checked(
         built = factory.build(options, context, key)
     except Exception as error:
         raise ConformanceError(
-            label, "builds", BUILD_INVARIANT,
+            label,
+            "builds",
+            BUILD_INVARIANT,
             f"build raised {type(error).__name__}: {error} (context {context_summary(context)})",
         ) from error
     protocol = PROTOCOLS[kind]
     if not isinstance(built, factory.component_type) or not isinstance(built, protocol):
         raise ConformanceError(
-            label, "builds", BUILD_INVARIANT,
+            label,
+            "builds",
+            BUILD_INVARIANT,
             f"build returned {type(built).__name__}, expected {factory.component_type.__name__} "
             f"(a {protocol.__name__})",
         )
@@ -189,12 +195,16 @@ def tiny_model(
     ``channels`` picks the companion prior: ``mixture`` with ``settings.num_components``
     channels, or ``standard``. Adam without clipping, so one step is easy to predict.
     """
-    registry = Registry(entry_points=False, plugins=[("ssvae-conformance-subject", _SubjectPlugin(kind, factory))])
+    registry = Registry(
+        entry_points=False, plugins=[("ssvae-conformance-subject", _SubjectPlugin(kind, factory))]
+    )
     if registry.problems:
         raise RuntimeError("; ".join(problem.reason for problem in registry.problems))
     dense = registry.get("encoder", "dense").factory.options(hidden=COMPANION_HIDDEN)
     if channels:
-        mixture = registry.get("prior", "mixture").factory.options(num_components=settings.num_components)
+        mixture = registry.get("prior", "mixture").factory.options(
+            num_components=settings.num_components
+        )
         prior = ComponentConfig("mixture", mixture)
     else:
         prior = ComponentConfig("standard", registry.get("prior", "standard").factory.options())
@@ -205,7 +215,9 @@ def tiny_model(
         "head": ComponentConfig("auto", {}),
     }
     components[kind] = ComponentConfig(SUBJECT_NAME, options)
-    train = TrainConfig(batch_size=MODEL_BATCH_SIZE, learning_rate=1e-2, grad_clip=0.0, optimizer="adam")
+    train = TrainConfig(
+        batch_size=MODEL_BATCH_SIZE, learning_rate=1e-2, grad_clip=0.0, optimizer="adam"
+    )
     config = default_config(registry).replace(
         model=ModelConfig(
             latent_dim=settings.latent_dim,
@@ -226,35 +238,53 @@ def tiny_model(
     )
     positions = np.arange(MODEL_BATCH_SIZE)
     labels = np.where(positions < MODEL_BATCH_SIZE // 2, positions % settings.num_classes, -1)
-    batch = Batch(x=jnp.asarray(data[:MODEL_BATCH_SIZE]), labels=jnp.asarray(labels, dtype=jnp.int32))
-    return TinyModel(model, init_state(model, jax.random.PRNGKey(3)), batch, config.train, config.loss)
+    batch = Batch(
+        x=jnp.asarray(data[:MODEL_BATCH_SIZE]), labels=jnp.asarray(labels, dtype=jnp.int32)
+    )
+    return TinyModel(
+        model, init_state(model, jax.random.PRNGKey(3)), batch, config.train, config.loss
+    )
+
+
+@dataclass(frozen=True)
+class Step:
+    """One optimiser step of a tiny model: the new model, its metrics, the gradient applied."""
+
+    model: SSVAE
+    metrics: dict[str, Float[Array, ""]]
+    gradients: SSVAE
 
 
 @eqx.filter_jit
 def _step(
-    model: SSVAE, state: TrainState, batch: Batch, key: PRNGKeyArray, train: TrainConfig, loss: LossConfig
-) -> tuple[SSVAE, dict[str, Float[Array, ""]]]:
+    model: SSVAE,
+    state: TrainState,
+    batch: Batch,
+    key: PRNGKeyArray,
+    train: TrainConfig,
+    loss: LossConfig,
+) -> tuple[SSVAE, dict[str, Float[Array, ""]], SSVAE]:
     optimizer = make_optimizer(train, model)
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
-    model, _, _, metrics = train_step(
-        model, state, opt_state, batch, key, optimizer=optimizer, loss_config=loss
-    )
-    return model, metrics
-
-
-@eqx.filter_jit
-def _gradients(
-    model: SSVAE, state: TrainState, batch: Batch, key: PRNGKeyArray, loss: LossConfig
-) -> SSVAE:
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
     def total(params: SSVAE) -> Float[Array, ""]:
         value, _ = objective(
-            eqx.combine(params, static), state.head_state, batch.x, batch.labels, state.step, key, loss
+            eqx.combine(params, static),
+            state.head_state,
+            batch.x,
+            batch.labels,
+            state.step,
+            key,
+            loss,
+            x_view=batch.x_view,
+            x_neighbour=batch.x_neighbour,
         )
         return value
 
-    return jax.grad(total)(params)
+    updated, _, _, metrics = train_step(
+        model, state, optimizer.init(params), batch, key, optimizer=optimizer, loss_config=loss
+    )
+    return updated, metrics, jax.grad(total)(params)
 
 
 class Subject:
@@ -262,7 +292,9 @@ class Subject:
 
     kind: str
 
-    def __init__(self, label: str, factory: ComponentFactory, options: Any, settings: ConformanceSettings):
+    def __init__(
+        self, label: str, factory: ComponentFactory, options: Any, settings: ConformanceSettings
+    ):
         self.label = label
         self.factory = factory
         self.options = options
@@ -276,19 +308,21 @@ class Subject:
     def tiny(self) -> TinyModel:
         channels, conditioning = self.model_options()
         return tiny_model(
-            self.kind, self.factory, self.options, self.settings,
-            channels=channels, conditioning=conditioning,
+            self.kind,
+            self.factory,
+            self.options,
+            self.settings,
+            channels=channels,
+            conditioning=conditioning,
         )
 
-    def step(self) -> tuple[SSVAE, dict[str, Float[Array, ""]]]:
+    @cached_property
+    def step(self) -> Step:
         """One optimiser step (``make_optimizer`` + ``train_step``) of the tiny model."""
         tiny = self.tiny
-        return _step(tiny.model, tiny.state, tiny.batch, jax.random.PRNGKey(4), tiny.train, tiny.loss)
-
-    def gradients(self) -> SSVAE:
-        """The gradient that :meth:`step` applies."""
-        tiny = self.tiny
-        return _gradients(tiny.model, tiny.state, tiny.batch, jax.random.PRNGKey(4), tiny.loss)
+        return Step(
+            *_step(tiny.model, tiny.state, tiny.batch, jax.random.PRNGKey(4), tiny.train, tiny.loss)
+        )
 
 
 def permute_channels(tree: PyTree[Any], permutation: Int[np.ndarray, " K"]) -> PyTree[Any]:
@@ -307,12 +341,51 @@ def permute_channels(tree: PyTree[Any], permutation: Int[np.ndarray, " K"]) -> P
     return jax.tree.map(reorder, tree)
 
 
+def mix_rows(mask: Bool[np.ndarray, " B"], kept: PyTree[Any], other: PyTree[Any]) -> PyTree[Any]:
+    """Rows of ``kept`` where ``mask`` is true and rows of ``other`` elsewhere, leaf by leaf."""
+
+    def choose(a: Any, b: Any) -> Any:
+        return jnp.where(jnp.asarray(mask).reshape(-1, *([1] * (jnp.ndim(a) - 1))), a, b)
+
+    return jax.tree.map(choose, kept, other)
+
+
+def random_posterior(
+    seed: int, batch_size: int, latent_dim: int, num_components: int
+) -> EncoderOutput:
+    """A posterior batch drawn from ``seed`` within the ranges of :mod:`.strategies`.
+
+    For inputs whose values do not matter to a property (the other rows of a batch, the
+    history behind a head's state): a seed shrinks in one step, an array in hundreds.
+    """
+    rng = np.random.default_rng(seed)
+
+    def uniform(bounds: tuple[float, float], shape: tuple[int, ...]) -> Float[Array, "..."]:
+        return jnp.asarray(rng.uniform(*bounds, shape), dtype=jnp.float32)
+
+    return EncoderOutput(
+        z_mean=uniform(strategies.MEAN_RANGE, (batch_size, latent_dim)),
+        z_log_var=uniform(strategies.LOG_VAR_RANGE, (batch_size, latent_dim)),
+        logits=uniform(strategies.LOGIT_RANGE, (batch_size, num_components))
+        if num_components
+        else None,
+    )
+
+
+def random_like(
+    seed: int, array: Float[np.ndarray, "..."], low: float, high: float
+) -> Float[np.ndarray, "..."]:
+    """Uniform values in ``[low, high]`` of ``array``'s shape, drawn from ``seed``."""
+    return np.random.default_rng(seed).uniform(low, high, np.shape(array)).astype(np.float32)
+
 
 def expect_finite_step(subject: Subject) -> None:
     """One train step of the subject's tiny model leaves every metric and parameter finite."""
-    updated, metrics = subject.step()
+    updated, metrics = subject.step.model, subject.step.metrics
     for name, value in metrics.items():
         expect(np.all(np.isfinite(np.asarray(value))), f"metric {name!r} is not finite: {value}")
-    for path, leaf in jax.tree_util.tree_leaves_with_path(eqx.filter(updated, eqx.is_inexact_array)):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(
+        eqx.filter(updated, eqx.is_inexact_array)
+    ):
         if not np.all(np.isfinite(np.asarray(leaf))):
             raise Violation(f"parameter {jax.tree_util.keystr(path)} is not finite after one step")

@@ -74,9 +74,7 @@ def means(batch_size: int, latent_dim: int) -> st.SearchStrategy[Float[np.ndarra
     return float_arrays((batch_size, latent_dim), *MEAN_RANGE)
 
 
-def log_variances(
-    batch_size: int, latent_dim: int
-) -> st.SearchStrategy[Float[np.ndarray, "B D"]]:
+def log_variances(batch_size: int, latent_dim: int) -> st.SearchStrategy[Float[np.ndarray, "B D"]]:
     """Posterior log-variances ``log σ²`` of shape ``(B, D)`` in :data:`LOG_VAR_RANGE`."""
     return float_arrays((batch_size, latent_dim), *LOG_VAR_RANGE)
 
@@ -136,4 +134,3 @@ def row_masks(batch_size: int) -> st.SearchStrategy[Bool[np.ndarray, " B"]]:
     if batch_size == 1:
         return st.just(np.ones((1,), dtype=bool))
     return hnp.arrays(bool, (batch_size,)).filter(lambda mask: mask.any() and not mask.all())
-

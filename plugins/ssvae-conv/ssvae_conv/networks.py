@@ -21,12 +21,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ssvae_core.conditioning import ComponentConditioning
+from ssvae_core.networks import bounded_log_var
 from ssvae_core.networks.dense import ACTIVATIONS
 from ssvae_core.protocols import AbstractDecoder, AbstractEncoder
 from ssvae_core.types import DecoderOutput, EncoderOutput
-
-# The dense encoder's bound on log σ², so that both families behave alike.
-LOG_VAR_BOUND = 6.0
 
 
 def image_shape(sample_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -72,8 +70,8 @@ def _transposed_padding(kernel_size: int) -> tuple[int, int]:
 class ConvEncoder(AbstractEncoder):
     """Stride-2 convolutions, then linear heads for ``μ``, ``log σ²`` and channel logits.
 
-    ``log σ² = b · tanh(raw / b)`` with the dense encoder's bound ``b = 6`` keeps ``exp``
-    finite early in training; there are no logits when ``num_components == 0``.
+    ``log σ²`` is bounded as in every encoder (``ssvae_core.networks.bounded_log_var``);
+    there are no logits when ``num_components == 0``.
     """
 
     input_shape: tuple[int, ...] = eqx.field(static=True)
@@ -126,7 +124,7 @@ class ConvEncoder(AbstractEncoder):
             h = act(conv(h))
         h = h.reshape(-1)
         logits = self.logits_head(h) if self.logits_head is not None else None
-        log_var = LOG_VAR_BOUND * jnp.tanh(self.log_var_head(h) / LOG_VAR_BOUND)
+        log_var = bounded_log_var(self.log_var_head(h))
         return EncoderOutput(z_mean=self.mean_head(h), z_log_var=log_var, logits=logits)
 
 

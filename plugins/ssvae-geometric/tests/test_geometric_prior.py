@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from ssvae_geometric import GeometricMixturePrior, geometric_centres, plugin
 
+from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import config_from_dict
 from ssvae_core.errors import ConfigError
 from ssvae_core.model import build_model
 from ssvae_core.registry import Registry, default_registry
-from ssvae_core.training import Trainer, init_state, training_arrays
 from ssvae_core.types import EncoderOutput
 
 pytestmark = pytest.mark.filterwarnings("ignore:prior 'geometric_mog' fixes:UserWarning")
@@ -79,32 +79,32 @@ def test_kl_is_zero_when_q_is_a_centre_with_one_hot_responsibilities() -> None:
 
 
 def test_kl_terms_are_non_negative_and_finite() -> None:
-    prior = GeometricMixturePrior(3, 9)
+    prior = GeometricMixturePrior(3, 4)
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     posterior = EncoderOutput(
-        z_mean=3.0 * jax.random.normal(keys[0], (16, 3)),
-        z_log_var=jax.random.normal(keys[1], (16, 3)),
-        logits=jax.random.normal(keys[2], (16, 9)),
+        z_mean=3.0 * jax.random.normal(keys[0], (4, 3)),
+        z_log_var=jax.random.normal(keys[1], (4, 3)),
+        logits=jax.random.normal(keys[2], (4, 4)),
     )
     terms = prior.kl_terms(posterior, posterior.z_mean, encoder=None, key=jax.random.PRNGKey(0))
     for values in terms.values():
-        assert values.shape == (16,)
+        assert values.shape == (4,)
         assert np.all(np.isfinite(values)) and np.all(values >= -1e-6)
 
 
 def test_kl_matches_the_hand_computed_closed_form() -> None:
-    # Unit circle, K = 4: centres (1, 0), (0, 1), (-1, 0), (0, -1); q = N((1, 0), diag(2, 1)).
-    prior = GeometricMixturePrior(2, 4, radius=1.0)
-    responsibilities = jnp.array([[0.5, 0.25, 0.125, 0.125]])
+    # Unit circle, K = 4: centres (1, 0), (0, 1), (-1, 0), (0, -1) (and 0 in the third
+    # dimension); q = N((1, 0, 0), diag(2, 1, 1)); r = (1/2, 1/4, 1/8, 1/8).
+    prior = GeometricMixturePrior(3, 4, radius=1.0)
     posterior = EncoderOutput(
-        z_mean=jnp.array([[1.0, 0.0]]),
-        z_log_var=jnp.log(jnp.array([[2.0, 1.0]])),
-        logits=jnp.log(responsibilities),
+        z_mean=jnp.tile(jnp.array([1.0, 0.0, 0.0]), (4, 1)),
+        z_log_var=jnp.tile(jnp.log(jnp.array([2.0, 1.0, 1.0])), (4, 1)),
+        logits=jnp.tile(jnp.log(jnp.array([0.5, 0.25, 0.125, 0.125])), (4, 1)),
     )
     terms = prior.kl_terms(posterior, posterior.z_mean, encoder=None, key=jax.random.PRNGKey(0))
     # KL to each centre: ½(1 − log 2), ½(3 − log 2), ½(5 − log 2), ½(3 − log 2).
-    np.testing.assert_allclose(terms["kl_z"], [0.5 * (2.25 - np.log(2.0))], rtol=1e-5)
-    np.testing.assert_allclose(terms["kl_c"], [0.25 * np.log(2.0)], rtol=1e-5)
+    np.testing.assert_allclose(terms["kl_z"], 0.5 * (2.25 - np.log(2.0)), rtol=1e-5)
+    np.testing.assert_allclose(terms["kl_c"], 0.25 * np.log(2.0), rtol=1e-5)
 
 
 def test_sample_draws_around_the_centres() -> None:
@@ -133,19 +133,14 @@ def test_building_warns_that_the_prior_imposes_a_topology(registry: Registry) ->
 
 @pytest.mark.parametrize("conditioning", ["film", "cin", "concat", "none"])
 def test_trains_a_few_steps_with_each_conditioning(registry: Registry, conditioning: str) -> None:
-    model, config = _build(_config(registry, conditioning=conditioning))
-    assert config.model.conditioning == conditioning
-    assert (model.embeddings is None) == (conditioning == "none")
-    trainer = Trainer.for_model(config, model)
     x = np.random.default_rng(0).random((16, *INPUT_SHAPE), dtype=np.float32)
-    data = training_arrays(x, x[:4], np.array([0, 1, 0, 1]))
-    history: list[dict[str, float]] = []
-    _, state, _ = trainer.run(
-        data, model, init_state(model, jax.random.PRNGKey(1)), trainer.init_opt_state(model),
-        on_metrics=lambda step, metrics: history.append(metrics),
-    )
-    assert int(state.step) == config.train.steps
-    assert history[-1]["kl_z"] >= 0.0 and np.isfinite(history[-1]["loss"])
+    y = np.where(np.arange(16) < 4, np.arange(16) % 2, -1)
+    classifier = SSVAEClassifier(_config(registry, conditioning=conditioning), registry=registry)
+    classifier.fit(x, y, num_classes=2)
+    assert classifier.config.model.conditioning == conditioning
+    assert (classifier.model.embeddings is None) == (conditioning == "none")
+    assert int(classifier.state.step) == 3
+    assert classifier.history[-1]["kl_z"] >= 0.0 and np.isfinite(classifier.history[-1]["loss"])
 
 
 def test_entry_point_registers_geometric_mog() -> None:

@@ -1,0 +1,94 @@
+"""Semi-supervised quality benchmark (docs/benchmarks.md).
+
+For each seed: the benchmark split (held-out 20 %, ``labels_per_class`` labels per class),
+training from scratch, then test accuracy of the latent-only classifier and ECE. Prints one
+JSON line per seed and a summary line last::
+
+    python benchmarks/quality.py --dataset digits --seeds 0,1,2 --preset digits
+    python benchmarks/quality.py --dataset ../shared/data/mnist-t10k --preset mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from ssvae_core.api import SSVAEClassifier
+from ssvae_core.config import load_config
+from ssvae_core.data import load_dataset
+from ssvae_core.errors import SSVAEError
+from ssvae_core.runs import split_dataset, training_view
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> dict[str, object]:
+    overrides = [f"seed={seed}", f"data.dataset={json.dumps(args.dataset)}", *args.set]
+    if args.labels_per_class is not None:
+        overrides.append(f"data.labels_per_class={args.labels_per_class}")
+    config = load_config(args.config, overrides, preset=args.preset)
+    dataset = load_dataset(config.data.dataset)
+    split = split_dataset(dataset, config)
+    classifier = SSVAEClassifier(config)
+    started = time.perf_counter()
+    classifier.fit(training_view(dataset, split))
+    wall = time.perf_counter() - started
+    evaluation = classifier.evaluate(dataset.x[split.test], dataset.y[split.test])
+    train = classifier.config.train
+    return {
+        "dataset": dataset.name,
+        "seed": seed,
+        "preset": args.preset,
+        "accuracy": evaluation["accuracy"],
+        "ece": evaluation["ece"],
+        "num_labels": int(len(split.labeled)),
+        "wall_time_s": wall,
+        "images_per_s": train.steps * train.batch_size / wall,
+        "steps": train.steps,
+        "batch_size": train.batch_size,
+        "encoder": classifier.config.encoder.name,
+        "prior": classifier.config.prior.name,
+        "overrides": args.set,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="digits", help="'digits' or a data path")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--labels-per-class", type=int, default=None)
+    parser.add_argument("--preset", default=None, help="a shipped preset (digits, mnist)")
+    parser.add_argument("--config", default=None, help="a TOML config (over the preset)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    results = []
+    try:
+        for seed in seeds:
+            result = run_seed(args, seed)
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    except SSVAEError as error:
+        print(f"quality: error: {error}", file=sys.stderr)
+        return 2
+    accuracy = np.array([r["accuracy"] for r in results])
+    summary = {
+        "summary": True,
+        "dataset": results[0]["dataset"],
+        "preset": args.preset,
+        "seeds": seeds,
+        "accuracy_mean": float(accuracy.mean()),
+        "accuracy_std": float(accuracy.std()),
+        "ece_mean": float(np.mean([r["ece"] for r in results])),
+        "wall_time_s": float(np.mean([r["wall_time_s"] for r in results])),
+        "images_per_s": float(np.mean([r["images_per_s"] for r in results])),
+        "overrides": args.set,
+    }
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

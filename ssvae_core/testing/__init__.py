@@ -1,0 +1,50 @@
+"""The plugin conformance kit: Hypothesis strategies and ``check_*`` functions.
+
+Plugin authors run it in their own test suites (it needs the ``test`` extra:
+``pip install ssvae-core[test]``)::
+
+    from ssvae_core.testing import check_prior
+
+    def test_laplace_prior_conforms():
+        check_prior("laplace")
+
+The framework's own property suite (``tests/properties``) runs the same checks over every
+component the registry discovers. :mod:`ssvae_core.testing.strategies` holds the
+strategies; ``docs/plugins.md`` walks through writing and checking a plugin.
+"""
+
+from __future__ import annotations
+
+from ssvae_core.testing import strategies
+from ssvae_core.testing._runner import Check, ConformanceError, NotApplicable
+from ssvae_core.testing._subjects import ConformanceSettings, Subject, permute_channels
+from ssvae_core.testing.conformance import (
+    check_component,
+    check_decoder,
+    check_encoder,
+    check_head,
+    check_prior,
+    conformance_checks,
+    describe,
+    prepare,
+    run_check,
+)
+
+__all__ = [
+    "Check",
+    "ConformanceError",
+    "ConformanceSettings",
+    "NotApplicable",
+    "Subject",
+    "check_component",
+    "check_decoder",
+    "check_encoder",
+    "check_head",
+    "check_prior",
+    "conformance_checks",
+    "describe",
+    "permute_channels",
+    "prepare",
+    "run_check",
+    "strategies",
+]
