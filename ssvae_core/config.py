@@ -102,7 +102,10 @@ class TrainConfig:
     learning_rate: float = option(1e-3, help="step size", minimum=0.0, exclusive_minimum=True)
     weight_decay: float = option(1e-4, help="decoupled weight decay (adamw only)", minimum=0.0)
     grad_clip: float = option(5.0, help="global gradient-norm clip (0 disables)", minimum=0.0)
-    log_every: int = option(100, help="steps per compiled chunk; metrics are logged after each", minimum=1)
+    log_every: int = option(100, help="steps between metric logs (metrics stay on the device until then)", minimum=1)
+    fuse_steps: bool = option(
+        False, help="compile each log_every chunk into one lax.scan (fast on GPU; slow for convolutions on CPU)"
+    )
 
 
 @dataclass(frozen=True)

@@ -177,41 +177,106 @@ def sample_batch(
     return Batch(x=x, labels=labels, x_view=x_view, x_neighbour=x_neighbour)
 
 
-@eqx.filter_jit(donate="all-except-first")
-def _run_steps(
+@dataclasses.dataclass(frozen=True)
+class StepSchedule:
+    """Static settings of the compiled steps (hashable, so they key the compile cache)."""
+
+    optimizer: optax.GradientTransformation
+    loss_config: LossConfig
+    augment: AugmentConfig
+    batch_size: int
+    labeled_batch_size: int
+
+
+def _sampled_step(
     data: TrainingArrays,
     model: SSVAE,
     state: TrainState,
     opt_state: optax.OptState,
-    *,
+    schedule: StepSchedule,
+) -> tuple[SSVAE, TrainState, optax.OptState, dict[str, Float[Array, ""]]]:
+    """Draw a batch on the device from ``state.key``, then take one train step."""
+    next_key, batch_key, step_key = jax.random.split(state.key, 3)
+    state = dataclasses.replace(state, key=next_key)
+    batch = sample_batch(
+        data,
+        batch_key,
+        schedule.batch_size,
+        schedule.labeled_batch_size,
+        augment=schedule.augment,
+        with_view=schedule.loss_config.consistency_weight > 0,
+    )
+    return train_step(
+        model,
+        state,
+        opt_state,
+        batch,
+        step_key,
+        optimizer=schedule.optimizer,
+        loss_config=schedule.loss_config,
+    )
+
+
+@eqx.filter_jit(donate="all-except-first")
+def _one_step(
+    data: TrainingArrays,
+    model: SSVAE,
+    state: TrainState,
+    opt_state: optax.OptState,
+    schedule: StepSchedule,
+) -> tuple[SSVAE, TrainState, optax.OptState, dict[str, Float[Array, ""]]]:
+    return _sampled_step(data, model, state, opt_state, schedule)
+
+
+@eqx.filter_jit(donate="all-except-first")
+def _scanned_steps(
+    data: TrainingArrays,
+    model: SSVAE,
+    state: TrainState,
+    opt_state: optax.OptState,
+    schedule: StepSchedule,
     num_steps: int,
-    optimizer: optax.GradientTransformation,
-    loss_config: LossConfig,
-    augment: AugmentConfig,
-    batch_size: int,
-    labeled_batch_size: int,
 ) -> tuple[SSVAE, TrainState, optax.OptState, dict[str, Float[Array, ""]]]:
     params, static = eqx.partition(model, eqx.is_array)
-    with_view = loss_config.consistency_weight > 0
 
     def body(carry: Any, _: None) -> tuple[Any, dict[str, Float[Array, ""]]]:
         params, state, opt_state = carry
-        model = eqx.combine(params, static)
-        next_key, batch_key, step_key = jax.random.split(state.key, 3)
-        state = dataclasses.replace(state, key=next_key)
-        batch = sample_batch(
-            data, batch_key, batch_size, labeled_batch_size, augment=augment, with_view=with_view
-        )
-        model, state, opt_state, metrics = train_step(
-            model, state, opt_state, batch, step_key, optimizer=optimizer, loss_config=loss_config
+        model, state, opt_state, metrics = _sampled_step(
+            data, eqx.combine(params, static), state, opt_state, schedule
         )
         return (eqx.filter(model, eqx.is_array), state, opt_state), metrics
 
     (params, state, opt_state), metrics = jax.lax.scan(
         body, (params, state, opt_state), None, length=num_steps
     )
-    mean_metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-    return eqx.combine(params, static), state, opt_state, mean_metrics
+    return eqx.combine(params, static), state, opt_state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+
+def run_chunk(
+    data: TrainingArrays,
+    model: SSVAE,
+    state: TrainState,
+    opt_state: optax.OptState,
+    schedule: StepSchedule,
+    num_steps: int,
+    *,
+    fused: bool,
+) -> tuple[SSVAE, TrainState, optax.OptState, dict[str, Float[Array, ""]]]:
+    """``num_steps`` steps; metrics are the chunk means, still on the device.
+
+    ``fused`` compiles the whole chunk into one ``lax.scan``. Otherwise each step is its own
+    compiled call and no value reaches the host until the chunk ends: on XLA's CPU backend
+    convolutions inside a loop body run far slower than in a plain call, so this is the
+    default there.
+    """
+    if fused:
+        return _scanned_steps(data, model, state, opt_state, schedule, num_steps)
+    history = []
+    for _ in range(num_steps):
+        model, state, opt_state, metrics = _one_step(data, model, state, opt_state, schedule)
+        history.append(metrics)
+    mean = jax.tree.map(lambda *values: jnp.mean(jnp.stack(values)), *history)
+    return model, state, opt_state, mean
 
 
 @dataclasses.dataclass
@@ -244,21 +309,20 @@ class Trainer:
         """
         until_step = self.config.train.steps if until_step is None else until_step
         chunk = self.config.train.log_every
+        schedule = StepSchedule(
+            optimizer=self.optimizer,
+            loss_config=self.config.loss,
+            augment=self.config.augment,
+            batch_size=self.config.train.batch_size,
+            labeled_batch_size=self.config.labeled_batch_size,
+        )
+        fused = self.config.train.fuse_steps
         step = int(state.step)
         while step < until_step:
             num_steps = min(chunk, until_step - step)
             started = time.perf_counter()
-            model, state, opt_state, metrics = _run_steps(
-                data,
-                model,
-                state,
-                opt_state,
-                num_steps=num_steps,
-                optimizer=self.optimizer,
-                loss_config=self.config.loss,
-                augment=self.config.augment,
-                batch_size=self.config.train.batch_size,
-                labeled_batch_size=self.config.labeled_batch_size,
+            model, state, opt_state, metrics = run_chunk(
+                data, model, state, opt_state, schedule, num_steps, fused=fused
             )
             host = {k: float(v) for k, v in jax.device_get(metrics).items()}
             step += num_steps
