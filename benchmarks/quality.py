@@ -43,7 +43,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, object]:
         "preset": args.preset,
         "accuracy": evaluation["accuracy"],
         "ece": evaluation["ece"],
-        "num_labels": int(len(split.labeled)),
+        "num_labels": len(split.labeled),
         "wall_time_s": wall,
         "images_per_s": train.steps * train.batch_size / wall,
         "steps": train.steps,

@@ -139,7 +139,7 @@ def test_non_numeric_x_raises() -> None:
 
 
 def test_non_integer_labels_raise() -> None:
-    with pytest.raises(DataError, match="labels must be integers.*0.5"):
+    with pytest.raises(DataError, match=r"labels must be integers.*0.5"):
         from_arrays(np.zeros((2, 2)), np.array([0.0, 0.5]))
 
 
@@ -161,7 +161,7 @@ def test_label_beyond_num_classes_raises() -> None:
 
 
 def test_fewer_labeled_than_classes_raises() -> None:
-    with pytest.raises(DataError, match="only 2 labeled example.*4 classes"):
+    with pytest.raises(DataError, match=r"only 2 labeled example.*4 classes"):
         from_arrays(np.zeros((3, 2)), np.array([0, 3, -1]))
 
 
@@ -293,13 +293,13 @@ def test_idx_folder_loads_pair_named_after_folder(tmp_path: Path) -> None:
 def test_idx_folder_with_two_image_files_raises(tmp_path: Path) -> None:
     _idx_pair(tmp_path)
     _write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((1, 2, 2)), 0x803)
-    with pytest.raises(DataError, match="exactly one IDX images file.*found 2"):
+    with pytest.raises(DataError, match=r"exactly one IDX images file.*found 2"):
         load_idx_folder(tmp_path)
 
 
 def test_idx_folder_without_labels_raises(tmp_path: Path) -> None:
     _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((1, 2, 2)), 0x803)
-    with pytest.raises(DataError, match="exactly one IDX labels file.*found 0"):
+    with pytest.raises(DataError, match=r"exactly one IDX labels file.*found 0"):
         load_idx_folder(tmp_path)
 
 
