@@ -47,7 +47,7 @@ class ComponentConditioning(eqx.Module):
         """Features that ``condition_input`` appends to ``z``."""
         if self.method == "concat":
             assert self.projection is not None
-            return self.projection.out_features
+            return int(self.projection.out_features)
         return 0
 
     def condition_input(

@@ -61,7 +61,7 @@ def objective(
     unsupervised_rows = jnp.ones_like(labeled) if config.reconstruct_labeled else 1.0 - labeled
     kl_terms = model.prior.kl_terms(posterior, z, encoder=model.encoder, key=prior_key)
     beta_z = kl_warmup(step, config.beta_z, config.kl_warmup_steps)
-    weights = {"kl_z": beta_z, "kl_c": config.beta_c}
+    weights: dict[str, Float[Array, ""] | float] = {"kl_z": beta_z, "kl_c": config.beta_c}
 
     metrics: dict[str, Float[Array, ""]] = {
         "reconstruction": _masked_mean(reconstruction, unsupervised_rows)
@@ -82,7 +82,8 @@ def objective(
     ):
         if partner is None or responsibilities is None or weight == 0.0:
             continue
-        partner_responsibilities = jax.nn.softmax(model.encode(partner).logits, axis=-1)
+        partner_responsibilities = model.encode(partner).responsibilities
+        assert partner_responsibilities is not None
         metrics[name] = jnp.mean(agreement_loss(responsibilities, partner_responsibilities))
         total = total + weight * metrics[name]
     if model.embeddings is not None and config.embedding_repulsion > 0:

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import equinox as eqx
@@ -73,13 +74,20 @@ def _parameter_labels(model: SSVAE) -> PyTree[str]:
     params = eqx.filter(model, eqx.is_inexact_array)
     labels = jax.tree.map(lambda _: "default", params)
     for field, scale in model.prior.parameter_scales().items():
-        label = f"scale={scale!r}"
         labels = eqx.tree_at(
-            lambda tree, field=field: getattr(tree.prior, field),
+            partial(_prior_field, field=field),
             labels,
-            replace_fn=lambda sub, label=label: jax.tree.map(lambda _: label, sub),
+            replace_fn=partial(_relabel, label=f"scale={scale!r}"),
         )
     return labels
+
+
+def _prior_field(tree: SSVAE, field: str) -> PyTree[Any]:
+    return getattr(tree.prior, field)
+
+
+def _relabel(subtree: PyTree[Any], label: str) -> PyTree[str]:
+    return jax.tree.map(lambda _: label, subtree)
 
 
 def make_optimizer(config: TrainConfig, model: SSVAE) -> optax.GradientTransformation:

@@ -1,0 +1,39 @@
+"""Shipped presets: loadable, layered under files and overrides, clear when unusable."""
+
+from __future__ import annotations
+
+import pytest
+
+from ssvae_core.config import default_config, load_config
+from ssvae_core.errors import ConfigError
+from ssvae_core.presets import preset_names
+from ssvae_core.registry import Registry
+
+CORE_ONLY = Registry(entry_points=False)
+
+
+def test_digits_and_mnist_presets_are_shipped() -> None:
+    assert {"digits", "mnist"} <= set(preset_names())
+
+
+def test_digits_preset_spells_out_the_defaults() -> None:
+    assert load_config(preset="digits", registry=CORE_ONLY) == default_config(CORE_ONLY)
+
+
+def test_unknown_preset_names_the_nearest_one() -> None:
+    with pytest.raises(ConfigError, match="unknown preset 'mnsit'.*did you mean 'mnist'"):
+        load_config(preset="mnsit", registry=CORE_ONLY)
+
+
+def test_preset_needing_a_missing_plugin_names_the_package() -> None:
+    with pytest.raises(ConfigError, match="ssvae-conv"):
+        load_config(preset="mnist", registry=CORE_ONLY)
+
+
+def test_config_file_and_overrides_apply_over_the_preset(tmp_path) -> None:
+    path = tmp_path / "over.toml"
+    path.write_text("[prior]\nnum_components = 12\n", encoding="utf-8")
+    config = load_config(path, ["loss.beta_z=2"], registry=CORE_ONLY, preset="digits")
+    assert config.prior.options.num_components == 12
+    assert config.loss.beta_z == 2.0
+    assert config.head.options.count_decay == 0.99
