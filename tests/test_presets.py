@@ -36,4 +36,4 @@ def test_config_file_and_overrides_apply_over_the_preset(tmp_path) -> None:
     config = load_config(path, ["loss.beta_z=2"], registry=CORE_ONLY, preset="digits")
     assert config.prior.options.num_components == 12
     assert config.loss.beta_z == 2.0
-    assert config.head.options.count_decay == 0.99
+    assert config.train.steps == 4000
