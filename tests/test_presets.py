@@ -21,7 +21,7 @@ def test_digits_preset_spells_out_the_defaults() -> None:
 
 
 def test_unknown_preset_names_the_nearest_one() -> None:
-    with pytest.raises(ConfigError, match="unknown preset 'mnsit'.*did you mean 'mnist'"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'mnsit'.*did you mean 'mnist'"):
         load_config(preset="mnsit", registry=CORE_ONLY)
 
 

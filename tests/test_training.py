@@ -115,8 +115,8 @@ def test_frozen_pi_gets_exactly_zero_update(frozen: Setup, frozen_step) -> None:
 
 def test_frozen_pi_step_still_updates_the_other_parameters(frozen: Setup, frozen_step) -> None:
     new_model = frozen_step[0]
-    old = np.asarray(frozen.model.encoder.mean_head.weight)
-    assert not np.array_equal(np.asarray(new_model.encoder.mean_head.weight), old)
+    old = np.asarray(frozen.model.encoder.heads.mean.weight)
+    assert not np.array_equal(np.asarray(new_model.encoder.heads.mean.weight), old)
     old_decoder = np.asarray(frozen.model.decoder.loc_head.weight)
     assert not np.array_equal(np.asarray(new_model.decoder.loc_head.weight), old_decoder)
 

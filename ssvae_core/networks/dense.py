@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ssvae_core.conditioning import ComponentConditioning
-from ssvae_core.networks import bounded_log_var
+from ssvae_core.networks import PosteriorHeads
 from ssvae_core.protocols import AbstractDecoder, AbstractEncoder
 from ssvae_core.types import DecoderOutput, EncoderOutput
 
@@ -33,9 +33,7 @@ class DenseEncoder(AbstractEncoder):
     num_components: int = eqx.field(static=True)
     activation: str = eqx.field(static=True)
     hidden: list[eqx.nn.Linear]
-    mean_head: eqx.nn.Linear
-    log_var_head: eqx.nn.Linear
-    logits_head: eqx.nn.Linear | None
+    heads: PosteriorHeads
 
     def __init__(
         self,
@@ -51,24 +49,17 @@ class DenseEncoder(AbstractEncoder):
         self.latent_dim = latent_dim
         self.num_components = num_components
         self.activation = activation
-        body_key, mean_key, var_key, logit_key = jax.random.split(key, 4)
+        body_key, heads_key = jax.random.split(key)
         sizes = [math.prod(input_shape), *hidden_sizes]
         self.hidden = _layers(sizes, body_key)
-        width = sizes[-1]
-        self.mean_head = eqx.nn.Linear(width, latent_dim, key=mean_key)
-        self.log_var_head = eqx.nn.Linear(width, latent_dim, key=var_key)
-        self.logits_head = (
-            eqx.nn.Linear(width, num_components, key=logit_key) if num_components > 0 else None
-        )
+        self.heads = PosteriorHeads(sizes[-1], latent_dim, num_components, key=heads_key)
 
     def __call__(self, x: Float[Array, "*sample"]) -> EncoderOutput:
         act = ACTIVATIONS[self.activation]
         h = x.reshape(-1)
         for layer in self.hidden:
             h = act(layer(h))
-        logits = self.logits_head(h) if self.logits_head is not None else None
-        log_var = bounded_log_var(self.log_var_head(h))
-        return EncoderOutput(z_mean=self.mean_head(h), z_log_var=log_var, logits=logits)
+        return self.heads(h)
 
 
 class DenseDecoder(AbstractDecoder):

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ssvae_core.conditioning import ComponentConditioning
-from ssvae_core.networks import bounded_log_var
+from ssvae_core.networks import PosteriorHeads
 from ssvae_core.networks.dense import ACTIVATIONS
 from ssvae_core.protocols import AbstractDecoder, AbstractEncoder
 from ssvae_core.types import DecoderOutput, EncoderOutput
@@ -79,9 +79,7 @@ class ConvEncoder(AbstractEncoder):
     num_components: int = eqx.field(static=True)
     activation: str = eqx.field(static=True)
     convs: list[eqx.nn.Conv2d]
-    mean_head: eqx.nn.Linear
-    log_var_head: eqx.nn.Linear
-    logits_head: eqx.nn.Linear | None
+    heads: PosteriorHeads
 
     def __init__(
         self,
@@ -100,7 +98,7 @@ class ConvEncoder(AbstractEncoder):
         self.latent_dim = latent_dim
         self.num_components = num_components
         self.activation = activation
-        conv_key, mean_key, var_key, logit_key = jax.random.split(key, 4)
+        conv_key, heads_key = jax.random.split(key)
         widths = [in_channels, *channels]
         self.convs = [
             eqx.nn.Conv2d(a, b, kernel_size, stride=2, padding="SAME", key=k)
@@ -111,21 +109,14 @@ class ConvEncoder(AbstractEncoder):
         for _ in channels:
             height, width = -(-height // 2), -(-width // 2)
         features = channels[-1] * height * width
-        self.mean_head = eqx.nn.Linear(features, latent_dim, key=mean_key)
-        self.log_var_head = eqx.nn.Linear(features, latent_dim, key=var_key)
-        self.logits_head = (
-            eqx.nn.Linear(features, num_components, key=logit_key) if num_components > 0 else None
-        )
+        self.heads = PosteriorHeads(features, latent_dim, num_components, key=heads_key)
 
     def __call__(self, x: Float[Array, "*sample"]) -> EncoderOutput:
         act = ACTIVATIONS[self.activation]
         h = x.reshape(image_shape(self.input_shape))
         for conv in self.convs:
             h = act(conv(h))
-        h = h.reshape(-1)
-        logits = self.logits_head(h) if self.logits_head is not None else None
-        log_var = bounded_log_var(self.log_var_head(h))
-        return EncoderOutput(z_mean=self.mean_head(h), z_log_var=log_var, logits=logits)
+        return self.heads(h.reshape(-1))
 
 
 class ConvDecoder(AbstractDecoder):

@@ -221,7 +221,7 @@ def test_pseudo_lr_scale_multiplies_the_pseudo_input_update(registry: Registry) 
         scaled.prior.pseudo_inputs, 0.25 * unit.prior.pseudo_inputs, rtol=1e-6, atol=1e-9
     )
     assert np.any(unit.prior.pseudo_inputs != 0.0)
-    np.testing.assert_array_equal(scaled.encoder.mean_head.weight, unit.encoder.mean_head.weight)
+    np.testing.assert_array_equal(scaled.encoder.heads.mean.weight, unit.encoder.heads.mean.weight)
 
 
 @pytest.fixture(scope="module")
