@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,7 +14,7 @@ from numpy.typing import ArrayLike
 from ssvae_core.checkpoint import load_checkpoint, save_checkpoint
 from ssvae_core.config import Config, default_config
 from ssvae_core.data import Dataset, from_arrays
-from ssvae_core.errors import DataError, SSVAEError
+from ssvae_core.errors import ConfigError, DataError, SSVAEError
 from ssvae_core.heads import TauHead
 from ssvae_core.inference import Inference, infer
 from ssvae_core.metrics import accuracy, channel_diagnostics, expected_calibration_error
@@ -51,18 +52,11 @@ class SSVAEClassifier:
         label_names: Sequence[str] | None = None,
         on_metrics: MetricsCallback | None = None,
     ) -> SSVAEClassifier:
-        """Train on every row of ``x``; rows whose label is ``-1`` are unlabeled.
+        """Train from scratch on every row of ``x``; rows whose label is ``-1`` are unlabeled.
 
         ``on_metrics(step, metrics)`` is called after each chunk of ``train.log_every`` steps.
         """
-        dataset = x if isinstance(x, Dataset) else from_arrays(
-            x, y, num_classes=num_classes, label_names=label_names
-        )
-        labeled = np.flatnonzero(dataset.y >= 0)
-        if len(labeled) == 0 and self.config.loss.supervised_weight > 0:
-            raise DataError("fit needs at least one labeled example (a label >= 0 in y)")
-        if dataset.num_classes < 1:
-            raise DataError("fit needs at least one class; pass num_classes or labels")
+        dataset = self._training_data(x, y, num_classes, label_names)
         model_key, state_key = jax.random.split(jax.random.PRNGKey(self.config.seed))
         model, self.config = build_model(
             self.config,
@@ -72,18 +66,72 @@ class SSVAEClassifier:
             data=dataset.x,
             registry=self.registry,
         )
-        trainer = Trainer.for_model(self.config, model)
-        state = init_state(model, state_key)
-        opt_state = trainer.init_opt_state(model)
+        self.model = model
+        self.state = init_state(model, state_key)
+        self.opt_state = Trainer.for_model(self.config, model).init_opt_state(model)
         self.input_shape = dataset.sample_shape
         self.label_names = dataset.label_names
         self.history = []
+        return self._train(dataset, self.config.train.steps, on_metrics)
+
+    def resume(
+        self,
+        x: ArrayLike | Dataset,
+        y: ArrayLike | None = None,
+        *,
+        until_step: int,
+        on_metrics: MetricsCallback | None = None,
+    ) -> SSVAEClassifier:
+        """Continue training a fitted or loaded classifier on the same data up to ``until_step``.
+
+        Parameters, optimiser state, τ counts and the RNG key carry on, so training 10 steps,
+        saving, loading and resuming to 20 gives the same model as 20 steps in one go.
+        """
+        _, state = self._fitted()
+        dataset = self._training_data(x, y, len(self.label_names), self.label_names)
+        if dataset.sample_shape != self.input_shape:
+            raise DataError(
+                f"inputs have sample shape {dataset.sample_shape}, but the model was trained "
+                f"on {self.input_shape}"
+            )
+        if until_step <= int(state.step):
+            raise ConfigError(
+                f"train.steps must exceed the {int(state.step)} steps already taken to resume, "
+                f"got {until_step}"
+            )
+        self.config = self.config.replace(
+            train=dataclasses.replace(self.config.train, steps=until_step)
+        )
+        return self._train(dataset, until_step, on_metrics)
+
+    def _training_data(
+        self,
+        x: ArrayLike | Dataset,
+        y: ArrayLike | None,
+        num_classes: int | None,
+        label_names: Sequence[str] | None,
+    ) -> Dataset:
+        dataset = x if isinstance(x, Dataset) else from_arrays(
+            x, y, num_classes=num_classes, label_names=label_names
+        )
+        if not np.any(dataset.y >= 0) and self.config.loss.supervised_weight > 0:
+            raise DataError("training needs at least one labeled example (a label >= 0 in y)")
+        if dataset.num_classes < 1:
+            raise DataError("training needs at least one class; pass num_classes or labels")
+        return dataset
+
+    def _train(
+        self, dataset: Dataset, until_step: int, on_metrics: MetricsCallback | None
+    ) -> SSVAEClassifier:
+        model, state = self._fitted()
+        trainer = Trainer.for_model(self.config, model)
 
         def record(step: int, metrics: dict[str, float]) -> None:
             self.history.append({"step": step, **metrics})
             if on_metrics is not None:
                 on_metrics(step, metrics)
 
+        labeled = np.flatnonzero(dataset.y >= 0)
         loss = self.config.loss
         arrays = training_arrays(
             dataset.x,
@@ -92,7 +140,7 @@ class SSVAEClassifier:
             num_neighbours=loss.num_neighbours if loss.neighbour_weight > 0 else 0,
         )
         self.model, self.state, self.opt_state = trainer.run(
-            arrays, model, state, opt_state, on_metrics=record
+            arrays, model, state, self.opt_state, until_step=until_step, on_metrics=record
         )
         return self
 

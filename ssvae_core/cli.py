@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override one config value (repeatable), e.g. --set prior.num_components=20",
     )
+    train.add_argument(
+        "--resume", metavar="RUN_DIR",
+        help="continue RUN_DIR from its checkpoint up to --steps total (same data, split, config)",
+    )
     train.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     train.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -65,10 +69,51 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume(args: argparse.Namespace) -> int:
+    from ssvae_core.errors import ConfigError
+    from ssvae_core.progress import TrainingProgress
+    from ssvae_core.runs import resume_run
+
+    clashing = [
+        flag
+        for flag, value in (
+            ("--config", args.config), ("--preset", args.preset), ("--data", args.data),
+            ("--labels-per-class", args.labels_per_class), ("--seed", args.seed),
+            ("--out", args.out), ("--set", args.set or None),
+        )
+        if value is not None
+    ]
+    if clashing:
+        raise ConfigError(
+            f"--resume continues a run with its own config; drop {', '.join(clashing)} "
+            "(only --steps, --no-plots and --quiet apply)"
+        )
+    if args.steps is None:
+        raise ConfigError("--resume needs --steps N, the total number of steps to reach")
+    with TrainingProgress(args.steps, enabled=not args.quiet) as progress:
+        report = resume_run(
+            args.resume, args.steps, on_metrics=progress.update, on_start=progress.start,
+            plots=not args.no_plots,
+        )
+    _print_train_summary(report, args.resume)
+    return EXIT_OK
+
+
+def _print_train_summary(report: dict[str, Any], run_dir: object) -> None:
+    print(
+        f"test accuracy {report['test_accuracy']:.4f}  ECE {report['ece']:.4f}  "
+        f"labels {report['num_labels']}  prior {report['prior']}  "
+        f"time {report['wall_time_s']:.1f}s  run {run_dir}"
+    )
+
+
 def _train(args: argparse.Namespace) -> int:
     from ssvae_core.config import load_config
     from ssvae_core.progress import TrainingProgress
     from ssvae_core.runs import new_run_dir, train_run
+
+    if args.resume is not None:
+        return _resume(args)
 
     overrides = list(args.set)
     if args.data is not None:
@@ -85,11 +130,7 @@ def _train(args: argparse.Namespace) -> int:
         report = train_run(
             config, out, on_metrics=progress.update, on_start=progress.start, plots=not args.no_plots
         )
-    print(
-        f"test accuracy {report['test_accuracy']:.4f}  ECE {report['ece']:.4f}  "
-        f"labels {report['num_labels']}  prior {report['prior']}  "
-        f"time {report['wall_time_s']:.1f}s  run {out}"
-    )
+    _print_train_summary(report, out)
     return EXIT_OK
 
 

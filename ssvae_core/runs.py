@@ -25,7 +25,7 @@ from ssvae_core.api import SSVAEClassifier
 from ssvae_core.checkpoint import atomic_write_bytes, read_manifest
 from ssvae_core.config import Config, dumps_toml
 from ssvae_core.data import Dataset, Split, benchmark_split, from_arrays, load_dataset
-from ssvae_core.errors import ConfigError, DataError
+from ssvae_core.errors import CheckpointError, ConfigError, DataError
 from ssvae_core.metrics import auroc, confusion_matrix, reliability_table
 from ssvae_core.model import build_model
 from ssvae_core.registry import Registry, default_registry
@@ -123,6 +123,74 @@ def markdown_report(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
+    path = Path(run_dir)
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
+def _train_logged(
+    out: Path,
+    classifier: SSVAEClassifier,
+    train: Callable[[MetricsCallback], object],
+    *,
+    append: bool,
+    on_metrics: MetricsCallback | None,
+    on_start: Callable[[], None] | None,
+) -> float:
+    """Run ``train(record)`` while appending each metrics chunk to ``metrics.jsonl``."""
+    if on_start is not None:
+        on_start()
+    started = time.perf_counter()
+    with open(out / "metrics.jsonl", "a" if append else "w", encoding="utf-8") as log:
+
+        def record(step: int, metrics: dict[str, float]) -> None:
+            log.write(json.dumps({"step": step, **metrics}) + "\n")
+            log.flush()
+            if on_metrics is not None:
+                on_metrics(step, metrics)
+
+        train(record)
+    return time.perf_counter() - started
+
+
+def _write_results(
+    out: Path,
+    classifier: SSVAEClassifier,
+    dataset: Dataset,
+    split: Split,
+    *,
+    wall_time: float,
+    steps_trained: int,
+    plots: bool,
+) -> dict[str, Any]:
+    """Checkpoint, report (JSON + Markdown) and plots of a finished run."""
+    config = classifier.config
+    data_facts = {"dataset": config.data.dataset, "seed": config.seed, "num_labels": len(split.labeled)}
+    classifier.save(out / CHECKPOINT_NAME, extra={"data": data_facts})
+    write_text(out / "config.toml", dumps_toml(config.to_dict()))
+    report = {
+        "dataset": dataset.name,
+        "prior": config.prior.name,
+        "head": config.head.name,
+        "seed": config.seed,
+        "steps": config.train.steps,
+        "num_labels": len(split.labeled),
+        "num_train": len(split.train),
+        "wall_time_s": wall_time,
+        "images_per_s": steps_trained * config.train.batch_size / wall_time,
+        **evaluation_report(classifier, dataset.x[split.test], dataset.y[split.test]),
+    }
+    write_text(out / "report.json", json.dumps(report, indent=2))
+    write_text(out / "report.md", markdown_report(report))
+    if plots:
+        from ssvae_core.plots import write_run_plots
+
+        with open(out / "metrics.jsonl", encoding="utf-8") as log:
+            history = [json.loads(line) for line in log if line.strip()]
+        write_run_plots(out, classifier, history, report)
+    return report
+
+
 def train_run(
     config: Config,
     out_dir: str | os.PathLike[str],
@@ -155,44 +223,56 @@ def train_run(
     write_text(out / "config.toml", dumps_toml(config.to_dict()))
     train = training_view(dataset, split)
     classifier = SSVAEClassifier(config, registry=registry)
-    if on_start is not None:
-        on_start()
-    started = time.perf_counter()
-    with open(out / "metrics.jsonl", "w", encoding="utf-8") as log:
+    wall_time = _train_logged(
+        out,
+        classifier,
+        lambda record: classifier.fit(train, on_metrics=record),
+        append=False,
+        on_metrics=on_metrics,
+        on_start=on_start,
+    )
+    return _write_results(
+        out, classifier, dataset, split,
+        wall_time=wall_time, steps_trained=config.train.steps, plots=plots,
+    )
 
-        def record(step: int, metrics: dict[str, float]) -> None:
-            log.write(json.dumps({"step": step, **metrics}) + "\n")
-            log.flush()
-            if on_metrics is not None:
-                on_metrics(step, metrics)
 
-        classifier.fit(train, on_metrics=record)
-    wall_time = time.perf_counter() - started
-    data_facts = {
-        "dataset": config.data.dataset,
-        "seed": config.seed,
-        "num_labels": len(split.labeled),
-    }
-    classifier.save(out / CHECKPOINT_NAME, extra={"data": data_facts})
-    report = {
-        "dataset": dataset.name,
-        "prior": config.prior.name,
-        "head": classifier.config.head.name,
-        "seed": config.seed,
-        "steps": config.train.steps,
-        "num_labels": len(split.labeled),
-        "num_train": len(split.train),
-        "wall_time_s": wall_time,
-        "images_per_s": config.train.steps * config.train.batch_size / wall_time,
-        **evaluation_report(classifier, dataset.x[split.test], dataset.y[split.test]),
-    }
-    write_text(out / "report.json", json.dumps(report, indent=2))
-    write_text(out / "report.md", markdown_report(report))
-    if plots:
-        from ssvae_core.plots import write_run_plots
+def resume_run(
+    run_dir: str | os.PathLike[str],
+    steps: int,
+    *,
+    registry: Registry | None = None,
+    on_metrics: MetricsCallback | None = None,
+    on_start: Callable[[], None] | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Continue a run from its checkpoint up to ``steps`` total, on its own data and split.
 
-        write_run_plots(out, classifier, classifier.history, report)
-    return report
+    The run directory is updated in place: metrics are appended, and the checkpoint,
+    config and reports are replaced atomically once training has finished.
+    """
+    out = Path(run_dir)
+    if not out.is_dir():
+        raise CheckpointError(f"--resume expects a run directory, got {os.fspath(out)!r}")
+    classifier = SSVAEClassifier.load(out / CHECKPOINT_NAME, registry=registry)
+    done = int(classifier.state.step) if classifier.state is not None else 0
+    if steps <= done:
+        raise ConfigError(f"--steps must exceed the {done} steps this run has taken, got {steps}")
+    dataset = load_dataset(classifier.config.data.dataset)
+    split = split_dataset(dataset, classifier.config)
+    train = training_view(dataset, split)
+    wall_time = _train_logged(
+        out,
+        classifier,
+        lambda record: classifier.resume(train, until_step=steps, on_metrics=record),
+        append=True,
+        on_metrics=on_metrics,
+        on_start=on_start,
+    )
+    return _write_results(
+        out, classifier, dataset, split,
+        wall_time=wall_time, steps_trained=steps - done, plots=plots,
+    )
 
 
 def evaluate_run(
@@ -207,7 +287,7 @@ def evaluate_run(
     Without ``data`` the run's own dataset and split are rebuilt and its test set is used;
     with ``data`` every labeled example of that dataset is evaluated.
     """
-    checkpoint = Path(run_dir) / CHECKPOINT_NAME if Path(run_dir).is_dir() else Path(run_dir)
+    checkpoint = _checkpoint_path(run_dir)
     manifest = read_manifest(checkpoint)  # a clear error for a missing or foreign file
     classifier = SSVAEClassifier.load(checkpoint, registry=registry)
     config = classifier.config

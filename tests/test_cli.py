@@ -207,3 +207,57 @@ def test_train_on_default_digits_writes_png_plots(
     assert {"loss_curves.png", "tau_heatmap.png", "reliability.png"} <= set(plots)
     for name in plots:
         assert (out / "plots" / name).read_bytes().startswith(b"\x89PNG")
+
+
+# --- resume --------------------------------------------------------------------------------
+
+
+def _checkpoint_arrays(path: Path) -> list[np.ndarray]:
+    import equinox as eqx
+    import jax
+
+    from ssvae_core.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(path)
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(eqx.filter(
+        (loaded.model, loaded.state), eqx.is_array
+    ))]
+
+
+def test_resumed_run_matches_an_uninterrupted_run(tmp_path: Path, npz_path: Path) -> None:
+    common = ("--set", "train.log_every=5", "--labels-per-class", "2", "--no-plots", "--quiet")
+    straight, split_run = tmp_path / "straight", tmp_path / "split"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(_train_args(npz_path, straight, "--steps", "10", *common)) == 0
+        assert main(_train_args(npz_path, split_run, "--steps", "5", *common)) == 0
+        assert main(["train", "--resume", str(split_run), "--steps", "10", "--quiet", "--no-plots"]) == 0
+    for a, b in zip(
+        _checkpoint_arrays(straight / "model.ckpt"),
+        _checkpoint_arrays(split_run / "model.ckpt"),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    steps = [json.loads(line)["step"] for line in (split_run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [5, 10]
+    assert json.loads((split_run / "report.json").read_text())["steps"] == 10
+
+
+def test_resume_without_steps_exits_2(run: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--resume", str(run["out"])]) == 2
+    assert "--resume needs --steps" in capsys.readouterr().err
+
+
+def test_resume_to_fewer_steps_than_taken_exits_2_and_leaves_the_run_intact(
+    run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = (run["out"] / "model.ckpt").read_bytes()
+    assert main(["train", "--resume", str(run["out"]), "--steps", "5", "--quiet"]) == 2
+    assert "must exceed the 10 steps" in capsys.readouterr().err
+    assert (run["out"] / "model.ckpt").read_bytes() == before
+
+
+def test_resume_rejects_options_that_would_change_the_run(
+    run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--resume", str(run["out"]), "--steps", "20", "--seed", "3"]) == 2
+    assert "drop --seed" in capsys.readouterr().err
