@@ -18,8 +18,7 @@ def _embedded_reference() -> str:
 def test_user_guide_options_reference_matches_the_option_dataclasses() -> None:
     expected = reference_markdown(Registry(entry_points=False)).strip()
     assert _embedded_reference() == expected, (
-        "docs/user-guide.md is stale; regenerate the block between the markers with "
-        "ssvae_core.reference.reference_markdown(Registry(entry_points=False))"
+        "docs/user-guide.md is stale; run `python docs/regenerate_reference.py`"
     )
 
 
