@@ -83,6 +83,10 @@ class TauOptions:
         0.99, help="per-step decay of the soft counts, so τ follows the moving encoder (1 keeps every count)", minimum=0.0,
         maximum=1.0, exclusive_minimum=True,
     )
+    initial_counts: float = option(
+        10.0, help="seed counts s₀ giving channel c to label c mod Y at the start (0: no seed)",
+        minimum=0.0,
+    )
 
 
 def _build_tau(options: TauOptions, context: BuildContext, key: PRNGKeyArray) -> TauHead:
@@ -93,6 +97,7 @@ def _build_tau(options: TauOptions, context: BuildContext, key: PRNGKeyArray) ->
         num_classes=context.num_classes,
         alpha0=options.alpha0,
         count_decay=options.count_decay,
+        initial_counts=options.initial_counts,
     )
 
 

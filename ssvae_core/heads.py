@@ -23,15 +23,23 @@ class TauHead(AbstractHead):
 
     Counts update as ``s ← decay · s + Σ_{labeled i} sg(r(x_i)) onehot(y_i)``; the head has
     no trainable parameters, and the supervised loss sees τ through ``stop_gradient``.
+
+    ``initial_counts`` seeds the counts with ``s₀ · onehot(c mod Y)``: channel ``c`` starts
+    out owned by label ``c mod Y``, so the supervised loss steers each label's examples to
+    its own channels from the first step instead of letting two labels settle in one
+    channel. With ``count_decay < 1`` the seed fades and the labeled data take over.
     """
 
     num_components: int = eqx.field(static=True)
     num_classes: int = eqx.field(static=True)
     alpha0: float = eqx.field(static=True)
     count_decay: float = eqx.field(static=True)
+    initial_counts: float = eqx.field(static=True, default=0.0)
 
     def init_state(self) -> Float[Array, "K Y"]:
-        return jnp.zeros((self.num_components, self.num_classes), dtype=jnp.float32)
+        owners = jnp.arange(self.num_components) % max(self.num_classes, 1)
+        seeded = self.initial_counts * jax.nn.one_hot(owners, self.num_classes)
+        return seeded.astype(jnp.float32)
 
     def tau(self, counts: Float[Array, "K Y"]) -> Float[Array, "K Y"]:
         """``τ_{c,y} = (s_{c,y} + α₀) / Σ_{y'} (s_{c,y'} + α₀)``."""

@@ -183,3 +183,24 @@ def test_softmax_head_supervised_loss_is_cross_entropy(softmax_head: SoftmaxHead
 def test_softmax_head_is_stateless(softmax_head: SoftmaxHead) -> None:
     assert softmax_head.init_state() is None
     assert softmax_head.update_state(None, _posterior(LOGITS), jnp.array([0, 1, 2])) is None
+
+
+def test_initial_counts_give_channel_c_to_label_c_mod_y() -> None:
+    head = TauHead(num_components=4, num_classes=3, alpha0=0.5, count_decay=1.0, initial_counts=2.0)
+    expected = np.array([[2, 0, 0], [0, 2, 0], [0, 0, 2], [2, 0, 0]], dtype=np.float32)
+    np.testing.assert_array_equal(np.asarray(head.init_state()), expected)
+
+
+def test_seeded_counts_fade_with_the_decay() -> None:
+    head = TauHead(num_components=2, num_classes=2, alpha0=0.5, count_decay=0.5, initial_counts=4.0)
+    posterior = EncoderOutput(
+        z_mean=jnp.zeros((1, 2)), z_log_var=jnp.zeros((1, 2)), logits=jnp.zeros((1, 2))
+    )
+    state = head.update_state(head.init_state(), posterior, jnp.asarray([-1]))
+    np.testing.assert_allclose(np.asarray(state), [[2.0, 0.0], [0.0, 2.0]])
+
+
+def test_default_tau_head_seeds_its_counts() -> None:
+    config = config_from_dict({"prior": {"num_components": 4}, "encoder": {"hidden": [8]}, "decoder": {"hidden": [8]}})
+    model, _ = build_model(config, input_shape=(4,), num_classes=2, key=jax.random.PRNGKey(0))
+    assert float(jnp.sum(model.head.init_state())) == pytest.approx(4 * 10.0)
