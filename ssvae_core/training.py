@@ -1,9 +1,9 @@
 """Training state, optimiser, the pure train step, and the loop that drives it.
 
 The step is one pure function ``(model, state, opt_state, batch, key) -> (model, state,
-opt_state, metrics)``. The loop runs ``log_every`` steps per compiled call with
-``lax.scan``, sampling batches on the device from the training arrays, and brings metrics
-to the host only once per call.
+opt_state, metrics)``. The loop samples each batch on the device from the training arrays
+and brings metrics to the host only once every ``log_every`` steps; each step is one
+compiled call, or with ``train.fuse_steps`` a whole chunk is one ``lax.scan``.
 """
 
 from __future__ import annotations
