@@ -24,8 +24,8 @@ ELASTIC_GRID = 4
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    shift: float = option(0.0, help="maximum translation in pixels per axis", minimum=0.0)
-    rotation: float = option(0.0, help="maximum rotation in degrees", minimum=0.0, maximum=180.0)
+    shift: float = option(1.0, help="maximum translation in pixels per axis", minimum=0.0)
+    rotation: float = option(10.0, help="maximum rotation in degrees", minimum=0.0, maximum=180.0)
     elastic: float = option(
         0.0, help="elastic displacement scale in pixels (smooth random field)", minimum=0.0
     )

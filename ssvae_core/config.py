@@ -80,7 +80,7 @@ class LossConfig:
         True, help="include the labeled rows of each batch in the unsupervised terms"
     )
     consistency_weight: float = option(
-        0.0, help="weight of −log Σ_c r_c(x) r_c(x') between an image and an augmented view", minimum=0.0
+        5.0, help="weight of −log Σ_c r_c(x) r_c(x') between an image and an augmented view", minimum=0.0
     )
     neighbour_weight: float = option(
         0.0, help="weight of −log Σ_c r_c(x) r_c(n) between an image and one of its nearest neighbours", minimum=0.0
