@@ -133,12 +133,7 @@ def build_model(
     context = dataclasses.replace(
         context, num_components=prior.num_components, conditioning=conditioning
     )
-    if prior.num_components == 0:
-        for name in ("consistency_weight", "neighbour_weight"):
-            if getattr(config.loss, name) > 0:
-                raise ConfigError(
-                    f"loss.{name} needs a prior with channels; prior {config.prior.name!r} has none"
-                )
+
 
     head_config = config.head
     if head_config.name == AUTO_HEAD:

@@ -45,7 +45,8 @@ def objective(
     """Total loss and ``(metrics, posterior)``; ``labels == -1`` marks unlabeled rows.
 
     ``x_view`` (an augmented view per row) and ``x_neighbour`` (a nearest neighbour per row)
-    enable the consistency and neighbour terms; both need a prior with channels.
+    enable the consistency and neighbour terms; both act on responsibilities, so a prior
+    without channels skips them.
     """
     z_key, prior_key = jax.random.split(key)
     posterior = model.encode(x)

@@ -20,7 +20,9 @@ def test_augmented_batch_keeps_its_shape(shape: tuple[int, ...]) -> None:
 
 
 def test_zero_strength_is_the_identity() -> None:
-    out = augment_batch(IMAGES, jax.random.PRNGKey(3), AugmentConfig())
+    zero = AugmentConfig(shift=0.0, rotation=0.0, elastic=0.0, noise=0.0)
+    assert not zero.enabled
+    out = augment_batch(IMAGES, jax.random.PRNGKey(3), zero)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(IMAGES))
 
 
@@ -38,14 +40,14 @@ def test_different_keys_give_different_augmentations() -> None:
 
 def test_each_example_gets_its_own_warp() -> None:
     same = jnp.stack([IMAGES[0]] * 2)
-    out = augment_batch(same, jax.random.PRNGKey(7), AugmentConfig(shift=2.0))
+    out = augment_batch(same, jax.random.PRNGKey(7), AugmentConfig(shift=2.0, rotation=0.0))
     assert float(jnp.max(jnp.abs(out[0] - out[1]))) > 1e-3
 
 
 def test_half_turn_rotation_maps_a_pixel_to_its_mirror_position() -> None:
     # A rotation of 180° maps pixel (r, c) to (H-1-r, W-1-c) about the centre.
     image = jnp.zeros((5, 5)).at[0, 1].set(1.0)
-    config = AugmentConfig(rotation=180.0)
+    config = AugmentConfig(shift=0.0, rotation=180.0)
     keys = jax.random.split(jax.random.PRNGKey(8), 200)
     outputs = jax.vmap(lambda k: augment_example(image, k, config))(keys)
     # Some draw lands close to ±180°; its output has the pixel near (4, 3).
