@@ -17,7 +17,14 @@ from ssvae_core.data import Dataset, from_arrays
 from ssvae_core.errors import ConfigError, DataError, SSVAEError
 from ssvae_core.heads import TauHead
 from ssvae_core.inference import Inference, infer
-from ssvae_core.metrics import accuracy, channel_diagnostics, expected_calibration_error
+from ssvae_core.metrics import (
+    accuracy,
+    auroc,
+    channel_diagnostics,
+    confusion_matrix,
+    expected_calibration_error,
+    reliability_table,
+)
 from ssvae_core.model import SSVAE, build_model
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.training import Trainer, TrainState, init_state, training_arrays
@@ -188,8 +195,15 @@ class SSVAEClassifier:
             return None
         return np.asarray(model.head.tau(state.head_state))
 
-    def evaluate(self, x: ArrayLike | Dataset, y: ArrayLike | None = None) -> dict[str, Any]:
-        """Accuracy, ECE, reconstruction error and channel diagnostics on labeled data."""
+    def evaluate(
+        self,
+        x: ArrayLike | Dataset,
+        y: ArrayLike | None = None,
+        *,
+        ood: ArrayLike | Dataset | None = None,
+    ) -> dict[str, Any]:
+        """Accuracy, ECE, confusion, reliability, reconstruction error and channel diagnostics
+        on labeled data; with ``ood`` also the AUROC of the OOD score against those inputs."""
         dataset = x if isinstance(x, Dataset) else from_arrays(x, y)
         keep = dataset.y >= 0
         if not np.any(keep):
@@ -200,13 +214,18 @@ class SSVAEClassifier:
             raise DataError(
                 f"labels go up to {labels.max()}, but the model knows {len(self.label_names)} classes"
             )
-        return {
+        metrics: dict[str, Any] = {
             "accuracy": accuracy(result.probabilities, labels),
             "ece": expected_calibration_error(result.probabilities, labels),
             "reconstruction_error": float(np.mean(result.reconstruction_error)),
             "num_examples": len(labels),
+            "confusion": confusion_matrix(result.predictions, labels, len(self.label_names)).tolist(),
+            "reliability": reliability_table(result.probabilities, labels),
             "channels": channel_diagnostics(result.responsibilities, self.tau),
         }
+        if ood is not None:
+            metrics["ood_auroc"] = auroc(result.ood_score, self.ood_score(ood))
+        return metrics
 
     def save(self, path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> None:
         """Write a checkpoint (atomically) that :meth:`load` restores."""

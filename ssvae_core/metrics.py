@@ -14,27 +14,14 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(probabilities, axis=-1) == labels))
 
 
-def expected_calibration_error(
-    probabilities: np.ndarray, labels: np.ndarray, num_bins: int = ECE_BINS
-) -> float:
-    """``ECE = Σ_b (n_b / N) |acc_b − conf_b|`` over equal-width confidence bins."""
-    confidence = np.max(probabilities, axis=-1)
-    correct = np.argmax(probabilities, axis=-1) == labels
-    edges = np.linspace(0.0, 1.0, num_bins + 1)
-    # Bin b holds confidences in (edge_b, edge_{b+1}]; a confidence of exactly 0 joins bin 0.
-    bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, num_bins - 1)
-    total = 0.0
-    for b in range(num_bins):
-        members = bins == b
-        if np.any(members):
-            total += np.mean(members) * abs(np.mean(correct[members]) - np.mean(confidence[members]))
-    return float(total)
-
-
 def reliability_table(
     probabilities: np.ndarray, labels: np.ndarray, num_bins: int = ECE_BINS
 ) -> list[dict[str, float]]:
-    """Per-bin count, mean confidence and accuracy (the data of a reliability diagram)."""
+    """Per-bin count, mean confidence and accuracy (the data of a reliability diagram).
+
+    Bin ``b`` holds confidences in ``(edge_b, edge_{b+1}]``; a confidence of exactly 0 joins
+    bin 0.
+    """
     confidence = np.max(probabilities, axis=-1)
     correct = np.argmax(probabilities, axis=-1) == labels
     edges = np.linspace(0.0, 1.0, num_bins + 1)
@@ -53,6 +40,15 @@ def reliability_table(
             }
         )
     return rows
+
+
+def expected_calibration_error(
+    probabilities: np.ndarray, labels: np.ndarray, num_bins: int = ECE_BINS
+) -> float:
+    """``ECE = Σ_b (n_b / N) |acc_b − conf_b|`` over equal-width confidence bins."""
+    rows = reliability_table(probabilities, labels, num_bins)
+    total = len(labels)
+    return float(sum(r["count"] / total * abs(r["accuracy"] - r["confidence"]) for r in rows))
 
 
 def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

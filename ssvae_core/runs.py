@@ -26,7 +26,6 @@ from ssvae_core.checkpoint import atomic_write_bytes, read_manifest
 from ssvae_core.config import Config, dumps_toml
 from ssvae_core.data import Dataset, Split, benchmark_split, from_arrays, load_dataset
 from ssvae_core.errors import CheckpointError, ConfigError, DataError
-from ssvae_core.metrics import auroc, confusion_matrix, reliability_table
 from ssvae_core.model import build_model
 from ssvae_core.registry import Registry, default_registry
 
@@ -81,21 +80,14 @@ def evaluation_report(
     classifier: SSVAEClassifier, x: np.ndarray, y: np.ndarray, ood: Dataset | None = None
 ) -> dict[str, Any]:
     """Held-out metrics: accuracy, ECE, confusion, reliability, channels, optional OOD AUROC."""
-    evaluation = classifier.evaluate(x, y)
-    result = classifier.infer(x)
+    evaluation = classifier.evaluate(x, y, ood=ood)
     report: dict[str, Any] = {
-        "test_accuracy": evaluation["accuracy"],
-        "ece": evaluation["ece"],
-        "reconstruction_error": evaluation["reconstruction_error"],
-        "num_test": evaluation["num_examples"],
-        "confusion": confusion_matrix(result.predictions, y, len(classifier.label_names)).tolist(),
-        "reliability": reliability_table(result.probabilities, y),
-        "channels": evaluation["channels"],
+        "test_accuracy": evaluation.pop("accuracy"),
+        "num_test": evaluation.pop("num_examples"),
+        **evaluation,
     }
     if ood is not None:
-        ood_scores = classifier.ood_score(ood.x)
         report["ood_dataset"] = ood.name
-        report["ood_auroc"] = auroc(result.ood_score, ood_scores)
     return report
 
 

@@ -71,6 +71,16 @@ def test_evaluate_reports_accuracy_and_calibration(
     assert 0.0 <= result["ece"] <= 1.0
     assert result["num_examples"] == 60
     assert len(result["channels"]["usage"]) == 4
+    assert np.asarray(result["confusion"]).sum() == 60
+    assert "ood_auroc" not in result
+
+
+def test_evaluate_with_ood_inputs_reports_an_auroc(
+    fitted_classifier: SSVAEClassifier, synthetic
+) -> None:
+    noise = np.random.default_rng(1).uniform(size=(20, 4, 4)).astype(np.float32)
+    result = fitted_classifier.evaluate(synthetic["x"], synthetic["y"], ood=noise)
+    assert 0.0 <= result["ood_auroc"] <= 1.0
 
 
 def test_predict_on_wrong_sample_shape_is_a_data_error(
