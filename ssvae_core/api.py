@@ -15,6 +15,7 @@ from ssvae_core.checkpoint import load_checkpoint, save_checkpoint
 from ssvae_core.config import Config, default_config
 from ssvae_core.data import Dataset, from_arrays
 from ssvae_core.errors import ConfigError, DataError, SSVAEError
+from ssvae_core.graph import graph_labels
 from ssvae_core.heads import TauHead
 from ssvae_core.inference import Inference, infer
 from ssvae_core.metrics import (
@@ -145,11 +146,28 @@ class SSVAEClassifier:
             labeled,
             dataset.y[labeled],
             num_neighbours=loss.num_neighbours if loss.neighbour_weight > 0 else 0,
+            graph_labels=self._graph_labels(dataset),
         )
         self.model, self.state, self.opt_state = trainer.run(
             arrays, model, state, self.opt_state, until_step=until_step, on_metrics=record
         )
         return self
+
+    def _graph_labels(self, dataset: Dataset) -> np.ndarray | None:
+        """Labels propagated over the input kNN graph, when the graph-label term is on."""
+        loss = self.config.loss
+        if loss.graph_label_weight == 0 or loss.graph_label_share == 0:
+            return None
+        if dataset.x.shape[0] < 2:
+            raise DataError("the graph-label term needs at least two training examples")
+        return graph_labels(
+            dataset.x,
+            dataset.y,
+            dataset.num_classes,
+            share=loss.graph_label_share,
+            num_neighbours=loss.graph_neighbours,
+            alpha=loss.graph_alpha,
+        )
 
     def _fitted(self) -> tuple[SSVAE, TrainState]:
         if self.model is None or self.state is None:

@@ -86,9 +86,38 @@ class LossConfig:
         0.0, help="weight of −log Σ_c r_c(x) r_c(n) between an image and one of its nearest neighbours", minimum=0.0
     )
     num_neighbours: int = option(5, help="k of the k-nearest-neighbour pairs (pixel space)", minimum=1)
+    pseudo_label_weight: float = option(
+        0.0,
+        help="weight of the supervised loss on an augmented view of unlabeled rows whose own p(y|x) is confident",
+        minimum=0.0,
+    )
+    pseudo_label_threshold: float = option(
+        0.95, help="least max_y p(y|x) of the clean image for its argmax to become a pseudo-label", minimum=0.0, maximum=1.0
+    )
     embedding_repulsion: float = option(
         0.0, help="weight of the RBF repulsion between component embeddings e_c", minimum=0.0
     )
+    graph_label_weight: float = option(
+        0.0,
+        help="weight of the supervised loss on unlabeled rows given a label by propagation over the input kNN graph",
+        minimum=0.0,
+    )
+    graph_label_share: float = option(
+        0.5, help="share of the unlabeled training rows, most confident first, that get a propagated label", minimum=0.0, maximum=1.0
+    )
+    graph_neighbours: int = option(10, help="k of the kNN graph the labels propagate over", minimum=1)
+    graph_alpha: float = option(
+        0.2, help="α of the propagation F ← αSF + (1 − α)Y, 0 < α < 1 (larger reaches further)", minimum=0.0, exclusive_minimum=True
+    )
+
+    def validate(self) -> None:
+        if self.graph_alpha >= 1.0:
+            raise ValueError(f"graph_alpha must be < 1, got {self.graph_alpha:g}")
+
+    @property
+    def uses_view(self) -> bool:
+        """Whether a term needs an augmented view of each row."""
+        return self.consistency_weight > 0 or self.pseudo_label_weight > 0
 
 
 @dataclass(frozen=True)
@@ -100,6 +129,9 @@ class TrainConfig:
     )
     optimizer: str = option("adam", help="optax optimiser", choices=("adam", "adamw"))
     learning_rate: float = option(1e-3, help="step size", minimum=0.0, exclusive_minimum=True)
+    lr_schedule: str = option(
+        "constant", help="learning-rate schedule over train.steps ('cosine' decays to 0)", choices=("constant", "cosine")
+    )
     weight_decay: float = option(1e-4, help="decoupled weight decay (adamw only)", minimum=0.0)
     grad_clip: float = option(5.0, help="global gradient-norm clip (0 disables)", minimum=0.0)
     log_every: int = option(100, help="steps between metric logs (metrics stay on the device until then)", minimum=1)

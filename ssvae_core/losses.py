@@ -117,3 +117,17 @@ def embedding_repulsion(embeddings: Float[Array, "K E"]) -> Float[Array, ""]:
     kernel = jnp.exp(-squared / (2.0 * dim))
     off_diagonal = jnp.sum(kernel) - jnp.trace(kernel)
     return off_diagonal / (count * (count - 1))
+
+
+def confident_pseudo_labels(
+    probabilities: Float[Array, "*b Y"], labels: Int[Array, "*b"], threshold: float
+) -> tuple[Int[Array, "*b"], Float[Array, "*b"]]:
+    """``(ŷ, m)`` with ``ŷ = argmax_y p(y|x)`` and ``m = [label = −1] · [max_y p(y|x) ≥ θ]``.
+
+    Only unlabeled rows (``labels == -1``) whose prediction is at least ``θ`` confident get a
+    pseudo-label; the probabilities are taken through ``stop_gradient``.
+    """
+    probabilities = jax.lax.stop_gradient(probabilities)
+    confident = jnp.max(probabilities, axis=-1) >= threshold
+    mask = (confident & (labels < 0)).astype(jnp.float32)
+    return jnp.argmax(probabilities, axis=-1).astype(jnp.int32), mask

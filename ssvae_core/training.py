@@ -61,13 +61,15 @@ class TrainingArrays(eqx.Module):
 
     ``x`` holds every training input; ``labeled_index`` / ``labeled_y`` the labeled pool (rows
     of ``x`` and their labels); ``neighbours`` the indices of each row's nearest neighbours
-    when the neighbour term is on.
+    when the neighbour term is on; ``graph_labels`` each row's propagated label (``-1`` =
+    none) when the graph-label term is on.
     """
 
     x: Float[Array, "N ..."]
     labeled_index: Int[Array, " M"]
     labeled_y: Int[Array, " M"]
     neighbours: Int[Array, "N k"] | None = None
+    graph_labels: Int[Array, " N"] | None = None
 
 
 def _parameter_labels(model: SSVAE) -> PyTree[str]:
@@ -93,13 +95,18 @@ def _relabel(subtree: PyTree[Any], label: str) -> PyTree[str]:
 def make_optimizer(config: TrainConfig, model: SSVAE) -> optax.GradientTransformation:
     """Clip by global norm, then Adam/AdamW; prior fields get their declared LR scale.
 
+    ``lr_schedule = "cosine"`` follows ``lr · ½(1 + cos(π t / T))`` over ``T = train.steps``.
+
     A scale of 0 uses ``optax.set_to_zero`` so a frozen field (a fixed π) gets exactly
     zero update; other scales multiply the Adam update (a learning-rate scale).
     """
+    learning_rate: float | optax.Schedule = config.learning_rate
+    if config.lr_schedule == "cosine":
+        learning_rate = optax.cosine_decay_schedule(config.learning_rate, config.steps)
     if config.optimizer == "adamw":
-        base = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+        base = optax.adamw(learning_rate, weight_decay=config.weight_decay)
     else:
-        base = optax.adam(config.learning_rate)
+        base = optax.adam(learning_rate)
     transforms: dict[str, optax.GradientTransformation] = {"default": base}
     for scale in model.prior.parameter_scales().values():
         label = f"scale={scale!r}"
@@ -133,6 +140,7 @@ def train_step(
             loss_config,
             x_view=batch.x_view,
             x_neighbour=batch.x_neighbour,
+            graph_labels=batch.graph_labels,
         )
 
     (_, (metrics, posterior)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -161,7 +169,8 @@ def sample_batch(
 
     With ``augment.apply_to_inputs`` the inputs themselves are augmented; ``with_view`` adds
     an independently augmented view of each row; ``data.neighbours`` adds a random one of
-    each row's nearest neighbours.
+    each row's nearest neighbours; ``data.graph_labels`` the propagated labels of the rows
+    drawn as unlabeled.
     """
     unlabeled_key, labeled_key, input_key, view_key, neighbour_key = jax.random.split(key, 5)
     num_unlabeled = batch_size - labeled_batch_size
@@ -182,7 +191,10 @@ def sample_batch(
     if data.neighbours is not None:
         pick = jax.random.randint(neighbour_key, (batch_size,), 0, data.neighbours.shape[1])
         x_neighbour = data.x[data.neighbours[rows, pick]]
-    return Batch(x=x, labels=labels, x_view=x_view, x_neighbour=x_neighbour)
+    graph_labels = None
+    if data.graph_labels is not None:
+        graph_labels = jnp.where(labels >= 0, -1, data.graph_labels[rows])
+    return Batch(x=x, labels=labels, x_view=x_view, x_neighbour=x_neighbour, graph_labels=graph_labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +224,7 @@ def _sampled_step(
         schedule.batch_size,
         schedule.labeled_batch_size,
         augment=schedule.augment,
-        with_view=schedule.loss_config.consistency_weight > 0,
+        with_view=schedule.loss_config.uses_view,
     )
     return train_step(
         model,
@@ -360,8 +372,10 @@ def training_arrays(
     labeled_y: np.ndarray,
     *,
     num_neighbours: int = 0,
+    graph_labels: np.ndarray | None = None,
 ) -> TrainingArrays:
-    """Move training inputs, the labeled pool and (optionally) the kNN graph to the device."""
+    """Move training inputs, the labeled pool and (optionally) the kNN graph and the
+    propagated labels to the device."""
     neighbours = None
     if num_neighbours > 0:
         neighbours = jnp.asarray(nearest_neighbours(x, num_neighbours), dtype=jnp.int32)
@@ -370,4 +384,5 @@ def training_arrays(
         labeled_index=jnp.asarray(labeled_index, dtype=jnp.int32),
         labeled_y=jnp.asarray(labeled_y, dtype=jnp.int32),
         neighbours=neighbours,
+        graph_labels=None if graph_labels is None else jnp.asarray(graph_labels, dtype=jnp.int32),
     )

@@ -42,10 +42,12 @@ class Batch(eqx.Module):
     """Inputs and labels (``-1`` = unlabeled) for one step.
 
     ``x_view`` is an augmented view of ``x`` and ``x_neighbour`` a nearest neighbour of each
-    row, present when the consistency or neighbour terms are on.
+    row, present when the consistency or neighbour terms are on; ``graph_labels`` the labels
+    propagated over the kNN graph (``-1`` = none), present when the graph-label term is on.
     """
 
     x: Float[Array, "B ..."]
     labels: Int[Array, " B"]
     x_view: Float[Array, "B ..."] | None = None
     x_neighbour: Float[Array, "B ..."] | None = None
+    graph_labels: Int[Array, " B"] | None = None

@@ -242,3 +242,24 @@ def test_embedding_repulsion_falls_as_embeddings_spread() -> None:
     near = jnp.asarray([[0.0, 0.0], [0.1, 0.0]])
     far = jnp.asarray([[0.0, 0.0], [5.0, 0.0]])
     assert float(embedding_repulsion(far)) < float(embedding_repulsion(near))
+
+
+# --- pseudo-labels ------------------------------------------------------------------------
+
+
+def test_confident_pseudo_labels_pick_argmax_of_confident_unlabeled_rows_only() -> None:
+    from ssvae_core.losses import confident_pseudo_labels
+
+    probabilities = jnp.asarray(
+        [
+            [0.96, 0.04],  # unlabeled, confident → pseudo-label 0
+            [0.30, 0.70],  # unlabeled, not confident
+            [0.02, 0.98],  # labeled: keeps its own label, no pseudo-label
+            [0.05, 0.95],  # unlabeled, exactly at the threshold → pseudo-label 1
+        ]
+    )
+    labels = jnp.asarray([-1, -1, 0, -1])
+    targets, mask = confident_pseudo_labels(probabilities, labels, 0.95)
+    assert np.asarray(targets).tolist() == [0, 1, 1, 1]
+    assert np.asarray(mask).tolist() == [1.0, 0.0, 0.0, 1.0]
+

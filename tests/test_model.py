@@ -266,3 +266,57 @@ def test_mixture_kl_terms_are_non_negative(model: SSVAE, batch) -> None:
     terms = model.prior.kl_terms(posterior, posterior.z_mean, encoder=model.encoder, key=KEY)
     for values in terms.values():
         assert bool(jnp.all(values >= 0.0))
+
+
+# --- pseudo-label term ----------------------------------------------------------------------
+
+
+def test_pseudo_label_term_matches_hand_computation(
+    model: SSVAE, batch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(objective_module, "reparameterise", lambda posterior, key: posterior.z_mean)
+    x, labels = batch
+    view = jnp.flip(x, axis=-1)
+    counts = jnp.asarray(np.arange(12, dtype=np.float32).reshape(4, 3) % 5)
+    config = _loss_config(pseudo_label_weight=2.0, pseudo_label_threshold=0.0, consistency_weight=0.0)
+    total, (metrics, _) = objective(model, counts, x, labels, STEP, KEY, config, x_view=view)
+    tau = np.asarray(model.head.tau(counts))
+    r = np.asarray(jax.nn.softmax(model.encode(x).logits, axis=-1))
+    r_view = np.asarray(jax.nn.softmax(model.encode(view).logits, axis=-1))
+    targets = np.argmax(r @ tau, axis=-1)
+    unlabeled = np.asarray(labels) < 0
+    per_row = -np.log((r_view @ tau)[np.arange(8), targets])
+    assert float(metrics["pseudo_label"]) == pytest.approx(per_row[unlabeled].mean(), rel=1e-5)
+    assert float(metrics["pseudo_label_share"]) == 1.0
+    without, _ = objective(
+        model, counts, x, labels, STEP, KEY, dataclasses.replace(config, pseudo_label_weight=0.0), x_view=view
+    )
+    assert float(total) - float(without) == pytest.approx(2.0 * per_row[unlabeled].mean(), rel=1e-4)
+
+
+def test_pseudo_label_term_is_zero_when_no_prediction_reaches_the_threshold(model: SSVAE, batch) -> None:
+    x, labels = batch
+    config = _loss_config(pseudo_label_weight=1.0, pseudo_label_threshold=1.0)
+    _, (metrics, _) = objective(model, _counts(model), x, labels, STEP, KEY, config, x_view=x)
+    assert float(metrics["pseudo_label_share"]) == 0.0
+    assert float(metrics["pseudo_label"]) == 0.0
+
+
+def test_graph_label_term_is_the_supervised_loss_over_rows_with_a_propagated_label(
+    model: SSVAE, batch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(objective_module, "reparameterise", lambda posterior, key: posterior.z_mean)
+    x, labels = batch
+    counts = jnp.asarray(np.arange(12, dtype=np.float32).reshape(4, 3) % 5)
+    propagated = jnp.asarray([2, -1, 0, 1, -1, -1, -1, -1], dtype=jnp.int32)
+    config = _loss_config(graph_label_weight=3.0)
+    total, (metrics, _) = objective(
+        model, counts, x, labels, STEP, KEY, config, graph_labels=propagated
+    )
+    tau = np.asarray(model.head.tau(counts))
+    r = np.asarray(jax.nn.softmax(model.encode(x).logits, axis=-1))
+    rows, targets = np.array([0, 2, 3]), np.array([2, 0, 1])
+    expected = np.mean(-np.log((r @ tau)[rows, targets]))
+    assert float(metrics["graph_label"]) == pytest.approx(expected, rel=1e-5)
+    without, _ = objective(model, counts, x, labels, STEP, KEY, config, graph_labels=None)
+    assert float(total) - float(without) == pytest.approx(3.0 * expected, rel=1e-4)

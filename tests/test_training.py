@@ -210,3 +210,29 @@ def test_same_seed_gives_bit_identical_parameters(frozen: Setup, synthetic) -> N
     assert int(first[1].step) == frozen.config.train.steps
     assert [step for step, _ in seen] == [frozen.config.train.steps]
     assert all(np.isfinite(v) for v in seen[0][1].values())
+
+
+# --- learning-rate schedule ---------------------------------------------------------------
+
+
+def _update_norms(schedule: str, frozen: Setup, steps: int) -> list[float]:
+    train = dataclasses.replace(frozen.config.train, lr_schedule=schedule, steps=steps, grad_clip=0.0)
+    optimizer = make_optimizer(train, frozen.model)
+    params = eqx.filter(frozen.model, eqx.is_inexact_array)
+    opt_state = optimizer.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    norms = []
+    for _ in range(steps + 1):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        norms.append(float(jnp.sqrt(sum(jnp.sum(u**2) for u in jax.tree.leaves(updates)))))
+    return norms
+
+
+def test_cosine_schedule_halves_the_step_midway_and_ends_at_zero(frozen: Setup) -> None:
+    constant = _update_norms("constant", frozen, steps=2)
+    cosine = _update_norms("cosine", frozen, steps=2)
+    # With constant unit gradients Adam's update is lr · sign, so the norms follow the
+    # schedule lr · ½(1 + cos(π t / T)): 1, ½, 0 of the constant schedule's at t = 0, 1, 2.
+    assert cosine[0] == pytest.approx(constant[0], rel=1e-5)
+    assert cosine[1] == pytest.approx(0.5 * constant[1], rel=1e-4)
+    assert cosine[2] == 0.0

@@ -1,0 +1,77 @@
+"""Label propagation over the input kNN graph (ssvae_core.graph) against hand values."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from ssvae_core.graph import graph_labels, knn_affinity, propagate_labels
+from ssvae_core.training import sample_batch, training_arrays
+
+# Three points on a line, each joined to its nearest neighbour: 0–1 and 2–1 (|3 − 1| < |3 − 0|).
+LINE = np.array([[0.0], [1.0], [3.0]])
+
+
+def test_knn_affinity_is_symmetric_binary_and_has_no_self_loops() -> None:
+    affinity = knn_affinity(LINE, 1).toarray()
+    assert affinity.tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+
+
+def test_propagation_matches_the_closed_form_fixed_point() -> None:
+    alpha = 0.5
+    labels = np.array([0, -1, 1])
+    # S = D^{-1/2} W D^{-1/2} with degrees 1, 2, 1: S01 = S12 = 1/√2.
+    s = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]) / np.sqrt(2.0)
+    known = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    fixed_point = (1 - alpha) * np.linalg.solve(np.eye(3) - alpha * s, known)
+    expected = fixed_point / fixed_point.sum(axis=1, keepdims=True)
+    result = propagate_labels(LINE, labels, 2, num_neighbours=1, alpha=alpha, tolerance=1e-12)
+    np.testing.assert_allclose(result, expected, atol=1e-9)
+    # The middle point sits symmetrically between the two labels.
+    np.testing.assert_allclose(result[1], [0.5, 0.5], atol=1e-9)
+
+
+def test_propagation_gives_an_unreachable_component_the_uniform_distribution() -> None:
+    # Two pairs far apart; only the first pair holds a label.
+    x = np.array([[0.0], [0.1], [10.0], [10.1]])
+    result = propagate_labels(x, np.array([1, -1, -1, -1]), 3, num_neighbours=1)
+    np.testing.assert_allclose(result[:2], [[0.0, 1.0, 0.0]] * 2, atol=1e-9)
+    np.testing.assert_allclose(result[2:], np.full((2, 3), 1 / 3))
+
+
+def test_propagation_refuses_alpha_outside_the_open_unit_interval() -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        propagate_labels(LINE, np.array([0, -1, -1]), 2, num_neighbours=1, alpha=1.0)
+
+
+def test_graph_labels_label_the_most_confident_share_of_unlabeled_rows() -> None:
+    # Two clusters of four points, one label each; the labeled points' neighbours are the
+    # most confident unlabeled rows.
+    x = np.array([[0.0], [0.2], [0.5], [0.9], [10.0], [10.2], [10.5], [10.9]])
+    labels = np.array([0, -1, -1, -1, 1, -1, -1, -1])
+    result = graph_labels(x, labels, 2, share=0.5, num_neighbours=1)
+    assert result[[0, 4]].tolist() == [-1, -1]  # known labels stay with the supervised term
+    chosen = np.flatnonzero(result >= 0)
+    assert chosen.size == 3  # round(0.5 · 6)
+    assert all(result[i] == (0 if i < 4 else 1) for i in chosen)
+    assert graph_labels(x, labels, 2, share=1.0, num_neighbours=1).tolist() == [
+        -1, 0, 0, 0, -1, 1, 1, 1,
+    ]
+
+
+def test_graph_labels_are_empty_without_any_known_label_or_with_zero_share() -> None:
+    assert graph_labels(LINE, np.array([-1, -1, -1]), 2, share=1.0, num_neighbours=1).tolist() == [-1] * 3
+    assert graph_labels(LINE, np.array([0, -1, -1]), 2, share=0.0, num_neighbours=1).tolist() == [-1] * 3
+
+
+def test_batches_carry_graph_labels_for_the_rows_drawn_as_unlabeled_only() -> None:
+    x = np.arange(10, dtype=np.float32).reshape(10, 1, 1)
+    propagated = np.array([-1, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    data = training_arrays(x, np.array([0, 3]), np.array([0, 0]), graph_labels=propagated)
+    batch = sample_batch(data, jax.random.PRNGKey(0), 16, 4)
+    assert batch.graph_labels is not None
+    graph = np.asarray(batch.graph_labels)
+    rows = np.asarray(batch.x).reshape(-1).astype(int)
+    np.testing.assert_array_equal(graph[:12], propagated[rows[:12]])
+    assert np.all(graph[12:] == -1)
