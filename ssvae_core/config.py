@@ -98,12 +98,12 @@ class LossConfig:
         0.0, help="weight of the RBF repulsion between component embeddings e_c", minimum=0.0
     )
     graph_label_weight: float = option(
-        0.0,
+        5.0,
         help="weight of the supervised loss on unlabeled rows given a label by propagation over the input kNN graph",
         minimum=0.0,
     )
     graph_label_share: float = option(
-        0.5, help="share of the unlabeled training rows, most confident first, that get a propagated label", minimum=0.0, maximum=1.0
+        0.8, help="share of the unlabeled training rows, most confident first, that get a propagated label", minimum=0.0, maximum=1.0
     )
     graph_neighbours: int = option(10, help="k of the kNN graph the labels propagate over", minimum=1)
     graph_alpha: float = option(
