@@ -158,8 +158,6 @@ class SSVAEClassifier:
         loss = self.config.loss
         if loss.graph_label_weight == 0 or loss.graph_label_share == 0:
             return None
-        if dataset.x.shape[0] < 2:
-            raise DataError("the graph-label term needs at least two training examples")
         return graph_labels(
             dataset.x,
             dataset.y,
