@@ -24,7 +24,7 @@ class TrainingProgress:
             transient=False,
             disable=not enabled,
         )
-        self._task = self._progress.add_task("train", total=total_steps, summary="compiling…")
+        self._task = self._progress.add_task("train", total=total_steps, summary="preparing (label propagation, compilation)…")
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
         summary = f"loss {metrics['loss']:.3f}  sup {metrics.get('supervised', 0.0):.3f}"
