@@ -130,7 +130,7 @@ class TrainConfig:
     optimizer: str = option("adam", help="optax optimiser", choices=("adam", "adamw"))
     learning_rate: float = option(1e-3, help="step size", minimum=0.0, exclusive_minimum=True)
     lr_schedule: str = option(
-        "constant", help="learning-rate schedule over train.steps ('cosine' decays to 0)", choices=("constant", "cosine")
+        "constant", help="learning-rate schedule over train.steps ('cosine' decays to 0; a resumed run stretches it to the new steps)", choices=("constant", "cosine")
     )
     weight_decay: float = option(1e-4, help="decoupled weight decay (adamw only)", minimum=0.0)
     grad_clip: float = option(5.0, help="global gradient-norm clip (0 disables)", minimum=0.0)

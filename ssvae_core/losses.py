@@ -125,9 +125,8 @@ def confident_pseudo_labels(
     """``(ŷ, m)`` with ``ŷ = argmax_y p(y|x)`` and ``m = [label = −1] · [max_y p(y|x) ≥ θ]``.
 
     Only unlabeled rows (``labels == -1``) whose prediction is at least ``θ`` confident get a
-    pseudo-label; the probabilities are taken through ``stop_gradient``.
+    pseudo-label. Both outputs are integer- or comparison-valued, so no gradient flows back.
     """
-    probabilities = jax.lax.stop_gradient(probabilities)
     confident = jnp.max(probabilities, axis=-1) >= threshold
     mask = (confident & (labels < 0)).astype(jnp.float32)
     return jnp.argmax(probabilities, axis=-1).astype(jnp.int32), mask

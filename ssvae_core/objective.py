@@ -84,16 +84,18 @@ def objective(
         usage_entropy = entropy(jnp.mean(responsibilities, axis=0))
         metrics["usage_entropy"] = usage_entropy
         total = total + config.usage_weight * usage_entropy
-    view = None if x_view is None or responsibilities is None else model.encode(x_view)
+    with_channels = responsibilities is not None
+    view = model.encode(x_view) if x_view is not None and with_channels else None
+    neighbour = None
+    if x_neighbour is not None and with_channels and config.neighbour_weight > 0:
+        neighbour = model.encode(x_neighbour)
     for name, partner, weight in (
         ("consistency", view, config.consistency_weight),
-        ("neighbour", x_neighbour, config.neighbour_weight),
+        ("neighbour", neighbour, config.neighbour_weight),
     ):
-        if partner is None or responsibilities is None or weight == 0.0:
+        if partner is None or weight == 0.0:
             continue
-        if not isinstance(partner, EncoderOutput):
-            partner = model.encode(partner)
-        assert partner.responsibilities is not None
+        assert responsibilities is not None and partner.responsibilities is not None
         metrics[name] = jnp.mean(agreement_loss(responsibilities, partner.responsibilities))
         total = total + weight * metrics[name]
     if view is not None and config.pseudo_label_weight > 0:

@@ -255,3 +255,7 @@ def test_conditioning_film_with_the_standard_prior_is_rejected(tiny_raw: dict[st
     tiny_raw["model"]["conditioning"] = "film"
     with pytest.raises(ConfigError, match=r"model\.conditioning must be 'none' or 'auto'"):
         _resolved(tiny_raw)
+
+
+def test_graph_alpha_of_one_is_rejected() -> None:
+    _rejects({"loss": {"graph_alpha": 1.0}}, "loss.graph_alpha must be < 1, got 1")
