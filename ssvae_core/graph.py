@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
-from ssvae_core.training import nearest_neighbours
+from ssvae_core.neighbours import nearest_neighbours
 
 
 def knn_affinity(x: np.ndarray, num_neighbours: int) -> scipy.sparse.csr_matrix:

@@ -25,6 +25,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 from ssvae_core.augment import AugmentConfig, augment_batch
 from ssvae_core.config import Config, LossConfig, TrainConfig
 from ssvae_core.model import SSVAE
+from ssvae_core.neighbours import nearest_neighbours
 from ssvae_core.objective import objective
 from ssvae_core.types import Batch
 
@@ -352,18 +353,6 @@ class Trainer:
             if on_metrics is not None:
                 on_metrics(step, host)
         return model, state, opt_state
-
-
-def nearest_neighbours(x: np.ndarray, count: int) -> np.ndarray:
-    """Indices of each row's ``count`` nearest neighbours in pixel space (itself excluded)."""
-    from sklearn.neighbors import NearestNeighbors
-
-    flat = x.reshape(x.shape[0], -1)
-    count = min(count, flat.shape[0] - 1)
-    if count < 1:
-        raise ValueError("the neighbour term needs at least two training examples")
-    index = NearestNeighbors(n_neighbors=count + 1).fit(flat)
-    return index.kneighbors(flat, return_distance=False)[:, 1:]
 
 
 def training_arrays(
