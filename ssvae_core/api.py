@@ -16,7 +16,6 @@ from ssvae_core.config import Config, default_config
 from ssvae_core.data import Dataset, from_arrays
 from ssvae_core.errors import ConfigError, DataError, SSVAEError
 from ssvae_core.graph import graph_labels
-from ssvae_core.heads import TauHead
 from ssvae_core.inference import Inference, infer
 from ssvae_core.metrics import (
     accuracy,
@@ -207,9 +206,8 @@ class SSVAEClassifier:
     def tau(self) -> np.ndarray | None:
         """The channel→label map ``τ`` (``K × Y``), or ``None`` for a head without it."""
         model, state = self._fitted()
-        if not isinstance(model.head, TauHead):
-            return None
-        return np.asarray(model.head.tau(state.head_state))
+        class_map = model.head.class_map(state.head_state)
+        return None if class_map is None else np.asarray(class_map)
 
     def evaluate(
         self,

@@ -73,6 +73,10 @@ class TauHead(AbstractHead):
         onehot = jax.nn.one_hot(labels, self.num_classes) * (labels >= 0)[:, None]
         return self.count_decay * state + responsibilities.T @ onehot
 
+    def class_map(self, state: Float[Array, "K Y"]) -> Float[Array, "K Y"]:
+        """τ from the counts in ``state``."""
+        return self.tau(state)
+
 
 class SoftmaxHead(AbstractHead):
     """``p(y|x) = softmax(W z + b)``; trained with cross-entropy on sampled ``z``."""
@@ -108,4 +112,8 @@ class SoftmaxHead(AbstractHead):
         return -jnp.take_along_axis(log_p, jnp.clip(labels, 0)[:, None], axis=-1)[:, 0]
 
     def update_state(self, state: None, posterior: EncoderOutput, labels: Int[Array, " B"]) -> None:
+        return None
+
+    def class_map(self, state: None) -> None:
+        """``None``: the softmax head classifies from ``z``, not through channels."""
         return None

@@ -128,3 +128,8 @@ class AbstractHead(eqx.Module):
         self, state: PyTree[Any], posterior: EncoderOutput, labels: Int[Array, " B"]
     ) -> PyTree[Any]:
         """New head state after seeing a batch; rows with label ``-1`` contribute nothing."""
+
+    @abc.abstractmethod
+    def class_map(self, state: PyTree[Any]) -> Float[Array, "K Y"] | None:
+        """The channel→label map ``τ`` (``K × Y``, rows sum to 1), or ``None`` for a head
+        without one (a head that does not classify through channels)."""

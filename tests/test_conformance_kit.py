@@ -171,6 +171,9 @@ class ConstantHead(AbstractHead):
     def update_state(self, state: None, posterior: EncoderOutput, labels: Int[Array, " B"]) -> None:
         return None
 
+    def class_map(self, state: None) -> None:
+        return None
+
 
 class BatchNormalisedHead(AbstractHead):
     """Centres z on the batch mean before its softmax: each row depends on the others."""
@@ -205,6 +208,56 @@ class BatchNormalisedHead(AbstractHead):
 
     def update_state(self, state: None, posterior: EncoderOutput, labels: Int[Array, " B"]) -> None:
         return None
+
+    def class_map(self, state: None) -> None:
+        return None
+
+
+class UnnormalisedMapHead(AbstractHead):
+    """Keeps soft counts per channel, but hands out the smoothed counts as its τ unnormalised."""
+
+    num_classes: int = eqx.field(static=True)
+    num_components: int = eqx.field(static=True)
+
+    def init_state(self) -> Float[Array, "K Y"]:
+        return jnp.zeros((self.num_components, self.num_classes))
+
+    def predict_proba(
+        self, posterior: EncoderOutput, z: Float[Array, "B D"], state: Float[Array, "K Y"]
+    ) -> Float[Array, "B Y"]:
+        return jnp.full((z.shape[0], self.num_classes), 1.0 / self.num_classes)
+
+    def certainty(
+        self, posterior: EncoderOutput, z: Float[Array, "B D"], state: Float[Array, "K Y"]
+    ) -> Float[Array, " B"]:
+        return jnp.max(self.predict_proba(posterior, z, state), axis=-1)
+
+    def supervised_loss(
+        self,
+        posterior: EncoderOutput,
+        z: Float[Array, "B D"],
+        labels: Int[Array, " B"],
+        state: Float[Array, "K Y"],
+    ) -> Float[Array, " B"]:
+        return -jnp.log(self.predict_proba(posterior, z, state))[:, 0]
+
+    def update_state(
+        self, state: Float[Array, "K Y"], posterior: EncoderOutput, labels: Int[Array, " B"]
+    ) -> Float[Array, "K Y"]:
+        assert posterior.logits is not None
+        onehot = jax.nn.one_hot(labels, self.num_classes) * (labels >= 0)[:, None]
+        return state + jax.nn.softmax(posterior.logits, axis=-1).T @ onehot
+
+    def class_map(self, state: Float[Array, "K Y"]) -> Float[Array, "K Y"]:
+        return state + 0.5
+
+
+def _build_unnormalised_map_head(
+    options: NoOptions, context: BuildContext, key: PRNGKeyArray
+) -> UnnormalisedMapHead:
+    if context.num_components == 0:
+        raise ValueError("needs channels")
+    return UnnormalisedMapHead(context.num_classes, context.num_components)
 
 
 class FlatDecoder(AbstractDecoder):
@@ -325,6 +378,22 @@ def test_head_coupling_batch_members_fails_per_example_independence() -> None:
     error = _run_one(factory, "head", "per_example_independence")
     assert "of the kept rows" in error.detail
     assert "mask = b8[" in str(error)
+
+
+def test_head_whose_class_map_rows_do_not_sum_to_one_fails_class_map_is_distribution() -> None:
+    error = _run_one(
+        _factory(UnnormalisedMapHead, _build_unnormalised_map_head),
+        "head",
+        "class_map_is_distribution",
+    )
+    assert "row sums of class_map" in error.detail
+    assert "each channel's row summing to 1" in str(error)
+
+
+def test_head_without_a_class_map_passes_class_map_is_distribution() -> None:
+    subject = prepare("softmax", kind="head", max_examples=5)
+    (entry,) = [e for e in conformance_checks("head") if e.name == "class_map_is_distribution"]
+    assert run_check(subject, entry) == "no channel→label map"
 
 
 def test_decoder_with_the_wrong_output_shape_fails_output_matches_sample_shape() -> None:

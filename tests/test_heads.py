@@ -90,6 +90,14 @@ def test_tau_head_tau_rows_sum_to_one() -> None:
     )
 
 
+def test_tau_head_class_map_is_tau_of_the_counts() -> None:
+    head, counts = _tau_head(), jnp.asarray(COUNTS)
+    class_map = head.class_map(counts)
+    assert class_map is not None
+    np.testing.assert_array_equal(np.asarray(class_map), np.asarray(head.tau(counts)))
+    np.testing.assert_allclose(np.asarray(class_map), _tau_by_hand(COUNTS), rtol=1e-6)
+
+
 def test_tau_predict_proba_is_responsibilities_times_tau() -> None:
     expected = _softmax(LOGITS) @ _tau_by_hand(COUNTS)
     probabilities = _tau_head().predict_proba(_posterior(LOGITS), None, jnp.asarray(COUNTS))
@@ -183,6 +191,10 @@ def test_softmax_head_supervised_loss_is_cross_entropy(softmax_head: SoftmaxHead
 def test_softmax_head_is_stateless(softmax_head: SoftmaxHead) -> None:
     assert softmax_head.init_state() is None
     assert softmax_head.update_state(None, _posterior(LOGITS), jnp.array([0, 1, 2])) is None
+
+
+def test_softmax_head_has_no_class_map(softmax_head: SoftmaxHead) -> None:
+    assert softmax_head.class_map(softmax_head.init_state()) is None
 
 
 def test_initial_counts_give_channel_c_to_label_c_mod_y() -> None:

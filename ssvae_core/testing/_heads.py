@@ -60,6 +60,7 @@ def _state(head: AbstractHead, posterior: EncoderOutput, labels: Int[Array, " B"
 
 _outputs_jit = eqx.filter_jit(_outputs)
 _state_jit = eqx.filter_jit(_state)
+_class_map_jit = eqx.filter_jit(lambda head, state: head.class_map(state))
 
 
 @eqx.filter_jit
@@ -186,7 +187,14 @@ def _attributes(subject: HeadSubject) -> str:
     "jaxtyping-annotated protocol signature says (checked by beartype)",
 )
 def _signatures(subject: HeadSubject) -> None:
-    methods = ("init_state", "predict_proba", "certainty", "supervised_loss", "update_state")
+    methods = (
+        "init_state",
+        "predict_proba",
+        "certainty",
+        "supervised_loss",
+        "update_state",
+        "class_map",
+    )
     calls = {
         count: {name: protocol_method(AbstractHead, name, head) for name in methods}
         for count, head in subject.variants.items()
@@ -204,6 +212,7 @@ def _signatures(subject: HeadSubject) -> None:
         call["predict_proba"](posterior, posterior.z_mean, state)
         call["certainty"](posterior, posterior.z_mean, state)
         call["supervised_loss"](posterior, posterior.z_mean, labels, state)
+        call["class_map"](state)
 
     def body(example: dict[str, Any]) -> None:
         # Shapes and dtypes are all a signature states: trace abstractly, compile nothing.
@@ -244,6 +253,39 @@ def _state_structure(subject: HeadSubject) -> None:
                 expect(np.all(np.isfinite(after)), "state is not finite")
 
     for_all(subject, subject.inputs((3,)), body)
+
+
+@check(
+    "head",
+    "class_map_is_distribution",
+    "class_map(state) is None (a head without a channel→label map) or a finite (K, Y) "
+    "array, >= 0, each channel's row summing to 1",
+)
+def _class_map(subject: HeadSubject) -> str:
+    num_classes = subject.settings.num_classes
+    kinds: set[str] = set()
+
+    def body(example: dict[str, Any]) -> None:
+        count = example["num_components"]
+        head = subject.variants[count]
+        class_map = _class_map_jit(head, subject.state(count, example))
+        if class_map is None:
+            kinds.add("None")
+            return
+        kinds.add("τ")
+        class_map = np.asarray(class_map)
+        expect(
+            class_map.shape == (count, num_classes),
+            f"class_map has shape {class_map.shape}, expected ({count}, {num_classes})",
+        )
+        expect(
+            np.all(np.isfinite(class_map)) and np.all(class_map >= 0),
+            f"class_map is negative or not finite: {class_map}",
+        )
+        expect_close(class_map.sum(-1), np.ones(count), "row sums of class_map")
+
+    for_all(subject, subject.inputs((3,)), body)
+    return "no channel→label map" if kinds == {"None"} else ""
 
 
 @check(
