@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -15,7 +15,6 @@ from ssvae_core.checkpoint import load_checkpoint, save_checkpoint
 from ssvae_core.config import Config, default_config
 from ssvae_core.data import Dataset, from_arrays
 from ssvae_core.errors import ConfigError, DataError, SSVAEError
-from ssvae_core.graph import graph_labels
 from ssvae_core.inference import Inference, infer
 from ssvae_core.metrics import (
     accuracy,
@@ -26,10 +25,9 @@ from ssvae_core.metrics import (
     reliability_table,
 )
 from ssvae_core.model import SSVAE, build_model
+from ssvae_core.objective import Objective, build_objective
 from ssvae_core.registry import Registry, default_registry
-from ssvae_core.training import Trainer, TrainState, init_state, training_arrays
-
-MetricsCallback = Callable[[int, dict[str, float]], None]
+from ssvae_core.training import MetricSink, Trainer, TrainState, init_state, training_arrays
 
 
 class SSVAEClassifier:
@@ -57,11 +55,12 @@ class SSVAEClassifier:
         *,
         num_classes: int | None = None,
         label_names: Sequence[str] | None = None,
-        on_metrics: MetricsCallback | None = None,
+        sinks: Sequence[MetricSink] = (),
     ) -> SSVAEClassifier:
         """Train from scratch on every row of ``x``; rows whose label is ``-1`` are unlabeled.
 
-        ``on_metrics(step, metrics)`` is called after each chunk of ``train.log_every`` steps.
+        Each sink — ``sink(step, metrics)`` — receives the mean metrics of each chunk of
+        ``train.log_every`` steps (:attr:`history` keeps them too).
         """
         dataset = self._training_data(x, y, num_classes, label_names)
         model_key, state_key = jax.random.split(jax.random.PRNGKey(self.config.seed))
@@ -75,11 +74,11 @@ class SSVAEClassifier:
         )
         self.model = model
         self.state = init_state(model, state_key)
-        self.opt_state = Trainer.for_model(self.config, model).init_opt_state(model)
         self.input_shape = dataset.sample_shape
         self.label_names = dataset.label_names
+        self.opt_state = self._trainer().init_opt_state(model)
         self.history = []
-        return self._train(dataset, self.config.train.steps, on_metrics)
+        return self._train(dataset, self.config.train.steps, sinks)
 
     def resume(
         self,
@@ -87,12 +86,14 @@ class SSVAEClassifier:
         y: ArrayLike | None = None,
         *,
         until_step: int,
-        on_metrics: MetricsCallback | None = None,
+        sinks: Sequence[MetricSink] = (),
     ) -> SSVAEClassifier:
-        """Continue training a fitted or loaded classifier on the same data up to ``until_step``.
+        """Continue training a fitted or loaded classifier up to ``until_step``.
 
         Parameters, optimiser state, τ counts and the RNG key carry on, so training 10 steps,
-        saving, loading and resuming to 20 gives the same model as 20 steps in one go.
+        saving, loading and resuming to 20 on the same data gives the same model as 20
+        steps in one go. ``y`` may hold labels the first run did not have: they join the
+        labeled pool (the compiled step is reused; only values change).
         """
         _, state = self._fitted()
         dataset = self._training_data(x, y, len(self.label_names), self.label_names)
@@ -109,7 +110,7 @@ class SSVAEClassifier:
         self.config = self.config.replace(
             train=dataclasses.replace(self.config.train, steps=until_step)
         )
-        return self._train(dataset, until_step, on_metrics)
+        return self._train(dataset, until_step, sinks)
 
     def _training_data(
         self,
@@ -121,50 +122,46 @@ class SSVAEClassifier:
         dataset = x if isinstance(x, Dataset) else from_arrays(
             x, y, num_classes=num_classes, label_names=label_names
         )
-        if not np.any(dataset.y >= 0) and self.config.loss.supervised_weight > 0:
+        supervised = self.config.term_options("supervised").weight
+        if not np.any(dataset.y >= 0) and supervised > 0:
             raise DataError("training needs at least one labeled example (a label >= 0 in y)")
         if dataset.num_classes < 1:
             raise DataError("training needs at least one class; pass num_classes or labels")
         return dataset
 
+    def _objective(self) -> Objective:
+        model, _ = self._fitted()
+        return build_objective(
+            self.config,
+            model,
+            input_shape=self.input_shape,
+            num_classes=len(self.label_names),
+            registry=self.registry,
+        )
+
+    def _trainer(self) -> Trainer:
+        model, _ = self._fitted()
+        return Trainer.for_model(self.config, model, self._objective())
+
     def _train(
-        self, dataset: Dataset, until_step: int, on_metrics: MetricsCallback | None
+        self, dataset: Dataset, until_step: int, sinks: Sequence[MetricSink]
     ) -> SSVAEClassifier:
         model, state = self._fitted()
-        trainer = Trainer.for_model(self.config, model)
+        trainer = self._trainer()
 
         def record(step: int, metrics: dict[str, float]) -> None:
             self.history.append({"step": step, **metrics})
-            if on_metrics is not None:
-                on_metrics(step, metrics)
 
-        labeled = np.flatnonzero(dataset.y >= 0)
-        loss = self.config.loss
         arrays = training_arrays(
             dataset.x,
-            labeled,
-            dataset.y[labeled],
-            num_neighbours=loss.num_neighbours if loss.neighbour_weight > 0 else 0,
-            graph_labels=self._graph_labels(dataset),
+            dataset.y,
+            objective=trainer.spec.objective,
+            num_classes=dataset.num_classes,
         )
-        self.model, self.state, self.opt_state = trainer.run(
-            arrays, model, state, self.opt_state, until_step=until_step, on_metrics=record
+        self.model, self.state, self.opt_state = trainer.train(
+            arrays, model, state, self.opt_state, until_step=until_step, sinks=[record, *sinks]
         )
         return self
-
-    def _graph_labels(self, dataset: Dataset) -> np.ndarray | None:
-        """Labels propagated over the input kNN graph, when the graph-label term is on."""
-        loss = self.config.loss
-        if loss.graph_label_weight == 0 or loss.graph_label_share == 0:
-            return None
-        return graph_labels(
-            dataset.x,
-            dataset.y,
-            dataset.num_classes,
-            share=loss.graph_label_share,
-            num_neighbours=loss.graph_neighbours,
-            alpha=loss.graph_alpha,
-        )
 
     def _fitted(self) -> tuple[SSVAE, TrainState]:
         if self.model is None or self.state is None:

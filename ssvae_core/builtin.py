@@ -14,6 +14,7 @@ from ssvae_core.networks.dense import ACTIVATIONS, DenseDecoder, DenseEncoder
 from ssvae_core.options import option
 from ssvae_core.priors.mixture import MixturePrior
 from ssvae_core.priors.standard import StandardPrior
+from ssvae_core.terms.builtin import LOSS_TERMS
 
 
 @dataclass(frozen=True)
@@ -152,3 +153,8 @@ def ssvae_register_heads() -> dict[str, ComponentFactory]:
             SoftmaxHead, SoftmaxOptions, _build_softmax, "Linear softmax classifier on z"
         ),
     }
+
+
+@hookimpl
+def ssvae_register_loss_terms() -> dict[str, ComponentFactory]:
+    return dict(LOSS_TERMS)

@@ -27,10 +27,10 @@ from ssvae_core.config import COMPONENT_SECTIONS, Config, config_from_dict
 from ssvae_core.errors import CheckpointError, ConfigError
 from ssvae_core.model import SSVAE, build_model
 from ssvae_core.registry import Registry, default_registry
-from ssvae_core.training import Trainer, TrainState, init_state
+from ssvae_core.training import TrainState, init_state, make_optimizer
 
 MAGIC = b"SSVAE-CHECKPOINT\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def load_checkpoint(path: str | os.PathLike[str], registry: Registry | None = No
     except (ConfigError, TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {where!r} cannot be rebuilt: {error}") from None
     state = init_state(model, jax.random.PRNGKey(0))
-    opt_state = Trainer.for_model(config, model).init_opt_state(model)
+    opt_state = make_optimizer(config.train, model).init(eqx.filter(model, eqx.is_inexact_array))
     try:
         model, state, opt_state = eqx.tree_deserialise_leaves(
             io.BytesIO(leaves), (model, state, opt_state)

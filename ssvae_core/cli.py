@@ -92,7 +92,7 @@ def _resume(args: argparse.Namespace) -> int:
         raise ConfigError("--resume needs --steps N, the total number of steps to reach")
     with TrainingProgress(args.steps, enabled=not args.quiet) as progress:
         report = resume_run(
-            args.resume, args.steps, on_metrics=progress.update, on_start=progress.start,
+            args.resume, args.steps, sinks=[progress], on_start=progress.start,
             plots=not args.no_plots,
         )
     _print_train_summary(report, args.resume)
@@ -128,7 +128,7 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else new_run_dir()
     with TrainingProgress(config.train.steps, enabled=not args.quiet) as progress:
         report = train_run(
-            config, out, on_metrics=progress.update, on_start=progress.start, plots=not args.no_plots
+            config, out, sinks=[progress], on_start=progress.start, plots=not args.no_plots
         )
     _print_train_summary(report, out)
     return EXIT_OK

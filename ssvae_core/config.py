@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import tomli_w
+
 from ssvae_core.augment import AugmentConfig
 from ssvae_core.conditioning import CONDITIONING_METHODS
 from ssvae_core.errors import ConfigError
@@ -68,56 +70,34 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
+    """The ELBO's own weights. Every other term has its own table ``[loss.<term>]``."""
+
     beta_z: float = option(1.0, help="weight β_z of KL_z after warm-up", minimum=0.0)
     kl_warmup_steps: int = option(0, help="steps over which β_z rises linearly from 0", minimum=0)
     beta_c: float = option(1.0, help="weight β_c of KL(q(c|x) || π)", minimum=0.0)
-    usage_weight: float = option(
-        -5.0, help="w_u of the usage entropy H(p̂): > 0 concentrates, < 0 diversifies"
+    dirichlet_weight: float = option(
+        1.0, help="λ_π of the prior's regularisers (the Dirichlet penalty on a learnable π)", minimum=0.0
     )
-    supervised_weight: float = option(10.0, help="λ_sup of the supervised loss", minimum=0.0)
-    dirichlet_weight: float = option(1.0, help="λ_π of the Dirichlet penalty on a learnable π", minimum=0.0)
     reconstruct_labeled: bool = option(
-        True, help="include the labeled rows of each batch in the unsupervised terms"
-    )
-    consistency_weight: float = option(
-        5.0, help="weight of −log Σ_c r_c(x) r_c(x') between an image and an augmented view", minimum=0.0
-    )
-    neighbour_weight: float = option(
-        0.0, help="weight of −log Σ_c r_c(x) r_c(n) between an image and one of its nearest neighbours", minimum=0.0
-    )
-    num_neighbours: int = option(5, help="k of the k-nearest-neighbour pairs (pixel space)", minimum=1)
-    pseudo_label_weight: float = option(
-        0.0,
-        help="weight of the supervised loss on an augmented view of unlabeled rows whose own p(y|x) is confident",
-        minimum=0.0,
-    )
-    pseudo_label_threshold: float = option(
-        0.95, help="least max_y p(y|x) of the clean image for its argmax to become a pseudo-label", minimum=0.0, maximum=1.0
-    )
-    embedding_repulsion: float = option(
-        0.0, help="weight of the RBF repulsion between component embeddings e_c", minimum=0.0
-    )
-    graph_label_weight: float = option(
-        5.0,
-        help="weight of the supervised loss on unlabeled rows given a label by propagation over the input kNN graph",
-        minimum=0.0,
-    )
-    graph_label_share: float = option(
-        0.8, help="share of the unlabeled training rows, most confident first, that get a propagated label", minimum=0.0, maximum=1.0
-    )
-    graph_neighbours: int = option(10, help="k of the kNN graph the labels propagate over", minimum=1)
-    graph_alpha: float = option(
-        0.2, help="α of the propagation F ← αSF + (1 − α)Y, 0 < α < 1 (larger reaches further)", minimum=0.0, exclusive_minimum=True
+        True, help="include the labeled rows of each batch in the reconstruction and KL terms"
     )
 
-    def validate(self) -> None:
-        if self.graph_alpha >= 1.0:
-            raise ValueError(f"graph_alpha must be < 1, got {self.graph_alpha:g}")
 
-    @property
-    def uses_view(self) -> bool:
-        """Whether a term needs an augmented view of each row."""
-        return self.consistency_weight > 0 or self.pseudo_label_weight > 0
+# Keys of the former flat [loss] table, and where each now lives.
+MOVED_LOSS_KEYS = {
+    "usage_weight": "usage.weight",
+    "supervised_weight": "supervised.weight",
+    "consistency_weight": "consistency.weight",
+    "neighbour_weight": "neighbour.weight",
+    "num_neighbours": "neighbour.neighbours",
+    "pseudo_label_weight": "pseudo_label.weight",
+    "pseudo_label_threshold": "pseudo_label.threshold",
+    "embedding_repulsion": "embedding_repulsion.weight",
+    "graph_label_weight": "graph_label.weight",
+    "graph_label_share": "graph_label.share",
+    "graph_neighbours": "graph_label.neighbours",
+    "graph_alpha": "graph_label.alpha",
+}
 
 
 @dataclass(frozen=True)
@@ -130,7 +110,9 @@ class TrainConfig:
     optimizer: str = option("adam", help="optax optimiser", choices=("adam", "adamw"))
     learning_rate: float = option(1e-3, help="step size", minimum=0.0, exclusive_minimum=True)
     lr_schedule: str = option(
-        "constant", help="learning-rate schedule over train.steps ('cosine' decays to 0; a resumed run stretches it to the new steps)", choices=("constant", "cosine")
+        "constant",
+        help="learning-rate schedule over train.steps ('cosine' decays to 0; a resumed run stretches it to the new steps)",
+        choices=("constant", "cosine"),
     )
     weight_decay: float = option(1e-4, help="decoupled weight decay (adamw only)", minimum=0.0)
     grad_clip: float = option(5.0, help="global gradient-norm clip (0 disables)", minimum=0.0)
@@ -174,6 +156,14 @@ class Config:
     encoder: ComponentConfig
     decoder: ComponentConfig
     head: ComponentConfig
+    terms: tuple[tuple[str, Any], ...] = ()
+
+    def term_options(self, name: str) -> Any:
+        """The options of loss term ``name`` (its ``[loss.<name>]`` table)."""
+        for term, options in self.terms:
+            if term == name:
+                return options
+        raise KeyError(name)
 
     @property
     def labeled_batch_size(self) -> int:
@@ -188,6 +178,8 @@ class Config:
         result: dict[str, Any] = {"seed": self.seed}
         for section in CORE_SECTIONS:
             result[section] = options_to_dict(getattr(self, section))
+        for name, options in self.terms:
+            result["loss"][name] = options_to_dict(options)
         for section in COMPONENT_SECTIONS:
             component: ComponentConfig = getattr(self, section)
             options = (
@@ -238,11 +230,40 @@ def config_from_dict(raw: Mapping[str, Any], registry: Registry | None = None) -
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     sections: dict[str, Any] = {}
+    loss_table = _table(raw, "loss")
+    term_tables = {k: v for k, v in loss_table.items() if isinstance(v, Mapping)}
+    core_loss = {k: v for k, v in loss_table.items() if k not in term_tables}
+    for key in core_loss:
+        if key in MOVED_LOSS_KEYS:
+            raise ConfigError(
+                f"loss.{key} is now loss.{MOVED_LOSS_KEYS[key]}: each loss term has its own "
+                f"table [loss.<term>] (in --set: loss.{MOVED_LOSS_KEYS[key]}=...)"
+            )
     for section, cls in CORE_SECTIONS.items():
-        sections[section] = parse_options(cls, _table(raw, section), section)
+        table = core_loss if section == "loss" else _table(raw, section)
+        sections[section] = parse_options(cls, table, section)
     for section in COMPONENT_SECTIONS:
         sections[section] = parse_component(section, _table(raw, section), registry)
+    sections["terms"] = parse_terms(term_tables, registry)
     return Config(seed=seed, **sections)
+
+
+def parse_terms(tables: Mapping[str, Mapping[str, Any]], registry: Registry) -> tuple[tuple[str, Any], ...]:
+    """Every registered loss term with its options: the ``[loss.<term>]`` table or defaults."""
+    names = registry.ordered("loss_term")
+    for name in tables:
+        if name not in names:
+            raise ConfigError(
+                f"unknown loss term [loss.{name}]{suggest(name, names)}; registered terms: "
+                f"{', '.join(names)} (a term from a plugin needs its package installed)"
+            )
+    return tuple(
+        (
+            name,
+            parse_options(registry.get("loss_term", name).factory.options, tables.get(name, {}), f"loss.{name}"),
+        )
+        for name in names
+    )
 
 
 def default_config(registry: Registry | None = None) -> Config:
@@ -256,8 +277,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set expects section.key=value, got {text!r}")
     path, value_text = text.split("=", 1)
     keys = [k.strip() for k in path.strip().split(".")]
-    if not all(keys) or len(keys) > 2:
-        raise ConfigError(f"--set expects section.key=value (or seed=N), got {text!r}")
+    if not all(keys) or len(keys) > 3:
+        raise ConfigError(
+            f"--set expects section.key=value, loss.<term>.key=value or seed=N, got {text!r}"
+        )
     try:
         value = tomllib.loads(f"value = {value_text.strip()}")["value"]
     except tomllib.TOMLDecodeError:
@@ -267,17 +290,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """A copy of ``raw`` with each ``section.key=value`` override applied."""
-    result = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    result = merge_tables({}, raw)
     for text in overrides:
         keys, value = parse_override(text)
-        if len(keys) == 1:
-            result[keys[0]] = value
-            continue
-        section, key = keys
-        table = result.setdefault(section, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"cannot set {section}.{key}: {section} is not a table")
-        table[key] = value
+        table = result
+        for depth, key in enumerate(keys[:-1]):
+            table = table.setdefault(key, {})
+            if not isinstance(table, dict):
+                where = ".".join(keys[: depth + 1])
+                raise ConfigError(f"cannot set {'.'.join(keys)}: {where} is not a table")
+        table[keys[-1]] = value
     return result
 
 
@@ -312,34 +334,16 @@ def load_config(
 
 
 def merge_tables(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """``top`` over ``base``, merging tables one level deep."""
-    merged = {k: dict(v) if isinstance(v, Mapping) else v for k, v in base.items()}
+    """``top`` over ``base``, merging tables at every depth; ``base`` is left unchanged."""
+    merged = {k: merge_tables({}, v) if isinstance(v, Mapping) else v for k, v in base.items()}
     for key, value in top.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key].update(value)
+            merged[key] = merge_tables(merged[key], value)
         else:
-            merged[key] = dict(value) if isinstance(value, Mapping) else value
+            merged[key] = merge_tables({}, value) if isinstance(value, Mapping) else value
     return merged
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
 def dumps_toml(data: Mapping[str, Any]) -> str:
-    """TOML text for a dict of scalars and one level of tables."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, Mapping)]
-    for key, table in data.items():
-        if isinstance(table, Mapping):
-            lines.append(f"\n[{key}]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
-    return "\n".join(lines) + "\n"
+    """TOML text for a config dict (nested tables become ``[a.b]`` sections)."""
+    return tomli_w.dumps(data)

@@ -7,8 +7,8 @@ after the specifications below; it is registered through the entry-point group `
     my_prior = "my_package.plugin"
 
 Each hook returns ``{name: ComponentFactory}``. The core's own components (priors
-``standard`` and ``mixture``, the ``dense`` networks, heads ``tau`` and ``softmax``) are
-registered through these same hooks by :mod:`ssvae_core.builtin`.
+``standard`` and ``mixture``, the ``dense`` networks, heads ``tau`` and ``softmax``, and the
+loss terms) are registered through these same hooks by :mod:`ssvae_core.builtin`.
 """
 
 from __future__ import annotations
@@ -62,4 +62,18 @@ def ssvae_register_heads() -> dict[str, ComponentFactory]:
     ``build(options, context, key)`` returns an :class:`~ssvae_core.protocols.AbstractHead`
     over ``context.num_classes`` classes. Heads that need channels must raise ``ValueError``
     when ``context.num_components == 0``.
+    """
+
+
+@hookspec
+def ssvae_register_loss_terms() -> dict[str, ComponentFactory]:
+    """Return loss terms by name; the name is also the term's config table ``[loss.<name>]``.
+
+    ``build(options, context, key)`` returns an
+    :class:`~ssvae_core.terms.AbstractLossTerm`. ``options`` subclasses
+    :class:`~ssvae_core.terms.TermOptions` (``weight``, ``warmup_steps``); a term whose
+    weight is 0 is not built. A plugin's term should default to weight 0, so installing
+    the package changes nobody's training. The term's value must be finite and, unless it
+    declares ``per_example = False``, one number per example that depends on that example
+    alone.
     """

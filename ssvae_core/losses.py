@@ -44,16 +44,6 @@ def entropy(probabilities: Float[Array, "*b K"]) -> Float[Array, "*b"]:
     return -jnp.sum(probabilities * jnp.log(jnp.clip(probabilities, _EPS)), axis=-1)
 
 
-def usage_entropy_penalty(
-    responsibilities: Float[Array, "B K"], weight: float
-) -> Float[Array, ""]:
-    """``R_usage = w_u · H(p̂)`` with ``p̂ = mean_batch r``.
-
-    ``w_u > 0`` concentrates usage on few channels; ``w_u < 0`` rewards diversity.
-    """
-    return weight * entropy(jnp.mean(responsibilities, axis=0))
-
-
 def dirichlet_penalty(log_weights: Float[Array, " K"], alpha: float) -> Float[Array, ""]:
     """Dirichlet MAP penalty on π: ``R_π = −Σ_c (α − 1) log π_c``."""
     return -(alpha - 1.0) * jnp.sum(log_weights)

@@ -17,7 +17,9 @@ from ssvae_core.likelihoods import AbstractLikelihood, make_likelihood
 from ssvae_core.options import parse_options
 from ssvae_core.protocols import AbstractDecoder, AbstractEncoder, AbstractHead, AbstractPrior
 from ssvae_core.registry import PROTOCOLS, Registry, default_registry
-from ssvae_core.types import EncoderOutput
+from ssvae_core.types import EncoderOutput, reparameterise
+
+__all__ = ["SSVAE", "build_model", "reparameterise"]
 
 
 class SSVAE(eqx.Module):
@@ -64,12 +66,6 @@ class SSVAE(eqx.Module):
             return jax.vmap(lambda z_i: self.likelihood.mean(self.decoder(z_i, None)))(z)
         embeddings = self.embeddings[channels]
         return jax.vmap(lambda z_i, e: self.likelihood.mean(self.decoder(z_i, e)))(z, embeddings)
-
-
-def reparameterise(posterior: EncoderOutput, key: PRNGKeyArray) -> Float[Array, "B D"]:
-    """``z = μ + σ ⊙ ε`` with ``ε ~ N(0, I)``."""
-    noise = jax.random.normal(key, posterior.z_mean.shape)
-    return posterior.z_mean + jnp.exp(0.5 * posterior.z_log_var) * noise
 
 
 def _build(kind: str, component: ComponentConfig, context: BuildContext, key: PRNGKeyArray, registry: Registry):

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-LOSS_TERMS = ("loss", "reconstruction", "kl_z", "kl_c", "supervised", "usage_entropy")
+LOSS_TERMS = ("loss", "reconstruction", "kl_z", "kl_c", "supervised", "usage")
 
 
 def write_run_plots(

@@ -26,7 +26,8 @@ class TrainingProgress:
         )
         self._task = self._progress.add_task("train", total=total_steps, summary="preparing (label propagation, compilation)…")
 
-    def update(self, step: int, metrics: dict[str, float]) -> None:
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        """A metric sink: move the bar to ``step`` and show the latest losses."""
         summary = f"loss {metrics['loss']:.3f}  sup {metrics.get('supervised', 0.0):.3f}"
         self._progress.update(self._task, completed=step, summary=summary)
 

@@ -21,14 +21,17 @@ from ssvae_core.components import KINDS, ComponentFactory
 from ssvae_core.errors import ConfigError
 from ssvae_core.options import suggest
 from ssvae_core.protocols import AbstractDecoder, AbstractEncoder, AbstractHead, AbstractPrior
+from ssvae_core.terms.base import AbstractLossTerm, TermOptions
 
 ENTRY_POINT_GROUP = "ssvae"
+CORE_PLUGIN = "ssvae_core"
 
 PROTOCOLS: dict[str, type] = {
     "prior": AbstractPrior,
     "encoder": AbstractEncoder,
     "decoder": AbstractDecoder,
     "head": AbstractHead,
+    "loss_term": AbstractLossTerm,
 }
 
 HOOKS = {
@@ -36,6 +39,7 @@ HOOKS = {
     "encoder": "ssvae_register_encoders",
     "decoder": "ssvae_register_decoders",
     "head": "ssvae_register_heads",
+    "loss_term": "ssvae_register_loss_terms",
 }
 
 # Components shipped as separate packages, so a config naming one can say what to install.
@@ -89,6 +93,11 @@ def protocol_violation(kind: str, name: str, factory: Any) -> str | None:
         factory.default_options()
     except TypeError as error:
         return f"{kind} {name!r} options cannot be built with defaults: {error}"
+    if kind == "loss_term" and not issubclass(factory.options, TermOptions):
+        return (
+            f"loss_term {name!r} options {factory.options.__name__} do not subclass TermOptions "
+            "(every term needs 'weight' and 'warmup_steps')"
+        )
     if not callable(factory.build):
         return f"{kind} {name!r} has no callable build"
     return None
@@ -103,7 +112,7 @@ class Registry:
         self.components: dict[str, dict[str, RegisteredComponent]] = {kind: {} for kind in KINDS}
         self.problems: list[PluginProblem] = []
         self._origin: dict[str, tuple[str, str]] = {}
-        self.register(builtin, name="ssvae_core", package="ssvae-core", version=_core_version())
+        self.register(builtin, name=CORE_PLUGIN, package="ssvae-core", version=_core_version())
         if entry_points:
             self._load_entry_points()
         for name, plugin in plugins:
@@ -175,6 +184,12 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         """Registered names of one kind, sorted."""
         return sorted(self.components[kind])
+
+    def ordered(self, kind: str) -> list[str]:
+        """Registered names of one kind: the core's in registration order, then the rest
+        sorted (the order in which loss terms are summed, the same in every environment)."""
+        core = [n for n, c in self.components[kind].items() if c.plugin == CORE_PLUGIN]
+        return core + sorted(n for n in self.components[kind] if n not in core)
 
     def get(self, kind: str, name: str) -> RegisteredComponent:
         """The component ``kind``/``name``; a :class:`ConfigError` says what is allowed."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,9 @@ from ssvae_core.data import Dataset, Split, benchmark_split, from_arrays, load_d
 from ssvae_core.errors import CheckpointError, ConfigError, DataError
 from ssvae_core.model import build_model
 from ssvae_core.registry import Registry, default_registry
+from ssvae_core.training import JsonLinesSink, MetricSink
 
 CHECKPOINT_NAME = "model.ckpt"
-MetricsCallback = Callable[[int, dict[str, float]], None]
 
 
 def new_run_dir(root: str | os.PathLike[str] = "runs") -> Path:
@@ -76,12 +76,32 @@ def training_view(dataset: Dataset, split: Split) -> Dataset:
     )
 
 
-def evaluation_report(
-    classifier: SSVAEClassifier, x: np.ndarray, y: np.ndarray, ood: Dataset | None = None
+def build_report(
+    classifier: SSVAEClassifier,
+    dataset: Dataset,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    num_labels: int | None,
+    ood: Dataset | None = None,
+    **facts: Any,
 ) -> dict[str, Any]:
-    """Held-out metrics: accuracy, ECE, confusion, reliability, channels, optional OOD AUROC."""
+    """The report of a run: what was trained, then held-out metrics on ``(x, y)``.
+
+    ``facts`` adds run facts (training set size, wall time, throughput). Accuracy, ECE,
+    confusion, reliability and channel diagnostics come from
+    :meth:`SSVAEClassifier.evaluate`, with the OOD AUROC against ``ood`` when given.
+    """
+    config = classifier.config
     evaluation = classifier.evaluate(x, y, ood=ood)
     report: dict[str, Any] = {
+        "dataset": dataset.name,
+        "prior": config.prior.name,
+        "head": config.head.name,
+        "seed": config.seed,
+        "steps": int(classifier.state.step) if classifier.state is not None else 0,
+        "num_labels": num_labels,
+        **facts,
         "test_accuracy": evaluation.pop("accuracy"),
         "num_test": evaluation.pop("num_examples"),
         **evaluation,
@@ -122,26 +142,18 @@ def _checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
 
 def _train_logged(
     out: Path,
-    classifier: SSVAEClassifier,
-    train: Callable[[MetricsCallback], object],
+    train: Callable[[Sequence[MetricSink]], object],
     *,
     append: bool,
-    on_metrics: MetricsCallback | None,
+    sinks: Sequence[MetricSink],
     on_start: Callable[[], None] | None,
 ) -> float:
-    """Run ``train(record)`` while appending each metrics chunk to ``metrics.jsonl``."""
+    """Run ``train(sinks)`` with ``metrics.jsonl`` as the first sink; returns the wall time."""
     if on_start is not None:
         on_start()
     started = time.perf_counter()
-    with open(out / "metrics.jsonl", "a" if append else "w", encoding="utf-8") as log:
-
-        def record(step: int, metrics: dict[str, float]) -> None:
-            log.write(json.dumps({"step": step, **metrics}) + "\n")
-            log.flush()
-            if on_metrics is not None:
-                on_metrics(step, metrics)
-
-        train(record)
+    with JsonLinesSink(out / "metrics.jsonl", append=append) as log:
+        train([log, *sinks])
     return time.perf_counter() - started
 
 
@@ -160,18 +172,16 @@ def _write_results(
     data_facts = {"dataset": config.data.dataset, "seed": config.seed, "num_labels": len(split.labeled)}
     classifier.save(out / CHECKPOINT_NAME, extra={"data": data_facts})
     write_text(out / "config.toml", dumps_toml(config.to_dict()))
-    report = {
-        "dataset": dataset.name,
-        "prior": config.prior.name,
-        "head": config.head.name,
-        "seed": config.seed,
-        "steps": config.train.steps,
-        "num_labels": len(split.labeled),
-        "num_train": len(split.train),
-        "wall_time_s": wall_time,
-        "images_per_s": steps_trained * config.train.batch_size / wall_time,
-        **evaluation_report(classifier, dataset.x[split.test], dataset.y[split.test]),
-    }
+    report = build_report(
+        classifier,
+        dataset,
+        dataset.x[split.test],
+        dataset.y[split.test],
+        num_labels=len(split.labeled),
+        num_train=len(split.train),
+        wall_time_s=wall_time,
+        images_per_s=steps_trained * config.train.batch_size / wall_time,
+    )
     write_text(out / "report.json", json.dumps(report, indent=2))
     write_text(out / "report.md", markdown_report(report))
     if plots:
@@ -189,7 +199,7 @@ def train_run(
     *,
     dataset: Dataset | None = None,
     registry: Registry | None = None,
-    on_metrics: MetricsCallback | None = None,
+    sinks: Sequence[MetricSink] = (),
     on_start: Callable[[], None] | None = None,
     plots: bool = True,
 ) -> dict[str, Any]:
@@ -217,10 +227,9 @@ def train_run(
     classifier = SSVAEClassifier(config, registry=registry)
     wall_time = _train_logged(
         out,
-        classifier,
-        lambda record: classifier.fit(train, on_metrics=record),
+        lambda all_sinks: classifier.fit(train, sinks=all_sinks),
         append=False,
-        on_metrics=on_metrics,
+        sinks=sinks,
         on_start=on_start,
     )
     return _write_results(
@@ -234,7 +243,7 @@ def resume_run(
     steps: int,
     *,
     registry: Registry | None = None,
-    on_metrics: MetricsCallback | None = None,
+    sinks: Sequence[MetricSink] = (),
     on_start: Callable[[], None] | None = None,
     plots: bool = True,
 ) -> dict[str, Any]:
@@ -255,10 +264,9 @@ def resume_run(
     train = training_view(dataset, split)
     wall_time = _train_logged(
         out,
-        classifier,
-        lambda record: classifier.resume(train, until_step=steps, on_metrics=record),
+        lambda all_sinks: classifier.resume(train, until_step=steps, sinks=all_sinks),
         append=True,
-        on_metrics=on_metrics,
+        sinks=sinks,
         on_start=on_start,
     )
     return _write_results(
@@ -294,13 +302,5 @@ def evaluate_run(
             raise DataError(f"dataset {data!r} has no labels to evaluate against")
         x, y = dataset.x[keep], dataset.y[keep]
     ood_dataset = load_dataset(ood) if ood is not None else None
-    report = {
-        "dataset": dataset.name,
-        "prior": config.prior.name,
-        "head": config.head.name,
-        "seed": config.seed,
-        "steps": int(classifier.state.step) if classifier.state is not None else 0,
-        "num_labels": manifest.get("data", {}).get("num_labels"),
-        **evaluation_report(classifier, x, y, ood_dataset),
-    }
-    return report
+    num_labels = manifest.get("data", {}).get("num_labels")
+    return build_report(classifier, dataset, x, y, num_labels=num_labels, ood=ood_dataset)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax
-from jaxtyping import Array, Float, Int
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 
 class EncoderOutput(eqx.Module):
@@ -26,6 +27,12 @@ class EncoderOutput(eqx.Module):
         return jax.nn.softmax(self.logits, axis=-1)
 
 
+def reparameterise(posterior: EncoderOutput, key: PRNGKeyArray) -> Float[Array, "B D"]:
+    """``z = μ + σ ⊙ ε`` with ``ε ~ N(0, I)``."""
+    noise = jax.random.normal(key, posterior.z_mean.shape)
+    return posterior.z_mean + jnp.exp(0.5 * posterior.z_log_var) * noise
+
+
 class DecoderOutput(eqx.Module):
     """Parameters of ``p(x | z, c)`` for one example.
 
@@ -41,13 +48,14 @@ class DecoderOutput(eqx.Module):
 class Batch(eqx.Module):
     """Inputs and labels (``-1`` = unlabeled) for one step.
 
-    ``x_view`` is an augmented view of ``x`` and ``x_neighbour`` a nearest neighbour of each
-    row, present when the consistency or neighbour terms are on; ``graph_labels`` the labels
-    propagated over the kNN graph (``-1`` = none), present when the graph-label term is on.
+    ``rows`` are the rows of the training data the batch was drawn from; ``x_view`` an
+    augmented view of ``x``, present when a loss term requires it; ``fields`` the per-row
+    arrays that loss terms prepared over the training data (propagated labels, neighbour
+    indices), gathered at ``rows``.
     """
 
     x: Float[Array, "B ..."]
     labels: Int[Array, " B"]
+    rows: Int[Array, " B"] | None = None
     x_view: Float[Array, "B ..."] | None = None
-    x_neighbour: Float[Array, "B ..."] | None = None
-    graph_labels: Int[Array, " B"] | None = None
+    fields: dict[str, Array] = eqx.field(default_factory=dict)

@@ -112,19 +112,15 @@ def test_fit_without_any_label_is_a_data_error(tiny_raw: dict[str, Any], synthet
 
 def test_fit_trains_on_graph_labels_by_default(fitted_classifier: SSVAEClassifier) -> None:
     # The fixture keeps the default loss settings: graph labels on.
-    assert fitted_classifier.config.loss.graph_label_weight > 0
+    assert fitted_classifier.config.term_options("graph_label").weight > 0
     assert np.isfinite(fitted_classifier.history[-1]["graph_label"])
 
 
 def test_graph_labels_cover_the_configured_share_of_unlabeled_rows(
     fitted_classifier: SSVAEClassifier, synthetic
 ) -> None:
-    from ssvae_core.data import from_arrays
-
-    propagated = fitted_classifier._graph_labels(
-        from_arrays(synthetic["x"], synthetic["partial"], num_classes=3)
-    )
-    assert propagated is not None
+    term = dict(fitted_classifier._objective().named_terms())["graph_label"]
+    propagated = term.prepare(synthetic["x"], synthetic["partial"], 3)["graph_labels"]
     unlabeled = synthetic["partial"] < 0
     assert np.all(propagated[~unlabeled] == -1)
     assert np.sum(propagated >= 0) == round(0.8 * unlabeled.sum())
@@ -134,6 +130,6 @@ def test_graph_labels_cover_the_configured_share_of_unlabeled_rows(
 
 
 def test_graph_label_weight_zero_skips_the_term(tiny_raw: dict[str, Any], synthetic) -> None:
-    tiny_raw["loss"] = {"graph_label_weight": 0.0}
+    tiny_raw["loss"] = {"graph_label": {"weight": 0.0}}
     classifier = SSVAEClassifier(config_from_dict(tiny_raw)).fit(synthetic["x"], synthetic["partial"])
     assert "graph_label" not in classifier.history[-1]

@@ -63,7 +63,7 @@ def test_loaded_classifier_keeps_tau_step_labels_and_config(
 
 def test_manifest_records_version_step_shape_and_plugins(saved: Path) -> None:
     manifest = read_manifest(saved)
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert manifest["step"] == 10
     assert manifest["input_shape"] == [4, 4]
     assert manifest["label_names"] == ["0", "1", "2"]
@@ -128,7 +128,7 @@ def test_wrong_format_version_is_reported(saved: Path, tmp_path: Path) -> None:
     manifest["format_version"] = 99
     path = tmp_path / "future.ckpt"
     path.write_bytes(_join(manifest, leaves))
-    with pytest.raises(CheckpointError, match="format version 99; this ssvae reads version 1"):
+    with pytest.raises(CheckpointError, match="format version 99; this ssvae reads version 2"):
         load_checkpoint(path)
 
 

@@ -165,7 +165,7 @@ def test_parse_override_reads_the_value_as_toml_else_as_a_string(
     assert parse_override(text) == (keys, value)
 
 
-@pytest.mark.parametrize("text", ["train.steps", "a.b.c=1", "=3", ".steps=1", "train.=1"])
+@pytest.mark.parametrize("text", ["train.steps", "a.b.c.d=1", "=3", ".steps=1", "train.=1"])
 def test_parse_override_rejects_malformed_text(text: str) -> None:
     with pytest.raises(ConfigError, match=r"--set expects section\.key=value"):
         parse_override(text)
@@ -258,4 +258,37 @@ def test_conditioning_film_with_the_standard_prior_is_rejected(tiny_raw: dict[st
 
 
 def test_graph_alpha_of_one_is_rejected() -> None:
-    _rejects({"loss": {"graph_alpha": 1.0}}, "loss.graph_alpha must be < 1, got 1")
+    _rejects({"loss": {"graph_label": {"alpha": 1.0}}}, "loss.graph_label.alpha must be < 1, got 1")
+
+
+def test_a_flat_loss_key_of_a_term_names_its_new_table() -> None:
+    _rejects(
+        {"loss": {"consistency_weight": 2.0}},
+        "loss.consistency_weight is now loss.consistency.weight",
+    )
+
+
+def test_an_unknown_loss_term_table_is_rejected_with_a_suggestion() -> None:
+    _rejects({"loss": {"consistensy": {"weight": 1.0}}}, "unknown loss term [loss.consistensy] (did you mean 'consistency'?)")
+
+
+def test_an_unknown_option_of_a_loss_term_is_rejected() -> None:
+    _rejects({"loss": {"usage": {"wieght": 1.0}}}, "unknown option loss.usage.wieght (did you mean 'weight'?)")
+
+
+def test_term_options_come_from_their_tables_and_overrides() -> None:
+    raw = apply_overrides({"loss": {"usage": {"weight": -2.0}}}, ["loss.consistency.weight=0.5", "loss.usage.warmup_steps=10"])
+    config = config_from_dict(raw)
+    assert config.term_options("usage").weight == -2.0
+    assert config.term_options("usage").warmup_steps == 10
+    assert config.term_options("consistency").weight == 0.5
+    assert config.term_options("supervised").weight == 10.0
+    assert config.to_dict()["loss"]["consistency"] == {"weight": 0.5, "warmup_steps": 0}
+
+
+def test_preset_file_and_overrides_merge_term_tables_key_by_key(tmp_path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text("[loss.graph_label]\nshare = 0.5\n")
+    config = load_config(path, ["loss.graph_label.neighbours=7"], preset="digits")
+    options = config.term_options("graph_label")
+    assert (options.weight, options.share, options.neighbours) == (5.0, 0.5, 7)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ssvae_core.graph import graph_labels, knn_affinity, propagate_labels
+from ssvae_core.objective import Objective
+from ssvae_core.schedules import Schedule
+from ssvae_core.terms.builtin import GraphLabelTerm
 from ssvae_core.training import sample_batch, training_arrays
+
+
+def _only(term: GraphLabelTerm) -> Objective:
+    one = Schedule(1.0)
+    return Objective(one, one, one, (term,), ("graph_label",), True)
 
 # Three points on a line, each joined to its nearest neighbour: 0–1 and 2–1 (|3 − 1| < |3 − 0|).
 LINE = np.array([[0.0], [1.0], [3.0]])
@@ -65,13 +75,17 @@ def test_graph_labels_are_empty_without_any_known_label_or_with_zero_share() -> 
     assert graph_labels(LINE, np.array([0, -1, -1]), 2, share=0.0, num_neighbours=1).tolist() == [-1] * 3
 
 
-def test_batches_carry_graph_labels_for_the_rows_drawn_as_unlabeled_only() -> None:
+def test_batches_carry_the_prepared_graph_labels_of_their_rows() -> None:
     x = np.arange(10, dtype=np.float32).reshape(10, 1, 1)
     propagated = np.array([-1, 1, 2, 0, 1, 2, 0, 1, 2, 0])
-    data = training_arrays(x, np.array([0, 3]), np.array([0, 0]), graph_labels=propagated)
+    labels = np.full(10, -1)
+    labels[[0, 3]] = 0
+    term = GraphLabelTerm(Schedule(1.0), share=0.8, neighbours=2, alpha=0.2)
+    data = training_arrays(
+        x, labels, objective=_only(term), num_classes=3
+    )
+    data = eqx.tree_at(lambda d: d.fields["graph_labels"], data, jnp.asarray(propagated))
     batch = sample_batch(data, jax.random.PRNGKey(0), 16, 4)
-    assert batch.graph_labels is not None
-    graph = np.asarray(batch.graph_labels)
     rows = np.asarray(batch.x).reshape(-1).astype(int)
-    np.testing.assert_array_equal(graph[:12], propagated[rows[:12]])
-    assert np.all(graph[12:] == -1)
+    np.testing.assert_array_equal(np.asarray(batch.rows), rows)
+    np.testing.assert_array_equal(np.asarray(batch.fields["graph_labels"]), propagated[rows])

@@ -18,7 +18,6 @@ from ssvae_core.losses import (
     tau_from_counts,
     tau_probabilities,
     tau_supervised_loss,
-    usage_entropy_penalty,
 )
 
 # --- gaussian_kl -------------------------------------------------------------------------
@@ -100,27 +99,6 @@ def test_entropy_treats_zero_probability_as_zero_contribution() -> None:
 
 
 # --- regularisers --------------------------------------------------------------------------
-
-
-def test_usage_entropy_penalty_is_weight_times_entropy_of_mean_usage() -> None:
-    responsibilities = jnp.array([[1.0, 0.0], [0.0, 1.0]])  # p̂ = (½, ½)
-    assert float(usage_entropy_penalty(responsibilities, 2.0)) == pytest.approx(2 * np.log(2.0))
-
-
-def test_positive_usage_weight_penalises_spread_usage_more_than_concentrated() -> None:
-    spread = jnp.array([[1.0, 0.0], [0.0, 1.0]])
-    concentrated = jnp.array([[1.0, 0.0], [1.0, 0.0]])
-    assert float(usage_entropy_penalty(spread, 1.0)) > float(
-        usage_entropy_penalty(concentrated, 1.0)
-    )
-
-
-def test_negative_usage_weight_rewards_spread_usage() -> None:
-    spread = jnp.array([[1.0, 0.0], [0.0, 1.0]])
-    concentrated = jnp.array([[1.0, 0.0], [1.0, 0.0]])
-    assert float(usage_entropy_penalty(spread, -1.0)) < float(
-        usage_entropy_penalty(concentrated, -1.0)
-    )
 
 
 def test_dirichlet_penalty_matches_hand_value() -> None:

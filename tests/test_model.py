@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -11,12 +10,13 @@ import numpy as np
 import pytest
 
 import ssvae_core.objective as objective_module
+import ssvae_core.terms.builtin as builtin_terms
 from ssvae_core.conditioning import CONDITIONING_METHODS
-from ssvae_core.config import Config, LossConfig, config_from_dict
+from ssvae_core.config import Config, config_from_dict
 from ssvae_core.model import SSVAE, build_model
 from ssvae_core.networks.dense import DenseDecoder
-from ssvae_core.objective import objective
-from ssvae_core.types import EncoderOutput
+from ssvae_core.objective import build_objective
+from ssvae_core.types import Batch, EncoderOutput
 
 SHAPE = (4, 4)
 KEY = jax.random.PRNGKey(0)
@@ -54,8 +54,39 @@ def batch() -> tuple[jax.Array, jax.Array]:
     return x, labels
 
 
-def _loss_config(**changes: Any) -> LossConfig:
-    return dataclasses.replace(LossConfig(), **changes)
+CORE_LOSS = ("beta_z", "kl_warmup_steps", "beta_c", "dirichlet_weight", "reconstruct_labeled")
+
+
+def _loss_config(**changes: Any) -> dict[str, Any]:
+    """The [loss] table: core keys as they are, ``<term>_<option>=v`` as [loss.<term>]."""
+    table: dict[str, Any] = {}
+    for key, value in changes.items():
+        if key in CORE_LOSS:
+            table[key] = value
+            continue
+        term, option = key.rsplit("_", 1)
+        table.setdefault(term, {})[option] = value
+    return table
+
+
+def objective(model, head_state, x, labels, step, key, loss, *, x_view=None, graph_labels=None):
+    """The objective of ``loss`` on one batch; terms whose inputs are absent are off."""
+    loss = {k: dict(v) if isinstance(v, dict) else v for k, v in loss.items()}
+    if x_view is None:
+        for term in ("consistency", "pseudo_label"):
+            loss.setdefault(term, {})["weight"] = 0.0
+    if graph_labels is None:
+        loss.setdefault("graph_label", {})["weight"] = 0.0
+    config = config_from_dict(_raw(loss=loss))
+    built = build_objective(config, model, input_shape=SHAPE, num_classes=3)
+    fields = {} if graph_labels is None else {"graph_labels": graph_labels}
+    return built(model, head_state, Batch(x=x, labels=labels, x_view=x_view, fields=fields), step, key)
+
+
+def _use_mean(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every reparameterised sample ``z = μ``, so values can be recomputed by hand."""
+    for module in (objective_module, builtin_terms):
+        monkeypatch.setattr(module, "reparameterise", lambda posterior, key: posterior.z_mean)
 
 
 def _counts(model: SSVAE) -> jax.Array:
@@ -129,7 +160,7 @@ def test_channel_nll_has_one_column_per_channel(model: SSVAE, batch) -> None:
 def test_objective_metrics_name_every_term(model: SSVAE, batch) -> None:
     x, labels = batch
     _, (metrics, _) = objective(model, _counts(model), x, labels, STEP, KEY, _loss_config())
-    for name in ("reconstruction", "kl_z", "kl_c", "usage_entropy", "supervised", "loss"):
+    for name in ("reconstruction", "kl_z", "kl_c", "usage", "supervised", "loss"):
         assert name in metrics
         assert np.isfinite(float(metrics[name]))
 
@@ -144,7 +175,7 @@ def test_reconstruction_is_responsibility_weighted_channel_nll(
     model: SSVAE, batch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Use z = μ so the reconstruction can be recomputed without the sampling noise.
-    monkeypatch.setattr(objective_module, "reparameterise", lambda posterior, key: posterior.z_mean)
+    _use_mean(monkeypatch)
     x, _ = batch
     labels = jnp.full((8,), -1, dtype=jnp.int32)
     _, (metrics, _) = objective(model, _counts(model), x, labels, STEP, KEY, _loss_config())
@@ -159,14 +190,14 @@ def test_positive_usage_weight_adds_weight_times_usage_entropy_to_the_loss(
     model: SSVAE, batch
 ) -> None:
     x, labels = batch
-    plain, (metrics, _) = objective(
+    plain, _ = objective(
         model, _counts(model), x, labels, STEP, KEY, _loss_config(usage_weight=0.0)
     )
-    weighted, _ = objective(
+    weighted, (metrics, _) = objective(
         model, _counts(model), x, labels, STEP, KEY, _loss_config(usage_weight=0.5)
     )
     assert float(weighted) - float(plain) == pytest.approx(
-        0.5 * float(metrics["usage_entropy"]), rel=1e-4
+        0.5 * float(metrics["usage"]), rel=1e-4
     )
 
 
@@ -184,7 +215,7 @@ def test_supervised_metric_is_zero_without_labeled_rows(model: SSVAE, batch) -> 
     assert float(metrics["supervised"]) == 0.0
 
 
-def _unsupervised_metrics(model: SSVAE, x: jax.Array, labels: jax.Array, config: LossConfig):
+def _unsupervised_metrics(model: SSVAE, x: jax.Array, labels: jax.Array, config: dict[str, Any]):
     _, (metrics, _) = objective(model, _counts(model), x, labels, STEP, KEY, config)
     return {k: float(metrics[k]) for k in ("reconstruction", "kl_z", "kl_c")}
 
@@ -274,7 +305,7 @@ def test_mixture_kl_terms_are_non_negative(model: SSVAE, batch) -> None:
 def test_pseudo_label_term_matches_hand_computation(
     model: SSVAE, batch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(objective_module, "reparameterise", lambda posterior, key: posterior.z_mean)
+    _use_mean(monkeypatch)
     x, labels = batch
     view = jnp.flip(x, axis=-1)
     counts = jnp.asarray(np.arange(12, dtype=np.float32).reshape(4, 3) % 5)
@@ -289,7 +320,7 @@ def test_pseudo_label_term_matches_hand_computation(
     assert float(metrics["pseudo_label"]) == pytest.approx(per_row[unlabeled].mean(), rel=1e-5)
     assert float(metrics["pseudo_label_share"]) == 1.0
     without, _ = objective(
-        model, counts, x, labels, STEP, KEY, dataclasses.replace(config, pseudo_label_weight=0.0), x_view=view
+        model, counts, x, labels, STEP, KEY, {**config, "pseudo_label": {"weight": 0.0}}, x_view=view
     )
     assert float(total) - float(without) == pytest.approx(2.0 * per_row[unlabeled].mean(), rel=1e-4)
 
@@ -305,7 +336,7 @@ def test_pseudo_label_term_is_zero_when_no_prediction_reaches_the_threshold(mode
 def test_graph_label_term_is_the_supervised_loss_over_rows_with_a_propagated_label(
     model: SSVAE, batch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(objective_module, "reparameterise", lambda posterior, key: posterior.z_mean)
+    _use_mean(monkeypatch)
     x, labels = batch
     counts = jnp.asarray(np.arange(12, dtype=np.float32).reshape(4, 3) % 5)
     propagated = jnp.asarray([2, -1, 0, 1, -1, -1, -1, -1], dtype=jnp.int32)

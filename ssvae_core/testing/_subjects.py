@@ -19,15 +19,24 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from ssvae_core.components import BuildContext, ComponentFactory
-from ssvae_core.config import ComponentConfig, LossConfig, ModelConfig, TrainConfig, default_config
+from ssvae_core.config import ComponentConfig, ModelConfig, TrainConfig, default_config
 from ssvae_core.hookspecs import hookimpl
 from ssvae_core.likelihoods import AbstractLikelihood, make_likelihood
 from ssvae_core.model import SSVAE, build_model
-from ssvae_core.objective import objective
+from ssvae_core.objective import build_objective
 from ssvae_core.registry import PROTOCOLS, Registry
 from ssvae_core.testing import strategies
 from ssvae_core.testing._runner import ConformanceError, Violation, expect
-from ssvae_core.training import TrainState, init_state, make_optimizer, train_step
+from ssvae_core.training import (
+    StepSpec,
+    Trainer,
+    TrainingArrays,
+    TrainState,
+    init_state,
+    sample_batch,
+    train_step,
+    training_arrays,
+)
 from ssvae_core.types import Batch, EncoderOutput
 
 BUILD_INVARIANT = (
@@ -172,13 +181,16 @@ class _SubjectPlugin:
 
 @dataclass(frozen=True)
 class TinyModel:
-    """A model built by :func:`ssvae_core.model.build_model` around the subject."""
+    """A model built by :func:`ssvae_core.model.build_model` around the subject, with the
+    step spec and a batch drawn by the real sampler from the real training arrays (every
+    default loss term prepared), so a check takes exactly the step ``ssvae train`` takes."""
 
     model: SSVAE
     state: TrainState
     batch: Batch
+    spec: StepSpec
+    data: TrainingArrays
     train: TrainConfig
-    loss: LossConfig
 
 
 def tiny_model(
@@ -236,14 +248,26 @@ def tiny_model(
         data=data,
         registry=registry,
     )
-    positions = np.arange(MODEL_BATCH_SIZE)
-    labels = np.where(positions < MODEL_BATCH_SIZE // 2, positions % settings.num_classes, -1)
-    batch = Batch(
-        x=jnp.asarray(data[:MODEL_BATCH_SIZE]), labels=jnp.asarray(labels, dtype=jnp.int32)
+    objective = build_objective(
+        config,
+        model,
+        input_shape=tuple(settings.input_shape),
+        num_classes=settings.num_classes,
+        registry=registry,
     )
-    return TinyModel(
-        model, init_state(model, jax.random.PRNGKey(3)), batch, config.train, config.loss
+    positions = np.arange(len(data))
+    labels = np.where(positions % 4 == 0, positions % settings.num_classes, -1)
+    arrays = training_arrays(data, labels, objective=objective, num_classes=settings.num_classes)
+    spec = Trainer.for_model(config, model, objective).spec
+    batch = sample_batch(
+        arrays,
+        jax.random.PRNGKey(5),
+        spec.batch_size,
+        spec.labeled_batch_size,
+        augment=spec.augment,
+        with_view=objective.uses_view,
     )
+    return TinyModel(model, init_state(model, jax.random.PRNGKey(3)), batch, spec, arrays, config.train)
 
 
 @dataclass(frozen=True)
@@ -261,28 +285,20 @@ def _step(
     state: TrainState,
     batch: Batch,
     key: PRNGKeyArray,
-    train: TrainConfig,
-    loss: LossConfig,
+    spec: StepSpec,
+    data: TrainingArrays,
 ) -> tuple[SSVAE, dict[str, Float[Array, ""]], SSVAE]:
-    optimizer = make_optimizer(train, model)
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
     def total(params: SSVAE) -> Float[Array, ""]:
-        value, _ = objective(
-            eqx.combine(params, static),
-            state.head_state,
-            batch.x,
-            batch.labels,
-            state.step,
-            key,
-            loss,
-            x_view=batch.x_view,
-            x_neighbour=batch.x_neighbour,
+        value, _ = spec.objective(
+            eqx.combine(params, static), state.head_state, batch, state.step, key, train_x=data.x
         )
         return value
 
+    opt_state = spec.optimizer.init(params)
     updated, _, _, metrics = train_step(
-        model, state, optimizer.init(params), batch, key, optimizer=optimizer, loss_config=loss
+        model, state, opt_state, batch, key, spec=spec, train_x=data.x
     )
     return updated, metrics, jax.grad(total)(params)
 
@@ -318,10 +334,10 @@ class Subject:
 
     @cached_property
     def step(self) -> Step:
-        """One optimiser step (``make_optimizer`` + ``train_step``) of the tiny model."""
+        """One optimiser step (the real ``train_step`` and optimiser) of the tiny model."""
         tiny = self.tiny
         return Step(
-            *_step(tiny.model, tiny.state, tiny.batch, jax.random.PRNGKey(4), tiny.train, tiny.loss)
+            *_step(tiny.model, tiny.state, tiny.batch, jax.random.PRNGKey(4), tiny.spec, tiny.data)
         )
 
 

@@ -1,0 +1,301 @@
+"""The core's loss terms, registered through ``ssvae_register_loss_terms`` like any plugin's.
+
+Each term is one module class, an options dataclass (config table ``[loss.<name>]``) and a
+factory. In the objective they are summed in the order registered here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ssvae_core.components import BuildContext, ComponentFactory
+from ssvae_core.graph import graph_labels
+from ssvae_core.losses import (
+    agreement_loss,
+    confident_pseudo_labels,
+    embedding_repulsion,
+    entropy,
+)
+from ssvae_core.neighbours import nearest_neighbours
+from ssvae_core.options import option
+from ssvae_core.schedules import Schedule
+from ssvae_core.terms.base import AbstractLossTerm, TermInputs, TermOptions, TermValue
+from ssvae_core.types import reparameterise
+
+# --- supervised ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SupervisedOptions(TermOptions):
+    weight: float = option(10.0, help="λ_sup of the head's supervised loss on the labeled rows")
+
+
+class SupervisedTerm(AbstractLossTerm):
+    """``−log p(y|x)`` from the head, on the labeled rows (``λ_sup``)."""
+
+    weight: Schedule
+
+    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
+        values = inputs.model.head.supervised_loss(
+            inputs.posterior, inputs.z, inputs.labels, inputs.head_state
+        )
+        return TermValue(values, inputs.labeled)
+
+
+# --- usage ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageOptions(TermOptions):
+    weight: float = option(
+        -5.0, help="w_u of the usage entropy H(p̂): > 0 concentrates, < 0 diversifies"
+    )
+
+
+class UsageTerm(AbstractLossTerm):
+    """``H(p̂)`` with ``p̂ = mean_batch r(x)``: a batch statistic of channel usage."""
+
+    weight: Schedule
+    requires: ClassVar[frozenset[str]] = frozenset({"channels"})
+    per_example: ClassVar[bool] = False
+
+    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
+        return TermValue(entropy(jnp.mean(inputs.responsibilities, axis=0)))
+
+
+# --- consistency ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConsistencyOptions(TermOptions):
+    weight: float = option(
+        5.0, help="weight of −log Σ_c r_c(x) r_c(x') between an image and an augmented view", minimum=0.0
+    )
+
+
+class ConsistencyTerm(AbstractLossTerm):
+    """``−log Σ_c r_c(x) r_c(x')`` between each image and an augmented view ``x'``."""
+
+    weight: Schedule
+    requires: ClassVar[frozenset[str]] = frozenset({"channels", "x_view"})
+
+    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
+        view = inputs.encode_view().responsibilities
+        assert view is not None
+        return TermValue(agreement_loss(inputs.responsibilities, view))
+
+
+# --- neighbour ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NeighbourOptions(TermOptions):
+    weight: float = option(
+        0.0, help="weight of −log Σ_c r_c(x) r_c(n) between an image and one of its nearest neighbours", minimum=0.0
+    )
+    neighbours: int = option(5, help="k of the k-nearest-neighbour pairs (pixel space)", minimum=1)
+
+
+class NeighbourTerm(AbstractLossTerm):
+    """``−log Σ_c r_c(x) r_c(n)`` with ``n`` a random one of ``x``'s k nearest neighbours."""
+
+    weight: Schedule
+    neighbours: int = eqx.field(static=True)
+    requires: ClassVar[frozenset[str]] = frozenset({"channels"})
+
+    def prepare(self, x: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+        return {"neighbours": nearest_neighbours(x, self.neighbours).astype(np.int32)}
+
+    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
+        assert inputs.train_x is not None, "the neighbour term needs the training inputs"
+        candidates = inputs.field("neighbours")
+        pick = jax.random.randint(key, (candidates.shape[0],), 0, candidates.shape[1])
+        rows = candidates[jnp.arange(candidates.shape[0]), pick]
+        partner = inputs.model.encode(inputs.train_x[rows]).responsibilities
+        return TermValue(agreement_loss(inputs.responsibilities, partner))
+
+
+# --- pseudo-labels --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PseudoLabelOptions(TermOptions):
+    weight: float = option(
+        0.0,
+        help="weight of the supervised loss on an augmented view of unlabeled rows whose own p(y|x) is confident",
+        minimum=0.0,
+    )
+    threshold: float = option(
+        0.95, help="least max_y p(y|x) of the clean image for its argmax to become a pseudo-label", minimum=0.0, maximum=1.0
+    )
+
+
+class PseudoLabelTerm(AbstractLossTerm):
+    """The head's supervised loss on the view of each unlabeled row whose clean image the
+    head classifies with ``max_y p(y|x) ≥ θ``, towards that prediction."""
+
+    weight: Schedule
+    threshold: Float[Array, ""]
+    requires: ClassVar[frozenset[str]] = frozenset({"channels", "x_view"})
+
+    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
+        head, state = inputs.model.head, inputs.head_state
+        targets, confident = confident_pseudo_labels(
+            head.predict_proba(inputs.posterior, inputs.z, state), inputs.labels, self.threshold
+        )
+        view = inputs.encode_view()
+        values = head.supervised_loss(view, reparameterise(view, key), targets, state)
+        unlabeled = 1.0 - inputs.labeled
+        share = jnp.sum(confident) / jnp.maximum(jnp.sum(unlabeled), 1.0)
+        return TermValue(values, confident, {"pseudo_label_share": share})
+
+
+# --- embedding repulsion --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddingRepulsionOptions(TermOptions):
+    weight: float = option(
+        0.0, help="weight of the RBF repulsion between component embeddings e_c", minimum=0.0
+    )
+
+
+class EmbeddingRepulsionTerm(AbstractLossTerm):
+    """``mean_{c≠c'} exp(−‖e_c − e_{c'}‖² / 2E)`` on the component embeddings."""
+
+    weight: Schedule
+    requires: ClassVar[frozenset[str]] = frozenset({"embeddings"})
+    per_example: ClassVar[bool] = False
+
+    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
+        return TermValue(embedding_repulsion(inputs.model.embeddings))
+
+
+# --- graph labels ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GraphLabelOptions(TermOptions):
+    weight: float = option(
+        5.0,
+        help="weight of the supervised loss on unlabeled rows given a label by propagation over the input kNN graph",
+        minimum=0.0,
+    )
+    share: float = option(
+        0.8, help="share of the unlabeled training rows, most confident first, that get a propagated label", minimum=0.0, maximum=1.0
+    )
+    neighbours: int = option(10, help="k of the kNN graph the labels propagate over", minimum=1)
+    alpha: float = option(
+        0.2, help="α of the propagation F ← αSF + (1 − α)Y, 0 < α < 1 (larger reaches further)", minimum=0.0, exclusive_minimum=True
+    )
+
+    def validate(self) -> None:
+        if self.alpha >= 1.0:
+            raise ValueError(f"alpha must be < 1, got {self.alpha:g}")
+
+
+class GraphLabelTerm(AbstractLossTerm):
+    """The head's supervised loss on unlabeled rows labeled by propagation over the input
+    kNN graph (:mod:`ssvae_core.graph`); those labels never reach the τ counts.
+
+    ``share``, ``neighbours`` and ``alpha`` are read on the host by :meth:`prepare` only, in
+    full precision; as static fields, changing one of them compiles the step anew.
+    """
+
+    weight: Schedule
+    share: float = eqx.field(static=True)
+    neighbours: int = eqx.field(static=True)
+    alpha: float = eqx.field(static=True)
+
+    def prepare(self, x: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+        propagated = graph_labels(
+            x,
+            labels,
+            num_classes,
+            share=self.share,
+            num_neighbours=self.neighbours,
+            alpha=self.alpha,
+        )
+        return {"graph_labels": propagated}
+
+    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
+        targets = jnp.where(inputs.labels >= 0, -1, inputs.field("graph_labels"))
+        values = inputs.model.head.supervised_loss(
+            inputs.posterior, inputs.z, targets, inputs.head_state
+        )
+        return TermValue(values, (targets >= 0).astype(jnp.float32))
+
+
+# --- factories ------------------------------------------------------------------------------
+
+
+def _supervised(options: SupervisedOptions, context: BuildContext, key: PRNGKeyArray) -> SupervisedTerm:
+    return SupervisedTerm(options.schedule())
+
+
+def _usage(options: UsageOptions, context: BuildContext, key: PRNGKeyArray) -> UsageTerm:
+    return UsageTerm(options.schedule())
+
+
+def _consistency(options: ConsistencyOptions, context: BuildContext, key: PRNGKeyArray) -> ConsistencyTerm:
+    return ConsistencyTerm(options.schedule())
+
+
+def _neighbour(options: NeighbourOptions, context: BuildContext, key: PRNGKeyArray) -> NeighbourTerm:
+    return NeighbourTerm(options.schedule(), options.neighbours)
+
+
+def _pseudo_label(options: PseudoLabelOptions, context: BuildContext, key: PRNGKeyArray) -> PseudoLabelTerm:
+    return PseudoLabelTerm(options.schedule(), jnp.asarray(options.threshold, dtype=jnp.float32))
+
+
+def _embedding_repulsion(
+    options: EmbeddingRepulsionOptions, context: BuildContext, key: PRNGKeyArray
+) -> EmbeddingRepulsionTerm:
+    return EmbeddingRepulsionTerm(options.schedule())
+
+
+def _graph_label(options: GraphLabelOptions, context: BuildContext, key: PRNGKeyArray) -> GraphLabelTerm:
+    return GraphLabelTerm(
+        options.schedule(),
+        share=options.share,
+        neighbours=options.neighbours,
+        alpha=options.alpha,
+    )
+
+
+LOSS_TERMS: dict[str, ComponentFactory] = {
+    "usage": ComponentFactory(
+        UsageTerm, UsageOptions, _usage, "entropy of the batch-mean responsibilities (channel usage)"
+    ),
+    "consistency": ComponentFactory(
+        ConsistencyTerm, ConsistencyOptions, _consistency,
+        "agreement of the responsibilities of an image and its augmented view",
+    ),
+    "neighbour": ComponentFactory(
+        NeighbourTerm, NeighbourOptions, _neighbour,
+        "agreement of the responsibilities of an image and a pixel-space nearest neighbour",
+    ),
+    "pseudo_label": ComponentFactory(
+        PseudoLabelTerm, PseudoLabelOptions, _pseudo_label,
+        "supervised loss on augmented views of confidently classified unlabeled rows",
+    ),
+    "embedding_repulsion": ComponentFactory(
+        EmbeddingRepulsionTerm, EmbeddingRepulsionOptions, _embedding_repulsion,
+        "RBF repulsion between the component embeddings",
+    ),
+    "supervised": ComponentFactory(
+        SupervisedTerm, SupervisedOptions, _supervised, "the head's supervised loss on labeled rows"
+    ),
+    "graph_label": ComponentFactory(
+        GraphLabelTerm, GraphLabelOptions, _graph_label,
+        "supervised loss on rows labeled by propagation over the input kNN graph",
+    ),
+}

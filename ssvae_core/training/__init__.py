@@ -1,0 +1,30 @@
+"""Training, by file: the pure step (:mod:`.step`), batches and the data on the device
+(:mod:`.batches`), and the loop with its metric sinks (:mod:`.loop`)."""
+
+from ssvae_core.training.batches import TrainingArrays, labeled_pool, sample_batch, training_arrays
+from ssvae_core.training.loop import JsonLinesSink, MetricSink, Trainer, take_steps
+from ssvae_core.training.step import (
+    StepSpec,
+    TrainState,
+    init_state,
+    learning_rate,
+    make_optimizer,
+    train_step,
+)
+
+__all__ = [
+    "JsonLinesSink",
+    "MetricSink",
+    "StepSpec",
+    "TrainState",
+    "Trainer",
+    "TrainingArrays",
+    "init_state",
+    "labeled_pool",
+    "learning_rate",
+    "make_optimizer",
+    "sample_batch",
+    "take_steps",
+    "train_step",
+    "training_arrays",
+]

@@ -1,0 +1,198 @@
+"""The training loop: chunks of compiled steps, metrics to the host once per chunk, sinks.
+
+Each step is one compiled call that draws its batch on the device and takes one optimiser
+step (or, with ``train.fuse_steps``, a whole chunk is one ``lax.scan``). After every
+``train.log_every`` steps the chunk's mean metrics reach the host and go to each metric
+sink — a callable ``sink(step, metrics)``: the run directory's JSON-lines log, the
+progress bar, a tracker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Protocol
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float
+
+from ssvae_core.config import Config
+from ssvae_core.model import SSVAE
+from ssvae_core.objective import Objective
+from ssvae_core.training.batches import TrainingArrays, sample_batch
+from ssvae_core.training.step import StepSpec, TrainState, learning_rate, make_optimizer, train_step
+
+Metrics = dict[str, Float[Array, ""]]
+
+
+class MetricSink(Protocol):
+    """Receives each chunk's mean metrics as host floats, with the step reached."""
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None: ...
+
+
+class JsonLinesSink:
+    """Appends one JSON object per chunk (``{"step": ..., **metrics}``) to a file."""
+
+    def __init__(self, path: str | os.PathLike[str], *, append: bool = False):
+        self._file = open(path, "a" if append else "w", encoding="utf-8")
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        self._file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> JsonLinesSink:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _sampled_step(
+    data: TrainingArrays, spec: StepSpec, model: SSVAE, state: TrainState, opt_state: optax.OptState
+) -> tuple[SSVAE, TrainState, optax.OptState, Metrics]:
+    """Draw a batch on the device from ``state.key``, then take one train step."""
+    next_key, batch_key, step_key = jax.random.split(state.key, 3)
+    state = dataclasses.replace(state, key=next_key)
+    batch = sample_batch(
+        data,
+        batch_key,
+        spec.batch_size,
+        spec.labeled_batch_size,
+        augment=spec.augment,
+        with_view=spec.objective.uses_view,
+    )
+    return train_step(model, state, opt_state, batch, step_key, spec=spec, train_x=data.x)
+
+
+@eqx.filter_jit(donate="all-except-first")
+def _one_step(
+    inputs: tuple[TrainingArrays, StepSpec],
+    model: SSVAE,
+    state: TrainState,
+    opt_state: optax.OptState,
+) -> tuple[SSVAE, TrainState, optax.OptState, Metrics]:
+    return _sampled_step(*inputs, model, state, opt_state)
+
+
+@eqx.filter_jit(donate="all-except-first")
+def _scanned_steps(
+    inputs: tuple[TrainingArrays, StepSpec],
+    model: SSVAE,
+    state: TrainState,
+    opt_state: optax.OptState,
+    num_steps: int,
+) -> tuple[SSVAE, TrainState, optax.OptState, Metrics]:
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def body(carry: Any, _: None) -> tuple[Any, Metrics]:
+        params, state, opt_state = carry
+        model, state, opt_state, metrics = _sampled_step(
+            *inputs, eqx.combine(params, static), state, opt_state
+        )
+        return (eqx.filter(model, eqx.is_array), state, opt_state), metrics
+
+    (params, state, opt_state), metrics = jax.lax.scan(
+        body, (params, state, opt_state), None, length=num_steps
+    )
+    return eqx.combine(params, static), state, opt_state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+
+def take_steps(
+    data: TrainingArrays,
+    spec: StepSpec,
+    model: SSVAE,
+    state: TrainState,
+    opt_state: optax.OptState,
+    num_steps: int,
+    *,
+    fused: bool,
+) -> tuple[SSVAE, TrainState, optax.OptState, Metrics]:
+    """``num_steps`` steps; metrics are their means, still on the device.
+
+    ``fused`` compiles the whole chunk into one ``lax.scan``. Otherwise each step is its own
+    compiled call and no value reaches the host until the chunk ends: on XLA's CPU backend
+    convolutions inside a loop body run far slower than in a plain call, so this is the
+    default there.
+    """
+    if fused:
+        return _scanned_steps((data, spec), model, state, opt_state, num_steps)
+    history = []
+    for _ in range(num_steps):
+        model, state, opt_state, metrics = _one_step((data, spec), model, state, opt_state)
+        history.append(metrics)
+    mean = jax.tree.map(lambda *values: jnp.mean(jnp.stack(values)), *history)
+    return model, state, opt_state, mean
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Drives training for a config: the step spec (objective, learning rate, optimiser)."""
+
+    config: Config
+    spec: StepSpec
+
+    @classmethod
+    def for_model(cls, config: Config, model: SSVAE, objective: Objective) -> Trainer:
+        spec = StepSpec(
+            objective=objective,
+            learning_rate=learning_rate(config.train),
+            optimizer=make_optimizer(config.train, model),
+            augment=config.augment,
+            batch_size=config.train.batch_size,
+            labeled_batch_size=config.labeled_batch_size,
+        )
+        return cls(config=config, spec=spec)
+
+    def init_opt_state(self, model: SSVAE) -> optax.OptState:
+        return self.spec.optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+
+    def train(
+        self,
+        data: TrainingArrays,
+        model: SSVAE,
+        state: TrainState,
+        opt_state: optax.OptState,
+        *,
+        until_step: int | None = None,
+        sinks: Sequence[MetricSink] = (),
+    ) -> tuple[SSVAE, TrainState, optax.OptState]:
+        """Train from ``state.step`` to ``until_step`` (default: ``train.steps``).
+
+        Each sink receives the chunk means as host floats (plus ``seconds``, the chunk's
+        wall time) after each chunk of ``train.log_every`` steps.
+        """
+        until_step = self.config.train.steps if until_step is None else until_step
+        chunk = self.config.train.log_every
+        fused = self.config.train.fuse_steps
+        step = int(state.step)
+        while step < until_step:
+            num_steps = min(chunk, until_step - step)
+            started = time.perf_counter()
+            model, state, opt_state, metrics = take_steps(
+                data, self.spec, model, state, opt_state, num_steps, fused=fused
+            )
+            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            step += num_steps
+            host["seconds"] = time.perf_counter() - started
+            if not all(math.isfinite(v) for v in host.values()):
+                raise FloatingPointError(f"training diverged at step {step}: {host}")
+            for sink in sinks:
+                sink(step, host)
+        return model, state, opt_state
