@@ -110,6 +110,8 @@ def main() -> int:
         "seeds": seeds,
         "accuracy_mean": float(accuracy.mean()),
         "accuracy_std": float(accuracy.std()),
+        "accuracy_worst": float(accuracy.min()),
+        "worst_seed": seeds[int(accuracy.argmin())],
         "ece_mean": float(np.mean([r["ece"] for r in results])),
         "wall_time_s": float(np.mean([r["wall_time_s"] for r in results])),
         "images_per_s": float(np.mean([r["images_per_s"] for r in results])),

@@ -21,11 +21,14 @@ from ssvae_core.losses import diagonal_gaussian_log_density, gaussian_kl
 from ssvae_core.options import option
 from ssvae_core.priors.mixture import MixturePrior
 from ssvae_core.protocols import AbstractDecoder, AbstractEncoder, AbstractHead, AbstractPrior
+from ssvae_core.schedules import Schedule
+from ssvae_core.terms import AbstractLossTerm, TermInputs, TermOptions, TermValue
 from ssvae_core.testing import (
     ConformanceError,
     check_decoder,
     check_encoder,
     check_head,
+    check_loss_term,
     check_prior,
     conformance_checks,
     prepare,
@@ -424,3 +427,55 @@ def test_skipping_an_unknown_check_is_refused() -> None:
     factory = _factory(NegativeKLPrior, _build_negative_kl)
     with pytest.raises(ValueError, match="exact_kl_nonnegativ"):
         check_prior(factory, skip=("exact_kl_nonnegativ",))
+
+
+# --- loss terms -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TermOptions(TermOptions):
+    weight: float = option(1.0, help="weight")
+
+
+class BatchMeanTerm(AbstractLossTerm):
+    """Claims to be per-example, but each row's value is the batch mean of the inputs."""
+
+    weight: Schedule
+
+    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
+        mean = jnp.mean(inputs.batch.x)
+        return TermValue(jnp.full(inputs.batch.x.shape[:1], mean))
+
+
+class StaticWeightTerm(AbstractLossTerm):
+    """Keeps its weight as a Python float: every new weight would recompile the step."""
+
+    weight: Schedule
+    factor: float = eqx.field(static=True)
+
+    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
+        return TermValue(self.factor * jnp.mean(inputs.batch.x.reshape(inputs.batch.x.shape[0], -1), axis=1))
+
+
+def test_term_whose_rows_depend_on_each_other_fails_per_example_independence() -> None:
+    factory = ComponentFactory(
+        BatchMeanTerm, _TermOptions, lambda options, context, key: BatchMeanTerm(options.schedule()), "x"
+    )
+    error = _run_one(factory, "loss_term", "per_example_independence")
+    assert "value of row 0" in str(error)
+
+
+def test_term_holding_its_weight_as_a_static_float_fails_weights_are_traced() -> None:
+    factory = ComponentFactory(
+        StaticWeightTerm,
+        _TermOptions,
+        lambda options, context, key: StaticWeightTerm(options.schedule(), options.weight),
+        "x",
+    )
+    error = _run_one(factory, "loss_term", "weights_are_traced")
+    assert "static part of the term changed" in str(error)
+
+
+def test_builtin_terms_pass_check_loss_term() -> None:
+    report = check_loss_term("consistency", max_examples=3)
+    assert report["per_example_independence"] == "passed"

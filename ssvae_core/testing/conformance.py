@@ -25,12 +25,14 @@ from ssvae_core.testing._priors import PriorSubject
 from ssvae_core.testing._runner import CHECKS, Check, NotApplicable
 from ssvae_core.testing._runner import run_check as _run_check
 from ssvae_core.testing._subjects import ConformanceSettings, Subject
+from ssvae_core.testing._terms import LossTermSubject
 
 SUBJECTS: dict[str, type[Subject]] = {
     "prior": PriorSubject,
     "encoder": EncoderSubject,
     "decoder": DecoderSubject,
     "head": HeadSubject,
+    "loss_term": LossTermSubject,
 }
 
 Component = str | RegisteredComponent | ComponentFactory
@@ -143,3 +145,9 @@ def check_head(component: Component, options: Any = None, **settings: Any) -> di
     """:func:`check_component` for a head: p(y|x) rows sum to 1, OOD score in [0, 1], no
     gradient into the state, unlabeled rows ignored, channel permutation, independence."""
     return check_component(component, options, kind="head", **settings)
+
+
+def check_loss_term(component: Component, options: Any = None, **settings: Any) -> dict[str, str]:
+    """:func:`check_component` for a loss term: its declared contract, per-row preparation,
+    finite values of the declared shape, per-example independence, jit, traced weights."""
+    return check_component(component, options, kind="loss_term", **settings)
