@@ -51,12 +51,10 @@ def reference_markdown(registry: Registry) -> str:
         parts += [f"#### `[{section}]`", "", options_table(options_class), ""]
     parts += ["### Components", ""]
     for component in registry:
-        parts += [
-            f"#### {component.kind} `{component.name}` ({component.package})",
-            "",
-            component.factory.description + ".",
-            "",
-        ]
+        heading = f"#### {component.kind} `{component.name}` ({component.package})"
+        if component.kind == "loss_term":
+            heading = f"#### loss term `[loss.{component.name}]` ({component.package})"
+        parts += [heading, "", component.factory.description + ".", ""]
         table = options_table(component.factory.options)
         parts += [table, ""] if table else ["No options.", ""]
     return "\n".join(parts).rstrip() + "\n"

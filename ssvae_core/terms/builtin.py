@@ -273,29 +273,29 @@ def _graph_label(options: GraphLabelOptions, context: BuildContext, key: PRNGKey
 
 LOSS_TERMS: dict[str, ComponentFactory] = {
     "usage": ComponentFactory(
-        UsageTerm, UsageOptions, _usage, "entropy of the batch-mean responsibilities (channel usage)"
+        UsageTerm, UsageOptions, _usage, "Entropy of the batch-mean responsibilities (channel usage)"
     ),
     "consistency": ComponentFactory(
         ConsistencyTerm, ConsistencyOptions, _consistency,
-        "agreement of the responsibilities of an image and its augmented view",
+        "Agreement of the responsibilities of an image and its augmented view",
     ),
     "neighbour": ComponentFactory(
         NeighbourTerm, NeighbourOptions, _neighbour,
-        "agreement of the responsibilities of an image and a pixel-space nearest neighbour",
+        "Agreement of the responsibilities of an image and a pixel-space nearest neighbour",
     ),
     "pseudo_label": ComponentFactory(
         PseudoLabelTerm, PseudoLabelOptions, _pseudo_label,
-        "supervised loss on augmented views of confidently classified unlabeled rows",
+        "Supervised loss on augmented views of confidently classified unlabeled rows",
     ),
     "embedding_repulsion": ComponentFactory(
         EmbeddingRepulsionTerm, EmbeddingRepulsionOptions, _embedding_repulsion,
         "RBF repulsion between the component embeddings",
     ),
     "supervised": ComponentFactory(
-        SupervisedTerm, SupervisedOptions, _supervised, "the head's supervised loss on labeled rows"
+        SupervisedTerm, SupervisedOptions, _supervised, "The head's supervised loss on labeled rows"
     ),
     "graph_label": ComponentFactory(
         GraphLabelTerm, GraphLabelOptions, _graph_label,
-        "supervised loss on rows labeled by propagation over the input kNN graph",
+        "Supervised loss on rows labeled by propagation over the input kNN graph",
     ),
 }
