@@ -1,6 +1,6 @@
 """Component conditioning: how a decoder learns which channel ``c`` it is decoding.
 
-Methods (SPEC §1): ``concat`` appends a projection of ``e_c`` to ``z``; ``film`` modulates a
+Methods: ``concat`` appends a projection of ``e_c`` to ``z``; ``film`` modulates a
 hidden activation ``h' = γ_c · h + β_c``; ``cin`` first normalises ``h`` (conditional
 instance norm) and then applies ``γ_c, β_c``; ``none`` ignores ``e_c``. Shared by every
 decoder family so that each method means the same thing everywhere.

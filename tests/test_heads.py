@@ -1,4 +1,4 @@
-"""The τ-classifier head (SPEC §3) and the softmax head."""
+"""The τ-classifier head and the softmax head."""
 
 from __future__ import annotations
 

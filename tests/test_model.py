@@ -1,4 +1,4 @@
-"""The model, the decoder's conditioning methods, and the objective (SPEC §1, §2, §6)."""
+"""The model, the decoder's conditioning methods, and the objective."""
 
 from __future__ import annotations
 
@@ -238,7 +238,7 @@ def test_reconstruct_labeled_true_includes_labeled_rows(model: SSVAE, batch) -> 
     assert before["reconstruction"] != after["reconstruction"]
 
 
-# --- per-example independence (SPEC §6) ----------------------------------------------------
+# --- per-example independence -----------------------------------------------------------
 
 
 def _sub(posterior: EncoderOutput, rows: slice) -> EncoderOutput:
@@ -279,7 +279,7 @@ def test_supervised_loss_of_an_example_does_not_depend_on_its_batch_mates(
     np.testing.assert_allclose(np.asarray(full[4:]), np.asarray(part), rtol=1e-6)
 
 
-# --- KL invariants (SPEC §6) ---------------------------------------------------------------
+# --- KL invariants ----------------------------------------------------------------------
 
 
 def test_mixture_kl_terms_are_zero_when_posterior_equals_prior(model: SSVAE) -> None:

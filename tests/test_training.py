@@ -1,4 +1,4 @@
-"""The pure train step, the optimiser's freezing of π, τ counts and determinism (SPEC §3, §6)."""
+"""The pure train step, the optimiser's freezing of π, τ counts and determinism."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Properties of the core's loss terms (SPEC §2, §3, §6), over the kit's strategies."""
+"""Properties of the core's loss terms, over the kit's strategies."""
 
 from __future__ import annotations
 

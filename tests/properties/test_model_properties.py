@@ -1,4 +1,4 @@
-"""Model-level properties of the whole objective (SPEC §6): channel relabelling symmetry."""
+"""Model-level properties of the whole objective: channel relabelling symmetry."""
 
 from __future__ import annotations
 
