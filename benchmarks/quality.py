@@ -44,7 +44,7 @@ def validation_split(split: Split, seed: int) -> Split:
     )
 
 
-def run_seed(args: argparse.Namespace, seed: int) -> dict[str, object]:
+def evaluate_seed(args: argparse.Namespace, seed: int) -> dict[str, object]:
     overrides = [f"seed={seed}", f"data.dataset={json.dumps(args.dataset)}", *args.set]
     if args.labels_per_class is not None:
         overrides.append(f"data.labels_per_class={args.labels_per_class}")
@@ -95,7 +95,7 @@ def main() -> int:
     results = []
     try:
         for seed in seeds:
-            result = run_seed(args, seed)
+            result = evaluate_seed(args, seed)
             results.append(result)
             print(json.dumps(result), flush=True)
     except SSVAEError as error:

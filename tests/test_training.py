@@ -208,7 +208,7 @@ def test_labeled_pool_has_one_slot_per_row_and_draws_only_labeled_rows() -> None
     assert set(rows) <= {2, 5} and np.array_equal(drawn, labels[rows])
 
 
-def _run_from_seed(config, arrays, sinks=()):
+def _train_from_seed(config, arrays, sinks=()):
     model, _ = build_model(
         config, input_shape=SHAPE, num_classes=3, key=jax.random.PRNGKey(config.seed)
     )
@@ -222,8 +222,8 @@ def test_same_seed_gives_bit_identical_parameters(frozen: Setup, synthetic) -> N
     labels = _labels_at(len(synthetic["x"]), [0, 20, 40], list(synthetic["y"][[0, 20, 40]]))
     arrays = training_arrays(synthetic["x"], labels)
     seen: list[tuple[int, dict[str, float]]] = []
-    first = _run_from_seed(frozen.config, arrays, [lambda s, m: seen.append((s, m))])
-    second = _run_from_seed(frozen.config, arrays)
+    first = _train_from_seed(frozen.config, arrays, [lambda s, m: seen.append((s, m))])
+    second = _train_from_seed(frozen.config, arrays)
     for a, b in zip(_params(first[0]), _params(second[0]), strict=True):
         assert np.array_equal(a, b)
     assert np.array_equal(np.asarray(first[1].head_state), np.asarray(second[1].head_state))
