@@ -110,7 +110,9 @@ def embedding_repulsion(embeddings: Float[Array, "K E"]) -> Float[Array, ""]:
 
 
 def confident_pseudo_labels(
-    probabilities: Float[Array, "*b Y"], labels: Int[Array, "*b"], threshold: float
+    probabilities: Float[Array, "*b Y"],
+    labels: Int[Array, "*b"],
+    threshold: float | Float[Array, ""],
 ) -> tuple[Int[Array, "*b"], Float[Array, "*b"]]:
     """``(ŷ, m)`` with ``ŷ = argmax_y p(y|x)`` and ``m = [label = −1] · [max_y p(y|x) ≥ θ]``.
 

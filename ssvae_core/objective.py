@@ -136,7 +136,8 @@ def build_objective(
         if options.weight == 0.0:
             continue
         registered = registry.get("loss_term", name)
-        if not registered.factory.component_type.requires <= available:
+        term_type: type[AbstractLossTerm] = registered.factory.component_type
+        if not term_type.requires <= available:
             continue
         try:
             term = registered.factory.build(options, context, jax.random.PRNGKey(index))

@@ -48,11 +48,19 @@ def _labels(params: SSVAE, scales: tuple[tuple[str, float], ...]) -> PyTree[str]
     labels = jax.tree.map(lambda _: "default", params)
     for field, scale in scales:
         labels = eqx.tree_at(
-            lambda tree, field=field: getattr(tree.prior, field),
+            functools.partial(_prior_field, field=field),
             labels,
-            replace_fn=lambda subtree, scale=scale: jax.tree.map(lambda _: f"scale={scale!r}", subtree),
+            replace_fn=functools.partial(_relabel, label=f"scale={scale!r}"),
         )
     return labels
+
+
+def _prior_field(tree: SSVAE, field: str) -> PyTree[Any]:
+    return getattr(tree.prior, field)
+
+
+def _relabel(subtree: PyTree[Any], label: str) -> PyTree[str]:
+    return jax.tree.map(lambda _: label, subtree)
 
 
 @functools.cache
