@@ -172,7 +172,7 @@ def _plugins(args: argparse.Namespace) -> int:
         print(json.dumps({"components": listing, "problems": problems}, indent=2, default=str))
         return EXIT_OK
     for entry in listing:
-        print(f"{entry['kind']:8} {entry['name']:14} {entry['package']} {entry['version']}  — {entry['description']}")
+        print(f"{entry['kind']:9} {entry['name']:19} {entry['package']} {entry['version']}  — {entry['description']}")
         for opt in entry["options"]:
             allowed = f" {opt['choices']}" if "choices" in opt else ""
             print(f"    {opt['name']} = {opt['default']!r}  ({opt['type']}{allowed}) {opt['help']}")
