@@ -7,16 +7,18 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ssvae_core.losses import categorical_kl, dirichlet_penalty, gaussian_kl
-from ssvae_core.protocols import AbstractEncoder, AbstractPrior
+from ssvae_core.losses import dirichlet_penalty, gaussian_kl
+from ssvae_core.priors.channels import AbstractChannelPrior
+from ssvae_core.protocols import AbstractEncoder
 from ssvae_core.types import EncoderOutput
 
 
-class MixturePrior(AbstractPrior):
+class MixturePrior(AbstractChannelPrior):
     """K channels with weights ``π = softmax(pi_logits)``.
 
     ``KL_z = Σ_c r_c KL(q(z|x) || N(0, I))`` (every ``p(z|c)`` is ``N(0, I)``, so this is the
-    plain Gaussian KL) and ``KL_c = KL(q(c|x) || π)``. With ``learn_pi`` the Dirichlet MAP
+    plain Gaussian KL) and ``KL_c = KL(q(c|x) || π)``, both from
+    :class:`~ssvae_core.priors.channels.AbstractChannelPrior`. With ``learn_pi`` the Dirichlet MAP
     penalty ``−Σ_c (α − 1) log π_c`` is added; otherwise π gets exactly zero update.
     """
 
@@ -46,21 +48,16 @@ class MixturePrior(AbstractPrior):
     def log_weights(self) -> Float[Array, " K"]:
         return jax.nn.log_softmax(self.pi_logits)
 
-    def kl_terms(
-        self,
-        posterior: EncoderOutput,
-        z: Float[Array, "B D"],
-        *,
-        encoder: AbstractEncoder,
-        key: PRNGKeyArray,
-    ) -> dict[str, Float[Array, " B"]]:
-        assert posterior.logits is not None, "the mixture prior needs channel logits"
-        responsibilities = jax.nn.softmax(posterior.logits, axis=-1)
-        kl_per_channel = gaussian_kl(posterior.z_mean, posterior.z_log_var)[:, None]
-        return {
-            "kl_z": jnp.sum(responsibilities * kl_per_channel, axis=-1),
-            "kl_c": categorical_kl(posterior.logits, self.log_weights()),
-        }
+    def channel_kl(
+        self, posterior: EncoderOutput, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> Float[Array, "B K"]:
+        """``KL(q(z|x) || N(0, I))`` in every channel's column.
+
+        All columns are equal, but returning ``(B, K)`` rather than ``(B, 1)`` keeps
+        ``KL_z = Σ_c r_c KL`` computed exactly as it always was, to the last bit.
+        """
+        kl = gaussian_kl(posterior.z_mean, posterior.z_log_var)
+        return jnp.broadcast_to(kl[:, None], (kl.shape[0], self.num_components))
 
     def sample(
         self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray

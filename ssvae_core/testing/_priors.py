@@ -1,4 +1,4 @@
-"""Conformance checks for priors (SPEC §6): KL terms, samples, scales and frozen π.
+"""Conformance checks for priors: KL terms, samples, scales and frozen π.
 
 Which KL terms are *exact* (analytic) KLs and which are Monte-Carlo estimates is decided
 by observation: a term whose value changes with the ``key`` passed to ``kl_terms`` is an
@@ -24,6 +24,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ssvae_core.components import ComponentFactory
 from ssvae_core.model import reparameterise
+from ssvae_core.priors.channels import AbstractChannelPrior
 from ssvae_core.protocols import AbstractEncoder, AbstractPrior
 from ssvae_core.testing import strategies
 from ssvae_core.testing._runner import NotApplicable, check, expect, expect_close, for_all
@@ -197,8 +198,8 @@ def _attributes(subject: PriorSubject) -> None:
 @check(
     "prior",
     "signatures",
-    "every AbstractPrior method accepts and returns what its "
-    "jaxtyping-annotated protocol signature says (checked by beartype)",
+    "every AbstractPrior method (and channel_kl of an AbstractChannelPrior) accepts and "
+    "returns what its jaxtyping-annotated protocol signature says (checked by beartype)",
 )
 def _signatures(subject: PriorSubject) -> None:
     prior, encoder = subject.prior, subject.encoder
@@ -206,10 +207,14 @@ def _signatures(subject: PriorSubject) -> None:
         name: protocol_method(AbstractPrior, name, prior)
         for name in ("log_weights", "kl_terms", "sample", "regularisers", "parameter_scales")
     }
+    if isinstance(prior, AbstractChannelPrior):
+        methods["channel_kl"] = protocol_method(AbstractChannelPrior, "channel_kl", prior)
 
     def call_all(posterior: EncoderOutput, key: PRNGKeyArray) -> None:
         methods["log_weights"]()
         methods["kl_terms"](posterior, reparameterise(posterior, key), encoder=encoder, key=key)
+        if "channel_kl" in methods:
+            methods["channel_kl"](posterior, encoder=encoder, key=key)
         methods["sample"](5, encoder=encoder, key=key)
         methods["regularisers"]()
         methods["parameter_scales"]()

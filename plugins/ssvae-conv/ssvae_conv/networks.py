@@ -20,11 +20,15 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ssvae_core.conditioning import ComponentConditioning
-from ssvae_core.networks import PosteriorHeads
-from ssvae_core.networks.dense import ACTIVATIONS
-from ssvae_core.protocols import AbstractDecoder, AbstractEncoder
-from ssvae_core.types import DecoderOutput, EncoderOutput
+from ssvae_core.plugin import (
+    ACTIVATIONS,
+    AbstractDecoder,
+    AbstractEncoder,
+    ComponentConditioning,
+    DecoderOutput,
+    EncoderOutput,
+    PosteriorHeads,
+)
 
 
 def image_shape(sample_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -70,7 +74,7 @@ def _transposed_padding(kernel_size: int) -> tuple[int, int]:
 class ConvEncoder(AbstractEncoder):
     """Stride-2 convolutions, then linear heads for ``μ``, ``log σ²`` and channel logits.
 
-    ``log σ²`` is bounded as in every encoder (``ssvae_core.networks.bounded_log_var``);
+    ``log σ²`` is bounded as in every encoder (``ssvae_core.plugin.bounded_log_var``);
     there are no logits when ``num_components == 0``.
     """
 

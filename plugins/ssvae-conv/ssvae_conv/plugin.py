@@ -8,10 +8,7 @@ from dataclasses import dataclass
 from jaxtyping import PRNGKeyArray
 
 from ssvae_conv.networks import ConvDecoder, ConvEncoder
-from ssvae_core.components import BuildContext, ComponentFactory
-from ssvae_core.hookspecs import hookimpl
-from ssvae_core.networks.dense import ACTIVATIONS
-from ssvae_core.options import option
+from ssvae_core.plugin import ACTIVATIONS, BuildContext, ComponentFactory, hookimpl, option
 
 
 @dataclass(frozen=True)

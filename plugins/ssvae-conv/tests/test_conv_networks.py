@@ -14,12 +14,15 @@ import numpy as np
 import pytest
 from ssvae_conv import ConvDecoder, ConvEncoder, image_shape, plugin
 
-from ssvae_core.api import SSVAEClassifier
-from ssvae_core.config import config_from_dict
-from ssvae_core.errors import ConfigError
-from ssvae_core.likelihoods import make_likelihood
-from ssvae_core.model import build_model
-from ssvae_core.registry import Registry, default_registry
+from ssvae_core import (
+    ConfigError,
+    Registry,
+    SSVAEClassifier,
+    build_model,
+    config_from_dict,
+    default_registry,
+)
+from ssvae_core.plugin import make_likelihood
 
 LATENT_DIM = 3
 EMBEDDING_DIM = 4

@@ -7,9 +7,7 @@ from dataclasses import dataclass
 
 from jaxtyping import PRNGKeyArray
 
-from ssvae_core.components import BuildContext, ComponentFactory
-from ssvae_core.hookspecs import hookimpl
-from ssvae_core.options import option
+from ssvae_core.plugin import BuildContext, ComponentFactory, hookimpl, option
 from ssvae_geometric.prior import LAYOUTS, GeometricMixturePrior
 
 

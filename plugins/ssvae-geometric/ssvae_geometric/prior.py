@@ -16,9 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ssvae_core.losses import categorical_kl, gaussian_kl
-from ssvae_core.protocols import AbstractEncoder, AbstractPrior
-from ssvae_core.types import EncoderOutput
+from ssvae_core.plugin import (
+    AbstractChannelPrior,
+    AbstractEncoder,
+    EncoderOutput,
+    gaussian_kl,
+    uniform_log_weights,
+)
 
 LAYOUTS = ("circle", "grid")
 
@@ -58,7 +62,7 @@ def geometric_centres(
     raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
 
 
-class GeometricMixturePrior(AbstractPrior):
+class GeometricMixturePrior(AbstractChannelPrior):
     """K channels with uniform ``π`` and ``p(z|c) = N(μ_c, I)`` at fixed centres.
 
     Closed form, per example::
@@ -67,7 +71,9 @@ class GeometricMixturePrior(AbstractPrior):
              = Σ_c r_c · ½ Σ_d (σ_d² + (μ_d − μ_{c,d})² − 1 − log σ_d²)
         KL_c = KL(q(c|x) || π) = Σ_c r_c (log r_c + log K)
 
-    The decoder is conditioned on the channel (every conditioning method works).
+    (``KL_z`` and ``KL_c`` from ``AbstractChannelPrior.kl_terms``, with the per-channel KL of
+    :meth:`channel_kl`.) The decoder is conditioned on the channel (every conditioning
+    method works).
     """
 
     num_components: int = eqx.field(static=True)
@@ -94,25 +100,15 @@ class GeometricMixturePrior(AbstractPrior):
         )
 
     def log_weights(self) -> Float[Array, " K"]:
-        return jnp.full((self.num_components,), -jnp.log(self.num_components))
+        return uniform_log_weights(self.num_components)
 
-    def kl_terms(
-        self,
-        posterior: EncoderOutput,
-        z: Float[Array, "B D"],
-        *,
-        encoder: AbstractEncoder,
-        key: PRNGKeyArray,
-    ) -> dict[str, Float[Array, " B"]]:
-        assert posterior.logits is not None, "the geometric prior needs channel logits"
-        responsibilities = jax.nn.softmax(posterior.logits, axis=-1)
-        kl_per_channel = gaussian_kl(
+    def channel_kl(
+        self, posterior: EncoderOutput, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> Float[Array, "B K"]:
+        """``KL(q(z|x) || N(μ_c, I))`` for every example and channel."""
+        return gaussian_kl(
             posterior.z_mean[:, None, :], posterior.z_log_var[:, None, :], self.centres()
         )
-        return {
-            "kl_z": jnp.sum(responsibilities * kl_per_channel, axis=-1),
-            "kl_c": categorical_kl(posterior.logits, self.log_weights()),
-        }
 
     def sample(
         self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray

@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 from ssvae_geometric import GeometricMixturePrior, geometric_centres, plugin
 
-from ssvae_core.api import SSVAEClassifier
-from ssvae_core.config import config_from_dict
-from ssvae_core.errors import ConfigError
-from ssvae_core.model import build_model
-from ssvae_core.registry import Registry, default_registry
-from ssvae_core.types import EncoderOutput
+from ssvae_core import (
+    ConfigError,
+    Registry,
+    SSVAEClassifier,
+    build_model,
+    config_from_dict,
+    default_registry,
+)
+from ssvae_core.plugin import AbstractChannelPrior, EncoderOutput, categorical_kl, gaussian_kl
 
 pytestmark = pytest.mark.filterwarnings("ignore:prior 'geometric_mog' fixes:UserWarning")
 
@@ -105,6 +108,50 @@ def test_kl_matches_the_hand_computed_closed_form() -> None:
     # KL to each centre: ½(1 − log 2), ½(3 − log 2), ½(5 − log 2), ½(3 − log 2).
     np.testing.assert_allclose(terms["kl_z"], 0.5 * (2.25 - np.log(2.0)), rtol=1e-5)
     np.testing.assert_allclose(terms["kl_c"], 0.25 * np.log(2.0), rtol=1e-5)
+
+
+def _kl_terms_by_hand(
+    prior: GeometricMixturePrior, posterior: EncoderOutput
+) -> dict[str, jax.Array]:
+    """The KL terms as they were written before ``AbstractChannelPrior`` took them over."""
+    responsibilities = jax.nn.softmax(posterior.logits, axis=-1)
+    kl_per_channel = gaussian_kl(
+        posterior.z_mean[:, None, :], posterior.z_log_var[:, None, :], prior.centres()
+    )
+    return {
+        "kl_z": jnp.sum(responsibilities * kl_per_channel, axis=-1),
+        "kl_c": categorical_kl(posterior.logits, prior.log_weights()),
+    }
+
+
+@pytest.mark.parametrize("layout", ["circle", "grid"])
+def test_kl_terms_of_the_channel_prior_base_equal_the_hand_formula_bit_for_bit(
+    layout: str,
+) -> None:
+    prior = GeometricMixturePrior(3, 4, layout=layout, radius=2.0)
+    assert type(prior).kl_terms is AbstractChannelPrior.kl_terms
+    keys = jax.random.split(jax.random.PRNGKey(5), 3)
+    posterior = EncoderOutput(
+        z_mean=2.0 * jax.random.normal(keys[0], (6, 3)),
+        z_log_var=jax.random.normal(keys[1], (6, 3)),
+        logits=3.0 * jax.random.normal(keys[2], (6, 4)),
+    )
+
+    def terms(posterior: EncoderOutput, by_hand: bool) -> dict[str, jax.Array]:
+        if by_hand:
+            return _kl_terms_by_hand(prior, posterior)
+        return prior.kl_terms(posterior, posterior.z_mean, encoder=None, key=keys[0])
+
+    def total(posterior: EncoderOutput, by_hand: bool) -> jax.Array:
+        values = terms(posterior, by_hand)
+        return jnp.sum(values["kl_z"]) + 0.5 * jnp.sum(values["kl_c"])
+
+    for function in (terms, jax.grad(total)):
+        for transform in (lambda f: f, eqx.filter_jit):
+            actual = transform(function)(posterior, False)
+            expected = transform(function)(posterior, True)
+            for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
 
 
 def test_sample_draws_around_the_centres() -> None:

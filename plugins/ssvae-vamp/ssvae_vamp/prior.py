@@ -13,9 +13,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ssvae_core.losses import categorical_kl, diagonal_gaussian_log_density
-from ssvae_core.protocols import AbstractEncoder, AbstractPrior
-from ssvae_core.types import EncoderOutput
+from ssvae_core.plugin import (
+    AbstractChannelPrior,
+    AbstractEncoder,
+    EncoderOutput,
+    diagonal_gaussian_log_density,
+    uniform_log_weights,
+)
 
 
 def vamp_log_density(
@@ -29,16 +33,19 @@ def vamp_log_density(
     return jax.nn.logsumexp(log_weights + per_component, axis=-1)
 
 
-class VampPrior(AbstractPrior):
+class VampPrior(AbstractChannelPrior):
     """K pseudo-inputs ``u_k`` define ``p(z) = Σ_k π_k q(z | u_k)``, π uniform.
 
     ``KL_z`` has no closed form; it is the per-example Monte-Carlo estimate with S samples
 
         KL_z ≈ (1/S) Σ_s [log q(z_s | x) − log Σ_k π_k q(z_s | u_k)],   z_s ~ q(z | x),
 
-    drawn with the ``key`` passed to :meth:`kl_terms`. The encoder's K channel logits give
-    ``KL_c = KL(q(c|x) || π)`` so that the τ head classifies from the latent alone. The
-    channels live in latent space only: the decoder is not conditioned on them.
+    drawn with the ``key`` passed to ``kl_terms``. It compares ``q(z|x)`` with the whole
+    mixture rather than with one channel, so :meth:`channel_kl` returns it as a single
+    column, which ``AbstractChannelPrior.kl_terms`` takes as ``KL_z`` itself. The encoder's
+    K channel logits give ``KL_c = KL(q(c|x) || π)`` so that the τ head classifies from the
+    latent alone. The channels live in latent space only: the decoder is not conditioned
+    on them.
     ``pseudo_lr_scale`` multiplies the pseudo-inputs' optimiser update.
     """
 
@@ -66,7 +73,7 @@ class VampPrior(AbstractPrior):
         self.pseudo_lr_scale = pseudo_lr_scale
 
     def log_weights(self) -> Float[Array, " K"]:
-        return jnp.full((self.num_components,), -jnp.log(self.num_components))
+        return uniform_log_weights(self.num_components)
 
     def pseudo_posterior(self, encoder: AbstractEncoder) -> EncoderOutput:
         """``q(z | u_k)`` for every pseudo-input: means and log-variances of shape ``K × D``."""
@@ -79,24 +86,19 @@ class VampPrior(AbstractPrior):
         pseudo = self.pseudo_posterior(encoder)
         return vamp_log_density(z, pseudo.z_mean, pseudo.z_log_var, self.log_weights())
 
-    def kl_terms(
-        self,
-        posterior: EncoderOutput,
-        z: Float[Array, "B D"],
-        *,
-        encoder: AbstractEncoder,
-        key: PRNGKeyArray,
-    ) -> dict[str, Float[Array, " B"]]:
-        """Monte-Carlo ``KL_z`` from S fresh samples of ``key`` (``z`` is not reused) and ``KL_c``."""
-        assert posterior.logits is not None, "the VampPrior needs K channel logits"
+    def channel_kl(
+        self, posterior: EncoderOutput, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> Float[Array, "B 1"]:
+        """Monte-Carlo ``KL(q(z|x) || p(z))`` from S fresh samples of ``key``, shape ``(B, 1)``.
+
+        ``p(z)`` is the whole mixture, not one channel's ``p(z|c)``, so the estimate is one
+        column: ``KL_z`` itself.
+        """
         noise = jax.random.normal(key, (self.num_samples, *posterior.z_mean.shape))
         samples = posterior.z_mean + jnp.exp(0.5 * posterior.z_log_var) * noise
         log_q = diagonal_gaussian_log_density(samples, posterior.z_mean, posterior.z_log_var)
         log_p = self.log_density(samples, encoder=encoder)
-        return {
-            "kl_z": jnp.mean(log_q - log_p, axis=0),
-            "kl_c": categorical_kl(posterior.logits, self.log_weights()),
-        }
+        return jnp.mean(log_q - log_p, axis=0)[:, None]
 
     def sample(
         self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray

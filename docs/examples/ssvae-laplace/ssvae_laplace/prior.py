@@ -13,9 +13,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ssvae_core.losses import categorical_kl, diagonal_gaussian_log_density
-from ssvae_core.protocols import AbstractEncoder, AbstractPrior
-from ssvae_core.types import EncoderOutput
+from ssvae_core.plugin import (
+    AbstractChannelPrior,
+    AbstractEncoder,
+    EncoderOutput,
+    diagonal_gaussian_log_density,
+    uniform_log_weights,
+)
 
 ESTIMATORS = ("analytic", "monte_carlo")
 
@@ -54,7 +58,7 @@ def gaussian_laplace_kl(
     return jnp.sum(per_dim, axis=-1)
 
 
-class LaplaceMixturePrior(AbstractPrior):
+class LaplaceMixturePrior(AbstractChannelPrior):
     """K channels with uniform weights and factorised Laplace ``p(z|c)`` around ``μ_c``.
 
     Per example, with ``r = softmax(logits)``::
@@ -63,8 +67,9 @@ class LaplaceMixturePrior(AbstractPrior):
              ≈ Σ_c r_c (1/S) Σ_s [log q(z_s|x) − log p(z_s|c)],  z_s ~ q(z|x) from ``key``
         KL_c = KL(q(c|x) || π) = Σ_c r_c (log r_c + log K)
 
-    The decoder is conditioned on the channel (every conditioning method works).
-    ``location_lr_scale`` scales the locations' optimiser update; 0 freezes them.
+    ``AbstractChannelPrior`` computes both terms; this class supplies the per-channel KL
+    (:meth:`channel_kl`). The decoder is conditioned on the channel (every conditioning
+    method works). ``location_lr_scale`` scales the locations' optimiser update; 0 freezes them.
     """
 
     num_components: int = eqx.field(static=True)
@@ -97,9 +102,11 @@ class LaplaceMixturePrior(AbstractPrior):
         self.location_lr_scale = location_lr_scale
 
     def log_weights(self) -> Float[Array, " K"]:
-        return jnp.full((self.num_components,), -jnp.log(self.num_components))
+        return uniform_log_weights(self.num_components)
 
-    def channel_kl(self, posterior: EncoderOutput, key: PRNGKeyArray) -> Float[Array, "B K"]:
+    def channel_kl(
+        self, posterior: EncoderOutput, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> Float[Array, "B K"]:
         """``KL(q(z|x) || p(z|c))`` for every example and channel (estimated when Monte Carlo)."""
         mean, log_var = posterior.z_mean[:, None, :], posterior.z_log_var[:, None, :]
         if self.kl_estimator == "analytic":
@@ -109,21 +116,6 @@ class LaplaceMixturePrior(AbstractPrior):
         log_q = diagonal_gaussian_log_density(samples, mean, log_var)
         log_p = laplace_log_density(samples, self.locations, self.scale)
         return jnp.mean(log_q - log_p, axis=0)
-
-    def kl_terms(
-        self,
-        posterior: EncoderOutput,
-        z: Float[Array, "B D"],
-        *,
-        encoder: AbstractEncoder,
-        key: PRNGKeyArray,
-    ) -> dict[str, Float[Array, " B"]]:
-        assert posterior.logits is not None, "the Laplace mixture prior needs channel logits"
-        responsibilities = jax.nn.softmax(posterior.logits, axis=-1)
-        return {
-            "kl_z": jnp.sum(responsibilities * self.channel_kl(posterior, key), axis=-1),
-            "kl_c": categorical_kl(posterior.logits, self.log_weights()),
-        }
 
     def sample(
         self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray

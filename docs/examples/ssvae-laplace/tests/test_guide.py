@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ssvae_core.components import KINDS
+from ssvae_core.plugin import KINDS
 from ssvae_core.testing import conformance_checks
 
 REPOSITORY = Path(__file__).resolve().parents[4]

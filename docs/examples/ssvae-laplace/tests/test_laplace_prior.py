@@ -6,11 +6,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ssvae_laplace import gaussian_laplace_kl, laplace_log_density
+from ssvae_laplace import LaplaceMixturePrior, gaussian_laplace_kl, laplace_log_density
 from ssvae_laplace.plugin import LaplaceOptions
 
-from ssvae_core.losses import diagonal_gaussian_log_density
-from ssvae_core.registry import default_registry
+from ssvae_core import default_registry
+from ssvae_core.plugin import (
+    AbstractChannelPrior,
+    EncoderOutput,
+    categorical_kl,
+    diagonal_gaussian_log_density,
+)
 from ssvae_core.testing import check_prior
 
 
@@ -54,3 +59,40 @@ def test_closed_form_kl_is_smallest_at_the_matching_spread() -> None:
     log_var = 2.0 * np.log(scale * np.sqrt(np.pi / 2.0))  # s = b √(π/2)
     kl = gaussian_laplace_kl(jnp.zeros(1), jnp.full((1,), log_var), jnp.zeros(1), scale)
     np.testing.assert_allclose(kl, np.log(2.0) + 0.5 - np.log(np.pi), rtol=1e-5)
+
+
+def _kl_terms_by_hand(
+    prior: LaplaceMixturePrior, posterior: EncoderOutput, key: jax.Array
+) -> dict[str, jax.Array]:
+    """``Σ_c r_c KL(q(z|x) || p(z|c))`` and ``KL(q(c|x) || π)``, written out in full."""
+    mean, log_var = posterior.z_mean[:, None, :], posterior.z_log_var[:, None, :]
+    if prior.kl_estimator == "analytic":
+        per_channel = gaussian_laplace_kl(mean, log_var, prior.locations, prior.scale)
+    else:
+        noise = jax.random.normal(key, (prior.num_samples, *posterior.z_mean.shape))
+        samples = (posterior.z_mean + jnp.exp(0.5 * posterior.z_log_var) * noise)[:, :, None, :]
+        log_q = diagonal_gaussian_log_density(samples, mean, log_var)
+        per_channel = jnp.mean(log_q - laplace_log_density(samples, prior.locations, prior.scale), axis=0)
+    responsibilities = jax.nn.softmax(posterior.logits, axis=-1)
+    return {
+        "kl_z": jnp.sum(responsibilities * per_channel, axis=-1),
+        "kl_c": categorical_kl(posterior.logits, prior.log_weights()),
+    }
+
+
+@pytest.mark.parametrize("kl_estimator", ["analytic", "monte_carlo"])
+def test_kl_terms_equal_the_hand_formula_bit_for_bit(kl_estimator: str) -> None:
+    keys = jax.random.split(jax.random.PRNGKey(3), 5)
+    prior = LaplaceMixturePrior(
+        jax.random.normal(keys[0], (4, 3)), scale=0.8, kl_estimator=kl_estimator, num_samples=3
+    )
+    assert type(prior).kl_terms is AbstractChannelPrior.kl_terms
+    posterior = EncoderOutput(
+        z_mean=jax.random.normal(keys[1], (6, 3)),
+        z_log_var=0.5 * jax.random.normal(keys[2], (6, 3)),
+        logits=2.0 * jax.random.normal(keys[3], (6, 4)),
+    )
+    actual = prior.kl_terms(posterior, posterior.z_mean, encoder=None, key=keys[4])
+    expected = _kl_terms_by_hand(prior, posterior, keys[4])
+    for name in ("kl_z", "kl_c"):
+        np.testing.assert_array_equal(np.asarray(actual[name]), np.asarray(expected[name]))

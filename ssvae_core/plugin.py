@@ -1,0 +1,84 @@
+"""The plugin API: everything a plugin may import from ``ssvae_core``.
+
+A plugin package imports from ``ssvae_core`` through three modules only:
+
+- ``ssvae_core.plugin`` (this module) — the protocols its components implement, the typed
+  containers they exchange, the registration machinery (factories, options, the hook
+  marker) and the building blocks and maths helpers the built-in components use;
+- ``ssvae_core.testing`` — the conformance kit, for its tests;
+- ``ssvae_core`` — the user API (``SSVAEClassifier``, ``config_from_dict``,
+  ``build_model``, ``Registry``, the errors, ...), for end-to-end tests.
+
+Every other module of ``ssvae_core`` is internal and may change without notice.
+``tests/test_plugin_api.py`` enforces the rule for the packages under ``plugins/`` and
+``docs/examples/``; ``docs/plugins.md`` walks through writing a plugin with these names.
+"""
+
+from __future__ import annotations
+
+from ssvae_core.components import KINDS, BuildContext, ComponentFactory
+from ssvae_core.conditioning import CONDITIONING_METHODS, ComponentConditioning
+from ssvae_core.hookspecs import hookimpl
+from ssvae_core.likelihoods import AbstractLikelihood, make_likelihood
+from ssvae_core.losses import (
+    categorical_kl,
+    diagonal_gaussian_log_density,
+    dirichlet_penalty,
+    entropy,
+    gaussian_kl,
+)
+from ssvae_core.model import reparameterise
+from ssvae_core.networks import PosteriorHeads, bounded_log_var
+from ssvae_core.networks.dense import ACTIVATIONS
+from ssvae_core.options import option
+from ssvae_core.priors.channels import AbstractChannelPrior, uniform_log_weights
+from ssvae_core.protocols import AbstractDecoder, AbstractEncoder, AbstractHead, AbstractPrior
+from ssvae_core.types import DecoderOutput, EncoderOutput
+
+# One sorted list per topic; a new topic is one more ``__all__ += [...]`` block.
+
+# Protocols: the abstract modules a component implements (a final subclass, no overrides).
+__all__ = [
+    "AbstractChannelPrior",
+    "AbstractDecoder",
+    "AbstractEncoder",
+    "AbstractHead",
+    "AbstractLikelihood",
+    "AbstractPrior",
+]
+
+# Typed containers that components exchange.
+__all__ += [
+    "DecoderOutput",
+    "EncoderOutput",
+]
+
+# Registration: factories, their build context and options, the hook marker.
+__all__ += [
+    "KINDS",
+    "BuildContext",
+    "ComponentFactory",
+    "hookimpl",
+    "option",
+]
+
+# Building blocks shared with the built-in components.
+__all__ += [
+    "ACTIVATIONS",
+    "CONDITIONING_METHODS",
+    "ComponentConditioning",
+    "PosteriorHeads",
+    "bounded_log_var",
+    "make_likelihood",
+    "reparameterise",
+    "uniform_log_weights",
+]
+
+# Maths helpers (each docstring carries its formula).
+__all__ += [
+    "categorical_kl",
+    "diagonal_gaussian_log_density",
+    "dirichlet_penalty",
+    "entropy",
+    "gaussian_kl",
+]

@@ -1,0 +1,83 @@
+"""Priors with channels: the shared ``KL_z`` / ``KL_c`` body of ``p(c) p(z|c)`` mixtures.
+
+Every prior with ``K > 0`` channels ``c ~ Cat(π)``, ``z | c ~ p(z|c)`` has the same two KL
+terms per example, with responsibilities ``r = softmax(logits)``::
+
+    KL_z = Σ_c r_c KL(q(z|x) || p(z|c))
+    KL_c = KL(q(c|x) || π) = Σ_c r_c (log r_c − log π_c)
+
+:class:`AbstractChannelPrior` implements both once; a subclass supplies the per-channel
+``KL(q(z|x) || p(z|c))`` in :meth:`AbstractChannelPrior.channel_kl` and ``log π`` in
+``log_weights``. A prior without channels (``K = 0``) subclasses ``AbstractPrior`` directly.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ssvae_core.losses import categorical_kl
+from ssvae_core.protocols import AbstractEncoder, AbstractPrior
+from ssvae_core.types import EncoderOutput
+
+
+def uniform_log_weights(num_components: int) -> Float[Array, " K"]:
+    """``log π_c = −log K`` for every channel: the log-weights of a uniform ``π``."""
+    return jnp.full((num_components,), -jnp.log(num_components))
+
+
+class AbstractChannelPrior(AbstractPrior):
+    """A prior ``p(c) p(z|c)`` with ``K > 0`` channels whose KL terms follow from ``channel_kl``.
+
+    :meth:`kl_terms` is concrete (do not override it)::
+
+        KL_z = Σ_c r_c · channel_kl[:, c]         (channel_kl of shape (B, K))
+        KL_z = channel_kl[:, 0]                   (channel_kl of shape (B, 1))
+        KL_c = categorical_kl(logits, log_weights())
+
+    with ``r = softmax(logits)`` from the encoder's channel logits, which must be present.
+    A subclass fills in the abstract fields and ``channel_kl``, ``log_weights``, ``sample``,
+    ``regularisers`` and ``parameter_scales``, and overrides nothing.
+    """
+
+    @abc.abstractmethod
+    def channel_kl(
+        self, posterior: EncoderOutput, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> Float[Array, "B K"]:
+        """``KL(q(z|x) || p(z|c))`` per example and channel, shape ``(B, K)``.
+
+        An estimate (Monte Carlo) draws its randomness from ``key`` only; ``encoder`` is
+        there for priors defined through it. A prior whose ``p(z|c)`` is the same for
+        every channel may return one column, shape ``(B, 1)``: that column is then
+        ``KL_z`` itself, with no ``Σ_c r_c`` weighting (the weights sum to 1, so the value
+        is the same up to rounding, and the column gets no gradient through ``r``). With
+        ``K = 1`` the two shapes coincide and give the same numbers.
+        """
+
+    def kl_terms(
+        self,
+        posterior: EncoderOutput,
+        z: Float[Array, "B D"],
+        *,
+        encoder: AbstractEncoder,
+        key: PRNGKeyArray,
+    ) -> dict[str, Float[Array, " B"]]:
+        """``{"kl_z": Σ_c r_c KL(q(z|x) || p(z|c)), "kl_c": KL(q(c|x) || π)}`` per example."""
+        logits = posterior.logits
+        assert logits is not None, f"{type(self).__name__} needs channel logits"
+        per_channel = self.channel_kl(posterior, encoder=encoder, key=key)
+        batch, count = logits.shape
+        if per_channel.shape == (batch, 1):
+            kl_z = per_channel[:, 0]
+        elif per_channel.shape == (batch, count):
+            responsibilities = jax.nn.softmax(logits, axis=-1)
+            kl_z = jnp.sum(responsibilities * per_channel, axis=-1)
+        else:
+            raise ValueError(
+                f"{type(self).__name__}.channel_kl returned shape {per_channel.shape}, "
+                f"expected ({batch}, {count}) or ({batch}, 1)"
+            )
+        return {"kl_z": kl_z, "kl_c": categorical_kl(logits, self.log_weights())}
