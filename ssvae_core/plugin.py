@@ -33,6 +33,8 @@ from ssvae_core.networks.dense import ACTIVATIONS
 from ssvae_core.options import option
 from ssvae_core.priors.channels import AbstractChannelPrior, uniform_log_weights
 from ssvae_core.protocols import AbstractDecoder, AbstractEncoder, AbstractHead, AbstractPrior
+from ssvae_core.schedules import Schedule
+from ssvae_core.terms import AbstractLossTerm, TermInputs, TermOptions, TermValue, masked_mean
 from ssvae_core.types import DecoderOutput, EncoderOutput
 
 # One sorted list per topic; a new topic is one more ``__all__ += [...]`` block.
@@ -45,6 +47,16 @@ __all__ = [
     "AbstractHead",
     "AbstractLikelihood",
     "AbstractPrior",
+]
+
+# Loss terms: the base class, its options, what it reads and returns, its weight schedule.
+__all__ += [
+    "AbstractLossTerm",
+    "Schedule",
+    "TermInputs",
+    "TermOptions",
+    "TermValue",
+    "masked_mean",
 ]
 
 # Typed containers that components exchange.

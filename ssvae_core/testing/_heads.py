@@ -1,4 +1,4 @@
-"""Conformance checks for classification heads (SPEC §3, §6).
+"""Conformance checks for classification heads.
 
 A head is built with ``settings.num_components`` channels and, if it accepts them (a head
 that needs channels raises ``ValueError``), without. Its state comes from ``init_state``

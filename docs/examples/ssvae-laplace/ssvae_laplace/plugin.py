@@ -1,4 +1,5 @@
-"""Registers the ``laplace`` prior through the ``ssvae`` entry-point group."""
+"""Registers the ``laplace`` prior and the ``responsibility_entropy`` loss term through the
+``ssvae`` entry-point group."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from jaxtyping import PRNGKeyArray
 
 from ssvae_core.plugin import BuildContext, ComponentFactory, hookimpl, option
 from ssvae_laplace.prior import ESTIMATORS, LaplaceMixturePrior
+from ssvae_laplace.terms import ResponsibilityEntropyOptions, ResponsibilityEntropyTerm
 
 
 @dataclass(frozen=True)
@@ -57,5 +59,23 @@ def ssvae_register_priors() -> dict[str, ComponentFactory]:
             LaplaceOptions,
             _build_laplace,
             "Cat(π) channels over factorised Laplace(μ_c, b) with learned locations; τ head",
+        )
+    }
+
+
+def _build_entropy(
+    options: ResponsibilityEntropyOptions, context: BuildContext, key: PRNGKeyArray
+) -> ResponsibilityEntropyTerm:
+    return ResponsibilityEntropyTerm(options.schedule(), unlabeled_only=options.unlabeled_only)
+
+
+@hookimpl
+def ssvae_register_loss_terms() -> dict[str, ComponentFactory]:
+    return {
+        "responsibility_entropy": ComponentFactory(
+            ResponsibilityEntropyTerm,
+            ResponsibilityEntropyOptions,
+            _build_entropy,
+            "Entropy of each row's responsibilities (entropy minimisation); off by default",
         )
     }
