@@ -13,8 +13,9 @@ from hypothesis import given, settings
 
 from ssvae_core.config import config_from_dict
 from ssvae_core.model import SSVAE, build_model
-from ssvae_core.objective import objective
+from ssvae_core.objective import Objective, build_objective
 from ssvae_core.testing import permute_channels, strategies
+from ssvae_core.types import Batch
 
 # K differs from every other leading size in the model (latent 4, hidden 16, classes 3),
 # so permute_channels touches exactly the channel-indexed arrays.
@@ -29,22 +30,31 @@ def mixture_model() -> tuple[SSVAE, Any, Any]:
             "prior": {"name": "mixture", "num_components": K, "learn_pi": True},
             "encoder": {"hidden": [16]},
             "decoder": {"hidden": [16]},
+            # Every built-in term that needs no prepared data, the view-based ones included.
+            "loss": {"graph_label": {"weight": 0.0}, "embedding_repulsion": {"weight": 0.1}},
         }
     )
     model, config = build_model(
         config, input_shape=SHAPE, num_classes=CLASSES, key=jax.random.PRNGKey(0)
     )
+    objective = build_objective(config, model, input_shape=SHAPE, num_classes=CLASSES)
     # Non-uniform π and non-zero counts, so a wrong relabelling would show.
     model = eqx.tree_at(lambda m: m.prior.pi_logits, model, jnp.linspace(-1.0, 1.0, K))
     counts = jax.random.uniform(jax.random.PRNGKey(1), (K, CLASSES)) * 5.0
-    return model, counts, config.loss
+    return model, counts, objective
 
 
 @eqx.filter_jit
 def _loss(
-    model: SSVAE, counts: jax.Array, x: jax.Array, labels: jax.Array, key: jax.Array, config: Any
+    model: SSVAE,
+    counts: jax.Array,
+    x: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    objective: Objective,
 ) -> Any:
-    total, (metrics, _) = objective(model, counts, x, labels, jnp.asarray(0), key, config)
+    batch = Batch(x=x, labels=labels, x_view=jnp.flip(x, axis=-1))
+    total, (metrics, _) = objective(model, counts, batch, jnp.asarray(0), key)
     return total, metrics
 
 
