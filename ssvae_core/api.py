@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -28,6 +28,8 @@ from ssvae_core.model import SSVAE, build_model
 from ssvae_core.objective import Objective, build_objective
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.training import MetricSink, Trainer, TrainState, init_state, training_arrays
+
+CheckpointCallback = Callable[["SSVAEClassifier"], None]
 
 
 class SSVAEClassifier:
@@ -56,11 +58,15 @@ class SSVAEClassifier:
         num_classes: int | None = None,
         label_names: Sequence[str] | None = None,
         sinks: Sequence[MetricSink] = (),
+        on_checkpoint: CheckpointCallback | None = None,
     ) -> SSVAEClassifier:
         """Train from scratch on every row of ``x``; rows whose label is ``-1`` are unlabeled.
 
         Each sink — ``sink(step, metrics)`` — receives the mean metrics of each chunk of
         ``train.log_every`` steps (:attr:`history` keeps them too).
+        ``on_checkpoint(classifier)`` is called every ``train.checkpoint_every`` steps (at
+        the end of the chunk that reaches them) with the classifier holding the training
+        state reached, e.g. ``lambda c: c.save("model.ckpt")``.
         """
         dataset = self._training_data(x, y, num_classes, label_names)
         model_key, state_key = jax.random.split(jax.random.PRNGKey(self.config.seed))
@@ -78,7 +84,7 @@ class SSVAEClassifier:
         self.label_names = dataset.label_names
         self.opt_state = self._trainer().init_opt_state(model)
         self.history = []
-        return self._train(dataset, self.config.train.steps, sinks)
+        return self._train(dataset, self.config.train.steps, sinks, on_checkpoint)
 
     def resume(
         self,
@@ -87,13 +93,15 @@ class SSVAEClassifier:
         *,
         until_step: int,
         sinks: Sequence[MetricSink] = (),
+        on_checkpoint: CheckpointCallback | None = None,
     ) -> SSVAEClassifier:
         """Continue training a fitted or loaded classifier up to ``until_step``.
 
         Parameters, optimiser state, τ counts and the RNG key carry on, so training 10 steps,
         saving, loading and resuming to 20 on the same data gives the same model as 20
         steps in one go. ``y`` may hold labels the first run did not have: they join the
-        labeled pool (the compiled step is reused; only values change).
+        labeled pool (the compiled step is reused; only values change). ``sinks`` and
+        ``on_checkpoint`` work as in :meth:`fit`.
         """
         _, state = self._fitted()
         dataset = self._training_data(x, y, len(self.label_names), self.label_names)
@@ -110,7 +118,7 @@ class SSVAEClassifier:
         self.config = self.config.replace(
             train=dataclasses.replace(self.config.train, steps=until_step)
         )
-        return self._train(dataset, until_step, sinks)
+        return self._train(dataset, until_step, sinks, on_checkpoint)
 
     def _training_data(
         self,
@@ -144,13 +152,27 @@ class SSVAEClassifier:
         return Trainer.for_model(self.config, model, self._objective())
 
     def _train(
-        self, dataset: Dataset, until_step: int, sinks: Sequence[MetricSink]
+        self,
+        dataset: Dataset,
+        until_step: int,
+        sinks: Sequence[MetricSink],
+        on_checkpoint: CheckpointCallback | None = None,
     ) -> SSVAEClassifier:
         model, state = self._fitted()
         trainer = self._trainer()
+        every = self.config.train.checkpoint_every
 
         def record(step: int, metrics: dict[str, float]) -> None:
             self.history.append({"step": step, **metrics})
+
+        last = [int(state.step)]  # the step reached so far (the arrays are donated)
+
+        def reached(model: SSVAE, state: TrainState, opt_state: Any) -> None:
+            self.model, self.state, self.opt_state = model, state, opt_state
+            step = int(state.step)
+            if on_checkpoint is not None and every > 0 and step // every > last[0] // every:
+                on_checkpoint(self)
+            last[0] = step
 
         arrays = training_arrays(
             dataset.x,
@@ -159,7 +181,13 @@ class SSVAEClassifier:
             num_classes=dataset.num_classes,
         )
         self.model, self.state, self.opt_state = trainer.train(
-            arrays, model, state, self.opt_state, until_step=until_step, sinks=[record, *sinks]
+            arrays,
+            model,
+            state,
+            self.opt_state,
+            until_step=until_step,
+            sinks=[record, *sinks],
+            on_chunk=reached,
         )
         return self
 

@@ -1,4 +1,4 @@
-"""The ``ssvae`` command line: ``train``, ``evaluate`` and ``plugins``.
+"""The ``ssvae`` command line: ``train``, ``evaluate``, ``report`` and ``plugins``.
 
 Exit codes: 0 success, 2 bad input (config, data, checkpoint, plugin; one line on
 stderr, nothing overwritten), 1 internal failure.
@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--resume", metavar="RUN_DIR",
-        help="continue RUN_DIR from its checkpoint up to --steps total (same data, split, config)",
+        help="continue RUN_DIR from its last checkpoint up to --steps total (default: the "
+        "run's own train.steps; same data, split, config); finishes a killed run",
     )
     train.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     train.add_argument("--quiet", action="store_true", help="no progress display")
@@ -63,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", metavar="PATH", help="evaluate on every labeled example of PATH")
     evaluate.add_argument("--ood", metavar="PATH", help="second dataset for the OOD AUROC")
     evaluate.add_argument("--json", action="store_true", help="print the whole report as JSON")
+
+    report = commands.add_parser(
+        "report", help="rewrite a run's report and plots from its checkpoint",
+        description="For a run whose report is missing or out of date (e.g. killed after its "
+        "last checkpoint).",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    report.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
     plugins = commands.add_parser("plugins", help="list registered components and their options")
     plugins.add_argument("--json", action="store_true", help="machine-readable listing")
@@ -88,14 +97,38 @@ def _resume(args: argparse.Namespace) -> int:
             f"--resume continues a run with its own config; drop {', '.join(clashing)} "
             "(only --steps, --no-plots and --quiet apply)"
         )
-    if args.steps is None:
-        raise ConfigError("--resume needs --steps N, the total number of steps to reach")
-    with TrainingProgress(args.steps, enabled=not args.quiet) as progress:
+    total = args.steps if args.steps is not None else _planned_steps(args.resume)
+    with TrainingProgress(total, enabled=not args.quiet) as progress:
         report = resume_run(
             args.resume, args.steps, sinks=[progress], on_start=progress.start,
-            plots=not args.no_plots,
+            on_notice=_notice, plots=not args.no_plots,
         )
     _print_train_summary(report, args.resume)
+    return EXIT_OK
+
+
+def _notice(text: str) -> None:
+    print(f"ssvae: {text}", file=sys.stderr)
+
+
+def _planned_steps(run_dir: str) -> int:
+    """The run's own ``train.steps`` (for the progress bar; 0 when it cannot be read)."""
+    from pathlib import Path
+
+    from ssvae_core.config import read_toml
+
+    try:
+        steps = read_toml(Path(run_dir) / "config.toml").get("train", {}).get("steps", 0)
+    except SSVAEError:
+        return 0
+    return steps if isinstance(steps, int) else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ssvae_core.runs import report_run
+
+    report = report_run(args.run_dir, on_notice=_notice, plots=not args.no_plots)
+    _print_train_summary(report, args.run_dir)
     return EXIT_OK
 
 
@@ -184,7 +217,7 @@ def _plugins(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ssvae`` console script."""
     args = _parser().parse_args(argv)
-    handlers = {"train": _train, "evaluate": _evaluate, "plugins": _plugins}
+    handlers = {"train": _train, "evaluate": _evaluate, "report": _report, "plugins": _plugins}
     try:
         return handlers[args.command](args)
     except SSVAEError as error:

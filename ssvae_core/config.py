@@ -117,6 +117,11 @@ class TrainConfig:
     weight_decay: float = option(1e-4, help="decoupled weight decay (adamw only)", minimum=0.0)
     grad_clip: float = option(5.0, help="global gradient-norm clip (0 disables)", minimum=0.0)
     log_every: int = option(100, help="steps between metric logs (metrics stay on the device until then)", minimum=1)
+    checkpoint_every: int = option(
+        500,
+        help="steps between checkpoints of a run directory, at the end of the log_every chunk that reaches them (0: only at the end)",
+        minimum=0,
+    )
     fuse_steps: bool = option(
         False, help="compile each log_every chunk into one lax.scan (fast on GPU; slow for convolutions on CPU)"
     )
@@ -273,6 +278,8 @@ def default_config(registry: Registry | None = None) -> Config:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``section.key=value`` → (path, value); the value is read as TOML, else as a string."""
+    if not isinstance(text, str):
+        raise ConfigError(f"an override must be a string section.key=value, got {text!r}")
     if "=" not in text:
         raise ConfigError(f"--set expects section.key=value, got {text!r}")
     path, value_text = text.split("=", 1)
@@ -304,14 +311,32 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
 
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a TOML file; a missing or malformed file is a :class:`ConfigError`."""
+    """Read a TOML file; a missing, unreadable or malformed file is a :class:`ConfigError`."""
+    try:
+        where = repr(os.fspath(path))
+    except TypeError:
+        raise ConfigError(f"a config file path must be a string or path, got {path!r}") from None
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
+            data = handle.read()
     except FileNotFoundError:
-        raise ConfigError(f"config file {os.fspath(path)!r} does not exist") from None
+        raise ConfigError(f"config file {where} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {where} is a directory; expected a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"config file {where} cannot be read (permission denied)") from None
+    except OSError as error:
+        raise ConfigError(f"config file {where} cannot be read: {error.strerror or error}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {where} is not UTF-8 text (byte {error.start}); TOML files must be UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {error}") from None
+        raise ConfigError(f"config file {where} is not valid TOML: {error}") from None
 
 
 def load_config(

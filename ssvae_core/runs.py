@@ -4,13 +4,20 @@ A run directory holds::
 
     config.toml      the resolved configuration
     metrics.jsonl    one JSON object per logged chunk of steps
-    model.ckpt       the checkpoint (see ssvae_core.checkpoint)
+    model.ckpt       the checkpoint (see ssvae_core.checkpoint), rewritten every
+                     train.checkpoint_every steps and at the end
     report.json      held-out metrics and run facts; report.md the same for people
     plots/           loss curves, τ heat-map, reliability diagram, channel usage
+    .lock            held by the one command writing the directory (ssvae_core.rundir)
+
+A killed ``ssvae train`` loses at most the steps since its last checkpoint:
+:func:`resume_run` continues from that checkpoint (or from the start, if the kill came
+before the first one) and :func:`report_run` rewrites a missing report.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -21,13 +28,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from ssvae_core.api import SSVAEClassifier
+from ssvae_core.api import CheckpointCallback, SSVAEClassifier
 from ssvae_core.checkpoint import atomic_write_bytes, read_manifest
-from ssvae_core.config import Config, dumps_toml
+from ssvae_core.config import Config, config_from_dict, dumps_toml, read_toml
 from ssvae_core.data import Dataset, Split, benchmark_split, from_arrays, load_dataset
 from ssvae_core.errors import CheckpointError, ConfigError, DataError
 from ssvae_core.model import build_model
 from ssvae_core.registry import Registry, default_registry
+from ssvae_core.rundir import METRICS_NAME, RunLock, check_fresh_dir, claim_new_run_dir, recover
 from ssvae_core.training import JsonLinesSink, MetricSink
 
 CHECKPOINT_NAME = "model.ckpt"
@@ -42,15 +50,6 @@ def new_run_dir(root: str | os.PathLike[str] = "runs") -> Path:
         suffix += 1
         candidate = Path(root) / f"{stamp}-{suffix}"
     return candidate
-
-
-def check_fresh_dir(path: Path) -> None:
-    """Refuse to write into a run directory that already holds files."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ConfigError(
-            f"output directory {os.fspath(path)!r} already exists and is not empty; "
-            "choose a new --out (runs are never overwritten)"
-        )
 
 
 def write_text(path: Path, text: str) -> None:
@@ -152,7 +151,7 @@ def _train_logged(
     if on_start is not None:
         on_start()
     started = time.perf_counter()
-    with JsonLinesSink(out / "metrics.jsonl", append=append) as log:
+    with JsonLinesSink(out / METRICS_NAME, append=append) as log:
         train([log, *sinks])
     return time.perf_counter() - started
 
@@ -166,12 +165,13 @@ def _write_results(
     wall_time: float,
     steps_trained: int,
     plots: bool,
+    save: bool = True,
 ) -> dict[str, Any]:
-    """Checkpoint, report (JSON + Markdown) and plots of a finished run."""
+    """Checkpoint (unless ``save`` is off), report (JSON + Markdown) and plots of a run."""
     config = classifier.config
-    data_facts = {"dataset": config.data.dataset, "seed": config.seed, "num_labels": len(split.labeled)}
-    classifier.save(out / CHECKPOINT_NAME, extra={"data": data_facts})
-    write_text(out / "config.toml", dumps_toml(config.to_dict()))
+    if save:
+        _checkpointer(out, split)(classifier)
+        write_text(out / "config.toml", dumps_toml(config.to_dict()))
     report = build_report(
         classifier,
         dataset,
@@ -180,17 +180,42 @@ def _write_results(
         num_labels=len(split.labeled),
         num_train=len(split.train),
         wall_time_s=wall_time,
-        images_per_s=steps_trained * config.train.batch_size / wall_time,
+        images_per_s=steps_trained * config.train.batch_size / max(wall_time, 1e-9),
     )
     write_text(out / "report.json", json.dumps(report, indent=2))
     write_text(out / "report.md", markdown_report(report))
     if plots:
         from ssvae_core.plots import write_run_plots
 
-        with open(out / "metrics.jsonl", encoding="utf-8") as log:
-            history = [json.loads(line) for line in log if line.strip()]
-        write_run_plots(out, classifier, history, report)
+        write_run_plots(out, classifier, _history(out), report)
     return report
+
+
+def _history(out: Path) -> list[dict[str, Any]]:
+    path = out / METRICS_NAME
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as log:
+        return [json.loads(line) for line in log if line.strip()]
+
+
+def _checkpointer(out: Path, split: Split) -> CheckpointCallback:
+    """Saves the classifier's current state as the run's checkpoint (atomically)."""
+
+    def save(classifier: SSVAEClassifier) -> None:
+        config = classifier.config
+        facts = {"dataset": config.data.dataset, "seed": config.seed, "num_labels": len(split.labeled)}
+        classifier.save(out / CHECKPOINT_NAME, extra={"data": facts})
+
+    return save
+
+
+def _resolvable(config: Config) -> Config:
+    """The config with a data path made absolute, so the run finds it from anywhere."""
+    name = config.data.dataset
+    if name == "digits" or not Path(name).exists():
+        return config
+    return config.replace(data=dataclasses.replace(config.data, dataset=os.path.abspath(name)))
 
 
 def train_run(
@@ -212,6 +237,7 @@ def train_run(
     out = Path(out_dir)
     check_fresh_dir(out)
     dataset = dataset if dataset is not None else load_dataset(config.data.dataset)
+    config = _resolvable(config)
     split = split_dataset(dataset, config)
     # Build once up front so every config error surfaces before anything is written.
     _, config = build_model(
@@ -221,58 +247,136 @@ def train_run(
         key=jax.random.PRNGKey(config.seed),
         registry=registry,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.toml", dumps_toml(config.to_dict()))
-    train = training_view(dataset, split)
-    classifier = SSVAEClassifier(config, registry=registry)
-    wall_time = _train_logged(
-        out,
-        lambda all_sinks: classifier.fit(train, sinks=all_sinks),
-        append=False,
-        sinks=sinks,
-        on_start=on_start,
-    )
-    return _write_results(
-        out, classifier, dataset, split,
-        wall_time=wall_time, steps_trained=config.train.steps, plots=plots,
-    )
+    with claim_new_run_dir(out):
+        write_text(out / "config.toml", dumps_toml(config.to_dict()))
+        train = training_view(dataset, split)
+        classifier = SSVAEClassifier(config, registry=registry)
+        checkpoint = _checkpointer(out, split)
+        wall_time = _train_logged(
+            out,
+            lambda all_sinks: classifier.fit(train, sinks=all_sinks, on_checkpoint=checkpoint),
+            append=False,
+            sinks=sinks,
+            on_start=on_start,
+        )
+        return _write_results(
+            out, classifier, dataset, split,
+            wall_time=wall_time, steps_trained=config.train.steps, plots=plots,
+        )
+
+
+def _run_dir(run_dir: str | os.PathLike[str], command: str) -> Path:
+    out = Path(run_dir)
+    if not out.is_dir():
+        raise CheckpointError(f"{command} expects a run directory, got {os.fspath(out)!r}")
+    return out
 
 
 def resume_run(
     run_dir: str | os.PathLike[str],
-    steps: int,
+    steps: int | None = None,
     *,
     registry: Registry | None = None,
     sinks: Sequence[MetricSink] = (),
     on_start: Callable[[], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
     plots: bool = True,
 ) -> dict[str, Any]:
-    """Continue a run from its checkpoint up to ``steps`` total, on its own data and split.
+    """Continue a run from its last checkpoint up to ``steps`` total (default: the run's
+    own ``train.steps``), on its own data and split.
 
-    The run directory is updated in place: metrics are appended, and the checkpoint,
-    config and reports are replaced atomically once training has finished.
+    After a kill this finishes the run: a run killed before its first checkpoint starts
+    again from its ``config.toml``; leftovers of interrupted writes are removed and
+    ``metrics.jsonl`` is cut back to the checkpoint's step (each repair is passed to
+    ``on_notice``). A run that has all its steps but no report gets its report. The
+    directory is locked for the whole command; metrics are appended, and checkpoint,
+    config and reports are replaced atomically.
     """
-    out = Path(run_dir)
-    if not out.is_dir():
-        raise CheckpointError(f"--resume expects a run directory, got {os.fspath(out)!r}")
-    classifier = SSVAEClassifier.load(out / CHECKPOINT_NAME, registry=registry)
-    done = int(classifier.state.step) if classifier.state is not None else 0
-    if steps <= done:
-        raise ConfigError(f"--steps must exceed the {done} steps this run has taken, got {steps}")
-    dataset = load_dataset(classifier.config.data.dataset)
-    split = split_dataset(dataset, classifier.config)
-    train = training_view(dataset, split)
-    wall_time = _train_logged(
-        out,
-        lambda all_sinks: classifier.resume(train, until_step=steps, sinks=all_sinks),
-        append=True,
-        sinks=sinks,
-        on_start=on_start,
-    )
+    out = _run_dir(run_dir, "--resume")
+    with RunLock(out):
+        checkpoint = out / CHECKPOINT_NAME
+        classifier: SSVAEClassifier | None = None
+        if checkpoint.exists():
+            classifier = SSVAEClassifier.load(checkpoint, registry=registry)
+            config = classifier.config
+            done = int(classifier.state.step) if classifier.state is not None else 0
+        elif (out / "config.toml").exists():
+            config = config_from_dict(read_toml(out / "config.toml"), registry)
+            done = 0
+        else:
+            raise CheckpointError(
+                f"{os.fspath(out)!r} is not a run directory (it has neither {CHECKPOINT_NAME} "
+                "nor config.toml)"
+            )
+        for note in recover(out, done):
+            if on_notice is not None:
+                on_notice(note)
+        target = config.train.steps if steps is None else steps
+        if target <= done:
+            if classifier is not None and steps is None and not (out / "report.json").exists():
+                return _report(out, classifier, plots=plots)
+            if steps is None:
+                raise ConfigError(
+                    f"this run has taken all of its {done} steps; pass --steps N > {done} to train further"
+                )
+            raise ConfigError(f"--steps must exceed the {done} steps this run has taken, got {target}")
+        dataset = load_dataset(config.data.dataset)
+        split = split_dataset(dataset, config)
+        train = training_view(dataset, split)
+        save = _checkpointer(out, split)
+        if classifier is None:
+            config = config.replace(train=dataclasses.replace(config.train, steps=target))
+            fresh = SSVAEClassifier(config, registry=registry)
+            classifier = fresh
+
+            def run_training(all_sinks: Sequence[MetricSink]) -> object:
+                return fresh.fit(train, sinks=all_sinks, on_checkpoint=save)
+        else:
+            loaded = classifier
+
+            def run_training(all_sinks: Sequence[MetricSink]) -> object:
+                return loaded.resume(train, until_step=target, sinks=all_sinks, on_checkpoint=save)
+
+        wall_time = _train_logged(out, run_training, append=True, sinks=sinks, on_start=on_start)
+        return _write_results(
+            out, classifier, dataset, split,
+            wall_time=wall_time, steps_trained=target - done, plots=plots,
+        )
+
+
+def _report(out: Path, classifier: SSVAEClassifier, *, plots: bool) -> dict[str, Any]:
+    config = classifier.config
+    dataset = load_dataset(config.data.dataset)
+    split = split_dataset(dataset, config)
+    history = _history(out)
+    wall_time = float(sum(record.get("seconds", 0.0) for record in history))
+    steps = int(classifier.state.step) if classifier.state is not None else 0
     return _write_results(
         out, classifier, dataset, split,
-        wall_time=wall_time, steps_trained=steps - done, plots=plots,
+        wall_time=wall_time, steps_trained=steps, plots=plots, save=False,
     )
+
+
+def report_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    registry: Registry | None = None,
+    on_notice: Callable[[str], None] | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Rewrite ``report.json``, ``report.md`` and the plots from the run's checkpoint.
+
+    For a run killed after its last checkpoint landed, or whose report was lost. The wall
+    time is the sum of the logged chunks' times.
+    """
+    out = _run_dir(run_dir, "report")
+    with RunLock(out):
+        classifier = SSVAEClassifier.load(out / CHECKPOINT_NAME, registry=registry)
+        done = int(classifier.state.step) if classifier.state is not None else 0
+        for note in recover(out, done):
+            if on_notice is not None:
+                on_notice(note)
+        return _report(out, classifier, plots=plots)
 
 
 def evaluate_run(

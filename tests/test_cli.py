@@ -242,9 +242,9 @@ def test_resumed_run_matches_an_uninterrupted_run(tmp_path: Path, npz_path: Path
     assert json.loads((split_run / "report.json").read_text())["steps"] == 10
 
 
-def test_resume_without_steps_exits_2(run: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_of_a_finished_run_without_steps_exits_2(run: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--resume", str(run["out"])]) == 2
-    assert "--resume needs --steps" in capsys.readouterr().err
+    assert "has taken all of its 10 steps; pass --steps N > 10" in capsys.readouterr().err
 
 
 def test_resume_to_fewer_steps_than_taken_exits_2_and_leaves_the_run_intact(

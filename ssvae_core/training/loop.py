@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -172,11 +172,13 @@ class Trainer:
         *,
         until_step: int | None = None,
         sinks: Sequence[MetricSink] = (),
+        on_chunk: Callable[[SSVAE, TrainState, optax.OptState], None] | None = None,
     ) -> tuple[SSVAE, TrainState, optax.OptState]:
         """Train from ``state.step`` to ``until_step`` (default: ``train.steps``).
 
         Each sink receives the chunk means as host floats (plus ``seconds``, the chunk's
-        wall time) after each chunk of ``train.log_every`` steps.
+        wall time) after each chunk of ``train.log_every`` steps; then ``on_chunk(model,
+        state, opt_state)`` sees the training state reached (to checkpoint it).
         """
         until_step = self.config.train.steps if until_step is None else until_step
         chunk = self.config.train.log_every
@@ -195,4 +197,6 @@ class Trainer:
                 raise FloatingPointError(f"training diverged at step {step}: {host}")
             for sink in sinks:
                 sink(step, host)
+            if on_chunk is not None:
+                on_chunk(model, state, opt_state)
         return model, state, opt_state

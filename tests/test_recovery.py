@@ -1,0 +1,193 @@
+"""Killed training recovers: faults injected into a real ``ssvae train`` subprocess.
+
+A driver script runs the CLI in a child process with one function wrapped so that the
+process SIGKILLs itself at a chosen point: right after the metrics line of a given step
+(before the first checkpoint, between checkpoints), in the middle of an atomic checkpoint
+write (temporary file written, rename not done), or after the final checkpoint and before
+the report. ``ssvae train --resume`` must then finish the run, bit for bit equal to an
+uninterrupted one, with every metrics step logged once. Two writers on one run directory:
+the second is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+
+from ssvae_core.checkpoint import load_checkpoint
+from ssvae_core.cli import main
+from ssvae_core.rundir import RunLock
+
+STEPS, LOG_EVERY, CHECKPOINT_EVERY = 40, 5, 10
+TINY = [
+    "--labels-per-class", "2", "--steps", str(STEPS), "--no-plots", "--quiet",
+    "--set", f"train.log_every={LOG_EVERY}",
+    "--set", f"train.checkpoint_every={CHECKPOINT_EVERY}",
+    "--set", "train.batch_size=8",
+    "--set", "model.latent_dim=2",
+    "--set", "model.embedding_dim=4",
+    "--set", "prior.num_components=4",
+    "--set", "encoder.hidden=[16]",
+    "--set", "decoder.hidden=[16]",
+]  # fmt: skip
+
+DRIVER = """
+import os, signal, sys
+from ssvae_core import cli
+from ssvae_core.training import loop
+
+mode, at = sys.argv[1], int(sys.argv[2])
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+if mode == "metrics":
+    logged = loop.JsonLinesSink.__call__
+    def call(self, step, metrics):
+        logged(self, step, metrics)
+        if step >= at:
+            die()
+    loop.JsonLinesSink.__call__ = call
+else:
+    target = {"rename": "model.ckpt", "report": "report.json"}[mode]
+    rename, seen = os.replace, []
+    def replace(source, destination):
+        if str(destination).endswith(target):
+            seen.append(destination)
+            if len(seen) >= at:
+                die()
+        return rename(source, destination)
+    os.replace = replace
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory, synthetic: dict[str, np.ndarray]) -> Path:
+    path = tmp_path_factory.mktemp("data") / "shapes.npz"
+    np.savez(path, x=synthetic["x"], y=synthetic["y"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Path:
+    """The uninterrupted run every recovered run must equal."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    _quiet(["train", "--data", str(data), "--out", str(out), *TINY])
+    return out
+
+
+def _quiet(args: list[str]) -> int:
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(args)
+    assert code == 0, args
+    return code
+
+
+def _killed(data: Path, out: Path, mode: str, at: int) -> None:
+    command = [sys.executable, "-c", DRIVER, mode, str(at), "train", "--data", str(data), "--out", str(out), *TINY]
+    result = subprocess.run(command, capture_output=True, timeout=300, check=False)
+    assert result.returncode == -9, result.stderr.decode()[-2000:]
+
+
+def _arrays(run: Path) -> list[np.ndarray]:
+    loaded = load_checkpoint(run / "model.ckpt")
+    leaves = eqx.filter((loaded.model, loaded.state, loaded.opt_state), eqx.is_array)
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(leaves)]
+
+
+def _steps(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_equal_runs(recovered: Path, straight: Path) -> None:
+    for a, b in zip(_arrays(recovered), _arrays(straight), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _steps(recovered) == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
+    report = json.loads((recovered / "report.json").read_text())
+    assert report["test_accuracy"] == json.loads((straight / "report.json").read_text())["test_accuracy"]
+    assert not [p.name for p in recovered.iterdir() if p.name.startswith(".model.ckpt.")]
+
+
+@pytest.mark.parametrize(
+    ("mode", "at", "checkpoint_step"),
+    [
+        ("metrics", 5, None),  # before the first checkpoint: the run starts again
+        ("metrics", 25, 20),  # between checkpoints: metrics of step 25 are dropped
+        ("rename", 2, 10),  # during the second checkpoint's rename: its temporary file is removed
+    ],
+    ids=["before-first-checkpoint", "between-checkpoints", "during-checkpoint-rename"],
+)
+def test_a_killed_run_resumes_to_the_uninterrupted_result(
+    mode: str,
+    at: int,
+    checkpoint_step: int | None,
+    data: Path,
+    straight: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "run"
+    _killed(data, out, mode, at)
+    if checkpoint_step is None:
+        assert not (out / "model.ckpt").exists()
+    else:
+        assert load_checkpoint(out / "model.ckpt").manifest["step"] == checkpoint_step
+    assert not (out / "report.json").exists()
+    _quiet(["train", "--resume", str(out), "--quiet", "--no-plots"])
+    _assert_equal_runs(out, straight)
+    if mode == "rename":
+        assert "left by a write that was interrupted" in capsys.readouterr().err
+
+
+def test_a_run_killed_before_its_report_gets_it_from_resume(
+    data: Path, straight: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    _killed(data, out, "report", 1)
+    assert load_checkpoint(out / "model.ckpt").manifest["step"] == STEPS
+    _quiet(["train", "--resume", str(out), "--quiet", "--no-plots"])
+    _assert_equal_runs(out, straight)
+
+
+def test_report_command_rewrites_a_lost_report(straight: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("model.ckpt", "config.toml", "metrics.jsonl"):
+        (copy / name).write_bytes((straight / name).read_bytes())
+    _quiet(["report", str(copy), "--no-plots"])
+    rewritten = json.loads((copy / "report.json").read_text())
+    original = json.loads((straight / "report.json").read_text())
+    assert rewritten["test_accuracy"] == original["test_accuracy"]
+    assert rewritten["steps"] == STEPS
+
+
+def test_a_second_writer_is_refused_and_changes_nothing(
+    straight: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = {p.name: p.read_bytes() for p in straight.iterdir() if p.is_file()}
+    with RunLock(straight):
+        assert main(["train", "--resume", str(straight), "--steps", str(STEPS + 10), "--quiet"]) == 2
+        assert "is being written by another ssvae process" in capsys.readouterr().err
+        assert main(["report", str(straight)]) == 2
+    empty = tmp_path / "claimed"
+    empty.mkdir()
+    with RunLock(empty):
+        assert main(["train", "--data", str(data), "--out", str(empty), *TINY]) == 2
+        assert "is being written by another ssvae process" in capsys.readouterr().err
+    after = {p.name: p.read_bytes() for p in straight.iterdir() if p.is_file() and p.name != ".lock"}
+    assert after == {k: v for k, v in before.items() if k != ".lock"}
+
+
+def test_out_that_is_a_file_is_refused_as_a_file(tmp_path: Path, data: Path, capsys: Any) -> None:
+    path = tmp_path / "taken"
+    path.write_text("x")
+    assert main(["train", "--data", str(data), "--out", str(path), *TINY]) == 2
+    assert "is a file" in capsys.readouterr().err
