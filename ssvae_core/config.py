@@ -111,7 +111,7 @@ class TrainConfig:
     learning_rate: float = option(1e-3, help="step size", minimum=0.0, exclusive_minimum=True)
     lr_schedule: str = option(
         "constant",
-        help="learning-rate schedule over train.steps ('cosine' decays to 0; a resumed run stretches it to the new steps)",
+        help="learning-rate schedule over train.steps ('cosine' decays to 0; resuming beyond train.steps stretches it to the new total)",
         choices=("constant", "cosine"),
     )
     weight_decay: float = option(1e-4, help="decoupled weight decay (adamw only)", minimum=0.0)

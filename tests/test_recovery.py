@@ -191,3 +191,37 @@ def test_out_that_is_a_file_is_refused_as_a_file(tmp_path: Path, data: Path, cap
     path.write_text("x")
     assert main(["train", "--data", str(data), "--out", str(path), *TINY]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_resuming_a_cosine_schedule_from_a_checkpoint_keeps_its_horizon(
+    synthetic: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    from ssvae_core import SSVAEClassifier, config_from_dict
+
+    config = config_from_dict(
+        {
+            "model": {"latent_dim": 2, "embedding_dim": 4},
+            "prior": {"name": "mixture", "num_components": 4},
+            "encoder": {"hidden": [16]},
+            "decoder": {"hidden": [16]},
+            "train": {"steps": 10, "batch_size": 8, "log_every": 5, "checkpoint_every": 5,
+                      "lr_schedule": "cosine"},
+        }
+    )
+    x, labels = synthetic["x"], synthetic["partial"]
+    saved: list[int] = []
+
+    def keep_first(classifier: SSVAEClassifier) -> None:
+        if not saved:
+            classifier.save(tmp_path / "model.ckpt")
+            saved.append(int(classifier.state.step))
+
+    straight = SSVAEClassifier(config).fit(x, labels, on_checkpoint=keep_first)
+    assert saved == [5]
+    resumed = SSVAEClassifier.load(tmp_path / "model.ckpt").resume(x, labels, until_step=10)
+    for a, b in zip(
+        jax.tree.leaves(eqx.filter(straight.model, eqx.is_array)),
+        jax.tree.leaves(eqx.filter(resumed.model, eqx.is_array)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
