@@ -86,7 +86,7 @@ def _resume(args: argparse.Namespace) -> int:
     clashing = [
         flag
         for flag, value in (
-            ("--config", args.config), ("--preset", args.preset), ("--data", args.data),
+            ("--config", args.config), ("--preset", args.preset),
             ("--labels-per-class", args.labels_per_class), ("--seed", args.seed),
             ("--out", args.out), ("--set", args.set or None),
         )
@@ -95,13 +95,13 @@ def _resume(args: argparse.Namespace) -> int:
     if clashing:
         raise ConfigError(
             f"--resume continues a run with its own config; drop {', '.join(clashing)} "
-            "(only --steps, --no-plots and --quiet apply)"
+            "(only --steps, --data (where the run's data has moved), --no-plots and --quiet apply)"
         )
     total = args.steps if args.steps is not None else _planned_steps(args.resume)
     with TrainingProgress(total, enabled=not args.quiet) as progress:
         report = resume_run(
             args.resume, args.steps, sinks=[progress], on_start=progress.start,
-            on_notice=_notice, plots=not args.no_plots,
+            on_notice=_notice, plots=not args.no_plots, data=args.data,
         )
     _print_train_summary(report, args.resume)
     return EXIT_OK

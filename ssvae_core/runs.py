@@ -281,6 +281,7 @@ def resume_run(
     on_start: Callable[[], None] | None = None,
     on_notice: Callable[[str], None] | None = None,
     plots: bool = True,
+    data: str | None = None,
 ) -> dict[str, Any]:
     """Continue a run from its last checkpoint up to ``steps`` total (default: the run's
     own ``train.steps``), on its own data and split.
@@ -290,7 +291,8 @@ def resume_run(
     ``metrics.jsonl`` is cut back to the checkpoint's step (each repair is passed to
     ``on_notice``). A run that has all its steps but no report gets its report. The
     directory is locked for the whole command; metrics are appended, and checkpoint,
-    config and reports are replaced atomically.
+    config and reports are replaced atomically. ``data`` points to the run's dataset
+    where it has moved (the same data, split by the run's seed).
     """
     out = _run_dir(run_dir, "--resume")
     with RunLock(out):
@@ -308,6 +310,12 @@ def resume_run(
                 f"{os.fspath(out)!r} is not a run directory (it has neither {CHECKPOINT_NAME} "
                 "nor config.toml)"
             )
+        if data is not None:
+            config = _resolvable(
+                config.replace(data=dataclasses.replace(config.data, dataset=data))
+            )
+            if classifier is not None:
+                classifier.config = config
         for note in recover(out, done):
             if on_notice is not None:
                 on_notice(note)

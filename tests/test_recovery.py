@@ -225,3 +225,23 @@ def test_resuming_a_cosine_schedule_from_a_checkpoint_keeps_its_horizon(
         strict=True,
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_data_paths_are_stored_absolute_and_resume_follows_moved_data(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local = tmp_path / "here" / "shapes.npz"
+    local.parent.mkdir()
+    local.write_bytes(data.read_bytes())
+    monkeypatch.chdir(local.parent)
+    out = tmp_path / "run"
+    args = [a if a != str(STEPS) else "10" for a in TINY]
+    _quiet(["train", "--data", "shapes.npz", "--out", str(out), *args])
+    assert f'dataset = "{local}"' in (out / "config.toml").read_text()
+    moved = tmp_path / "elsewhere.npz"
+    local.rename(moved)
+    assert main(["train", "--resume", str(out), "--steps", "15", "--quiet", "--no-plots"]) == 2
+    assert "shapes.npz" in capsys.readouterr().err
+    _quiet(["train", "--resume", str(out), "--steps", "15", "--data", str(moved), "--quiet", "--no-plots"])
+    assert f'dataset = "{moved}"' in (out / "config.toml").read_text()
+    assert load_checkpoint(out / "model.ckpt").manifest["step"] == 15
