@@ -1,10 +1,11 @@
-"""Checkpoints: an exact round trip, clear errors for bad files, and atomic writes."""
+"""Checkpoints: an exact round trip, verified contents, clear errors for bad files, and atomic writes."""
 
 from __future__ import annotations
 
 import json
 import os
 import struct
+import time
 from pathlib import Path
 
 import equinox as eqx
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from ssvae_core.api import SSVAEClassifier
-from ssvae_core.checkpoint import MAGIC, load_checkpoint, read_manifest
+from ssvae_core.checkpoint import FORMAT_VERSION, MAGIC, load_checkpoint, read_manifest, seal
 from ssvae_core.errors import CheckpointError
 
 
@@ -31,8 +32,18 @@ def _split(payload: bytes) -> tuple[dict, bytes]:
 
 
 def _join(manifest: dict, leaves: bytes) -> bytes:
+    """The file bytes without re-sealing: an edit that leaves the old content hash in place."""
     header = json.dumps(manifest).encode()
     return MAGIC + struct.pack("<Q", len(header)) + header + leaves
+
+
+def _forge(saved: Path, tmp_path: Path, **changes) -> Path:
+    """A copy of ``saved`` with manifest keys changed and a valid hash: a crafted file."""
+    manifest, leaves = _split(saved.read_bytes())
+    manifest.update(changes)
+    path = tmp_path / "forged.ckpt"
+    path.write_bytes(seal(manifest, leaves))
+    return path
 
 
 # --- round trip ----------------------------------------------------------------------------
@@ -63,7 +74,9 @@ def test_loaded_classifier_keeps_tau_step_labels_and_config(
 
 def test_manifest_records_version_step_shape_and_plugins(saved: Path) -> None:
     manifest = read_manifest(saved)
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == FORMAT_VERSION == 3
+    assert manifest["payload_bytes"] == len(_split(saved.read_bytes())[1])
+    assert len(manifest["sha256"]) == 64
     assert manifest["step"] == 10
     assert manifest["input_shape"] == [4, 4]
     assert manifest["label_names"] == ["0", "1", "2"]
@@ -109,7 +122,7 @@ def test_file_truncated_inside_the_arrays_is_reported(saved: Path, tmp_path: Pat
     path = tmp_path / "short.ckpt"
     payload = saved.read_bytes()
     path.write_bytes(payload[: len(payload) - 100])
-    with pytest.raises(CheckpointError, match="arrays do not match its config"):
+    with pytest.raises(CheckpointError, match=r"is truncated: its arrays need \d+ bytes"):
         load_checkpoint(path)
 
 
@@ -127,8 +140,8 @@ def test_wrong_format_version_is_reported(saved: Path, tmp_path: Path) -> None:
     manifest, leaves = _split(saved.read_bytes())
     manifest["format_version"] = 99
     path = tmp_path / "future.ckpt"
-    path.write_bytes(_join(manifest, leaves))
-    with pytest.raises(CheckpointError, match="format version 99; this ssvae reads version 2"):
+    path.write_bytes(seal(manifest, leaves))
+    with pytest.raises(CheckpointError, match="format version 99; this ssvae reads version 3"):
         load_checkpoint(path)
 
 
@@ -136,7 +149,7 @@ def test_manifest_without_a_required_key_is_reported(saved: Path, tmp_path: Path
     manifest, leaves = _split(saved.read_bytes())
     del manifest["input_shape"]
     path = tmp_path / "partial.ckpt"
-    path.write_bytes(_join(manifest, leaves))
+    path.write_bytes(seal(manifest, leaves))
     with pytest.raises(CheckpointError, match="manifest lacks 'input_shape'"):
         load_checkpoint(path)
 
@@ -145,7 +158,7 @@ def test_manifest_with_an_invalid_config_is_reported(saved: Path, tmp_path: Path
     manifest, leaves = _split(saved.read_bytes())
     manifest["config"]["prior"]["num_components"] = 0
     path = tmp_path / "badconfig.ckpt"
-    path.write_bytes(_join(manifest, leaves))
+    path.write_bytes(seal(manifest, leaves))
     with pytest.raises(CheckpointError, match=r"cannot be rebuilt: prior\.num_components"):
         load_checkpoint(path)
 
@@ -154,8 +167,100 @@ def test_arrays_that_do_not_match_the_config_are_reported(saved: Path, tmp_path:
     manifest, leaves = _split(saved.read_bytes())
     manifest["config"]["model"]["latent_dim"] = 3
     path = tmp_path / "mismatch.ckpt"
-    path.write_bytes(_join(manifest, leaves))
+    path.write_bytes(seal(manifest, leaves))
     with pytest.raises(CheckpointError, match="arrays do not match its config"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_of_the_previous_format_is_refused(saved: Path, tmp_path: Path) -> None:
+    manifest, leaves = _split(saved.read_bytes())
+    manifest["format_version"] = 2
+    del manifest["sha256"], manifest["payload_bytes"]
+    path = tmp_path / "old.ckpt"
+    path.write_bytes(_join(manifest, leaves))
+    with pytest.raises(CheckpointError, match="format version 2; this ssvae reads version 3"):
+        load_checkpoint(path)
+
+
+# --- verified contents ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("read", [load_checkpoint, read_manifest], ids=["load", "manifest"])
+def test_appended_bytes_are_refused(saved: Path, tmp_path: Path, read) -> None:
+    path = tmp_path / "appended.ckpt"
+    path.write_bytes(saved.read_bytes() + b"\x00")
+    with pytest.raises(CheckpointError, match=r"1 unexpected byte\(s\) after its arrays; .*modified or corrupted"):
+        read(path)
+
+
+@pytest.mark.parametrize("read", [load_checkpoint, read_manifest], ids=["load", "manifest"])
+def test_an_edited_manifest_value_is_refused(saved: Path, tmp_path: Path, read) -> None:
+    manifest, leaves = _split(saved.read_bytes())
+    manifest["config"]["seed"] = manifest["config"]["seed"] + 1
+    path = tmp_path / "edited.ckpt"
+    path.write_bytes(_join(manifest, leaves))
+    with pytest.raises(CheckpointError, match="does not match its content hash; the file was modified or corrupted"):
+        read(path)
+
+
+def test_a_flipped_array_byte_is_refused(saved: Path, tmp_path: Path) -> None:
+    payload = bytearray(saved.read_bytes())
+    payload[-5] ^= 0x01
+    path = tmp_path / "flipped.ckpt"
+    path.write_bytes(bytes(payload))
+    with pytest.raises(CheckpointError, match="does not match its content hash"):
+        load_checkpoint(path)
+
+
+def test_a_manifest_without_its_hash_is_refused(saved: Path, tmp_path: Path) -> None:
+    manifest, leaves = _split(saved.read_bytes())
+    del manifest["sha256"]
+    path = tmp_path / "unsealed.ckpt"
+    path.write_bytes(_join(manifest, leaves))
+    with pytest.raises(CheckpointError, match="lacks its payload size or content hash"):
+        load_checkpoint(path)
+
+
+def test_a_huge_claimed_input_shape_fails_fast_without_allocating(saved: Path, tmp_path: Path) -> None:
+    path = _forge(saved, tmp_path, input_shape=[3000, 3000])  # a dense model of ~3.5 GB
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"describes a model with \d+ bytes of arrays .*but the file holds"):
+        load_checkpoint(path)
+    assert time.perf_counter() - started < 10.0
+
+
+def test_an_input_shape_beyond_the_cap_is_refused_before_building(saved: Path, tmp_path: Path) -> None:
+    path = _forge(saved, tmp_path, input_shape=[10**6, 10**6])
+    with pytest.raises(CheckpointError, match=r"claims input_shape .*at most 10000000 are allowed"):
+        read_manifest(path)
+
+
+@pytest.mark.parametrize(
+    "shape", ["4x4", 16, [], [4, 0], [4, -4], [4.0, 4], [True, 4], [1, 1, 1, 1, 1]]
+)
+def test_a_malformed_input_shape_is_refused(saved: Path, tmp_path: Path, shape) -> None:
+    path = _forge(saved, tmp_path, input_shape=shape)
+    with pytest.raises(CheckpointError, match="expected a list of 1 to 4 positive integers"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("names", ["012", [0, 1, 2], {"0": "a"}, None])
+def test_label_names_of_the_wrong_type_are_refused(saved: Path, tmp_path: Path, names) -> None:
+    path = _forge(saved, tmp_path, label_names=names)
+    with pytest.raises(CheckpointError, match=r"label_names .*; expected a list of strings"):
+        load_checkpoint(path)
+
+
+def test_too_many_label_names_are_refused(saved: Path, tmp_path: Path) -> None:
+    path = _forge(saved, tmp_path, label_names=[str(i) for i in range(100_001)])
+    with pytest.raises(CheckpointError, match="lists 100001 label names; expected 1 to 100000"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("step", [-1, 2.5, "10", None])
+def test_a_malformed_step_is_refused(saved: Path, tmp_path: Path, step) -> None:
+    path = _forge(saved, tmp_path, step=step)
+    with pytest.raises(CheckpointError, match=r"step .*; expected an integer >= 0"):
         load_checkpoint(path)
 
 
