@@ -41,6 +41,16 @@ class SSVAEClassifier:
     """
 
     def __init__(self, config: Config | None = None, *, registry: Registry | None = None):
+        if config is not None and not isinstance(config, Config):
+            hint = (
+                "; build one from a dict with ssvae_core.config.config_from_dict"
+                if isinstance(config, dict)
+                else ""
+            )
+            raise ConfigError(
+                f"config must be a ssvae_core.config.Config (or None for the defaults), "
+                f"got {type(config).__name__}{hint}"
+            )
         self.registry = registry or default_registry()
         self.config = config or default_config(self.registry)
         self.model: SSVAE | None = None
@@ -127,14 +137,25 @@ class SSVAEClassifier:
         num_classes: int | None,
         label_names: Sequence[str] | None,
     ) -> Dataset:
+        if isinstance(x, Dataset) and y is not None:
+            raise DataError("pass labels either inside the Dataset or as y, not both")
         dataset = x if isinstance(x, Dataset) else from_arrays(
             x, y, num_classes=num_classes, label_names=label_names
         )
         supervised = self.config.term_options("supervised").weight
         if not np.any(dataset.y >= 0) and supervised > 0:
             raise DataError("training needs at least one labeled example (a label >= 0 in y)")
-        if dataset.num_classes < 1:
-            raise DataError("training needs at least one class; pass num_classes or labels")
+        labeled = np.unique(dataset.y[dataset.y >= 0])
+        if labeled.size == 1:
+            raise DataError(
+                f"training needs labeled examples of at least two classes; y labels only "
+                f"class {int(labeled[0])} ({dataset.label_names[int(labeled[0])]!r})"
+            )
+        if dataset.num_classes < 2:
+            raise DataError(
+                f"training needs at least two classes; got num_classes={dataset.num_classes} "
+                "(pass num_classes, label_names or labels of two or more classes)"
+            )
         return dataset
 
     def _objective(self) -> Objective:

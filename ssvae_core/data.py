@@ -15,7 +15,7 @@ import pickle
 import struct
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -40,6 +40,15 @@ UNLABELED = -1
 _IDX_LABELS_MAGIC = 0x00000801
 _IDX_IMAGES_MAGIC = 0x00000803
 _GZIP_MAGIC = b"\x1f\x8b"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip entry; an empty zip archive
+_NPY_MAGIC = b"\x93NUMPY"
+_OTHER_FORMATS = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (_GZIP_MAGIC, "a gzip file"),
+    (b"%PDF", "a PDF document"),
+)
 _DATASET_FORMS = "'digits', a path to a .npz file, or a directory holding IDX files"
 
 
@@ -48,15 +57,46 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _as_array(value: object, what: str, form: str) -> np.ndarray:
+    """``np.asarray(value)``, with a DataError for containers that are not arrays.
+
+    A mapping, a string, ``None`` or a ragged nested list would otherwise become a 0-d or
+    object array (or make NumPy raise), and fail later with a misleading message.
+    """
+    if value is None or isinstance(value, (Mapping, str, bytes, set, frozenset)):
+        raise DataError(
+            f"{what} must be an array (a NumPy array or nested lists of numbers) of shape {form}; "
+            f"got {type(value).__name__}"
+        )
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError):
+        raise DataError(
+            f"{what} must be an array of numbers with shape {form}; got a ragged or mixed "
+            f"{type(value).__name__} (every row needs the same shape)"
+        ) from None
+    if arr.dtype == object:
+        raise DataError(
+            f"{what} must be an array of numbers with shape {form}; got {type(value).__name__} "
+            "holding Python objects (ragged rows or mixed types)"
+        )
+    return arr
+
+
 def _coerce_x(x: ArrayLike) -> np.ndarray:
     """Return ``x`` as a read-only float32 array in [0, 1], or raise DataError."""
-    arr = np.asarray(x)
+    arr = _as_array(x, "x", "(N, features...)")
     if arr.ndim < 2:
         raise DataError(
             f"x must have shape (N, features...) with rank >= 2; got shape {arr.shape}"
         )
     if arr.shape[0] == 0:
         raise DataError(f"x has no examples (shape {arr.shape}); N must be >= 1")
+    if 0 in arr.shape[1:]:
+        raise DataError(
+            f"x has shape {arr.shape}, so each example has no features; "
+            "every dimension after the first must be >= 1"
+        )
     kind = arr.dtype.kind
     if kind == "b":
         out = arr.astype(np.float32)
@@ -95,7 +135,7 @@ def _coerce_x(x: ArrayLike) -> np.ndarray:
 
 def _coerce_y(y: ArrayLike) -> np.ndarray:
     """Return ``y`` as a 1-D int32 array (values not range-checked), or raise DataError."""
-    arr = np.asarray(y)
+    arr = _as_array(y, "y", "(N,)")
     if arr.ndim != 1:
         raise DataError(f"y must be 1-D with shape (N,); got shape {arr.shape}")
     kind = arr.dtype.kind
@@ -119,7 +159,7 @@ def _infer_num_classes(y: np.ndarray) -> int:
     return int(y.max()) + 1 if y.size else 0
 
 
-def _check_label_values(y: np.ndarray, num_classes: int) -> None:
+def _check_label_values(y: np.ndarray, num_classes: int, why: str = "") -> None:
     bad = (y < UNLABELED) | (y >= num_classes)
     if bad.any():
         value = int(y[np.argmax(bad)])
@@ -127,8 +167,32 @@ def _check_label_values(y: np.ndarray, num_classes: int) -> None:
             f"0..{num_classes - 1}" if num_classes > 0 else "none (num_classes is 0)"
         )
         raise DataError(
-            f"label {value} is out of range; allowed: -1 (unlabeled) or a class in {allowed}"
+            f"label {value} is out of range [0, num_classes) = [0, {num_classes}){why}; "
+            f"allowed: -1 (unlabeled) or a class in {allowed}"
         )
+
+
+def _check_outlying_labels(y: np.ndarray) -> None:
+    """With the class count inferred as ``max(y) + 1``: refuse a few far-off labels.
+
+    Labels 0..9 plus one 99 would infer 100 classes and report 89 classes without an
+    example; when more classes would be empty than used, the high labels are reported as
+    out of range of the classes 0..m-1 that the data does use.
+    """
+    present = np.unique(y[y >= 0])
+    if present.size == 0:
+        return
+    inferred = int(present[-1]) + 1
+    empty = inferred - present.size
+    first_gap = int(np.flatnonzero(np.arange(present.size) != present)[0]) if empty else 0
+    if empty <= present.size or first_gap == 0:
+        return
+    top = int(present[-1])
+    raise DataError(
+        f"label {top} is out of range [0, {first_gap}): the labels in use are 0..{first_gap - 1}, "
+        f"and counting {top} as a class would leave {empty} classes without an example; "
+        "labels must be -1 (unlabeled) or lie in [0, num_classes)"
+    )
 
 
 def _check_num_classes(num_classes: object) -> int:
@@ -246,8 +310,8 @@ def from_arrays(
     name : str
         Dataset name.
     num_classes : int, optional
-        Number of classes; inferred as ``max(y) + 1``, or ``len(label_names)``
-        when that is larger.
+        Number of classes; ``len(label_names)`` when names are given, else inferred
+        as ``max(y) + 1``.
     label_names : sequence of str, optional
         One name per class.
 
@@ -260,15 +324,29 @@ def from_arrays(
     DataError
         If any array, label or name is invalid.
     """
-    x_arr = np.asarray(x)
+    x_arr = _as_array(x, "x", "(N, features...)")
     if y is None:
         n = x_arr.shape[0] if x_arr.ndim >= 1 else 0
         y_arr = np.full(n, UNLABELED, dtype=np.int32)
     else:
         y_arr = _coerce_y(y)
-    names = tuple(label_names) if label_names is not None else ()
+    names: tuple[str, ...] = ()
+    if label_names is not None:
+        try:
+            if isinstance(label_names, (str, bytes, Mapping)):
+                raise TypeError
+            names = tuple(label_names)
+        except TypeError:
+            raise DataError(
+                f"label_names must be a sequence of strings, one per class; got {label_names!r}"
+            ) from None
     if num_classes is None:
-        num_classes = max(len(names), _infer_num_classes(y_arr))
+        if names:
+            num_classes = len(names)
+            _check_label_values(y_arr, num_classes, f" ({num_classes} label_names, one per class)")
+        else:
+            _check_outlying_labels(y_arr)
+            num_classes = _infer_num_classes(y_arr)
     return Dataset(
         x=x_arr, y=y_arr, name=name, num_classes=num_classes, label_names=names
     )
@@ -317,6 +395,7 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
     """
     p = Path(path)
     _require_file(p, ".npz file")
+    _check_npz_signature(p)
     try:
         loaded = np.load(p, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -330,9 +409,9 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
                     f"{p} has arrays {keys}; expected an array named 'x' "
                     "(and optionally 'y' and 'label_names')"
                 )
-            x = archive["x"]
-            y = archive["y"] if "y" in keys else None
-            names = archive["label_names"] if "label_names" in keys else None
+            x = _npz_array(archive, "x", p)
+            y = _npz_array(archive, "y", p) if "y" in keys else None
+            names = _npz_array(archive, "label_names", p) if "label_names" in keys else None
     except DataError:
         raise
     except (
@@ -356,6 +435,37 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
             n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist()
         ]
     return from_arrays(x, y, name=p.stem, label_names=label_names)
+
+
+def _check_npz_signature(path: Path) -> None:
+    """Refuse a file that is neither a zip archive (.npz) nor a .npy array by its first bytes."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(8)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if head.startswith(_ZIP_MAGICS) or head.startswith(_NPY_MAGIC):
+        return
+    found = "it is empty" if not head else next(
+        (f"it is {what}" for magic, what in _OTHER_FORMATS if head.startswith(magic)),
+        f"it starts with {head!r}",
+    )
+    raise DataError(
+        f"{path} is not a valid .npz archive ({found}); expected a zip of arrays as "
+        "written by numpy.savez(path, x=..., y=...)"
+    )
+
+
+def _npz_array(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(
+                f"array {key!r} in {path} holds Python objects (pickled); ssvae loads only "
+                "numeric arrays (and strings for 'label_names')"
+            ) from None
+        raise
 
 
 def _read_maybe_gzip(path: Path) -> bytes:
@@ -572,8 +682,8 @@ def benchmark_split(
     Raises
     ------
     DataError
-        On invalid labels, ``labels_per_class < 1``, a class with too few
-        labeled training examples, or an empty test set.
+        On invalid labels, labels of fewer than two classes, ``labels_per_class < 1``,
+        a class with too few labeled training examples, or an empty test set.
     """
     # Reading (a), permutation order, is used: with logistic regression on
     # /16-scaled sklearn digits (10 labels per class, seeds 0, 1, 2) it gives
@@ -587,6 +697,12 @@ def benchmark_split(
         else _check_num_classes(num_classes)
     )
     _check_label_values(labels, k)
+    labeled_classes = np.unique(labels[labels >= 0])
+    if labeled_classes.size == 1:
+        raise DataError(
+            f"the data labels only one class ({int(labeled_classes[0])}); a classifier needs "
+            "labeled examples of at least two classes"
+        )
     if labels_per_class is not None and (
         isinstance(labels_per_class, bool)
         or not isinstance(labels_per_class, (int, np.integer))

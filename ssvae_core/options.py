@@ -3,14 +3,15 @@
 A component's options are a frozen dataclass whose fields are declared with :func:`option`,
 which records the help text and the allowed range or choices. :func:`parse_options` turns a
 mapping from a TOML table into that dataclass, rejecting unknown keys (with the nearest valid
-name suggested), wrong types and out-of-range values, each with one message of the form
-``prior.num_components must be an integer >= 2, got 0``.
+name suggested), wrong types, non-finite numbers (nan, inf) and out-of-range values, each
+with one message of the form ``prior.num_components must be an integer >= 2, got 0``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -121,6 +122,8 @@ def _check_range(field: dataclasses.Field[Any], value: Any, where: str) -> None:
     for v in values:
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{where} must be a finite number, got {v!r}")
         low, high = meta.get("minimum"), meta.get("maximum")
         kind = "an integer" if isinstance(v, int) else "a number"
         if low is not None and (v <= low if meta.get("exclusive_minimum") else v < low):

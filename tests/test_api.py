@@ -9,7 +9,8 @@ import pytest
 
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import config_from_dict
-from ssvae_core.errors import DataError, SSVAEError
+from ssvae_core.data import from_arrays
+from ssvae_core.errors import ConfigError, DataError, SSVAEError
 
 
 def test_fit_resolves_the_head_and_records_history(fitted_classifier: SSVAEClassifier) -> None:
@@ -108,6 +109,68 @@ def test_fit_without_any_label_is_a_data_error(tiny_raw: dict[str, Any], synthet
     with pytest.raises(DataError, match="at least one labeled example"):
         classifier.fit(synthetic["x"], np.full(60, -1), num_classes=3)
     assert classifier.model is None
+
+
+def test_fit_on_a_single_labeled_class_is_a_data_error(tiny_raw: dict[str, Any], synthetic) -> None:
+    classifier = SSVAEClassifier(config_from_dict(tiny_raw))
+    y = np.where(synthetic["y"] == 0, 0, -1)
+    with pytest.raises(DataError, match=r"at least two classes; y labels only class 0 \('0'\)"):
+        classifier.fit(synthetic["x"], y)
+    assert classifier.model is None
+
+
+def test_fit_with_one_class_and_no_labels_is_a_data_error(tiny_raw: dict[str, Any], synthetic) -> None:
+    tiny_raw["loss"] = {"supervised": {"weight": 0.0}}
+    classifier = SSVAEClassifier(config_from_dict(tiny_raw))
+    with pytest.raises(DataError, match="at least two classes; got num_classes=1"):
+        classifier.fit(synthetic["x"], np.full(60, -1), num_classes=1)
+
+
+def test_fit_with_labels_both_in_a_dataset_and_as_y_is_a_data_error(synthetic) -> None:
+    dataset = from_arrays(synthetic["x"], synthetic["partial"])
+    with pytest.raises(DataError, match="either inside the Dataset or as y, not both"):
+        SSVAEClassifier().fit(dataset, synthetic["y"])
+
+
+@pytest.mark.parametrize(
+    "x",
+    [{"x": np.zeros((3, 4, 4))}, "images.npz", [[0.1, 0.2], [0.3]], np.zeros((3, 0))],
+    ids=["dict", "str", "ragged", "no-features"],
+)
+def test_fit_on_something_that_is_not_an_array_is_a_data_error(x: Any) -> None:
+    with pytest.raises(DataError, match=r"^x (must be an array|has shape)"):
+        SSVAEClassifier().fit(x, np.array([0, 1, 0]))
+
+
+@pytest.mark.parametrize(
+    "x",
+    [{"x": np.zeros((3, 4, 4))}, "images.npz", [[0.1, 0.2], [0.3]], None],
+    ids=["dict", "str", "ragged", "none"],
+)
+@pytest.mark.parametrize("method", ["predict_proba", "ood_score", "encode"])
+def test_predicting_on_something_that_is_not_an_array_is_a_data_error(
+    fitted_classifier: SSVAEClassifier, method: str, x: Any
+) -> None:
+    with pytest.raises(DataError, match=r"^x must be an array"):
+        getattr(fitted_classifier, method)(x)
+
+
+def test_evaluate_with_a_dict_for_labels_is_a_data_error(
+    fitted_classifier: SSVAEClassifier, synthetic
+) -> None:
+    with pytest.raises(DataError, match=r"^y must be an array .*got dict"):
+        fitted_classifier.evaluate(synthetic["x"], {"y": synthetic["y"]})
+
+
+@pytest.mark.parametrize("config", [{"train": {"steps": 5}}, "config.toml", 3], ids=["dict", "str", "int"])
+def test_a_config_that_is_not_a_config_is_a_config_error(config: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^config must be a ssvae_core\.config\.Config .*got (dict|str|int)"):
+        SSVAEClassifier(config=config)
+
+
+def test_a_dict_config_error_points_to_config_from_dict() -> None:
+    with pytest.raises(ConfigError, match="config_from_dict"):
+        SSVAEClassifier({"seed": 1})  # type: ignore[arg-type]
 
 
 def test_fit_trains_on_graph_labels_by_default(fitted_classifier: SSVAEClassifier) -> None:

@@ -173,6 +173,73 @@ def test_data_path_outside_the_basic_multilingual_plane_is_used_as_given(
     assert str(missing) in capsys.readouterr().err
 
 
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ssvae: error:"), err
+    return err[0]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_non_finite_option_exits_2_with_one_line_and_no_run_dir(
+    tmp_path: Path, npz_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    out = tmp_path / "run"
+    assert main(_train_args(npz_path, out, "--set", f"train.learning_rate={value}")) == 2
+    assert _one_error_line(capsys).endswith(f"train.learning_rate must be a finite number, got {value}")
+    assert not out.exists()
+
+
+def test_config_path_that_is_a_directory_exits_2(
+    tmp_path: Path, npz_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main(_train_args(npz_path, out, "--config", str(tmp_path))) == 2
+    assert "is a directory; expected a TOML file" in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_png_renamed_npz_exits_2_with_one_line_and_no_run_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, out = tmp_path / "picture.npz", tmp_path / "run"
+    data.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    assert main(_train_args(data, out, "--steps", "1")) == 2
+    line = _one_error_line(capsys)
+    assert "is not a valid .npz archive (it is a PNG image)" in line and "pickle" not in line
+    assert not out.exists()
+
+
+def test_data_labelling_a_single_class_exits_2_and_creates_no_run_dir(
+    tmp_path: Path, synthetic, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, out = tmp_path / "one-class.npz", tmp_path / "run"
+    np.savez(data, x=synthetic["x"], y=np.where(synthetic["y"] == 0, 0, -1))
+    assert main(_train_args(data, out, "--steps", "1")) == 2
+    assert "labels only one class (0)" in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_data_with_a_far_off_label_exits_2_naming_it_out_of_range(
+    tmp_path: Path, synthetic, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, out = tmp_path / "outlier.npz", tmp_path / "run"
+    y = synthetic["y"].copy()
+    y[0] = 99
+    np.savez(data, x=synthetic["x"], y=y)
+    assert main(_train_args(data, out, "--steps", "1")) == 2
+    assert "label 99 is out of range [0, 3)" in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_evaluate_a_checkpoint_with_appended_bytes_exits_2(
+    run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes((run["out"] / "model.ckpt").read_bytes() + b"junk")
+    assert main(["evaluate", str(checkpoint)]) == 2
+    assert "4 unexpected byte(s) after its arrays; the file was modified or corrupted" in _one_error_line(capsys)
+
+
 # --- plugins -------------------------------------------------------------------------------
 
 

@@ -206,6 +206,79 @@ def test_load_config_reports_invalid_toml(tmp_path: Path) -> None:
         load_config(path)
 
 
+def test_load_config_reports_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config file .* is a directory; expected a TOML file"):
+        load_config(tmp_path)
+
+
+def test_load_config_reports_an_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssvae_core.config as config_module
+
+    path = tmp_path / "secret.toml"
+    path.write_text("seed = 1\n")
+
+    def denied(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(config_module, "open", denied, raising=False)
+    with pytest.raises(ConfigError, match=r"config file .*secret\.toml' cannot be read \(permission denied\)"):
+        load_config(path)
+
+
+def test_load_config_reports_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("# réglages\nseed = 1\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.toml' is not UTF-8 text \(byte 3\); TOML files must be UTF-8"):
+        load_config(path)
+
+
+def test_an_override_that_is_not_a_string_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"an override must be a string section\.key=value, got 3"):
+        apply_overrides({}, [3])  # type: ignore[list-item]
+
+
+# --- non-finite numbers ----------------------------------------------------------------------
+
+NON_FINITE_OPTIONS = [
+    ("train", "learning_rate"),
+    ("train", "labeled_fraction"),
+    ("train", "grad_clip"),
+    ("loss", "beta_z"),
+    ("model", "sigma"),
+    ("loss.graph_label", "alpha"),
+]
+
+
+def _nested(section: str, key: str, value: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {key: value}
+    for part in reversed(section.split(".")):
+        raw = {part: raw}
+    return raw
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize(("section", "key"), NON_FINITE_OPTIONS)
+def test_non_finite_numbers_are_rejected_from_the_api(section: str, key: str, value: float) -> None:
+    _rejects(_nested(section, key, value), f"{section}.{key} must be a finite number, got {value!r}")
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "+inf", "-inf"])
+@pytest.mark.parametrize(("section", "key"), NON_FINITE_OPTIONS)
+def test_non_finite_numbers_are_rejected_from_set(section: str, key: str, text: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{re.escape(section)}\.{key} must be a finite number, got -?(nan|inf)$"):
+        load_config(None, [f"{section}.{key}={text}"])
+
+
+def test_non_finite_numbers_are_rejected_from_a_toml_file(tmp_path: Path) -> None:
+    path = tmp_path / "nan.toml"
+    path.write_text("[train]\nlearning_rate = nan\n")
+    with pytest.raises(ConfigError, match=r"^train\.learning_rate must be a finite number, got nan$"):
+        load_config(path)
+    path.write_text("[loss.graph_label]\nalpha = -inf\n")
+    with pytest.raises(ConfigError, match=r"^loss\.graph_label\.alpha must be a finite number, got -inf$"):
+        load_config(path)
+
+
 def test_labeled_batch_size_follows_the_labeled_fraction() -> None:
     def size(fraction: float) -> int:
         return config_from_dict(

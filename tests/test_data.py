@@ -172,7 +172,56 @@ def test_class_without_labeled_example_raises() -> None:
 
 def test_label_names_length_mismatch_raises() -> None:
     with pytest.raises(DataError, match="2 entries but num_classes is 3"):
-        from_arrays(np.zeros((3, 2)), np.array([0, 1, 2]), label_names=["a", "b"])
+        from_arrays(np.zeros((3, 2)), np.array([0, 1, 2]), num_classes=3, label_names=["a", "b"])
+
+
+def test_label_beyond_the_label_names_is_out_of_range() -> None:
+    y = np.array([*range(10)] * 2 + [99])
+    with pytest.raises(
+        DataError, match=r"label 99 is out of range \[0, num_classes\) = \[0, 10\) \(10 label_names"
+    ):
+        from_arrays(np.zeros((21, 2)), y, label_names=[f"c{i}" for i in range(10)])
+
+
+def test_one_far_off_label_is_out_of_range_not_a_crowd_of_missing_classes() -> None:
+    y = np.array([*range(10)] * 2 + [99])
+    with pytest.raises(DataError, match=r"label 99 is out of range \[0, 10\): the labels in use are 0\.\.9") as info:
+        from_arrays(np.zeros((21, 2)), y)
+    assert "missing" not in str(info.value) and "have no labeled example" not in str(info.value)
+
+
+def test_zero_features_raise() -> None:
+    with pytest.raises(DataError, match=r"shape \(5, 0\), so each example has no features"):
+        from_arrays(np.zeros((5, 0)), np.array([0, 1, 0, 1, 0]))
+    with pytest.raises(DataError, match="no features"):
+        from_arrays(np.zeros((5, 3, 0)))
+
+
+def test_ragged_list_raises() -> None:
+    with pytest.raises(DataError, match=r"x must be an array of numbers .*ragged"):
+        from_arrays([[0.1, 0.2], [0.3]])
+
+
+def test_ragged_labels_raise() -> None:
+    with pytest.raises(DataError, match=r"y must be an array of numbers with shape \(N,\)"):
+        from_arrays(np.zeros((2, 2)), [[0], [1, 1]])
+
+
+@pytest.mark.parametrize("x", [{"x": [[0.1, 0.2]]}, "data.npz", None, {1, 2}], ids=["dict", "str", "none", "set"])
+def test_container_that_is_not_an_array_raises(x) -> None:
+    with pytest.raises(DataError, match=r"x must be an array .*; got (dict|str|NoneType|set)$"):
+        from_arrays(x)
+
+
+def test_dict_for_labels_raises() -> None:
+    with pytest.raises(DataError, match=r"y must be an array .*; got dict"):
+        from_arrays(np.zeros((2, 2)), {"y": [0, 1]})
+
+
+@pytest.mark.parametrize("names", ["ab", 5, {"a": 0}])
+def test_label_names_that_are_not_a_sequence_raise(names) -> None:
+    with pytest.raises(DataError, match="label_names must be a sequence of strings"):
+        from_arrays(np.zeros((2, 2)), np.array([0, 1]), label_names=names)
 
 
 def test_dataset_constructor_validates() -> None:
@@ -217,7 +266,37 @@ def test_npz_missing_file_raises(tmp_path: Path) -> None:
 def test_npz_garbage_file_raises(tmp_path: Path) -> None:
     path = tmp_path / "junk.npz"
     path.write_bytes(b"not a zip archive at all")
-    with pytest.raises(DataError, match=r"cannot read .*junk\.npz"):
+    with pytest.raises(DataError, match=r"junk\.npz is not a valid \.npz archive \(it starts with b'not a zi'\)"):
+        load_npz(path)
+
+
+@pytest.mark.parametrize(
+    ("head", "found"),
+    [(b"\x89PNG\r\n\x1a\n" + bytes(64), "it is a PNG image"), (b"", "it is empty")],
+    ids=["png", "empty"],
+)
+def test_npz_that_is_not_a_zip_archive_raises_without_the_pickle_hint(
+    tmp_path: Path, head: bytes, found: str
+) -> None:
+    path = tmp_path / "picture.npz"
+    path.write_bytes(head)
+    with pytest.raises(DataError, match=rf"picture\.npz is not a valid \.npz archive \({found}\)") as info:
+        load_npz(path)
+    assert "pickle" not in str(info.value)
+
+
+def test_npz_with_an_object_array_raises(tmp_path: Path) -> None:
+    path = tmp_path / "objects.npz"
+    np.savez(path, x=np.array([[0.1], [0.2, 0.3]], dtype=object))
+    with pytest.raises(DataError, match=r"array 'x' in .*objects\.npz holds Python objects"):
+        load_npz(path)
+
+
+def test_npz_with_a_label_beyond_its_label_names_raises(tmp_path: Path) -> None:
+    path = tmp_path / "labels.npz"
+    y = np.array([*range(10)] * 2 + [99])
+    np.savez(path, x=np.zeros((21, 2)), y=y, label_names=np.array([f"c{i}" for i in range(10)]))
+    with pytest.raises(DataError, match=r"label 99 is out of range \[0, num_classes\) = \[0, 10\)"):
         load_npz(path)
 
 
@@ -266,6 +345,14 @@ def test_idx_corrupt_gzip_raises(tmp_path: Path) -> None:
         DataError, match=r"imgs\.gz looks gzipped but cannot be decompressed"
     ):
         load_idx(path)
+
+
+def test_idx_label_far_beyond_the_others_is_out_of_range(tmp_path: Path) -> None:
+    labels = np.array([*range(10)] * 2 + [99])
+    imgs = _write_idx(tmp_path / "imgs", np.zeros((21, 2, 2)), 0x803)
+    labs = _write_idx(tmp_path / "labs", labels, 0x801)
+    with pytest.raises(DataError, match=r"label 99 is out of range \[0, 10\)"):
+        load_idx(imgs, labs)
 
 
 def test_idx_count_mismatch_raises(tmp_path: Path) -> None:
@@ -427,6 +514,11 @@ def test_split_labels_per_class_below_one_raises(lpc: int) -> None:
 def test_split_label_out_of_range_raises() -> None:
     with pytest.raises(DataError, match=r"label 3 .*0..2"):
         benchmark_split(np.array([0, 1, 2, 3] * 5), 1, seed=0, num_classes=3)
+
+
+def test_split_of_a_single_labeled_class_raises() -> None:
+    with pytest.raises(DataError, match=r"labels only one class \(0\); .*at least two classes"):
+        benchmark_split(np.array([0] * 20 + [-1] * 20), 2, seed=0)
 
 
 def test_split_without_test_examples_raises() -> None:
