@@ -77,8 +77,10 @@ class RunLock:
 
 
 def check_fresh_dir(path: Path) -> None:
-    """Refuse an output path that is a file or a directory that already holds files."""
+    """Refuse an output path that is a file, lies below a file, or already holds files."""
     where = os.fspath(path)
+    if any(parent.exists() and not parent.is_dir() for parent in path.parents):
+        raise ConfigError(f"--out {where!r} lies below a file, not a directory")
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {where!r} is a file; give a directory that does not exist yet")
     if path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir()):
@@ -97,6 +99,11 @@ def claim_new_run_dir(path: Path) -> RunLock:
     where = os.fspath(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"--out {where!r} lies below a file, not a directory") from None
+    except OSError as error:
+        raise ConfigError(f"cannot create run directory {where!r}: {error.strerror}") from None
+    try:
         path.mkdir()
     except FileExistsError:
         if not path.is_dir():

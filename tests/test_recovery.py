@@ -245,3 +245,24 @@ def test_data_paths_are_stored_absolute_and_resume_follows_moved_data(
     _quiet(["train", "--resume", str(out), "--steps", "15", "--data", str(moved), "--quiet", "--no-plots"])
     assert f'dataset = "{moved}"' in (out / "config.toml").read_text()
     assert load_checkpoint(out / "model.ckpt").manifest["step"] == 15
+
+
+def test_out_below_a_file_is_refused_before_anything_is_written(
+    tmp_path: Path, data: Path, capsys: Any
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["train", "--data", str(data), "--out", str(blocker / "run"), *TINY]) == 2
+    assert "lies below a file" in capsys.readouterr().err
+
+
+def test_files_of_a_run_directory_share_one_mode(straight: Path) -> None:
+    modes = {p.name: p.stat().st_mode & 0o777 for p in straight.iterdir() if p.is_file() and p.name != ".lock"}
+    assert len(set(modes.values())) == 1, modes
+
+
+def test_resume_of_a_folder_that_is_no_run_directory_exits_2(tmp_path: Path, capsys: Any) -> None:
+    assert main(["train", "--resume", str(tmp_path), "--quiet"]) == 2
+    assert "is not a run directory (it has neither model.ckpt nor config.toml)" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "report expects a run directory" in capsys.readouterr().err
