@@ -110,6 +110,8 @@ def _steps(run: Path) -> list[int]:
 def _assert_equal_runs(recovered: Path, straight: Path) -> None:
     for a, b in zip(_arrays(recovered), _arrays(straight), strict=True):
         np.testing.assert_array_equal(a, b)
+    # The same manifest and arrays: the checkpoint files are equal byte for byte.
+    assert (recovered / "model.ckpt").read_bytes() == (straight / "model.ckpt").read_bytes()
     assert _steps(recovered) == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
     report = json.loads((recovered / "report.json").read_text())
     assert report["test_accuracy"] == json.loads((straight / "report.json").read_text())["test_accuracy"]
