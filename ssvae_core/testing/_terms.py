@@ -108,7 +108,9 @@ class LossTermSubject(Subject):
             fields={name: jnp.asarray(values[rows]) for name, values in prepared.items()},
         )
 
-    def head_state(self) -> Any:
+    @cached_property
+    def state(self) -> Any:
+        """The head's state after one update with the labeled training rows."""
         _, labels, _ = self.training
         index, y, count = labeled_pool(labels)
         state = self.model.head.init_state()
@@ -116,7 +118,8 @@ class LossTermSubject(Subject):
         return self.model.head.update_state(state, posterior, jnp.asarray(y[:count]))
 
     def value(self, batch: Batch, key: PRNGKeyArray) -> TermValue:
-        return _evaluate(self.term, self.model, self.head_state(), batch, key, jnp.asarray(self.training[0]))
+        """The term's value on ``batch`` (compiled: properties evaluate it many times)."""
+        return _evaluate_jit(self.term, self.model, self.state, batch, key, jnp.asarray(self.training[0]))
 
 
 def _evaluate(
@@ -235,7 +238,7 @@ def _independent(subject: LossTermSubject) -> None:
 def _jit(subject: LossTermSubject) -> None:
     def body(example: dict[str, Any]) -> None:
         batch = subject.batch(example["seed"], example["labels"])
-        key, state, train_x = jax.random.PRNGKey(example["key"]), subject.head_state(), jnp.asarray(subject.training[0])
+        key, state, train_x = jax.random.PRNGKey(example["key"]), subject.state, jnp.asarray(subject.training[0])
         eager = _evaluate(subject.term, subject.model, state, batch, key, train_x)
         compiled = _evaluate_jit(subject.term, subject.model, state, batch, key, train_x)
         expect_close(compiled.values, eager.values, "jit vs eager values", rtol=1e-4, atol=1e-5)
