@@ -34,7 +34,7 @@ import jax
 import optax
 
 from ssvae_core.config import COMPONENT_SECTIONS, Config, config_from_dict
-from ssvae_core.errors import CheckpointError, ConfigError
+from ssvae_core.errors import CheckpointError, ConfigError, read_user_file
 from ssvae_core.model import SSVAE, build_model
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.training import TrainState, init_state, make_optimizer
@@ -203,16 +203,7 @@ def _short(value: object, limit: int = 60) -> str:
 
 def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes]:
     where = os.fspath(path)
-    try:
-        payload = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {where!r} does not exist") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"checkpoint {where!r} is a directory, expected a checkpoint file") from None
-    except PermissionError:
-        raise CheckpointError(f"checkpoint {where!r} cannot be read (permission denied)") from None
-    except OSError as error:
-        raise CheckpointError(f"checkpoint {where!r} cannot be read: {error.strerror or error}") from None
+    payload = read_user_file(path, "checkpoint", CheckpointError)
     if not payload.startswith(MAGIC):
         raise CheckpointError(f"{where!r} is not an ssvae checkpoint (bad magic header)")
     offset = len(MAGIC)

@@ -20,7 +20,7 @@ import tomli_w
 
 from ssvae_core.augment import AugmentConfig
 from ssvae_core.conditioning import CONDITIONING_METHODS
-from ssvae_core.errors import ConfigError
+from ssvae_core.errors import ConfigError, read_user_file
 from ssvae_core.likelihoods import LIKELIHOODS
 from ssvae_core.options import option, options_to_dict, parse_options, suggest
 from ssvae_core.registry import Registry, default_registry
@@ -316,17 +316,7 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         where = repr(os.fspath(path))
     except TypeError:
         raise ConfigError(f"a config file path must be a string or path, got {path!r}") from None
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {where} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {where} is a directory; expected a TOML file") from None
-    except PermissionError:
-        raise ConfigError(f"config file {where} cannot be read (permission denied)") from None
-    except OSError as error:
-        raise ConfigError(f"config file {where} cannot be read: {error.strerror or error}") from None
+    data = read_user_file(path, "config file", ConfigError)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:

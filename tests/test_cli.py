@@ -194,7 +194,7 @@ def test_config_path_that_is_a_directory_exits_2(
 ) -> None:
     out = tmp_path / "run"
     assert main(_train_args(npz_path, out, "--config", str(tmp_path))) == 2
-    assert "is a directory; expected a TOML file" in _one_error_line(capsys)
+    assert "is a directory; expected a file" in _one_error_line(capsys)
     assert not out.exists()
 
 

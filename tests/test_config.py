@@ -207,12 +207,12 @@ def test_load_config_reports_invalid_toml(tmp_path: Path) -> None:
 
 
 def test_load_config_reports_a_directory(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"config file .* is a directory; expected a TOML file"):
+    with pytest.raises(ConfigError, match=r"config file .* is a directory; expected a file"):
         load_config(tmp_path)
 
 
 def test_load_config_reports_an_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ssvae_core.config as config_module
+    import ssvae_core.errors as errors_module
 
     path = tmp_path / "secret.toml"
     path.write_text("seed = 1\n")
@@ -220,7 +220,7 @@ def test_load_config_reports_an_unreadable_file(tmp_path: Path, monkeypatch: pyt
     def denied(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(config_module, "open", denied, raising=False)
+    monkeypatch.setattr(errors_module, "open", denied, raising=False)
     with pytest.raises(ConfigError, match=r"config file .*secret\.toml' cannot be read \(permission denied\)"):
         load_config(path)
 
