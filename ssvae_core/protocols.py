@@ -5,11 +5,20 @@ implementations are final classes that fill in every field and method and overri
 Networks work on a single example and are ``vmap``-ed by the model; priors and heads see
 the whole batch, but must return per-example values so that no example's loss depends on
 another's.
+
+Defining a subclass checks its field order at once (:func:`check_field_order`): a field
+without a default after one with a default is reported with the class's file and line.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: Equinox recognises ``eqx.AbstractVar[...]``
+# only as an evaluated annotation. As a string it would become an ordinary dataclass field
+# of the protocol, which fixes its position in every subclass's field order.
 
 import abc
+import dataclasses
+import inspect
+import typing
+import weakref
 from typing import Any
 
 import equinox as eqx
@@ -17,8 +26,140 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ssvae_core.types import DecoderOutput, EncoderOutput
 
+# Whether a component class gets the ``__init__`` that dataclasses writes from its fields
+# (Equinox's rule: a class without its own ``__init__`` inherits its nearest base's choice).
+_GENERATED_INIT: "weakref.WeakKeyDictionary[type, bool]" = weakref.WeakKeyDictionary()
 
-class AbstractEncoder(eqx.Module):
+
+def _gets_generated_init(cls: type) -> bool:
+    if "__init__" in cls.__dict__:
+        return False
+    for base in cls.__mro__[1:]:
+        if base in _GENERATED_INIT:
+            return _GENERATED_INIT[base]
+        if base is eqx.Module or base is object:
+            return True
+        if "__init__" in base.__dict__:
+            return False  # a hand-written __init__ (or one this check cannot tell apart)
+    return True
+
+
+def _is_class_variable(annotation: object) -> bool:
+    if isinstance(annotation, str):
+        return annotation.split("[", 1)[0].strip() in ("ClassVar", "typing.ClassVar")
+    return typing.get_origin(annotation) is typing.ClassVar or annotation is typing.ClassVar
+
+
+def _is_abstract_variable(annotation: object) -> bool:
+    # Equinox drops evaluated AbstractVar / AbstractClassVar annotations from the dataclass.
+    return typing.get_origin(annotation) in (eqx.AbstractVar, eqx.AbstractClassVar)
+
+
+def _is_keyword_marker(annotation: object) -> bool:
+    if isinstance(annotation, str):
+        return annotation in ("KW_ONLY", "dataclasses.KW_ONLY")
+    return annotation is dataclasses.KW_ONLY
+
+
+def _has_default(field: "dataclasses.Field[Any]") -> bool:
+    return (
+        field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+    )
+
+
+def _init_fields(cls: type) -> list[tuple[str, bool, str]]:
+    """``(name, has_default, declared_in)`` for the positional ``__init__`` parameters that
+    dataclasses will make of ``cls``'s fields, in its order: inherited fields first (in MRO
+    order, a redeclared field keeping its inherited place), then the class's own."""
+    fields: dict[str, tuple[bool, bool, str]] = {}  # name -> (positional, has_default, owner)
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            for field in dataclasses.fields(base):
+                positional = field.init and not field.kw_only
+                fields[field.name] = (positional, _has_default(field), base.__qualname__)
+    keyword_only = False
+    for name, annotation in inspect.get_annotations(cls).items():
+        if _is_keyword_marker(annotation):
+            keyword_only = True
+            continue
+        if _is_class_variable(annotation) or _is_abstract_variable(annotation):
+            continue
+        value = cls.__dict__.get(name, dataclasses.MISSING)
+        if isinstance(value, dataclasses.Field):
+            positional = value.init and not (keyword_only or value.kw_only is True)
+            fields[name] = (positional, _has_default(value), cls.__qualname__)
+        else:
+            fields[name] = (not keyword_only, value is not dataclasses.MISSING, cls.__qualname__)
+    return [
+        (name, default, owner)
+        for name, (positional, default, owner) in fields.items()
+        if positional
+    ]
+
+
+def _where(cls: type) -> str:
+    """``path, line N`` of the class statement (as precise as the source allows)."""
+    try:
+        path = inspect.getsourcefile(cls) or inspect.getfile(cls)
+    except TypeError:
+        return f"module {cls.__module__}"
+    line = getattr(cls, "__firstlineno__", None)
+    if line is None:
+        try:
+            line = inspect.getsourcelines(cls)[1]
+        except (OSError, TypeError):
+            return path
+    return f"{path}, line {line}"
+
+
+def check_field_order(cls: type) -> None:
+    """Raise ``TypeError`` if ``cls`` puts a field without a default after one with a default.
+
+    dataclasses (which Equinox uses to build a module's ``__init__``) refuses such a class
+    with ``non-default argument 'x' follows default argument`` and no hint of where; this
+    check runs first, from ``__init_subclass__``, and names the class, its file and line,
+    the fields and the fix. A class with its own ``__init__`` (or inheriting one) is not
+    checked: its fields are not ``__init__`` parameters, so their order is free.
+    """
+    generated = _gets_generated_init(cls)
+    _GENERATED_INIT[cls] = generated
+    if not generated:
+        return
+    first_default: tuple[str, str] | None = None
+    late: list[str] = []
+    for name, has_default, owner in _init_fields(cls):
+        if has_default:
+            first_default = first_default or (name, owner)
+        elif first_default is not None:
+            late.append(name)
+    if not late or first_default is None:
+        return
+    default_name, owner = first_default
+    inherited = "" if owner == cls.__qualname__ else f" (inherited from {owner})"
+    missing = ", ".join(repr(name) for name in late)
+    raise TypeError(
+        f"{cls.__qualname__} ({_where(cls)}): field{'s' if len(late) > 1 else ''} {missing} "
+        f"without a default follow{'' if len(late) > 1 else 's'} {default_name!r}{inherited}, "
+        "which has a default; the generated __init__ takes the fields in order, so every "
+        "field after the first default needs one too. Fix: declare the fields without "
+        f"defaults first, give {missing} a default, or set {default_name!r} in an __init__ "
+        "of your own instead of giving it a default (with an __init__, field order is free)."
+    )
+
+
+class FieldOrderChecked(eqx.Module):
+    """Base of the component protocols: every subclass's field order is checked when the
+    class is defined (:func:`check_field_order`), before dataclasses sees it."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_field_order(cls)
+
+
+_GENERATED_INIT[FieldOrderChecked] = True
+
+
+class AbstractEncoder(FieldOrderChecked):
     """Maps one input to ``EncoderOutput`` (``q(z|x)`` and, with channels, ``q(c|x)`` logits)."""
 
     input_shape: eqx.AbstractVar[tuple[int, ...]]
@@ -30,7 +171,7 @@ class AbstractEncoder(eqx.Module):
         """Encode one example; ``logits`` must be ``None`` iff ``num_components == 0``."""
 
 
-class AbstractDecoder(eqx.Module):
+class AbstractDecoder(FieldOrderChecked):
     """Maps a latent ``z`` (and a component embedding ``e_c``) to ``DecoderOutput``."""
 
     output_shape: eqx.AbstractVar[tuple[int, ...]]
@@ -43,7 +184,7 @@ class AbstractDecoder(eqx.Module):
         """Decode one example; ``embedding`` is ``None`` exactly when ``conditioning == 'none'``."""
 
 
-class AbstractPrior(eqx.Module):
+class AbstractPrior(FieldOrderChecked):
     """The prior ``p(c) p(z|c)``: KL terms, samples, regularisers and optimiser scales.
 
     ``num_components`` is ``K`` (0 for a prior without channels). ``conditions_decoder``
@@ -88,7 +229,7 @@ class AbstractPrior(eqx.Module):
         """Learning-rate scale per field name; ``0.0`` freezes the field exactly."""
 
 
-class AbstractHead(eqx.Module):
+class AbstractHead(FieldOrderChecked):
     """Turns the posterior into class probabilities and a supervised loss.
 
     Non-differentiable statistics (τ's soft counts) live in a head state pytree that the

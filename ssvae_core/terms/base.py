@@ -33,6 +33,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ssvae_core.options import option
+from ssvae_core.protocols import FieldOrderChecked
 from ssvae_core.schedules import Schedule
 from ssvae_core.types import Batch, EncoderOutput
 
@@ -125,7 +126,7 @@ class TermInputs:
         return self._view
 
 
-class AbstractLossTerm(eqx.Module):
+class AbstractLossTerm(FieldOrderChecked):
     """A term of the objective; see the module docstring for the contract."""
 
     weight: eqx.AbstractVar[Schedule]
