@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a model and write a run directory",
         description="Train on the embedded digits data (default) or on your own data, "
-        "with the benchmark split (20%% held out) and a label budget.",
+        "with the benchmark split (20% held out) and a label budget.",
     )
     train.add_argument("--config", metavar="PATH", help="TOML config file (applied over --preset)")
     train.add_argument(

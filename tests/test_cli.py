@@ -260,6 +260,17 @@ def test_plugins_json_is_machine_readable(capsys: pytest.CaptureFixture[str]) ->
     assert isinstance(listing["problems"], list)
 
 
+
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["report"], ["plugins"]])
+def test_help_prints_percent_signs_once(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "%%" not in out and "%(" not in out
+    if command == ["train"]:
+        assert "(20% held out)" in " ".join(out.split())
+
 # --- default data with plots ---------------------------------------------------------------
 
 
