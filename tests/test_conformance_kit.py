@@ -1,30 +1,20 @@
-"""The conformance kit catches broken plugins, each by the right check, with a readable message.
+"""The conformance kit's messages, settings, strategies and its checks on correct components.
 
-Every component here is deliberately wrong in one way; the test names the check that must
-catch it and what the message must say (component, invariant, counterexample).
+Which check catches which broken component is the seeded-defect corpus's business
+(``ssvae_core.testing.defects``, ``tests/test_conformance_defects.py``); the tests here
+run the kit end to end on a few of those defects and read the whole message: component,
+invariant, violation, minimal counterexample and the usual cause.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
-import equinox as eqx
-import jax
-import jax.numpy as jnp
+import numpy as np
 import pytest
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from hypothesis import given, settings
 
-from ssvae_core.components import BuildContext, ComponentFactory
-from ssvae_core.losses import diagonal_gaussian_log_density, gaussian_kl
-from ssvae_core.options import option
-from ssvae_core.priors.mixture import MixturePrior
-from ssvae_core.protocols import AbstractDecoder, AbstractEncoder, AbstractHead, AbstractPrior
-from ssvae_core.schedules import Schedule
-from ssvae_core.terms import AbstractLossTerm, TermInputs, TermOptions, TermValue
 from ssvae_core.testing import (
     ConformanceError,
+    ConformanceSettings,
     check_decoder,
     check_encoder,
     check_head,
@@ -33,362 +23,86 @@ from ssvae_core.testing import (
     conformance_checks,
     prepare,
     run_check,
+    strategies,
 )
-from ssvae_core.types import DecoderOutput, EncoderOutput
+from ssvae_core.testing._runner import describe_error
+from ssvae_core.testing.defects import DEFECTS, Defect
 
 
-@dataclass(frozen=True)
-class NoOptions:
-    """No options."""
+def _defect(name: str) -> Defect:
+    (defect,) = [defect for defect in DEFECTS if defect.name == name]
+    return defect
 
 
-class NegativeKLPrior(AbstractPrior):
-    """N(0, I), but its KL_z is shifted down by 0.5 nats (a dropped constant gone wrong)."""
-
-    num_components: int = eqx.field(static=True)
-    conditions_decoder: bool = eqx.field(static=True)
-    latent_dim: int = eqx.field(static=True)
-
-    def log_weights(self) -> Float[Array, " K"]:
-        return jnp.zeros((0,))
-
-    def kl_terms(
-        self,
-        posterior: EncoderOutput,
-        z: Float[Array, "B D"],
-        *,
-        encoder: AbstractEncoder,
-        key: PRNGKeyArray,
-    ) -> dict[str, Float[Array, " B"]]:
-        return {"kl_z": gaussian_kl(posterior.z_mean, posterior.z_log_var) - 0.5}
-
-    def sample(
-        self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
-    ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
-        return jax.random.normal(key, (num_samples, self.latent_dim)), jnp.zeros(
-            (num_samples,), jnp.int32
-        )
-
-    def regularisers(self) -> dict[str, Float[Array, ""]]:
-        return {}
-
-    def parameter_scales(self) -> dict[str, float]:
-        return {}
-
-
-def _build_negative_kl(
-    options: NoOptions, context: BuildContext, key: PRNGKeyArray
-) -> NegativeKLPrior:
-    return NegativeKLPrior(
-        num_components=0, conditions_decoder=False, latent_dim=context.latent_dim
-    )
-
-
-@dataclass(frozen=True)
-class SampleOptions:
-    num_samples: int = option(1, help="Monte-Carlo samples S", minimum=1)
-
-
-class OneSamplePrior(AbstractPrior):
-    """N(0, I) with a Monte-Carlo KL_z that ignores its sample count and always uses one sample."""
-
-    num_components: int = eqx.field(static=True)
-    conditions_decoder: bool = eqx.field(static=True)
-    latent_dim: int = eqx.field(static=True)
-    num_samples: int = eqx.field(static=True)
-
-    def log_weights(self) -> Float[Array, " K"]:
-        return jnp.zeros((0,))
-
-    def kl_terms(
-        self,
-        posterior: EncoderOutput,
-        z: Float[Array, "B D"],
-        *,
-        encoder: AbstractEncoder,
-        key: PRNGKeyArray,
-    ) -> dict[str, Float[Array, " B"]]:
-        sample = posterior.z_mean + jnp.exp(0.5 * posterior.z_log_var) * jax.random.normal(
-            key, z.shape
-        )
-        log_q = diagonal_gaussian_log_density(sample, posterior.z_mean, posterior.z_log_var)
-        log_p = diagonal_gaussian_log_density(
-            sample, jnp.zeros_like(sample), jnp.zeros_like(sample)
-        )
-        return {"kl_z": log_q - log_p}
-
-    def sample(
-        self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
-    ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
-        return jax.random.normal(key, (num_samples, self.latent_dim)), jnp.zeros(
-            (num_samples,), jnp.int32
-        )
-
-    def regularisers(self) -> dict[str, Float[Array, ""]]:
-        return {}
-
-    def parameter_scales(self) -> dict[str, float]:
-        return {}
-
-
-@dataclass(frozen=True)
-class FixedPiOptions:
-    num_components: int = option(4, help="channels", minimum=2)
-    learn_pi: bool = option(False, help="learn π")
-
-
-def _build_leaky_mixture(
-    options: FixedPiOptions, context: BuildContext, key: PRNGKeyArray
-) -> MixturePrior:
-    # The bug: learn_pi is not passed through, so π is trainable although the options fix it.
-    return MixturePrior(context.latent_dim, options.num_components, learn_pi=True)
-
-
-class ConstantHead(AbstractHead):
-    """Spreads only 90 % of the probability over the labels."""
-
-    num_classes: int = eqx.field(static=True)
-
-    def init_state(self) -> None:
-        return None
-
-    def predict_proba(
-        self, posterior: EncoderOutput, z: Float[Array, "B D"], state: None
-    ) -> Float[Array, "B Y"]:
-        return jnp.full((z.shape[0], self.num_classes), 0.9 / self.num_classes)
-
-    def certainty(
-        self, posterior: EncoderOutput, z: Float[Array, "B D"], state: None
-    ) -> Float[Array, " B"]:
-        return jnp.max(self.predict_proba(posterior, z, state), axis=-1)
-
-    def supervised_loss(
-        self,
-        posterior: EncoderOutput,
-        z: Float[Array, "B D"],
-        labels: Int[Array, " B"],
-        state: None,
-    ) -> Float[Array, " B"]:
-        return -jnp.log(self.predict_proba(posterior, z, state))[:, 0]
-
-    def update_state(self, state: None, posterior: EncoderOutput, labels: Int[Array, " B"]) -> None:
-        return None
-
-    def class_map(self, state: None) -> None:
-        return None
-
-
-class BatchNormalisedHead(AbstractHead):
-    """Centres z on the batch mean before its softmax: each row depends on the others."""
-
-    num_classes: int = eqx.field(static=True)
-
-    def init_state(self) -> None:
-        return None
-
-    def predict_proba(
-        self, posterior: EncoderOutput, z: Float[Array, "B D"], state: None
-    ) -> Float[Array, "B Y"]:
-        centred = z - jnp.mean(z, axis=0)
-        return jax.nn.softmax(centred[:, : self.num_classes], axis=-1)
-
-    def certainty(
-        self, posterior: EncoderOutput, z: Float[Array, "B D"], state: None
-    ) -> Float[Array, " B"]:
-        return jnp.max(self.predict_proba(posterior, z, state), axis=-1)
-
-    def supervised_loss(
-        self,
-        posterior: EncoderOutput,
-        z: Float[Array, "B D"],
-        labels: Int[Array, " B"],
-        state: None,
-    ) -> Float[Array, " B"]:
-        probabilities = self.predict_proba(posterior, z, state)
-        return -jnp.log(
-            jnp.take_along_axis(probabilities, jnp.clip(labels, 0)[:, None], axis=-1)[:, 0]
-        )
-
-    def update_state(self, state: None, posterior: EncoderOutput, labels: Int[Array, " B"]) -> None:
-        return None
-
-    def class_map(self, state: None) -> None:
-        return None
-
-
-class UnnormalisedMapHead(AbstractHead):
-    """Keeps soft counts per channel, but hands out the smoothed counts as its τ unnormalised."""
-
-    num_classes: int = eqx.field(static=True)
-    num_components: int = eqx.field(static=True)
-
-    def init_state(self) -> Float[Array, "K Y"]:
-        return jnp.zeros((self.num_components, self.num_classes))
-
-    def predict_proba(
-        self, posterior: EncoderOutput, z: Float[Array, "B D"], state: Float[Array, "K Y"]
-    ) -> Float[Array, "B Y"]:
-        return jnp.full((z.shape[0], self.num_classes), 1.0 / self.num_classes)
-
-    def certainty(
-        self, posterior: EncoderOutput, z: Float[Array, "B D"], state: Float[Array, "K Y"]
-    ) -> Float[Array, " B"]:
-        return jnp.max(self.predict_proba(posterior, z, state), axis=-1)
-
-    def supervised_loss(
-        self,
-        posterior: EncoderOutput,
-        z: Float[Array, "B D"],
-        labels: Int[Array, " B"],
-        state: Float[Array, "K Y"],
-    ) -> Float[Array, " B"]:
-        return -jnp.log(self.predict_proba(posterior, z, state))[:, 0]
-
-    def update_state(
-        self, state: Float[Array, "K Y"], posterior: EncoderOutput, labels: Int[Array, " B"]
-    ) -> Float[Array, "K Y"]:
-        assert posterior.logits is not None
-        onehot = jax.nn.one_hot(labels, self.num_classes) * (labels >= 0)[:, None]
-        return state + jax.nn.softmax(posterior.logits, axis=-1).T @ onehot
-
-    def class_map(self, state: Float[Array, "K Y"]) -> Float[Array, "K Y"]:
-        return state + 0.5
-
-
-def _build_unnormalised_map_head(
-    options: NoOptions, context: BuildContext, key: PRNGKeyArray
-) -> UnnormalisedMapHead:
-    if context.num_components == 0:
-        raise ValueError("needs channels")
-    return UnnormalisedMapHead(context.num_classes, context.num_components)
-
-
-class FlatDecoder(AbstractDecoder):
-    """Forgets to reshape: returns a flat vector instead of the sample's shape."""
-
-    output_shape: tuple[int, ...] = eqx.field(static=True)
-    conditioning: str = eqx.field(static=True)
-    scale_size: int = eqx.field(static=True)
-    linear: eqx.nn.Linear
-
-    def __call__(
-        self, z: Float[Array, " D"], embedding: Float[Array, " E"] | None
-    ) -> DecoderOutput:
-        scale_raw = jnp.zeros((self.scale_size,)) if self.scale_size else None
-        return DecoderOutput(loc=self.linear(z), scale_raw=scale_raw)
-
-
-def _build_flat_decoder(
-    options: NoOptions, context: BuildContext, key: PRNGKeyArray
-) -> FlatDecoder:
-    if context.conditioning != "none":
-        raise ValueError("supports conditioning 'none' only")
-    size = 1
-    for extent in context.input_shape:
-        size *= extent
-    return FlatDecoder(
-        output_shape=context.input_shape,
-        conditioning="none",
-        scale_size=context.likelihood.scale_size(size),
-        linear=eqx.nn.Linear(context.latent_dim, size, key=key),
-    )
-
-
-class AlwaysLogitsEncoder(AbstractEncoder):
-    """Emits channel logits even for a prior without channels."""
-
-    input_shape: tuple[int, ...] = eqx.field(static=True)
-    latent_dim: int = eqx.field(static=True)
-    num_components: int = eqx.field(static=True)
-
-    def __call__(self, x: Float[Array, "*sample"]) -> EncoderOutput:
-        mean = jnp.full((self.latent_dim,), jnp.mean(x))
-        return EncoderOutput(
-            z_mean=mean,
-            z_log_var=jnp.zeros_like(mean),
-            logits=jnp.zeros((max(self.num_components, 1),)),
-        )
-
-
-def _factory(
-    component_type: type,
-    build: Callable[[Any, BuildContext, PRNGKeyArray], Any],
-    options: type = NoOptions,
-) -> ComponentFactory:
-    return ComponentFactory(component_type, options, build, "deliberately broken")
-
-
-def _run_one(factory: ComponentFactory, kind: str, check: str) -> ConformanceError:
-    """Run only ``check`` on the component and return the error it must raise."""
-    subject = prepare(factory, kind=kind, max_examples=10)
-    (entry,) = [entry for entry in conformance_checks(kind) if entry.name == check]
+def _run_one(name: str) -> ConformanceError:
+    """Run only the defect's intended check and return the error it must raise."""
+    defect = _defect(name)
+    subject = prepare(defect.factory, defect.options, kind=defect.kind)
+    (entry,) = [entry for entry in conformance_checks(defect.kind) if entry.name == defect.check]
     with pytest.raises(ConformanceError) as caught:
         run_check(subject, entry)
     return caught.value
 
 
-def test_prior_with_a_negative_kl_fails_exact_kl_nonnegative_with_a_shrunk_counterexample() -> None:
-    factory = _factory(NegativeKLPrior, _build_negative_kl)
+def test_a_prior_with_a_sign_error_fails_the_whole_kit_at_exact_kl_nonnegative() -> None:
+    defect = _defect("sign-flipped variance ratio")
     with pytest.raises(ConformanceError) as caught:
-        check_prior(factory)
+        check_prior(defect.factory)
     error = caught.value
     assert error.check == "exact_kl_nonnegative"
     message = str(error)
-    assert "prior NegativeKLPrior fails conformance check 'exact_kl_nonnegative'" in message
+    assert "prior SignFlippedVarianceRatio fails conformance check 'exact_kl_nonnegative'" in message
     assert "exact (analytic) KL terms are >= 0" in message
     assert "exact KL term 'kl_z' is negative" in message
-    assert (
-        "minimal counterexample:" in message
-        and "posterior = EncoderOutput(z_mean=f32[1, 4]" in message
+    assert "minimal counterexample:" in message and "posterior = EncoderOutput(" in message
+    assert message.splitlines()[-1] == (
+        "  usual cause: a sign error in the log-variance ratio, or a dropped term of the "
+        "Gaussian KL"
     )
 
 
 def test_monte_carlo_kl_that_ignores_its_sample_count_fails_convergence() -> None:
-    factory = _factory(
-        OneSamplePrior,
-        lambda options, context, key: OneSamplePrior(
-            0, False, context.latent_dim, options.num_samples
-        ),
-        SampleOptions,
-    )
-    error = _run_one(factory, "prior", "monte_carlo_kl_converges")
+    error = _run_one("sample count ignored")
     assert "RMS error" in error.detail and "expected about a quarter" in error.detail
 
 
 def test_prior_whose_fixed_pi_still_moves_fails_fixed_weights_stay_fixed() -> None:
-    factory = ComponentFactory(
-        MixturePrior, FixedPiOptions, _build_leaky_mixture, "learn_pi ignored"
-    )
-    error = _run_one(factory, "prior", "fixed_weights_stay_fixed")
+    error = _run_one("fixed π not frozen")
     assert "log π moved by up to" in str(error)
     assert "non-learnable π gets exactly zero update" in str(error)
 
 
+def test_a_type_check_failure_is_cut_to_the_lines_that_matter() -> None:
+    error = _run_one("integer KL")
+    assert error.check == "signatures"
+    violation = error.detail
+    assert "channel_kl" in violation
+    assert len(violation.splitlines()) <= 7, violation
+
+
+def test_describe_error_keeps_short_messages_and_cuts_long_ones() -> None:
+    assert describe_error(ValueError("bad K")) == "ValueError: bad K"
+    long = ValueError("\n".join(f"line {i}" for i in range(20)))
+    text = describe_error(long)
+    assert text.startswith("ValueError: line 0") and "(14 more lines)" in text
+
+
 def test_head_whose_rows_do_not_sum_to_one_fails_predict_proba_is_distribution() -> None:
-    factory = _factory(
-        ConstantHead, lambda options, context, key: ConstantHead(context.num_classes)
-    )
+    defect = _defect("90 % of the mass")
     with pytest.raises(ConformanceError) as caught:
-        check_head(factory)
+        check_head(defect.factory)
     assert caught.value.check == "predict_proba_is_distribution"
     assert "row sums of p(y|x)" in str(caught.value) and "0.9" in str(caught.value)
 
 
-def test_head_coupling_batch_members_fails_per_example_independence() -> None:
-    factory = _factory(
-        BatchNormalisedHead, lambda options, context, key: BatchNormalisedHead(context.num_classes)
-    )
-    error = _run_one(factory, "head", "per_example_independence")
+def test_head_coupling_batch_members_names_the_mask_in_its_counterexample() -> None:
+    error = _run_one("batch-centred logits")
     assert "of the kept rows" in error.detail
     assert "mask = b8[" in str(error)
 
 
 def test_head_whose_class_map_rows_do_not_sum_to_one_fails_class_map_is_distribution() -> None:
-    error = _run_one(
-        _factory(UnnormalisedMapHead, _build_unnormalised_map_head),
-        "head",
-        "class_map_is_distribution",
-    )
+    error = _run_one("counts as τ")
     assert "row sums of class_map" in error.detail
     assert "each channel's row summing to 1" in str(error)
 
@@ -401,22 +115,24 @@ def test_head_without_a_class_map_passes_class_map_is_distribution() -> None:
 
 def test_decoder_with_the_wrong_output_shape_fails_output_matches_sample_shape() -> None:
     with pytest.raises(ConformanceError) as caught:
-        check_decoder(_factory(FlatDecoder, _build_flat_decoder))
+        check_decoder(_defect("flattened output").factory)
     assert caught.value.check == "output_matches_sample_shape"
     assert "loc has shape (64,), expected (8, 8)" in str(caught.value)
 
 
 def test_encoder_emitting_logits_without_channels_fails_output_structure() -> None:
-    factory = _factory(
-        AlwaysLogitsEncoder,
-        lambda options, context, key: AlwaysLogitsEncoder(
-            context.input_shape, context.latent_dim, context.num_components
-        ),
-    )
     with pytest.raises(ConformanceError) as caught:
-        check_encoder(factory)
+        check_encoder(_defect("logits without channels").factory)
     assert caught.value.check == "output_structure"
     assert "logits must be None when num_components == 0" in str(caught.value)
+
+
+def test_term_whose_rows_depend_on_each_other_names_the_row() -> None:
+    assert "value of row 0" in str(_run_one("batch-mean term"))
+
+
+def test_term_holding_its_weight_as_a_static_float_fails_weights_are_traced() -> None:
+    assert "static part of the term changed" in str(_run_one("static weight"))
 
 
 def test_conformance_error_is_an_assertion_error() -> None:
@@ -424,58 +140,57 @@ def test_conformance_error_is_an_assertion_error() -> None:
 
 
 def test_skipping_an_unknown_check_is_refused() -> None:
-    factory = _factory(NegativeKLPrior, _build_negative_kl)
     with pytest.raises(ValueError, match="exact_kl_nonnegativ"):
-        check_prior(factory, skip=("exact_kl_nonnegativ",))
+        check_prior(_defect("dropped −1").factory, skip=("exact_kl_nonnegativ",))
 
 
-# --- loss terms -----------------------------------------------------------------------------
+def test_profiles_set_the_examples_and_an_unknown_profile_is_refused() -> None:
+    assert ConformanceSettings().max_examples == 10
+    assert ConformanceSettings(profile="thorough").max_examples == 40
+    assert ConformanceSettings(profile="thorough", max_examples=3).max_examples == 3
+    with pytest.raises(ValueError, match="profile must be one of fast, thorough"):
+        ConformanceSettings(profile="slow")
+    with pytest.raises(ValueError, match="max_examples must be an integer >= 1"):
+        ConformanceSettings(max_examples=0)
 
 
-@dataclass(frozen=True)
-class _TermOptions(TermOptions):
-    weight: float = option(1.0, help="weight")
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(strategies.extreme_logits(4, 5))
+def test_extreme_logits_are_near_one_hot_or_near_uniform_around_large_offsets(logits) -> None:
+    spread = logits.max(axis=1) - logits.min(axis=1)
+    gaps = logits.max(axis=1) - np.sort(logits, axis=1)[:, -2]
+    assert np.all((spread <= 2e-3) | (gaps >= 20.0 - 1e-3))
+    assert np.all(np.abs(logits) <= 100.0 + 8.0 + 60.0)
 
 
-class BatchMeanTerm(AbstractLossTerm):
-    """Claims to be per-example, but each row's value is the batch mean of the inputs."""
+def test_extreme_posteriors_reach_the_edges_of_the_domain() -> None:
+    seen = {"wide mean": False, "low log-variance": False, "peaked": False, "flat": False}
 
-    weight: Schedule
+    @settings(max_examples=200, deadline=None, derandomize=True, database=None)
+    @given(strategies.posteriors(3, 2, 4, extreme=True))
+    def look(posterior) -> None:
+        mean, log_var = np.asarray(posterior.z_mean), np.asarray(posterior.z_log_var)
+        logits = np.asarray(posterior.logits)
+        seen["wide mean"] |= bool(np.abs(mean).max() > 50)
+        seen["low log-variance"] |= bool(log_var.min() < -10)
+        gaps = logits.max(axis=1) - np.sort(logits, axis=1)[:, -2]
+        seen["peaked"] |= bool(gaps.max() > 20)
+        seen["flat"] |= bool((logits.max(axis=1) - logits.min(axis=1)).min() < 1e-2)
 
-    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
-        mean = jnp.mean(inputs.batch.x)
-        return TermValue(jnp.full(inputs.batch.x.shape[:1], mean))
-
-
-class StaticWeightTerm(AbstractLossTerm):
-    """Keeps its weight as a Python float: every new weight would recompile the step."""
-
-    weight: Schedule
-    factor: float = eqx.field(static=True)
-
-    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
-        return TermValue(self.factor * jnp.mean(inputs.batch.x.reshape(inputs.batch.x.shape[0], -1), axis=1))
-
-
-def test_term_whose_rows_depend_on_each_other_fails_per_example_independence() -> None:
-    factory = ComponentFactory(
-        BatchMeanTerm, _TermOptions, lambda options, context, key: BatchMeanTerm(options.schedule()), "x"
-    )
-    error = _run_one(factory, "loss_term", "per_example_independence")
-    assert "value of row 0" in str(error)
-
-
-def test_term_holding_its_weight_as_a_static_float_fails_weights_are_traced() -> None:
-    factory = ComponentFactory(
-        StaticWeightTerm,
-        _TermOptions,
-        lambda options, context, key: StaticWeightTerm(options.schedule(), options.weight),
-        "x",
-    )
-    error = _run_one(factory, "loss_term", "weights_are_traced")
-    assert "static part of the term changed" in str(error)
+    look()
+    assert all(seen.values()), seen
 
 
 def test_builtin_terms_pass_check_loss_term() -> None:
     report = check_loss_term("consistency", max_examples=3)
     assert report["per_example_independence"] == "passed"
+    assert report["repeat_calls_identical"] == "passed"
+
+
+def test_priors_pass_the_new_checks_with_notes() -> None:
+    report = check_prior("mixture", skip=("monte_carlo_kl_converges",))
+    assert report["samples_match_kl_density"].startswith("passed (mass ")
+    assert report["options_honoured"] == "passed (checked num_components, learn_pi)"
+    assert report["kl_terms_per_example_finite"] == (
+        "passed (K in [2, 10, 64], typical and extreme inputs)"
+    )

@@ -26,6 +26,7 @@ from ssvae_core.testing._runner import (
     check,
     expect,
     expect_close,
+    expect_identical,
     for_all,
 )
 from ssvae_core.testing._signatures import protocol_method
@@ -94,7 +95,10 @@ class HeadSubject(Subject):
     ):
         super().__init__(label, factory, options, settings)
         self.variants: dict[int, AbstractHead] = {}
-        for count in (settings.num_components, 0):
+        counts = [settings.num_components, 0]
+        if settings.thorough:  # a head must also serve two and many channels
+            counts[1:1] = [c for c in (2, strategies.LARGE_NUM_COMPONENTS) if c not in counts]
+        for count in counts:
             context = make_context(settings, num_components=count)
             try:
                 self.variants[count] = build_checked("head", factory, options, context, label)
@@ -144,6 +148,7 @@ class HeadSubject(Subject):
         counts: tuple[int, ...] | None = None,
         others: bool = False,
         permutation: bool = False,
+        extreme: bool = False,
     ) -> st.SearchStrategy[dict[str, Any]]:
         """A variant's ``K``, a history batch for the state, and a batch of posteriors and labels."""
         settings = self.settings
@@ -153,7 +158,9 @@ class HeadSubject(Subject):
             fields = {
                 "num_components": st.just(count),
                 "history_seed": strategies.seeds(),
-                "posterior": strategies.posteriors(batch, settings.latent_dim, count),
+                "posterior": strategies.posteriors(
+                    batch, settings.latent_dim, count, extreme=extreme
+                ),
                 "labels": strategies.labels(batch, settings.num_classes),
             }
             if others:
@@ -170,7 +177,12 @@ class HeadSubject(Subject):
         )
 
 
-@check("head", "attributes", "num_classes equals the build context's")
+@check(
+    "head",
+    "attributes",
+    "num_classes equals the build context's",
+    hint="num_classes set from a constant instead of the build context",
+)
 def _attributes(subject: HeadSubject) -> str:
     for head in subject.variants.values():
         expect(
@@ -185,6 +197,7 @@ def _attributes(subject: HeadSubject) -> str:
     "signatures",
     "every AbstractHead method accepts and returns what its "
     "jaxtyping-annotated protocol signature says (checked by beartype)",
+    hint="a method returning the wrong rank or dtype, or naming its parameters differently from the protocol",
 )
 def _signatures(subject: HeadSubject) -> None:
     methods = (
@@ -233,6 +246,7 @@ def _signatures(subject: HeadSubject) -> None:
     "state_structure",
     "update_state returns a finite state with the same tree "
     "structure, shapes and dtypes as init_state (a lax.scan carry and a checkpoint need that)",
+    hint="update_state changing a count's dtype or shape (int counts, a dropped axis)",
 )
 def _state_structure(subject: HeadSubject) -> None:
     def body(example: dict[str, Any]) -> None:
@@ -260,6 +274,7 @@ def _state_structure(subject: HeadSubject) -> None:
     "class_map_is_distribution",
     "class_map(state) is None (a head without a channel→label map) or a finite (K, Y) "
     "array, >= 0, each channel's row summing to 1",
+    hint="counts normalised over the wrong axis, or a zero row divided by its zero sum",
 )
 def _class_map(subject: HeadSubject) -> str:
     num_classes = subject.settings.num_classes
@@ -292,6 +307,7 @@ def _class_map(subject: HeadSubject) -> str:
     "head",
     "predict_proba_is_distribution",
     "p(y|x) has shape (B, Y), is >= 0 and each row sums to 1",
+    hint="probabilities normalised over the wrong axis, or exp of logits without softmax",
 )
 def _predict_proba(subject: HeadSubject) -> None:
     num_classes = subject.settings.num_classes
@@ -312,13 +328,14 @@ def _predict_proba(subject: HeadSubject) -> None:
         )
         expect_close(proba.sum(-1), np.ones(batch), "row sums of p(y|x)")
 
-    for_all(subject, subject.inputs(), body)
+    for_all(subject, subject.inputs(extreme=True), body)
 
 
 @check(
     "head",
     "ood_score_in_unit_interval",
     "certainty has shape (B,) and lies in [0, 1], so the OOD score 1 - certainty does too",
+    hint="certainty taken from unnormalised scores instead of probabilities",
 )
 def _certainty(subject: HeadSubject) -> None:
     def body(example: dict[str, Any]) -> None:
@@ -334,7 +351,7 @@ def _certainty(subject: HeadSubject) -> None:
         ood = 1.0 - certainty
         expect(np.all((ood >= -1e-6) & (ood <= 1 + 1e-6)), f"OOD score outside [0, 1]: {ood}")
 
-    for_all(subject, subject.inputs(), body)
+    for_all(subject, subject.inputs(extreme=True), body)
 
 
 @check(
@@ -342,6 +359,7 @@ def _certainty(subject: HeadSubject) -> None:
     "supervised_loss_finite",
     "supervised_loss has shape (B,) and is finite on every "
     "row, unlabeled (-1) rows included, since the caller masks them by multiplication",
+    hint="the log of a zero probability (add the prior α₀ or use log_softmax), or unlabeled rows (label −1) indexed as a class",
 )
 def _supervised_finite(subject: HeadSubject) -> None:
     def body(example: dict[str, Any]) -> None:
@@ -355,7 +373,7 @@ def _supervised_finite(subject: HeadSubject) -> None:
         )
         expect(np.all(np.isfinite(loss)), f"supervised_loss is not finite: {loss}")
 
-    for_all(subject, subject.inputs(), body)
+    for_all(subject, subject.inputs(extreme=True), body)
 
 
 @check(
@@ -363,6 +381,7 @@ def _supervised_finite(subject: HeadSubject) -> None:
     "supervised_loss_no_state_gradient",
     "the supervised loss passes no gradient into "
     "the head state (τ's soft counts are stop-gradient)",
+    hint="the state read without jax.lax.stop_gradient",
 )
 def _no_state_gradient(subject: HeadSubject) -> None:
     def body(example: dict[str, Any]) -> None:
@@ -384,6 +403,7 @@ def _no_state_gradient(subject: HeadSubject) -> None:
     "head",
     "unlabeled_rows_leave_state_unchanged",
     "update_state ignores rows labeled -1: changing their posteriors does not change the new state",
+    hint="rows labeled −1 one-hot encoded as the last class instead of masked",
 )
 def _unlabeled_rows(subject: HeadSubject) -> None:
     def body(example: dict[str, Any]) -> None:
@@ -406,6 +426,7 @@ def _unlabeled_rows(subject: HeadSubject) -> None:
     "per_example_independence",
     "each example's p(y|x), certainty and supervised loss "
     "do not depend on the other members of the batch",
+    hint="a mean or normalisation over the batch axis in a per-example output",
 )
 def _per_example(subject: HeadSubject) -> None:
     def body(example: dict[str, Any]) -> None:
@@ -430,6 +451,7 @@ def _per_example(subject: HeadSubject) -> None:
     "permuting the channels consistently (logits, the head's and "
     "its state's channel-indexed arrays) leaves p(y|x), certainty and the supervised loss unchanged "
     "and permutes the updated state",
+    hint="channel-indexed state kept on an axis other than the leading one",
 )
 def _channel_permutation(subject: HeadSubject) -> None:
     counts = tuple(count for count in subject.variants if count >= 2)
@@ -473,6 +495,7 @@ def _channel_permutation(subject: HeadSubject) -> None:
     "head",
     "jit_matches_eager",
     "p(y|x), certainty and the supervised loss are the same under jit and eagerly",
+    hint="Python control flow or NumPy on array values, computed once at trace time under jit",
 )
 def _jit_matches_eager(subject: HeadSubject) -> None:
     def body(example: dict[str, Any]) -> None:
@@ -482,5 +505,27 @@ def _jit_matches_eager(subject: HeadSubject) -> None:
         eager = subject.outputs(count, state, example["posterior"], example["labels"], jit=False)
         for name, value in compiled.items():
             expect_close(value, eager[name], name, rtol=1e-4, atol=1e-5)
+
+    for_all(subject, subject.inputs((3,)), body)
+
+
+@check(
+    "head",
+    "repeat_calls_identical",
+    "two eager calls with the same state, posteriors and labels give bit-identical p(y|x), "
+    "certainty, supervised loss and state update",
+    hint="NumPy or Python randomness (or a global counter) inside a call; draw from the key argument, if any",
+)
+def _repeat_calls(subject: HeadSubject) -> None:
+    def body(example: dict[str, Any]) -> None:
+        count = example["num_components"]
+        head = subject.variants[count]
+        state = subject.state(count, example)
+        posterior, labels = example["posterior"], jnp.asarray(example["labels"])
+        for what, call in (
+            ("outputs", lambda: _outputs(head, state, posterior, labels)),
+            ("update_state", lambda: head.update_state(state, posterior, labels)),
+        ):
+            expect_identical(call(), call(), what)
 
     for_all(subject, subject.inputs((3,)), body)

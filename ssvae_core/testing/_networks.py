@@ -36,6 +36,7 @@ from ssvae_core.testing._runner import (
     check,
     expect,
     expect_close,
+    expect_identical,
     for_all,
 )
 from ssvae_core.testing._signatures import protocol_method
@@ -134,7 +135,10 @@ class EncoderSubject(Subject):
 
 
 @check(
-    "encoder", "attributes", "input_shape, latent_dim and num_components equal the build context's"
+    "encoder",
+    "attributes",
+    "input_shape, latent_dim and num_components equal the build context's",
+    hint="fields set from constants instead of the build context",
 )
 def _encoder_attributes(subject: EncoderSubject) -> None:
     settings = subject.settings
@@ -158,6 +162,7 @@ def _encoder_attributes(subject: EncoderSubject) -> None:
     "signatures",
     "__call__ accepts one example and returns an EncoderOutput as "
     "its jaxtyping-annotated protocol signature says (checked by beartype)",
+    hint="an output with a batch axis (the model vmaps one example) or of the wrong dtype",
 )
 def _encoder_signatures(subject: EncoderSubject) -> None:
     calls = {
@@ -177,6 +182,7 @@ def _encoder_signatures(subject: EncoderSubject) -> None:
     "output_structure",
     "z_mean and z_log_var are finite (B, D) floats; logits are "
     "finite (B, K) floats with channels and None without",
+    hint="logits returned without channels (K = 0 needs None), the wrong latent size, or an unbounded log-variance overflowing",
 )
 def _encoder_outputs(subject: EncoderSubject) -> None:
     latent_dim = subject.settings.latent_dim
@@ -218,6 +224,7 @@ def _encoder_outputs(subject: EncoderSubject) -> None:
     "encoder",
     "responsibilities_are_distributions",
     "responsibilities r = softmax(logits) are >= 0 and each row sums to 1",
+    hint="NaN or infinite logits (log of a negative number, division by zero)",
 )
 def _responsibilities(subject: EncoderSubject) -> None:
     count = subject.settings.num_components
@@ -235,6 +242,7 @@ def _responsibilities(subject: EncoderSubject) -> None:
     "encoder",
     "per_example_independence",
     "each example's encoding does not depend on the other members of the batch",
+    hint="batch statistics (BatchNorm-style) inside the encoder",
 )
 def _encoder_per_example(subject: EncoderSubject) -> None:
     def body(example: dict[str, Any]) -> None:
@@ -253,7 +261,12 @@ def _encoder_per_example(subject: EncoderSubject) -> None:
     for_all(subject, subject.inputs((3, 8), others=True), body)
 
 
-@check("encoder", "jit_matches_eager", "the encoding is the same under jit and eagerly")
+@check(
+    "encoder",
+    "jit_matches_eager",
+    "the encoding is the same under jit and eagerly",
+    hint="Python control flow or NumPy on array values, computed once at trace time under jit",
+)
 def _encoder_jit(subject: EncoderSubject) -> None:
     def body(example: dict[str, Any]) -> None:
         encoder = subject.variants[example["num_components"]]
@@ -270,8 +283,25 @@ def _encoder_jit(subject: EncoderSubject) -> None:
 
 @check(
     "encoder",
+    "repeat_calls_identical",
+    "two eager calls with the same input give bit-identical encodings",
+    hint="NumPy or Python randomness (or a global counter) inside a call; draw from the key argument, if any",
+)
+def _encoder_repeat(subject: EncoderSubject) -> None:
+    def body(example: dict[str, Any]) -> None:
+        encoder = subject.variants[example["num_components"]]
+        first = subject.encode(encoder, example["x"], jit=False)
+        second = subject.encode(encoder, example["x"], jit=False)
+        expect_identical(first, second, "the encoding")
+
+    for_all(subject, subject.inputs((3,)), body)
+
+
+@check(
+    "encoder",
     "trains_one_step",
     "in a small model, one train step gives finite metrics and finite parameters",
+    hint="a gradient that is NaN where the value is finite (sqrt or log at 0, jnp.where with an unsafe branch)",
 )
 def _encoder_trains(subject: EncoderSubject) -> None:
     expect_finite_step(subject)
@@ -382,6 +412,7 @@ class DecoderSubject(Subject):
     "supports_conditioning_none",
     "the decoder builds with conditioning 'none' "
     "(priors without channels need it); other methods may be refused with ValueError",
+    hint="the factory refuses conditioning 'none', or raises something other than ValueError for a method it does not support",
 )
 def _decoder_none(subject: DecoderSubject) -> str:
     expect(
@@ -396,6 +427,7 @@ def _decoder_none(subject: DecoderSubject) -> str:
     "decoder",
     "attributes",
     "output_shape equals the context's input_shape and conditioning the context's method",
+    hint="fields set from constants instead of the build context",
 )
 def _decoder_attributes(subject: DecoderSubject) -> None:
     for method in subject.methods:
@@ -415,6 +447,7 @@ def _decoder_attributes(subject: DecoderSubject) -> None:
     "output_matches_sample_shape",
     "for every supported conditioning method and every "
     "likelihood, loc has the sample's shape and scale_raw the likelihood's scale_size (None for 0)",
+    hint="loc flattened or not reshaped to the input shape, or scale_raw sized for another likelihood",
 )
 def _decoder_shapes(subject: DecoderSubject) -> str:
     settings, batch = subject.settings, 3
@@ -457,6 +490,7 @@ def _decoder_shapes(subject: DecoderSubject) -> str:
     "outputs_finite",
     "loc, scale_raw and the likelihood's NLL are finite for "
     "latents in [-4, 4] and inputs in [0, 1]",
+    hint="an unbounded exp in the output layer, or the log of a non-positive activation",
 )
 def _decoder_finite(subject: DecoderSubject) -> None:
     def body(example: dict[str, Any]) -> None:
@@ -479,6 +513,7 @@ def _decoder_finite(subject: DecoderSubject) -> None:
     "the heteroscedastic σ = clip(σ_min + "
     "softplus(scale_raw), σ_min, σ_max) lies in [σ_min, σ_max], per image and per pixel, even for "
     "latents far out (|z| <= 30)",
+    hint="σ computed without the likelihood's bounds (use the likelihood's own transform)",
 )
 def _decoder_sigma(subject: DecoderSubject) -> None:
     def body(example: dict[str, Any]) -> None:
@@ -504,6 +539,7 @@ def _decoder_sigma(subject: DecoderSubject) -> None:
     "conditioning_uses_embedding",
     "with a conditioning method other than 'none', "
     "different component embeddings give different outputs",
+    hint="the embedding accepted but never used (a conditioning method wired to nothing)",
 )
 def _decoder_uses_embedding(subject: DecoderSubject) -> None:
     if not subject.conditioned:
@@ -533,6 +569,7 @@ def _decoder_uses_embedding(subject: DecoderSubject) -> None:
     "decoder",
     "per_example_independence",
     "each example's output does not depend on the other members of the batch",
+    hint="batch statistics (BatchNorm-style) inside the decoder",
 )
 def _decoder_per_example(subject: DecoderSubject) -> None:
     def body(example: dict[str, Any]) -> None:
@@ -553,7 +590,12 @@ def _decoder_per_example(subject: DecoderSubject) -> None:
     for_all(subject, subject.inputs(((method, "bernoulli"),), (3, 8), others=True), body)
 
 
-@check("decoder", "jit_matches_eager", "the output is the same under jit and eagerly")
+@check(
+    "decoder",
+    "jit_matches_eager",
+    "the output is the same under jit and eagerly",
+    hint="Python control flow or NumPy on array values, computed once at trace time under jit",
+)
 def _decoder_jit(subject: DecoderSubject) -> None:
     def body(example: dict[str, Any]) -> None:
         method, name = example["variant"]
@@ -572,9 +614,27 @@ def _decoder_jit(subject: DecoderSubject) -> None:
 
 @check(
     "decoder",
+    "repeat_calls_identical",
+    "two eager calls with the same latents and embeddings give bit-identical outputs",
+    hint="NumPy or Python randomness (or a global counter) inside a call; draw from the key argument, if any",
+)
+def _decoder_repeat(subject: DecoderSubject) -> None:
+    def body(example: dict[str, Any]) -> None:
+        method, name = example["variant"]
+        first = subject.decode(method, name, example["z"], example["embeddings"], jit=False)
+        second = subject.decode(method, name, example["z"], example["embeddings"], jit=False)
+        expect_identical(first, second, "the decoder output")
+
+    variants = tuple((m, "bernoulli") for m in subject.methods)
+    for_all(subject, subject.inputs(variants), body)
+
+
+@check(
+    "decoder",
     "signatures",
     "__call__ accepts one latent and embedding and returns a "
     "DecoderOutput as its jaxtyping-annotated protocol signature says (checked by beartype)",
+    hint="an output with a batch axis (the model vmaps one example) or of the wrong dtype",
 )
 def _decoder_signatures(subject: DecoderSubject) -> None:
     def body(example: dict[str, Any]) -> None:
@@ -590,6 +650,7 @@ def _decoder_signatures(subject: DecoderSubject) -> None:
     "decoder",
     "trains_one_step",
     "in a small model, one train step gives finite metrics and finite parameters",
+    hint="a gradient that is NaN where the value is finite (sqrt or log at 0, jnp.where with an unsafe branch)",
 )
 def _decoder_trains(subject: DecoderSubject) -> None:
     expect_finite_step(subject)

@@ -11,6 +11,7 @@ sample-count option grows.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -20,17 +21,29 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ssvae_core.components import ComponentFactory
+from ssvae_core.config import TrainConfig
 from ssvae_core.model import reparameterise
 from ssvae_core.priors.channels import AbstractChannelPrior
 from ssvae_core.protocols import AbstractEncoder, AbstractPrior
 from ssvae_core.testing import strategies
-from ssvae_core.testing._runner import NotApplicable, check, expect, expect_close, for_all
+from ssvae_core.testing._runner import (
+    ConformanceError,
+    NotApplicable,
+    check,
+    expect,
+    expect_close,
+    expect_identical,
+    for_all,
+)
 from ssvae_core.testing._signatures import protocol_method
 from ssvae_core.testing._subjects import (
+    MODEL_BATCH_SIZE,
     ConformanceSettings,
+    Step,
     Subject,
     build_checked,
     dense_companion,
@@ -40,6 +53,7 @@ from ssvae_core.testing._subjects import (
     permute_channels,
     random_posterior,
 )
+from ssvae_core.training import make_optimizer
 from ssvae_core.types import EncoderOutput
 
 # Monte-Carlo convergence: estimates at two sample counts against a high-sample reference.
@@ -49,6 +63,18 @@ MC_REPEATS = 32
 # Samples per channel for the moments of p(z|c) (KL_z must vanish at the matching q).
 MOMENT_SAMPLES = 4096
 ONE_HOT_LOGIT = -60.0
+# The density implied by the KL terms, compared with sample() in two latent dimensions.
+DENSITY_LATENT_DIM = 2
+DENSITY_SAMPLES = 20_000
+DENSITY_GRID_POINTS = {"fast": 81, "thorough": 161}
+DENSITY_MC_SAMPLES = 16
+DENSITY_MASS_TOLERANCE = 0.05
+DENSITY_VARIANCE_TOLERANCE = 0.1
+NARROW_LOG_VAR = -14.0
+# A learning-rate scale no default uses, to see where an *lr_scale option goes.
+PROBE_SCALE = 0.37
+# optax.adam's default ε, for the unscaled first step the scales are measured against.
+ADAM_EPS = 1e-8
 
 
 def _kl_terms(
@@ -96,6 +122,43 @@ def _one_hot_logits(channels: np.ndarray, num_components: int) -> np.ndarray:
     return logits
 
 
+class _PriorOnly(eqx.Module):
+    """The prior as the only trainable part, shaped like a model (``.prior``) so that
+    :func:`~ssvae_core.training.make_optimizer` labels its fields as in training."""
+
+    prior: AbstractPrior
+
+
+@dataclass(frozen=True)
+class _PriorTiny:
+    model: _PriorOnly
+    train: TrainConfig
+
+
+@eqx.filter_jit
+def _prior_step(
+    wrapper: _PriorOnly,
+    encoder: AbstractEncoder,
+    posterior: EncoderOutput,
+    key: PRNGKeyArray,
+    optimizer: optax.GradientTransformation,
+    rate: float,
+) -> tuple[_PriorOnly, dict[str, Float[Array, ""]], _PriorOnly]:
+    """One optimiser step of the prior alone on ``mean(Σ KL terms) + Σ regularisers``."""
+    params, static = eqx.partition(wrapper, eqx.is_inexact_array)
+
+    def loss(params: _PriorOnly) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
+        prior = eqx.combine(params, static).prior
+        terms = {n: jnp.mean(v) for n, v in _kl_terms(prior, encoder, posterior, key).items()}
+        penalties = prior.regularisers()
+        return sum(terms.values()) + sum(penalties.values()), {**terms, **penalties}
+
+    (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    updates = jax.tree.map(lambda update: -rate * update, updates)
+    return eqx.apply_updates(wrapper, updates), metrics, grads
+
+
 class PriorSubject(Subject):
     """A prior built for a model without channels yet, with a dense companion encoder."""
 
@@ -113,35 +176,140 @@ class PriorSubject(Subject):
         encoder_context = make_context(settings, num_components=self.num_components)
         self.encoder = dense_companion("encoder", encoder_context)
 
+    @cached_property
+    def tiny(self) -> Any:
+        """The thorough profile trains the prior inside a small model; the fast one alone."""
+        if self.settings.thorough:
+            return super().tiny
+        train = TrainConfig(
+            batch_size=MODEL_BATCH_SIZE, learning_rate=1e-2, grad_clip=0.0, optimizer="adam"
+        )
+        return _PriorTiny(_PriorOnly(self.prior), train)
+
+    @cached_property
+    def step(self) -> Step:
+        """One optimiser step through :func:`~ssvae_core.training.make_optimizer`: the full
+        ``train_step`` of the small model (thorough) or of the prior's KL terms (fast)."""
+        if self.settings.thorough:
+            return super().step
+        tiny = self.tiny
+        posterior = random_posterior(
+            7, MODEL_BATCH_SIZE, self.settings.latent_dim, self.num_components
+        )
+        optimizer = make_optimizer(tiny.train, tiny.model)
+        updated, metrics, grads = _prior_step(
+            tiny.model,
+            self.encoder,
+            posterior,
+            jax.random.PRNGKey(4),
+            optimizer,
+            tiny.train.learning_rate,
+        )
+        return Step(updated, metrics, grads)
+
     def kl(
         self,
         posterior: EncoderOutput,
         seed: int,
         prior: AbstractPrior | None = None,
         *,
+        encoder: AbstractEncoder | None = None,
         jit: bool = True,
     ) -> dict[str, np.ndarray]:
         """The prior's KL terms as NumPy arrays (``z`` and the prior's key come from ``seed``)."""
         prior = self.prior if prior is None else prior
+        encoder = self.encoder if encoder is None else encoder
         key = jax.random.PRNGKey(seed)
         kl_terms = _kl_terms_jit if jit else _kl_terms
-        terms = kl_terms(prior, self.encoder, posterior, key)
+        terms = kl_terms(prior, encoder, posterior, key)
         expect(isinstance(terms, dict), f"kl_terms returned {type(terms).__name__}, not a dict")
         return {name: np.asarray(value) for name, value in terms.items()}
 
     def inputs(
-        self, batch_sizes: tuple[int, ...] = strategies.BATCH_SIZES
+        self,
+        batch_sizes: tuple[int, ...] = strategies.BATCH_SIZES,
+        *,
+        extreme: bool = False,
+        num_components: int | None = None,
     ) -> st.SearchStrategy[dict[str, Any]]:
-        """A batch of posteriors for this prior's ``K`` and a seed."""
-        latent_dim, num_components = self.settings.latent_dim, self.num_components
+        """A batch of posteriors for ``K`` channels (this prior's by default) and a seed;
+        with ``extreme``, from the edges of the domain too (:mod:`.strategies`)."""
+        latent_dim = self.settings.latent_dim
+        count = self.num_components if num_components is None else num_components
         return st.sampled_from(batch_sizes).flatmap(
             lambda batch: st.fixed_dictionaries(
                 {
-                    "posterior": strategies.posteriors(batch, latent_dim, num_components),
+                    "posterior": strategies.posteriors(batch, latent_dim, count, extreme=extreme),
                     "seed": strategies.seeds(),
                 }
             )
         )
+
+    def rebuilt(
+        self, settings: ConformanceSettings | None = None, **changes: Any
+    ) -> tuple[AbstractPrior, AbstractEncoder]:
+        """The prior built with changed options (and settings), with a matching companion."""
+        settings = self.settings if settings is None else settings
+        options = dataclasses.replace(self.options, **changes) if changes else self.options
+        prior = build_checked(
+            "prior", self.factory, options, make_context(settings, num_components=0), self.label
+        )
+        count = prior.num_components
+        count = count if isinstance(count, int) and count >= 0 else 0
+        encoder = dense_companion("encoder", make_context(settings, num_components=count))
+        return prior, encoder
+
+    @cached_property
+    def channel_variants(self) -> dict[int, tuple[AbstractPrior, AbstractEncoder]]:
+        """The prior with 2 and with many channels besides its own ``K``, where its options
+        have a ``num_components`` that allows them."""
+        variants = {self.num_components: (self.prior, self.encoder)}
+        names = {field.name for field in dataclasses.fields(self.options)}
+        if "num_components" not in names or self.num_components == 0:
+            return variants
+        for count in (2, strategies.LARGE_NUM_COMPONENTS):
+            if count in variants:
+                continue
+            try:
+                variants[count] = self.rebuilt(num_components=count)
+            except ConformanceError:
+                continue  # the options refuse this K; the build itself is checked elsewhere
+        return variants
+
+    @cached_property
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each channel's sample mean and variance of ``p(z|c)`` (one row without channels)."""
+        z, c = self.samples
+        z = z.astype(np.float64)
+        rows = [z[c == channel] for channel in range(max(self.num_components, 1))]
+        means = np.stack([r.mean(0) if len(r) else np.zeros(z.shape[1]) for r in rows])
+        variances = np.stack([r.var(0) if len(r) > 1 else np.ones(z.shape[1]) for r in rows])
+        return means, np.clip(variances, 1e-8, 1e8)
+
+    def near_prior(self, batch: int = 3) -> st.SearchStrategy[dict[str, Any]]:
+        """Posteriors close to one channel of the prior: one-hot ``q(c|x)`` on channel
+        ``c``, mean within a standard deviation of ``p(z|c)``'s and log-variance within
+        ±3 of its own — where a KL that is wrong in sign or scale goes negative."""
+        count, latent_dim = max(self.num_components, 1), self.settings.latent_dim
+
+        def build(channels: np.ndarray, shift: np.ndarray, spread: np.ndarray) -> EncoderOutput:
+            means, variances = self.moments
+            std = np.sqrt(variances[channels])
+            return EncoderOutput(
+                z_mean=jnp.asarray(means[channels] + shift * std, dtype=jnp.float32),
+                z_log_var=jnp.asarray(np.log(variances[channels]) + spread, dtype=jnp.float32),
+                logits=jnp.asarray(_one_hot_logits(channels, self.num_components))
+                if self.num_components
+                else None,
+            )
+
+        posterior = st.builds(
+            build,
+            hnp.arrays(np.int64, (batch,), elements=st.integers(0, count - 1)),
+            strategies.float_arrays((batch, latent_dim), -1.0, 1.0),
+            strategies.float_arrays((batch, latent_dim), -3.0, 3.0),
+        )
+        return st.fixed_dictionaries({"posterior": posterior, "seed": strategies.seeds()})
 
     @cached_property
     def samples(self) -> tuple[np.ndarray, np.ndarray]:
@@ -168,6 +336,7 @@ class PriorSubject(Subject):
     "attributes",
     "num_components is an int >= 0 (0: no channels, which cannot "
     "condition the decoder); log_weights() is a finite log-distribution over the K channels",
+    hint="num_components taken from the wrong option, or log_weights() built from raw logits without log_softmax",
 )
 def _attributes(subject: PriorSubject) -> None:
     prior = subject.prior
@@ -200,6 +369,7 @@ def _attributes(subject: PriorSubject) -> None:
     "signatures",
     "every AbstractPrior method (and channel_kl of an AbstractChannelPrior) accepts and "
     "returns what its jaxtyping-annotated protocol signature says (checked by beartype)",
+    hint="a method returning the wrong rank or dtype ((B, 1) for (B,), integers for floats) or naming its parameters differently from the protocol",
 )
 def _signatures(subject: PriorSubject) -> None:
     prior, encoder = subject.prior, subject.encoder
@@ -229,12 +399,19 @@ def _signatures(subject: PriorSubject) -> None:
 @check(
     "prior",
     "kl_terms_per_example_finite",
-    "kl_terms returns a non-empty dict of finite float arrays of shape (B,), one value per example",
+    "kl_terms returns a non-empty dict of finite float arrays of shape (B,), one value per "
+    "example, on typical inputs and at the edges of the domain (means up to ±100, "
+    "log-variances in [-20, 10], near one-hot and near-uniform responsibilities), with the "
+    "prior's own K and, where its options allow, K = 2 and K = 64",
+    hint="exp or log of raw values overflowing at large latents, extreme log-variances or peaked logits (use logsumexp, log_softmax); or a term summed over the batch",
 )
-def _kl_terms_finite(subject: PriorSubject) -> None:
+def _kl_terms_finite(subject: PriorSubject) -> str:
+    variants = subject.channel_variants
+
     def body(example: dict[str, Any]) -> None:
+        prior, encoder = variants[example["num_components"]]
         batch = example["posterior"].z_mean.shape[0]
-        terms = subject.kl(example["posterior"], example["seed"])
+        terms = subject.kl(example["posterior"], example["seed"], prior, encoder=encoder)
         expect(terms, "kl_terms returned no terms")
         for name, value in terms.items():
             expect(
@@ -246,10 +423,25 @@ def _kl_terms_finite(subject: PriorSubject) -> None:
             )
             expect(np.all(np.isfinite(value)), f"term {name!r} is not finite: {value}")
 
-    for_all(subject, subject.inputs(), body)
+    strategy = st.sampled_from(tuple(variants)).flatmap(
+        # Other K's at one batch size: each (K, B) compiles kl_terms once more.
+        lambda count: subject.inputs(
+            strategies.BATCH_SIZES if count == subject.num_components else (3,),
+            extreme=True,
+            num_components=count,
+        ).map(lambda example: {"num_components": count, **example})
+    )
+    for_all(subject, strategy, body)
+    return f"K in {sorted(variants)}, typical and extreme inputs"
 
 
-@check("prior", "exact_kl_nonnegative", "exact (analytic) KL terms are >= 0")
+@check(
+    "prior",
+    "exact_kl_nonnegative",
+    "exact (analytic) KL terms are >= 0, on typical and extreme inputs and on posteriors "
+    "close to a channel of the prior, where a wrong sign or scale shows",
+    hint="a sign error in the log-variance ratio, or a dropped term of the Gaussian KL",
+)
 def _exact_kl_nonnegative(subject: PriorSubject) -> str:
     exact, _ = subject.term_kinds
     if not exact:
@@ -262,7 +454,7 @@ def _exact_kl_nonnegative(subject: PriorSubject) -> str:
                 np.all(terms[name] >= -1e-4), f"exact KL term {name!r} is negative: {terms[name]}"
             )
 
-    for_all(subject, subject.inputs(), body)
+    for_all(subject, st.one_of(subject.near_prior(), subject.inputs(extreme=True)), body)
     return f"exact terms: {', '.join(exact)}"
 
 
@@ -301,6 +493,7 @@ def _channel_moments(subject: PriorSubject) -> tuple[list[int], np.ndarray, np.n
     "exact_kl_zero_at_prior",
     "exact KL terms are 0 when q equals p: kl_c at "
     "logits = log π, kl_z at q(z|x) = p(z|c) with one-hot q(c|x) (p(z|c)'s moments from sample())",
+    hint="a missing or extra constant (the -1 or log 2π of a Gaussian KL), or sample() using other moments than the KL",
 )
 def _exact_kl_zero(subject: PriorSubject) -> str:
     exact, _ = subject.term_kinds
@@ -362,6 +555,7 @@ def _exact_kl_zero(subject: PriorSubject) -> str:
     "Monte-Carlo KL estimates converge to a "
     f"{MC_REFERENCE_SAMPLES}-sample reference: the error shrinks with the sample count "
     f"({MC_SAMPLE_COUNTS[0]} -> {MC_SAMPLE_COUNTS[1]}), the estimate is unbiased and the reference >= 0",
+    hint="the estimate ignores its sample-count option, reuses one draw, or takes the log of a mean instead of the mean of logs",
 )
 def _monte_carlo_converges(subject: PriorSubject) -> str:
     _, monte_carlo = subject.term_kinds
@@ -431,6 +625,7 @@ def _monte_carlo_converges(subject: PriorSubject) -> str:
     "prior",
     "per_example_independence",
     "each example's KL terms do not depend on the other members of the batch",
+    hint="a mean or normalisation over the batch axis inside a per-example term",
 )
 def _per_example(subject: PriorSubject) -> None:
     def body(example: dict[str, Any]) -> None:
@@ -461,7 +656,12 @@ def _per_example(subject: PriorSubject) -> None:
     for_all(subject, strategy, body)
 
 
-@check("prior", "jit_matches_eager", "kl_terms gives the same values under jit and eagerly")
+@check(
+    "prior",
+    "jit_matches_eager",
+    "kl_terms gives the same values under jit and eagerly",
+    hint="Python control flow or NumPy on array values, computed once at trace time under jit",
+)
 def _jit_matches_eager(subject: PriorSubject) -> None:
     def body(example: dict[str, Any]) -> None:
         compiled = subject.kl(example["posterior"], example["seed"])
@@ -470,6 +670,61 @@ def _jit_matches_eager(subject: PriorSubject) -> None:
             expect_close(value, eager[name], f"term {name!r}", rtol=1e-4, atol=1e-4)
 
     for_all(subject, subject.inputs((3,)), body)
+
+
+@check(
+    "prior",
+    "repeat_calls_identical",
+    "two eager calls of kl_terms, and of sample(), with the same inputs and key give "
+    "bit-identical results: all randomness comes from the key",
+    hint="NumPy or Python randomness (or a global counter) inside a method; draw from the key argument",
+)
+def _repeat_calls(subject: PriorSubject) -> None:
+    def body(example: dict[str, Any]) -> None:
+        first = subject.kl(example["posterior"], example["seed"], jit=False)
+        second = subject.kl(example["posterior"], example["seed"], jit=False)
+        expect_identical(first, second, "kl_terms")
+        key = jax.random.PRNGKey(example["seed"])
+        expect_identical(
+            subject.prior.sample(3, encoder=subject.encoder, key=key),
+            subject.prior.sample(3, encoder=subject.encoder, key=key),
+            "sample",
+        )
+
+    for_all(subject, subject.inputs((3,)), body)
+
+
+@check(
+    "prior",
+    "kl_invariant_to_logit_shift",
+    "adding a constant to a row's logits (which leaves q(c|x) = softmax(logits) unchanged) "
+    "leaves every KL term of that row unchanged",
+    hint="raw logits used as log-probabilities; take log_softmax (or categorical_kl) of them",
+)
+def _logit_shift(subject: PriorSubject) -> None:
+    if subject.num_components == 0:
+        raise NotApplicable("no channels")
+
+    def body(example: dict[str, Any]) -> None:
+        posterior, seed = example["posterior"], example["seed"]
+        shifted = dataclasses.replace(
+            posterior, logits=posterior.logits + jnp.asarray(example["shift"])[:, None]
+        )
+        before, after = subject.kl(posterior, seed), subject.kl(shifted, seed)
+        for name, value in before.items():
+            expect_close(
+                after[name], value, f"term {name!r} after shifting the logits", rtol=1e-4, atol=1e-3
+            )
+
+    batch = 3
+    fields: dict[str, st.SearchStrategy[Any]] = {
+        "posterior": strategies.posteriors(
+            batch, subject.settings.latent_dim, subject.num_components
+        ),
+        "shift": strategies.float_arrays((batch,), -50.0, 50.0),
+        "seed": strategies.seeds(),
+    }
+    for_all(subject, st.fixed_dictionaries(fields), body)
 
 
 def _relabels(
@@ -510,6 +765,7 @@ def _relabels(
     "relabelling the channels (logits and the prior's "
     "channel-indexed parameters together) leaves every KL term unchanged; with uniform π, "
     "permuting the logits alone leaves kl_c unchanged",
+    hint="channel parameters kept on an axis other than the leading one, or a term that treats one channel specially",
 )
 def _channel_permutation(subject: PriorSubject) -> str:
     count = subject.num_components
@@ -562,6 +818,7 @@ def _channel_permutation(subject: PriorSubject) -> str:
     "samples_follow_prior",
     "sample(n) returns finite z of shape (n, D) and "
     "integer channels in [0, K) (all 0 without channels) drawn with frequencies π",
+    hint="sample() drawing channels uniformly or from unnormalised weights instead of from π",
 )
 def _samples(subject: PriorSubject) -> None:
     count, latent_dim = subject.num_components, subject.settings.latent_dim
@@ -586,7 +843,110 @@ def _samples(subject: PriorSubject) -> None:
     )
 
 
-@check("prior", "regularisers_finite", "regularisers() returns finite float scalars by name")
+def _implied_log_density(
+    prior: AbstractPrior,
+    encoder: AbstractEncoder,
+    points: Float[Array, "G D"],
+    key: PRNGKeyArray,
+    names: tuple[str, ...],
+) -> Float[Array, " G"]:
+    """``log p(z)`` at ``points`` as the KL terms define it.
+
+    For a narrow ``q = N(z, σ²I)`` with one-hot ``q(c|x)`` on channel ``c``, the KL terms
+    sum to ``−H(q) − log p(z|c) − log π_c`` (up to ``O(σ²)``), so
+    ``log p(z) = logsumexp_c(−Σ terms − H(q))``; without channels ``−Σ terms − H(q)``.
+    """
+    log_var = jnp.full_like(points, NARROW_LOG_VAR)
+    entropy = 0.5 * jnp.sum(jnp.log(2 * jnp.pi * jnp.e) + log_var, axis=-1)
+    count = prior.num_components
+
+    def joint(logits: Float[Array, "G K"] | None) -> Float[Array, " G"]:
+        posterior = EncoderOutput(z_mean=points, z_log_var=log_var, logits=logits)
+        terms = prior.kl_terms(posterior, points, encoder=encoder, key=key)
+        return -sum(terms[name] for name in names) - entropy
+
+    if count == 0:
+        return joint(None)
+    one_hot = jnp.where(jnp.eye(count, dtype=bool), 0.0, ONE_HOT_LOGIT).astype(points.dtype)
+    per_channel = jax.vmap(lambda row: joint(jnp.broadcast_to(row, (points.shape[0], count))))(
+        one_hot
+    )
+    return jax.nn.logsumexp(per_channel, axis=0)
+
+
+_implied_log_density_jit = eqx.filter_jit(_implied_log_density)
+
+
+@check(
+    "prior",
+    "samples_match_kl_density",
+    "sample() draws from the distribution the KL terms assume: in two latent dimensions, "
+    "the density log p(z) implied by the KL terms at narrow posteriors integrates to 1 on "
+    "a grid, and its mean and variances match those of sample()",
+    hint="sample() scaling by the variance instead of the standard deviation, or a missing "
+    "normalising constant in the KL",
+)
+def _samples_match_density(subject: PriorSubject) -> str:
+    settings = dataclasses.replace(subject.settings, latent_dim=DENSITY_LATENT_DIM)
+    names = {field.name for field in dataclasses.fields(subject.options)}
+    _, monte_carlo = subject.term_kinds
+    changes = {}
+    if monte_carlo and subject.settings.sample_count_option in names:
+        changes[subject.settings.sample_count_option] = DENSITY_MC_SAMPLES
+    try:
+        prior, encoder = subject.rebuilt(settings, **changes)
+    except ConformanceError as error:
+        raise NotApplicable(
+            f"cannot be built with latent_dim {DENSITY_LATENT_DIM}: {error.detail}"
+        ) from None
+    z, _ = _sample(prior, encoder, DENSITY_SAMPLES, jax.random.PRNGKey(11))
+    z = np.asarray(z, dtype=np.float64)
+    expect(np.all(np.isfinite(z)), "sample() returned non-finite z")
+    mean, std = z.mean(0), z.std(0)
+    low, high = z.min(0) - std, z.max(0) + std
+    size = DENSITY_GRID_POINTS[subject.settings.profile]
+    axes = [np.linspace(low[d], high[d], size) for d in range(DENSITY_LATENT_DIM)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, DENSITY_LATENT_DIM)
+    exact = subject.term_kinds[0]
+    terms = tuple(dict.fromkeys((*exact, *monte_carlo)))
+    log_p = np.asarray(
+        _implied_log_density_jit(
+            prior, encoder, jnp.asarray(grid, dtype=jnp.float32), jax.random.PRNGKey(12), terms
+        ),
+        dtype=np.float64,
+    )
+    expect(np.all(np.isfinite(log_p)), "the density implied by the KL terms is not finite")
+    cell = np.prod([axis[1] - axis[0] for axis in axes])
+    density = np.exp(log_p) * cell
+    mass = float(density.sum())
+    expect(
+        abs(mass - 1.0) <= DENSITY_MASS_TOLERANCE,
+        f"the density implied by the KL terms ({' + '.join(terms)}) integrates to {mass:.4f} "
+        f"over the range of {DENSITY_SAMPLES} samples, not 1",
+    )
+    implied_mean = (density[:, None] * grid).sum(0) / mass
+    implied_var = (density[:, None] * (grid - implied_mean) ** 2).sum(0) / mass
+    standard_error = std / np.sqrt(DENSITY_SAMPLES)
+    expect(
+        np.all(np.abs(implied_mean - mean) <= 0.05 * std + 6 * standard_error),
+        f"mean of sample() {np.round(mean, 4).tolist()} but the KL terms imply "
+        f"{np.round(implied_mean, 4).tolist()}",
+    )
+    ratio = implied_var / std**2
+    expect(
+        np.all(np.abs(ratio - 1.0) <= DENSITY_VARIANCE_TOLERANCE),
+        f"variances of sample() {np.round(std**2, 4).tolist()} but the KL terms imply "
+        f"{np.round(implied_var, 4).tolist()}",
+    )
+    return f"mass {mass:.3f}, variance ratio {np.round(ratio, 3).tolist()}"
+
+
+@check(
+    "prior",
+    "regularisers_finite",
+    "regularisers() returns finite float scalars by name",
+    hint="a penalty left as a vector instead of summed to a scalar, or the log of a parameter that reached 0",
+)
 def _regularisers(subject: PriorSubject) -> None:
     penalties = subject.prior.regularisers()
     expect(isinstance(penalties, dict), f"regularisers() returned {type(penalties).__name__}")
@@ -601,6 +961,7 @@ def _regularisers(subject: PriorSubject) -> None:
     "parameter_scales_valid",
     "parameter_scales() maps field names of the prior "
     "that hold trainable arrays to finite scales >= 0",
+    hint="a misspelt field name, or a scale for a static field",
 )
 def _scales_valid(subject: PriorSubject) -> None:
     scales = subject.prior.parameter_scales()
@@ -624,9 +985,104 @@ def _scales_valid(subject: PriorSubject) -> None:
 
 @check(
     "prior",
+    "options_honoured",
+    "options with a known meaning do what they say: num_components = K builds K channels; "
+    "an option named *lr_scale set to s gives parameter_scales() entries proportional to s; "
+    "learn_pi = False gives every field that moves π a scale of 0, learn_pi = True does not",
+    hint="the factory ignores an option (a hard-coded K, a learning-rate scale never passed "
+    "to the prior)",
+)
+def _options_honoured(subject: PriorSubject) -> str:
+    options = subject.options
+    names = [field.name for field in dataclasses.fields(options)]
+    checked = []
+    if "num_components" in names:
+        wanted = options.num_components
+        expect(
+            subject.prior.num_components == wanted,
+            f"option num_components = {wanted} built a prior with {subject.prior.num_components}",
+        )
+        other = wanted + 1
+        try:
+            prior, _ = subject.rebuilt(num_components=other)
+        except ConformanceError:
+            prior = None  # the options refuse K + 1
+        if prior is not None:
+            expect(
+                prior.num_components == other and np.shape(prior.log_weights()) == (other,),
+                f"option num_components = {other} built a prior with {prior.num_components} "
+                f"channels and log_weights() of shape {np.shape(prior.log_weights())}",
+            )
+        checked.append("num_components")
+    base = subject.prior.parameter_scales()
+    for name in (n for n in names if n.endswith("lr_scale")):
+        value = getattr(options, name)
+        prior, _ = subject.rebuilt(**{name: PROBE_SCALE})
+        scales = prior.parameter_scales()
+        changed = {field: scale for field, scale in scales.items() if base.get(field) != scale}
+        if value == PROBE_SCALE:
+            continue
+        expect(
+            changed,
+            f"option {name} = {PROBE_SCALE} (default {value}) changes no entry of "
+            f"parameter_scales() {scales}",
+        )
+        for field, scale in changed.items():
+            expected = PROBE_SCALE * (base.get(field, 1.0) / value) if value else PROBE_SCALE
+            expect(
+                abs(scale - expected) <= 1e-6 * max(1.0, abs(expected)),
+                f"option {name} = {PROBE_SCALE} gives field {field!r} the scale {scale}, "
+                f"expected {expected:.6g}",
+            )
+        checked.append(name)
+    if "learn_pi" in names and subject.num_components > 1:
+        for learn in (False, True):
+            prior, _ = subject.rebuilt(learn_pi=learn)
+            moving = _fields_moving_pi(prior)
+            scales = prior.parameter_scales()
+            frozen = [field for field in moving if scales.get(field, 1.0) == 0.0]
+            if learn:
+                expect(
+                    moving and len(frozen) < len(moving),
+                    f"learn_pi = True but no field that π depends on can move (fields "
+                    f"{moving}, scales {scales})",
+                )
+            else:
+                expect(
+                    len(frozen) == len(moving),
+                    f"learn_pi = False but fields {sorted(set(moving) - set(frozen))} move π "
+                    f"and their scale is not 0 (scales {scales})",
+                )
+        checked.append("learn_pi")
+    if not checked:
+        raise NotApplicable("no options with a known meaning (num_components, *lr_scale, learn_pi)")
+    return f"checked {', '.join(checked)}"
+
+
+def _fields_moving_pi(prior: AbstractPrior) -> list[str]:
+    """Fields of the prior whose arrays change ``log π`` (a nonzero gradient)."""
+    count = prior.num_components
+    weights = jnp.arange(1, count + 1, dtype=jnp.float32)
+
+    def total(module: AbstractPrior) -> Float[Array, ""]:
+        return jnp.sum(weights * module.log_weights())
+
+    gradient = eqx.filter_grad(total)(prior)
+    moving = []
+    for field in dataclasses.fields(prior):
+        leaves = jax.tree.leaves(eqx.filter(getattr(gradient, field.name, None), eqx.is_array))
+        if any(np.any(np.asarray(leaf) != 0) for leaf in leaves):
+            moving.append(field.name)
+    return moving
+
+
+@check(
+    "prior",
     "parameter_scales_honoured",
-    "after one make_optimizer + train_step, a field "
+    "after one optimiser step through make_optimizer (the prior alone on its KL terms; "
+    "in the thorough profile a small model's train_step), a field "
     "with scale 0 is bitwise unchanged and a field with scale s moves s times the unscaled Adam update",
+    hint="a parameter held twice (a copy outside the named field) or rescaled inside the prior",
 )
 def _scales_honoured(subject: PriorSubject) -> str:
     model = subject.tiny.model
@@ -634,14 +1090,16 @@ def _scales_honoured(subject: PriorSubject) -> str:
     if not scales:
         raise NotApplicable("declares no parameter scales")
     gradients, updated = subject.step.gradients, subject.step.model
-    adam = optax.adam(subject.tiny.train.learning_rate)
-    params = eqx.filter(model, eqx.is_inexact_array)
-    unscaled, _ = adam.update(gradients, adam.init(params), params)
+    rate = subject.tiny.train.learning_rate
     still = []
     for name, scale in scales.items():
         before = jax.tree.leaves(eqx.filter(getattr(model.prior, name), eqx.is_inexact_array))
         after = jax.tree.leaves(eqx.filter(getattr(updated.prior, name), eqx.is_inexact_array))
-        reference = jax.tree.leaves(getattr(unscaled.prior, name))
+        # Adam's first step from zero moments, bias-corrected: −lr · g / (|g| + ε).
+        reference = [
+            -rate * np.asarray(g) / (np.abs(np.asarray(g)) + ADAM_EPS)
+            for g in jax.tree.leaves(getattr(gradients.prior, name))
+        ]
         grads = jax.tree.leaves(getattr(gradients.prior, name))
         if not any(np.any(np.asarray(g) != 0) for g in grads):
             still.append(name)
@@ -668,6 +1126,7 @@ def _scales_honoured(subject: PriorSubject) -> str:
     "fixed_weights_stay_fixed",
     "a non-learnable π gets exactly zero update in a "
     "full optimiser step (make_optimizer + train_step)",
+    hint="π's field missing from parameter_scales() (give it 0.0 unless π is learned)",
 )
 def _fixed_weights(subject: PriorSubject) -> None:
     if subject.num_components == 0:
@@ -691,6 +1150,7 @@ def _fixed_weights(subject: PriorSubject) -> None:
     "prior",
     "trains_one_step",
     "in a small model, one train step gives finite metrics and finite parameters",
+    hint="a gradient that is NaN where the value is finite (sqrt or log at 0, jnp.where with an unsafe branch)",
 )
 def _trains(subject: PriorSubject) -> None:
     expect_finite_step(subject)

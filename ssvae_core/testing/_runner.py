@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -36,17 +37,21 @@ class ConformanceError(AssertionError):
         invariant: str,
         detail: str,
         counterexample: str | None = None,
+        hint: str = "",
     ):
         self.component = component
         self.check = check
         self.invariant = invariant
         self.detail = detail
         self.counterexample = counterexample
+        self.hint = hint
         lines = [f"{component} fails conformance check {check!r}", f"  invariant: {invariant}"]
         lines.append(f"  violation: {detail}")
         if counterexample:
             lines.append("  minimal counterexample:")
             lines.extend(f"    {line}" for line in counterexample.splitlines())
+        if hint:
+            lines.append(f"  usual cause: {hint}")
         super().__init__("\n".join(lines))
 
 
@@ -69,22 +74,27 @@ class Check:
 
     ``function(subject)`` returns ``None`` or a short note when the invariant holds, raises
     :class:`Violation` when it does not and :class:`NotApplicable` when it cannot apply.
+    ``hint`` is the usual cause of a failure, in one line, for the error message.
     """
 
     kind: str
     name: str
     invariant: str
     function: Callable[[Any], str | None]
+    hint: str = ""
 
 
 CHECKS: dict[str, list[Check]] = {kind: [] for kind in KINDS}
 
 
-def check(kind: str, name: str, invariant: str) -> Callable[[Callable[[Any], str | None]], Check]:
-    """Register the decorated function as the check ``name`` for components of ``kind``."""
+def check(
+    kind: str, name: str, invariant: str, *, hint: str
+) -> Callable[[Callable[[Any], str | None]], Check]:
+    """Register the decorated function as the check ``name`` for components of ``kind``;
+    ``hint`` names the usual cause of a failure."""
 
     def register(function: Callable[[Any], str | None]) -> Check:
-        entry = Check(kind, name, invariant, function)
+        entry = Check(kind, name, invariant, function, hint)
         CHECKS[kind].append(entry)
         return entry
 
@@ -113,6 +123,26 @@ def expect_close(
         f"{what}: {format_value(actual)} != {format_value(expected)} "
         f"(largest difference {difference[worst]:.3g} at index {tuple(int(i) for i in worst)})"
     )
+
+
+def expect_identical(first: Any, second: Any, what: str) -> None:
+    """Raise :class:`Violation` unless two pytrees of arrays are bitwise equal."""
+    first_leaves, first_tree = jax.tree.flatten(first)
+    second_leaves, second_tree = jax.tree.flatten(second)
+    expect(first_tree == second_tree, f"{what}: the two calls return different structures")
+    for index, (a, b) in enumerate(zip(first_leaves, second_leaves, strict=True)):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape == b.shape and np.array_equal(a, b, equal_nan=True):
+            continue
+        difference = (
+            float(np.nanmax(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+            if a.shape == b.shape and a.size
+            else float("nan")
+        )
+        raise Violation(
+            f"{what}: output {index} differs between two calls with the same inputs and key "
+            f"(by up to {difference:.3g}): {format_value(a)} vs {format_value(b)}"
+        )
 
 
 def _hypothesis_settings(max_examples: int) -> settings:
@@ -165,23 +195,52 @@ def run_check(subject: Any, entry: Check) -> str | None:
     except Violation as violation:
         example = format_example(violation.example) if violation.example is not None else None
         raise ConformanceError(
-            subject.label, entry.name, entry.invariant, violation.detail, example
+            subject.label, entry.name, entry.invariant, violation.detail, example, entry.hint
         ) from None
     except (NotApplicable, ConformanceError):
         raise
     except Exception as error:
         raise ConformanceError(
-            subject.label, entry.name, entry.invariant, f"raised {describe_error(error)}"
+            subject.label,
+            entry.name,
+            entry.invariant,
+            f"raised {describe_error(error)}",
+            hint=entry.hint,
         ) from error
 
 
-def describe_error(error: BaseException, max_lines: int = 12) -> str:
-    """``Type: message``, cut to its first lines (type-check messages run long)."""
-    lines = str(error).strip().splitlines() or [""]
+# Lines of a beartype / jaxtyping report that say what was wrong; the rest (the whole
+# signature, every argument's shape, the memo of shape names) repeats what we know.
+_TYPE_CHECK_KEYS = ("violates type hint", "type-check error", "return", "parameter", "shape")
+
+
+def describe_error(error: BaseException, max_lines: int = 6) -> str:
+    """``Type: message``, cut to the lines that matter.
+
+    A type-check report (beartype through jaxtyping) runs to dozens of lines; it is cut
+    to its first line and the lines naming the argument or return value that broke the
+    hint. Other messages keep their first ``max_lines`` lines.
+    """
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [""]
+    name = type(error).__name__
+    if "TypeCheckError" in name or "Beartype" in name or "jaxtyping" in type(error).__module__:
+        lines = _type_check_lines(lines)
     text = "\n    ".join(lines[:max_lines])
     if len(lines) > max_lines:
-        text += "\n    ..."
-    return f"{type(error).__name__}: {text}"
+        text += f"\n    ... ({len(lines) - max_lines} more lines)"
+    return f"{name}: {text}"
+
+
+def _type_check_lines(lines: list[str]) -> list[str]:
+    """The first line, then those naming what broke the hint (at most 80 characters each)."""
+    kept = [lines[0]]
+    for line in lines[1:]:
+        lowered = line.lower()
+        if any(key in lowered for key in _TYPE_CHECK_KEYS) and line not in kept:
+            kept.append(line if len(line) <= 160 else line[:157] + "...")
+        if len(kept) == 3:
+            break
+    return kept
 
 
 def format_value(value: Any) -> str:

@@ -8,6 +8,8 @@ own built-ins, so a check exercises exactly the paths that ``ssvae train`` takes
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -32,9 +34,10 @@ from ssvae_core.training import (
     Trainer,
     TrainingArrays,
     TrainState,
+    apply_gradients,
     init_state,
     sample_batch,
-    train_step,
+    step_gradients,
     training_arrays,
 )
 from ssvae_core.types import Batch, EncoderOutput
@@ -46,6 +49,13 @@ BUILD_INVARIANT = (
 SUBJECT_NAME = "conformance_subject"
 COMPANION_HIDDEN = (16,)
 MODEL_BATCH_SIZE = 8
+# Default loss terms the fast profile's tiny model leaves out.
+HEAVY_TERMS = ("consistency", "graph_label")
+
+
+PROFILES = ("fast", "thorough")
+# Hypothesis examples per property when ``max_examples`` is not given.
+PROFILE_EXAMPLES = {"fast": 10, "thorough": 40}
 
 
 @dataclass(frozen=True)
@@ -54,12 +64,16 @@ class ConformanceSettings:
 
     ``input_shape``, ``latent_dim``, ``num_classes`` and ``embedding_dim`` describe the
     model the component is built into; ``num_components`` is ``K`` for encoders, decoders
-    and heads (a prior brings its own ``K`` from its options). ``max_examples`` bounds the
-    Hypothesis examples of each property. ``sample_count_option`` names the option that
-    sets a prior's Monte-Carlo sample count; ``exact_kl_terms`` lists the KL terms that
-    are exact (analytic) KLs, by default every deterministic term whose name starts with
-    ``kl``. ``fixed_weights`` says whether π must stay fixed in training (default: unless
-    the options have ``learn_pi=True``). ``skip`` names checks not to run.
+    and heads (a prior brings its own ``K`` from its options). ``profile`` is ``"fast"``
+    (the default: few examples, a tiny model with the likelihood, KL, usage and supervised
+    terms, meant to run on every save) or ``"thorough"`` (more examples, heads also built
+    with 2 and 64 channels, the tiny model with every default loss term: for CI).
+    ``max_examples`` bounds the Hypothesis examples of each property (default from the
+    profile: 10 or 40). ``sample_count_option`` names the option that sets a prior's
+    Monte-Carlo sample count; ``exact_kl_terms`` lists the KL terms that are exact
+    (analytic) KLs, by default every deterministic term whose name starts with ``kl``.
+    ``fixed_weights`` says whether π must stay fixed in training (default: unless the
+    options have ``learn_pi=True``). ``skip`` names checks not to run.
     """
 
     input_shape: tuple[int, ...] = (8, 8)
@@ -67,11 +81,24 @@ class ConformanceSettings:
     num_classes: int = 3
     num_components: int = 5
     embedding_dim: int = 4
-    max_examples: int = 10
+    profile: str = "fast"
+    max_examples: int | None = None
     sample_count_option: str = "num_samples"
     exact_kl_terms: tuple[str, ...] | None = None
     fixed_weights: bool | None = None
     skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+        if self.max_examples is None:
+            object.__setattr__(self, "max_examples", PROFILE_EXAMPLES[self.profile])
+        elif not isinstance(self.max_examples, int) or self.max_examples < 1:
+            raise ValueError(f"max_examples must be an integer >= 1, got {self.max_examples!r}")
+
+    @property
+    def thorough(self) -> bool:
+        return self.profile == "thorough"
 
 
 def training_inputs(settings: ConformanceSettings, count: int = 32) -> Float[np.ndarray, "N ..."]:
@@ -146,10 +173,46 @@ def builtin_registry() -> Registry:
     return Registry(entry_points=False)
 
 
+_COMPANIONS: dict[tuple[Any, ...], Any] = {}
+
+
 def dense_companion(kind: str, context: BuildContext) -> Any:
-    """A small built-in dense encoder or decoder for ``context``."""
-    factory = builtin_registry().get(kind, "dense").factory
-    return factory.build(factory.options(hidden=COMPANION_HIDDEN), context, jax.random.PRNGKey(1))
+    """A small built-in dense encoder or decoder for ``context`` (one per context shape).
+
+    Its structure comes from tracing the build abstractly and its weights from NumPy
+    (uniform in ±1/√fan-in, biases in ±0.1): initialising through ``jax.random`` op by op
+    compiles a program per layer shape, seconds per companion on a small machine.
+    """
+    key = (
+        kind,
+        tuple(context.input_shape),
+        context.latent_dim,
+        context.num_classes,
+        context.num_components,
+        context.conditioning,
+        context.embedding_dim,
+        repr(context.likelihood),
+    )
+    if key not in _COMPANIONS:
+        factory = builtin_registry().get(kind, "dense").factory
+        shapes = eqx.filter_eval_shape(
+            factory.build,
+            factory.options(hidden=COMPANION_HIDDEN),
+            dataclasses.replace(context, data=None),
+            jax.random.PRNGKey(1),
+        )
+        rng = np.random.default_rng(1)
+
+        def fill(leaf: Any) -> Any:
+            if not isinstance(leaf, jax.ShapeDtypeStruct):
+                return leaf
+            bound = 1.0 / math.sqrt(leaf.shape[-1]) if len(leaf.shape) >= 2 else 0.1
+            return jnp.asarray(rng.uniform(-bound, bound, leaf.shape), dtype=leaf.dtype)
+
+        _COMPANIONS[key] = jax.tree.map(
+            fill, shapes, is_leaf=lambda leaf: isinstance(leaf, jax.ShapeDtypeStruct)
+        )
+    return _COMPANIONS[key]
 
 
 class _SubjectPlugin:
@@ -230,7 +293,17 @@ def tiny_model(
     train = TrainConfig(
         batch_size=MODEL_BATCH_SIZE, learning_rate=1e-2, grad_clip=0.0, optimizer="adam"
     )
-    config = default_config(registry).replace(
+    config = default_config(registry)
+    if not settings.thorough:
+        # The consistency term's augmented view and the graph labels' propagation dominate
+        # the step's compile time and do not touch the component under test.
+        config = config.replace(
+            terms=tuple(
+                (name, dataclasses.replace(options, weight=0.0) if name in HEAVY_TERMS else options)
+                for name, options in config.terms
+            )
+        )
+    config = config.replace(
         model=ModelConfig(
             latent_dim=settings.latent_dim,
             embedding_dim=settings.embedding_dim,
@@ -259,7 +332,8 @@ def tiny_model(
     labels = np.where(positions % 4 == 0, positions % settings.num_classes, -1)
     arrays = training_arrays(data, labels, objective=objective, num_classes=settings.num_classes)
     spec = Trainer.for_model(config, model, objective).spec
-    batch = sample_batch(
+    # Compiled: drawn eagerly, the augmentation compiles dozens of small programs.
+    batch = eqx.filter_jit(sample_batch)(
         arrays,
         jax.random.PRNGKey(5),
         spec.batch_size,
@@ -267,7 +341,9 @@ def tiny_model(
         augment=spec.augment,
         with_view=objective.uses_view,
     )
-    return TinyModel(model, init_state(model, jax.random.PRNGKey(3)), batch, spec, arrays, config.train)
+    return TinyModel(
+        model, init_state(model, jax.random.PRNGKey(3)), batch, spec, arrays, config.train
+    )
 
 
 @dataclass(frozen=True)
@@ -288,19 +364,11 @@ def _step(
     spec: StepSpec,
     data: TrainingArrays,
 ) -> tuple[SSVAE, dict[str, Float[Array, ""]], SSVAE]:
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-
-    def total(params: SSVAE) -> Float[Array, ""]:
-        value, _ = spec.objective(
-            eqx.combine(params, static), state.head_state, batch, state.step, key, train_x=data.x
-        )
-        return value
-
-    opt_state = spec.optimizer.init(params)
-    updated, _, _, metrics = train_step(
-        model, state, opt_state, batch, key, spec=spec, train_x=data.x
-    )
-    return updated, metrics, jax.grad(total)(params)
+    # The two halves of ``train_step``, so the gradient it applies is computed once.
+    grads, metrics, posterior = step_gradients(model, state, batch, key, spec=spec, train_x=data.x)
+    opt_state = spec.optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    updated, _, _ = apply_gradients(model, state, opt_state, grads, posterior, batch, spec=spec)
+    return updated, metrics, grads
 
 
 class Subject:

@@ -28,7 +28,7 @@ from ssvae_core.registry import Registry
 from ssvae_core.schedules import Schedule
 from ssvae_core.terms.base import REQUIREMENTS, AbstractLossTerm, TermInputs, TermValue
 from ssvae_core.testing import strategies
-from ssvae_core.testing._runner import check, expect, expect_close, for_all
+from ssvae_core.testing._runner import check, expect, expect_close, expect_identical, for_all
 from ssvae_core.testing._subjects import (
     COMPANION_HIDDEN,
     ConformanceSettings,
@@ -62,7 +62,9 @@ class LossTermSubject(Subject):
         self.context = term_context(
             config, self.model, tuple(settings.input_shape), settings.num_classes
         )
-        self.term: AbstractLossTerm = build_checked("loss_term", factory, options, self.context, label)
+        self.term: AbstractLossTerm = build_checked(
+            "loss_term", factory, options, self.context, label
+        )
 
     def _model(self) -> tuple[SSVAE, Any]:
         settings = self.settings
@@ -73,7 +75,9 @@ class LossTermSubject(Subject):
         )
         config = default_config(registry).replace(
             model=ModelConfig(
-                latent_dim=settings.latent_dim, embedding_dim=settings.embedding_dim, conditioning="film"
+                latent_dim=settings.latent_dim,
+                embedding_dim=settings.embedding_dim,
+                conditioning="film",
             ),
             prior=ComponentConfig("mixture", mixture),
             encoder=ComponentConfig("dense", dense),
@@ -119,7 +123,9 @@ class LossTermSubject(Subject):
 
     def value(self, batch: Batch, key: PRNGKeyArray) -> TermValue:
         """The term's value on ``batch`` (compiled: properties evaluate it many times)."""
-        return _evaluate_jit(self.term, self.model, self.state, batch, key, jnp.asarray(self.training[0]))
+        return _evaluate_jit(
+            self.term, self.model, self.state, batch, key, jnp.asarray(self.training[0])
+        )
 
 
 def _evaluate(
@@ -156,10 +162,13 @@ def _batches(subject: LossTermSubject) -> st.SearchStrategy[dict[str, Any]]:
     "declares_its_contract",
     "the term is an AbstractLossTerm whose weight is a Schedule and whose requirements are "
     f"among {', '.join(REQUIREMENTS)}",
+    hint="a requirement name outside channels, embeddings, x_view, or a weight that is not a Schedule",
 )
 def _contract(subject: LossTermSubject) -> None:
     term = subject.term
-    expect(isinstance(term.weight, Schedule), f"weight is {type(term.weight).__name__}, not a Schedule")
+    expect(
+        isinstance(term.weight, Schedule), f"weight is {type(term.weight).__name__}, not a Schedule"
+    )
     unknown = set(term.requires) - set(REQUIREMENTS)
     expect(not unknown, f"requires unknown inputs: {', '.join(sorted(unknown))}")
 
@@ -168,6 +177,7 @@ def _contract(subject: LossTermSubject) -> None:
     "loss_term",
     "prepares_per_row_arrays",
     "prepare() returns arrays whose leading axis is the number of training rows",
+    hint="prepare() returning per-class or per-labeled-row arrays instead of one row per training example",
 )
 def _prepares(subject: LossTermSubject) -> str | None:
     _, _, prepared = subject.training
@@ -184,6 +194,7 @@ def _prepares(subject: LossTermSubject) -> str | None:
     "finite_of_declared_shape",
     "values are finite, one per example (B,) unless per_example = False declares a scalar; "
     "the mask (if any) has shape (B,) and values in [0, 1]",
+    hint="a mean over the batch returned by a per-example term, or the log of a zero probability",
 )
 def _finite(subject: LossTermSubject) -> None:
     def body(example: dict[str, Any]) -> None:
@@ -207,6 +218,7 @@ def _finite(subject: LossTermSubject) -> None:
     "loss_term",
     "per_example_independence",
     "a per-example term's value (and mask) for row i does not change when another row changes",
+    hint="a batch statistic inside a per-example term (declare per_example = False if it is meant)",
 )
 def _independent(subject: LossTermSubject) -> None:
     if not subject.term.per_example:
@@ -226,7 +238,11 @@ def _independent(subject: LossTermSubject) -> None:
         changed = eqx.tree_at(lambda b: b.labels, changed, batch.labels)
         first, second = subject.value(batch, key), subject.value(changed, key)
         expect_close(
-            np.asarray(second.values)[0], np.asarray(first.values)[0], "value of row 0", rtol=1e-4, atol=1e-5
+            np.asarray(second.values)[0],
+            np.asarray(first.values)[0],
+            "value of row 0",
+            rtol=1e-4,
+            atol=1e-5,
         )
         if first.mask is not None and second.mask is not None:
             expect_close(np.asarray(second.mask)[0], np.asarray(first.mask)[0], "mask of row 0")
@@ -234,11 +250,20 @@ def _independent(subject: LossTermSubject) -> None:
     for_all(subject, _batches(subject), body)
 
 
-@check("loss_term", "jit_matches_eager", "the jit-compiled value equals the eager one")
+@check(
+    "loss_term",
+    "jit_matches_eager",
+    "the jit-compiled value equals the eager one",
+    hint="Python control flow or NumPy on array values, computed once at trace time under jit",
+)
 def _jit(subject: LossTermSubject) -> None:
     def body(example: dict[str, Any]) -> None:
         batch = subject.batch(example["seed"], example["labels"])
-        key, state, train_x = jax.random.PRNGKey(example["key"]), subject.state, jnp.asarray(subject.training[0])
+        key, state, train_x = (
+            jax.random.PRNGKey(example["key"]),
+            subject.state,
+            jnp.asarray(subject.training[0]),
+        )
         eager = _evaluate(subject.term, subject.model, state, batch, key, train_x)
         compiled = _evaluate_jit(subject.term, subject.model, state, batch, key, train_x)
         expect_close(compiled.values, eager.values, "jit vs eager values", rtol=1e-4, atol=1e-5)
@@ -248,13 +273,34 @@ def _jit(subject: LossTermSubject) -> None:
 
 @check(
     "loss_term",
+    "repeat_calls_identical",
+    "two eager evaluations with the same batch and key give bit-identical values",
+    hint="NumPy or Python randomness (or a global counter) inside a call; draw from the key argument, if any",
+)
+def _repeat(subject: LossTermSubject) -> None:
+    def body(example: dict[str, Any]) -> None:
+        batch = subject.batch(example["seed"], example["labels"])
+        key, train_x = jax.random.PRNGKey(example["key"]), jnp.asarray(subject.training[0])
+        first = _evaluate(subject.term, subject.model, subject.state, batch, key, train_x)
+        second = _evaluate(subject.term, subject.model, subject.state, batch, key, train_x)
+        expect_identical(first.values, second.values, "the term's values")
+        expect_identical(first.mask, second.mask, "the term's mask")
+
+    for_all(subject, _batches(subject), body)
+
+
+@check(
+    "loss_term",
     "weights_are_traced",
     "terms built with other weights and warm-ups differ only in array leaves, so a new weight "
     "reuses the compiled train step",
+    hint="a weight held as a static float (eqx.field(static=True)) instead of a Schedule",
 )
 def _traced(subject: LossTermSubject) -> None:
     other = dataclasses.replace(
-        subject.options, weight=subject.options.weight * 2.0 + 0.5, warmup_steps=subject.options.warmup_steps + 7
+        subject.options,
+        weight=subject.options.weight * 2.0 + 0.5,
+        warmup_steps=subject.options.warmup_steps + 7,
     )
     rebuilt = build_checked("loss_term", subject.factory, other, subject.context, subject.label)
     static_a = eqx.filter(subject.term, eqx.is_array, inverse=True)

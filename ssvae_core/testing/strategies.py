@@ -5,8 +5,11 @@ shapes from short fixed tuples (:data:`BATCH_SIZES`, :data:`NUM_COMPONENTS`,
 :data:`LATENT_DIMS`, :data:`SAMPLE_SHAPES`) and lets Hypothesis vary only the values: a
 property over a compiled function then compiles at most a handful of times.
 
-Values stay in ranges where a correct implementation is finite: logits in ``[-8, 8]``,
-means in ``[-4, 4]``, log-variances in ``[-4, 2]``, inputs in ``[0, 1]``.
+Typical values: logits in ``[-8, 8]``, means in ``[-4, 4]``, log-variances in ``[-4, 2]``,
+inputs in ``[0, 1]``. With ``extreme=True``, :func:`posteriors` also draws the edges of
+the domain, where a careless ``exp`` or ``log`` overflows: means in ``[-100, 100]``,
+log-variances in ``[-20, 10]``, and responsibilities that are near one-hot (one logit up
+to 60 above the rest) or near uniform, around logits as large as ±100.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ SAMPLE_SHAPES = ((6,), (8, 8), (1, 8, 8))
 LOGIT_RANGE = (-8.0, 8.0)
 MEAN_RANGE = (-4.0, 4.0)
 LOG_VAR_RANGE = (-4.0, 2.0)
+# The edges of the domain (``extreme=True``): a correct implementation is finite there.
+WIDE_MEAN_RANGE = (-100.0, 100.0)
+WIDE_LOG_VAR_RANGE = (-20.0, 10.0)
+LOGIT_OFFSET_RANGE = (-100.0, 100.0)
+PEAK_GAP_RANGE = (20.0, 60.0)
+# A large number of channels, for components that must scale in K.
+LARGE_NUM_COMPONENTS = 64
 
 
 def batch_sizes() -> st.SearchStrategy[int]:
@@ -69,6 +79,41 @@ def logits(batch_size: int, num_components: int) -> st.SearchStrategy[Float[np.n
     return float_arrays((batch_size, num_components), *LOGIT_RANGE)
 
 
+def extreme_logits(
+    batch_size: int, num_components: int
+) -> st.SearchStrategy[Float[np.ndarray, "B K"]]:
+    """Logits of near one-hot or near-uniform responsibilities, offset by up to ±100.
+
+    Near one-hot: one channel per row lies 20–60 above logits in ``[-8, 8]``; near
+    uniform: every logit within 2⁻¹⁰ of the row's offset. Softmax is invariant to the
+    offset; ``exp`` of a raw logit is not (it overflows float32 above 88).
+    """
+    shape = (batch_size, num_components)
+    offsets = float_arrays((batch_size, 1), *LOGIT_OFFSET_RANGE)
+    peaked = st.builds(
+        lambda base, gap, winner, offset: _peaked(base, gap, winner) + offset,
+        float_arrays(shape, *LOGIT_RANGE),
+        float_arrays((batch_size,), *PEAK_GAP_RANGE),
+        hnp.arrays(np.int64, (batch_size,), elements=st.integers(0, num_components - 1)),
+        offsets,
+    )
+    flat = st.builds(
+        lambda noise, offset: (noise + offset).astype(np.float32),
+        float_arrays(shape, -0.0009765625, 0.0009765625),  # ±2⁻¹⁰
+        offsets,
+    )
+    return st.one_of(peaked, flat)
+
+
+def _peaked(
+    base: Float[np.ndarray, "B K"], gap: Float[np.ndarray, " B"], winner: Int[np.ndarray, " B"]
+) -> Float[np.ndarray, "B K"]:
+    logits = base.copy()
+    rows = np.arange(len(base))
+    logits[rows, winner] = base.max(axis=1) + gap
+    return logits.astype(np.float32)
+
+
 def means(batch_size: int, latent_dim: int) -> st.SearchStrategy[Float[np.ndarray, "B D"]]:
     """Posterior means ``μ`` of shape ``(B, D)`` in :data:`MEAN_RANGE`."""
     return float_arrays((batch_size, latent_dim), *MEAN_RANGE)
@@ -80,19 +125,43 @@ def log_variances(batch_size: int, latent_dim: int) -> st.SearchStrategy[Float[n
 
 
 def posteriors(
-    batch_size: int, latent_dim: int, num_components: int
+    batch_size: int, latent_dim: int, num_components: int, *, extreme: bool = False
 ) -> st.SearchStrategy[EncoderOutput]:
-    """A batch of posteriors ``q(z|x) q(c|x)``; ``logits`` is ``None`` when ``K == 0``."""
-    channel_logits = logits(batch_size, num_components) if num_components else st.none()
+    """A batch of posteriors ``q(z|x) q(c|x)``; ``logits`` is ``None`` when ``K == 0``.
+
+    With ``extreme``, half the draws come from the edges of the domain (module docstring):
+    wide means and log-variances, near one-hot or near-uniform responsibilities.
+    """
+    typical = _posteriors(
+        means(batch_size, latent_dim),
+        log_variances(batch_size, latent_dim),
+        logits(batch_size, num_components) if num_components else st.none(),
+    )
+    if not extreme:
+        return typical
+    shape = (batch_size, latent_dim)
+    edges = _posteriors(
+        st.one_of(means(batch_size, latent_dim), float_arrays(shape, *WIDE_MEAN_RANGE)),
+        st.one_of(log_variances(batch_size, latent_dim), float_arrays(shape, *WIDE_LOG_VAR_RANGE)),
+        extreme_logits(batch_size, num_components) if num_components else st.none(),
+    )
+    return st.one_of(typical, edges)
+
+
+def _posteriors(
+    mean: st.SearchStrategy[np.ndarray],
+    log_var: st.SearchStrategy[np.ndarray],
+    logit: st.SearchStrategy[np.ndarray | None],
+) -> st.SearchStrategy[EncoderOutput]:
     return st.builds(
         lambda mean, log_var, logit: EncoderOutput(
             z_mean=jnp.asarray(mean),
             z_log_var=jnp.asarray(log_var),
             logits=None if logit is None else jnp.asarray(logit),
         ),
-        means(batch_size, latent_dim),
-        log_variances(batch_size, latent_dim),
-        channel_logits,
+        mean,
+        log_var,
+        logit,
     )
 
 

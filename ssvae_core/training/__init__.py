@@ -6,9 +6,11 @@ from ssvae_core.training.loop import JsonLinesSink, MetricSink, Trainer, take_st
 from ssvae_core.training.step import (
     StepSpec,
     TrainState,
+    apply_gradients,
     init_state,
     learning_rate,
     make_optimizer,
+    step_gradients,
     train_step,
 )
 
@@ -19,11 +21,13 @@ __all__ = [
     "TrainState",
     "Trainer",
     "TrainingArrays",
+    "apply_gradients",
     "init_state",
     "labeled_pool",
     "learning_rate",
     "make_optimizer",
     "sample_batch",
+    "step_gradients",
     "take_steps",
     "train_step",
     "training_arrays",

@@ -109,6 +109,48 @@ class StepSpec(eqx.Module):
     labeled_batch_size: int = eqx.field(static=True)
 
 
+def step_gradients(
+    model: SSVAE,
+    state: TrainState,
+    batch: Batch,
+    key: PRNGKeyArray,
+    *,
+    spec: StepSpec,
+    train_x: Float[Array, "N ..."] | None = None,
+) -> tuple[SSVAE, dict[str, Float[Array, ""]], Any]:
+    """The objective's gradient for one batch: ``(gradients, metrics, posterior)``."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def loss_fn(params: SSVAE) -> tuple[Float[Array, ""], Any]:
+        return spec.objective(
+            eqx.combine(params, static), state.head_state, batch, state.step, key, train_x=train_x
+        )
+
+    (_, (metrics, posterior)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, metrics, posterior
+
+
+def apply_gradients(
+    model: SSVAE,
+    state: TrainState,
+    opt_state: optax.OptState,
+    grads: SSVAE,
+    posterior: Any,
+    batch: Batch,
+    *,
+    spec: StepSpec,
+) -> tuple[SSVAE, TrainState, optax.OptState]:
+    """The optimiser's update scaled by ``−lr(t)``, then the head state from ``posterior``."""
+    params = eqx.filter(model, eqx.is_inexact_array)
+    updates, opt_state = spec.optimizer.update(grads, opt_state, params)
+    rate = spec.learning_rate(state.step)
+    updates = jax.tree.map(lambda update: -rate * update, updates)
+    model = eqx.apply_updates(model, updates)
+    head_state = model.head.update_state(state.head_state, posterior, batch.labels)
+    state = dataclasses.replace(state, step=state.step + 1, head_state=head_state)
+    return model, state, opt_state
+
+
 def train_step(
     model: SSVAE,
     state: TrainState,
@@ -120,19 +162,10 @@ def train_step(
     train_x: Float[Array, "N ..."] | None = None,
 ) -> tuple[SSVAE, TrainState, optax.OptState, dict[str, Float[Array, ""]]]:
     """One optimiser step; the head state updates from this batch's stop-gradient posterior."""
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-
-    def loss_fn(params: SSVAE) -> tuple[Float[Array, ""], Any]:
-        return spec.objective(
-            eqx.combine(params, static), state.head_state, batch, state.step, key, train_x=train_x
-        )
-
-    (_, (metrics, posterior)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = spec.optimizer.update(grads, opt_state, params)
-    rate = spec.learning_rate(state.step)
-    updates = jax.tree.map(lambda update: -rate * update, updates)
-    model = eqx.apply_updates(model, updates)
-    head_state = model.head.update_state(state.head_state, posterior, batch.labels)
-    metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
-    state = dataclasses.replace(state, step=state.step + 1, head_state=head_state)
-    return model, state, opt_state, metrics
+    grads, metrics, posterior = step_gradients(
+        model, state, batch, key, spec=spec, train_x=train_x
+    )
+    model, state, opt_state = apply_gradients(
+        model, state, opt_state, grads, posterior, batch, spec=spec
+    )
+    return model, state, opt_state, {**metrics, "grad_norm": optax.tree.norm(grads)}

@@ -5,7 +5,9 @@
 one's kind, so installing a plugin adds its components here. The terminal summary lists
 what was checked (kind, name, package, version) and any plugin that failed to register.
 
-``SSVAE_CONFORMANCE_MAX_EXAMPLES`` raises the Hypothesis examples per property (default 10).
+``SSVAE_CONFORMANCE_PROFILE`` picks the kit's profile (``fast`` by default; ``.ci/run``
+runs the suite a second time with ``thorough``) and ``SSVAE_CONFORMANCE_MAX_EXAMPLES``
+overrides the profile's Hypothesis examples per property.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from ssvae_core.registry import RegisteredComponent, default_registry
 from ssvae_core.testing import Check, ConformanceError, Subject, conformance_checks, prepare
 
 CHECKED = pytest.StashKey[list[RegisteredComponent]]()
-MAX_EXAMPLES = int(os.environ.get("SSVAE_CONFORMANCE_MAX_EXAMPLES", "10"))
+PROFILE = os.environ.get("SSVAE_CONFORMANCE_PROFILE", "fast")
+_EXAMPLES = os.environ.get("SSVAE_CONFORMANCE_MAX_EXAMPLES")
+MAX_EXAMPLES = int(_EXAMPLES) if _EXAMPLES else None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -45,7 +49,9 @@ class SubjectCache:
         key = (component.kind, component.name)
         if key not in self._subjects:
             try:
-                self._subjects[key] = prepare(component, max_examples=MAX_EXAMPLES)
+                self._subjects[key] = prepare(
+                    component, profile=PROFILE, max_examples=MAX_EXAMPLES
+                )
             except ConformanceError as error:
                 self._subjects[key] = error
         subject = self._subjects[key]
@@ -69,7 +75,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if components is None:
         return
     write = terminalreporter.write_line
-    terminalreporter.section("ssvae conformance: components checked")
+    terminalreporter.section(f"ssvae conformance ({PROFILE} profile): components checked")
     for component in components:
         write(f"{component.kind:8} {component.name:16} {component.package} {component.version}")
     for problem in default_registry().problems:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import jax
 import numpy as np
 from jaxtyping import Float, PRNGKeyArray
-from sklearn.cluster import KMeans
 
 INITS = ("random", "kmeans")
 
@@ -50,6 +49,8 @@ def initial_pseudo_inputs(
             f"init 'kmeans' needs at least num_components = {num_components} training inputs, "
             f"got {len(data)}"
         )
+    from sklearn.cluster import KMeans  # imported on use: scikit-learn takes seconds to load
+
     kmeans = KMeans(num_components, n_init=1, random_state=int(rng.integers(2**31 - 1)))
     kmeans.fit(data.reshape(len(data), -1))
     return np.clip(kmeans.cluster_centers_, 0.0, 1.0).reshape(shape).astype(np.float32)

@@ -1,0 +1,943 @@
+"""A corpus of deliberately broken components: what the conformance kit must catch.
+
+Each :class:`Defect` is a small working component with one bug of the kind plugin authors
+actually write — a sign error in a variance ratio, a naive softmax, a sample drawn with the
+variance as its scale, a factory that drops an option, a batch statistic, NumPy noise in a
+method — and names the check meant to catch it and a phrase its message must contain.
+``tests/test_conformance_defects.py`` holds the kit to that; ``python -m
+ssvae_core.testing.defects`` runs every check on every defect and prints the catch table
+of ``docs/plugins.md`` (which checks catch which defect, and whether the intended one
+does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ssvae_core.components import BuildContext, ComponentFactory
+from ssvae_core.heads import TauHead
+from ssvae_core.losses import categorical_kl, diagonal_gaussian_log_density, gaussian_kl
+from ssvae_core.networks.dense import DenseDecoder, DenseEncoder
+from ssvae_core.options import option
+from ssvae_core.priors.channels import AbstractChannelPrior
+from ssvae_core.protocols import AbstractEncoder, AbstractPrior
+from ssvae_core.schedules import Schedule
+from ssvae_core.terms import AbstractLossTerm, TermInputs, TermOptions, TermValue
+from ssvae_core.types import DecoderOutput, EncoderOutput
+
+
+@dataclass(frozen=True)
+class Defect:
+    """One broken component: its kind, factory and options, the bug, the check that must
+    catch it and a phrase that message must contain (so it fails for the intended reason)."""
+
+    name: str
+    kind: str
+    bug: str
+    check: str
+    message: str
+    factory: ComponentFactory
+    options: Any = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+# --- A correct reference prior: channels with learned means and variances -----------------
+
+
+@dataclass(frozen=True)
+class ChannelOptions:
+    num_components: int = option(4, help="number of channels K", minimum=2)
+    spread: float = option(1.5, help="standard deviation of the initial means", minimum=0.0)
+    log_variance: float = option(-1.0, help="initial log-variance of every channel")
+    location_lr_scale: float = option(1.0, help="learning-rate scale of the means", minimum=0.0)
+    skew: float = option(0.0, help="initial π ∝ exp(skew · c) (0: uniform)")
+
+
+class GaussianChannels(AbstractChannelPrior):
+    """``c ~ Cat(π)`` (π fixed), ``z | c ~ N(μ_c, diag σ_c²)`` with learned ``μ_c`` and
+    ``log σ_c²``: the correct prior every prior defect below changes in one place."""
+
+    num_components: int = eqx.field(static=True)
+    conditions_decoder: bool = eqx.field(static=True)
+    location_lr_scale: float = eqx.field(static=True)
+    locations: Float[Array, "K D"]
+    log_variances: Float[Array, "K D"]
+    pi_logits: Float[Array, " K"]
+
+    def channel_kl(
+        self, posterior: EncoderOutput, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> Float[Array, "B K"]:
+        mean, log_var = posterior.z_mean[:, None, :], posterior.z_log_var[:, None, :]
+        ratio = jnp.exp(log_var - self.log_variances)
+        offset = (mean - self.locations) ** 2 * jnp.exp(-self.log_variances)
+        return 0.5 * jnp.sum(ratio + offset - 1.0 - log_var + self.log_variances, axis=-1)
+
+    def log_weights(self) -> Float[Array, " K"]:
+        return jax.nn.log_softmax(self.pi_logits)
+
+    def sample(
+        self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
+        channel_key, noise_key = jax.random.split(key)
+        channels = jax.random.categorical(channel_key, self.pi_logits, shape=(num_samples,))
+        noise = jax.random.normal(noise_key, (num_samples, self.locations.shape[1]))
+        std = jnp.exp(0.5 * self.log_variances[channels])
+        return self.locations[channels] + std * noise, channels
+
+    def regularisers(self) -> dict[str, Float[Array, ""]]:
+        return {}
+
+    def parameter_scales(self) -> dict[str, float]:
+        return {"locations": self.location_lr_scale, "pi_logits": 0.0}
+
+
+def _channels(
+    cls: type[GaussianChannels],
+    options: ChannelOptions,
+    context: BuildContext,
+    key: PRNGKeyArray,
+    *,
+    num_components: int | None = None,
+    location_lr_scale: float | None = None,
+) -> GaussianChannels:
+    count = options.num_components if num_components is None else num_components
+    scale = options.location_lr_scale if location_lr_scale is None else location_lr_scale
+    return cls(
+        num_components=count,
+        conditions_decoder=True,
+        location_lr_scale=scale,
+        locations=options.spread * jax.random.normal(key, (count, context.latent_dim)),
+        log_variances=jnp.full((count, context.latent_dim), options.log_variance),
+        pi_logits=options.skew * jnp.arange(count, dtype=jnp.float32),
+    )
+
+
+def _channel_factory(cls: type[GaussianChannels], **build: Any) -> ComponentFactory:
+    return ComponentFactory(
+        cls,
+        ChannelOptions,
+        lambda options, context, key: _channels(cls, options, context, key, **build),
+        "deliberately broken",
+    )
+
+
+class SignFlippedVarianceRatio(GaussianChannels):
+    def channel_kl(
+        self, posterior: EncoderOutput, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> Float[Array, "B K"]:
+        mean, log_var = posterior.z_mean[:, None, :], posterior.z_log_var[:, None, :]
+        ratio = jnp.exp(log_var - self.log_variances)
+        offset = (mean - self.locations) ** 2 * jnp.exp(-self.log_variances)
+        # The bug: + log(s² / σ²) where the KL has − log(s² / σ²).
+        return 0.5 * jnp.sum(ratio + offset - 1.0 + log_var - self.log_variances, axis=-1)
+
+
+class DroppedMinusOne(GaussianChannels):
+    def channel_kl(
+        self, posterior: EncoderOutput, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> Float[Array, "B K"]:
+        mean, log_var = posterior.z_mean[:, None, :], posterior.z_log_var[:, None, :]
+        ratio = jnp.exp(log_var - self.log_variances)
+        offset = (mean - self.locations) ** 2 * jnp.exp(-self.log_variances)
+        return 0.5 * jnp.sum(ratio + offset - log_var + self.log_variances, axis=-1)
+
+
+class DensityThroughExp(GaussianChannels):
+    def channel_kl(
+        self, posterior: EncoderOutput, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> Float[Array, "B K"]:
+        mean, log_var = posterior.z_mean[:, None, :], posterior.z_log_var[:, None, :]
+        ratio = jnp.exp(log_var - self.log_variances)
+        offset = (mean - self.locations) ** 2 * jnp.exp(-self.log_variances)
+        # The bug: the quadratic term through a density product and its log, which
+        # underflows to log 0 for distant latents.
+        quadratic = -jnp.log(jnp.prod(jnp.exp(-0.5 * offset), axis=-1))
+        return jnp.sum(0.5 * (ratio - 1.0 - log_var + self.log_variances), axis=-1) + quadratic
+
+
+class SampleScaledByVariance(GaussianChannels):
+    def sample(
+        self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
+        channel_key, noise_key = jax.random.split(key)
+        channels = jax.random.categorical(channel_key, self.pi_logits, shape=(num_samples,))
+        noise = jax.random.normal(noise_key, (num_samples, self.locations.shape[1]))
+        variance = jnp.exp(self.log_variances[channels])  # the bug: σ² where σ belongs
+        return self.locations[channels] + variance * noise, channels
+
+
+class BatchNormalisedKL(GaussianChannels):
+    def channel_kl(
+        self, posterior: EncoderOutput, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> Float[Array, "B K"]:
+        kl = GaussianChannels.channel_kl(self, posterior, encoder=encoder, key=key)
+        return kl / jnp.mean(kl)  # the bug: a statistic over the batch
+
+
+class NumpyJitter(GaussianChannels):
+    def channel_kl(
+        self, posterior: EncoderOutput, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> Float[Array, "B K"]:
+        kl = GaussianChannels.channel_kl(self, posterior, encoder=encoder, key=key)
+        return kl + 1e-6 * float(np.random.default_rng().random())  # the bug: host noise
+
+
+class UnfrozenPi(GaussianChannels):
+    def parameter_scales(self) -> dict[str, float]:
+        return {"locations": self.location_lr_scale}  # the bug: π's field not frozen
+
+
+class MisspeltScale(GaussianChannels):
+    def parameter_scales(self) -> dict[str, float]:
+        return {"location": self.location_lr_scale, "pi_logits": 0.0}  # "locations"
+
+
+class RawPiLogits(GaussianChannels):
+    def log_weights(self) -> Float[Array, " K"]:
+        return self.pi_logits  # the bug: not normalised
+
+
+class UniformChannelDraws(GaussianChannels):
+    def sample(
+        self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
+        channel_key, noise_key = jax.random.split(key)
+        # The bug: channels drawn uniformly although π is not uniform.
+        channels = jax.random.randint(channel_key, (num_samples,), 0, self.num_components)
+        noise = jax.random.normal(noise_key, (num_samples, self.locations.shape[1]))
+        std = jnp.exp(0.5 * self.log_variances[channels])
+        return self.locations[channels] + std * noise, channels
+
+
+class VectorPenalty(GaussianChannels):
+    def regularisers(self) -> dict[str, Float[Array, ""]]:
+        return {"spread": jnp.sum(self.locations**2, axis=-1)}  # the bug: not summed
+
+
+class NormAtZero(GaussianChannels):
+    def regularisers(self) -> dict[str, Float[Array, ""]]:
+        # The bug: a norm whose argument is 0, finite in value and NaN in gradient.
+        return {"drift": jnp.linalg.norm(self.locations[0] - self.locations[0])}
+
+
+class ColumnKL(GaussianChannels):
+    def channel_kl(
+        self, posterior: EncoderOutput, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> Float[Array, "B K"]:
+        kl = GaussianChannels.channel_kl(self, posterior, encoder=encoder, key=key)
+        return kl.astype(jnp.int32)  # the bug: an integer cast
+
+
+class HandWrittenTerms(AbstractPrior):
+    """A Gaussian-channel prior that writes ``kl_terms`` itself; subclasses break ``kl_c``."""
+
+    num_components: int = eqx.field(static=True)
+    conditions_decoder: bool = eqx.field(static=True)
+    locations: Float[Array, "K D"]
+
+    def responsibilities(self, logits: Float[Array, "B K"]) -> Float[Array, "B K"]:
+        return jax.nn.softmax(logits, axis=-1)
+
+    def kl_c(self, logits: Float[Array, "B K"]) -> Float[Array, " B"]:
+        return categorical_kl(logits, self.log_weights())
+
+    def kl_terms(
+        self,
+        posterior: EncoderOutput,
+        z: Float[Array, "B D"],
+        *,
+        encoder: AbstractEncoder,
+        key: PRNGKeyArray,
+    ) -> dict[str, Float[Array, " B"]]:
+        assert posterior.logits is not None
+        per_channel = gaussian_kl(
+            posterior.z_mean[:, None, :] - self.locations, posterior.z_log_var[:, None, :]
+        )
+        kl_z = jnp.sum(self.responsibilities(posterior.logits) * per_channel, axis=-1)
+        return {"kl_z": kl_z, "kl_c": self.kl_c(posterior.logits)}
+
+    def log_weights(self) -> Float[Array, " K"]:
+        return jnp.full((self.num_components,), -math.log(self.num_components))
+
+    def sample(
+        self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
+        channel_key, noise_key = jax.random.split(key)
+        channels = jax.random.randint(channel_key, (num_samples,), 0, self.num_components)
+        noise = jax.random.normal(noise_key, (num_samples, self.locations.shape[1]))
+        return self.locations[channels] + noise, channels
+
+    def regularisers(self) -> dict[str, Float[Array, ""]]:
+        return {}
+
+    def parameter_scales(self) -> dict[str, float]:
+        return {}
+
+
+class NaiveSoftmax(HandWrittenTerms):
+    def responsibilities(self, logits: Float[Array, "B K"]) -> Float[Array, "B K"]:
+        weights = jnp.exp(logits)  # the bug: overflows for logits above ~88
+        return weights / jnp.sum(weights, axis=-1, keepdims=True)
+
+
+class LogitsAsLogProbabilities(HandWrittenTerms):
+    def kl_c(self, logits: Float[Array, "B K"]) -> Float[Array, " B"]:
+        r = jax.nn.softmax(logits, axis=-1)
+        # The bug: raw logits where log r belongs (right only if they are normalised).
+        return jnp.sum(r * (logits - self.log_weights()), axis=-1)
+
+
+@dataclass(frozen=True)
+class HandWrittenOptions:
+    num_components: int = option(4, help="number of channels K", minimum=2)
+
+
+def _hand_written(cls: type[HandWrittenTerms]) -> ComponentFactory:
+    def build(options: HandWrittenOptions, context: BuildContext, key: PRNGKeyArray) -> Any:
+        locations = jax.random.normal(key, (options.num_components, context.latent_dim))
+        return cls(
+            num_components=options.num_components, conditions_decoder=True, locations=locations
+        )
+
+    return ComponentFactory(cls, HandWrittenOptions, build, "deliberately broken")
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    num_samples: int = option(1, help="Monte-Carlo samples S", minimum=1)
+
+
+class OneSampleKL(AbstractPrior):
+    """N(0, I) with a Monte-Carlo KL_z that ignores its sample count."""
+
+    num_components: int = eqx.field(static=True)
+    conditions_decoder: bool = eqx.field(static=True)
+    latent_dim: int = eqx.field(static=True)
+    num_samples: int = eqx.field(static=True)
+
+    def log_weights(self) -> Float[Array, " K"]:
+        return jnp.zeros((0,))
+
+    def kl_terms(
+        self,
+        posterior: EncoderOutput,
+        z: Float[Array, "B D"],
+        *,
+        encoder: AbstractEncoder,
+        key: PRNGKeyArray,
+    ) -> dict[str, Float[Array, " B"]]:
+        std = jnp.exp(0.5 * posterior.z_log_var)
+        draw = posterior.z_mean + std * jax.random.normal(key, z.shape)  # one draw, always
+        log_q = diagonal_gaussian_log_density(draw, posterior.z_mean, posterior.z_log_var)
+        return {"kl_z": log_q - diagonal_gaussian_log_density(draw, 0.0 * draw, 0.0 * draw)}
+
+    def sample(
+        self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
+        z = jax.random.normal(key, (num_samples, self.latent_dim))
+        return z, jnp.zeros((num_samples,), jnp.int32)
+
+    def regularisers(self) -> dict[str, Float[Array, ""]]:
+        return {}
+
+    def parameter_scales(self) -> dict[str, float]:
+        return {}
+
+
+def _one_sample(options: SampleOptions, context: BuildContext, key: PRNGKeyArray) -> OneSampleKL:
+    return OneSampleKL(
+        num_components=0,
+        conditions_decoder=False,
+        latent_dim=context.latent_dim,
+        num_samples=options.num_samples,
+    )
+
+
+# --- Encoders: the built-in dense encoder with one thing changed -------------------------
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """No options."""
+
+
+class LogitsWithoutChannels(DenseEncoder):
+    def __call__(self, x: Float[Array, "*sample"]) -> EncoderOutput:
+        output = DenseEncoder.__call__(self, x)
+        logits = output.logits if output.logits is not None else jnp.zeros((2,))
+        return EncoderOutput(output.z_mean, output.z_log_var, logits)  # the bug: K = 0 too
+
+
+class LogOfRawVariance(DenseEncoder):
+    def __call__(self, x: Float[Array, "*sample"]) -> EncoderOutput:
+        output = DenseEncoder.__call__(self, x)
+        # The bug: the log of an unconstrained output, NaN wherever it is negative.
+        return EncoderOutput(output.z_mean, jnp.log(output.z_log_var - 1.0), output.logits)
+
+
+class NoisyEncoder(DenseEncoder):
+    def __call__(self, x: Float[Array, "*sample"]) -> EncoderOutput:
+        output = DenseEncoder.__call__(self, x)
+        noise = 1e-6 * float(np.random.default_rng().random())  # the bug: host noise
+        return EncoderOutput(output.z_mean + noise, output.z_log_var, output.logits)
+
+
+def _encoder(cls: type[DenseEncoder], *, latent_dim: int | None = None) -> ComponentFactory:
+    def build(options: NoOptions, context: BuildContext, key: PRNGKeyArray) -> DenseEncoder:
+        size = context.latent_dim if latent_dim is None else latent_dim
+        return cls(context.input_shape, size, context.num_components, (16,), "gelu", key=key)
+
+    return ComponentFactory(cls, NoOptions, build, "deliberately broken")
+
+
+# --- Decoders -----------------------------------------------------------------------------
+
+
+class FlatOutput(DenseDecoder):
+    def __call__(
+        self, z: Float[Array, " D"], embedding: Float[Array, " E"] | None
+    ) -> DecoderOutput:
+        output = DenseDecoder.__call__(self, z, embedding)
+        return DecoderOutput(output.loc.reshape(-1), output.scale_raw)  # the bug: flattened
+
+
+class EmbeddingIgnored(DenseDecoder):
+    def __call__(
+        self, z: Float[Array, " D"], embedding: Float[Array, " E"] | None
+    ) -> DecoderOutput:
+        blank = None if embedding is None else jnp.zeros_like(embedding)
+        return DenseDecoder.__call__(self, z, blank)  # the bug: the embedding never used
+
+
+class LogActivation(DenseDecoder):
+    def __call__(
+        self, z: Float[Array, " D"], embedding: Float[Array, " E"] | None
+    ) -> DecoderOutput:
+        output = DenseDecoder.__call__(self, z, embedding)
+        return DecoderOutput(jnp.log(output.loc), output.scale_raw)  # the bug: log of any sign
+
+
+class NoisyDecoder(DenseDecoder):
+    def __call__(
+        self, z: Float[Array, " D"], embedding: Float[Array, " E"] | None
+    ) -> DecoderOutput:
+        output = DenseDecoder.__call__(self, z, embedding)
+        noise = 1e-6 * float(np.random.default_rng().random())  # the bug: host noise
+        return DecoderOutput(output.loc + noise, output.scale_raw)
+
+
+def _decoder(cls: type[DenseDecoder]) -> ComponentFactory:
+    def build(options: NoOptions, context: BuildContext, key: PRNGKeyArray) -> DenseDecoder:
+        return cls(
+            context.input_shape,
+            context.latent_dim,
+            (16,),
+            "gelu",
+            context.conditioning,
+            context.embedding_dim,
+            context.likelihood.scale_size(math.prod(context.input_shape)),
+            key=key,
+        )
+
+    return ComponentFactory(cls, NoOptions, build, "deliberately broken")
+
+
+# --- Heads: the τ head with one thing changed -------------------------------------------
+
+
+class PartialMass(TauHead):
+    def predict_proba(
+        self, posterior: EncoderOutput, z: Float[Array, "B D"], state: Float[Array, "K Y"]
+    ) -> Float[Array, "B Y"]:
+        return 0.9 * TauHead.predict_proba(self, posterior, z, state)  # the bug: 90 % mass
+
+
+class NaiveSoftmaxHead(TauHead):
+    def predict_proba(
+        self, posterior: EncoderOutput, z: Float[Array, "B D"], state: Float[Array, "K Y"]
+    ) -> Float[Array, "B Y"]:
+        assert posterior.logits is not None
+        weights = jnp.exp(posterior.logits)  # the bug: overflows for large logits
+        r = weights / jnp.sum(weights, axis=-1, keepdims=True)
+        return r @ self.tau(state)
+
+
+class BatchCentredHead(TauHead):
+    def predict_proba(
+        self, posterior: EncoderOutput, z: Float[Array, "B D"], state: Float[Array, "K Y"]
+    ) -> Float[Array, "B Y"]:
+        assert posterior.logits is not None
+        centred = posterior.logits - jnp.mean(posterior.logits, axis=0)  # the bug: batch mean
+        return jax.nn.softmax(centred, axis=-1) @ self.tau(state)
+
+
+class UnnormalisedClassMap(TauHead):
+    def class_map(self, state: Float[Array, "K Y"]) -> Float[Array, "K Y"]:
+        return state + self.alpha0  # the bug: counts, not τ
+
+
+class GradientIntoCounts(TauHead):
+    def supervised_loss(
+        self,
+        posterior: EncoderOutput,
+        z: Float[Array, "B D"],
+        labels: Int[Array, " B"],
+        state: Float[Array, "K Y"],
+    ) -> Float[Array, " B"]:
+        assert posterior.logits is not None
+        # The bug: τ read from the state without stop_gradient.
+        p = jax.nn.softmax(posterior.logits, axis=-1) @ (
+            (state + 1.0) / (state + 1.0).sum(-1, keepdims=True)
+        )
+        picked = jnp.take_along_axis(p, jnp.clip(labels, 0)[:, None], axis=-1)[:, 0]
+        return jnp.where(labels >= 0, -jnp.log(picked), 0.0)
+
+
+class WrappedUnlabeled(TauHead):
+    def update_state(
+        self, state: Float[Array, "K Y"], posterior: EncoderOutput, labels: Int[Array, " B"]
+    ) -> Float[Array, "K Y"]:
+        assert posterior.logits is not None
+        r = jax.lax.stop_gradient(jax.nn.softmax(posterior.logits, axis=-1))
+        onehot = jax.nn.one_hot(labels % self.num_classes, self.num_classes)  # the bug: −1 → Y−1
+        return self.count_decay * state + r.T @ onehot
+
+
+class UnnormalisedCertainty(TauHead):
+    def certainty(
+        self, posterior: EncoderOutput, z: Float[Array, "B D"], state: Float[Array, "K Y"]
+    ) -> Float[Array, " B"]:
+        assert posterior.logits is not None
+        # The bug: the certainty from counts instead of probabilities.
+        return jnp.max(jax.nn.softmax(posterior.logits, axis=-1) @ (state + 1.0), axis=-1)
+
+
+def _head(cls: type[TauHead]) -> ComponentFactory:
+    def build(options: NoOptions, context: BuildContext, key: PRNGKeyArray) -> TauHead:
+        if context.num_components == 0:
+            raise ValueError("the τ head needs channels")
+        return cls(
+            num_components=context.num_components,
+            num_classes=context.num_classes,
+            alpha0=1.0,
+            count_decay=0.99,
+        )
+
+    return ComponentFactory(cls, NoOptions, build, "deliberately broken")
+
+
+# --- Loss terms ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightOptions(TermOptions):
+    weight: float = option(1.0, help="weight of the term")
+
+
+class BatchMeanTerm(AbstractLossTerm):
+    """Each row's value is its squared mean minus the batch's mean of it."""
+
+    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
+        energy = jnp.sum(inputs.posterior.z_mean**2, axis=-1)
+        return TermValue(energy - jnp.mean(energy))  # the bug: a batch statistic
+
+
+class StaticWeightTerm(AbstractLossTerm):
+    """Holds its weight as a static float: every new weight compiles the step again."""
+
+    static_weight: float = eqx.field(static=True)
+
+    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
+        return TermValue(self.static_weight * jnp.sum(inputs.posterior.z_mean**2, axis=-1))
+
+
+class NoisyTerm(AbstractLossTerm):
+    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
+        noise = 1e-6 * float(np.random.default_rng().random())  # the bug: host noise
+        return TermValue(jnp.sum(inputs.posterior.z_mean**2, axis=-1) + noise)
+
+
+def _term(cls: type[AbstractLossTerm], build: Callable[[WeightOptions], Any]) -> ComponentFactory:
+    return ComponentFactory(
+        cls, WeightOptions, lambda options, context, key: build(options), "deliberately broken"
+    )
+
+
+# --- The corpus ---------------------------------------------------------------------------
+
+NEGATIVE = "is negative"
+NOT_FINITE = "not finite"
+
+DEFECTS: tuple[Defect, ...] = (
+    Defect(
+        "sign-flipped variance ratio",
+        "prior",
+        "+ log(s²/σ²) in a Gaussian KL where − log(s²/σ²) belongs",
+        "exact_kl_nonnegative",
+        NEGATIVE,
+        _channel_factory(SignFlippedVarianceRatio),
+    ),
+    Defect(
+        "dropped −1",
+        "prior",
+        "the −1 of the Gaussian KL left out",
+        "exact_kl_zero_at_prior",
+        "at q(z|x) = p(z|c)",
+        _channel_factory(DroppedMinusOne),
+    ),
+    Defect(
+        "quadratic through exp",
+        "prior",
+        "−log Π_d exp(−½ δ_d²/σ_d²): underflows to +inf for distant latents",
+        "kl_terms_per_example_finite",
+        NOT_FINITE,
+        _channel_factory(DensityThroughExp),
+    ),
+    Defect(
+        "sample scaled by the variance",
+        "prior",
+        "sample() adds σ² · ε instead of σ · ε",
+        "samples_match_kl_density",
+        "variances of sample()",
+        _channel_factory(SampleScaledByVariance),
+    ),
+    Defect(
+        "batch-normalised KL",
+        "prior",
+        "each row's KL divided by the batch mean",
+        "per_example_independence",
+        "of the kept rows",
+        _channel_factory(BatchNormalisedKL),
+    ),
+    Defect(
+        "NumPy noise in the KL",
+        "prior",
+        "a 10⁻⁶ host-side random number added to the KL",
+        "repeat_calls_identical",
+        "differs between two calls",
+        _channel_factory(NumpyJitter),
+    ),
+    Defect(
+        "fixed π not frozen",
+        "prior",
+        "π's field missing from parameter_scales()",
+        "fixed_weights_stay_fixed",
+        "log π moved",
+        _channel_factory(UnfrozenPi),
+        ChannelOptions(skew=0.5),
+    ),
+    Defect(
+        "misspelt scale",
+        "prior",
+        "parameter_scales() names 'location' for 'locations'",
+        "parameter_scales_valid",
+        "is not a field",
+        _channel_factory(MisspeltScale),
+    ),
+    Defect(
+        "learning-rate option dropped",
+        "prior",
+        "the factory never passes location_lr_scale to the prior",
+        "options_honoured",
+        "changes no entry",
+        _channel_factory(GaussianChannels, location_lr_scale=1.0),
+    ),
+    Defect(
+        "hard-coded K",
+        "prior",
+        "the factory builds 4 channels whatever num_components says",
+        "options_honoured",
+        "built a prior with",
+        _channel_factory(GaussianChannels, num_components=4),
+    ),
+    Defect(
+        "unnormalised π",
+        "prior",
+        "log_weights() returns the raw logits",
+        "attributes",
+        "sums to",
+        _channel_factory(RawPiLogits),
+        ChannelOptions(skew=0.5),
+    ),
+    Defect(
+        "channels drawn uniformly",
+        "prior",
+        "sample() ignores a non-uniform π",
+        "samples_follow_prior",
+        "do not match π",
+        _channel_factory(UniformChannelDraws),
+        ChannelOptions(skew=0.5),
+    ),
+    Defect(
+        "penalty left a vector",
+        "prior",
+        "regularisers() returns one value per channel",
+        "regularisers_finite",
+        "has shape",
+        _channel_factory(VectorPenalty),
+    ),
+    Defect(
+        "norm at zero",
+        "prior",
+        "a regulariser ‖μ₀ − μ₀‖, finite with a NaN gradient",
+        "trains_one_step",
+        "not finite after one step",
+        _channel_factory(NormAtZero),
+    ),
+    Defect(
+        "integer KL",
+        "prior",
+        "channel_kl cast to int32",
+        "signatures",
+        "channel_kl",
+        _channel_factory(ColumnKL),
+    ),
+    Defect(
+        "naive softmax",
+        "prior",
+        "responsibilities as exp(l) / Σ exp(l): NaN for large logits",
+        "kl_terms_per_example_finite",
+        NOT_FINITE,
+        _hand_written(NaiveSoftmax),
+    ),
+    Defect(
+        "logits as log-probabilities",
+        "prior",
+        "KL_c computed with the raw logits as log r",
+        "kl_invariant_to_logit_shift",
+        "after shifting the logits",
+        _hand_written(LogitsAsLogProbabilities),
+    ),
+    Defect(
+        "sample count ignored",
+        "prior",
+        "a Monte-Carlo KL that always draws one sample",
+        "monte_carlo_kl_converges",
+        "RMS error",
+        ComponentFactory(OneSampleKL, SampleOptions, _one_sample, "deliberately broken"),
+    ),
+    Defect(
+        "logits without channels",
+        "encoder",
+        "logits returned although K = 0",
+        "output_structure",
+        "logits",
+        _encoder(LogitsWithoutChannels),
+    ),
+    Defect(
+        "log of a raw output",
+        "encoder",
+        "log-variance as the log of an unconstrained output",
+        "output_structure",
+        NOT_FINITE,
+        _encoder(LogOfRawVariance),
+    ),
+    Defect(
+        "hard-coded latent size",
+        "encoder",
+        "the factory builds 2 latent dimensions always",
+        "attributes",
+        "latent_dim",
+        _encoder(DenseEncoder, latent_dim=2),
+    ),
+    Defect(
+        "NumPy noise in the encoder",
+        "encoder",
+        "a host-side random number added to μ",
+        "repeat_calls_identical",
+        "differs between two calls",
+        _encoder(NoisyEncoder),
+    ),
+    Defect(
+        "flattened output",
+        "decoder",
+        "loc returned flat, not in the input's shape",
+        "output_matches_sample_shape",
+        "shape",
+        _decoder(FlatOutput),
+    ),
+    Defect(
+        "embedding ignored",
+        "decoder",
+        "the channel embedding replaced by zeros",
+        "conditioning_uses_embedding",
+        "embedding",
+        _decoder(EmbeddingIgnored),
+    ),
+    Defect(
+        "log of any sign",
+        "decoder",
+        "loc as the log of a linear output",
+        "outputs_finite",
+        NOT_FINITE,
+        _decoder(LogActivation),
+    ),
+    Defect(
+        "NumPy noise in the decoder",
+        "decoder",
+        "a host-side random number added to loc",
+        "repeat_calls_identical",
+        "differs between two calls",
+        _decoder(NoisyDecoder),
+    ),
+    Defect(
+        "90 % of the mass",
+        "head",
+        "p(y|x) scaled by 0.9",
+        "predict_proba_is_distribution",
+        "row sums",
+        _head(PartialMass),
+    ),
+    Defect(
+        "naive softmax head",
+        "head",
+        "responsibilities as exp(l) / Σ exp(l): 0 or NaN rows for large logits",
+        "predict_proba_is_distribution",
+        "p(y|x)",
+        _head(NaiveSoftmaxHead),
+    ),
+    Defect(
+        "batch-centred logits",
+        "head",
+        "logits centred on the batch mean",
+        "per_example_independence",
+        "kept rows",
+        _head(BatchCentredHead),
+    ),
+    Defect(
+        "counts as τ",
+        "head",
+        "class_map returns smoothed counts, not τ",
+        "class_map_is_distribution",
+        "row sums",
+        _head(UnnormalisedClassMap),
+    ),
+    Defect(
+        "gradient into the counts",
+        "head",
+        "τ read from the state without stop_gradient",
+        "supervised_loss_no_state_gradient",
+        "gradient",
+        _head(GradientIntoCounts),
+    ),
+    Defect(
+        "unlabeled rows counted",
+        "head",
+        "label −1 one-hot encoded as the last class",
+        "unlabeled_rows_leave_state_unchanged",
+        "state",
+        _head(WrappedUnlabeled),
+    ),
+    Defect(
+        "certainty from counts",
+        "head",
+        "certainty from unnormalised counts",
+        "ood_score_in_unit_interval",
+        "certainty",
+        _head(UnnormalisedCertainty),
+    ),
+    Defect(
+        "batch-mean term",
+        "loss_term",
+        "each row's value minus the batch mean",
+        "per_example_independence",
+        "",
+        _term(BatchMeanTerm, lambda o: BatchMeanTerm(o.schedule())),
+    ),
+    Defect(
+        "static weight",
+        "loss_term",
+        "the weight held as a static float",
+        "weights_are_traced",
+        "",
+        _term(StaticWeightTerm, lambda o: StaticWeightTerm(Schedule(0.0), static_weight=o.weight)),
+    ),
+    Defect(
+        "NumPy noise in a term",
+        "loss_term",
+        "a host-side random number added to the values",
+        "repeat_calls_identical",
+        "differs between two calls",
+        _term(NoisyTerm, lambda o: NoisyTerm(o.schedule())),
+    ),
+)
+
+
+def catch_table(defects: tuple[Defect, ...] = DEFECTS) -> list[dict[str, Any]]:
+    """Run every check of its kind on every defect; one row per defect: the checks that
+    fail, whether the intended one is among them and which failed first."""
+    from ssvae_core.testing import (
+        ConformanceError,
+        NotApplicable,
+        conformance_checks,
+        prepare,
+        run_check,
+    )
+
+    rows = []
+    for defect in defects:
+        failed: list[str] = []
+        try:
+            subject = prepare(defect.factory, defect.options, kind=defect.kind, **defect.settings)
+        except ConformanceError as error:
+            failed.append(error.check)
+            subject = None
+        if subject is not None:
+            for entry in conformance_checks(defect.kind):
+                try:
+                    run_check(subject, entry)
+                except ConformanceError:
+                    failed.append(entry.name)
+                except NotApplicable:
+                    pass
+        rows.append(
+            {
+                "defect": defect.name,
+                "kind": defect.kind,
+                "intended": defect.check,
+                "caught_by_intended": defect.check in failed,
+                "first": failed[0] if failed else None,
+                "failed": failed,
+            }
+        )
+        print(
+            f"{defect.kind:9} {defect.name:32} intended {defect.check:36} "
+            f"{'caught' if defect.check in failed else 'MISSED'}; failing: {', '.join(failed)}",
+            file=sys.stderr,
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the catch table as Markdown (progress on stderr)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args(argv)
+    rows = catch_table()
+    print(
+        "| kind | defect | intended check | caught by it | first failing check | all failing checks |"
+    )
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['kind']} | {row['defect']} | `{row['intended']}` | "
+            f"{'yes' if row['caught_by_intended'] else '**no**'} | `{row['first']}` | "
+            f"{', '.join(f'`{name}`' for name in row['failed'])} |"
+        )
+    caught = sum(row["caught_by_intended"] for row in rows)
+    print(f"\n{caught} of {len(rows)} defects caught by their intended check.")
+    return 0 if caught == len(rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

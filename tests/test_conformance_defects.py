@@ -1,0 +1,36 @@
+"""The seeded-defect corpus: each broken component is caught by the check meant for it.
+
+``ssvae_core.testing.defects`` holds the corpus; each case runs only the intended check and
+requires its message to carry the defect's phrase (so it fails for the intended reason)
+and the check's hint. ``python -m ssvae_core.testing.defects`` runs every check on every
+defect for the catch table in ``docs/plugins.md``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ssvae_core.testing import ConformanceError, conformance_checks, prepare, run_check
+from ssvae_core.testing.defects import DEFECTS, Defect
+
+
+@pytest.mark.parametrize("defect", DEFECTS, ids=lambda defect: f"{defect.kind}:{defect.name}")
+def test_defect_is_caught_by_its_intended_check(defect: Defect) -> None:
+    subject = prepare(defect.factory, defect.options, kind=defect.kind, **defect.settings)
+    (entry,) = [entry for entry in conformance_checks(defect.kind) if entry.name == defect.check]
+    with pytest.raises(ConformanceError) as caught:
+        run_check(subject, entry)
+    error = caught.value
+    assert error.check == defect.check
+    assert defect.message in str(error), str(error)
+    assert f"usual cause: {entry.hint}" in str(error)
+
+
+def test_the_corpus_spans_every_kind_with_at_least_twenty_defects() -> None:
+    kinds = {defect.kind for defect in DEFECTS}
+    assert {"prior", "encoder", "decoder", "head", "loss_term"} <= kinds
+    assert len(DEFECTS) >= 20
+    assert len({defect.name for defect in DEFECTS}) == len(DEFECTS)
+    for defect in DEFECTS:
+        names = {entry.name for entry in conformance_checks(defect.kind)}
+        assert defect.check in names, f"{defect.name}: no {defect.kind} check {defect.check!r}"
