@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ssvae_core.plugin
 from ssvae_core.reference import BEGIN_MARKER, END_MARKER, reference_markdown
 from ssvae_core.registry import Registry
 
@@ -28,3 +29,18 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert ".venv/bin/pip install -r requirements-dev.txt && .venv/bin/pytest" in readme
     assert ".venv/bin/pip install --quiet -r requirements-dev.txt" in ci
     assert ci.rstrip().endswith(".venv/bin/pytest")
+
+
+def _plugin_guide_section(number: int) -> str:
+    text = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    start = text.index(f"\n## {number}. ")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else len(text)]
+
+
+def test_plugin_guide_reference_lists_every_name_of_the_plugin_api() -> None:
+    reference = _plugin_guide_section(3)
+    missing = [name for name in ssvae_core.plugin.__all__ if f"\n| `{name}` | " not in reference]
+    assert not missing, (
+        f"docs/plugins.md section 3 (The plugin API) has no reference row for {', '.join(missing)}"
+    )

@@ -22,7 +22,11 @@ class LaplaceOptions:
         minimum=0.0,
         exclusive_minimum=True,
     )
-    spread: float = option(2.0, help="standard deviation of the initial locations μ_c", minimum=0.0)
+    spread: float = option(
+        0.0,
+        help="standard deviation of the initial locations μ_c (0: all at the origin)",
+        minimum=0.0,
+    )
     location_lr_scale: float = option(
         1.0, help="learning-rate scale of the locations μ_c (0 freezes them)", minimum=0.0
     )
