@@ -28,7 +28,8 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert ".venv/bin/pip install -r requirements-dev.txt && .venv/bin/pytest" in readme
     assert ".venv/bin/pip install --quiet -r requirements-dev.txt" in ci
-    assert ci.rstrip().endswith(".venv/bin/pytest")
+    commands = [line.strip() for line in ci.splitlines() if line.strip() and not line.startswith("#")]
+    assert ".venv/bin/pytest" in commands, "CI must run the README's test command as it is"
 
 
 def _plugin_guide_section(number: int) -> str:
