@@ -8,9 +8,14 @@ Plugin authors run it in their own test suites (it needs the ``test`` extra:
     def test_laplace_prior_conforms():
         check_prior("laplace")
 
+``profile="fast"`` (the default, meant for every save) or ``profile="thorough"`` (CI)
+picks how hard the checks search. A failure raises :class:`ConformanceError` naming the
+component, the check, its invariant, the minimal counterexample and the usual cause.
+
 The framework's own property suite (``tests/properties``) runs the same checks over every
 component the registry discovers. :mod:`ssvae_core.testing.strategies` holds the
-strategies; ``docs/plugins.md`` walks through writing and checking a plugin.
+strategies, :mod:`ssvae_core.testing.defects` the seeded-defect corpus the kit is held to;
+``docs/plugins.md`` walks through writing and checking a plugin.
 """
 
 from __future__ import annotations
