@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import Flaky
 
 from ssvae_core.components import KINDS
 from ssvae_core.types import EncoderOutput
@@ -185,7 +186,15 @@ def for_all(
             wrapped.example = example
             raise wrapped from error
 
-    run()
+    try:
+        run()
+    except Flaky as flaky:
+        # Hypothesis replays a failing example while shrinking; if the replay passes, the
+        # component's output depends on more than its inputs and key.
+        raise Violation(
+            "the outcome differs between two calls with the same input (an example failed, "
+            "then passed when replayed): the output depends on hidden randomness or state"
+        ) from flaky
 
 
 def run_check(subject: Any, entry: Check) -> str | None:
