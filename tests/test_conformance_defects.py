@@ -16,7 +16,7 @@ from ssvae_core.testing.defects import DEFECTS, Defect
 
 @pytest.mark.parametrize("defect", DEFECTS, ids=lambda defect: f"{defect.kind}:{defect.name}")
 def test_defect_is_caught_by_its_intended_check(defect: Defect) -> None:
-    subject = prepare(defect.factory, defect.options, kind=defect.kind, **defect.settings)
+    subject = prepare(defect.factory, defect.options, kind=defect.kind)
     (entry,) = [entry for entry in conformance_checks(defect.kind) if entry.name == defect.check]
     with pytest.raises(ConformanceError) as caught:
         run_check(subject, entry)

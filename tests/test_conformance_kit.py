@@ -8,9 +8,12 @@ invariant, violation, minimal counterexample and the usual cause.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ssvae_core.testing import (
     ConformanceError,
@@ -25,7 +28,7 @@ from ssvae_core.testing import (
     run_check,
     strategies,
 )
-from ssvae_core.testing._runner import describe_error
+from ssvae_core.testing._runner import Violation, describe_error, for_all
 from ssvae_core.testing.defects import DEFECTS, Defect
 
 
@@ -194,3 +197,16 @@ def test_priors_pass_the_new_checks_with_notes() -> None:
     assert report["kl_terms_per_example_finite"] == (
         "passed (K in [2, 10, 64], typical and extreme inputs)"
     )
+
+
+def test_an_example_that_fails_then_passes_on_replay_is_reported_as_hidden_randomness() -> None:
+    calls = []
+
+    def body(example: dict) -> None:
+        calls.append(example)
+        if len(calls) == 1:  # fails once, passes when Hypothesis replays it
+            raise Violation("first call only")
+
+    subject = SimpleNamespace(settings=ConformanceSettings(max_examples=5))
+    with pytest.raises(Violation, match="differs between two calls with the same input"):
+        for_all(subject, st.fixed_dictionaries({"seed": strategies.seeds()}), body)

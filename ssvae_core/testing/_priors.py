@@ -122,6 +122,20 @@ def _one_hot_logits(channels: np.ndarray, num_components: int) -> np.ndarray:
     return logits
 
 
+def _shifted(
+    subject: PriorSubject, bound: float, batch: int = 3
+) -> st.SearchStrategy[dict[str, Any]]:
+    """Posteriors, a per-row logit shift in ``[−bound, bound]`` and a seed."""
+    fields: dict[str, st.SearchStrategy[Any]] = {
+        "posterior": strategies.posteriors(
+            batch, subject.settings.latent_dim, subject.num_components
+        ),
+        "shift": strategies.float_arrays((batch,), -bound, bound),
+        "seed": strategies.seeds(),
+    }
+    return st.fixed_dictionaries(fields)
+
+
 class _PriorOnly(eqx.Module):
     """The prior as the only trainable part, shaped like a model (``.prior``) so that
     :func:`~ssvae_core.training.make_optimizer` labels its fields as in training."""
@@ -510,15 +524,7 @@ def _exact_kl_zero(subject: PriorSubject) -> str:
             kl_c = subject.kl(posterior, example["seed"])["kl_c"]
             expect_close(kl_c, np.zeros_like(kl_c), "kl_c at logits = log π + const", atol=1e-5)
 
-        batch = 3
-        fields: dict[str, st.SearchStrategy[Any]] = {
-            "posterior": strategies.posteriors(
-                batch, subject.settings.latent_dim, subject.num_components
-            ),
-            "shift": strategies.float_arrays((batch,), -5.0, 5.0),
-            "seed": strategies.seeds(),
-        }
-        for_all(subject, st.fixed_dictionaries(fields), body)
+        for_all(subject, _shifted(subject, 5.0), body)
         notes.append("kl_c")
     if latent_terms:
         channels, means, variances, reason = _channel_moments(subject)
@@ -716,15 +722,7 @@ def _logit_shift(subject: PriorSubject) -> None:
                 after[name], value, f"term {name!r} after shifting the logits", rtol=1e-4, atol=1e-3
             )
 
-    batch = 3
-    fields: dict[str, st.SearchStrategy[Any]] = {
-        "posterior": strategies.posteriors(
-            batch, subject.settings.latent_dim, subject.num_components
-        ),
-        "shift": strategies.float_arrays((batch,), -50.0, 50.0),
-        "seed": strategies.seeds(),
-    }
-    for_all(subject, st.fixed_dictionaries(fields), body)
+    for_all(subject, _shifted(subject, 50.0), body)
 
 
 def _relabels(

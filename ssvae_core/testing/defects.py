@@ -16,7 +16,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import equinox as eqx
@@ -49,7 +49,6 @@ class Defect:
     message: str
     factory: ComponentFactory
     options: Any = None
-    settings: dict[str, Any] = field(default_factory=dict)
 
 
 # --- A correct reference prior: channels with learned means and variances -----------------
@@ -231,7 +230,7 @@ class NormAtZero(GaussianChannels):
         return {"drift": jnp.linalg.norm(self.locations[0] - self.locations[0])}
 
 
-class ColumnKL(GaussianChannels):
+class IntegerKL(GaussianChannels):
     def channel_kl(
         self, posterior: EncoderOutput, *, encoder: AbstractEncoder, key: PRNGKeyArray
     ) -> Float[Array, "B K"]:
@@ -701,7 +700,7 @@ DEFECTS: tuple[Defect, ...] = (
         "channel_kl cast to int32",
         "signatures",
         "channel_kl",
-        _channel_factory(ColumnKL),
+        _channel_factory(IntegerKL),
     ),
     Defect(
         "naive softmax",
@@ -889,7 +888,7 @@ def catch_table(defects: tuple[Defect, ...] = DEFECTS) -> list[dict[str, Any]]:
     for defect in defects:
         failed: list[str] = []
         try:
-            subject = prepare(defect.factory, defect.options, kind=defect.kind, **defect.settings)
+            subject = prepare(defect.factory, defect.options, kind=defect.kind)
         except ConformanceError as error:
             failed.append(error.check)
             subject = None
