@@ -1,0 +1,529 @@
+"""The label store: every label the examples of a run have received.
+
+A run directory holds ``labels.json``, a UTF-8 JSON object::
+
+    {
+     "format": "ssvae-labels",
+     "version": 1,
+     "entries": [
+      {"index": 17, "hash": "3f0a9c1e5b7d2468", "label": "cat", "source": "file",
+       "time": "2026-11-26T14:31:05Z"},
+      ...
+     ]
+    }
+
+Each entry records that one example received one label:
+
+``index``
+    The row of the example in the dataset as loaded (``load_dataset(...).x[index]``).
+``hash``
+    A content hash of that row (:func:`example_hash`): the first 16 hex digits of the
+    SHA-256 of the row's shape and its float32 bytes. An index alone would silently
+    attach a label to another image once the data were reordered or changed;
+    :meth:`LabelStore.verify` refuses a store whose hashes no longer match the data.
+``label``
+    The label name (non-empty, at most 100 characters, no control characters; surrounding
+    whitespace is removed when a label is added).
+``source``
+    Where the label came from: ``split``, ``file``, ``oracle``, ``studio``, ``api``, ... —
+    any identifier matching ``[a-z][a-z0-9_-]*``.
+``time``
+    When it was added, in UTC with seconds: ``2026-11-26T14:31:05Z``.
+
+Entries are only ever appended, in the order they were added; an example's current label
+is its latest entry. Adding a label that an example already holds is a no-op, and giving an
+example a different label from the one it holds is refused. :class:`LabelStore` is
+immutable: every change returns a new store, which the caller saves (atomically) only once
+the change has succeeded.
+
+Labels are also read from CSV files with the header ``index,label`` (:func:`read_label_csv`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import operator
+import os
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from ssvae_core.errors import DataError, read_user_file
+
+__all__ = [
+    "MAX_LABEL_LENGTH",
+    "STORE_FORMAT",
+    "STORE_NAME",
+    "STORE_VERSION",
+    "LabelEntry",
+    "LabelStore",
+    "example_hash",
+    "example_hashes",
+    "read_label_csv",
+]
+
+STORE_NAME = "labels.json"
+STORE_FORMAT = "ssvae-labels"
+STORE_VERSION = 1
+MAX_LABEL_LENGTH = 100
+HASH_DIGITS = 16
+
+_ENTRY_FIELDS = ("index", "hash", "label", "source", "time")
+_SOURCE_PATTERN = re.compile(r"[a-z][a-z0-9_-]*", re.ASCII)
+_HASH_PATTERN = re.compile(rf"[0-9a-f]{{{HASH_DIGITS}}}", re.ASCII)
+_TIME_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z", re.ASCII)
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_CSV_INDEX_PATTERN = re.compile(r"[0-9]+", re.ASCII)
+_CSV_HEADER = ("index", "label")
+
+
+def example_hash(x_row: np.ndarray) -> str:
+    """The content hash of one example: SHA-256 over ``b"8x8:"`` (its shape) followed by
+    its values as C-contiguous little-endian float32 bytes; the first 16 hex digits."""
+    row = np.ascontiguousarray(x_row, dtype="<f4")
+    shape = "x".join(str(size) for size in row.shape)
+    digest = hashlib.sha256(f"{shape}:".encode("ascii"))
+    digest.update(row.tobytes())
+    return digest.hexdigest()[:HASH_DIGITS]
+
+
+def example_hashes(x: np.ndarray, indices: Iterable[int]) -> list[str]:
+    """The content hashes of the rows ``indices`` of ``x``, in order."""
+    return [example_hash(x[int(index)]) for index in indices]
+
+
+def utc_now() -> str:
+    """The current time in the store's format, ``2026-11-26T14:31:05Z``."""
+    return datetime.now(timezone.utc).strftime(_TIME_FORMAT)
+
+
+def _label_problem(label: object) -> str | None:
+    """Why ``label`` (already stripped) is not a valid label name, or None."""
+    if not isinstance(label, str):
+        return f"must be a string; got {type(label).__name__}"
+    if not label:
+        return "is empty"
+    if len(label) > MAX_LABEL_LENGTH:
+        return f"is {len(label)} characters long; at most {MAX_LABEL_LENGTH} are allowed"
+    if any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in label):
+        return "contains a line break or control character"
+    return None
+
+
+def _time_problem(time: object) -> str | None:
+    """Why ``time`` is not a UTC time in the store's format, or None."""
+    if not isinstance(time, str) or not _TIME_PATTERN.fullmatch(time):
+        return f"must be a UTC time like '2026-11-26T14:31:05Z'; got {time!r}"
+    try:
+        datetime.strptime(time, _TIME_FORMAT)
+    except ValueError:
+        return f"is not a valid date and time: {time!r}"
+    return None
+
+
+def _source_problem(source: object) -> str | None:
+    if not isinstance(source, str) or not _SOURCE_PATTERN.fullmatch(source):
+        return (
+            "must be a lowercase identifier matching [a-z][a-z0-9_-]* "
+            f"(e.g. 'file', 'oracle'); got {source!r}"
+        )
+    return None
+
+
+def _range_message(index: int, n: int) -> str:
+    return f"example index {index} is out of range; the data have {n} examples (0..{n - 1})"
+
+
+def _as_rows(x: np.ndarray) -> np.ndarray:
+    rows = np.asarray(x)
+    if rows.ndim < 1:
+        raise DataError(f"x must be an array of examples with shape (N, ...); got shape {rows.shape}")
+    return rows
+
+
+def _as_list(values: Sequence[Any] | np.ndarray) -> list[Any]:
+    return values.ravel().tolist() if isinstance(values, np.ndarray) else list(values)
+
+
+def _as_index(value: object) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise DataError(f"example index {value!r} is not an integer")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise DataError(f"example index {value!r} is not an integer") from None
+
+
+@dataclass(frozen=True)
+class LabelEntry:
+    """One label given to one example (see the module docstring for the fields)."""
+
+    index: int
+    hash: str
+    label: str
+    source: str
+    time: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "hash": self.hash,
+            "label": self.label,
+            "source": self.source,
+            "time": self.time,
+        }
+
+
+@dataclass(frozen=True)
+class LabelStore:
+    """Every label a run's examples have received, oldest first; immutable."""
+
+    entries: tuple[LabelEntry, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "entries", tuple(self.entries))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @classmethod
+    def empty(cls) -> LabelStore:
+        return cls(())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LabelStore:
+        """Read and check a ``labels.json``; every problem is one :class:`DataError` line."""
+        where = f"label store {os.fspath(path)!r}"
+        raw = read_user_file(path, "label store", DataError)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(f"{where} is not UTF-8 text (byte {error.start})") from None
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataError(
+                f"{where} is not valid JSON (line {error.lineno}, column {error.colno}: "
+                f"{error.msg})"
+            ) from None
+        if not isinstance(document, dict):
+            raise DataError(
+                f"{where} must hold a JSON object with 'format', 'version' and 'entries'; "
+                f"got a JSON {type(document).__name__}"
+            )
+        form = document.get("format")
+        if form != STORE_FORMAT:
+            raise DataError(f"{where} has format {form!r}; expected {STORE_FORMAT!r}")
+        version = document.get("version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > STORE_VERSION:
+            raise DataError(
+                f"{where} has version {version}, written by a newer ssvae; this ssvae reads "
+                f"version {STORE_VERSION}"
+            )
+        if version != STORE_VERSION or isinstance(version, bool):
+            raise DataError(
+                f"{where} has unknown version {version!r}; supported: {STORE_VERSION}"
+            )
+        raw_entries = document.get("entries")
+        if not isinstance(raw_entries, list):
+            raise DataError(f"{where} must have 'entries', a JSON list; got {raw_entries!r:.60}")
+        unknown = sorted(set(document) - {"format", "version", "entries"})
+        if unknown:
+            raise DataError(
+                f"{where} has unknown field {unknown[0]!r}; allowed: 'format', 'version', "
+                "'entries'"
+            )
+        entries = tuple(
+            _entry_from_json(item, f"{where}, entry {number}")
+            for number, item in enumerate(raw_entries)
+        )
+        first_hash: dict[int, tuple[int, str]] = {}
+        for number, entry in enumerate(entries):
+            earlier = first_hash.setdefault(entry.index, (number, entry.hash))
+            if earlier[1] != entry.hash:
+                raise DataError(
+                    f"{where}: entries {earlier[0]} and {number} give example {entry.index} "
+                    f"different content hashes ({earlier[1]} and {entry.hash}); the file is "
+                    "inconsistent"
+                )
+        return cls(entries)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": STORE_FORMAT,
+            "version": STORE_VERSION,
+            "entries": [entry.to_json() for entry in self.entries],
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the store to ``path`` atomically (a temporary file beside it, then renamed)."""
+        # Imported here: the checkpoint module loads JAX, which reading labels never needs.
+        from ssvae_core.checkpoint import atomic_write_bytes
+
+        text = json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n"
+        atomic_write_bytes(path, text.encode("utf-8"))
+
+    def add(
+        self,
+        indices: Sequence[int] | np.ndarray,
+        labels: Sequence[str] | np.ndarray,
+        *,
+        x: np.ndarray,
+        source: str,
+        allowed: Iterable[int] | np.ndarray | None = None,
+        now: str | None = None,
+    ) -> LabelStore:
+        """A new store with ``labels[k]`` given to example ``indices[k]``.
+
+        ``x`` is the dataset's examples (the hashes are taken from it); ``allowed``, when
+        given, is the indices that may be labeled (a run's training rows), or a boolean mask
+        over the rows of ``x``. Labels an example already holds are skipped. Everything is
+        checked before anything is built: an index out of range or not allowed, a label name
+        that is not valid, or an example given a label different from the one it holds (in
+        this call or in the store) raises :class:`DataError` and nothing is added.
+        """
+        rows = _as_rows(x)
+        n = len(rows)
+        if isinstance(indices, (str, bytes)) or isinstance(labels, (str, bytes)):
+            raise DataError("give the example indices and the labels as sequences, not strings")
+        index_list = [_as_index(value) for value in _as_list(indices)]
+        label_list = _as_list(labels)
+        if len(index_list) != len(label_list):
+            raise DataError(
+                f"got {len(index_list)} example indices but {len(label_list)} labels; "
+                "give one label per index"
+            )
+        problem = _source_problem(source)
+        if problem is not None:
+            raise DataError(f"label source {problem}")
+        time = utc_now() if now is None else now
+        problem = _time_problem(time)
+        if problem is not None:
+            raise DataError(f"label time {problem}")
+        allowed_set = _allowed_indices(allowed, n)
+
+        names = []
+        for index, label in zip(index_list, label_list, strict=True):
+            name = label.strip() if isinstance(label, str) else label
+            problem = _label_problem(name)
+            if problem is not None:
+                raise DataError(f"the label of example {index}, {label!r}, {problem}")
+            names.append(str(name))
+        for index in index_list:
+            if not 0 <= index < n:
+                raise DataError(_range_message(index, n))
+            if allowed_set is not None and index not in allowed_set:
+                raise DataError(
+                    f"example {index} is not a training example of this run (it is in the "
+                    "held-out test set or out of range)"
+                )
+
+        held = self.current()
+        stored_hash = {entry.index: entry.hash for entry in self.entries}
+        requested: dict[int, str] = {}
+        for index, name in zip(index_list, names, strict=True):
+            earlier = requested.get(index)
+            if earlier is not None and earlier != name:
+                raise DataError(
+                    f"example {index} is given two different labels, {earlier!r} and {name!r}; "
+                    "give each example one label"
+                )
+            if index in held and held[index] != name:
+                raise DataError(
+                    f"example {index} is already labeled {held[index]!r}; it cannot also be "
+                    f"labeled {name!r}"
+                )
+            if index in stored_hash and stored_hash[index] != example_hash(rows[index]):
+                raise DataError(_changed_message(index))
+            requested[index] = name
+
+        added = tuple(
+            LabelEntry(
+                index=index,
+                hash=example_hash(rows[index]),
+                label=name,
+                source=source,
+                time=time,
+            )
+            for index, name in requested.items()
+            if held.get(index) != name
+        )
+        return LabelStore(self.entries + added)
+
+    def current(self) -> dict[int, str]:
+        """Each labeled example's current label (its latest entry), by index."""
+        latest = {entry.index: entry.label for entry in self.entries}
+        return {index: latest[index] for index in sorted(latest)}
+
+    def label_names(self) -> list[str]:
+        """The distinct labels of all entries, in order of first appearance."""
+        return list(dict.fromkeys(entry.label for entry in self.entries))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """How many examples currently hold each label, and how many got their current label
+        from each source: ``{"by_label": {...}, "by_source": {...}}``."""
+        latest = {entry.index: entry for entry in self.entries}
+        by_label: dict[str, int] = {name: 0 for name in self.label_names()}
+        by_source: dict[str, int] = {}
+        for entry in latest.values():
+            by_label[entry.label] += 1
+            by_source[entry.source] = by_source.get(entry.source, 0) + 1
+        return {
+            "by_label": {name: count for name, count in by_label.items() if count},
+            "by_source": by_source,
+        }
+
+    def verify(self, x: np.ndarray) -> None:
+        """Check that every entry's example is still in ``x`` with the content it was labeled
+        with; raises :class:`DataError` for the first one that is not."""
+        rows = _as_rows(x)
+        n = len(rows)
+        checked: dict[int, str] = {}
+        for entry in self.entries:
+            if entry.index >= n:
+                raise DataError(
+                    f"label store: example {entry.index} is out of range; the data have {n} "
+                    "examples (the data were changed); labels cannot be matched to examples"
+                )
+            if entry.index not in checked:
+                checked[entry.index] = example_hash(rows[entry.index])
+            if checked[entry.index] != entry.hash:
+                raise DataError(_changed_message(entry.index))
+
+    def label_array(self, n: int, names: Sequence[str]) -> np.ndarray:
+        """The current labels as an int32 array of length ``n``: ``-1`` where an example is
+        unlabeled, else the position of its label in ``names``."""
+        position: dict[str, int] = {}
+        for number, name in enumerate(names):
+            position.setdefault(name, number)
+        y = np.full(n, -1, dtype=np.int32)
+        for index, label in self.current().items():
+            if index >= n:
+                raise DataError(_range_message(index, n))
+            if label not in position:
+                known = ", ".join(repr(name) for name in names) or "none"
+                raise DataError(
+                    f"example {index} is labeled {label!r}, which is not one of the labels "
+                    f"of this run ({known})"
+                )
+            y[index] = position[label]
+        return y
+
+
+def _changed_message(index: int) -> str:
+    return (
+        f"label store: example {index} no longer matches its stored content hash (the data "
+        "were changed or reordered); labels cannot be matched to examples"
+    )
+
+
+def _allowed_indices(allowed: Iterable[int] | np.ndarray | None, n: int) -> set[int] | None:
+    if allowed is None:
+        return None
+    if isinstance(allowed, np.ndarray) and allowed.dtype == np.bool_:
+        if allowed.shape != (n,):
+            raise DataError(
+                f"the mask of examples that may be labeled has shape {allowed.shape}; "
+                f"expected ({n},), one value per example"
+            )
+        return {int(index) for index in np.flatnonzero(allowed)}
+    values = allowed.ravel().tolist() if isinstance(allowed, np.ndarray) else allowed
+    return {_as_index(value) for value in values}
+
+
+def _entry_from_json(item: object, where: str) -> LabelEntry:
+    allowed = ", ".join(repr(name) for name in _ENTRY_FIELDS)
+    if not isinstance(item, dict):
+        raise DataError(f"{where} must be a JSON object with {allowed}; got {item!r:.60}")
+    for name in _ENTRY_FIELDS:
+        if name not in item:
+            raise DataError(f"{where} lacks the field {name!r}; each entry has {allowed}")
+    unknown = sorted(set(item) - set(_ENTRY_FIELDS))
+    if unknown:
+        raise DataError(f"{where} has unknown field {unknown[0]!r}; allowed: {allowed}")
+    index = item["index"]
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise DataError(f"{where}: 'index' must be a whole number >= 0; got {index!r}")
+    digest = item["hash"]
+    if not isinstance(digest, str) or not _HASH_PATTERN.fullmatch(digest):
+        raise DataError(
+            f"{where}: 'hash' must be {HASH_DIGITS} lowercase hex digits; got {digest!r:.60}"
+        )
+    label = item["label"]
+    problem = _label_problem(label)
+    if problem is None and label != label.strip():
+        problem = "has leading or trailing whitespace"
+    if problem is not None:
+        raise DataError(f"{where}: 'label' {problem}")
+    for name, check in (("source", _source_problem), ("time", _time_problem)):
+        problem = check(item[name])
+        if problem is not None:
+            raise DataError(f"{where}: {name!r} {problem}")
+    return LabelEntry(
+        index=index, hash=digest, label=label, source=item["source"], time=item["time"]
+    )
+
+
+def read_label_csv(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
+    """The ``(indices, labels)`` of a CSV file with the header ``index,label``.
+
+    UTF-8 (a byte-order mark is allowed); whitespace around fields is ignored and blank
+    lines are skipped. Each row is a whole-number example index and a label name. Every
+    problem is one :class:`DataError` line naming the file and the line.
+    """
+    where = f"label file {os.fspath(path)!r}"
+    raw = read_user_file(path, "label file", DataError)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{where} is not UTF-8 text (byte {error.start})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    indices: list[int] = []
+    labels: list[str] = []
+    header_seen = False
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            raise DataError(f"{where}, line {reader.line_num}: {error}") from None
+        line = reader.line_num
+        fields = [field.strip() for field in row]
+        if not any(fields):
+            continue
+        if not header_seen:
+            if tuple(fields) != _CSV_HEADER:
+                raise DataError(
+                    f"{where}, line {line}: expected the header 'index,label'; "
+                    f"got {','.join(row)!r:.80}"
+                )
+            header_seen = True
+            continue
+        if len(fields) != 2:
+            raise DataError(
+                f"{where}, line {line}: has {len(fields)} fields; expected 2 (index,label)"
+            )
+        index_text, label = fields
+        if not _CSV_INDEX_PATTERN.fullmatch(index_text):
+            raise DataError(
+                f"{where}, line {line}: the index {index_text!r:.40} is not a whole number >= 0"
+            )
+        problem = _label_problem(label)
+        if problem is not None:
+            raise DataError(f"{where}, line {line}: the label {problem}")
+        indices.append(int(index_text))
+        labels.append(label)
+    if not header_seen:
+        raise DataError(f"{where} is empty; expected the header 'index,label' and one row per label")
+    if not indices:
+        raise DataError(f"{where} has the header but no rows; expected one 'index,label' row per label")
+    return indices, labels
