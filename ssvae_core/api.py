@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 import numpy as np
 from numpy.typing import ArrayLike
@@ -16,6 +17,7 @@ from ssvae_core.config import Config, default_config
 from ssvae_core.data import Dataset, from_arrays
 from ssvae_core.errors import ConfigError, DataError, SSVAEError
 from ssvae_core.inference import Inference, infer
+from ssvae_core.labelspace import channel_table, claim_for_classes
 from ssvae_core.metrics import (
     accuracy,
     auroc,
@@ -59,6 +61,9 @@ class SSVAEClassifier:
         self.input_shape: tuple[int, ...] = ()
         self.label_names: tuple[str, ...] = ()
         self.history: list[dict[str, float]] = []
+        self.training_data: Dataset | None = None
+        # the channels each class added after training claimed (add_labels)
+        self.claims: dict[str, tuple[int, ...]] = {}
 
     def fit(
         self,
@@ -94,6 +99,7 @@ class SSVAEClassifier:
         self.label_names = dataset.label_names
         self.opt_state = self._trainer().init_opt_state(model)
         self.history = []
+        self.training_data = dataset
         return self._train(dataset, self.config.train.steps, sinks, on_checkpoint)
 
     def resume(
@@ -128,7 +134,145 @@ class SSVAEClassifier:
         self.config = self.config.replace(
             train=dataclasses.replace(self.config.train, steps=until_step)
         )
+        self.training_data = dataset
         return self._train(dataset, until_step, sinks, on_checkpoint)
+
+    def add_labels(
+        self, indices: ArrayLike, labels: Sequence[str | int]
+    ) -> tuple[str, ...]:
+        """Label rows of the training data (:attr:`training_data`) after training.
+
+        ``indices`` are rows of the data passed to :meth:`fit` (or :meth:`resume`);
+        ``labels`` are label names — a name the model has not seen adds a class, which
+        claims 1–3 free channels where its labeled examples sit (τ grows a column; old
+        classes keep theirs) — or indices of known classes. A row already labeled
+        differently, a row given two labels, an unknown index or an unknown class index
+        raise :class:`DataError` and change nothing. Returns the names of the classes
+        added. :meth:`retrain` then trains on the new labels.
+        """
+        self._fitted()
+        if self.training_data is None:
+            raise SSVAEError(
+                "this classifier holds no training data (it was loaded from a checkpoint); "
+                "call resume(x, y) with the data first, or label a run directory with "
+                "`ssvae label`"
+            )
+        data = self.training_data
+        rows, names = self._label_request(indices, labels, data)
+        new_names = tuple(dict.fromkeys(name for name in names if name not in self.label_names))
+        labeled = {self.label_names[int(c)] for c in np.unique(data.y[data.y >= 0])}
+        # new classes, and known classes receiving their first labels, claim free channels
+        claiming = tuple(dict.fromkeys(name for name in names if name not in labeled))
+        if claiming:
+            self._claim_channels(data.x[rows], names, claiming, new_names)
+        all_names = self.label_names
+        y = data.y.copy()
+        y[rows] = [all_names.index(name) for name in names]
+        self.training_data = from_arrays(
+            data.x, y, name=data.name, num_classes=len(all_names), label_names=all_names
+        )
+        return new_names
+
+    def _label_request(
+        self, indices: ArrayLike, labels: Sequence[str | int], data: Dataset
+    ) -> tuple[np.ndarray, list[str]]:
+        """Validated ``(rows, label names)`` of an :meth:`add_labels` call."""
+        try:
+            rows = np.asarray(indices)
+        except (TypeError, ValueError):
+            raise DataError("indices must be a sequence of integers") from None
+        if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+            raise DataError(f"indices must be a 1-D sequence of integers; got {indices!r:.80}")
+        if isinstance(labels, (str, bytes)) or len(labels) != rows.size:
+            raise DataError(
+                f"give one label per index: {rows.size} indices, "
+                f"{1 if isinstance(labels, (str, bytes)) else len(labels)} labels"
+            )
+        n = data.x.shape[0]
+        names: list[str] = []
+        for row, label in zip(rows.tolist(), labels, strict=True):
+            if not 0 <= row < n:
+                raise DataError(f"index {row} is out of range; the training data have {n} rows")
+            if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+                if not 0 <= label < len(self.label_names):
+                    raise DataError(
+                        f"class index {label} is unknown; the model has {len(self.label_names)} "
+                        "classes (give a name to add a class)"
+                    )
+                names.append(self.label_names[label])
+            elif isinstance(label, str) and label.strip():
+                names.append(label.strip())
+            else:
+                raise DataError(f"a label must be a class name or a class index; got {label!r}")
+        given: dict[int, str] = {}
+        for row, name in zip(rows.tolist(), names, strict=True):
+            if given.setdefault(row, name) != name:
+                raise DataError(f"row {row} is given two labels, {given[row]!r} and {name!r}")
+            old = int(data.y[row])
+            if old >= 0 and self.label_names[old] != name:
+                raise DataError(
+                    f"row {row} is already labeled {self.label_names[old]!r}; cannot relabel it {name!r}"
+                )
+        return rows.astype(np.int64), names
+
+    def _claim_channels(
+        self,
+        x: np.ndarray,
+        names: Sequence[str],
+        claiming: tuple[str, ...],
+        new_names: tuple[str, ...],
+    ) -> None:
+        """Give each class in ``claiming`` free channels where its examples ``x`` sit (see
+        :mod:`ssvae_core.labelspace`), adding ``new_names`` to the label space."""
+        model, state = self._fitted()
+        data = self.training_data
+        assert data is not None
+        usage = np.mean(infer(model, state.head_state, data.x).responsibilities, axis=0)
+        free = model.head.free_channels(state.head_state, jax.numpy.asarray(usage))
+        if free is None:
+            if not new_names:
+                return  # a head without channels learns a known class from its labels alone
+            raise DataError(
+                f"the {type(model.head).__name__} head has no channels to give the new classes "
+                f"{', '.join(map(repr, new_names))}; use the τ head"
+            )
+        responsibilities = infer(model, state.head_state, x).responsibilities
+        claims = claim_for_classes(responsibilities, names, claiming, np.asarray(free))
+        all_names = (*self.label_names, *new_names)
+        owners = {all_names.index(name): chosen for name, chosen in zip(claiming, claims, strict=True)}
+        try:
+            head, head_state = model.head.assign_channels(state.head_state, len(all_names), owners)
+        except NotImplementedError as error:
+            raise DataError(str(error)) from None
+        grown = eqx.tree_at(lambda m: m.head, model, head)
+        self.opt_state = _carry_opt_state(self.opt_state, self._trainer_for(grown).init_opt_state(grown))
+        self.model = grown
+        self.state = dataclasses.replace(state, head_state=head_state)
+        self.label_names = all_names
+        self.claims.update(zip(claiming, claims, strict=True))
+
+    def retrain(
+        self,
+        steps: int,
+        *,
+        sinks: Sequence[MetricSink] = (),
+        on_checkpoint: CheckpointCallback | None = None,
+    ) -> SSVAEClassifier:
+        """Continue training for ``steps`` more steps on :attr:`training_data` with every
+        label added so far (warm: parameters, optimiser state and τ counts carry on; adding
+        labels of known classes compiles nothing new)."""
+        _, state = self._fitted()
+        if self.training_data is None:
+            raise SSVAEError(
+                "this classifier holds no training data (it was loaded from a checkpoint); "
+                "call resume(x, y, until_step=...) instead"
+            )
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise ConfigError(f"steps must be a positive integer; got {steps!r}")
+        return self.resume(
+            self.training_data, until_step=int(state.step) + int(steps),
+            sinks=sinks, on_checkpoint=on_checkpoint,
+        )
 
     def _training_data(
         self,
@@ -160,17 +304,21 @@ class SSVAEClassifier:
 
     def _objective(self) -> Objective:
         model, _ = self._fitted()
-        return build_objective(
-            self.config,
-            model,
-            input_shape=self.input_shape,
-            num_classes=len(self.label_names),
-            registry=self.registry,
-        )
+        return self._trainer_for(model).spec.objective
 
     def _trainer(self) -> Trainer:
         model, _ = self._fitted()
-        return Trainer.for_model(self.config, model, self._objective())
+        return self._trainer_for(model)
+
+    def _trainer_for(self, model: SSVAE) -> Trainer:
+        objective = build_objective(
+            self.config,
+            model,
+            input_shape=self.input_shape,
+            num_classes=model.head.num_classes,
+            registry=self.registry,
+        )
+        return Trainer.for_model(self.config, model, objective)
 
     def _train(
         self,
@@ -282,7 +430,18 @@ class SSVAEClassifier:
             "confusion": confusion_matrix(result.predictions, labels, len(self.label_names)).tolist(),
             "reliability": reliability_table(result.probabilities, labels),
             "channels": channel_diagnostics(result.responsibilities, self.tau),
+            "label_names": list(self.label_names),
         }
+        confusion = np.asarray(metrics["confusion"])
+        totals = confusion.sum(axis=1)
+        metrics["per_class_accuracy"] = {
+            name: (float(confusion[c, c] / totals[c]) if totals[c] else None)
+            for c, name in enumerate(self.label_names)
+        }
+        if result.responsibilities.shape[-1]:
+            rows = self._channel_rows(np.mean(result.responsibilities, axis=0))
+            metrics["channels"]["table"] = rows
+            metrics["channels"]["free_channels"] = [r["channel"] for r in rows if r["free"]]
         if ood is not None:
             metrics["ood_auroc"] = auroc(result.ood_score, self.ood_score(ood))
         return metrics
@@ -315,3 +474,43 @@ class SSVAEClassifier:
         classifier.input_shape = tuple(checkpoint.manifest["input_shape"])
         classifier.label_names = checkpoint.label_names
         return classifier
+
+    def channels(self, x: ArrayLike | Dataset | None = None) -> list[dict[str, Any]]:
+        """One row per channel: usage ``p̂_c`` on ``x`` (default: the training data), owner
+        label, τ row maximum, label-mass share, and whether the channel is free."""
+        self._fitted()
+        data = self.training_data if x is None else x
+        if data is None:
+            raise SSVAEError("pass the inputs whose channel usage to measure")
+        usage = np.mean(self.infer(data).responsibilities, axis=0)
+        return self._channel_rows(usage)
+
+    def _channel_rows(self, usage: np.ndarray) -> list[dict[str, Any]]:
+        model, state = self._fitted()
+        if usage.size == 0:
+            return []
+        mass = model.head.label_mass(state.head_state)
+        free = model.head.free_channels(state.head_state, jax.numpy.asarray(usage))
+        return channel_table(
+            usage,
+            self.tau,
+            None if mass is None else np.asarray(mass),
+            None if free is None else np.asarray(free),
+            self.label_names,
+        )
+
+
+def _carry_opt_state(old: Any, fresh: Any) -> Any:
+    """The optimiser state ``old`` in the tree structure of ``fresh`` (a model whose head
+    grew its label space keeps every moment estimate; only static metadata changed)."""
+    old_leaves = jax.tree.leaves(old)
+    fresh_leaves, structure = jax.tree.flatten(fresh)
+    same = len(old_leaves) == len(fresh_leaves) and all(
+        np.shape(a) == np.shape(b) for a, b in zip(old_leaves, fresh_leaves, strict=True)
+    )
+    if not same:
+        raise DataError(
+            "the head's parameters change shape when classes are added; only heads without "
+            "parameters (the τ head) can add classes after training"
+        )
+    return jax.tree.unflatten(structure, old_leaves)

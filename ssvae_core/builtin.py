@@ -85,8 +85,16 @@ class TauOptions:
         maximum=1.0, exclusive_minimum=True,
     )
     initial_counts: float = option(
-        10.0, help="seed counts s₀ giving channel c to label c mod Y at the start (0: no seed)",
+        10.0, help="seed counts s₀ giving channel c to label c for c < Y at the start; channels c ≥ Y start unowned (0: no seed)",
         minimum=0.0,
+    )
+    free_usage: float = option(
+        1e-3, help="a channel whose usage p̂_c is below this is free (no label owns it)",
+        minimum=0.0, maximum=1.0,
+    )
+    free_mass: float = option(
+        0.01, help="a channel holding less than this share of the label mass Σ s is free; a class named after training claims free channels",
+        minimum=0.0, maximum=1.0,
     )
 
 
@@ -99,6 +107,8 @@ def _build_tau(options: TauOptions, context: BuildContext, key: PRNGKeyArray) ->
         alpha0=options.alpha0,
         count_decay=options.count_decay,
         initial_counts=options.initial_counts,
+        free_usage=options.free_usage,
+        free_mass=options.free_mass,
     )
 
 

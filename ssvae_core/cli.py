@@ -1,4 +1,5 @@
-"""The ``ssvae`` command line: ``train``, ``evaluate``, ``report`` and ``plugins``.
+"""The ``ssvae`` command line: ``train``, ``evaluate``, ``report``, ``label``, ``labels``,
+``retrain`` and ``plugins``.
 
 Exit codes: 0 success, 2 bad input (config, data, checkpoint, plugin; one line on
 stderr, nothing overwritten), 1 internal failure.
@@ -72,6 +73,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
     report.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+    label = commands.add_parser(
+        "label", help="add labels from a CSV file to a run's label store",
+        description="FILE.csv has the header 'index,label': rows of the run's dataset (as "
+        "loaded; held-out test rows are refused) and label names. A name the model has not "
+        "seen becomes a new class at the next `ssvae retrain`. Any bad row changes nothing.",
+    )
+    label.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    label.add_argument("labels_file", metavar="FILE.csv", help="CSV with columns index,label")
+    label.add_argument("--data", metavar="PATH", help="where the run's data are, if they moved")
+
+    labels = commands.add_parser(
+        "labels", help="count a run's labels per class and per source",
+    )
+    labels.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    labels.add_argument("--json", action="store_true", help="machine-readable counts")
+
+    retrain = commands.add_parser(
+        "retrain", help="continue a run warm with every label in its store",
+        description="Continue from the run's checkpoint (parameters, optimiser state, τ "
+        "counts) for --steps more steps on the labels in its label store; new label names "
+        "claim free channels. Appends metrics, rewrites checkpoint and report, and records "
+        "the round in rounds.jsonl.",
+    )
+    retrain.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    retrain.add_argument(
+        "--steps", type=int, default=1000, metavar="N", help="further optimiser steps (default 1000)"
+    )
+    retrain.add_argument("--data", metavar="PATH", help="where the run's data are, if they moved")
+    retrain.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    retrain.add_argument("--quiet", action="store_true", help="no progress display")
 
     plugins = commands.add_parser("plugins", help="list registered components and their options")
     plugins.add_argument("--json", action="store_true", help="machine-readable listing")
@@ -181,7 +213,69 @@ def _evaluate(args: argparse.Namespace) -> int:
     if "ood_auroc" in report:
         line += f"  OOD AUROC {report['ood_auroc']:.4f}"
     print(line)
+    per_class = report.get("per_class_accuracy") or {}
+    if per_class:
+        print(
+            f"classes ({len(per_class)}): "
+            + "  ".join(
+                f"{name} {'—' if value is None else f'{value:.3f}'}" for name, value in per_class.items()
+            )
+        )
     return EXIT_OK
+
+
+def _label(args: argparse.Namespace) -> int:
+    from ssvae_core.runs import label_run
+
+    result = label_run(args.run_dir, args.labels_file, data=args.data)
+    new = result["new_classes"]
+    print(
+        f"added {result['added']} label(s) to {args.run_dir}"
+        + (f"; new classes {', '.join(new)} (they claim free channels at the next retrain)" if new else "")
+    )
+    return EXIT_OK
+
+
+def _labels(args: argparse.Namespace) -> int:
+    from ssvae_core.runs import labels_summary
+
+    summary = labels_summary(args.run_dir)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return EXIT_OK
+    print(f"{summary['total']} labeled examples ({summary['entries']} entries)")
+    print("per class:  " + "  ".join(f"{name}: {n}" for name, n in summary["by_label"].items()))
+    print("per source: " + "  ".join(f"{name}: {n}" for name, n in summary["by_source"].items()))
+    if summary["untrained_classes"]:
+        print("not trained yet: " + ", ".join(summary["untrained_classes"]) + " (run `ssvae retrain`)")
+    return EXIT_OK
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from ssvae_core.progress import TrainingProgress
+    from ssvae_core.runs import retrain_run
+
+    done = _checkpoint_step(args.run_dir)
+    with TrainingProgress(done + max(args.steps, 0), enabled=not args.quiet) as progress:
+        report = retrain_run(
+            args.run_dir, args.steps, sinks=[progress], on_start=progress.start,
+            on_notice=_notice, plots=not args.no_plots, data=args.data,
+        )
+    _print_train_summary(report, args.run_dir)
+    return EXIT_OK
+
+
+def _checkpoint_step(run_dir: str) -> int:
+    """The step of the run's checkpoint (for the progress bar; 0 when it cannot be read)."""
+    from pathlib import Path
+
+    from ssvae_core.checkpoint import read_manifest
+
+    try:
+        step = read_manifest(Path(run_dir) / "model.ckpt").get("step", 0)
+    except SSVAEError:
+        return 0
+    return step if isinstance(step, int) else 0
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -217,7 +311,10 @@ def _plugins(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ssvae`` console script."""
     args = _parser().parse_args(argv)
-    handlers = {"train": _train, "evaluate": _evaluate, "report": _report, "plugins": _plugins}
+    handlers = {
+        "train": _train, "evaluate": _evaluate, "report": _report, "label": _label,
+        "labels": _labels, "retrain": _retrain, "plugins": _plugins,
+    }
     try:
         return handlers[args.command](args)
     except SSVAEError as error:

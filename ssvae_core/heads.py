@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from ssvae_core.losses import tau_from_counts, tau_probabilities, tau_supervised_loss
 from ssvae_core.protocols import AbstractHead
@@ -24,10 +26,15 @@ class TauHead(AbstractHead):
     Counts update as ``s ← decay · s + Σ_{labeled i} sg(r(x_i)) onehot(y_i)``; the head has
     no trainable parameters, and the supervised loss sees τ through ``stop_gradient``.
 
-    ``initial_counts`` seeds the counts with ``s₀ · onehot(c mod Y)``: channel ``c`` starts
-    out owned by label ``c mod Y``, so the supervised loss steers each label's examples to
-    its own channels from the first step instead of letting two labels settle in one
-    channel. With ``count_decay < 1`` the seed fades and the labeled data take over.
+    ``initial_counts`` seeds the counts with ``s₀ · onehot(c)`` for the first ``Y`` channels:
+    channel ``c < Y`` starts out owned by label ``c``, so the supervised loss steers each
+    label's examples to a channel of its own from the first step instead of letting two
+    labels settle in one channel. Channels ``c ≥ Y`` start unowned. With
+    ``count_decay < 1`` the seed fades and the labeled data take over.
+
+    A channel is *free* while its usage ``p̂_c`` is below ``free_usage`` or it holds less
+    than ``free_mass`` of the label mass ``Σ_{c,y} s_{c,y}``: no label owns it, and a class
+    named after training may claim it (:meth:`assign_channels`).
     """
 
     num_components: int = eqx.field(static=True)
@@ -35,9 +42,11 @@ class TauHead(AbstractHead):
     alpha0: float = eqx.field(static=True)
     count_decay: float = eqx.field(static=True)
     initial_counts: float = eqx.field(static=True, default=0.0)
+    free_usage: float = eqx.field(static=True, default=1e-3)
+    free_mass: float = eqx.field(static=True, default=0.01)
 
     def init_state(self) -> Float[Array, "K Y"]:
-        owners = jnp.arange(self.num_components) % max(self.num_classes, 1)
+        owners = jnp.arange(self.num_components)
         seeded = self.initial_counts * jax.nn.one_hot(owners, self.num_classes)
         return seeded.astype(jnp.float32)
 
@@ -76,6 +85,44 @@ class TauHead(AbstractHead):
     def class_map(self, state: Float[Array, "K Y"]) -> Float[Array, "K Y"]:
         """τ from the counts in ``state``."""
         return self.tau(state)
+
+    def label_mass(self, state: Float[Array, "K Y"]) -> Float[Array, " K"]:
+        """``Σ_y s_{c,y}``: how much labeled responsibility each channel holds."""
+        return jnp.sum(state, axis=-1)
+
+    def free_channels(
+        self, state: Float[Array, "K Y"], usage: Float[Array, " K"]
+    ) -> Bool[Array, " K"]:
+        """Channels with usage below ``free_usage`` or less than ``free_mass`` of the label
+        mass."""
+        mass = self.label_mass(state)
+        share = mass / jnp.maximum(jnp.sum(mass), 1e-12)
+        return (usage < self.free_usage) | (share < self.free_mass)
+
+    def assign_channels(
+        self, state: Float[Array, "K Y"], num_classes: int, owners: dict[int, tuple[int, ...]]
+    ) -> tuple[TauHead, Float[Array, "K Y'"]]:
+        """τ's label axis grows to ``num_classes``; class ``y`` owns ``owners[y]``.
+
+        Columns of the old classes are kept; a claimed channel's row is replaced by
+        ``max(s₀, 1) · onehot(y)``, so τ gives that channel to ``y`` until the labeled data
+        say otherwise.
+        """
+        if num_classes < self.num_classes:
+            raise ValueError(f"the label space cannot shrink ({self.num_classes} → {num_classes})")
+        extra = num_classes - self.num_classes
+        grown = jnp.concatenate([state, jnp.zeros((state.shape[0], extra), state.dtype)], axis=1)
+        seed = max(self.initial_counts, 1.0)
+        for label, channels in owners.items():
+            if not 0 <= label < num_classes:
+                raise ValueError(f"class {label} does not exist; there are {num_classes}")
+            for channel in channels:
+                if not 0 <= channel < self.num_components:
+                    raise ValueError(
+                        f"channel {channel} does not exist; the head has {self.num_components}"
+                    )
+                grown = grown.at[channel].set(jax.nn.one_hot(label, num_classes, dtype=grown.dtype) * seed)
+        return dataclasses.replace(self, num_classes=num_classes), grown
 
 
 class SoftmaxHead(AbstractHead):

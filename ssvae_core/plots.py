@@ -40,8 +40,10 @@ def write_run_plots(
     if channels:
         fig, axis = plt.subplots(figsize=(6, 2.8))
         usage = channels["usage"]
-        axis.bar(range(len(usage)), usage)
-        axis.set_xlabel("channel c")
+        free = set(channels.get("free_channels", []))
+        colours = ["lightgrey" if c in free else "tab:blue" for c in range(len(usage))]
+        axis.bar(range(len(usage)), usage, color=colours)
+        axis.set_xlabel("channel c (grey: free, no label owns it)" if free else "channel c")
         axis.set_ylabel("usage p̂_c (test set)")
         fig.tight_layout()
         written.append(folder / "channel_usage.png")
@@ -55,6 +57,12 @@ def write_run_plots(
         axis.set_xlabel("label y")
         axis.set_ylabel("channel c")
         axis.set_xticks(range(tau.shape[1]), classifier.label_names)
+        free = set(channels.get("free_channels", []))
+        if free:
+            axis.set_yticks(
+                range(tau.shape[0]),
+                [f"{c} (free)" if c in free else str(c) for c in range(tau.shape[0])],
+            )
         fig.colorbar(image, ax=axis, label="τ_{c,y}")
         fig.tight_layout()
         written.append(folder / "tau_heatmap.png")

@@ -22,7 +22,7 @@ import weakref
 from typing import Any
 
 import equinox as eqx
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from ssvae_core.types import DecoderOutput, EncoderOutput
 
@@ -274,3 +274,27 @@ class AbstractHead(FieldOrderChecked):
     def class_map(self, state: PyTree[Any]) -> Float[Array, "K Y"] | None:
         """The channel→label map ``τ`` (``K × Y``, rows sum to 1), or ``None`` for a head
         without one (a head that does not classify through channels)."""
+
+    def label_mass(self, state: PyTree[Any]) -> Float[Array, " K"] | None:
+        """The label mass each channel holds (the τ head: ``Σ_y s_{c,y}``), or ``None`` for a
+        head that does not classify through channels. Free channels are those with
+        (almost) none; a new class claims them."""
+        return None
+
+    def free_channels(
+        self, state: PyTree[Any], usage: Float[Array, " K"]
+    ) -> Bool[Array, " K"] | None:
+        """Which channels no label owns yet, given the channel usage ``p̂`` on the data;
+        ``None`` for a head without channels."""
+        return None
+
+    def assign_channels(
+        self, state: PyTree[Any], num_classes: int, owners: dict[int, tuple[int, ...]]
+    ) -> tuple["AbstractHead", PyTree[Any]]:
+        """A head (and its state) for ``num_classes ≥ self.num_classes`` classes in which
+        class ``y`` starts out owning the channels ``owners[y]`` (a class named after
+        training, or one that had no labels until now); other classes keep their
+        statistics. Heads that cannot do this raise ``NotImplementedError``."""
+        raise NotImplementedError(
+            f"the {type(self).__name__} head cannot give channels to classes after training"
+        )

@@ -24,7 +24,9 @@ from ssvae_core.errors import ConfigError
 LOCK_NAME = ".lock"
 METRICS_NAME = "metrics.jsonl"
 # Names that atomic_write_bytes gives its temporary files: ".{target}.{random}".
-ATOMIC_TARGETS = ("model.ckpt", "config.toml", "report.json", "report.md", METRICS_NAME)
+ATOMIC_TARGETS = (
+    "model.ckpt", "config.toml", "report.json", "report.md", METRICS_NAME, "labels.json", "rounds.jsonl",
+)
 
 
 class RunLock:

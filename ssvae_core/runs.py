@@ -7,8 +7,15 @@ A run directory holds::
     model.ckpt       the checkpoint (see ssvae_core.checkpoint), rewritten every
                      train.checkpoint_every steps and at the end
     report.json      held-out metrics and run facts; report.md the same for people
+    labels.json      the label store: every label an example received (ssvae_core.labels)
+    rounds.jsonl     one JSON object per training round (train, each retrain): labels
+                     used, steps, classes added, held-out accuracy
     plots/           loss curves, τ heat-map, reliability diagram, channel usage
     .lock            held by the one command writing the directory (ssvae_core.rundir)
+
+Labels given after training (``ssvae label``, :func:`label_run`) go to the label store;
+:func:`retrain_run` continues from the checkpoint with the store's labels (never the
+split's), and a label name the model has not seen claims free channels.
 
 A killed ``ssvae train`` loses at most the steps since its last checkpoint:
 :func:`resume_run` continues from that checkpoint (or from the start, if the kill came
@@ -33,12 +40,15 @@ from ssvae_core.checkpoint import atomic_write_bytes, read_manifest
 from ssvae_core.config import Config, config_from_dict, dumps_toml, read_toml
 from ssvae_core.data import Dataset, Split, benchmark_split, from_arrays, load_dataset
 from ssvae_core.errors import CheckpointError, ConfigError, DataError
+from ssvae_core.labels import STORE_NAME, LabelStore, read_label_csv, utc_now
 from ssvae_core.model import build_model
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.rundir import METRICS_NAME, RunLock, check_fresh_dir, claim_new_run_dir, recover
 from ssvae_core.training import JsonLinesSink, MetricSink
 
 CHECKPOINT_NAME = "model.ckpt"
+ROUNDS_NAME = "rounds.jsonl"
+DEFAULT_RETRAIN_STEPS = 1000
 
 
 def new_run_dir(root: str | os.PathLike[str] = "runs") -> Path:
@@ -131,6 +141,22 @@ def markdown_report(report: dict[str, Any]) -> str:
     channels = report.get("channels") or {}
     if channels:
         lines += ["", f"Active channels: {channels['active_channels']} of {len(channels['usage'])}."]
+    table = channels.get("table") or []
+    if table:
+        free = channels.get("free_channels", [])
+        lines += [
+            f"Free channels (no label owns them; a new class claims them): "
+            f"{', '.join(map(str, free)) if free else 'none'}.",
+            "",
+            "| channel | usage p̂_c | owner | max_y τ_{c,y} | label-mass share | free |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in table:
+            owner = "—" if row.get("owner") is None else row["owner"]
+            lines.append(
+                f"| {row['channel']} | {row['usage']:.4f} | {owner} | {row.get('tau_max', float('nan')):.3f} "
+                f"| {row.get('label_mass_share', float('nan')):.4f} | {'yes' if row['free'] else 'no'} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -166,18 +192,20 @@ def _write_results(
     steps_trained: int,
     plots: bool,
     save: bool = True,
+    num_labels: int | None = None,
 ) -> dict[str, Any]:
     """Checkpoint (unless ``save`` is off), report (JSON + Markdown) and plots of a run."""
     config = classifier.config
+    num_labels = len(split.labeled) if num_labels is None else num_labels
     if save:
-        _checkpointer(out, split)(classifier)
+        _checkpointer(out, num_labels)(classifier)
         write_text(out / "config.toml", dumps_toml(config.to_dict()))
     report = build_report(
         classifier,
         dataset,
         dataset.x[split.test],
         dataset.y[split.test],
-        num_labels=len(split.labeled),
+        num_labels=num_labels,
         num_train=len(split.train),
         wall_time_s=wall_time,
         images_per_s=steps_trained * config.train.batch_size / max(wall_time, 1e-9),
@@ -199,12 +227,12 @@ def _history(out: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in log if line.strip()]
 
 
-def _checkpointer(out: Path, split: Split) -> CheckpointCallback:
+def _checkpointer(out: Path, num_labels: int) -> CheckpointCallback:
     """Saves the classifier's current state as the run's checkpoint (atomically)."""
 
     def save(classifier: SSVAEClassifier) -> None:
         config = classifier.config
-        facts = {"dataset": config.data.dataset, "seed": config.seed, "num_labels": len(split.labeled)}
+        facts = {"dataset": config.data.dataset, "seed": config.seed, "num_labels": num_labels}
         classifier.save(out / CHECKPOINT_NAME, extra={"data": facts})
 
     return save
@@ -249,9 +277,10 @@ def train_run(
     )
     with claim_new_run_dir(out):
         write_text(out / "config.toml", dumps_toml(config.to_dict()))
+        split_store(dataset, split).save(out / STORE_NAME)
         train = training_view(dataset, split)
         classifier = SSVAEClassifier(config, registry=registry)
-        checkpoint = _checkpointer(out, split)
+        checkpoint = _checkpointer(out, len(split.labeled))
         wall_time = _train_logged(
             out,
             lambda all_sinks: classifier.fit(train, sinks=all_sinks, on_checkpoint=checkpoint),
@@ -259,10 +288,12 @@ def train_run(
             sinks=sinks,
             on_start=on_start,
         )
-        return _write_results(
+        report = _write_results(
             out, classifier, dataset, split,
             wall_time=wall_time, steps_trained=config.train.steps, plots=plots,
         )
+        _record_round(out, "train", 0, classifier, train, report, wall_time)
+        return report
 
 
 def _run_dir(run_dir: str | os.PathLike[str], command: str) -> Path:
@@ -331,7 +362,10 @@ def resume_run(
         dataset = load_dataset(config.data.dataset)
         split = split_dataset(dataset, config)
         train = training_view(dataset, split)
-        save = _checkpointer(out, split)
+        if classifier is not None:
+            train = _labeled_by_store(out, classifier, dataset, split)
+        num_labels = int(np.sum(train.y >= 0))
+        save = _checkpointer(out, num_labels)
         if classifier is None:
             config = config.replace(train=dataclasses.replace(config.train, steps=target))
             fresh = SSVAEClassifier(config, registry=registry)
@@ -346,10 +380,12 @@ def resume_run(
                 return loaded.resume(train, until_step=target, sinks=all_sinks, on_checkpoint=save)
 
         wall_time = _train_logged(out, run_training, append=True, sinks=sinks, on_start=on_start)
-        return _write_results(
+        report = _write_results(
             out, classifier, dataset, split,
-            wall_time=wall_time, steps_trained=target - done, plots=plots,
+            wall_time=wall_time, steps_trained=target - done, plots=plots, num_labels=num_labels,
         )
+        _record_round(out, "resume", done, classifier, train, report, wall_time)
+        return report
 
 
 def _report(out: Path, classifier: SSVAEClassifier, *, plots: bool) -> dict[str, Any]:
@@ -416,3 +452,232 @@ def evaluate_run(
     ood_dataset = load_dataset(ood) if ood is not None else None
     num_labels = manifest.get("data", {}).get("num_labels")
     return build_report(classifier, dataset, x, y, num_labels=num_labels, ood=ood_dataset)
+
+
+# --- labels after training ------------------------------------------------------------------
+
+
+def split_store(dataset: Dataset, split: Split) -> LabelStore:
+    """The label store of a new run: the split's labeled examples, source ``split``."""
+    names = [dataset.label_names[int(dataset.y[i])] for i in split.labeled]
+    return LabelStore.empty().add(
+        [int(i) for i in split.labeled], names, x=dataset.x, source="split"
+    )
+
+
+def run_store(out: Path, dataset: Dataset, split: Split) -> LabelStore:
+    """The run's label store, checked against the data (a run written before the store
+    existed gets the split's labels)."""
+    path = out / STORE_NAME
+    store = LabelStore.load(path) if path.exists() else split_store(dataset, split)
+    store.verify(dataset.x)
+    return store
+
+
+def _labeled_by_store(
+    out: Path, classifier: SSVAEClassifier, dataset: Dataset, split: Split
+) -> Dataset:
+    """The run's training examples labeled by its label store, ready to train on.
+
+    Labels of classes the classifier knows fill ``y``; labels naming classes it has not
+    seen (or known classes without labels so far) go through
+    :meth:`SSVAEClassifier.add_labels`, which claims free channels for them.
+    """
+    store = run_store(out, dataset, split)
+    position = {int(row): i for i, row in enumerate(split.train)}
+    names = classifier.label_names
+    y = np.full(len(split.train), -1, dtype=np.int32)
+    later_rows, later_names = [], []
+    labeled_classes = _trained_classes(out, dataset, split)
+    for index in store.current():
+        if index not in position:
+            raise DataError(
+                f"label store: example {index} is not a training example of this run "
+                "(it is in the held-out test set); remove it from labels.json"
+            )
+    for index, name in store.current().items():
+        if name in labeled_classes and name in names:
+            y[position[index]] = names.index(name)
+        else:
+            later_rows.append(position[index])
+            later_names.append(name)
+    classifier.training_data = from_arrays(
+        dataset.x[split.train], y, name=dataset.name, num_classes=len(names), label_names=names
+    )
+    if later_rows:
+        classifier.add_labels(np.asarray(later_rows), later_names)
+    assert classifier.training_data is not None
+    return classifier.training_data
+
+
+def _trained_classes(out: Path, dataset: Dataset, split: Split) -> set[str]:
+    """The classes that had labels when the run last trained (from ``rounds.jsonl``, or
+    the split's classes for a run without rounds)."""
+    path = out / ROUNDS_NAME
+    if path.exists():
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if lines:
+            try:
+                last = json.loads(lines[-1])
+                return {name for name, n in last["labels_by_class"].items() if n > 0}
+            except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
+                raise DataError(f"{os.fspath(path)!r} is damaged: its last line is not a round record") from None
+    return {dataset.label_names[int(dataset.y[i])] for i in split.labeled}
+
+
+def _record_round(
+    out: Path,
+    command: str,
+    from_step: int,
+    classifier: SSVAEClassifier,
+    train: Dataset,
+    report: dict[str, Any],
+    wall_time: float,
+) -> None:
+    """Append one training round to ``rounds.jsonl`` (the file is rewritten atomically)."""
+    path = out / ROUNDS_NAME
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    names = classifier.label_names
+    labels = (classifier.training_data or train).y
+    by_class = {names[c]: int(np.sum(labels == c)) for c in range(len(names))}
+    record = {
+        "round": len(lines),
+        "command": command,
+        "from_step": from_step,
+        "to_step": int(classifier.state.step) if classifier.state is not None else 0,
+        "labels": int(np.sum(labels >= 0)),
+        "labels_by_class": by_class,
+        "claimed_channels": {name: list(c) for name, c in classifier.claims.items()},
+        "test_accuracy": report["test_accuracy"],
+        "ece": report["ece"],
+        "free_channels": (report.get("channels") or {}).get("free_channels", []),
+        "wall_time_s": round(wall_time, 3),
+        "time": utc_now(),
+    }
+    lines.append(json.dumps(record))
+    atomic_write_bytes(path, "".join(f"{line}\n" for line in lines).encode("utf-8"))
+
+
+def _run_config(out: Path, data: str | None) -> Config:
+    manifest = read_manifest(out / CHECKPOINT_NAME)
+    config = config_from_dict(manifest["config"])
+    if data is not None:
+        config = _resolvable(config.replace(data=dataclasses.replace(config.data, dataset=data)))
+    return config
+
+
+def label_run(
+    run_dir: str | os.PathLike[str],
+    labels_file: str | os.PathLike[str],
+    *,
+    source: str = "file",
+    data: str | None = None,
+) -> dict[str, Any]:
+    """Add the labels of a CSV file (``index,label``; rows of the run's dataset, label
+    names, new names allowed) to the run's label store.
+
+    Every row is checked first — an unknown index, a held-out test example, an example
+    given two different labels, a malformed file — and any problem changes nothing.
+    Returns ``{"added": n, "new_classes": [...], "counts": ...}``.
+    """
+    out = _run_dir(run_dir, "label")
+    with RunLock(out):
+        if not (out / CHECKPOINT_NAME).exists():
+            raise CheckpointError(
+                f"{os.fspath(out)!r} has no checkpoint yet; finish the run with "
+                "`ssvae train --resume` before labeling"
+            )
+        manifest = read_manifest(out / CHECKPOINT_NAME)
+        config = _run_config(out, data)
+        indices, names = read_label_csv(labels_file)
+        dataset = load_dataset(config.data.dataset)
+        split = split_dataset(dataset, config)
+        store = run_store(out, dataset, split)
+        updated = store.add(indices, names, x=dataset.x, source=source, allowed=split.train)
+        updated.save(out / STORE_NAME)
+        known = set(manifest["label_names"])
+        return {
+            "added": len(updated) - len(store),
+            "new_classes": [name for name in updated.label_names() if name not in known],
+            "counts": updated.counts(),
+        }
+
+
+def labels_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The run's label store in numbers: labels per class and per source."""
+    out = _run_dir(run_dir, "labels")
+    path = out / STORE_NAME
+    if not path.exists():
+        raise CheckpointError(
+            f"{os.fspath(out)!r} has no label store ({STORE_NAME}); it was written before "
+            "runs kept one — `ssvae retrain` creates it from the split"
+        )
+    store = LabelStore.load(path)
+    manifest = read_manifest(out / CHECKPOINT_NAME) if (out / CHECKPOINT_NAME).exists() else {}
+    known = set(manifest.get("label_names", []))
+    return {
+        "total": len(store.current()),
+        "entries": len(store),
+        **store.counts(),
+        "untrained_classes": [n for n in store.label_names() if known and n not in known],
+    }
+
+
+def retrain_run(
+    run_dir: str | os.PathLike[str],
+    steps: int = DEFAULT_RETRAIN_STEPS,
+    *,
+    registry: Registry | None = None,
+    sinks: Sequence[MetricSink] = (),
+    on_start: Callable[[], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
+    plots: bool = True,
+    data: str | None = None,
+) -> dict[str, Any]:
+    """Continue a finished run for ``steps`` more steps with every label in its store.
+
+    Warm: parameters, optimiser state and τ counts carry on from the checkpoint; labels of
+    known classes change values only (nothing compiles anew); a label name the model has
+    not seen claims free channels and grows τ. Metrics are appended, the checkpoint and
+    report are replaced, and the round is recorded in ``rounds.jsonl``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"--steps must be a positive integer; got {steps!r}")
+    out = _run_dir(run_dir, "retrain")
+    with RunLock(out):
+        checkpoint = out / CHECKPOINT_NAME
+        if not checkpoint.exists():
+            raise CheckpointError(
+                f"{os.fspath(out)!r} has no checkpoint yet; finish the run with "
+                "`ssvae train --resume` first"
+            )
+        classifier = SSVAEClassifier.load(checkpoint, registry=registry)
+        if data is not None:
+            classifier.config = _resolvable(
+                classifier.config.replace(
+                    data=dataclasses.replace(classifier.config.data, dataset=data)
+                )
+            )
+        config = classifier.config
+        done = int(classifier.state.step) if classifier.state is not None else 0
+        for note in recover(out, done):
+            if on_notice is not None:
+                on_notice(note)
+        dataset = load_dataset(config.data.dataset)
+        split = split_dataset(dataset, config)
+        train = _labeled_by_store(out, classifier, dataset, split)
+        num_labels = int(np.sum(train.y >= 0))
+        save = _checkpointer(out, num_labels)
+        wall_time = _train_logged(
+            out,
+            lambda all_sinks: classifier.retrain(steps, sinks=all_sinks, on_checkpoint=save),
+            append=True,
+            sinks=sinks,
+            on_start=on_start,
+        )
+        report = _write_results(
+            out, classifier, dataset, split,
+            wall_time=wall_time, steps_trained=steps, plots=plots, num_labels=num_labels,
+        )
+        _record_round(out, "retrain", done, classifier, train, report, wall_time)
+        return report

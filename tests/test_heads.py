@@ -197,9 +197,9 @@ def test_softmax_head_has_no_class_map(softmax_head: SoftmaxHead) -> None:
     assert softmax_head.class_map(softmax_head.init_state()) is None
 
 
-def test_initial_counts_give_channel_c_to_label_c_mod_y() -> None:
-    head = TauHead(num_components=4, num_classes=3, alpha0=0.5, count_decay=1.0, initial_counts=2.0)
-    expected = np.array([[2, 0, 0], [0, 2, 0], [0, 0, 2], [2, 0, 0]], dtype=np.float32)
+def test_initial_counts_give_channel_c_to_label_c_and_leave_the_rest_unowned() -> None:
+    head = TauHead(num_components=5, num_classes=3, alpha0=0.5, count_decay=1.0, initial_counts=2.0)
+    expected = np.array([[2, 0, 0], [0, 2, 0], [0, 0, 2], [0, 0, 0], [0, 0, 0]], dtype=np.float32)
     np.testing.assert_array_equal(np.asarray(head.init_state()), expected)
 
 
@@ -215,4 +215,5 @@ def test_seeded_counts_fade_with_the_decay() -> None:
 def test_default_tau_head_seeds_its_counts() -> None:
     config = config_from_dict({"prior": {"num_components": 4}, "encoder": {"hidden": [8]}, "decoder": {"hidden": [8]}})
     model, _ = build_model(config, input_shape=(4,), num_classes=2, key=jax.random.PRNGKey(0))
-    assert float(jnp.sum(model.head.init_state())) == pytest.approx(4 * 10.0)
+    # the first two channels, one per class; the other two start unowned (free)
+    assert float(jnp.sum(model.head.init_state())) == pytest.approx(2 * 10.0)
