@@ -348,6 +348,7 @@ class SSVAEClassifier:
             dataset.y,
             objective=trainer.spec.objective,
             num_classes=dataset.num_classes,
+            balance_labels=self.config.train.balance_labels,
         )
         self.model, self.state, self.opt_state = trainer.train(
             arrays,

@@ -107,6 +107,10 @@ class TrainConfig:
     labeled_fraction: float = option(
         0.25, help="share of each batch drawn from the labeled examples", minimum=0.0, maximum=1.0
     )
+    balance_labels: bool = option(
+        True,
+        help="draw labeled examples class-balanced: a class with fewer labels (a class named after training, say) has its rows repeated in the labeled pool; equal budgets are unchanged",
+    )
     optimizer: str = option("adam", help="optax optimiser", choices=("adam", "adamw"))
     learning_rate: float = option(1e-3, help="step size", minimum=0.0, exclusive_minimum=True)
     lr_schedule: str = option(

@@ -273,3 +273,64 @@ def test_bad_label_files_exit_2_with_one_line_and_change_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and __import__("re").search(message, err[0]), err
     assert (out / STORE_NAME).read_bytes() == before
+
+
+# --- usage spread over classes, not channels --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("components", "spread", "cap"),
+    [(6, "classes", np.log(3)), (3, "classes", None), (6, "channels", None)],
+)
+def test_usage_entropy_is_capped_at_log_y_only_with_more_channels_than_classes(
+    components: int, spread: str, cap: float | None
+) -> None:
+    import jax
+
+    from ssvae_core.model import build_model
+    from ssvae_core.objective import build_objective
+
+    raw = {**RAW, "prior": {"name": "mixture", "num_components": components}, "loss": {"usage": {"spread": spread}}}
+    model, config = build_model(config_from_dict(raw), input_shape=(4, 4), num_classes=3, key=jax.random.PRNGKey(0))
+    term = dict(build_objective(config, model, input_shape=(4, 4), num_classes=3).named_terms())["usage"]
+    assert term.cap == (None if cap is None else pytest.approx(cap))
+
+
+def test_capped_usage_entropy_stops_rewarding_spread_beyond_the_classes() -> None:
+    from types import SimpleNamespace
+
+    import jax
+    import jax.numpy as jnp
+
+    from ssvae_core.schedules import constant
+    from ssvae_core.terms.builtin import UsageTerm
+
+    term = UsageTerm(constant(1.0), cap=float(np.log(3)))
+    spread = SimpleNamespace(responsibilities=jnp.full((4, 6), 1 / 6))
+    three = SimpleNamespace(responsibilities=jnp.tile(jnp.array([1 / 3] * 3 + [0.0] * 3), (4, 1)))
+    two = SimpleNamespace(responsibilities=jnp.tile(jnp.array([0.5, 0.5, 0, 0, 0, 0]), (4, 1)))
+    key = jax.random.PRNGKey(0)
+    assert float(term(spread, key).values) == pytest.approx(np.log(3), rel=1e-6)
+    assert float(term(three, key).values) == pytest.approx(np.log(3), rel=1e-6)
+    assert float(term(two, key).values) == pytest.approx(np.log(2), rel=1e-6)
+
+
+def test_a_balanced_labeled_pool_repeats_the_rows_of_classes_with_fewer_labels() -> None:
+    from ssvae_core.training import labeled_pool
+
+    labels = np.full(40, -1)
+    labels[:10] = 0
+    labels[10:20] = 1
+    labels[[30, 31]] = 2  # a class named after training, with 2 labels
+    index, y, count = labeled_pool(labels, balance=True)
+    drawn = y[:count]
+    assert count == 30 and [int(np.sum(drawn == c)) for c in range(3)] == [10, 10, 10]
+    assert set(index[:count][drawn == 2]) == {30, 31}
+    equal = np.where(labels == 2, -1, labels)
+    assert [a.tolist() for a in labeled_pool(equal, balance=True)[:2]] == [
+        a.tolist() for a in labeled_pool(equal)[:2]
+    ]
+    crowded = np.full(12, -1)
+    crowded[:10] = 0
+    crowded[10] = 1  # balancing would need 20 slots of 12: left as it is
+    assert labeled_pool(crowded, balance=True)[2] == 11

@@ -57,17 +57,32 @@ class UsageOptions(TermOptions):
     weight: float = option(
         -5.0, help="w_u of the usage entropy H(p̂): > 0 concentrates, < 0 diversifies"
     )
+    spread: str = option(
+        "classes",
+        help="'classes': H(p̂) counts up to Y equally used channels (min(H, log Y)), so channels beyond the classes are not pushed into use and stay free; 'channels': all K",
+        choices=("classes", "channels"),
+    )
 
 
 class UsageTerm(AbstractLossTerm):
-    """``H(p̂)`` with ``p̂ = mean_batch r(x)``: a batch statistic of channel usage."""
+    """``H(p̂)`` with ``p̂ = mean_batch r(x)``: a batch statistic of channel usage.
+
+    With ``cap`` set (``spread = "classes"``: ``log Y``) the value is ``min(H(p̂), cap)``:
+    a negative weight spreads the data over as many channels as there are classes and no
+    further, so with more channels than classes the rest are not pushed into use. With
+    ``K = Y`` the cap is never reached (``H ≤ log K``) and the term is plain ``H(p̂)``.
+    """
 
     weight: Schedule
+    cap: float | None = eqx.field(static=True, default=None)
     requires: ClassVar[frozenset[str]] = frozenset({"channels"})
     per_example: ClassVar[bool] = False
 
     def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
-        return TermValue(entropy(jnp.mean(inputs.responsibilities, axis=0)))
+        value = entropy(jnp.mean(inputs.responsibilities, axis=0))
+        if self.cap is not None:
+            value = jnp.minimum(value, self.cap)
+        return TermValue(value)
 
 
 # --- consistency ----------------------------------------------------------------------------
@@ -241,7 +256,9 @@ def _supervised(options: SupervisedOptions, context: BuildContext, key: PRNGKeyA
 
 
 def _usage(options: UsageOptions, context: BuildContext, key: PRNGKeyArray) -> UsageTerm:
-    return UsageTerm(options.schedule())
+    spread_over_classes = options.spread == "classes" and 1 < context.num_classes < context.num_components
+    cap = float(np.log(context.num_classes)) if spread_over_classes else None
+    return UsageTerm(options.schedule(), cap)
 
 
 def _consistency(options: ConsistencyOptions, context: BuildContext, key: PRNGKeyArray) -> ConsistencyTerm:

@@ -34,10 +34,22 @@ class TrainingArrays(eqx.Module):
     fields: dict[str, Array] = eqx.field(default_factory=dict)
 
 
-def labeled_pool(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(index, y, count)``: the labeled rows first, padded to one slot per row."""
+def labeled_pool(labels: np.ndarray, *, balance: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(index, y, count)``: the labeled rows first, padded to one slot per row.
+
+    With ``balance`` each class's rows are repeated ``round(n_max / n_c)`` times, so that a
+    batch draws every class about equally often; a pool that would not fit into its slots
+    is left unbalanced, and with equal label counts nothing changes.
+    """
     labels = np.asarray(labels)
     rows = np.flatnonzero(labels >= 0)
+    if balance and rows.size:
+        classes, counts = np.unique(labels[rows], return_counts=True)
+        factor = np.zeros(int(classes.max()) + 1, dtype=np.int64)
+        factor[classes] = np.maximum(np.rint(counts.max() / counts), 1).astype(np.int64)
+        repeats = factor[labels[rows]]
+        if np.any(repeats > 1) and int(repeats.sum()) <= labels.shape[0]:
+            rows = np.repeat(rows, repeats)
     index = np.zeros(labels.shape[0], dtype=np.int32)
     y = np.full(labels.shape[0], -1, dtype=np.int32)
     index[: rows.size] = rows
@@ -51,10 +63,12 @@ def training_arrays(
     *,
     objective: Objective | None = None,
     num_classes: int | None = None,
+    balance_labels: bool = False,
 ) -> TrainingArrays:
     """Prepare every loss term of ``objective`` on the host and move the data to the device.
 
-    ``labels`` holds one label per row of ``x``, ``-1`` where unlabeled.
+    ``labels`` holds one label per row of ``x``, ``-1`` where unlabeled; ``balance_labels``
+    balances the labeled pool over classes (:func:`labeled_pool`).
     """
     labels = np.asarray(labels)
     classes = num_classes if num_classes is not None else int(labels.max(initial=-1)) + 1
@@ -69,7 +83,7 @@ def training_arrays(
                     f"per-row arrays need a leading axis of {x.shape[0]}"
                 )
             fields[field] = values
-    index, y, count = labeled_pool(labels)
+    index, y, count = labeled_pool(labels, balance=balance_labels)
     return TrainingArrays(
         x=jnp.asarray(x, dtype=jnp.float32),
         labeled_index=jnp.asarray(index),
