@@ -614,11 +614,16 @@ def labels_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         )
     store = LabelStore.load(path)
     manifest = read_manifest(out / CHECKPOINT_NAME) if (out / CHECKPOINT_NAME).exists() else {}
-    known = set(manifest.get("label_names", []))
+    known = list(manifest.get("label_names", []))
+    counts = store.counts()
+    # the model's classes in its order, then classes it has not trained on yet
+    order = {name: i for i, name in enumerate(dict.fromkeys([*known, *store.label_names()]))}
+    by_label = dict(sorted(counts["by_label"].items(), key=lambda item: order.get(item[0], len(order))))
     return {
         "total": len(store.current()),
         "entries": len(store),
-        **store.counts(),
+        "by_label": by_label,
+        "by_source": counts["by_source"],
         "untrained_classes": [n for n in store.label_names() if known and n not in known],
     }
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -19,6 +23,11 @@ from ssvae_core.data import benchmark_split
 from ssvae_core.errors import DataError, SSVAEError
 from ssvae_core.labels import STORE_NAME, LabelStore
 from ssvae_core.labelspace import claim_channels, claim_for_classes
+from ssvae_core.model import build_model
+from ssvae_core.objective import build_objective
+from ssvae_core.schedules import constant
+from ssvae_core.terms.builtin import UsageTerm
+from ssvae_core.training import labeled_pool
 
 from .test_compilation import _Compilations, compilations  # noqa: F401
 
@@ -191,8 +200,7 @@ def open_run(tmp_path_factory: pytest.TempPathFactory, synthetic: dict[str, np.n
     ])
     assert code == 0
     train_rows = [i for i in range(60) if synthetic["y"][i] == 2]
-    config = json.loads(json.dumps({"seed": 0}))
-    split = benchmark_split(y, 2, config["seed"])
+    split = benchmark_split(y, 2, 0)
     hidden = [i for i in train_rows if i in set(split.train.tolist())]
     return {"root": root, "out": out, "hidden": hidden, "split": split}
 
@@ -271,7 +279,7 @@ def test_bad_label_files_exit_2_with_one_line_and_change_nothing(
     capsys.readouterr()
     assert main(["label", str(out), str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and __import__("re").search(message, err[0]), err
+    assert len(err) == 1 and re.search(message, err[0]), err
     assert (out / STORE_NAME).read_bytes() == before
 
 
@@ -285,11 +293,6 @@ def test_bad_label_files_exit_2_with_one_line_and_change_nothing(
 def test_usage_entropy_is_capped_at_log_y_only_with_more_channels_than_classes(
     components: int, spread: str, cap: float | None
 ) -> None:
-    import jax
-
-    from ssvae_core.model import build_model
-    from ssvae_core.objective import build_objective
-
     raw = {**RAW, "prior": {"name": "mixture", "num_components": components}, "loss": {"usage": {"spread": spread}}}
     model, config = build_model(config_from_dict(raw), input_shape=(4, 4), num_classes=3, key=jax.random.PRNGKey(0))
     term = dict(build_objective(config, model, input_shape=(4, 4), num_classes=3).named_terms())["usage"]
@@ -297,14 +300,6 @@ def test_usage_entropy_is_capped_at_log_y_only_with_more_channels_than_classes(
 
 
 def test_capped_usage_entropy_stops_rewarding_spread_beyond_the_classes() -> None:
-    from types import SimpleNamespace
-
-    import jax
-    import jax.numpy as jnp
-
-    from ssvae_core.schedules import constant
-    from ssvae_core.terms.builtin import UsageTerm
-
     term = UsageTerm(constant(1.0), cap=float(np.log(3)))
     spread = SimpleNamespace(responsibilities=jnp.full((4, 6), 1 / 6))
     three = SimpleNamespace(responsibilities=jnp.tile(jnp.array([1 / 3] * 3 + [0.0] * 3), (4, 1)))
@@ -316,8 +311,6 @@ def test_capped_usage_entropy_stops_rewarding_spread_beyond_the_classes() -> Non
 
 
 def test_a_balanced_labeled_pool_repeats_the_rows_of_classes_with_fewer_labels() -> None:
-    from ssvae_core.training import labeled_pool
-
     labels = np.full(40, -1)
     labels[:10] = 0
     labels[10:20] = 1
