@@ -66,6 +66,7 @@ def evaluate_seed(args: argparse.Namespace, seed: int) -> dict[str, object]:
         "evaluated_on": "validation" if args.validation else "test",
         "accuracy": evaluation["accuracy"],
         "ece": evaluation["ece"],
+        "free_channels": (evaluation.get("channels") or {}).get("free_channels", []),
         "num_labels": len(split.labeled),
         "wall_time_s": wall,
         "images_per_s": train.steps * train.batch_size / wall,
