@@ -33,12 +33,11 @@ import numpy as np
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import load_config
 from ssvae_core.data import Dataset, from_arrays, load_dataset
-from ssvae_core.errors import SSVAEError
 from ssvae_core.metrics import auroc
 from ssvae_core.runs import split_dataset
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from quality import validation_split
+from quality import run_seeds, validation_split
 
 
 def known_view(dataset: Dataset, train: np.ndarray, labeled: np.ndarray, hidden: list[int]) -> Dataset:
@@ -151,14 +150,8 @@ def main() -> int:
     args.set = ["prior.num_components=20"] if args.set is None else args.set
     args.hidden = [int(c) for c in args.hidden.split(",") if c.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    results = []
-    try:
-        for seed in seeds:
-            result = evaluate_seed(args, seed)
-            results.append(result)
-            print(json.dumps(result), flush=True)
-    except SSVAEError as error:
-        print(f"open_set: error: {error}", file=sys.stderr)
+    results = run_seeds(evaluate_seed, args, seeds, "open_set")
+    if results is None:
         return 2
 
     def mean(key: str) -> float:

@@ -18,6 +18,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +80,26 @@ def evaluate_seed(args: argparse.Namespace, seed: int) -> dict[str, object]:
     }
 
 
+def run_seeds(
+    evaluate: Callable[[argparse.Namespace, int], dict[str, Any]],
+    args: argparse.Namespace,
+    seeds: list[int],
+    program: str,
+) -> list[dict[str, Any]] | None:
+    """``evaluate(args, seed)`` for each seed, printing each result as a JSON line; ``None``
+    (after one error line on stderr) when the configuration or data are refused."""
+    results = []
+    try:
+        for seed in seeds:
+            result = evaluate(args, seed)
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    except SSVAEError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return None
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="digits", help="'digits' or a data path")
@@ -93,14 +115,8 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    results = []
-    try:
-        for seed in seeds:
-            result = evaluate_seed(args, seed)
-            results.append(result)
-            print(json.dumps(result), flush=True)
-    except SSVAEError as error:
-        print(f"quality: error: {error}", file=sys.stderr)
+    results = run_seeds(evaluate_seed, args, seeds, "quality")
+    if results is None:
         return 2
     accuracy = np.array([r["accuracy"] for r in results])
     summary = {

@@ -202,11 +202,7 @@ class LabelStore:
     def load(cls, path: str | os.PathLike[str]) -> LabelStore:
         """Read and check a ``labels.json``; every problem is one :class:`DataError` line."""
         where = f"label store {os.fspath(path)!r}"
-        raw = read_user_file(path, "label store", DataError)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise DataError(f"{where} is not UTF-8 text (byte {error.start})") from None
+        text = _read_text(path, "label store", "utf-8")
         try:
             document = json.loads(text)
         except json.JSONDecodeError as error:
@@ -472,6 +468,15 @@ def _entry_from_json(item: object, where: str) -> LabelEntry:
     )
 
 
+def _read_text(path: str | os.PathLike[str], what: str, encoding: str) -> str:
+    """The text of a file the user named; unreadable or not UTF-8 is one :class:`DataError`."""
+    raw = read_user_file(path, what, DataError)
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise DataError(f"{what} {os.fspath(path)!r} is not UTF-8 text (byte {error.start})") from None
+
+
 def read_label_csv(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
     """The ``(indices, labels)`` of a CSV file with the header ``index,label``.
 
@@ -480,11 +485,7 @@ def read_label_csv(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
     problem is one :class:`DataError` line naming the file and the line.
     """
     where = f"label file {os.fspath(path)!r}"
-    raw = read_user_file(path, "label file", DataError)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{where} is not UTF-8 text (byte {error.start})") from None
+    text = _read_text(path, "label file", "utf-8-sig")
     reader = csv.reader(io.StringIO(text, newline=""))
     indices: list[int] = []
     labels: list[str] = []

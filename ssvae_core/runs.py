@@ -238,6 +238,13 @@ def _checkpointer(out: Path, num_labels: int) -> CheckpointCallback:
     return save
 
 
+def _with_data(config: Config, data: str | None) -> Config:
+    """``config`` reading its data from ``data`` (where the run's data have moved), if given."""
+    if data is None:
+        return config
+    return _resolvable(config.replace(data=dataclasses.replace(config.data, dataset=data)))
+
+
 def _resolvable(config: Config) -> Config:
     """The config with a data path made absolute, so the run finds it from anywhere."""
     name = config.data.dataset
@@ -288,12 +295,10 @@ def train_run(
             sinks=sinks,
             on_start=on_start,
         )
-        report = _write_results(
-            out, classifier, dataset, split,
+        return _finish_round(
+            out, "train", 0, classifier, dataset, split, train,
             wall_time=wall_time, steps_trained=config.train.steps, plots=plots,
         )
-        _record_round(out, "train", 0, classifier, train, report, wall_time)
-        return report
 
 
 def _run_dir(run_dir: str | os.PathLike[str], command: str) -> Path:
@@ -342,9 +347,7 @@ def resume_run(
                 "nor config.toml)"
             )
         if data is not None:
-            config = _resolvable(
-                config.replace(data=dataclasses.replace(config.data, dataset=data))
-            )
+            config = _with_data(config, data)
             if classifier is not None:
                 classifier.config = config
         for note in recover(out, done):
@@ -380,12 +383,10 @@ def resume_run(
                 return loaded.resume(train, until_step=target, sinks=all_sinks, on_checkpoint=save)
 
         wall_time = _train_logged(out, run_training, append=True, sinks=sinks, on_start=on_start)
-        report = _write_results(
-            out, classifier, dataset, split,
-            wall_time=wall_time, steps_trained=target - done, plots=plots, num_labels=num_labels,
+        return _finish_round(
+            out, "resume", done, classifier, dataset, split, train,
+            wall_time=wall_time, steps_trained=target - done, plots=plots,
         )
-        _record_round(out, "resume", done, classifier, train, report, wall_time)
-        return report
 
 
 def _report(out: Path, classifier: SSVAEClassifier, *, plots: bool) -> dict[str, Any]:
@@ -489,13 +490,12 @@ def _labeled_by_store(
     y = np.full(len(split.train), -1, dtype=np.int32)
     later_rows, later_names = [], []
     labeled_classes = _trained_classes(out, dataset, split)
-    for index in store.current():
+    for index, name in store.current().items():
         if index not in position:
             raise DataError(
                 f"label store: example {index} is not a training example of this run "
                 "(it is in the held-out test set); remove it from labels.json"
             )
-    for index, name in store.current().items():
         if name in labeled_classes and name in names:
             y[position[index]] = names.index(name)
         else:
@@ -525,12 +525,35 @@ def _trained_classes(out: Path, dataset: Dataset, split: Split) -> set[str]:
     return {dataset.label_names[int(dataset.y[i])] for i in split.labeled}
 
 
+def _finish_round(
+    out: Path,
+    command: str,
+    from_step: int,
+    classifier: SSVAEClassifier,
+    dataset: Dataset,
+    split: Split,
+    train: Dataset,
+    *,
+    wall_time: float,
+    steps_trained: int,
+    plots: bool,
+) -> dict[str, Any]:
+    """Checkpoint, report and plots of a finished round, and its line in ``rounds.jsonl``."""
+    labels = (classifier.training_data or train).y
+    report = _write_results(
+        out, classifier, dataset, split, wall_time=wall_time, steps_trained=steps_trained,
+        plots=plots, num_labels=int(np.sum(labels >= 0)),
+    )
+    _record_round(out, command, from_step, classifier, labels, report, wall_time)
+    return report
+
+
 def _record_round(
     out: Path,
     command: str,
     from_step: int,
     classifier: SSVAEClassifier,
-    train: Dataset,
+    labels: np.ndarray,
     report: dict[str, Any],
     wall_time: float,
 ) -> None:
@@ -538,7 +561,6 @@ def _record_round(
     path = out / ROUNDS_NAME
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     names = classifier.label_names
-    labels = (classifier.training_data or train).y
     by_class = {names[c]: int(np.sum(labels == c)) for c in range(len(names))}
     record = {
         "round": len(lines),
@@ -559,11 +581,7 @@ def _record_round(
 
 
 def _run_config(out: Path, data: str | None) -> Config:
-    manifest = read_manifest(out / CHECKPOINT_NAME)
-    config = config_from_dict(manifest["config"])
-    if data is not None:
-        config = _resolvable(config.replace(data=dataclasses.replace(config.data, dataset=data)))
-    return config
+    return _with_data(config_from_dict(read_manifest(out / CHECKPOINT_NAME)["config"]), data)
 
 
 def label_run(
@@ -657,13 +675,7 @@ def retrain_run(
                 "`ssvae train --resume` first"
             )
         classifier = SSVAEClassifier.load(checkpoint, registry=registry)
-        if data is not None:
-            classifier.config = _resolvable(
-                classifier.config.replace(
-                    data=dataclasses.replace(classifier.config.data, dataset=data)
-                )
-            )
-        config = classifier.config
+        classifier.config = config = _with_data(classifier.config, data)
         done = int(classifier.state.step) if classifier.state is not None else 0
         for note in recover(out, done):
             if on_notice is not None:
@@ -680,9 +692,7 @@ def retrain_run(
             sinks=sinks,
             on_start=on_start,
         )
-        report = _write_results(
-            out, classifier, dataset, split,
-            wall_time=wall_time, steps_trained=steps, plots=plots, num_labels=num_labels,
+        return _finish_round(
+            out, "retrain", done, classifier, dataset, split, train,
+            wall_time=wall_time, steps_trained=steps, plots=plots,
         )
-        _record_round(out, "retrain", done, classifier, train, report, wall_time)
-        return report
