@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from jaxtyping import PRNGKeyArray
 
+from ssvae_core.acquisitions import ACQUISITIONS
 from ssvae_core.components import BuildContext, ComponentFactory
 from ssvae_core.heads import SoftmaxHead, TauHead
 from ssvae_core.hookspecs import hookimpl
@@ -168,3 +169,8 @@ def ssvae_register_heads() -> dict[str, ComponentFactory]:
 @hookimpl
 def ssvae_register_loss_terms() -> dict[str, ComponentFactory]:
     return dict(LOSS_TERMS)
+
+
+@hookimpl
+def ssvae_register_acquisitions() -> dict[str, ComponentFactory]:
+    return dict(ACQUISITIONS)

@@ -12,7 +12,7 @@ from jaxtyping import PRNGKeyArray
 
 from ssvae_core.likelihoods import AbstractLikelihood
 
-KINDS = ("prior", "encoder", "decoder", "head", "loss_term")
+KINDS = ("prior", "encoder", "decoder", "head", "loss_term", "acquisition")
 
 
 @dataclass(frozen=True)

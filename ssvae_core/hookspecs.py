@@ -8,7 +8,7 @@ after the specifications below; it is registered through the entry-point group `
 
 Each hook returns ``{name: ComponentFactory}``. The core's own components (priors
 ``standard`` and ``mixture``, the ``dense`` networks, heads ``tau`` and ``softmax``, and the
-loss terms) are registered through these same hooks by :mod:`ssvae_core.builtin`.
+loss terms, the acquisition functions) are registered through these same hooks by :mod:`ssvae_core.builtin`.
 """
 
 from __future__ import annotations
@@ -76,4 +76,17 @@ def ssvae_register_loss_terms() -> dict[str, ComponentFactory]:
     the package changes nobody's training. The term's value must be finite and, unless it
     declares ``per_example = False``, one number per example that depends on that example
     alone.
+    """
+
+
+@hookspec
+def ssvae_register_acquisitions() -> dict[str, ComponentFactory]:
+    """Return acquisition functions by name (``ssvae query --strategy NAME``).
+
+    ``build(options, context, key)`` returns an
+    :class:`~ssvae_core.protocols.AbstractAcquisition` for a model described by
+    ``context`` (``num_classes``, ``num_components``, ``latent_dim``; ``data`` is
+    ``None``). Raise ``ValueError`` when the model lacks what the acquisition reads (e.g.
+    channels). Scores must be finite, one per example, the same for the same key; a batch
+    never holds a labeled example nor one example twice.
     """

@@ -83,6 +83,8 @@ _TIME_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _CSV_INDEX_PATTERN = re.compile(r"[0-9]+", re.ASCII)
 _CSV_HEADER = ("index", "label")
+# ``ssvae query`` writes this sheet: fill in ``label`` where you know it, leave the rest empty
+QUERY_SHEET_HEADER = ("index", "label", "score", "predicted", "certainty")
 
 
 def example_hash(x_row: np.ndarray) -> str:
@@ -481,7 +483,9 @@ def read_label_csv(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
     """The ``(indices, labels)`` of a CSV file with the header ``index,label``.
 
     UTF-8 (a byte-order mark is allowed); whitespace around fields is ignored and blank
-    lines are skipped. Each row is a whole-number example index and a label name. Every
+    lines are skipped. Each row is a whole-number example index and a label name. A query
+    sheet written by ``ssvae query`` (header ``index,label,score,predicted,certainty``) is
+    read the same way, except that rows whose label was left empty are skipped. Every
     problem is one :class:`DataError` line naming the file and the line.
     """
     where = f"label file {os.fspath(path)!r}"
@@ -490,6 +494,8 @@ def read_label_csv(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
     indices: list[int] = []
     labels: list[str] = []
     header_seen = False
+    header = _CSV_HEADER
+    skipped = 0
     while True:
         try:
             row = next(reader)
@@ -502,18 +508,23 @@ def read_label_csv(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
         if not any(fields):
             continue
         if not header_seen:
-            if tuple(fields) != _CSV_HEADER:
+            if tuple(fields) not in (_CSV_HEADER, QUERY_SHEET_HEADER):
                 raise DataError(
-                    f"{where}, line {line}: expected the header 'index,label'; "
-                    f"got {','.join(row)!r:.80}"
+                    f"{where}, line {line}: expected the header 'index,label' (or a query "
+                    f"sheet's '{','.join(QUERY_SHEET_HEADER)}'); got {','.join(row)!r:.80}"
                 )
+            header = tuple(fields)
             header_seen = True
             continue
-        if len(fields) != 2:
+        if len(fields) != len(header):
             raise DataError(
-                f"{where}, line {line}: has {len(fields)} fields; expected 2 (index,label)"
+                f"{where}, line {line}: has {len(fields)} fields; expected {len(header)} "
+                f"({','.join(header)})"
             )
-        index_text, label = fields
+        index_text, label = fields[:2]
+        if header == QUERY_SHEET_HEADER and not label:
+            skipped += 1
+            continue
         if not _CSV_INDEX_PATTERN.fullmatch(index_text):
             raise DataError(
                 f"{where}, line {line}: the index {index_text!r:.40} is not a whole number >= 0"
@@ -525,6 +536,11 @@ def read_label_csv(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
         labels.append(label)
     if not header_seen:
         raise DataError(f"{where} is empty; expected the header 'index,label' and one row per label")
+    if not indices and skipped:
+        raise DataError(
+            f"{where} is a query sheet with no label filled in ({skipped} rows); write each "
+            "example's label in its 'label' column"
+        )
     if not indices:
         raise DataError(f"{where} has the header but no rows; expected one 'index,label' row per label")
     return indices, labels

@@ -32,15 +32,23 @@ from ssvae_core.networks import PosteriorHeads, bounded_log_var
 from ssvae_core.networks.dense import ACTIVATIONS
 from ssvae_core.options import option
 from ssvae_core.priors.channels import AbstractChannelPrior, uniform_log_weights
-from ssvae_core.protocols import AbstractDecoder, AbstractEncoder, AbstractHead, AbstractPrior
+from ssvae_core.protocols import (
+    AbstractAcquisition,
+    AbstractDecoder,
+    AbstractEncoder,
+    AbstractHead,
+    AbstractPrior,
+    top_unlabeled,
+)
 from ssvae_core.schedules import Schedule
 from ssvae_core.terms import AbstractLossTerm, TermInputs, TermOptions, TermValue, masked_mean
-from ssvae_core.types import DecoderOutput, EncoderOutput
+from ssvae_core.types import AcquisitionInputs, DecoderOutput, EncoderOutput
 
 # One sorted list per topic; a new topic is one more ``__all__ += [...]`` block.
 
 # Protocols: the abstract modules a component implements (a final subclass, no overrides).
 __all__ = [
+    "AbstractAcquisition",
     "AbstractChannelPrior",
     "AbstractDecoder",
     "AbstractEncoder",
@@ -61,6 +69,7 @@ __all__ += [
 
 # Typed containers that components exchange.
 __all__ += [
+    "AcquisitionInputs",
     "DecoderOutput",
     "EncoderOutput",
 ]
@@ -83,6 +92,7 @@ __all__ += [
     "bounded_log_var",
     "make_likelihood",
     "reparameterise",
+    "top_unlabeled",
     "uniform_log_weights",
 ]
 

@@ -22,9 +22,10 @@ import weakref
 from typing import Any
 
 import equinox as eqx
+import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
-from ssvae_core.types import DecoderOutput, EncoderOutput
+from ssvae_core.types import AcquisitionInputs, DecoderOutput, EncoderOutput
 
 # Whether a component class gets the ``__init__`` that dataclasses writes from its fields
 # (Equinox's rule: a class without its own ``__init__`` inherits its nearest base's choice).
@@ -298,3 +299,50 @@ class AbstractHead(FieldOrderChecked):
         raise NotImplementedError(
             f"the {type(self).__name__} head cannot give channels to classes after training"
         )
+
+
+class AbstractAcquisition(FieldOrderChecked):
+    """Chooses which unlabeled examples to label next, from what the model knows of them.
+
+    :meth:`score` gives every example one finite number — higher means "label this
+    sooner" — from :class:`~ssvae_core.types.AcquisitionInputs` and a PRNG key (the same
+    key gives the same scores). :meth:`select` turns scores into a batch: by default the
+    ``count`` highest-scoring unlabeled examples (ties go to the lower index). A
+    batch-aware acquisition (one that spreads a batch over the latent space) overrides
+    :meth:`select`; it must still never choose a labeled example nor one example twice.
+
+    ``num_samples`` is how many posterior samples ``z_s ~ q(z|x)`` per example the score
+    reads from ``inputs.sample_probabilities`` (0 when it needs none; drawing them costs
+    a decoder pass per channel and sample).
+    """
+
+    num_samples: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
+        """One finite score per example (labeled ones included); higher = label sooner."""
+
+    def select(
+        self, inputs: AcquisitionInputs, count: int, key: PRNGKeyArray
+    ) -> Int[Array, " count"]:
+        """The ``count`` unlabeled examples to label next, best first.
+
+        ``count`` must not exceed the number of unlabeled examples.
+        """
+        return top_unlabeled(self.score(inputs, key), inputs.labeled, count)
+
+
+def top_unlabeled(
+    scores: Float[Array, " N"], labeled: Bool[Array, " N"], count: int
+) -> Int[Array, " count"]:
+    """Indices of the ``count`` highest scores among unlabeled examples (ties: lower index
+    first)."""
+    available = int(jnp.sum(~labeled))
+    if not 0 <= count <= available:
+        raise ValueError(f"count must be between 0 and the {available} unlabeled examples, got {count}")
+    masked = jnp.where(labeled, -jnp.inf, jnp.nan_to_num(scores, nan=-jnp.inf, neginf=-jnp.inf))
+    order = jnp.argsort(-masked, stable=True)
+    # an unlabeled example with a -inf score still ranks above every labeled one
+    rank = jnp.where(labeled[order], 1, 0)
+    order = order[jnp.argsort(rank, stable=True)]
+    return order[:count]

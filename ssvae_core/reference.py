@@ -54,6 +54,11 @@ def reference_markdown(registry: Registry) -> str:
         heading = f"#### {component.kind} `{component.name}` ({component.package})"
         if component.kind == "loss_term":
             heading = f"#### loss term `[loss.{component.name}]` ({component.package})"
+        elif component.kind == "acquisition":
+            heading = (
+                f"#### acquisition `{component.name}` ({component.package}): "
+                f"`ssvae query --strategy {component.name}`"
+            )
         parts += [heading, "", component.factory.description + ".", ""]
         table = options_table(component.factory.options)
         parts += [table, ""] if table else ["No options.", ""]

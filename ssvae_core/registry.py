@@ -20,7 +20,13 @@ from ssvae_core import builtin, hookspecs
 from ssvae_core.components import KINDS, ComponentFactory
 from ssvae_core.errors import ConfigError
 from ssvae_core.options import suggest
-from ssvae_core.protocols import AbstractDecoder, AbstractEncoder, AbstractHead, AbstractPrior
+from ssvae_core.protocols import (
+    AbstractAcquisition,
+    AbstractDecoder,
+    AbstractEncoder,
+    AbstractHead,
+    AbstractPrior,
+)
 from ssvae_core.terms.base import AbstractLossTerm, TermOptions
 
 ENTRY_POINT_GROUP = "ssvae"
@@ -32,6 +38,7 @@ PROTOCOLS: dict[str, type] = {
     "decoder": AbstractDecoder,
     "head": AbstractHead,
     "loss_term": AbstractLossTerm,
+    "acquisition": AbstractAcquisition,
 }
 
 HOOKS = {
@@ -40,6 +47,7 @@ HOOKS = {
     "decoder": "ssvae_register_decoders",
     "head": "ssvae_register_heads",
     "loss_term": "ssvae_register_loss_terms",
+    "acquisition": "ssvae_register_acquisitions",
 }
 
 # Components shipped as separate packages, so a config naming one can say what to install.

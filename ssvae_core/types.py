@@ -5,7 +5,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 
 class EncoderOutput(eqx.Module):
@@ -59,3 +59,30 @@ class Batch(eqx.Module):
     rows: Int[Array, " B"] | None = None
     x_view: Float[Array, "B ..."] | None = None
     fields: dict[str, Array] = eqx.field(default_factory=dict)
+
+
+class AcquisitionInputs(eqx.Module):
+    """What an acquisition function reads about ``N`` candidate examples.
+
+    ``probabilities`` is ``p(y|x)`` (``N × Y``), ``certainty`` the head's certainty (the OOD
+    score is ``1 − certainty``), ``responsibilities`` ``q(c|x)`` (``N × K``; width 0
+    without channels), ``tau`` the channel→label map (``K × Y``, or ``None`` for a head
+    without one), ``z_mean``/``z_log_var`` the posterior ``q(z|x)``, and
+    ``sample_probabilities`` ``p(y | x, z_s)`` for ``S`` posterior samples ``z_s ~ q(z|x)``
+    (``S × N × Y``; ``S`` is the acquisition's ``num_samples``, possibly 0). ``labeled``
+    marks the examples that already carry a label: they are never chosen, and batch-aware
+    acquisitions treat them as covered.
+    """
+
+    probabilities: Float[Array, "N Y"]
+    certainty: Float[Array, " N"]
+    responsibilities: Float[Array, "N K"]
+    tau: Float[Array, "K Y"] | None
+    z_mean: Float[Array, "N D"]
+    z_log_var: Float[Array, "N D"]
+    sample_probabilities: Float[Array, "S N Y"]
+    labeled: Bool[Array, " N"]
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.probabilities.shape[0])

@@ -24,6 +24,7 @@ from ssvae_core.testing import strategies
 from ssvae_core.testing._runner import Check, ConformanceError, NotApplicable
 from ssvae_core.testing._subjects import ConformanceSettings, Subject, permute_channels
 from ssvae_core.testing.conformance import (
+    check_acquisition,
     check_component,
     check_decoder,
     check_encoder,
@@ -42,6 +43,7 @@ __all__ = [
     "ConformanceSettings",
     "NotApplicable",
     "Subject",
+    "check_acquisition",
     "check_component",
     "check_decoder",
     "check_encoder",

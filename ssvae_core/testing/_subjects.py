@@ -241,6 +241,10 @@ class _SubjectPlugin:
     def ssvae_register_heads(self) -> dict[str, ComponentFactory]:
         return self._only("head")
 
+    @hookimpl
+    def ssvae_register_acquisitions(self) -> dict[str, ComponentFactory]:
+        return self._only("acquisition")
+
 
 @dataclass(frozen=True)
 class TinyModel:

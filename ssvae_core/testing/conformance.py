@@ -19,6 +19,7 @@ from typing import Any
 
 from ssvae_core.components import KINDS, ComponentFactory
 from ssvae_core.registry import RegisteredComponent, default_registry
+from ssvae_core.testing._acquisitions import AcquisitionSubject
 from ssvae_core.testing._heads import HeadSubject
 from ssvae_core.testing._networks import DecoderSubject, EncoderSubject
 from ssvae_core.testing._priors import PriorSubject
@@ -33,6 +34,7 @@ SUBJECTS: dict[str, type[Subject]] = {
     "decoder": DecoderSubject,
     "head": HeadSubject,
     "loss_term": LossTermSubject,
+    "acquisition": AcquisitionSubject,
 }
 
 Component = str | RegisteredComponent | ComponentFactory
@@ -151,3 +153,9 @@ def check_loss_term(component: Component, options: Any = None, **settings: Any) 
     """:func:`check_component` for a loss term: its declared contract, per-row preparation,
     finite values of the declared shape, per-example independence, jit, traced weights."""
     return check_component(component, options, kind="loss_term", **settings)
+
+
+def check_acquisition(component: Component, options: Any = None, **settings: Any) -> dict[str, str]:
+    """:func:`check_component` for an acquisition: finite scores, one per example, the same
+    for a key; batches of distinct unlabeled examples, with and without channels."""
+    return check_component(component, options, kind="acquisition", **settings)

@@ -1,0 +1,440 @@
+"""The label loop on run directories: query a run, and simulate query → label → retrain.
+
+:func:`query_run` writes the examples a run should have labeled next as a *query sheet*
+(``RUN/queries/<name>.csv``: ``index,label,score,predicted,certainty`` with the label column
+empty, ready to fill in and hand to ``ssvae label``) and a PNG contact sheet of their images.
+
+:func:`run_loop` simulates the whole loop for one or more strategies and seeds: it trains a
+run with a few labels per class, then round after round queries it, labels the queried
+examples with the data's own training labels (an :class:`Oracle` that refuses held-out
+rows) and retrains warm. Each (strategy, seed) is an ordinary run directory under
+``LOOP/runs/<strategy>/seed-<s>/`` — the same commands by hand (``ssvae train``, ``ssvae
+query``, ``ssvae label``, ``ssvae retrain``) give the same models — and the loop directory
+holds the label-efficiency curve (``curve.jsonl``, ``curve.json``, ``curve.png``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssvae_core.active import query, query_key
+from ssvae_core.api import SSVAEClassifier
+from ssvae_core.checkpoint import atomic_write_bytes
+from ssvae_core.config import Config, dumps_toml
+from ssvae_core.data import Dataset, Split, load_dataset
+from ssvae_core.errors import CheckpointError, ConfigError, DataError
+from ssvae_core.labels import QUERY_SHEET_HEADER, STORE_NAME, utc_now
+from ssvae_core.registry import Registry, default_registry
+from ssvae_core.rundir import LOCK_NAME, RunLock, check_fresh_dir, claim_new_run_dir
+from ssvae_core.runs import (
+    CHECKPOINT_NAME,
+    ROUNDS_NAME,
+    _run_config,
+    _run_dir,
+    retrain_run,
+    run_store,
+    split_dataset,
+    train_run,
+)
+
+QUERIES_DIR = "queries"
+CURVE_NAME = "curve.jsonl"
+SHEET_COLUMNS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Oracle:
+    """The labels a simulated annotator gives: the data's own labels of training rows only.
+
+    Asking for a held-out (test) row or a row outside the data is a :class:`DataError`, so
+    a loop can never learn from the split it is scored on.
+    """
+
+    dataset: Dataset
+    split: Split
+
+    def labels(self, indices: Sequence[int]) -> list[str]:
+        train = set(int(i) for i in self.split.train)
+        names = []
+        for index in indices:
+            if int(index) not in train:
+                raise DataError(
+                    f"the oracle labels training examples only; example {int(index)} is not one "
+                    "(it is held out for testing, or outside the data)"
+                )
+            label = int(self.dataset.y[int(index)])
+            if label < 0:
+                raise DataError(f"the data have no label for example {int(index)} to reveal")
+            names.append(self.dataset.label_names[label])
+        return names
+
+
+def _free_path(path: Path) -> Path:
+    """``path``, or ``path`` with ``-2``, ``-3``, ... before its suffix if it exists."""
+    candidate, number = path, 1
+    while candidate.exists() or candidate.with_suffix(".png").exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    return candidate
+
+
+def sheet_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The query sheet's CSV text (label column empty)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(QUERY_SHEET_HEADER)
+    for row in rows:
+        writer.writerow(
+            [row["index"], "", f"{row['score']:.6g}", row["predicted"], f"{row['certainty']:.4f}"]
+        )
+    return buffer.getvalue()
+
+
+def _as_image(sample: np.ndarray) -> np.ndarray:
+    """A sample as something ``imshow`` draws: 2-D, or 3-D with 3/4 channels last."""
+    if sample.ndim == 2 or (sample.ndim == 3 and sample.shape[-1] in (3, 4)):
+        return sample
+    if sample.ndim == 3 and sample.shape[-1] == 1:
+        return sample[..., 0]
+    flat = sample.reshape(-1)
+    side = math.isqrt(flat.size)
+    if side * side == flat.size:
+        return flat.reshape(side, side)
+    return flat[None, :]
+
+
+def write_sheet_image(path: Path, x: np.ndarray, rows: Sequence[Mapping[str, Any]], title: str) -> None:
+    """A contact sheet of the queried images, each captioned with its index, predicted
+    class and score."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(rows)
+    columns = min(SHEET_COLUMNS, max(count, 1))
+    lines = max(1, math.ceil(count / columns))
+    fig, axes = plt.subplots(lines, columns, figsize=(1.3 * columns, 1.5 * lines + 0.4), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, row, sample in zip(axes.ravel(), rows, x, strict=False):
+        axis.imshow(_as_image(np.asarray(sample)), cmap="gray")
+        axis.set_title(f"#{row['index']} → {row['predicted']}\n{row['score']:.3g}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def query_run(
+    run_dir: str | os.PathLike[str],
+    n: int,
+    *,
+    strategy: str = "entropy",
+    options: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    out: str | os.PathLike[str] | None = None,
+    data: str | None = None,
+    registry: Registry | None = None,
+    image: bool = True,
+) -> dict[str, Any]:
+    """Write the ``n`` unlabeled training examples the run should have labeled next.
+
+    The sheet goes to ``out`` (which must not exist yet) or to
+    ``RUN/queries/step-<step>-<strategy>.csv`` (``-2``, ``-3``, ... when taken), with a
+    PNG contact sheet beside it. Returns ``{"path", "image", "rows", "strategy"}`` where each
+    row has ``index`` (a row of the run's dataset, as ``ssvae label`` expects), ``score``,
+    ``predicted`` and ``certainty``.
+    """
+    run = _run_dir(run_dir, "query")
+    target = None if out is None else Path(out)
+    if target is not None and (target.exists() or target.with_suffix(".png").exists()):
+        raise ConfigError(
+            f"--out {os.fspath(target)!r} already exists; query sheets are never overwritten "
+            "(choose another path)"
+        )
+    with RunLock(run):
+        checkpoint = run / CHECKPOINT_NAME
+        if not checkpoint.exists():
+            raise CheckpointError(
+                f"{os.fspath(run)!r} has no checkpoint yet; finish the run with "
+                "`ssvae train --resume` before querying it"
+            )
+        registry = registry or default_registry()
+        config = _run_config(run, data)
+        dataset = load_dataset(config.data.dataset)
+        split = split_dataset(dataset, config)
+        labeled_rows = set(run_store(run, dataset, split).current())
+        classifier = SSVAEClassifier.load(checkpoint, registry=registry)
+        train_x = dataset.x[split.train]
+        labeled = np.isin(split.train, np.fromiter(labeled_rows, dtype=np.int64, count=len(labeled_rows)))
+        assert classifier.model is not None and classifier.state is not None
+        step = int(classifier.state.step)
+        result = query(
+            classifier.model, classifier.state.head_state, train_x, labeled, n,
+            strategy=strategy, options=options, input_shape=classifier.input_shape,
+            key=query_key(config.seed if seed is None else seed, step), registry=registry,
+        )
+        names = classifier.label_names
+        rows = [
+            {
+                "index": int(split.train[i]),
+                "score": float(score),
+                "predicted": names[int(p)],
+                "certainty": float(c),
+            }
+            for i, score, p, c in zip(
+                result.indices, result.scores, result.predictions, result.certainty, strict=True
+            )
+        ]
+        if target is None:
+            folder = run / QUERIES_DIR
+            folder.mkdir(exist_ok=True)
+            target = _free_path(folder / f"step-{step}-{strategy}.csv")
+        elif not target.parent.is_dir():
+            raise ConfigError(f"--out {os.fspath(target)!r}: its folder does not exist")
+        atomic_write_bytes(target, sheet_csv(rows).encode("utf-8"))
+        picture = target.with_suffix(".png")
+        if image:
+            write_sheet_image(
+                picture, dataset.x[[r["index"] for r in rows]], rows,
+                f"{strategy}: {len(rows)} examples to label ({run.name}, step {step})",
+            )
+        return {
+            "path": target,
+            "image": picture if image else None,
+            "rows": rows,
+            "strategy": strategy,
+            "step": step,
+        }
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` → ``[0, 1, 2]``; one clear error for anything else."""
+    try:
+        seeds = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers such as 0,1,2; got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds must be distinct integers >= 0 such as 0,1,2; got {text!r}")
+    return seeds
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopPlan:
+    """What :func:`run_loop` runs: strategies × seeds, each ``rounds`` rounds of
+    ``per_round`` queries and ``steps_per_round`` warm steps, from a run trained with
+    ``config`` (its ``data.labels_per_class`` is the initial budget)."""
+
+    config: Config
+    strategies: tuple[str, ...]
+    seeds: tuple[int, ...]
+    rounds: int
+    per_round: int
+    steps_per_round: int
+    options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def check(self, registry: Registry) -> None:
+        for name, value in (("--rounds", self.rounds), ("--per-round", self.per_round), ("--steps-per-round", self.steps_per_round)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        if not self.strategies:
+            raise ConfigError("give at least one --strategy")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ConfigError(f"--strategy names a strategy twice: {', '.join(self.strategies)}")
+        for name in self.strategies:
+            try:
+                registry.get("acquisition", name)
+            except ConfigError as error:
+                raise ConfigError(str(error).replace("acquisition.name", "strategy", 1)) from None
+
+
+def _round_record(strategy: str, seed: int, round_: int, report: dict[str, Any], queried: int) -> dict[str, Any]:
+    return {
+        "strategy": strategy,
+        "seed": seed,
+        "round": round_,
+        "labels": report["num_labels"],
+        "queried": queried,
+        "test_accuracy": report["test_accuracy"],
+        "ece": report["ece"],
+        "steps": report["steps"],
+        "time": utc_now(),
+    }
+
+
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    lines.append(json.dumps(record))
+    atomic_write_bytes(path, "".join(f"{line}\n" for line in lines).encode("utf-8"))
+
+
+def _copy_run(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(LOCK_NAME))
+
+
+def summarise_curve(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per strategy and round: mean and spread over seeds of labels, accuracy and ECE."""
+    summary: dict[str, Any] = {}
+    for strategy in dict.fromkeys(r["strategy"] for r in records):
+        rows = []
+        mine = [r for r in records if r["strategy"] == strategy]
+        for round_ in sorted({r["round"] for r in mine}):
+            at = [r for r in mine if r["round"] == round_]
+            accuracy = [r["test_accuracy"] for r in at]
+            rows.append(
+                {
+                    "round": round_,
+                    "labels": float(np.mean([r["labels"] for r in at])),
+                    "test_accuracy": float(np.mean(accuracy)),
+                    "test_accuracy_std": float(np.std(accuracy)),
+                    "ece": float(np.mean([r["ece"] for r in at])),
+                    "seeds": sorted(r["seed"] for r in at),
+                }
+            )
+        summary[strategy] = rows
+    return summary
+
+
+def write_curve_plot(path: Path, summary: Mapping[str, Sequence[Mapping[str, Any]]], title: str) -> None:
+    """Held-out accuracy and ECE against labels used, one line per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for strategy, rows in summary.items():
+        labels = [r["labels"] for r in rows]
+        style = {"color": "black", "linestyle": "--"} if strategy == "random" else {}
+        left.errorbar(
+            labels, [r["test_accuracy"] for r in rows], yerr=[r["test_accuracy_std"] for r in rows],
+            marker="o", markersize=3, capsize=2, label=strategy, **style,
+        )
+        right.plot(labels, [r["ece"] for r in rows], marker="o", markersize=3, label=strategy, **style)
+    left.set_xlabel("labels used")
+    left.set_ylabel("held-out accuracy (mean over seeds)")
+    right.set_xlabel("labels used")
+    right.set_ylabel("held-out ECE")
+    left.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def run_loop(
+    plan: LoopPlan,
+    out_dir: str | os.PathLike[str],
+    *,
+    registry: Registry | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Simulate the label loop; returns the curve summary (also in ``LOOP/curve.json``).
+
+    Per seed, one run is trained with the initial labels (``LOOP/runs/initial/seed-<s>``)
+    and copied for each strategy; each round queries ``per_round`` examples
+    (``queries/round-<r>.csv`` in the strategy's run), gives them the :class:`Oracle`'s
+    labels (source ``oracle``) and retrains ``steps_per_round`` steps warm.
+    ``on_round(record)`` is called after every round, round 0 being the initial training.
+    """
+    registry = registry or default_registry()
+    plan.check(registry)
+    out = Path(out_dir)
+    check_fresh_dir(out)
+    dataset = load_dataset(plan.config.data.dataset)
+    records: list[dict[str, Any]] = []
+    with claim_new_run_dir(out):
+        settings = {
+            "data": plan.config.data.dataset,
+            "strategies": list(plan.strategies),
+            "seeds": list(plan.seeds),
+            "initial_labels_per_class": plan.config.data.labels_per_class,
+            "rounds": plan.rounds,
+            "per_round": plan.per_round,
+            "steps_per_round": plan.steps_per_round,
+            "initial_steps": plan.config.train.steps,
+            "options": {k: dict(v) for k, v in plan.options.items()},
+            "started": utc_now(),
+        }
+        atomic_write_bytes(out / "loop.json", json.dumps(settings, indent=2).encode("utf-8"))
+        atomic_write_bytes(out / "config.toml", dumps_toml(plan.config.to_dict()).encode("utf-8"))
+        for seed in plan.seeds:
+            config = plan.config.replace(seed=seed)
+            initial = out / "runs" / "initial" / f"seed-{seed}"
+            started = time.perf_counter()
+            report = train_run(config, initial, dataset=dataset, registry=registry, plots=False)
+            initial_time = round(time.perf_counter() - started, 3)
+            split = split_dataset(dataset, config)
+            oracle = Oracle(dataset, split)
+            for strategy in plan.strategies:
+                run = out / "runs" / strategy / f"seed-{seed}"
+                _copy_run(initial, run)
+                record = _round_record(strategy, seed, 0, report, 0)
+                record["wall_time_s"] = initial_time
+                records.append(record)
+                _append_line(out / CURVE_NAME, record)
+                if on_round is not None:
+                    on_round(record)
+                for round_ in range(1, plan.rounds + 1):
+                    started = time.perf_counter()
+                    (run / QUERIES_DIR).mkdir(exist_ok=True)
+                    queried = query_run(
+                        run, plan.per_round, strategy=strategy, options=plan.options.get(strategy),
+                        out=run / QUERIES_DIR / f"round-{round_}.csv", registry=registry, image=False,
+                    )
+                    indices = [row["index"] for row in queried["rows"]]
+                    _label_store(run, dataset, split, indices, oracle.labels(indices))
+                    round_report = retrain_run(run, plan.steps_per_round, registry=registry, plots=False)
+                    record = _round_record(strategy, seed, round_, round_report, len(indices))
+                    record["wall_time_s"] = round(time.perf_counter() - started, 3)
+                    records.append(record)
+                    _append_line(out / CURVE_NAME, record)
+                    if on_round is not None:
+                        on_round(record)
+        summary = summarise_curve(records)
+        atomic_write_bytes(out / "curve.json", json.dumps(summary, indent=2).encode("utf-8"))
+        if plots:
+            write_curve_plot(
+                out / "curve.png", summary,
+                f"{dataset.name}: {plan.per_round} queries per round from "
+                f"{plan.config.data.labels_per_class} label(s) per class, seeds {', '.join(map(str, plan.seeds))}",
+            )
+        return summary
+
+
+def _label_store(run: Path, dataset: Dataset, split: Split, indices: list[int], names: list[str]) -> None:
+    """Add the oracle's labels to the run's store (what ``ssvae label`` does with a file)."""
+    with RunLock(run):
+        store = run_store(run, dataset, split)
+        store.add(indices, names, x=dataset.x, source="oracle", allowed=split.train).save(run / STORE_NAME)
+
+
+__all__ = [
+    "CURVE_NAME",
+    "ROUNDS_NAME",
+    "LoopPlan",
+    "Oracle",
+    "parse_seeds",
+    "query_run",
+    "run_loop",
+    "summarise_curve",
+]
