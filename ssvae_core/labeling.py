@@ -265,6 +265,7 @@ class LoopPlan:
 
 def _round_record(strategy: str, seed: int, round_: int, report: dict[str, Any], queried: int) -> dict[str, Any]:
     return {
+        "dataset": report["dataset"],
         "strategy": strategy,
         "seed": seed,
         "round": round_,
