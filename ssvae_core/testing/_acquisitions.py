@@ -71,7 +71,8 @@ def draw_inputs(
     rng = np.random.default_rng(seed)
     probabilities = _softmax_rows(rng, count, num_classes, one_hot)
     responsibilities = _softmax_rows(rng, count, num_components, one_hot)
-    tau = _softmax_rows(rng, num_components, num_classes, False) if num_components else None
+    # one-hot τ rows too: with a one-hot r, p(y|x) then holds exact zeros
+    tau = _softmax_rows(rng, num_components, num_classes, one_hot) if num_components else None
     if tau is not None:
         probabilities = (responsibilities @ tau).astype(np.float32)
         certainty = np.max(responsibilities * tau.max(axis=-1), axis=-1)

@@ -31,10 +31,10 @@ from ssvae_core.losses import categorical_kl, diagonal_gaussian_log_density, gau
 from ssvae_core.networks.dense import DenseDecoder, DenseEncoder
 from ssvae_core.options import option
 from ssvae_core.priors.channels import AbstractChannelPrior
-from ssvae_core.protocols import AbstractEncoder, AbstractPrior
+from ssvae_core.protocols import AbstractAcquisition, AbstractEncoder, AbstractPrior
 from ssvae_core.schedules import Schedule
 from ssvae_core.terms import AbstractLossTerm, TermInputs, TermOptions, TermValue
-from ssvae_core.types import DecoderOutput, EncoderOutput
+from ssvae_core.types import AcquisitionInputs, DecoderOutput, EncoderOutput
 
 
 @dataclass(frozen=True)
@@ -580,6 +580,71 @@ def _term(cls: type[AbstractLossTerm], build: Callable[[WeightOptions], Any]) ->
 
 # --- The corpus ---------------------------------------------------------------------------
 
+# --- Acquisition functions ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoAcquisitionOptions:
+    """The defective acquisitions have no options."""
+
+
+class LogOfZeroEntropy(AbstractAcquisition):
+    """Entropy as ``−Σ p log p`` with an unclipped log: ``0 · log 0`` is nan on one-hot rows."""
+
+    num_samples: int = eqx.field(static=True, default=0)
+
+    def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
+        p = inputs.probabilities
+        return -jnp.sum(p * jnp.log(p), axis=-1)
+
+
+class UnmaskedTopScores(AbstractAcquisition):
+    """Ranks every example, labeled ones included."""
+
+    num_samples: int = eqx.field(static=True, default=0)
+
+    def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
+        return 1.0 - jnp.max(inputs.probabilities, axis=-1)
+
+    def select(self, inputs: AcquisitionInputs, count: int, key: PRNGKeyArray) -> Int[Array, " count"]:
+        return jnp.argsort(-self.score(inputs, key))[:count]
+
+
+class WithReplacement(AbstractAcquisition):
+    """Draws a batch in proportion to the scores, with replacement."""
+
+    num_samples: int = eqx.field(static=True, default=0)
+
+    def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
+        return 1.0 - jnp.max(inputs.probabilities, axis=-1)
+
+    def select(self, inputs: AcquisitionInputs, count: int, key: PRNGKeyArray) -> Int[Array, " count"]:
+        weights = jnp.where(inputs.labeled, 0.0, self.score(inputs, key) + 1e-6)
+        return jax.random.choice(key, inputs.num_examples, (count,), replace=True, p=weights / jnp.sum(weights))
+
+
+class GlobalRandomness(AbstractAcquisition):
+    """Random scores from NumPy's global generator instead of the key."""
+
+    num_samples: int = eqx.field(static=True, default=0)
+
+    def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
+        return jnp.asarray(np.random.random(inputs.num_examples))
+
+
+class TauAlways(AbstractAcquisition):
+    """Reads τ without asking whether the model has channels (and its factory accepts any)."""
+
+    num_samples: int = eqx.field(static=True, default=0)
+
+    def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
+        return jnp.max(inputs.responsibilities @ inputs.tau, axis=-1)  # type: ignore[operator]
+
+
+def _acquisition(cls: type[AbstractAcquisition]) -> ComponentFactory:
+    return ComponentFactory(cls, NoAcquisitionOptions, lambda options, context, key: cls(), cls.__doc__ or "")
+
+
 NEGATIVE = "is negative"
 NOT_FINITE = "not finite"
 
@@ -874,6 +939,46 @@ DEFECTS: tuple[Defect, ...] = (
         "repeat_calls_identical",
         "differs between two calls",
         _term(NoisyTerm, lambda o: NoisyTerm(o.schedule())),
+    ),
+    Defect(
+        "log of zero",
+        "acquisition",
+        "an entropy with an unclipped log: nan on a one-hot p(y|x)",
+        "scores_finite_one_per_example",
+        "not all finite",
+        _acquisition(LogOfZeroEntropy),
+    ),
+    Defect(
+        "labeled examples ranked",
+        "acquisition",
+        "select ranks every example, labeled ones included",
+        "never_chooses_labeled",
+        "chose labeled examples",
+        _acquisition(UnmaskedTopScores),
+    ),
+    Defect(
+        "drawn with replacement",
+        "acquisition",
+        "a batch sampled in proportion to the scores with replacement",
+        "batch_has_no_duplicates",
+        "repeats examples",
+        _acquisition(WithReplacement),
+    ),
+    Defect(
+        "NumPy randomness in a score",
+        "acquisition",
+        "random scores from NumPy's global generator, not the key",
+        "deterministic_for_a_key",
+        "differs between two calls",
+        _acquisition(GlobalRandomness),
+    ),
+    Defect(
+        "τ read without channels",
+        "acquisition",
+        "inputs.tau used unconditionally by a factory that accepts models without channels",
+        "works_without_channels",
+        "raised",
+        _acquisition(TauAlways),
     ),
 )
 
