@@ -14,6 +14,9 @@ reach random's final accuracy, and ``OUT/curve.png``::
     python benchmarks/active.py --dataset ../shared/data/mnist-t10k --preset mnist \\
         --seeds 0,1,2 --strategies random,entropy,margin --out runs/active-mnist
     python benchmarks/active.py --summarise runs/active-digits
+
+``--validation`` runs the same loops on the split's training examples alone, a fifth of
+them held out as the validation set (for choosing settings without the test split).
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ssvae_core.config import load_config
+from ssvae_core.data import load_dataset
 from ssvae_core.errors import SSVAEError
 from ssvae_core.labeling import (
     CURVE_NAME,
@@ -36,6 +42,24 @@ from ssvae_core.labeling import (
     write_curve_plot,
 )
 from ssvae_core.registry import default_registry
+from ssvae_core.runs import split_dataset
+
+
+def validation_data(args: argparse.Namespace, seed: int) -> str:
+    """An .npz of the split's training examples only: the loop's own split of it holds a
+    fifth out as the validation set, and the test split is never loaded again."""
+    config = load_config(
+        args.config,
+        [f"seed={seed}", f"data.dataset={json.dumps(args.dataset)}", f"data.labels_per_class={args.initial}", *args.set],
+        preset=args.preset,
+    )
+    dataset = load_dataset(config.data.dataset)
+    split = split_dataset(dataset, config)
+    path = Path(args.out) / f"validation-data-seed-{seed}.npz"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, x=dataset.x[split.train], y=dataset.y[split.train])
+    return str(path.resolve())
 
 
 def run_seed(args: argparse.Namespace, seed: int, strategies: tuple[str, ...]) -> Path:
@@ -43,8 +67,9 @@ def run_seed(args: argparse.Namespace, seed: int, strategies: tuple[str, ...]) -
     if (out / "curve.json").exists():
         print(f"seed {seed}: reusing {out}", file=sys.stderr)
         return out
+    data = validation_data(args, seed) if args.validation else args.dataset
     overrides = [
-        f"seed={seed}", f"data.dataset={json.dumps(args.dataset)}",
+        f"seed={seed}", f"data.dataset={json.dumps(data)}",
         f"data.labels_per_class={args.initial}", *args.set,
     ]
     config = load_config(args.config, overrides, preset=args.preset)
@@ -115,6 +140,11 @@ def main() -> int:
     parser.add_argument("--at", type=int, default=50, help="labels at which to compare with random")
     parser.add_argument("--out", default=None, help="benchmark folder (one loop per seed)")
     parser.add_argument("--summarise", nargs="+", metavar="DIR", help="only summarise finished folders")
+    parser.add_argument(
+        "--validation", action="store_true",
+        help="run on the split's training examples only, a fifth of them held out for "
+        "validation (for choosing settings; the test split is not used)",
+    )
     args = parser.parse_args()
     try:
         if args.summarise:

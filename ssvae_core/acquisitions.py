@@ -24,7 +24,8 @@ They register through the ``ssvae_register_acquisitions`` hook like any plugin's
 (:mod:`ssvae_core.builtin`).
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: ``eqx.AbstractVar[...]`` must be an evaluated
+# annotation (see ssvae_core.protocols).
 
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from ssvae_core.components import BuildContext, ComponentFactory
 from ssvae_core.losses import entropy
 from ssvae_core.options import option
-from ssvae_core.protocols import AbstractAcquisition
+from ssvae_core.protocols import AbstractAcquisition, top_unlabeled
 from ssvae_core.types import AcquisitionInputs
 
 
@@ -121,6 +122,36 @@ def greedy_cover(
     return jnp.asarray(picks)
 
 
+def class_balanced(
+    scores: Float[Array, " N"], labeled: Bool[Array, " N"], predictions: Int[Array, " N"], count: int
+) -> Int[Array, " count"]:
+    """The ``count`` best unlabeled examples taken round-robin over predicted classes: every
+    class's best, then every class's second best, ... (within a round, by score)."""
+    available = int(np.sum(~np.asarray(labeled)))
+    order = np.asarray(top_unlabeled(scores, labeled, available))
+    classes = np.asarray(predictions)[order]
+    rank = np.zeros(order.size, dtype=np.int64)
+    seen: dict[int, int] = {}
+    for position, label in enumerate(classes.tolist()):
+        rank[position] = seen.get(label, 0)
+        seen[label] = rank[position] + 1
+    return jnp.asarray(order[np.argsort(rank, kind="stable")][:count], dtype=jnp.int32)
+
+
+class RankedAcquisition(AbstractAcquisition):
+    """A score-based acquisition whose batch is either the best scores (``balance`` off)
+    or the best scores taken round-robin over the predicted classes (``balance`` on), so
+    that one confusing class cannot take the whole batch."""
+
+    balance: eqx.AbstractVar[bool]
+
+    def select(self, inputs: AcquisitionInputs, count: int, key: PRNGKeyArray) -> Int[Array, " count"]:
+        scores = self.score(inputs, key)
+        if not self.balance:
+            return top_unlabeled(scores, inputs.labeled, count)
+        return class_balanced(scores, inputs.labeled, jnp.argmax(inputs.probabilities, axis=-1), count)
+
+
 class RandomAcquisition(AbstractAcquisition):
     """Uniform random scores: the baseline."""
 
@@ -130,29 +161,32 @@ class RandomAcquisition(AbstractAcquisition):
         return jax.random.uniform(key, (inputs.num_examples,))
 
 
-class UncertaintyAcquisition(AbstractAcquisition):
+class UncertaintyAcquisition(RankedAcquisition):
     """An uncertainty of ``p(y|x)`` or the head's OOD score (``measure``)."""
 
     measure: str = eqx.field(static=True)
     num_samples: int = eqx.field(static=True, default=0)
+    balance: bool = eqx.field(static=True, default=False)
 
     def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
         return UNCERTAINTIES[self.measure](inputs)
 
 
-class ChannelEntropyAcquisition(AbstractAcquisition):
+class ChannelEntropyAcquisition(RankedAcquisition):
     """``H(q(c|x))``: how undecided the encoder is between channels."""
 
     num_samples: int = eqx.field(static=True, default=0)
+    balance: bool = eqx.field(static=True, default=False)
 
     def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
         return entropy(inputs.responsibilities)
 
 
-class DisagreementAcquisition(AbstractAcquisition):
+class DisagreementAcquisition(RankedAcquisition):
     """The mutual information between label and channel under ``q(c|x)`` (through τ)."""
 
     num_samples: int = eqx.field(static=True, default=0)
+    balance: bool = eqx.field(static=True, default=False)
 
     def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
         if inputs.tau is None:
@@ -160,10 +194,11 @@ class DisagreementAcquisition(AbstractAcquisition):
         return channel_disagreement(inputs.responsibilities, inputs.tau)
 
 
-class BaldAcquisition(AbstractAcquisition):
+class BaldAcquisition(RankedAcquisition):
     """The mutual information between ``y`` and ``z`` over ``num_samples`` posterior samples."""
 
     num_samples: int = eqx.field(static=True)
+    balance: bool = eqx.field(static=True, default=False)
 
     def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
         return mutual_information(inputs.sample_probabilities)
@@ -206,9 +241,21 @@ class NoOptions:
     """This acquisition has no options."""
 
 
+BALANCE_HELP = (
+    "take the batch round-robin over predicted classes (each class's best, then each "
+    "class's second best, ...) instead of the best scores overall"
+)
+
+
+@dataclass(frozen=True)
+class RankedOptions:
+    balance: bool = option(False, help=BALANCE_HELP)
+
+
 @dataclass(frozen=True)
 class BaldOptions:
     num_samples: int = option(8, help="posterior samples z_s ~ q(z|x) per example", minimum=2)
+    balance: bool = option(False, help=BALANCE_HELP)
 
 
 @dataclass(frozen=True)
@@ -235,20 +282,20 @@ def _uncertainty(measure: str) -> ComponentFactory:
         "ood": "the OOD score 1 − max_c r_c max_y τ_{c,y} (the head's certainty)",
     }
     return ComponentFactory(
-        UncertaintyAcquisition, NoOptions,
-        lambda options, context, key: UncertaintyAcquisition(measure=measure),
+        UncertaintyAcquisition, RankedOptions,
+        lambda options, context, key: UncertaintyAcquisition(measure=measure, balance=options.balance),
         descriptions[measure],
     )
 
 
-def _build_channel_entropy(options: NoOptions, context: BuildContext, key: PRNGKeyArray) -> ChannelEntropyAcquisition:
+def _build_channel_entropy(options: RankedOptions, context: BuildContext, key: PRNGKeyArray) -> ChannelEntropyAcquisition:
     _needs_channels("channel_entropy", context)
-    return ChannelEntropyAcquisition()
+    return ChannelEntropyAcquisition(balance=options.balance)
 
 
-def _build_disagreement(options: NoOptions, context: BuildContext, key: PRNGKeyArray) -> DisagreementAcquisition:
+def _build_disagreement(options: RankedOptions, context: BuildContext, key: PRNGKeyArray) -> DisagreementAcquisition:
     _needs_channels("disagreement", context)
-    return DisagreementAcquisition()
+    return DisagreementAcquisition(balance=options.balance)
 
 
 ACQUISITIONS: dict[str, ComponentFactory] = {
@@ -261,16 +308,16 @@ ACQUISITIONS: dict[str, ComponentFactory] = {
     "entropy": _uncertainty("entropy"),
     "ood": _uncertainty("ood"),
     "channel_entropy": ComponentFactory(
-        ChannelEntropyAcquisition, NoOptions, _build_channel_entropy,
+        ChannelEntropyAcquisition, RankedOptions, _build_channel_entropy,
         "H(q(c|x)), the responsibilities' entropy",
     ),
     "disagreement": ComponentFactory(
-        DisagreementAcquisition, NoOptions, _build_disagreement,
+        DisagreementAcquisition, RankedOptions, _build_disagreement,
         "H(Σ_c r_c τ_c) − Σ_c r_c H(τ_c): channels an example straddles disagree on its label",
     ),
     "bald": ComponentFactory(
         BaldAcquisition, BaldOptions,
-        lambda options, context, key: BaldAcquisition(num_samples=options.num_samples),
+        lambda options, context, key: BaldAcquisition(num_samples=options.num_samples, balance=options.balance),
         "mutual information between y and z over posterior samples (BALD)",
     ),
     "kcenter": ComponentFactory(
