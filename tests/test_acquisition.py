@@ -186,3 +186,21 @@ def test_query_refuses_more_examples_than_the_unlabeled_pool() -> None:
         query(model, state.head_state, x, labeled, 0)
     result = query(model, state.head_state, x, labeled, 3, strategy="bald")
     assert sorted(result.indices.tolist()) == [1, 2, 4] and result.scores.shape == (3,)
+
+
+def test_balanced_batches_go_round_robin_over_predicted_classes() -> None:
+    from ssvae_core.acquisitions import class_balanced
+
+    scores = jnp.asarray([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    predictions = jnp.asarray([0, 0, 0, 1, 2, 1])
+    labeled = jnp.asarray([False, False, False, False, False, True])
+    # each class's best (0, 3, 4), then each class's second best (1), ...
+    assert np.asarray(class_balanced(scores, labeled, predictions, 5)).tolist() == [0, 3, 4, 1, 2]
+    probabilities = (jax.nn.one_hot(predictions, 3) * 0.5 + 0.25) / 1.25  # rows sum to 1
+    inputs = _inputs(
+        probabilities=probabilities, certainty=jnp.max(probabilities, axis=-1),
+        responsibilities=jnp.full((6, 2), 0.5), z_mean=jnp.zeros((6, 2)), z_log_var=jnp.zeros((6, 2)),
+        sample_probabilities=jnp.zeros((0, 6, 2)), labeled=labeled,
+    )
+    balanced = build_acquisition("entropy", _context(), {"balance": True})
+    assert np.asarray(balanced.select(inputs, 3, KEY)).tolist() == [0, 3, 4]
