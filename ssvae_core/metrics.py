@@ -1,4 +1,4 @@
-"""Evaluation metrics: accuracy, calibration, confusion, OOD AUROC, channel diagnostics."""
+"""Evaluation metrics: accuracy, calibration, confusion, OOD AUROC and FPR95, channel diagnostics."""
 
 from __future__ import annotations
 
@@ -68,6 +68,36 @@ def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     scores = np.concatenate([in_scores, out_scores])
     targets = np.concatenate([np.zeros(len(in_scores)), np.ones(len(out_scores))])
     return float(roc_auc_score(targets, scores))
+
+
+def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float = 0.95) -> float:
+    """False-positive rate at ``tpr`` true-positive rate, ``out`` the positives (FPR95).
+
+    The threshold ``t`` is the ``⌈tpr · n_out⌉``-th largest ``out`` score — the largest
+    threshold flagging at least a ``tpr`` share of ``out`` as ``s ≥ t`` — and the result is
+    the share of ``in`` scores ``≥ t``: lower is better, 0 when the two sets separate.
+    """
+    inside = np.asarray(in_scores, dtype=np.float64).ravel()
+    outside = np.asarray(out_scores, dtype=np.float64).ravel()
+    if inside.size == 0 or outside.size == 0:
+        raise ValueError("fpr_at_tpr needs at least one in and one out score")
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must lie in (0, 1]; got {tpr}")
+    k = int(np.ceil(tpr * outside.size - 1e-9))
+    threshold = np.sort(outside)[::-1][max(k, 1) - 1]
+    return float(np.mean(inside >= threshold))
+
+
+def ood_table(in_scores: dict[str, np.ndarray], out_scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """``{score: {"auroc": …, "fpr95": …}}`` for each score named in both dicts."""
+    return {
+        name: {
+            "auroc": auroc(in_scores[name], out_scores[name]),
+            "fpr95": fpr_at_tpr(in_scores[name], out_scores[name]),
+        }
+        for name in in_scores
+        if name in out_scores
+    }
 
 
 def channel_diagnostics(responsibilities: np.ndarray, tau: np.ndarray | None) -> dict[str, Any]:
