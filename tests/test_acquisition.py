@@ -162,9 +162,9 @@ def test_every_builtin_is_registered_with_its_options() -> None:
 def test_unknown_strategy_and_bad_options_are_one_clear_error() -> None:
     with pytest.raises(ConfigError, match=r"strategy 'entopy' is not registered \(did you mean 'entropy'\?\); allowed: bald"):
         build_acquisition("entopy", _context())
-    with pytest.raises(ConfigError, match="bald.num_samples must be an integer >= 2, got 1"):
+    with pytest.raises(ConfigError, match=r"bald\.num_samples must be an integer >= 2, got 1"):
         build_acquisition("bald", _context(), {"num_samples": 1})
-    with pytest.raises(ConfigError, match="unknown option entropy.foo"):
+    with pytest.raises(ConfigError, match=r"unknown option entropy\.foo"):
         build_acquisition("entropy", _context(), {"foo": 1})
     with pytest.raises(ConfigError, match="reads the channels"):
         build_acquisition("disagreement", _context(num_components=0))
