@@ -12,18 +12,27 @@ import jax
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ssvae_core.active import QueryResult, query, query_key
 from ssvae_core.checkpoint import load_checkpoint, save_checkpoint
 from ssvae_core.config import Config, default_config
 from ssvae_core.data import Dataset, from_arrays
 from ssvae_core.errors import ConfigError, DataError, SSVAEError
-from ssvae_core.inference import Inference, infer
+from ssvae_core.inference import (
+    OOD_SCORES,
+    Inference,
+    OODReference,
+    check_score,
+    infer,
+    ood_reference,
+    ood_scores,
+)
 from ssvae_core.labelspace import channel_table, claim_for_classes
 from ssvae_core.metrics import (
     accuracy,
-    auroc,
     channel_diagnostics,
     confusion_matrix,
     expected_calibration_error,
+    ood_table,
     reliability_table,
 )
 from ssvae_core.model import SSVAE, build_model
@@ -64,6 +73,8 @@ class SSVAEClassifier:
         self.training_data: Dataset | None = None
         # the channels each class added after training claimed (add_labels)
         self.claims: dict[str, tuple[int, ...]] = {}
+        # the training data's OOD scores, for the blend score (ood_reference())
+        self._ood_reference: OODReference | None = None
 
     def fit(
         self,
@@ -274,6 +285,36 @@ class SSVAEClassifier:
             sinks=sinks, on_checkpoint=on_checkpoint,
         )
 
+    def query(
+        self,
+        n: int,
+        strategy: str = "entropy",
+        *,
+        options: dict[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> QueryResult:
+        """The ``n`` unlabeled rows of :attr:`training_data` to label next, best first.
+
+        ``strategy`` names a registered acquisition (``ssvae plugins`` lists them and their
+        options); ``options`` sets its options. Strategies that draw random numbers use
+        ``seed`` (default: the config's seed, folded with the training step). Label the
+        rows with :meth:`add_labels`, then :meth:`retrain`.
+        """
+        model, state = self._fitted()
+        if self.training_data is None:
+            raise SSVAEError(
+                "this classifier holds no training data (it was loaded from a checkpoint); "
+                "call resume(x, y, ...) with the data first, or query a run directory with "
+                "`ssvae query`"
+            )
+        data = self.training_data
+        return query(
+            model, state.head_state, data.x, data.y >= 0, n,
+            strategy=strategy, options=options, input_shape=self.input_shape,
+            key=query_key(self.config.seed if seed is None else seed, int(state.step)),
+            registry=self.registry,
+        )
+
     def _training_data(
         self,
         x: ArrayLike | Dataset,
@@ -388,9 +429,43 @@ class SSVAEClassifier:
         """The most probable class of each example."""
         return self.infer(x).predictions
 
-    def ood_score(self, x: ArrayLike | Dataset) -> np.ndarray:
-        """``1 − max_c r_c(x) max_y τ_{c,y}`` (τ head) or ``1 − max_y p(y|x)``; in [0, 1]."""
-        return self.infer(x).ood_score
+    def ood_score(self, x: ArrayLike | Dataset, score: str = "certainty") -> np.ndarray:
+        """Out-of-distribution score per example; higher is more likely out of distribution.
+
+        ``score``: ``"certainty"`` (default) ``1 − max_c r_c(x) max_y τ_{c,y}`` (τ head) or
+        ``1 − max_y p(y|x)``, in [0, 1]; ``"likelihood"`` the reconstruction NLL
+        ``Σ_c r_c(x) NLL(x | μ(x), c)`` (nats); ``"blend"`` Fisher's combination of both scores' tail
+        probabilities under the training data (:meth:`ood_reference`), in [0, 1]
+        (``docs/maths.md``, "Out-of-distribution scores").
+        """
+        check_score(score)
+        if score == "certainty":
+            return self.infer(x).ood_score
+        model, state = self._fitted()
+        reference = self.ood_reference() if score == "blend" else None
+        result = infer(model, state.head_state, self._inputs(x), likelihood=True)
+        return ood_scores(result, reference, (score,))[score]
+
+    def ood_reference(self) -> OODReference:
+        """The training data's likelihood and certainty scores, which the blend score
+        compares an input with: computed from :attr:`training_data` (a seeded subsample
+        of at most 2,000 rows) for the current model, kept in checkpoints by :meth:`save`.
+        """
+        model, state = self._fitted()
+        step, classes = int(state.step), len(self.label_names)
+        cached = self._ood_reference
+        if cached is not None and (cached.step, cached.classes) == (step, classes):
+            return cached
+        if self.training_data is None:
+            raise SSVAEError(
+                "the blend OOD score needs the training data's scores, and this classifier "
+                "has neither (its checkpoint was saved without them); call resume(x, y, ...) "
+                "with the training data, or evaluate the run directory with `ssvae evaluate`"
+            )
+        self._ood_reference = ood_reference(
+            model, state.head_state, self.training_data.x, step=step, classes=classes
+        )
+        return self._ood_reference
 
     def encode(self, x: ArrayLike | Dataset) -> tuple[np.ndarray, np.ndarray]:
         """``(z_mean, responsibilities)``; responsibilities have width 0 without channels."""
@@ -410,14 +485,27 @@ class SSVAEClassifier:
         y: ArrayLike | None = None,
         *,
         ood: ArrayLike | Dataset | None = None,
+        scores: Sequence[str] = OOD_SCORES,
     ) -> dict[str, Any]:
         """Accuracy, ECE, confusion, reliability, reconstruction error and channel diagnostics
-        on labeled data; with ``ood`` also the AUROC of the OOD score against those inputs."""
+        on labeled data. With ``ood`` (inputs that are out of distribution, the positives)
+        also ``ood_auroc`` (the certainty score's AUROC) and ``ood``: AUROC and FPR at 95 %
+        TPR per score, ``{"certainty": {"auroc": …, "fpr95": …}, "likelihood": …,
+        "blend": …}`` for the ``scores`` named (the blend only where :meth:`ood_reference`
+        is available; otherwise ``ood_notes`` says why it is missing)."""
+        if isinstance(scores, str) or not scores:
+            raise ConfigError(
+                f"scores must be a non-empty list of OOD score names ({', '.join(OOD_SCORES)}); "
+                f"got {scores!r}"
+            )
+        names = tuple(dict.fromkeys(check_score(score) for score in scores))
         dataset = x if isinstance(x, Dataset) else from_arrays(x, y)
         keep = dataset.y >= 0
         if not np.any(keep):
             raise DataError("evaluate needs labeled examples (labels >= 0)")
-        result = self.infer(dataset.x[keep])
+        ood_x = self._inputs(ood) if ood is not None else None
+        model, state = self._fitted()
+        result = infer(model, state.head_state, self._inputs(dataset.x[keep]), likelihood=ood is not None)
         labels = dataset.y[keep]
         if labels.max() >= len(self.label_names):
             raise DataError(
@@ -443,13 +531,33 @@ class SSVAEClassifier:
             rows = self._channel_rows(np.mean(result.responsibilities, axis=0))
             metrics["channels"]["table"] = rows
             metrics["channels"]["free_channels"] = [r["channel"] for r in rows if r["free"]]
-        if ood is not None:
-            metrics["ood_auroc"] = auroc(result.ood_score, self.ood_score(ood))
+        if ood_x is not None:
+            out = infer(model, state.head_state, ood_x, likelihood=True)
+            reference = None
+            if "blend" in names:
+                try:
+                    reference = self.ood_reference()
+                except SSVAEError as error:
+                    metrics["ood_notes"] = {"blend": str(error)}
+                    names = tuple(name for name in names if name != "blend")
+            wanted = tuple(dict.fromkeys(("certainty", *names)))
+            table = ood_table(ood_scores(result, reference, wanted), ood_scores(out, reference, wanted))
+            metrics["ood_auroc"] = table["certainty"]["auroc"]
+            metrics["ood"] = {name: table[name] for name in names}
         return metrics
 
     def save(self, path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> None:
-        """Write a checkpoint (atomically) that :meth:`load` restores."""
+        """Write a checkpoint (atomically) that :meth:`load` restores.
+
+        The blend score's reference (:meth:`ood_reference`) goes with it, computed first
+        when the classifier holds its training data.
+        """
         model, state = self._fitted()
+        if self.training_data is not None or self._ood_reference is not None:
+            try:
+                extra = {**(extra or {}), "ood_reference": self.ood_reference().to_dict()}
+            except SSVAEError:
+                pass  # a loaded classifier whose reference is out of date: saved without
         save_checkpoint(
             path,
             model=model,
@@ -474,6 +582,8 @@ class SSVAEClassifier:
         classifier.opt_state = checkpoint.opt_state
         classifier.input_shape = tuple(checkpoint.manifest["input_shape"])
         classifier.label_names = checkpoint.label_names
+        if "ood_reference" in checkpoint.manifest:
+            classifier._ood_reference = OODReference.from_dict(checkpoint.manifest["ood_reference"])
         return classifier
 
     def channels(self, x: ArrayLike | Dataset | None = None) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
 """The ``ssvae`` command line: ``train``, ``evaluate``, ``report``, ``label``, ``labels``,
-``retrain`` and ``plugins``.
+``retrain``, ``query``, ``loop`` and ``plugins``.
 
 Exit codes: 0 success, 2 bad input (config, data, checkpoint, plugin; one line on
 stderr, nothing overwritten), 1 internal failure.
@@ -63,7 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or checkpoint file")
     evaluate.add_argument("--data", metavar="PATH", help="evaluate on every labeled example of PATH")
-    evaluate.add_argument("--ood", metavar="PATH", help="second dataset for the OOD AUROC")
+    evaluate.add_argument(
+        "--ood", metavar="PATH",
+        help="out-of-distribution inputs: AUROC and FPR at 95%% TPR of each OOD score "
+        "(certainty, likelihood, blend) against the evaluated data",
+    )
+    evaluate.add_argument(
+        "--score", action="append", default=None, metavar="NAME",
+        help="with --ood: report only this OOD score (repeatable): certainty, likelihood, blend",
+    )
     evaluate.add_argument("--json", action="store_true", help="print the whole report as JSON")
 
     report = commands.add_parser(
@@ -104,6 +112,64 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("--data", metavar="PATH", help="where the run's data are, if they moved")
     retrain.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     retrain.add_argument("--quiet", action="store_true", help="no progress display")
+
+    query = commands.add_parser(
+        "query", help="write the unlabeled training examples to label next",
+        description="Score the run's unlabeled training examples with an acquisition "
+        "strategy and write the N best as a query sheet (CSV: index,label,score,predicted,"
+        "certainty, label left empty) with a PNG of their images. Fill in the labels you "
+        "know and hand the sheet to `ssvae label`; rows left empty are skipped.",
+    )
+    query.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    query.add_argument(
+        "--strategy", default="entropy", metavar="NAME",
+        help="acquisition strategy (default entropy; `ssvae plugins` lists them)",
+    )
+    query.add_argument("--n", type=int, default=10, metavar="N", help="examples to query (default 10)")
+    query.add_argument(
+        "--set", action="append", default=[], metavar="OPTION=VALUE",
+        help="set one option of the strategy (repeatable), e.g. --set num_samples=16",
+    )
+    query.add_argument("--seed", type=int, metavar="N", help="seed of random strategies (default: the run's)")
+    query.add_argument(
+        "--out", metavar="FILE.csv",
+        help="where to write the sheet (default RUN_DIR/queries/step-<step>-<strategy>.csv)",
+    )
+    query.add_argument("--data", metavar="PATH", help="where the run's data are, if they moved")
+
+    loop = commands.add_parser(
+        "loop", help="simulate query → label → retrain rounds and write the label-efficiency curve",
+        description="Train with a few labels per class, then for --rounds rounds query "
+        "--per-round examples, label them with the data's own training labels (held-out "
+        "labels are never read) and retrain warm for --steps-per-round steps. Each strategy "
+        "and seed is a run directory under OUT/runs/; OUT/curve.json and curve.png hold the "
+        "held-out accuracy and ECE against labels used.",
+    )
+    loop.add_argument("--data", metavar="PATH", help="an .npz file or IDX folder (default: digits)")
+    loop.add_argument("--preset", metavar="NAME", help="a shipped preset: digits, mnist")
+    loop.add_argument("--config", metavar="PATH", help="TOML config file (applied over --preset)")
+    loop.add_argument(
+        "--strategy", action="append", metavar="NAME",
+        help="acquisition strategy (repeatable, or comma-separated; default entropy)",
+    )
+    loop.add_argument(
+        "--initial-labels-per-class", type=int, default=1, metavar="K",
+        help="labels per class of the first training (default 1)",
+    )
+    loop.add_argument("--rounds", type=int, default=5, metavar="R", help="query rounds (default 5)")
+    loop.add_argument("--per-round", type=int, default=10, metavar="N", help="queries per round (default 10)")
+    loop.add_argument(
+        "--steps-per-round", type=int, default=500, metavar="M", help="warm steps per round (default 500)"
+    )
+    loop.add_argument("--steps", type=int, metavar="N", help="steps of the first training (default: the config's)")
+    loop.add_argument("--seeds", default="0", metavar="LIST", help="split and model seeds, e.g. 0,1,2 (default 0)")
+    loop.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable)",
+    )
+    loop.add_argument("--out", metavar="DIR", help="loop directory (default: a new folder under runs/)")
+    loop.add_argument("--no-plots", action="store_true", help="skip curve.png")
+    loop.add_argument("--quiet", action="store_true", help="no progress lines")
 
     plugins = commands.add_parser("plugins", help="list registered components and their options")
     plugins.add_argument("--json", action="store_true", help="machine-readable listing")
@@ -202,7 +268,11 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from ssvae_core.runs import evaluate_run
 
-    report = evaluate_run(args.run_dir, data=args.data, ood=args.ood)
+    if args.score is not None and args.ood is None:
+        from ssvae_core.errors import ConfigError
+
+        raise ConfigError("--score chooses among the OOD scores; it needs --ood PATH")
+    report = evaluate_run(args.run_dir, data=args.data, ood=args.ood, ood_scores=args.score)
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -213,6 +283,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     if "ood_auroc" in report:
         line += f"  OOD AUROC {report['ood_auroc']:.4f}"
     print(line)
+    for score, figures in (report.get("ood") or {}).items():
+        print(
+            f"OOD {score:<10}  AUROC {figures['auroc']:.4f}  FPR95 {figures['fpr95']:.4f}  "
+            f"vs {report.get('ood_dataset', 'ood')}"
+        )
+    for score, why in (report.get("ood_notes") or {}).items():
+        print(f"OOD {score:<10}  not available: {why}")
     per_class = report.get("per_class_accuracy") or {}
     if per_class:
         print(
@@ -278,6 +355,83 @@ def _checkpoint_step(run_dir: str) -> int:
     return step if isinstance(step, int) else 0
 
 
+def _strategy_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--set option=value`` pairs of a strategy, values read as TOML."""
+    from ssvae_core.config import parse_override
+    from ssvae_core.errors import ConfigError
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        keys, value = parse_override(pair)
+        if len(keys) != 1:
+            raise ConfigError(f"--set of a strategy expects OPTION=VALUE (one name), got {pair!r}")
+        options[keys[0]] = value
+    return options
+
+
+def _query(args: argparse.Namespace) -> int:
+    from ssvae_core.labeling import query_run
+
+    result = query_run(
+        args.run_dir, args.n, strategy=args.strategy, options=_strategy_options(args.set) or None,
+        seed=args.seed, out=args.out, data=args.data,
+    )
+    print(f"{len(result['rows'])} examples to label ({result['strategy']}): {result['path']}")
+    if result["image"] is not None:
+        print(f"images: {result['image']}")
+    print("fill in the label column, then: ssvae label " + f"{args.run_dir} {result['path']}")
+    return EXIT_OK
+
+
+def _loop(args: argparse.Namespace) -> int:
+    from ssvae_core.config import load_config
+    from ssvae_core.labeling import LoopPlan, parse_seeds, run_loop
+    from ssvae_core.runs import new_run_dir
+
+    overrides = list(args.set)
+    if args.data is not None:
+        overrides.insert(0, f"data.dataset={json.dumps(args.data, ensure_ascii=False)}")
+    overrides.insert(0, f"data.labels_per_class={args.initial_labels_per_class}")
+    if args.steps is not None:
+        overrides.insert(0, f"train.steps={args.steps}")
+    config = load_config(args.config, overrides, preset=args.preset)
+    strategies = tuple(
+        name.strip() for item in (args.strategy or ["entropy"]) for name in item.split(",") if name.strip()
+    )
+    plan = LoopPlan(
+        config, strategies, tuple(parse_seeds(args.seeds)),
+        rounds=args.rounds, per_round=args.per_round, steps_per_round=args.steps_per_round,
+    )
+    out = args.out if args.out is not None else new_run_dir()
+    total = len(plan.seeds) * len(plan.strategies) * plan.rounds
+
+    def progress(record: dict[str, Any]) -> None:
+        if args.quiet:
+            return
+        print(
+            f"{record['strategy']:>16} seed {record['seed']} round {record['round']}/{plan.rounds}: "
+            f"{record['labels']} labels, test accuracy {record['test_accuracy']:.4f}, "
+            f"ECE {record['ece']:.4f} ({record['wall_time_s']:.1f}s)",
+            flush=True,
+        )
+
+    if not args.quiet:
+        print(
+            f"loop: {len(plan.strategies)} strategies × {len(plan.seeds)} seeds × {plan.rounds} rounds "
+            f"({total} rounds of {plan.per_round} queries) → {out}",
+            flush=True,
+        )
+    summary = run_loop(plan, out, on_round=progress, plots=not args.no_plots)
+    for strategy, rows in summary.items():
+        last = rows[-1]
+        print(
+            f"{strategy}: {last['labels']:.0f} labels, test accuracy {last['test_accuracy']:.4f} "
+            f"± {last['test_accuracy_std']:.4f}, ECE {last['ece']:.4f}"
+        )
+    print(f"curve: {out}/curve.json" + ("" if args.no_plots else f", {out}/curve.png"))
+    return EXIT_OK
+
+
 def _plugins(args: argparse.Namespace) -> int:
     from ssvae_core.options import describe_options
     from ssvae_core.registry import default_registry
@@ -313,7 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {
         "train": _train, "evaluate": _evaluate, "report": _report, "label": _label,
-        "labels": _labels, "retrain": _retrain, "plugins": _plugins,
+        "labels": _labels, "retrain": _retrain, "query": _query, "loop": _loop,
+        "plugins": _plugins,
     }
     try:
         return handlers[args.command](args)

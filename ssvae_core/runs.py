@@ -93,16 +93,22 @@ def build_report(
     *,
     num_labels: int | None,
     ood: Dataset | None = None,
+    ood_scores: Sequence[str] | None = None,
     **facts: Any,
 ) -> dict[str, Any]:
     """The report of a run: what was trained, then held-out metrics on ``(x, y)``.
 
     ``facts`` adds run facts (training set size, wall time, throughput). Accuracy, ECE,
     confusion, reliability and channel diagnostics come from
-    :meth:`SSVAEClassifier.evaluate`, with the OOD AUROC against ``ood`` when given.
+    :meth:`SSVAEClassifier.evaluate`, with the OOD AUROC against ``ood`` when given
+    (``ood_auroc``: the certainty score; ``ood``: AUROC and FPR95 per score).
     """
     config = classifier.config
-    evaluation = classifier.evaluate(x, y, ood=ood)
+    evaluation = (
+        classifier.evaluate(x, y, ood=ood)
+        if ood_scores is None
+        else classifier.evaluate(x, y, ood=ood, scores=ood_scores)
+    )
     report: dict[str, Any] = {
         "dataset": dataset.name,
         "prior": config.prior.name,
@@ -429,17 +435,33 @@ def evaluate_run(
     *,
     data: str | None = None,
     ood: str | None = None,
+    ood_scores: Sequence[str] | None = None,
     registry: Registry | None = None,
 ) -> dict[str, Any]:
     """Reload a run's checkpoint and report the held-out metrics again.
 
     Without ``data`` the run's own dataset and split are rebuilt and its test set is used;
-    with ``data`` every labeled example of that dataset is evaluated.
+    with ``data`` every labeled example of that dataset is evaluated. With ``ood`` the
+    report adds AUROC and FPR95 per OOD score (``report["ood"]``; ``ood_scores`` names
+    them, default all); a checkpoint saved
+    without the blend score's reference gets it recomputed from the run's training
+    examples (when the run's data can be read).
     """
+    from ssvae_core.inference import check_score
+
+    for score in ood_scores or ():
+        check_score(score)
     checkpoint = _checkpoint_path(run_dir)
     manifest = read_manifest(checkpoint)  # a clear error for a missing or foreign file
     classifier = SSVAEClassifier.load(checkpoint, registry=registry)
     config = classifier.config
+    ood_dataset = load_dataset(ood) if ood is not None else None
+    if ood_dataset is not None and "ood_reference" not in manifest:
+        try:
+            own = load_dataset(config.data.dataset)
+            classifier.training_data = training_view(own, split_dataset(own, config))
+        except DataError:
+            pass  # the run's data have moved: the report notes the missing blend score
     if data is None:
         dataset = load_dataset(config.data.dataset)
         split = split_dataset(dataset, config)
@@ -450,9 +472,10 @@ def evaluate_run(
         if not np.any(keep):
             raise DataError(f"dataset {data!r} has no labels to evaluate against")
         x, y = dataset.x[keep], dataset.y[keep]
-    ood_dataset = load_dataset(ood) if ood is not None else None
     num_labels = manifest.get("data", {}).get("num_labels")
-    return build_report(classifier, dataset, x, y, num_labels=num_labels, ood=ood_dataset)
+    return build_report(
+        classifier, dataset, x, y, num_labels=num_labels, ood=ood_dataset, ood_scores=ood_scores
+    )
 
 
 # --- labels after training ------------------------------------------------------------------
