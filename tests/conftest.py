@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import jax
 import numpy as np
 import pytest
 
@@ -12,6 +14,29 @@ from ssvae_core.config import config_from_dict
 
 NUM_CLASSES = 3
 SAMPLE_SHAPE = (4, 4)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_xla_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One persistent XLA cache for this test session, shared by the xdist workers.
+
+    Most of the suite's time is XLA compiling, and every worker compiles the same tiny
+    models (the session fixtures, the CLI runs) again. With the cache a program that one
+    worker compiled is loaded by the other. The cache lies in this session's temporary
+    directory, so no session sees another's entries. It changes no traced program and no
+    compilation count that the tests read (jax logs "Compiling ..." before the cache).
+    ``SSVAE_TEST_XLA_CACHE=0`` turns it off.
+    """
+    if os.environ.get("SSVAE_TEST_XLA_CACHE") == "0":
+        return
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's directory above popen-gw0, popen-gw1, ...
+    cache = root / "xla-cache"
+    cache.mkdir(exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.05)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def _prototypes() -> np.ndarray:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,25 @@ def straight(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def child_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of the killed children: one persistent XLA cache for all of them.
+
+    Each child is a fresh process that would compile the same train step again; with a
+    shared cache the first child compiles and the others load its executables. The cache
+    is this module's own, and only the children use it. ``SSVAE_TEST_XLA_CACHE=0`` turns it off.
+    """
+    if os.environ.get("SSVAE_TEST_XLA_CACHE") == "0":
+        return dict(os.environ)
+    cache = tmp_path_factory.mktemp("xla-cache")
+    return {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+    }
+
+
 def _quiet(args: list[str]) -> int:
     with contextlib.redirect_stdout(io.StringIO()):
         code = main(args)
@@ -91,9 +111,9 @@ def _quiet(args: list[str]) -> int:
     return code
 
 
-def _killed(data: Path, out: Path, mode: str, at: int) -> None:
+def _killed(data: Path, out: Path, mode: str, at: int, env: dict[str, str]) -> None:
     command = [sys.executable, "-c", DRIVER, mode, str(at), "train", "--data", str(data), "--out", str(out), *TINY]
-    result = subprocess.run(command, capture_output=True, timeout=300, check=False)
+    result = subprocess.run(command, capture_output=True, timeout=300, check=False, env=env)
     assert result.returncode == -9, result.stderr.decode()[-2000:]
 
 
@@ -133,11 +153,12 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(
     checkpoint_step: int | None,
     data: Path,
     straight: Path,
+    child_env: dict[str, str],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "run"
-    _killed(data, out, mode, at)
+    _killed(data, out, mode, at, child_env)
     if checkpoint_step is None:
         assert not (out / "model.ckpt").exists()
     else:
@@ -150,10 +171,10 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(
 
 
 def test_a_run_killed_before_its_report_gets_it_from_resume(
-    data: Path, straight: Path, tmp_path: Path
+    data: Path, straight: Path, child_env: dict[str, str], tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    _killed(data, out, "report", 1)
+    _killed(data, out, "report", 1, child_env)
     assert load_checkpoint(out / "model.ckpt").manifest["step"] == STEPS
     _quiet(["train", "--resume", str(out), "--quiet", "--no-plots"])
     _assert_equal_runs(out, straight)
