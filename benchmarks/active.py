@@ -97,9 +97,25 @@ def read_records(folders: Sequence[Path]) -> list[dict[str, Any]]:
     return records
 
 
+def complete_seeds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of the seeds on which every strategy reached the last round (so every
+    strategy is averaged over the same seeds)."""
+    last = max(r["round"] for r in records)
+    strategies = {r["strategy"] for r in records}
+    done = {
+        seed for seed in {r["seed"] for r in records}
+        if {r["strategy"] for r in records if r["seed"] == seed and r["round"] == last} == strategies
+    }
+    return [r for r in records if r["seed"] in done]
+
+
 def summarise(records: list[dict[str, Any]], at: int) -> list[dict[str, Any]]:
-    """One row per strategy: accuracy by labels (mean over seeds), gain over random at
-    ``at`` labels, labels needed to reach random's accuracy at its largest budget."""
+    """One row per strategy: accuracy by labels (mean over the seeds every strategy
+    finished), gain over random at ``at`` labels, labels needed to reach random's accuracy
+    at its largest budget."""
+    records = complete_seeds(records)
+    if not records:
+        return []
     summary = summarise_curve(records)
     random_rows = summary.get("random")
     target = random_rows[-1]["test_accuracy"] if random_rows else None
@@ -159,13 +175,14 @@ def main() -> int:
             strategies = ("random", *[s for s in strategies if s != "random"])
             folders = [run_seed(args, seed, strategies) for seed in parse_seeds(args.seeds)]
         records = read_records(folders)
-        if not records:
+        if not records or not complete_seeds(records):
             print("no finished loop under the given folders", file=sys.stderr)
             return 2
         rows = summarise(records, args.at)
         for row in rows:
             print(json.dumps(row))
         target = Path(args.out) if args.out else folders[0]
+        records = complete_seeds(records)
         write_curve_plot(
             target / "curve.png", summarise_curve(records),
             f"{records[0].get('dataset', '')} label efficiency, seeds "
