@@ -28,7 +28,7 @@ from ssvae_core.errors import ConfigError, DataError
 from ssvae_core.model import SSVAE
 from ssvae_core.options import parse_options
 from ssvae_core.protocols import AbstractAcquisition
-from ssvae_core.registry import Registry, default_registry
+from ssvae_core.registry import RegisteredComponent, Registry, default_registry
 from ssvae_core.types import AcquisitionInputs, EncoderOutput, reparameterise
 
 DEFAULT_BATCH = 512
@@ -152,6 +152,16 @@ def model_context(model: SSVAE, input_shape: tuple[int, ...], embedding_dim: int
     )
 
 
+def registered_strategy(name: str, registry: Registry) -> RegisteredComponent:
+    """The acquisition registered as ``name``; a :class:`ConfigError` names the allowed ones."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"the strategy must be an acquisition name; got {name!r}")
+    try:
+        return registry.get("acquisition", name)
+    except ConfigError as error:
+        raise ConfigError(str(error).replace("acquisition.name", "strategy", 1)) from None
+
+
 def build_acquisition(
     name: str,
     context: BuildContext,
@@ -162,13 +172,7 @@ def build_acquisition(
     """The registered acquisition ``name`` built for a model described by ``context``;
     ``options`` is a mapping of option values (checked like a config table) or the
     options dataclass itself."""
-    registry = registry or default_registry()
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"the strategy must be an acquisition name; got {name!r}")
-    try:
-        registered = registry.get("acquisition", name)
-    except ConfigError as error:
-        raise ConfigError(str(error).replace("acquisition.name", "strategy", 1)) from None
+    registered = registered_strategy(name, registry or default_registry())
     factory = registered.factory
     if options is None:
         options = factory.default_options()

@@ -29,20 +29,20 @@ from typing import Any
 
 import numpy as np
 
-from ssvae_core.active import query, query_key
+from ssvae_core.active import query, query_key, registered_strategy
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.checkpoint import atomic_write_bytes
 from ssvae_core.config import Config, dumps_toml
 from ssvae_core.data import Dataset, Split, load_dataset
-from ssvae_core.errors import CheckpointError, ConfigError, DataError
+from ssvae_core.errors import ConfigError, DataError
 from ssvae_core.labels import QUERY_SHEET_HEADER, STORE_NAME, utc_now
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.rundir import LOCK_NAME, RunLock, check_fresh_dir, claim_new_run_dir
 from ssvae_core.runs import (
-    CHECKPOINT_NAME,
-    ROUNDS_NAME,
     _run_config,
     _run_dir,
+    append_json_line,
+    require_checkpoint,
     retrain_run,
     run_store,
     split_dataset,
@@ -102,6 +102,17 @@ def sheet_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def _save_figure(fig: Any, path: Path, *, dpi: int) -> None:
+    """Write a Matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def _as_image(sample: np.ndarray) -> np.ndarray:
     """A sample as something ``imshow`` draws: 2-D, or 3-D with 3/4 channels last."""
     if sample.ndim == 2 or (sample.ndim == 3 and sample.shape[-1] in (3, 4)):
@@ -133,11 +144,7 @@ def write_sheet_image(path: Path, x: np.ndarray, rows: Sequence[Mapping[str, Any
         axis.imshow(_as_image(np.asarray(sample)), cmap="gray")
         axis.set_title(f"#{row['index']} → {row['predicted']}\n{row['score']:.3g}", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    _save_figure(fig, path, dpi=100)
 
 
 def query_run(
@@ -168,12 +175,7 @@ def query_run(
             "(choose another path)"
         )
     with RunLock(run):
-        checkpoint = run / CHECKPOINT_NAME
-        if not checkpoint.exists():
-            raise CheckpointError(
-                f"{os.fspath(run)!r} has no checkpoint yet; finish the run with "
-                "`ssvae train --resume` before querying it"
-            )
+        checkpoint = require_checkpoint(run, "before querying it")
         registry = registry or default_registry()
         config = _run_config(run, data)
         dataset = load_dataset(config.data.dataset)
@@ -257,10 +259,7 @@ class LoopPlan:
         if len(set(self.strategies)) != len(self.strategies):
             raise ConfigError(f"--strategy names a strategy twice: {', '.join(self.strategies)}")
         for name in self.strategies:
-            try:
-                registry.get("acquisition", name)
-            except ConfigError as error:
-                raise ConfigError(str(error).replace("acquisition.name", "strategy", 1)) from None
+            registered_strategy(name, registry)
 
 
 def _round_record(strategy: str, seed: int, round_: int, report: dict[str, Any], queried: int) -> dict[str, Any]:
@@ -276,12 +275,6 @@ def _round_record(strategy: str, seed: int, round_: int, report: dict[str, Any],
         "steps": report["steps"],
         "time": utc_now(),
     }
-
-
-def _append_line(path: Path, record: dict[str, Any]) -> None:
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    lines.append(json.dumps(record))
-    atomic_write_bytes(path, "".join(f"{line}\n" for line in lines).encode("utf-8"))
 
 
 def _copy_run(source: Path, target: Path) -> None:
@@ -334,11 +327,7 @@ def write_curve_plot(path: Path, summary: Mapping[str, Sequence[Mapping[str, Any
     right.set_ylabel("held-out ECE")
     left.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    _save_figure(fig, path, dpi=110)
 
 
 def run_loop(
@@ -392,7 +381,7 @@ def run_loop(
                 record = _round_record(strategy, seed, 0, report, 0)
                 record["wall_time_s"] = initial_time
                 records.append(record)
-                _append_line(out / CURVE_NAME, record)
+                append_json_line(out / CURVE_NAME, record)
                 if on_round is not None:
                     on_round(record)
                 for round_ in range(1, plan.rounds + 1):
@@ -408,7 +397,7 @@ def run_loop(
                     record = _round_record(strategy, seed, round_, round_report, len(indices))
                     record["wall_time_s"] = round(time.perf_counter() - started, 3)
                     records.append(record)
-                    _append_line(out / CURVE_NAME, record)
+                    append_json_line(out / CURVE_NAME, record)
                     if on_round is not None:
                         on_round(record)
         summary = summarise_curve(records)
@@ -431,7 +420,6 @@ def _label_store(run: Path, dataset: Dataset, split: Split, indices: list[int], 
 
 __all__ = [
     "CURVE_NAME",
-    "ROUNDS_NAME",
     "LoopPlan",
     "Oracle",
     "parse_seeds",

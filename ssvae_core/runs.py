@@ -599,8 +599,27 @@ def _record_round(
         "wall_time_s": round(wall_time, 3),
         "time": utc_now(),
     }
-    lines.append(json.dumps(record))
+    append_json_line(path, record, lines)
+
+
+def append_json_line(path: Path, record: dict[str, Any], lines: list[str] | None = None) -> None:
+    """Append ``record`` as one JSON line to ``path`` (the file is rewritten atomically);
+    ``lines`` are its current lines, when the caller has read them already."""
+    if lines is None:
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    lines = [*lines, json.dumps(record)]
     atomic_write_bytes(path, "".join(f"{line}\n" for line in lines).encode("utf-8"))
+
+
+def require_checkpoint(out: Path, before: str) -> Path:
+    """The run's checkpoint path; a :class:`CheckpointError` if the run has none yet."""
+    checkpoint = out / CHECKPOINT_NAME
+    if not checkpoint.exists():
+        raise CheckpointError(
+            f"{os.fspath(out)!r} has no checkpoint yet; finish the run with "
+            f"`ssvae train --resume` {before}"
+        )
+    return checkpoint
 
 
 def _run_config(out: Path, data: str | None) -> Config:
@@ -623,11 +642,7 @@ def label_run(
     """
     out = _run_dir(run_dir, "label")
     with RunLock(out):
-        if not (out / CHECKPOINT_NAME).exists():
-            raise CheckpointError(
-                f"{os.fspath(out)!r} has no checkpoint yet; finish the run with "
-                "`ssvae train --resume` before labeling"
-            )
+        require_checkpoint(out, "before labeling")
         manifest = read_manifest(out / CHECKPOINT_NAME)
         config = _run_config(out, data)
         indices, names = read_label_csv(labels_file)
@@ -691,12 +706,7 @@ def retrain_run(
         raise ConfigError(f"--steps must be a positive integer; got {steps!r}")
     out = _run_dir(run_dir, "retrain")
     with RunLock(out):
-        checkpoint = out / CHECKPOINT_NAME
-        if not checkpoint.exists():
-            raise CheckpointError(
-                f"{os.fspath(out)!r} has no checkpoint yet; finish the run with "
-                "`ssvae train --resume` first"
-            )
+        checkpoint = require_checkpoint(out, "first")
         classifier = SSVAEClassifier.load(checkpoint, registry=registry)
         classifier.config = config = _with_data(classifier.config, data)
         done = int(classifier.state.step) if classifier.state is not None else 0
