@@ -1,5 +1,5 @@
 """The ``ssvae`` command line: ``train``, ``evaluate``, ``report``, ``label``, ``labels``,
-``retrain``, ``query``, ``loop`` and ``plugins``.
+``retrain``, ``query``, ``loop``, ``studio`` and ``plugins``.
 
 Exit codes: 0 success, 2 bad input (config, data, checkpoint, plugin; one line on
 stderr, nothing overwritten), 1 internal failure.
@@ -170,6 +170,27 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--out", metavar="DIR", help="loop directory (default: a new folder under runs/)")
     loop.add_argument("--no-plots", action="store_true", help="skip curve.png")
     loop.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    studio = commands.add_parser(
+        "studio", help="a local web page to explore a run, label what it asks for and retrain",
+        description="Serve the labeling studio for RUN_DIR on http://HOST:PORT/ and print its "
+        "URL with a random access token (every request needs it). The studio holds the run "
+        "while it is open: labels go to the run's label store (source 'studio'), retrains "
+        "continue the run warm. Stop it with Ctrl+C. Needs: pip install 'ssvae-core[studio]'.",
+    )
+    studio.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    studio.add_argument(
+        "--host", default="127.0.0.1", metavar="HOST",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
+    studio.add_argument(
+        "--port", type=int, default=8765, metavar="N", help="port (default 8765; 0 picks a free one)"
+    )
+    studio.add_argument(
+        "--token", metavar="TOKEN", help="access token (default: a new random one each start)"
+    )
+    studio.add_argument("--open", action="store_true", help="open the page in the default browser")
+    studio.add_argument("--data", metavar="PATH", help="where the run's data are, if they moved")
 
     plugins = commands.add_parser("plugins", help="list registered components and their options")
     plugins.add_argument("--json", action="store_true", help="machine-readable listing")
@@ -432,6 +453,29 @@ def _loop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _studio(args: argparse.Namespace) -> int:
+    from ssvae_core.errors import ConfigError
+
+    try:
+        from ssvae_core.studio.server import serve
+    except ImportError as error:
+        raise ConfigError(
+            f"ssvae studio needs the studio extra ({error.name} is missing): "
+            "pip install 'ssvae-core[studio]'"
+        ) from None
+    if args.token is not None and len(args.token) < 8:
+        raise ConfigError("--token must be at least 8 characters long")
+
+    def ready(url: str) -> None:
+        print(f"ssvae studio: serving {args.run_dir} at\n    {url}\n(Ctrl+C stops it)", flush=True)
+
+    serve(
+        args.run_dir, host=args.host, port=args.port, token=args.token, data=args.data,
+        open_browser=args.open, on_ready=ready,
+    )
+    return EXIT_OK
+
+
 def _plugins(args: argparse.Namespace) -> int:
     from ssvae_core.options import describe_options
     from ssvae_core.registry import default_registry
@@ -468,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "train": _train, "evaluate": _evaluate, "report": _report, "label": _label,
         "labels": _labels, "retrain": _retrain, "query": _query, "loop": _loop,
-        "plugins": _plugins,
+        "studio": _studio, "plugins": _plugins,
     }
     try:
         return handlers[args.command](args)

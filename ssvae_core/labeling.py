@@ -35,6 +35,7 @@ from ssvae_core.checkpoint import atomic_write_bytes
 from ssvae_core.config import Config, dumps_toml
 from ssvae_core.data import Dataset, Split, load_dataset
 from ssvae_core.errors import ConfigError, DataError
+from ssvae_core.explore import as_image, save_figure
 from ssvae_core.labels import QUERY_SHEET_HEADER, STORE_NAME, utc_now
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.rundir import LOCK_NAME, RunLock, check_fresh_dir, claim_new_run_dir
@@ -102,30 +103,6 @@ def sheet_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _save_figure(fig: Any, path: Path, *, dpi: int) -> None:
-    """Write a Matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _as_image(sample: np.ndarray) -> np.ndarray:
-    """A sample as something ``imshow`` draws: 2-D, or 3-D with 3/4 channels last."""
-    if sample.ndim == 2 or (sample.ndim == 3 and sample.shape[-1] in (3, 4)):
-        return sample
-    if sample.ndim == 3 and sample.shape[-1] == 1:
-        return sample[..., 0]
-    flat = sample.reshape(-1)
-    side = math.isqrt(flat.size)
-    if side * side == flat.size:
-        return flat.reshape(side, side)
-    return flat[None, :]
-
-
 def write_sheet_image(path: Path, x: np.ndarray, rows: Sequence[Mapping[str, Any]], title: str) -> None:
     """A contact sheet of the queried images, each captioned with its index, predicted
     class and score."""
@@ -141,10 +118,10 @@ def write_sheet_image(path: Path, x: np.ndarray, rows: Sequence[Mapping[str, Any
     for axis in axes.ravel():
         axis.axis("off")
     for axis, row, sample in zip(axes.ravel(), rows, x, strict=False):
-        axis.imshow(_as_image(np.asarray(sample)), cmap="gray")
+        axis.imshow(as_image(np.asarray(sample)), cmap="gray")
         axis.set_title(f"#{row['index']} → {row['predicted']}\n{row['score']:.3g}", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    _save_figure(fig, path, dpi=100)
+    save_figure(fig, path, dpi=100)
 
 
 def query_run(
@@ -327,7 +304,7 @@ def write_curve_plot(path: Path, summary: Mapping[str, Sequence[Mapping[str, Any
     right.set_ylabel("held-out ECE")
     left.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    _save_figure(fig, path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def run_loop(

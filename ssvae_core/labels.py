@@ -30,8 +30,9 @@ Each entry records that one example received one label:
 ``time``
     When it was added, in UTC with seconds: ``2026-11-26T14:31:05Z``.
 
-Entries are only ever appended, in the order they were added; an example's current label
-is its latest entry. Adding a label that an example already holds is a no-op, and giving an
+Entries are appended in the order they were added; an example's current label is its
+latest entry. The one removal is :meth:`LabelStore.withdraw`, the studio's undo: it takes back
+an example's latest entry when that entry is the one named. Adding a label that an example already holds is a no-op, and giving an
 example a different label from the one it holds is refused. :class:`LabelStore` is
 immutable: every change returns a new store, which the caller saves (atomically) only once
 the change has succeeded.
@@ -355,6 +356,29 @@ class LabelStore:
             if held.get(index) != name
         )
         return LabelStore(self.entries + added)
+
+    def withdraw(self, index: int, label: str, *, source: str) -> tuple[LabelStore, LabelEntry]:
+        """A new store without example ``index``'s latest entry, which must give it ``label``
+        from ``source`` (an undo takes back exactly the label it gave, never an older one or
+        another tool's). Returns the new store and the entry removed; anything else is a
+        :class:`DataError` and nothing changes."""
+        index = _as_index(index)
+        position = next(
+            (k for k in range(len(self.entries) - 1, -1, -1) if self.entries[k].index == index), None
+        )
+        if position is None:
+            raise DataError(f"example {index} has no label to withdraw")
+        entry = self.entries[position]
+        if entry.label != label:
+            raise DataError(
+                f"example {index} is labeled {entry.label!r}, not {label!r}; nothing was withdrawn"
+            )
+        if entry.source != source:
+            raise DataError(
+                f"example {index} got its label {label!r} from {entry.source!r}; only labels from "
+                f"{source!r} can be withdrawn here"
+            )
+        return LabelStore(self.entries[:position] + self.entries[position + 1 :]), entry
 
     def current(self) -> dict[int, str]:
         """Each labeled example's current label (its latest entry), by index."""

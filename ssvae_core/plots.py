@@ -10,10 +10,21 @@ import numpy as np
 LOSS_TERMS = ("loss", "reconstruction", "kl_z", "kl_c", "supervised", "usage")
 
 
+RECONSTRUCTED_MEMBERS = 6
+
+
 def write_run_plots(
-    run_dir: Path, classifier: Any, history: list[dict[str, float]], report: dict[str, Any]
+    run_dir: Path,
+    classifier: Any,
+    history: list[dict[str, float]],
+    report: dict[str, Any],
+    *,
+    x_train: np.ndarray | None = None,
+    labeled: np.ndarray | None = None,
 ) -> list[Path]:
-    """Loss curves, channel usage, τ heat-map and reliability diagram; returns the files."""
+    """Loss curves, channel usage, τ heat-map and reliability diagram; with the training
+    inputs ``x_train`` (``labeled`` marks the labeled ones) also the latent map and each
+    channel's members with their reconstructions through it. Returns the files."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,4 +94,39 @@ def write_run_plots(
         written.append(folder / "reliability.png")
         fig.savefig(written[-1], dpi=100)
         plt.close(fig)
+    if x_train is not None and len(x_train):
+        written += write_latent_plots(folder, classifier, x_train, labeled)
+    return written
+
+
+def write_latent_plots(
+    folder: Path, classifier: Any, x: np.ndarray, labeled: np.ndarray | None = None
+) -> list[Path]:
+    """``latent_map.png`` (PCA of the posterior means of ``x``, coloured by predicted class)
+    and, for a model with channels, ``channel_reconstructions.png``."""
+    from ssvae_core.explore import (
+        channel_members,
+        project,
+        reconstruct_through,
+        write_channel_reconstructions,
+        write_latent_map,
+    )
+
+    inference = classifier.infer(x)
+    points = project(inference.z_mean, "pca")
+    predicted = np.argmax(inference.probabilities, axis=1)
+    written = [folder / "latent_map.png"]
+    write_latent_map(
+        written[0], points, predicted, list(classifier.label_names), labeled=labeled,
+        title=f"posterior means of {len(x)} training examples (PCA), coloured by predicted class",
+    )
+    members = channel_members(inference.responsibilities, RECONSTRUCTED_MEMBERS)
+    if members:
+        usage = inference.responsibilities.mean(axis=0)
+        rows = []
+        for c, rows_c in enumerate(members):
+            recon = reconstruct_through(classifier.model, inference.z_mean[rows_c], c)
+            rows.append((f"c={c}  p̂={usage[c]:.3f}", list(x[rows_c]), list(recon)))
+        written.append(folder / "channel_reconstructions.png")
+        write_channel_reconstructions(written[-1], rows)
     return written

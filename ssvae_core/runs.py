@@ -24,6 +24,7 @@ before the first one) and :func:`report_run` rewrites a missing report.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -221,7 +222,11 @@ def _write_results(
     if plots:
         from ssvae_core.plots import write_run_plots
 
-        write_run_plots(out, classifier, _history(out), report)
+        labels = (classifier.training_data.y >= 0) if classifier.training_data is not None else None
+        write_run_plots(
+            out, classifier, _history(out), report, x_train=dataset.x[split.train],
+            labeled=labels if labels is not None and len(labels) == len(split.train) else None,
+        )
     return report
 
 
@@ -694,6 +699,8 @@ def retrain_run(
     on_notice: Callable[[str], None] | None = None,
     plots: bool = True,
     data: str | None = None,
+    held_lock: RunLock | None = None,
+    intermediate_checkpoints: bool = True,
 ) -> dict[str, Any]:
     """Continue a finished run for ``steps`` more steps with every label in its store.
 
@@ -701,11 +708,18 @@ def retrain_run(
     known classes change values only (nothing compiles anew); a label name the model has
     not seen claims free channels and grows τ. Metrics are appended, the checkpoint and
     report are replaced, and the round is recorded in ``rounds.jsonl``.
+
+    ``held_lock`` is the run's lock when the caller holds it already (the studio holds it
+    while it is open). Without ``intermediate_checkpoints`` the checkpoint is written only
+    at the end, so a retrain stopped by an exception from a sink leaves the run's model as
+    it was (its extra lines in ``metrics.jsonl`` are removed by :func:`recover`).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"--steps must be a positive integer; got {steps!r}")
     out = _run_dir(run_dir, "retrain")
-    with RunLock(out):
+    if held_lock is not None and held_lock.run_dir.resolve() != out.resolve():
+        raise ConfigError(f"the lock given is on {os.fspath(held_lock.run_dir)!r}, not on {os.fspath(out)!r}")
+    with contextlib.nullcontext() if held_lock is not None else RunLock(out):
         checkpoint = require_checkpoint(out, "first")
         classifier = SSVAEClassifier.load(checkpoint, registry=registry)
         classifier.config = config = _with_data(classifier.config, data)
@@ -720,7 +734,9 @@ def retrain_run(
         save = _checkpointer(out, num_labels)
         wall_time = _train_logged(
             out,
-            lambda all_sinks: classifier.retrain(steps, sinks=all_sinks, on_checkpoint=save),
+            lambda all_sinks: classifier.retrain(
+                steps, sinks=all_sinks, on_checkpoint=save if intermediate_checkpoints else None
+            ),
             append=True,
             sinks=sinks,
             on_start=on_start,

@@ -1,0 +1,198 @@
+"""What a trained model makes of its training data, drawn for people: a 2-D map of the
+posterior means, each channel's most typical members with the decoder's reconstruction of
+them through that channel, and examples as PNG images.
+
+The run plots (``plots/latent_map.png``, ``plots/channel_reconstructions.png``, written by
+``ssvae train`` and ``ssvae retrain``) and the studio (``ssvae studio``) draw from here.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from ssvae_core.errors import ConfigError
+
+PROJECTIONS = ("pca", "tsne")
+MEMBERS_PER_CHANNEL = 8
+
+
+def project(z: np.ndarray, method: str = "pca", *, seed: int = 0) -> np.ndarray:
+    """The ``(N, 2)`` projection of the posterior means ``z`` (``(N, D)``).
+
+    ``pca``: the two principal axes (signs fixed so the largest loading is positive, so
+    the same means always give the same picture). ``tsne``: scikit-learn's t-SNE, started
+    from the PCA picture; slower (seconds for thousands of points), keeps neighbourhoods.
+    """
+    if method not in PROJECTIONS:
+        raise ConfigError(f"unknown projection {method!r}; allowed: {', '.join(PROJECTIONS)}")
+    z = np.asarray(z, dtype=np.float64).reshape(len(z), -1)
+    if z.shape[0] < 2:
+        return np.zeros((z.shape[0], 2))
+    if z.shape[1] < 2:
+        z = np.concatenate([z, np.zeros((z.shape[0], 2 - z.shape[1]))], axis=1)
+    centred = z - z.mean(axis=0)
+    _, _, axes = np.linalg.svd(centred, full_matrices=False)
+    axes = axes[:2]
+    signs = np.sign(axes[np.arange(2), np.argmax(np.abs(axes), axis=1)])
+    pca = centred @ (axes * signs[:, None]).T
+    if method == "pca":
+        return pca
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30.0, max(2.0, (z.shape[0] - 1) / 3.0)))
+    start = pca / max(float(np.std(pca[:, 0])), 1e-12) * 1e-4
+    return TSNE(2, perplexity=perplexity, init=start, random_state=seed).fit_transform(z)
+
+
+def channel_members(responsibilities: np.ndarray, count: int = MEMBERS_PER_CHANNEL) -> list[np.ndarray]:
+    """For each channel ``c``, the rows most typical of it: those assigned to it
+    (``argmax r = c``) by decreasing ``r_c``, then, if fewer than ``count``, the others
+    by decreasing ``r_c``. Empty lists for a model without channels."""
+    r = np.asarray(responsibilities)
+    if r.ndim != 2 or r.shape[1] == 0:
+        return []
+    assigned = np.argmax(r, axis=1)
+    members = []
+    for c in range(r.shape[1]):
+        # assigned rows first (key 0), each group by decreasing r_c, ties to the lower row
+        order = np.lexsort((np.arange(len(r)), -r[:, c], (assigned != c).astype(int)))
+        members.append(order[:count])
+    return members
+
+
+@eqx.filter_jit
+def _reconstruct(model: Any, z: jnp.ndarray, channels: jnp.ndarray) -> jnp.ndarray:
+    return model.reconstruct(z, channels)
+
+
+def reconstruct_through(model: Any, z: np.ndarray, channel: int) -> np.ndarray:
+    """The decoder's mean reconstruction of the latent codes ``z`` through ``channel``."""
+    z = jnp.asarray(z, dtype=jnp.float32)
+    channels = jnp.full((z.shape[0],), int(channel), dtype=jnp.int32)
+    return np.asarray(_reconstruct(model, z, channels))
+
+
+def as_image(sample: np.ndarray) -> np.ndarray:
+    """A sample as an image: 2-D grey, or 3-D with 3/4 colour channels last (a square
+    number of values becomes a square; anything else one row)."""
+    sample = np.asarray(sample)
+    if sample.ndim == 2 or (sample.ndim == 3 and sample.shape[-1] in (3, 4)):
+        return sample
+    if sample.ndim == 3 and sample.shape[-1] == 1:
+        return sample[..., 0]
+    if sample.ndim == 3 and sample.shape[0] in (1, 3, 4):
+        return as_image(np.moveaxis(sample, 0, -1))
+    flat = sample.reshape(-1)
+    side = math.isqrt(flat.size)
+    if side * side == flat.size:
+        return flat.reshape(side, side)
+    return flat[None, :]
+
+
+def _as_bytes(image: np.ndarray) -> np.ndarray:
+    low, high = float(np.min(image)), float(np.max(image))
+    if low < 0.0 or high > 1.0:  # standardised data: stretch to the full grey range
+        image = (image - low) / max(high - low, 1e-12)
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def tile(rows: Sequence[Sequence[np.ndarray]], *, scale: int = 4, gap: int = 2) -> np.ndarray:
+    """Images laid out in rows (each scaled up ``scale`` times, ``gap`` pixels apart) as one
+    8-bit image; short rows are padded with background."""
+    images = [[_as_bytes(as_image(np.asarray(s, dtype=np.float32))) for s in row] for row in rows]
+    first = next((img for row in images for img in row), None)
+    if first is None:
+        return np.zeros((1, 1), dtype=np.uint8)
+    height, width = first.shape[0] * scale, first.shape[1] * scale
+    colour = first.shape[2:]  # () grey, (3,) or (4,) colour
+    columns = max(len(row) for row in images)
+    canvas = np.full(
+        (len(images) * (height + gap) - gap, columns * (width + gap) - gap, *colour), 255, np.uint8
+    )
+    for i, row in enumerate(images):
+        for j, image in enumerate(row):
+            big = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+            top, left = i * (height + gap), j * (width + gap)
+            canvas[top : top + height, left : left + width] = big
+    return canvas
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """An 8-bit image (from :func:`tile`) as PNG bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_latent_map(
+    path: Path,
+    points: np.ndarray,
+    predicted: np.ndarray,
+    label_names: Sequence[str],
+    *,
+    labeled: np.ndarray | None = None,
+    title: str = "",
+) -> None:
+    """A scatter of the projected posterior means coloured by predicted class (labeled
+    examples ringed in black), written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(6.4, 5.2))
+    colours = plt.get_cmap("tab10" if len(label_names) <= 10 else "tab20")
+    for y, name in enumerate(label_names):
+        chosen = predicted == y
+        if np.any(chosen):
+            axis.scatter(*points[chosen].T, s=6, color=colours(y % colours.N), label=name, alpha=0.7)
+    if labeled is not None and np.any(labeled):
+        axis.scatter(*points[labeled].T, s=22, facecolors="none", edgecolors="black", linewidths=0.6, label="labeled")
+    axis.set_xticks([])
+    axis.set_yticks([])
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=7, markerscale=2, loc="best", ncol=2 if len(label_names) > 6 else 1)
+    save_figure(fig, path)
+
+
+def write_channel_reconstructions(
+    path: Path, rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[np.ndarray]]]
+) -> None:
+    """One block per channel: its members (left) and their reconstructions through the
+    channel (right), captioned; written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 1, figsize=(8.0, 0.75 * len(rows) + 0.4), squeeze=False)
+    for axis, (caption, members, reconstructions) in zip(axes[:, 0], rows, strict=True):
+        axis.imshow(tile([[*members, *reconstructions]], scale=1, gap=1), cmap="gray", vmin=0, vmax=255)
+        axis.set_ylabel(caption, rotation=0, ha="right", va="center", fontsize=7)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    axes[0, 0].set_title("members of each channel | their reconstructions through it", fontsize=8)
+    save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path, *, dpi: int = 100) -> None:
+    """Write a Matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    from ssvae_core.checkpoint import atomic_write_bytes
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

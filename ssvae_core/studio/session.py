@@ -1,0 +1,544 @@
+"""The studio's hold on one run directory: its data, model, label store and retrain job.
+
+A :class:`StudioSession` locks the run for as long as it is open (the studio is then the
+run's one writer; ``ssvae label`` or ``ssvae retrain`` on the same run are refused until it
+closes). Everything the page shows is computed here, from the run's checkpoint and label
+store; labels are saved to ``labels.json`` (atomically, source ``studio``) before a call
+returns, so a server killed at any moment keeps every label it acknowledged.
+
+Methods raise :class:`StudioError` with an HTTP status for bad input; the web layer
+(:mod:`ssvae_core.studio.server`) turns it into a 4xx reply, and nothing changes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ssvae_core.active import query, query_key, registered_strategy
+from ssvae_core.api import SSVAEClassifier
+from ssvae_core.checkpoint import read_manifest
+from ssvae_core.data import load_dataset
+from ssvae_core.errors import ConfigError, DataError, SSVAEError
+from ssvae_core.explore import (
+    PROJECTIONS,
+    channel_members,
+    png_bytes,
+    project,
+    reconstruct_through,
+    tile,
+)
+from ssvae_core.inference import infer
+from ssvae_core.labels import STORE_NAME
+from ssvae_core.registry import Registry, default_registry
+from ssvae_core.rundir import RunLock, recover
+from ssvae_core.runs import (
+    ROUNDS_NAME,
+    _run_config,
+    _run_dir,
+    require_checkpoint,
+    retrain_run,
+    run_store,
+    split_dataset,
+)
+
+SOURCE = "studio"
+DEFAULT_STRATEGY = "margin"
+MAX_QUERY = 200
+MAX_LABELS_PER_REQUEST = 10_000
+MAX_RETRAIN_STEPS = 1_000_000
+IMAGE_SCALE = 8
+
+
+class StudioError(SSVAEError):
+    """Bad input to the studio: ``status`` is the HTTP status the reply gets."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class RetrainCancelled(Exception):
+    """Raised from the retrain's metric sink to stop it at the end of a chunk."""
+
+
+@dataclass
+class RetrainJob:
+    """The state of the studio's background retrain (one at a time)."""
+
+    state: str = "idle"  # idle, running, done, failed, cancelled
+    step: int = 0
+    total: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    message: str | None = None
+    accuracy: float | None = None
+    version: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "step": self.step,
+            "total": self.total,
+            "history": list(self.history),
+            "message": self.message,
+            "accuracy": self.accuracy,
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True)
+class _View:
+    """What the current model makes of the training examples (replaced after a retrain)."""
+
+    classifier: SSVAEClassifier
+    version: int
+    step: int
+    probabilities: np.ndarray
+    certainty: np.ndarray
+    responsibilities: np.ndarray
+    z_mean: np.ndarray
+    ood: np.ndarray
+    members: list[np.ndarray]
+
+
+def _percentile(values: np.ndarray) -> np.ndarray:
+    """Each value's rank among ``values`` in [0, 1] (ties share the lower rank)."""
+    if values.size < 2:
+        return np.zeros_like(values, dtype=np.float64)
+    order = np.sort(values)
+    return np.searchsorted(order, values, side="left") / (values.size - 1)
+
+
+def shortcut_keys(names: list[str]) -> dict[str, str]:
+    """A keyboard key per label name: its first character that is a letter or digit and
+    not taken yet (lowercase), else the first free digit; names left over get none."""
+    taken: set[str] = set()
+    keys: dict[str, str] = {}
+    for name in names:
+        for char in name.lower():
+            if char.isascii() and char.isalnum() and char not in taken:
+                keys[name] = char
+                taken.add(char)
+                break
+    for name in names:
+        if name not in keys:
+            free = next((d for d in "1234567890" if d not in taken), None)
+            if free is not None:
+                keys[name] = free
+                taken.add(free)
+    return keys
+
+
+class StudioSession:
+    """An open run: serves what the studio page asks for, and writes its labels."""
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        *,
+        data: str | None = None,
+        registry: Registry | None = None,
+    ):
+        self.out = _run_dir(run_dir, "studio")
+        self.registry = registry or default_registry()
+        self._lock = RunLock(self.out).acquire()
+        try:
+            self.checkpoint = require_checkpoint(self.out, "before opening it in the studio")
+            self.config = _run_config(self.out, data)
+            self.data = data
+            self.dataset = load_dataset(self.config.data.dataset)
+            self.split = split_dataset(self.dataset, self.config)
+            self.train_rows = np.asarray(self.split.train, dtype=np.int64)
+            self._position = {int(row): i for i, row in enumerate(self.train_rows)}
+            self._store = run_store(self.out, self.dataset, self.split)
+            self._labels_lock = threading.Lock()
+            self._cache_lock = threading.Lock()
+            self._cache: dict[Any, Any] = {}
+            self._job = RetrainJob()
+            self._job_lock = threading.Lock()
+            self._view = self._load_view(version=0)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    # ---- the model's view of the data -------------------------------------------------
+
+    def _load_view(self, version: int) -> _View:
+        classifier = SSVAEClassifier.load(self.checkpoint, registry=self.registry)
+        assert classifier.model is not None and classifier.state is not None
+        x = self.dataset.x[self.train_rows]
+        result = infer(classifier.model, classifier.state.head_state, x, likelihood=True)
+        responsibilities = result.responsibilities
+        return _View(
+            classifier=classifier,
+            version=version,
+            step=int(classifier.state.step),
+            probabilities=result.probabilities,
+            certainty=result.certainty,
+            responsibilities=responsibilities,
+            z_mean=result.z_mean,
+            ood=_percentile(np.asarray(result.likelihood_score, dtype=np.float64)),
+            members=channel_members(responsibilities),
+        )
+
+    @property
+    def version(self) -> int:
+        return self._view.version
+
+    def _model_labels(self) -> list[str]:
+        return list(self._view.classifier.label_names)
+
+    def label_names(self) -> list[str]:
+        """The model's classes, then names in the label store it has not trained on yet."""
+        return list(dict.fromkeys([*self._model_labels(), *self._store.label_names()]))
+
+    def _row(self, index: object) -> int:
+        """The position among the training rows of dataset row ``index`` (404 otherwise)."""
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise StudioError(400, f"an example index must be an integer; got {index!r}")
+        if index not in self._position:
+            raise StudioError(
+                404,
+                f"example {index} is not a training example of this run (indices are rows of "
+                f"the run's dataset, 0..{len(self.dataset.x) - 1}; held-out test rows are not shown)",
+            )
+        return self._position[index]
+
+    def _report(self) -> dict[str, Any]:
+        path = self.out / "report.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def state(self) -> dict[str, Any]:
+        report = self._report()
+        names = self.label_names()
+        current = self._store.current()
+        return {
+            "run": self.out.name,
+            "step": self._view.step,
+            "version": self._view.version,
+            "label_names": names,
+            "model_labels": self._model_labels(),
+            "shortcuts": shortcut_keys(names),
+            "strategies": sorted(self.registry.names("acquisition")),
+            "default_strategy": DEFAULT_STRATEGY,
+            "projections": list(PROJECTIONS),
+            "num_train": len(self.train_rows),
+            "num_labeled": sum(1 for index in current if index in self._position),
+            "accuracy": report.get("test_accuracy"),
+            "ece": report.get("ece"),
+            "has_channels": self._view.responsibilities.shape[1] > 0,
+            "image_shape": list(self.dataset.sample_shape),
+            "retrain": self.retrain_status(),
+        }
+
+    def latent_map(self, projection: str = "pca") -> dict[str, Any]:
+        if projection not in PROJECTIONS:
+            raise StudioError(400, f"unknown projection {projection!r}; allowed: {', '.join(PROJECTIONS)}")
+        view = self._view
+        points = self._cached(("map", view.version, projection), lambda: project(view.z_mean, projection))
+        names = list(view.classifier.label_names)
+        current = self._store.current()
+        predicted = np.argmax(view.probabilities, axis=1)
+        has_channels = view.responsibilities.shape[1] > 0
+        channels = np.argmax(view.responsibilities, axis=1) if has_channels else None
+        return {
+            "projection": projection,
+            "version": view.version,
+            "index": self.train_rows.tolist(),
+            "x": np.round(points[:, 0], 5).tolist(),
+            "y": np.round(points[:, 1], 5).tolist(),
+            "predicted": [names[int(p)] for p in predicted],
+            "channel": channels.tolist() if channels is not None else [None] * len(self.train_rows),
+            "certainty": np.round(view.certainty, 5).tolist(),
+            "ood": np.round(view.ood, 5).tolist(),
+            "label": [current.get(int(row)) for row in self.train_rows],
+        }
+
+    def _cached(self, key: Any, compute: Any) -> Any:
+        with self._cache_lock:
+            if key in self._cache:
+                return self._cache[key]
+        value = compute()
+        with self._cache_lock:
+            return self._cache.setdefault(key, value)
+
+    def example(self, index: object) -> dict[str, Any]:
+        row = self._row(index)
+        view = self._view
+        names = list(view.classifier.label_names)
+        probabilities = view.probabilities[row]
+        has_channels = view.responsibilities.shape[1] > 0
+        return {
+            "index": index,
+            "predicted": names[int(np.argmax(probabilities))],
+            "certainty": float(view.certainty[row]),
+            "channel": int(np.argmax(view.responsibilities[row])) if has_channels else None,
+            "label": self._store.current().get(int(index)),  # type: ignore[call-overload]
+            "probabilities": {name: float(p) for name, p in zip(names, probabilities, strict=True)},
+        }
+
+    def example_png(self, index: object) -> bytes:
+        self._row(index)
+        return self._cached(
+            ("image", index),
+            lambda: png_bytes(tile([[self.dataset.x[int(index)]]], scale=IMAGE_SCALE, gap=0)),  # type: ignore[call-overload]
+        )
+
+    def channels(self) -> dict[str, Any]:
+        view = self._view
+        if view.responsibilities.shape[1] == 0:
+            return {"channels": [], "label_names": self._model_labels(), "version": view.version}
+        usage = view.responsibilities.mean(axis=0)
+        rows = view.classifier._channel_rows(usage)
+        tau = view.classifier.tau
+        out = []
+        for c, row in enumerate(rows):
+            out.append({
+                "channel": c,
+                "usage": float(usage[c]),
+                "owner": row.get("owner"),
+                "tau": [] if tau is None else np.round(tau[c], 5).tolist(),
+                "free": bool(row.get("free", False)),
+                "members": self.train_rows[view.members[c]].tolist(),
+            })
+        return {"channels": out, "label_names": self._model_labels(), "version": view.version}
+
+    def channel_png(self, channel: object) -> bytes:
+        view = self._view
+        count = view.responsibilities.shape[1]
+        if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel < count:
+            allowed = f"0..{count - 1}" if count else "none: this model has no channels"
+            raise StudioError(404, f"unknown channel {channel!r}; channels: {allowed}")
+
+        def draw() -> bytes:
+            members = view.members[channel]
+            x = self.dataset.x[self.train_rows[members]]
+            model = view.classifier.model
+            reconstructions = reconstruct_through(model, view.z_mean[members], channel)
+            return png_bytes(tile([list(x), list(reconstructions)], scale=IMAGE_SCALE // 2))
+
+        return self._cached(("channel", view.version, channel), draw)
+
+    # ---- queries and labels -----------------------------------------------------------
+
+    def queue(self, strategy: str = DEFAULT_STRATEGY, n: object = 10) -> dict[str, Any]:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_QUERY:
+            raise StudioError(400, f"n must be an integer from 1 to {MAX_QUERY}; got {n!r}")
+        try:
+            registered_strategy(strategy, self.registry)
+        except ConfigError as error:
+            raise StudioError(400, str(error)) from None
+        view = self._view
+        labeled_rows = np.fromiter(self._store.current(), dtype=np.int64)
+        labeled = np.isin(self.train_rows, labeled_rows)
+        n = min(n, int(np.sum(~labeled)))
+        if n == 0:
+            return {"strategy": strategy, "version": view.version, "items": []}
+        model, state = view.classifier.model, view.classifier.state
+        assert model is not None and state is not None
+        try:
+            result = query(
+                model, state.head_state, self.dataset.x[self.train_rows], labeled, n,
+                strategy=strategy, input_shape=view.classifier.input_shape,
+                key=query_key(self.config.seed, view.step), registry=self.registry,
+            )
+        except (ConfigError, DataError) as error:
+            raise StudioError(400, str(error)) from None
+        names = list(view.classifier.label_names)
+        items = [
+            {
+                "index": int(self.train_rows[i]),
+                "score": float(score) if math.isfinite(float(score)) else None,
+                "predicted": names[int(p)],
+                "certainty": float(c),
+            }
+            for i, score, p, c in zip(
+                result.indices, result.scores, result.predictions, result.certainty, strict=True
+            )
+        ]
+        return {"strategy": strategy, "version": view.version, "items": items}
+
+    def add_labels(self, body: object) -> dict[str, Any]:
+        """Label examples: ``{"labels": [{"index": i, "label": name}, ...], "new_class": bool}``."""
+        if not isinstance(body, Mapping):
+            raise StudioError(400, 'the body must be a JSON object {"labels": [{"index": ..., "label": ...}]}')
+        unknown = sorted(set(body) - {"labels", "new_class"})
+        if unknown:
+            raise StudioError(400, f"unknown field {unknown[0]!r}; allowed: 'labels', 'new_class'")
+        items, new_class = body.get("labels"), body.get("new_class", False)
+        if not isinstance(new_class, bool):
+            raise StudioError(400, f"'new_class' must be true or false; got {new_class!r}")
+        if not isinstance(items, list) or not items:
+            raise StudioError(400, "'labels' must be a non-empty list of {\"index\": ..., \"label\": ...}")
+        if len(items) > MAX_LABELS_PER_REQUEST:
+            raise StudioError(400, f"at most {MAX_LABELS_PER_REQUEST} labels per request; got {len(items)}")
+        indices, names = [], []
+        for number, item in enumerate(items):
+            if not isinstance(item, Mapping) or set(item) != {"index", "label"}:
+                raise StudioError(
+                    400, f"labels[{number}] must be an object with exactly 'index' and 'label'; got {item!r:.80}"
+                )
+            self._row(item["index"])
+            if not isinstance(item["label"], str):
+                raise StudioError(400, f"labels[{number}].label must be a string; got {item['label']!r:.40}")
+            indices.append(item["index"])
+            names.append(item["label"].strip())
+        with self._labels_lock:
+            known = self.label_names()
+            fresh = sorted({name for name in names if name not in known})
+            if fresh and not new_class:
+                raise StudioError(
+                    400,
+                    f"unknown label {fresh[0]!r}; known labels: {', '.join(map(repr, known))} "
+                    '(to create a new class, send "new_class": true)',
+                )
+            store = self._store
+            try:
+                updated = store.add(indices, names, x=self.dataset.x, source=SOURCE, allowed=self.train_rows)
+            except DataError as error:
+                status = 409 if "already labeled" in str(error) or "two different labels" in str(error) else 400
+                raise StudioError(status, str(error)) from None
+            if len(updated) != len(store):
+                updated.save(self.out / STORE_NAME)
+                self._store = updated
+            current = updated.current()
+            return {
+                "added": len(updated) - len(store),
+                "counts": updated.counts(),
+                "num_labeled": sum(1 for index in current if index in self._position),
+                "label_names": self.label_names(),
+                "new_classes": [name for name in updated.label_names() if name not in self._model_labels()],
+            }
+
+    def undo(self, body: object) -> dict[str, Any]:
+        """Withdraw a studio label: ``{"index": i, "label": name}``."""
+        if not isinstance(body, Mapping) or set(body) != {"index", "label"}:
+            raise StudioError(400, 'the body must be a JSON object {"index": ..., "label": ...}')
+        index, label = body["index"], body["label"]
+        self._row(index)
+        if not isinstance(label, str):
+            raise StudioError(400, f"'label' must be a string; got {label!r:.40}")
+        with self._labels_lock:
+            try:
+                updated, entry = self._store.withdraw(index, label, source=SOURCE)
+            except DataError as error:
+                status = 404 if "no label" in str(error) else 409
+                raise StudioError(status, str(error)) from None
+            updated.save(self.out / STORE_NAME)
+            self._store = updated
+            return {"removed": entry.to_json(), "num_labeled": len(updated.current())}
+
+    def history(self) -> dict[str, Any]:
+        entries = [entry.to_json() for entry in reversed(self._store.entries)]
+        rounds = []
+        path = self.out / ROUNDS_NAME
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                keep = ("round", "command", "labels", "test_accuracy", "ece", "to_step", "time")
+                rounds.append({key: record.get(key) for key in keep})
+        return {"entries": entries, "rounds": rounds}
+
+    # ---- retraining -------------------------------------------------------------------
+
+    def retrain_status(self) -> dict[str, Any]:
+        with self._job_lock:
+            return self._job.to_json()
+
+    def start_retrain(self, body: object) -> dict[str, Any]:
+        """Start warm retraining in the background: ``{"steps": N}``."""
+        if not isinstance(body, Mapping) or set(body) - {"steps"}:
+            raise StudioError(400, 'the body must be a JSON object {"steps": N}')
+        steps = body.get("steps", 300)
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_RETRAIN_STEPS:
+            raise StudioError(400, f"steps must be an integer from 1 to {MAX_RETRAIN_STEPS}; got {steps!r}")
+        with self._job_lock:
+            if self._job.state == "running":
+                raise StudioError(409, "a retrain is running already; wait for it or cancel it")
+            self._job = RetrainJob(state="running", total=steps, version=self._view.version)
+            job = self._job
+            job.thread = threading.Thread(target=self._retrain, args=(job, steps), name="ssvae-retrain", daemon=True)
+            job.thread.start()
+            return job.to_json()
+
+    def cancel_retrain(self) -> dict[str, Any]:
+        with self._job_lock:
+            if self._job.state != "running":
+                raise StudioError(409, "no retrain is running")
+            self._job.cancel.set()
+            return self._job.to_json()
+
+    def _retrain(self, job: RetrainJob, steps: int) -> None:
+        start_step = self._view.step
+
+        def sink(step: int, metrics: dict[str, float]) -> None:
+            with self._job_lock:
+                job.step = step - start_step
+                job.history.append({"step": job.step, **{k: round(v, 6) for k, v in metrics.items()}})
+            if job.cancel.is_set():
+                raise RetrainCancelled
+
+        state, message, accuracy = "done", None, None
+        try:
+            if job.cancel.is_set():
+                raise RetrainCancelled
+            report = retrain_run(
+                self.out, steps, registry=self.registry, sinks=[sink], data=self.data,
+                held_lock=self._lock, intermediate_checkpoints=False,
+            )
+            accuracy = report.get("test_accuracy")
+            self._view = self._load_view(version=self._view.version + 1)
+            with self._cache_lock:
+                self._cache = {k: v for k, v in self._cache.items() if k[0] == "image"}
+        except RetrainCancelled:
+            self._recover()
+            state, message = "cancelled", "cancelled; the model is as it was before this retrain"
+        except SSVAEError as error:
+            self._recover()
+            state, message = "failed", str(error)
+        except Exception as error:  # a bug or a numerical failure: shown, never swallowed
+            self._recover()
+            state, message = "failed", f"{type(error).__name__}: {error}"
+        with self._job_lock:
+            job.state, job.message, job.accuracy = state, message, accuracy
+            job.version = self._view.version
+
+    def _recover(self) -> None:
+        """After a retrain that did not finish: metrics back to the checkpoint's step."""
+        recover(self.out, int(read_manifest(self.checkpoint)["step"]))
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for the running retrain, if any, to end; returns its state."""
+        thread = self._job.thread
+        if thread is not None:
+            thread.join(timeout)
+        return self.retrain_status()
+
+    def close(self) -> None:
+        """Stop a running retrain and release the run."""
+        if self._job.state == "running":
+            self._job.cancel.set()
+            self.wait()
+        self._lock.release()
+
+    def __enter__(self) -> StudioSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
