@@ -504,7 +504,8 @@ def run_store(out: Path, dataset: Dataset, split: Split) -> LabelStore:
 
 
 def _labeled_by_store(
-    out: Path, classifier: SSVAEClassifier, dataset: Dataset, split: Split
+    out: Path, classifier: SSVAEClassifier, dataset: Dataset, split: Split,
+    store: LabelStore | None = None,
 ) -> Dataset:
     """The run's training examples labeled by its label store, ready to train on.
 
@@ -512,7 +513,7 @@ def _labeled_by_store(
     seen (or known classes without labels so far) go through
     :meth:`SSVAEClassifier.add_labels`, which claims free channels for them.
     """
-    store = run_store(out, dataset, split)
+    store = run_store(out, dataset, split) if store is None else store
     position = {int(row): i for i, row in enumerate(split.train)}
     names = classifier.label_names
     y = np.full(len(split.train), -1, dtype=np.int32)
@@ -701,6 +702,7 @@ def retrain_run(
     data: str | None = None,
     held_lock: RunLock | None = None,
     intermediate_checkpoints: bool = True,
+    store: LabelStore | None = None,
 ) -> dict[str, Any]:
     """Continue a finished run for ``steps`` more steps with every label in its store.
 
@@ -712,7 +714,9 @@ def retrain_run(
     ``held_lock`` is the run's lock when the caller holds it already (the studio holds it
     while it is open). Without ``intermediate_checkpoints`` the checkpoint is written only
     at the end, so a retrain stopped by an exception from a sink leaves the run's model as
-    it was (its extra lines in ``metrics.jsonl`` are removed by :func:`recover`).
+    it was (its extra lines in ``metrics.jsonl`` are removed by :func:`recover`). ``store``
+    is the label store to train with, when the caller took it already (the studio takes it
+    when the retrain starts; labels given later wait for the next one).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"--steps must be a positive integer; got {steps!r}")
@@ -729,7 +733,7 @@ def retrain_run(
                 on_notice(note)
         dataset = load_dataset(config.data.dataset)
         split = split_dataset(dataset, config)
-        train = _labeled_by_store(out, classifier, dataset, split)
+        train = _labeled_by_store(out, classifier, dataset, split, store)
         num_labels = int(np.sum(train.y >= 0))
         save = _checkpointer(out, num_labels)
         wall_time = _train_logged(

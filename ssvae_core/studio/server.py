@@ -29,6 +29,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ssvae_core.errors import ConfigError, SSVAEError
+from ssvae_core.runs import _run_dir, require_checkpoint
 from ssvae_core.studio.session import StudioError, StudioSession
 
 TOKEN_COOKIE = "ssvae_studio_token"
@@ -262,11 +263,14 @@ def serve(
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"--port must be from 0 (any free port) to 65535; got {port!r}")
     token = new_token() if token is None else token
+    require_checkpoint(_run_dir(run_dir, "studio"), "before opening it in the studio")
     try:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(128)  # connections wait in the backlog until the server accepts them
     except OSError as error:
+        sock.close()
         raise ConfigError(
             f"cannot listen on {host}:{port}: {error.strerror or error}; choose another --port "
             "(0 picks a free one) or --host"

@@ -36,7 +36,7 @@ from ssvae_core.explore import (
     tile,
 )
 from ssvae_core.inference import infer
-from ssvae_core.labels import STORE_NAME
+from ssvae_core.labels import STORE_NAME, LabelStore
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.rundir import RunLock, recover
 from ssvae_core.runs import (
@@ -450,7 +450,7 @@ class StudioSession:
                     record = json.loads(line)
                 except ValueError:
                     continue
-                keep = ("round", "command", "labels", "test_accuracy", "ece", "to_step", "time")
+                keep = ("round", "command", "labels", "test_accuracy", "ece", "to_step", "claimed_channels", "time")
                 rounds.append({key: record.get(key) for key in keep})
         return {"entries": entries, "rounds": rounds}
 
@@ -472,7 +472,11 @@ class StudioSession:
                 raise StudioError(409, "a retrain is running already; wait for it or cancel it")
             self._job = RetrainJob(state="running", total=steps, version=self._view.version)
             job = self._job
-            job.thread = threading.Thread(target=self._retrain, args=(job, steps), name="ssvae-retrain", daemon=True)
+            with self._labels_lock:  # the labels of this retrain: those given before it started
+                store = self._store
+            job.thread = threading.Thread(
+                target=self._retrain, args=(job, steps, store), name="ssvae-retrain", daemon=True
+            )
             job.thread.start()
             return job.to_json()
 
@@ -483,7 +487,7 @@ class StudioSession:
             self._job.cancel.set()
             return self._job.to_json()
 
-    def _retrain(self, job: RetrainJob, steps: int) -> None:
+    def _retrain(self, job: RetrainJob, steps: int, store: LabelStore) -> None:
         start_step = self._view.step
 
         def sink(step: int, metrics: dict[str, float]) -> None:
@@ -499,7 +503,7 @@ class StudioSession:
                 raise RetrainCancelled
             report = retrain_run(
                 self.out, steps, registry=self.registry, sinks=[sink], data=self.data,
-                held_lock=self._lock, intermediate_checkpoints=False,
+                held_lock=self._lock, intermediate_checkpoints=False, store=store,
             )
             accuracy = report.get("test_accuracy")
             self._view = self._load_view(version=self._view.version + 1)

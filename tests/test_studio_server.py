@@ -1,0 +1,441 @@
+"""The studio's server: the token, every endpoint's bad input (a 4xx with a message and no
+change), path traversal, two clients labeling at once, the background retrain and its
+cancel, and a server killed and restarted with no label lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("httpx")
+
+from starlette.testclient import TestClient
+
+from ssvae_core.cli import main
+from ssvae_core.config import load_config
+from ssvae_core.data import load_digits
+from ssvae_core.labels import STORE_NAME, LabelStore
+from ssvae_core.runs import split_dataset
+from ssvae_core.studio import StudioSession, create_app, shortcut_keys
+from ssvae_core.studio.server import TOKEN_COOKIE
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+TOKEN = "test-token-0123456789"
+STUDIO_RUN = [
+    "--set", "encoder.hidden=[16]", "--set", "decoder.hidden=[16]", "--set", "model.latent_dim=4",
+    "--set", "loss.consistency.weight=0", "--set", "train.log_every=10",
+    "--set", "prior.num_components=14", "--set", 'head.name="tau"', "--set", "head.free_mass=0.06",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("studio") / "run"
+    code = main(
+        ["train", "--labels-per-class", "2", "--steps", "30", "--seed", "0", "--out", str(run),
+         "--quiet", "--no-plots", *STUDIO_RUN]
+    )
+    assert code == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def rows() -> dict[str, Any]:
+    """Training and held-out rows of the fixture run's split, and which are labeled."""
+    dataset = load_digits()
+    split = split_dataset(dataset, load_config(None, ["data.labels_per_class=2"]))
+    labeled = set(int(i) for i in split.labeled)
+    unlabeled = [int(i) for i in split.train if int(i) not in labeled]
+    return {"test": [int(i) for i in split.test], "labeled": sorted(labeled), "unlabeled": unlabeled,
+            "y": dataset.y}
+
+
+@pytest.fixture
+def run(trained: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+@pytest.fixture
+def studio(run: Path):
+    session = StudioSession(run)
+    client = TestClient(create_app(session, TOKEN))
+    client.headers["X-SSVAE-Token"] = TOKEN
+    try:
+        yield session, client
+    finally:
+        session.close()
+
+
+def _store(run: Path) -> LabelStore:
+    return LabelStore.load(run / STORE_NAME)
+
+
+# --- the token -------------------------------------------------------------------------
+
+
+def test_every_url_needs_the_token(studio: tuple[StudioSession, TestClient]) -> None:
+    session, _ = studio
+    anonymous = TestClient(create_app(session, TOKEN))
+    for path in ("/", "/static/studio.js", "/static/plotly.min.js", "/api/state", "/api/map",
+                 "/api/examples/0.png", "/api/history", "/nowhere"):
+        for params in ({}, {"token": "wrong-token-0123456789"}, {"token": ""}):
+            reply = anonymous.get(path, params=params)
+            assert reply.status_code == 403, (path, params)
+            assert "token" in reply.json()["error"]
+    assert anonymous.post("/api/labels", json={"labels": [{"index": 1, "label": "1"}]}).status_code == 403
+    assert anonymous.get("/api/state", headers={"X-SSVAE-Token": "nope-nope-nope"}).status_code == 403
+
+
+def test_the_page_with_the_token_sets_a_cookie_for_the_rest(run: Path) -> None:
+    with StudioSession(run) as session:
+        browser = TestClient(create_app(session, TOKEN))
+        page = browser.get("/", params={"token": TOKEN})
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        cookie = page.headers["set-cookie"]
+        assert TOKEN_COOKIE in cookie and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
+        assert browser.get("/api/state").status_code == 200  # the cookie alone
+        assert browser.get("/static/studio.js").status_code == 200
+        plotly = browser.get("/static/plotly.min.js")
+        assert plotly.status_code == 200 and len(plotly.content) > 100_000
+        assert TestClient(create_app(session, TOKEN)).get(
+            "/api/state", headers={"X-SSVAE-Token": TOKEN}
+        ).status_code == 200
+
+
+def test_a_short_token_is_refused(run: Path) -> None:
+    with StudioSession(run) as session, pytest.raises(Exception, match="at least 8"):
+        create_app(session, "short")
+
+
+# --- path traversal --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../session.py", "/static/..%2fsession.py", "/static/%2e%2e%2fserver.py",
+        "/static/__init__.py", "/static/session.py", "/static/..%2f..%2f..%2fetc%2fpasswd",
+        "/%2e%2e/%2e%2e/etc/passwd", "/api/examples/..%2f..%2fmodel.ckpt",
+        "/api/examples/0.png%00.html", "/static/%2Fetc%2Fpasswd", "/static//etc/passwd",
+        "/api/channels/..%2fmodel.ckpt.png", "/labels.json", "/model.ckpt", "/api/../labels.json",
+    ],
+)
+def test_nothing_outside_the_page_and_the_api_is_served(
+    studio: tuple[StudioSession, TestClient], path: str
+) -> None:
+    _, client = studio
+    reply = client.get(path)
+    assert reply.status_code == 404, (path, reply.status_code, reply.text[:200])
+    assert "error" in reply.json()
+    assert b"root:" not in reply.content and b"ssvae-labels" not in reply.content
+
+
+# --- bad input: a 4xx with a message, and nothing changes ------------------------------
+
+
+def _bad_requests(rows: dict[str, Any]) -> list[tuple[str, str, Any, int, str]]:
+    test_row, labeled_row, free_row = rows["test"][0], rows["labeled"][0], rows["unlabeled"][0]
+    held = str(int(rows["y"][labeled_row]))
+    other = str((int(rows["y"][labeled_row]) + 1) % 10)
+    return [
+        ("GET", "/api/map?projection=umap", None, 400, "projection"),
+        ("GET", "/api/examples/999999", None, 404, "not a training example"),
+        ("GET", f"/api/examples/{test_row}", None, 404, "held-out"),
+        ("GET", f"/api/examples/{test_row}.png", None, 404, "held-out"),
+        ("GET", "/api/examples/abc", None, 404, "integer"),
+        ("GET", "/api/examples/-1", None, 404, "integer"),
+        ("GET", "/api/queue?strategy=nope", None, 400, "strategy"),
+        ("GET", "/api/queue?n=0", None, 400, "n must be"),
+        ("GET", "/api/queue?n=ten", None, 400, "n must be an integer"),
+        ("GET", "/api/queue?n=100000", None, 400, "n must be"),
+        ("POST", "/api/labels", "not json", 400, "not valid JSON"),
+        ("POST", "/api/labels", b"", 400, "empty"),
+        ("POST", "/api/labels", [1, 2], 400, "JSON object"),
+        ("POST", "/api/labels", {"labels": []}, 400, "non-empty list"),
+        ("POST", "/api/labels", {"labels": [{"index": str(free_row), "label": "1"}]}, 400, "integer"),
+        ("POST", "/api/labels", {"labels": [{"index": free_row}]}, 400, "exactly 'index' and 'label'"),
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": 3}]}, 400, "string"),
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "cat"}]}, 400, "unknown label 'cat'"),
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": " "}], "new_class": True}, 400, "empty"),
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "x" * 101}], "new_class": True}, 400, "characters"),
+        ("POST", "/api/labels", {"labels": [{"index": test_row, "label": "1"}]}, 404, "held-out"),
+        ("POST", "/api/labels", {"labels": [{"index": labeled_row, "label": other}]}, 409, "already labeled"),
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "1"}, {"index": free_row, "label": "2"}]},
+         409, "two different labels"),
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "1"}], "new_class": "yes"}, 400, "true or false"),
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "1"}], "extra": 1}, 400, "unknown field"),
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "1"}] * 10_001}, 400, "at most"),
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "x" * 3_000_000}]}, 413, "bytes"),
+        ("POST", "/api/undo", {"index": free_row, "label": "1"}, 404, "no label"),
+        ("POST", "/api/undo", {"index": labeled_row, "label": held}, 409, "'split'"),
+        ("POST", "/api/undo", {"index": labeled_row, "label": other}, 409, "not"),
+        ("POST", "/api/undo", {"index": labeled_row}, 400, "JSON object"),
+        ("GET", "/api/channels/99.png", None, 404, "unknown channel"),
+        ("GET", "/api/channels/x.png", None, 404, "integer"),
+        ("POST", "/api/retrain", {"steps": 0}, 400, "steps"),
+        ("POST", "/api/retrain", {"steps": "10"}, 400, "steps"),
+        ("POST", "/api/retrain", {"steps": 10, "lr": 1}, 400, "JSON object"),
+        ("POST", "/api/retrain", "{", 400, "not valid JSON"),
+        ("POST", "/api/retrain/cancel", None, 409, "no retrain"),
+        ("DELETE", "/api/labels", None, 405, "not allowed"),
+        ("GET", "/api/labels", None, 405, "not allowed"),
+        ("GET", "/api/nothing", None, 404, "no such page"),
+    ]
+
+
+def test_bad_input_gets_a_4xx_with_a_message_and_changes_nothing(
+    studio: tuple[StudioSession, TestClient], run: Path, rows: dict[str, Any]
+) -> None:
+    _, client = studio
+    before = {name: (run / name).read_bytes() for name in (STORE_NAME, "model.ckpt", "metrics.jsonl")}
+    for method, path, body, status, message in _bad_requests(rows):
+        if isinstance(body, (str, bytes)):
+            reply = client.request(method, path, content=body)
+        else:
+            reply = client.request(method, path, json=body) if body is not None else client.request(method, path)
+        assert reply.status_code == status, (method, path, reply.status_code, reply.text[:300])
+        error = reply.json()["error"]
+        assert message in error, (path, error)
+        assert "\n" not in error
+    after = {name: (run / name).read_bytes() for name in before}
+    assert after == before
+
+
+# --- what the page shows -----------------------------------------------------------------
+
+
+def test_state_map_example_queue_channels_and_history(
+    studio: tuple[StudioSession, TestClient], rows: dict[str, Any]
+) -> None:
+    _, client = studio
+    state = client.get("/api/state").json()
+    assert state["label_names"] == [str(d) for d in range(10)]
+    assert state["shortcuts"] == {str(d): str(d) for d in range(10)}
+    assert {"margin", "entropy", "random"} <= set(state["strategies"])
+    assert state["num_labeled"] == 20 and state["has_channels"] and state["image_shape"] == [8, 8]
+    train_rows = sorted([*rows["labeled"], *rows["unlabeled"]])
+    for projection in ("pca", "tsne"):
+        points = client.get("/api/map", params={"projection": projection}).json()
+        assert sorted(points["index"]) == train_rows
+        assert len(points["x"]) == len(points["y"]) == len(train_rows)
+        assert all(np.isfinite(points["x"])) and all(0.0 <= v <= 1.0 for v in points["ood"])
+        labeled = {i for i, label in zip(points["index"], points["label"], strict=True) if label is not None}
+        assert labeled == set(rows["labeled"])
+        assert set(points["channel"]) <= set(range(14))
+    queue = client.get("/api/queue", params={"strategy": "margin", "n": 7}).json()
+    picked = [item["index"] for item in queue["items"]]
+    assert len(set(picked)) == 7 and not set(picked) & set(rows["labeled"]) and set(picked) <= set(train_rows)
+    example = client.get(f"/api/examples/{picked[0]}").json()
+    assert example["predicted"] == queue["items"][0]["predicted"] and example["label"] is None
+    assert abs(sum(example["probabilities"].values()) - 1.0) < 1e-4
+    image = client.get(f"/api/examples/{picked[0]}.png")
+    assert image.headers["content-type"] == "image/png" and image.content.startswith(b"\x89PNG")
+    channels = client.get("/api/channels").json()["channels"]
+    assert len(channels) == 14 and any(c["free"] for c in channels)
+    assert abs(sum(c["usage"] for c in channels) - 1.0) < 1e-4
+    assert all(len(c["tau"]) == 10 and len(c["members"]) == 8 for c in channels)
+    assert client.get("/api/channels/0.png").content.startswith(b"\x89PNG")
+    history = client.get("/api/history").json()
+    assert len(history["entries"]) == 20 and history["rounds"][0]["command"] == "train"
+
+
+def test_labels_undo_and_a_new_class(
+    studio: tuple[StudioSession, TestClient], run: Path, rows: dict[str, Any]
+) -> None:
+    _, client = studio
+    a, b, c = rows["unlabeled"][:3]
+    reply = client.post("/api/labels", json={"labels": [{"index": a, "label": "3"}, {"index": b, "label": " 4 "}]})
+    assert reply.status_code == 200 and reply.json()["added"] == 2 and reply.json()["num_labeled"] == 22
+    again = client.post("/api/labels", json={"labels": [{"index": a, "label": "3"}]}).json()
+    assert again["added"] == 0  # the label it holds already
+    created = client.post("/api/labels", json={"labels": [{"index": c, "label": "smudge"}], "new_class": True})
+    assert created.status_code == 200 and created.json()["new_classes"] == ["smudge"]
+    state = client.get("/api/state").json()
+    assert state["label_names"][-1] == "smudge" and state["shortcuts"]["smudge"] == "s"
+    stored = _store(run)
+    assert stored.current()[a] == "3" and stored.current()[b] == "4" and stored.current()[c] == "smudge"
+    assert {e.source for e in stored.entries[-3:]} == {"studio"}
+    assert client.get(f"/api/examples/{a}").json()["label"] == "3"
+    assert a not in [i["index"] for i in client.get("/api/queue", params={"n": 50}).json()["items"]]
+    removed = client.post("/api/undo", json={"index": a, "label": "3"})
+    assert removed.status_code == 200 and removed.json()["removed"]["index"] == a
+    assert a not in _store(run).current() and _store(run).current()[b] == "4"
+    assert client.post("/api/labels", json={"labels": [{"index": a, "label": "8"}]}).status_code == 200
+
+
+def test_two_clients_labeling_at_once_lose_nothing(
+    studio: tuple[StudioSession, TestClient], run: Path, rows: dict[str, Any]
+) -> None:
+    session, first = studio
+    second = TestClient(create_app(session, TOKEN))
+    second.cookies.set(TOKEN_COOKIE, TOKEN)
+    free = rows["unlabeled"][:60]
+    shared = rows["unlabeled"][60]
+    results: list[int] = []
+
+    def label(client: TestClient, chosen: list[int], name: str) -> None:
+        for index in chosen:
+            results.append(client.post("/api/labels", json={"labels": [{"index": index, "label": name}]}).status_code)
+        # both tabs label the same example, differently: one wins, the other is told
+        results.append(client.post("/api/labels", json={"labels": [{"index": shared, "label": name}]}).status_code)
+
+    threads = [
+        threading.Thread(target=label, args=(first, free[0::2], "1")),
+        threading.Thread(target=label, args=(second, free[1::2], "2")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results).count(200) == 61 and results.count(409) == 1
+    current = _store(run).current()
+    assert all(current[i] == "1" for i in free[0::2]) and all(current[i] == "2" for i in free[1::2])
+    assert current[shared] in ("1", "2")
+    assert len(current) == 20 + 61
+
+
+def test_retrain_in_the_background_with_labels_given_meanwhile(
+    studio: tuple[StudioSession, TestClient], run: Path, rows: dict[str, Any]
+) -> None:
+    session, client = studio
+    a, b, c = rows["unlabeled"][:3]
+    client.post("/api/labels", json={"labels": [{"index": a, "label": "blot"}, {"index": b, "label": "blot"}],
+                                     "new_class": True})
+    started = client.post("/api/retrain", json={"steps": 20})
+    assert started.status_code == 202 and started.json()["state"] == "running"
+    assert client.post("/api/retrain", json={"steps": 20}).status_code == 409
+    # labeling goes on while it trains
+    assert client.post("/api/labels", json={"labels": [{"index": c, "label": "5"}]}).status_code == 200
+    job = session.wait(timeout=300)
+    assert job["state"] == "done", job["message"]
+    assert job["step"] == 20 and [h["step"] for h in job["history"]] == [10, 20]
+    assert 0.0 <= job["accuracy"] <= 1.0 and job["version"] == 1
+    state = client.get("/api/state").json()
+    assert state["version"] == 1 and state["step"] == 50 and "blot" in state["model_labels"]
+    assert client.get("/api/retrain").json()["state"] == "done"
+    rounds = client.get("/api/history").json()["rounds"]
+    assert [r["command"] for r in rounds] == ["train", "retrain"] and rounds[1]["labels"] == 22
+    assert _store(run).current()[c] == "5"  # given during the retrain, kept for the next one
+    assert rounds[1]["claimed_channels"]["blot"]  # the new class took free channels
+
+
+def test_a_cancelled_retrain_leaves_the_model_as_it_was(
+    studio: tuple[StudioSession, TestClient], run: Path
+) -> None:
+    session, client = studio
+    checkpoint = (run / "model.ckpt").read_bytes()
+    metrics = (run / "metrics.jsonl").read_bytes()
+    assert client.post("/api/retrain", json={"steps": 100_000}).status_code == 202
+    deadline = time.monotonic() + 120
+    while client.get("/api/retrain").json()["step"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.post("/api/retrain/cancel").json()["state"] == "running"
+    job = session.wait(timeout=120)
+    assert job["state"] == "cancelled" and "as it was" in job["message"] and job["version"] == 0
+    assert (run / "model.ckpt").read_bytes() == checkpoint
+    assert (run / "metrics.jsonl").read_bytes() == metrics
+    assert client.get("/api/state").json()["version"] == 0
+
+
+def test_shortcut_keys() -> None:
+    assert shortcut_keys(["0", "1", "cat", "cow", "Dog", "??"]) == {
+        "0": "0", "1": "1", "cat": "c", "cow": "o", "Dog": "d", "??": "2",
+    }
+
+
+def test_the_run_is_held_while_the_studio_is_open(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sheet = run.parent / "labels.csv"
+    sheet.write_text("index,label\n5,5\n", encoding="utf-8")
+    with StudioSession(run):
+        assert main(["label", str(run), str(sheet)]) == 2
+        assert "being written by another ssvae process" in capsys.readouterr().err
+        with pytest.raises(Exception, match="another ssvae process"):
+            StudioSession(run)
+
+
+# --- the command line ------------------------------------------------------------------
+
+
+def test_studio_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["studio", str(tmp_path / "missing"), "--port", "0"], "expects a run directory"),
+        (["studio", str(tmp_path / "empty"), "--port", "0"], "no checkpoint"),
+        (["studio", str(run), "--port", "70000"], "--port"),
+        (["studio", str(run), "--port", "0", "--token", "short"], "at least 8"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    with __import__("socket").socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["studio", str(run), "--port", str(port)]) == 2
+        assert "choose another --port" in capsys.readouterr().err
+
+
+def _start_server(run: Path) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ssvae_core.cli", "studio", str(run), "--port", "0", "--token", TOKEN],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "?token=" in line:
+            return process, line.strip().split("/?token=")[0]
+    raise AssertionError("the studio did not start:\n" + "".join(lines))
+
+
+def _call(base: str, path: str, body: Any = None) -> Any:
+    request = urllib.request.Request(
+        base + path, data=None if body is None else json.dumps(body).encode("utf-8"),
+        headers={"X-SSVAE-Token": TOKEN, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        return json.loads(reply.read())
+
+
+def test_a_server_killed_and_restarted_keeps_every_label(run: Path, rows: dict[str, Any]) -> None:
+    chosen = rows["unlabeled"][:5]
+    process, base = _start_server(run)
+    try:
+        for i, index in enumerate(chosen):
+            _call(base, "/api/labels", {"labels": [{"index": index, "label": str(i)}]})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base + "/api/state", timeout=30)
+        assert refused.value.code == 403
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    process, base = _start_server(run)
+    try:
+        current = {e["index"]: e["label"] for e in _call(base, "/api/history")["entries"]}
+        assert all(current[index] == str(i) for i, index in enumerate(chosen))
+        assert _call(base, "/api/state")["num_labeled"] == 25
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) in (0, 1)
+    assert all(_store(run).current()[index] == str(i) for i, index in enumerate(chosen))
