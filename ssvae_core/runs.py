@@ -10,7 +10,8 @@ A run directory holds::
     labels.json      the label store: every label an example received (ssvae_core.labels)
     rounds.jsonl     one JSON object per training round (train, each retrain): labels
                      used, steps, classes added, held-out accuracy
-    plots/           loss curves, τ heat-map, reliability diagram, channel usage
+    plots/           loss curves, τ heat-map, reliability diagram, channel usage, latent
+                     map, channel members and their reconstructions
     .lock            held by the one command writing the directory (ssvae_core.rundir)
 
 Labels given after training (``ssvae label``, :func:`label_run`) go to the label store;
