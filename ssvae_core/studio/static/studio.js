@@ -1,0 +1,504 @@
+// The studio page: five panels over the JSON API of ssvae_core/studio/server.py.
+//
+// Element ids the browser test drives: header #run-name #run-step #num-labeled #accuracy;
+// #message (errors from the API); tabs #tab-queue #tab-map #tab-channels #tab-training
+// #tab-history; queue #queue-strategy #queue-size #take-query #current-image #current-info
+// #label-buttons (buttons .label-button[data-label]) #new-class-name #new-class #skip #undo
+// #queue-thumbs #queue-status; map #map-projection #map-colour #map-plot #hover-image
+// #hover-info #selection-label #label-selection; channels #channels-list; training
+// #retrain-steps #retrain #cancel-retrain #retrain-progress #retrain-state #loss-plot;
+// history #history-plot #history-table.
+//
+// The token travels in a same-site cookie that the server set when the page was opened.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+const studio = {
+  info: null,          // /api/state
+  version: -1,         // the model version shown
+  queue: [],           // the items of the last query
+  position: 0,         // the current item of the queue
+  done: new Set(),     // queue items labeled or skipped
+  undo: [],            // this tab's labels, newest last: {index, label}
+  map: null,           // the last /api/map reply
+  selected: [],        // map points selected with the lasso or box
+  polling: null,       // the retrain poll timer
+};
+
+// ---- talking to the server -------------------------------------------------------------
+
+async function api(path, body) {
+  const options = body === undefined ? {} : {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  };
+  const reply = await fetch(path, { credentials: "same-origin", ...options });
+  const data = await reply.json().catch(() => ({ error: `${reply.status} ${reply.statusText}` }));
+  if (!reply.ok) {
+    throw new Error(data.error || `${reply.status} ${reply.statusText}`);
+  }
+  return data;
+}
+
+function say(text, kind = "error") {
+  const box = $("message");
+  box.textContent = text;
+  box.className = kind;
+  box.hidden = false;
+}
+
+function quiet() {
+  $("message").hidden = true;
+}
+
+async function attempt(action) {
+  try {
+    await action();
+  } catch (error) {
+    say(error.message);
+  }
+}
+
+const percent = (value) => (value === null || value === undefined ? "–" : (100 * value).toFixed(1) + " %");
+const imageUrl = (index) => `/api/examples/${index}.png`;
+
+// ---- the header and the run's state ----------------------------------------------------
+
+async function refreshState() {
+  const info = await api("/api/state");
+  studio.info = info;
+  $("run-name").textContent = info.run;
+  $("run-step").textContent = info.step;
+  $("num-labeled").textContent = info.num_labeled;
+  $("accuracy").textContent = percent(info.accuracy);
+  $("accuracy").dataset.version = info.version;
+  fillSelect($("queue-strategy"), info.strategies, $("queue-strategy").value || info.default_strategy);
+  fillSelect($("map-projection"), info.projections, $("map-projection").value || info.projections[0]);
+  fillSelect($("selection-label"), info.label_names, $("selection-label").value);
+  drawLabelButtons();
+  showJob(info.retrain);
+  if (info.version !== studio.version) {
+    const first = studio.version < 0;
+    studio.version = info.version;
+    if (!first) {
+      studio.queue = [];
+      drawQueue();
+      say(`The model was retrained (version ${info.version}): map, channels and history are redrawn; take a new query.`, "info");
+    }
+    await Promise.all([drawMap(), drawChannels(), drawHistory()]);
+  }
+}
+
+function fillSelect(select, values, chosen) {
+  const current = Array.from(select.options).map((o) => o.value);
+  if (current.join("\u0000") !== values.join("\u0000")) {
+    select.replaceChildren(...values.map((v) => new Option(v, v)));
+  }
+  if (values.includes(chosen)) {
+    select.value = chosen;
+  }
+}
+
+// ---- the queue ---------------------------------------------------------------------------
+
+function drawLabelButtons() {
+  const box = $("label-buttons");
+  const keys = studio.info.shortcuts;
+  const buttons = studio.info.label_names.map((name) => {
+    const button = document.createElement("button");
+    button.className = "label-button";
+    button.dataset.label = name;
+    button.textContent = name;
+    if (keys[name]) {
+      const key = document.createElement("kbd");
+      key.textContent = keys[name];
+      button.append(key);
+    }
+    button.addEventListener("click", () => attempt(() => labelCurrent(name, false)));
+    return button;
+  });
+  box.replaceChildren(...buttons);
+}
+
+async function takeQuery() {
+  const strategy = $("queue-strategy").value;
+  const n = Number.parseInt($("queue-size").value, 10) || 20;
+  $("queue-status").textContent = `asking ${strategy}…`;
+  const reply = await api(`/api/queue?strategy=${encodeURIComponent(strategy)}&n=${n}`);
+  studio.queue = reply.items;
+  studio.position = 0;
+  studio.done = new Set();
+  quiet();
+  drawQueue();
+}
+
+function drawQueue() {
+  const item = studio.queue[studio.position];
+  const image = $("current-image");
+  if (!item) {
+    image.hidden = true;
+    $("current-info").textContent = studio.queue.length
+      ? "This query is done: take another one."
+      : "Take a query to see what the model would like labeled next.";
+  } else {
+    image.src = imageUrl(item.index);
+    image.dataset.index = item.index;
+    image.hidden = false;
+    $("current-info").innerHTML = "";
+    $("current-info").append(
+      line(`example #${item.index}`),
+      line(`predicted ${item.predicted}, certainty ${item.certainty.toFixed(3)}`),
+      line(`score ${item.score === null ? "–" : item.score.toPrecision(4)}`),
+    );
+  }
+  const thumbs = studio.queue.map((q, i) => {
+    const box = document.createElement("div");
+    box.className = "thumb" + (i === studio.position ? " current" : "") + (studio.done.has(i) ? " done" : "");
+    const img = document.createElement("img");
+    img.src = imageUrl(q.index);
+    img.alt = `example ${q.index}`;
+    box.append(img, document.createTextNode(`→ ${q.predicted}`));
+    box.addEventListener("click", () => { studio.position = i; drawQueue(); });
+    return box;
+  });
+  $("queue-thumbs").replaceChildren(...thumbs);
+  const left = studio.queue.length - studio.done.size;
+  $("queue-status").textContent = studio.queue.length ? `${left} of ${studio.queue.length} left` : "";
+}
+
+function line(text) {
+  const div = document.createElement("div");
+  div.textContent = text;
+  return div;
+}
+
+function advance() {
+  studio.done.add(studio.position);
+  const next = studio.queue.findIndex((_, i) => !studio.done.has(i));
+  studio.position = next < 0 ? studio.queue.length : next;
+  drawQueue();
+}
+
+async function labelCurrent(name, newClass) {
+  const item = studio.queue[studio.position];
+  if (!item) {
+    throw new Error("no image to label: take a query first");
+  }
+  const reply = await api("/api/labels", { labels: [{ index: item.index, label: name }], new_class: newClass });
+  studio.undo.push({ index: item.index, label: name.trim(), position: studio.position });
+  afterLabels(reply);
+  advance();
+}
+
+function afterLabels(reply) {
+  quiet();
+  $("num-labeled").textContent = reply.num_labeled;
+  if (reply.label_names.join("\u0000") !== studio.info.label_names.join("\u0000")) {
+    refreshState().catch((error) => say(error.message));
+  }
+}
+
+async function newClass() {
+  const name = $("new-class-name").value.trim();
+  if (!name) {
+    throw new Error("type the new class's name first");
+  }
+  await labelCurrent(name, true);
+  $("new-class-name").value = "";
+  $("new-class-name").blur();
+}
+
+async function undo() {
+  const last = studio.undo[studio.undo.length - 1];
+  if (!last) {
+    throw new Error("nothing to undo in this tab");
+  }
+  const reply = await api("/api/undo", { index: last.index, label: last.label });
+  studio.undo.pop();
+  $("num-labeled").textContent = reply.num_labeled;
+  const position = studio.queue.findIndex((q) => q.index === last.index);
+  if (position >= 0) {
+    studio.done.delete(position);
+    studio.position = position;
+    drawQueue();
+  }
+  say(`Took back label ${last.label} of example #${last.index}.`, "info");
+}
+
+function onKey(event) {
+  const target = event.target;
+  if (target instanceof HTMLInputElement || target instanceof HTMLSelectElement || target instanceof HTMLTextAreaElement) {
+    return;  // typing a name or a number: no shortcuts
+  }
+  if ($("panel-queue").hidden) {
+    return;
+  }
+  if (event.key === "Backspace" || ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "z")) {
+    event.preventDefault();
+    attempt(undo);
+    return;
+  }
+  if (event.ctrlKey || event.metaKey || event.altKey) {
+    return;
+  }
+  if (event.key === "ArrowRight" || event.key === " ") {
+    event.preventDefault();
+    if (studio.queue[studio.position]) {
+      advance();
+    }
+    return;
+  }
+  const keys = studio.info ? studio.info.shortcuts : {};
+  const name = Object.keys(keys).find((label) => keys[label] === event.key.toLowerCase());
+  if (name !== undefined) {
+    event.preventDefault();
+    attempt(() => labelCurrent(name, false));
+  }
+}
+
+// ---- the map -----------------------------------------------------------------------------
+
+async function drawMap() {
+  const projection = $("map-projection").value || "pca";
+  studio.map = await api(`/api/map?projection=${encodeURIComponent(projection)}`);
+  studio.selected = [];
+  showSelection();
+  plotMap();
+}
+
+function plotMap() {
+  const data = studio.map;
+  if (!data) {
+    return;
+  }
+  const colour = $("map-colour").value;
+  const point = (i) => i;
+  let traces;
+  if (colour === "ood") {
+    traces = [{
+      x: data.x, y: data.y, customdata: data.index, mode: "markers", type: "scatter", name: "OOD score",
+      marker: { size: 5, color: data.ood, colorscale: "Viridis", showscale: true, colorbar: { title: "OOD" } },
+      hovertemplate: "#%{customdata}<extra></extra>",
+    }];
+  } else {
+    const values = data[colour].map((v) => (v === null ? "unlabeled" : String(v)));
+    const groups = [...new Set(values)].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+    traces = groups.map((group) => {
+      const rows = values.map((v, i) => (v === group ? i : -1)).filter((i) => i >= 0).map(point);
+      return {
+        x: rows.map((i) => data.x[i]), y: rows.map((i) => data.y[i]), customdata: rows.map((i) => data.index[i]),
+        mode: "markers", type: "scatter", name: (colour === "channel" ? "c=" : "") + group,
+        marker: { size: 5, opacity: group === "unlabeled" ? 0.25 : 0.8 },
+        hovertemplate: "#%{customdata}<extra></extra>",
+      };
+    });
+  }
+  const layout = {
+    margin: { l: 30, r: 10, t: 30, b: 30 }, dragmode: "lasso", hovermode: "closest",
+    title: { text: `${data.projection.toUpperCase()} of the posterior means (model version ${data.version})`, font: { size: 13 } },
+    xaxis: { showticklabels: false, zeroline: false }, yaxis: { showticklabels: false, zeroline: false },
+  };
+  const plot = $("map-plot");
+  Plotly.react(plot, traces, layout, { displaylogo: false, responsive: true });
+  if (!plot.dataset.wired) {
+    plot.dataset.wired = "1";
+    plot.on("plotly_hover", (event) => attempt(() => showHover(event.points[0].customdata)));
+    plot.on("plotly_selected", (event) => {
+      studio.selected = event && event.points ? event.points.map((p) => p.customdata) : [];
+      showSelection();
+    });
+    plot.on("plotly_deselect", () => { studio.selected = []; showSelection(); });
+  }
+}
+
+async function showHover(index) {
+  const example = await api(`/api/examples/${index}`);
+  const image = $("hover-image");
+  image.src = imageUrl(index);
+  image.hidden = false;
+  $("hover-info").replaceChildren(
+    line(`example #${index}` + (example.label === null ? "" : `, labeled ${example.label}`)),
+    line(`predicted ${example.predicted}, certainty ${example.certainty.toFixed(3)}`),
+    line(example.channel === null ? "" : `channel ${example.channel}`),
+  );
+}
+
+function showSelection() {
+  const count = studio.selected.length;
+  $("selection-count").textContent = count
+    ? `${count} selected:`
+    : "Select points with the lasso or box tool to label them together.";
+  $("label-selection").disabled = count === 0;
+  $("label-selection").textContent = `Label ${count} selected`;
+}
+
+async function labelSelection() {
+  const name = $("selection-label").value;
+  if (!studio.selected.length || !name) {
+    throw new Error("select points and a label first");
+  }
+  const labels = studio.selected.map((index) => ({ index, label: name }));
+  const reply = await api("/api/labels", { labels });
+  afterLabels(reply);
+  say(`Labeled ${studio.selected.length} examples ${name} (${reply.added} new).`, "info");
+  await drawMap();
+}
+
+// ---- channels ----------------------------------------------------------------------------
+
+async function drawChannels() {
+  const reply = await api("/api/channels");
+  if (!reply.channels.length) {
+    $("channels-list").replaceChildren(line("This model has no channels (its prior has one component)."));
+    return;
+  }
+  const cards = reply.channels.map((c) => {
+    const card = document.createElement("div");
+    card.className = "channel" + (c.free ? " free" : "");
+    card.id = `channel-${c.channel}`;
+    const title = document.createElement("div");
+    title.innerHTML = `<b>channel ${c.channel}</b> usage ${(100 * c.usage).toFixed(1)} %, owner `;
+    title.append(document.createTextNode(c.owner === null ? "none" : c.owner), " ");
+    const badge = document.createElement("span");
+    badge.className = "badge" + (c.free ? " free" : "");
+    badge.textContent = c.free ? "free" : "owned";
+    title.append(badge);
+    const bars = document.createElement("div");
+    bars.className = "tau";
+    bars.title = "τ row: the label distribution of this channel";
+    const names = document.createElement("div");
+    names.className = "tau-names";
+    c.tau.forEach((value, y) => {
+      const bar = document.createElement("span");
+      bar.style.height = `${Math.max(1, 100 * value)}%`;
+      bar.title = `${reply.label_names[y]}: ${value.toFixed(3)}`;
+      bars.append(bar);
+      const name = document.createElement("span");
+      name.textContent = reply.label_names[y];
+      names.append(name);
+    });
+    const strip = document.createElement("img");
+    strip.src = `/api/channels/${c.channel}.png?v=${reply.version}`;
+    strip.alt = `members of channel ${c.channel} and their reconstructions through it`;
+    card.append(title, bars, names, strip);
+    return card;
+  });
+  $("channels-list").replaceChildren(...cards);
+}
+
+// ---- training ----------------------------------------------------------------------------
+
+async function retrain() {
+  const steps = Number.parseInt($("retrain-steps").value, 10);
+  const job = await api("/api/retrain", { steps });
+  quiet();
+  showJob(job);
+}
+
+async function cancelRetrain() {
+  showJob(await api("/api/retrain/cancel", {}));
+}
+
+function showJob(job) {
+  const running = job.state === "running";
+  $("retrain").disabled = running;
+  $("cancel-retrain").disabled = !running;
+  $("retrain-progress").max = Math.max(job.total, 1);
+  $("retrain-progress").value = job.step;
+  let text = job.state === "idle" ? "idle" : `${job.state}: step ${job.step} of ${job.total}`;
+  if (job.state === "done" && job.accuracy !== null) {
+    text += `, held-out accuracy ${percent(job.accuracy)}`;
+  }
+  if (job.message) {
+    text += ` — ${job.message}`;
+  }
+  $("retrain-state").textContent = text;
+  $("retrain-state").dataset.state = job.state;
+  $("retrain-badge").textContent = running ? `retraining ${job.step}/${job.total}` : "";
+  if (job.history.length) {
+    const steps = job.history.map((h) => h.step);
+    Plotly.react($("loss-plot"), [{ x: steps, y: job.history.map((h) => h.loss), mode: "lines+markers", name: "loss" }], {
+      margin: { l: 50, r: 10, t: 30, b: 40 }, title: { text: "loss during this retrain", font: { size: 13 } },
+      xaxis: { title: { text: "step" } }, yaxis: { title: { text: "loss" } },
+    }, { displaylogo: false });
+  }
+  if (job.state === "failed" && job.message) {
+    say(`The retrain failed: ${job.message}`);
+  }
+  if (running && studio.polling === null) {
+    studio.polling = setInterval(() => attempt(pollJob), 1000);
+  }
+}
+
+async function pollJob() {
+  const job = await api("/api/retrain");
+  showJob(job);
+  if (job.state !== "running") {
+    clearInterval(studio.polling);
+    studio.polling = null;
+    await refreshState();
+  }
+}
+
+// ---- history -----------------------------------------------------------------------------
+
+async function drawHistory() {
+  const reply = await api("/api/history");
+  const rows = reply.entries.slice(0, 500).map((e) => {
+    const row = document.createElement("tr");
+    for (const value of [e.time.replace("T", " ").replace("Z", ""), `#${e.index}`, e.label, e.source]) {
+      const cell = document.createElement("td");
+      cell.textContent = value;
+      row.append(cell);
+    }
+    return row;
+  });
+  $("history-table").tBodies[0].replaceChildren(...rows);
+  const rounds = reply.rounds;
+  Plotly.react($("history-plot"), [{
+    x: rounds.map((r) => r.labels), y: rounds.map((r) => r.test_accuracy), mode: "lines+markers",
+    text: rounds.map((r) => `round ${r.round} (${r.command}), step ${r.to_step}`), name: "held-out accuracy",
+  }], {
+    margin: { l: 50, r: 10, t: 30, b: 40 }, title: { text: "held-out accuracy after each training round", font: { size: 13 } },
+    xaxis: { title: { text: "labels used" } }, yaxis: { title: { text: "accuracy" }, tickformat: ".1%" },
+  }, { displaylogo: false });
+}
+
+// ---- wiring ------------------------------------------------------------------------------
+
+function showPanel(name) {
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.classList.toggle("active", tab.dataset.panel === name);
+  }
+  for (const panel of document.querySelectorAll(".panel")) {
+    panel.hidden = panel.id !== `panel-${name}`;
+  }
+  if (name === "map" && studio.map) {
+    Plotly.Plots.resize($("map-plot"));
+  }
+  if (name === "history") {
+    attempt(drawHistory);
+  }
+}
+
+function wire() {
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.addEventListener("click", () => showPanel(tab.dataset.panel));
+  }
+  $("take-query").addEventListener("click", () => attempt(takeQuery));
+  $("skip").addEventListener("click", () => { if (studio.queue[studio.position]) advance(); });
+  $("undo").addEventListener("click", () => attempt(undo));
+  $("new-class").addEventListener("click", () => attempt(newClass));
+  $("new-class-name").addEventListener("keydown", (event) => {
+    if (event.key === "Enter") attempt(newClass);
+  });
+  $("map-projection").addEventListener("change", () => attempt(drawMap));
+  $("map-colour").addEventListener("change", plotMap);
+  $("label-selection").addEventListener("click", () => attempt(labelSelection));
+  $("retrain").addEventListener("click", () => attempt(retrain));
+  $("cancel-retrain").addEventListener("click", () => attempt(cancelRetrain));
+  document.addEventListener("keydown", onKey);
+}
+
+wire();
+attempt(refreshState);
