@@ -26,10 +26,17 @@ from ssvae_core.labels import STORE_NAME, LabelStore
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "browser-test-token-0123456789"
 RUN_OPTIONS = [
-    "--set", "encoder.hidden=[32]", "--set", "decoder.hidden=[32]", "--set", "model.latent_dim=4",
-    "--set", "loss.consistency.weight=0", "--set", "train.log_every=20",
     "--set", "prior.num_components=14", "--set", 'head.name="tau"', "--set", "head.free_mass=0.06",
+    "--set", "train.log_every=20",
 ]
+SMALL = [
+    "--set", "encoder.hidden=[32]", "--set", "decoder.hidden=[32]", "--set", "model.latent_dim=4",
+    "--set", "loss.consistency.weight=0",
+]
+# SSVAE_STUDIO_DEMO=1: the digits preset's own networks trained for 1500 steps, for the
+# screenshots of docs/user-guide.md; the default is a small model that trains in seconds.
+DEMO = os.environ.get("SSVAE_STUDIO_DEMO") == "1"
+TRAIN_STEPS, RETRAIN_STEPS = (1500, 300) if DEMO else (60, 40)
 
 
 def _missing() -> str | None:
@@ -80,8 +87,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     from ssvae_core.studio import StudioSession, create_app
 
     run = tmp_path / "run"
-    code = main(["train", "--labels-per-class", "2", "--steps", "60", "--seed", "0", "--out", str(run),
-                 "--quiet", "--no-plots", *RUN_OPTIONS])
+    code = main(["train", "--labels-per-class", "2", "--steps", str(TRAIN_STEPS), "--seed", "0",
+                 "--out", str(run), "--quiet", "--no-plots", *RUN_OPTIONS, *([] if DEMO else SMALL)])
     assert code == 0
     session = StudioSession(run)
     sock = socket.socket()
@@ -166,7 +173,7 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     element("tab-training").click()
     steps = element("retrain-steps")
     steps.clear()
-    steps.send_keys("40")
+    steps.send_keys(str(RETRAIN_STEPS))
     element("retrain").click()
     WebDriverWait(driver, 300).until(
         lambda d: element("retrain-state").get_attribute("data-state") in ("done", "failed")
