@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Flaky
 
@@ -146,11 +146,12 @@ def expect_identical(first: Any, second: Any, what: str) -> None:
         )
 
 
-def _hypothesis_settings(max_examples: int) -> settings:
+def _hypothesis_settings(max_examples: int, shrink: bool = True) -> settings:
     # Derandomised, without an example database: the same examples on every run and
     # machine, and nothing written into a plugin author's project.
     return settings(
         max_examples=max_examples,
+        phases=tuple(Phase) if shrink else tuple(p for p in Phase if p is not Phase.shrink),
         deadline=None,
         derandomize=True,
         database=None,
@@ -171,7 +172,7 @@ def for_all(
     raises counts as a violation of the check at hand.
     """
 
-    @_hypothesis_settings(subject.settings.max_examples)
+    @_hypothesis_settings(subject.settings.max_examples, subject.settings.shrink)
     @given(strategy)
     def run(example: dict[str, Any]) -> None:
         try:

@@ -73,7 +73,9 @@ class ConformanceSettings:
     Monte-Carlo sample count; ``exact_kl_terms`` lists the KL terms that are exact
     (analytic) KLs, by default every deterministic term whose name starts with ``kl``.
     ``fixed_weights`` says whether π must stay fixed in training (default: unless the
-    options have ``learn_pi=True``). ``skip`` names checks not to run.
+    options have ``learn_pi=True``). ``skip`` names checks not to run. ``shrink=False``
+    reports the first failing example as found instead of shrinking it to a smaller one
+    (faster where only whether a check fails matters, as in a corpus of known defects).
     """
 
     input_shape: tuple[int, ...] = (8, 8)
@@ -87,6 +89,7 @@ class ConformanceSettings:
     exact_kl_terms: tuple[str, ...] | None = None
     fixed_weights: bool | None = None
     skip: tuple[str, ...] = ()
+    shrink: bool = True
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
