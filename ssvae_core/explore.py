@@ -20,20 +20,36 @@ import numpy as np
 
 from ssvae_core.errors import ConfigError
 
-PROJECTIONS = ("pca", "tsne")
+PROJECTIONS = ("pca", "tsne", "tsne-channels")
 MEMBERS_PER_CHANNEL = 8
 
 
-def project(z: np.ndarray, method: str = "pca", *, seed: int = 0) -> np.ndarray:
+def project(
+    z: np.ndarray,
+    method: str = "pca",
+    *,
+    responsibilities: np.ndarray | None = None,
+    seed: int = 0,
+) -> np.ndarray:
     """The ``(N, 2)`` projection of the posterior means ``z`` (``(N, D)``).
 
     ``pca``: the two principal axes (signs fixed so the largest loading is positive, so
     the same means always give the same picture). ``tsne``: scikit-learn's t-SNE, started
     from the PCA picture; slower (seconds for thousands of points), keeps neighbourhoods.
+    ``tsne-channels``: t-SNE over the means and the channel responsibilities ``q(c|x)``
+    together (``responsibilities``, ``(N, K)``), each responsibility scaled by the overall
+    spread of ``z``: where the decoder is told the channel, ``z`` holds only the variation
+    within a mode, and the channels are what separates the classes.
     """
     if method not in PROJECTIONS:
         raise ConfigError(f"unknown projection {method!r}; allowed: {', '.join(PROJECTIONS)}")
     z = np.asarray(z, dtype=np.float64).reshape(len(z), -1)
+    if method == "tsne-channels":
+        method = "tsne"
+        r = None if responsibilities is None else np.asarray(responsibilities, dtype=np.float64)
+        if r is not None and r.ndim == 2 and r.shape[1] > 0:
+            spread = float(np.sqrt(np.sum(np.var(z, axis=0)))) if len(z) > 1 else 1.0
+            z = np.concatenate([z, 2.0 * max(spread, 1e-6) * r], axis=1)
     if z.shape[0] < 2:
         return np.zeros((z.shape[0], 2))
     if z.shape[1] < 2:

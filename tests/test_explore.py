@@ -39,7 +39,15 @@ def test_tsne_projection_and_unknown_projections() -> None:
     assert points.shape == (80, 2) and np.all(np.isfinite(points))
     gap = np.linalg.norm(points[:40].mean(axis=0) - points[40:].mean(axis=0))
     assert gap > 3 * max(np.linalg.norm(points[:40].std(axis=0)), np.linalg.norm(points[40:].std(axis=0)))
-    with pytest.raises(ConfigError, match="unknown projection 'umap'; allowed: pca, tsne"):
+    # the same means in two channels: t-SNE of the means alone cannot tell them apart,
+    # the means with the responsibilities can
+    same = np.concatenate([z[:40], z[:40]])
+    r = np.repeat(np.eye(2), 40, axis=0)
+    joint = project(same, "tsne-channels", responsibilities=r)
+    gap = np.linalg.norm(joint[:40].mean(axis=0) - joint[40:].mean(axis=0))
+    assert gap > 3 * max(np.linalg.norm(joint[:40].std(axis=0)), np.linalg.norm(joint[40:].std(axis=0)))
+    assert project(z, "tsne-channels").shape == (80, 2)  # no channels: t-SNE of the means
+    with pytest.raises(ConfigError, match="unknown projection 'umap'; allowed: pca, tsne, tsne-channels"):
         project(z, "umap")
     assert project(z[:1], "pca").shape == (1, 2) and project(z[:, :1], "pca").shape == (80, 2)
 

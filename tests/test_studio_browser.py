@@ -160,6 +160,32 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     # the map and the channels
     element("tab-map").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#map-plot .scatterlayer .point")) > 1000)
+    # hovering a point shows its image; a lasso selection is labeled in one go (the
+    # events Plotly fires for them, on three unlabeled points)
+    chosen = driver.execute_script(
+        """const map = studio.map;
+           return map.index.filter((_, i) => map.label[i] === null).slice(0, 3);"""
+    )
+    driver.execute_script(
+        "document.getElementById('map-plot').emit('plotly_hover', {points: [{customdata: arguments[0]}]})",
+        chosen[0],
+    )
+    wait.until(lambda d: element("hover-image").is_displayed())
+    assert f"example #{chosen[0]}" in element("hover-info").text
+    driver.execute_script(
+        "document.getElementById('map-plot').emit('plotly_selected', "
+        "{points: arguments[0].map((i) => ({customdata: i}))})",
+        chosen,
+    )
+    wait.until(lambda d: element("label-selection").is_enabled())
+    assert element("label-selection").text == "Label 3 selected"
+    from selenium.webdriver.support.select import Select
+
+    Select(element("selection-label")).select_by_value("7")
+    element("label-selection").click()
+    wait.until(lambda d: element("num-labeled").text == "29")
+    labeled.update({int(i): "7" for i in chosen})
+    no_error()
     driver.save_screenshot(str(shots / "map.png"))
     element("tab-channels").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#channels-list .channel img")) == 14)
@@ -186,7 +212,7 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     driver.save_screenshot(str(shots / "training.png"))
 
     element("tab-history").click()
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history-table tbody tr")) == 26)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history-table tbody tr")) == 29)
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history-plot .scatterlayer .point")) == 2)
     assert "studio" in element("history-table").text
     driver.save_screenshot(str(shots / "history.png"))

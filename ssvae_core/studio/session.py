@@ -247,7 +247,10 @@ class StudioSession:
         if projection not in PROJECTIONS:
             raise StudioError(400, f"unknown projection {projection!r}; allowed: {', '.join(PROJECTIONS)}")
         view = self._view
-        points = self._cached(("map", view.version, projection), lambda: project(view.z_mean, projection))
+        points = self._cached(
+            ("map", view.version, projection),
+            lambda: project(view.z_mean, projection, responsibilities=view.responsibilities),
+        )
         names = list(view.classifier.label_names)
         current = self._store.current()
         predicted = np.argmax(view.probabilities, axis=1)
