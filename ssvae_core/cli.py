@@ -469,10 +469,14 @@ def _studio(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         print(f"ssvae studio: serving {args.run_dir} at\n    {url}\n(Ctrl+C stops it)", flush=True)
 
-    serve(
-        args.run_dir, host=args.host, port=args.port, token=args.token, data=args.data,
-        open_browser=args.open, on_ready=ready,
-    )
+    try:
+        serve(
+            args.run_dir, host=args.host, port=args.port, token=args.token, data=args.data,
+            open_browser=args.open, on_ready=ready,
+        )
+    except KeyboardInterrupt:  # Ctrl+C is how the studio is stopped: the run is closed by now
+        pass
+    print("ssvae studio: stopped", flush=True)
     return EXIT_OK
 
 
