@@ -454,3 +454,25 @@ def test_the_server_stops_cleanly_on_ctrl_c(run: Path) -> None:
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
+
+
+def test_a_model_without_channels(tmp_path: Path) -> None:
+    run = tmp_path / "standard"
+    code = main(
+        ["train", "--labels-per-class", "2", "--steps", "10", "--out", str(run), "--quiet", "--no-plots",
+         "--set", "encoder.hidden=[8]", "--set", "decoder.hidden=[8]", "--set", "model.latent_dim=2",
+         "--set", 'prior.name="standard"', "--set", 'head.name="softmax"', "--set", "train.log_every=10"]
+    )
+    assert code == 0
+    with StudioSession(run) as session:
+        client = TestClient(create_app(session, TOKEN))
+        client.headers["X-SSVAE-Token"] = TOKEN
+        assert client.get("/api/state").json()["has_channels"] is False
+        points = client.get("/api/map").json()
+        assert set(points["channel"]) == {None} and len(points["x"]) == len(points["index"])
+        assert client.get("/api/channels").json()["channels"] == []
+        missing = client.get("/api/channels/0.png")
+        assert missing.status_code == 404 and "no channels" in missing.json()["error"]
+        assert len(client.get("/api/queue", params={"strategy": "entropy", "n": 3}).json()["items"]) == 3
+        refused = client.get("/api/queue", params={"strategy": "channel_entropy", "n": 3})
+        assert refused.status_code == 400 and "channel" in refused.json()["error"]
