@@ -258,6 +258,18 @@ function onKey(event) {
 
 // ---- the map -----------------------------------------------------------------------------
 
+// Twenty distinguishable colours: ten saturated, then ten lighter ones (classes past ten,
+// channels, new classes).
+const PALETTE = [
+  "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+  "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+];
+const PROJECTION_TITLES = {
+  pca: "PCA of the posterior means",
+  tsne: "t-SNE of the posterior means",
+  "tsne-channels": "t-SNE of the posterior means and q(c|x)",
+};
+
 async function drawMap() {
   const projection = $("map-projection").value || "pca";
   studio.map = await api(`/api/map?projection=${encodeURIComponent(projection)}`);
@@ -294,8 +306,8 @@ function plotMap() {
     });
   }
   const layout = {
-    margin: { l: 30, r: 10, t: 30, b: 30 }, dragmode: "lasso", hovermode: "closest",
-    title: { text: `${data.projection.toUpperCase()} of the posterior means (model version ${data.version})`, font: { size: 13 } },
+    margin: { l: 30, r: 10, t: 30, b: 30 }, dragmode: "lasso", hovermode: "closest", colorway: PALETTE,
+    title: { text: `${PROJECTION_TITLES[data.projection] || data.projection} (model version ${data.version})`, font: { size: 13 } },
     xaxis: { showticklabels: false, zeroline: false }, yaxis: { showticklabels: false, zeroline: false },
   };
   const plot = $("map-plot");
