@@ -41,6 +41,8 @@ from ssvae_core.registry import Registry, default_registry
 from ssvae_core.training import MetricSink, Trainer, TrainState, init_state, training_arrays
 
 CheckpointCallback = Callable[["SSVAEClassifier"], None]
+# evaluate(classifier, seconds): metrics of the state reached after ``seconds`` of training
+EvaluateCallback = Callable[["SSVAEClassifier", float], dict[str, float]]
 
 
 class SSVAEClassifier:
@@ -85,6 +87,7 @@ class SSVAEClassifier:
         label_names: Sequence[str] | None = None,
         sinks: Sequence[MetricSink] = (),
         on_checkpoint: CheckpointCallback | None = None,
+        evaluate: EvaluateCallback | None = None,
     ) -> SSVAEClassifier:
         """Train from scratch on every row of ``x``; rows whose label is ``-1`` are unlabeled.
 
@@ -92,7 +95,10 @@ class SSVAEClassifier:
         ``train.log_every`` steps (:attr:`history` keeps them too).
         ``on_checkpoint(classifier)`` is called every ``train.checkpoint_every`` steps (at
         the end of the chunk that reaches them) with the classifier holding the training
-        state reached, e.g. ``lambda c: c.save("model.ckpt")``.
+        state reached, e.g. ``lambda c: c.save("model.ckpt")``. With ``train.eval_every``
+        set, ``evaluate(classifier, seconds)`` is called every that many steps (and at the
+        last step; ``seconds``: the training time of this call so far, the sum of the
+        chunks' ``seconds``) and its floats join that chunk's metrics, e.g. held-out accuracy.
         """
         dataset = self._training_data(x, y, num_classes, label_names)
         model_key, state_key = jax.random.split(jax.random.PRNGKey(self.config.seed))
@@ -111,7 +117,7 @@ class SSVAEClassifier:
         self.opt_state = self._trainer().init_opt_state(model)
         self.history = []
         self.training_data = dataset
-        return self._train(dataset, self.config.train.steps, sinks, on_checkpoint)
+        return self._train(dataset, self.config.train.steps, sinks, on_checkpoint, evaluate)
 
     def resume(
         self,
@@ -121,14 +127,15 @@ class SSVAEClassifier:
         until_step: int,
         sinks: Sequence[MetricSink] = (),
         on_checkpoint: CheckpointCallback | None = None,
+        evaluate: EvaluateCallback | None = None,
     ) -> SSVAEClassifier:
         """Continue training a fitted or loaded classifier up to ``until_step``.
 
         Parameters, optimiser state, τ counts and the RNG key carry on, so training 10 steps,
         saving, loading and resuming to 20 on the same data gives the same model as 20
         steps in one go. ``y`` may hold labels the first run did not have: they join the
-        labeled pool (the compiled step is reused; only values change). ``sinks`` and
-        ``on_checkpoint`` work as in :meth:`fit`.
+        labeled pool (the compiled step is reused; only values change). ``sinks``,
+        ``on_checkpoint`` and ``evaluate`` work as in :meth:`fit`.
         """
         _, state = self._fitted()
         dataset = self._training_data(x, y, len(self.label_names), self.label_names)
@@ -146,7 +153,7 @@ class SSVAEClassifier:
             train=dataclasses.replace(self.config.train, steps=until_step)
         )
         self.training_data = dataset
-        return self._train(dataset, until_step, sinks, on_checkpoint)
+        return self._train(dataset, until_step, sinks, on_checkpoint, evaluate)
 
     def add_labels(
         self, indices: ArrayLike, labels: Sequence[str | int]
@@ -268,6 +275,7 @@ class SSVAEClassifier:
         *,
         sinks: Sequence[MetricSink] = (),
         on_checkpoint: CheckpointCallback | None = None,
+        evaluate: EvaluateCallback | None = None,
     ) -> SSVAEClassifier:
         """Continue training for ``steps`` more steps on :attr:`training_data` with every
         label added so far (warm: parameters, optimiser state and τ counts carry on; adding
@@ -282,7 +290,7 @@ class SSVAEClassifier:
             raise ConfigError(f"steps must be a positive integer; got {steps!r}")
         return self.resume(
             self.training_data, until_step=int(state.step) + int(steps),
-            sinks=sinks, on_checkpoint=on_checkpoint,
+            sinks=sinks, on_checkpoint=on_checkpoint, evaluate=evaluate,
         )
 
     def query(
@@ -367,10 +375,23 @@ class SSVAEClassifier:
         until_step: int,
         sinks: Sequence[MetricSink],
         on_checkpoint: CheckpointCallback | None = None,
+        evaluate: EvaluateCallback | None = None,
     ) -> SSVAEClassifier:
         model, state = self._fitted()
         trainer = self._trainer()
         every = self.config.train.checkpoint_every
+        eval_every = self.config.train.eval_every
+        last_eval = [int(state.step)]
+        seconds = [0.0]
+
+        def held_out(model: SSVAE, state: TrainState, step: int, metrics: dict[str, float]) -> dict[str, float]:
+            seconds[0] += metrics.get("seconds", 0.0)
+            due = eval_every > 0 and (step // eval_every > last_eval[0] // eval_every or step >= until_step)
+            if evaluate is None or not due:
+                return {}
+            last_eval[0] = step
+            self.model, self.state = model, state
+            return {name: float(value) for name, value in evaluate(self, seconds[0]).items()}
 
         def record(step: int, metrics: dict[str, float]) -> None:
             self.history.append({"step": step, **metrics})
@@ -399,6 +420,7 @@ class SSVAEClassifier:
             until_step=until_step,
             sinks=[record, *sinks],
             on_chunk=reached,
+            extra_metrics=held_out,
         )
         return self
 

@@ -129,6 +129,11 @@ class TrainConfig:
     fuse_steps: bool = option(
         False, help="compile each log_every chunk into one lax.scan (fast on GPU; slow for convolutions on CPU)"
     )
+    eval_every: int = option(
+        0,
+        help="steps between held-out evaluations of a run (at the end of the log_every chunk that reaches them, and at the last step): held_out_accuracy, held_out_ece and train_time_s join that line of metrics.jsonl (0: off)",
+        minimum=0,
+    )
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,18 @@ def write_run_plots(
 
     steps = [row["step"] for row in history]
     terms = [t for t in LOSS_TERMS if history and t in history[0]]
+    evaluated = [row for row in history if "held_out_accuracy" in row]
     if terms:
-        fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 2.8))
-        for axis, term in zip(np.atleast_1d(axes), terms, strict=True):
-            axis.plot(steps, [row[term] for row in history])
+        panels = len(terms) + bool(evaluated)
+        fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 2.8))
+        for axis, term in zip(np.atleast_1d(axes), terms, strict=False):
+            axis.plot(steps, [row.get(term, np.nan) for row in history])
             axis.set_title(term)
+            axis.set_xlabel("step")
+        if evaluated:  # train.eval_every: the held-out learning curve
+            axis = np.atleast_1d(axes)[-1]
+            axis.plot([row["step"] for row in evaluated], [row["held_out_accuracy"] for row in evaluated], marker=".")
+            axis.set_title("held-out accuracy")
             axis.set_xlabel("step")
         fig.tight_layout()
         written.append(folder / "loss_curves.png")

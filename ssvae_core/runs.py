@@ -37,7 +37,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ssvae_core.api import CheckpointCallback, SSVAEClassifier
+from ssvae_core.api import CheckpointCallback, EvaluateCallback, SSVAEClassifier
 from ssvae_core.checkpoint import atomic_write_bytes, read_manifest
 from ssvae_core.config import Config, config_from_dict, dumps_toml, read_toml
 from ssvae_core.data import Dataset, Split, benchmark_split, from_arrays, load_dataset
@@ -146,6 +146,9 @@ def markdown_report(report: dict[str, Any]) -> str:
     ]
     if "ood_auroc" in report:
         lines.append(f"| OOD AUROC vs {report['ood_dataset']} | {report['ood_auroc']:.4f} |")
+    for goal, seconds in (report.get("time_to_accuracy") or {}).items():
+        shown = "not reached" if seconds is None else f"{seconds:.1f}"
+        lines.append(f"| training time (s) to held-out accuracy {goal} | {shown} |")
     channels = report.get("channels") or {}
     if channels:
         lines += ["", f"Active channels: {channels['active_channels']} of {len(channels['usage'])}."]
@@ -218,6 +221,9 @@ def _write_results(
         wall_time_s=wall_time,
         images_per_s=steps_trained * config.train.batch_size / max(wall_time, 1e-9),
     )
+    reached = time_to_accuracy(_history(out))
+    if reached is not None:
+        report["time_to_accuracy"] = reached
     write_text(out / "report.json", json.dumps(report, indent=2))
     write_text(out / "report.md", markdown_report(report))
     if plots:
@@ -237,6 +243,44 @@ def _history(out: Path) -> list[dict[str, Any]]:
         return []
     with open(path, encoding="utf-8") as log:
         return [json.loads(line) for line in log if line.strip()]
+
+
+TIME_TO_ACCURACY = (0.8, 0.9, 0.95, 0.97, 0.99)
+
+
+def held_out_evaluator(out: Path, dataset: Dataset, split: Split) -> EvaluateCallback:
+    """The run's evaluation every ``train.eval_every`` steps: ``held_out_accuracy`` and
+    ``held_out_ece`` on the held-out split, and ``train_time_s``, the training time so
+    far: the ``seconds`` of every chunk in ``metrics.jsonl``, earlier commands' included
+    (evaluations and checkpoints not counted)."""
+    from ssvae_core.inference import infer
+    from ssvae_core.metrics import accuracy, expected_calibration_error
+
+    x, y = dataset.x[split.test], dataset.y[split.test]
+    before = sum(float(row.get("seconds", 0.0)) for row in _history(out))
+
+    def evaluate(classifier: SSVAEClassifier, seconds: float) -> dict[str, float]:
+        assert classifier.model is not None and classifier.state is not None
+        probabilities = infer(classifier.model, classifier.state.head_state, x).probabilities
+        return {
+            "held_out_accuracy": accuracy(probabilities, y),
+            "held_out_ece": expected_calibration_error(probabilities, y),
+            "train_time_s": round(before + seconds, 3),
+        }
+
+    return evaluate
+
+
+def time_to_accuracy(history: Sequence[dict[str, Any]]) -> dict[str, float | None] | None:
+    """The training wall time at which the held-out accuracy first reached each of
+    :data:`TIME_TO_ACCURACY` (``None``: not reached), from the evaluations in
+    ``metrics.jsonl``; ``None`` when the run has none."""
+    curve = [(row["train_time_s"], row["held_out_accuracy"]) for row in history if "held_out_accuracy" in row]
+    if not curve:
+        return None
+    return {
+        f"{goal:g}": next((round(t, 3) for t, a in curve if a >= goal), None) for goal in TIME_TO_ACCURACY
+    }
 
 
 def _checkpointer(out: Path, num_labels: int) -> CheckpointCallback:
@@ -302,7 +346,10 @@ def train_run(
         checkpoint = _checkpointer(out, len(split.labeled))
         wall_time = _train_logged(
             out,
-            lambda all_sinks: classifier.fit(train, sinks=all_sinks, on_checkpoint=checkpoint),
+            lambda all_sinks: classifier.fit(
+                train, sinks=all_sinks, on_checkpoint=checkpoint,
+                evaluate=held_out_evaluator(out, dataset, split),
+            ),
             append=False,
             sinks=sinks,
             on_start=on_start,
@@ -381,18 +428,21 @@ def resume_run(
             train = _labeled_by_store(out, classifier, dataset, split)
         num_labels = int(np.sum(train.y >= 0))
         save = _checkpointer(out, num_labels)
+        evaluate = held_out_evaluator(out, dataset, split)
         if classifier is None:
             config = config.replace(train=dataclasses.replace(config.train, steps=target))
             fresh = SSVAEClassifier(config, registry=registry)
             classifier = fresh
 
             def run_training(all_sinks: Sequence[MetricSink]) -> object:
-                return fresh.fit(train, sinks=all_sinks, on_checkpoint=save)
+                return fresh.fit(train, sinks=all_sinks, on_checkpoint=save, evaluate=evaluate)
         else:
             loaded = classifier
 
             def run_training(all_sinks: Sequence[MetricSink]) -> object:
-                return loaded.resume(train, until_step=target, sinks=all_sinks, on_checkpoint=save)
+                return loaded.resume(
+                    train, until_step=target, sinks=all_sinks, on_checkpoint=save, evaluate=evaluate
+                )
 
         wall_time = _train_logged(out, run_training, append=True, sinks=sinks, on_start=on_start)
         return _finish_round(
@@ -740,7 +790,8 @@ def retrain_run(
         wall_time = _train_logged(
             out,
             lambda all_sinks: classifier.retrain(
-                steps, sinks=all_sinks, on_checkpoint=save if intermediate_checkpoints else None
+                steps, sinks=all_sinks, on_checkpoint=save if intermediate_checkpoints else None,
+                evaluate=held_out_evaluator(out, dataset, split),
             ),
             append=True,
             sinks=sinks,

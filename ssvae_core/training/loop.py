@@ -173,12 +173,15 @@ class Trainer:
         until_step: int | None = None,
         sinks: Sequence[MetricSink] = (),
         on_chunk: Callable[[SSVAE, TrainState, optax.OptState], None] | None = None,
+        extra_metrics: Callable[[SSVAE, TrainState, int, dict[str, float]], dict[str, float]] | None = None,
     ) -> tuple[SSVAE, TrainState, optax.OptState]:
         """Train from ``state.step`` to ``until_step`` (default: ``train.steps``).
 
         Each sink receives the chunk means as host floats (plus ``seconds``, the chunk's
-        wall time) after each chunk of ``train.log_every`` steps; then ``on_chunk(model,
-        state, opt_state)`` sees the training state reached (to checkpoint it).
+        wall time) after each chunk of ``train.log_every`` steps, with whatever
+        ``extra_metrics(model, state, step, metrics)`` adds (a held-out evaluation, say); then
+        ``on_chunk(model, state, opt_state)`` sees the training state reached (to
+        checkpoint it).
         """
         until_step = self.config.train.steps if until_step is None else until_step
         chunk = self.config.train.log_every
@@ -195,6 +198,8 @@ class Trainer:
             host["seconds"] = time.perf_counter() - started
             if not all(math.isfinite(v) for v in host.values()):
                 raise FloatingPointError(f"training diverged at step {step}: {host}")
+            if extra_metrics is not None:
+                host.update(extra_metrics(model, state, step, dict(host)))
             for sink in sinks:
                 sink(step, host)
             if on_chunk is not None:
