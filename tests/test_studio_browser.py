@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "browser-test-token-0123456789"
 RUN_OPTIONS = [
     "--set", "prior.num_components=14", "--set", 'head.name="tau"', "--set", "head.free_mass=0.06",
-    "--set", "train.log_every=20",
+    "--set", "train.log_every=20", "--set", "train.eval_every=20",
 ]
 SMALL = [
     "--set", "encoder.hidden=[32]", "--set", "decoder.hidden=[32]", "--set", "model.latent_dim=4",
@@ -150,15 +150,25 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     wait.until(lambda d: element("num-labeled").text == "25")
     assert int(element("current-image").get_attribute("data-index")) == index
 
-    # a class the model has not seen
-    element("new-class-name").send_keys("smudge")
+    # a class the model has not seen; the shortcuts keep quiet while a name is typed
+    element("new-class-name").send_keys("1", Keys.BACKSPACE, "smudge")
     element("new-class").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#label-buttons [data-label="smudge"]'))
+    wait.until(lambda d: element("num-labeled").text == "26")
     labeled[index] = "smudge"
+    no_error()
+
+    # → and space skip (space too while the "New class" button has the focus)
+    for key in (Keys.ARROW_RIGHT, Keys.SPACE):
+        index = element("current-image").get_attribute("data-index")
+        ActionChains(driver).send_keys(key).perform()
+        wait.until(lambda d, index=index: element("current-image").get_attribute("data-index") != index)
+    assert element("num-labeled").text == "26"
     no_error()
 
     # the map and the channels
     element("tab-map").click()
+    wait.until(lambda d: element("map-plot").get_attribute("data-state") == "ready")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#map-plot .scatterlayer .point")) > 1000)
     # hovering a point shows its image; a lasso selection is labeled in one go (the
     # events Plotly fires for them, on three unlabeled points)
@@ -184,6 +194,7 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     Select(element("selection-label")).select_by_value("7")
     element("label-selection").click()
     wait.until(lambda d: element("num-labeled").text == "29")
+    wait.until(lambda d: element("map-plot").get_attribute("data-state") == "ready")
     labeled.update({int(i): "7" for i in chosen})
     no_error()
     driver.save_screenshot(str(shots / "map.png"))
@@ -208,7 +219,8 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     wait.until(lambda d: element("accuracy").get_attribute("data-version") == "1")
     assert element("accuracy").text.endswith("%")
     assert "held-out accuracy" in element("retrain-state").text
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#loss-plot .scatterlayer .trace"))
+    # the loss and, with train.eval_every, the held-out accuracy as it trained
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#loss-plot .scatterlayer .trace")) == 2)
     driver.save_screenshot(str(shots / "training.png"))
 
     element("tab-history").click()
@@ -216,7 +228,10 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history-plot .scatterlayer .point")) == 2)
     assert "studio" in element("history-table").text
     driver.save_screenshot(str(shots / "history.png"))
+    # the queue was taken again from the retrained model
     element("tab-queue").click()
+    wait.until(lambda d: element("current-image").is_displayed())
+    assert int(element("current-image").get_attribute("data-index")) not in labeled
     no_error()
 
     store = LabelStore.load(run / STORE_NAME)

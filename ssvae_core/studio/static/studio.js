@@ -1,13 +1,20 @@
 // The studio page: five panels over the JSON API of ssvae_core/studio/server.py.
 //
-// Element ids the browser test drives: header #run-name #run-step #num-labeled #accuracy;
-// #message (errors from the API); tabs #tab-queue #tab-map #tab-channels #tab-training
-// #tab-history; queue #queue-strategy #queue-size #take-query #current-image #current-info
-// #label-buttons (buttons .label-button[data-label]) #new-class-name #new-class #skip #undo
-// #queue-thumbs #queue-status; map #map-projection #map-colour #map-plot #hover-image
-// #hover-info #selection-label #label-selection; channels #channels-list; training
-// #retrain-steps #retrain #cancel-retrain #retrain-progress #retrain-state #loss-plot;
-// history #history-plot #history-table.
+// Element ids (stable: the browser test drives them):
+//   header    #run-name #run-step #num-labeled #accuracy (data-version: the model's version)
+//             #retrain-badge; #message shows errors from the API (class "info" for notes)
+//   tabs      #tab-queue #tab-map #tab-channels #tab-training #tab-history, each showing
+//             #panel-queue #panel-map #panel-channels #panel-training #panel-history
+//   queue     #queue-strategy #queue-size #take-query #queue-status #current-image
+//             (data-index) #current-info #label-buttons (.label-button[data-label])
+//             #new-class-name #new-class #skip #undo #queue-thumbs
+//   map       #map-projection #map-colour #map-plot (data-state "loading" while a map is
+//             asked for, then "ready") #hover-image #hover-info #selection-count
+//             #selection-label #label-selection
+//   channels  #channels-list (.channel cards, #channel-<c>)
+//   training  #retrain-steps #retrain #cancel-retrain #retrain-progress #retrain-state
+//             (data-state: the job's state) #loss-plot
+//   history   #history-plot #history-table
 //
 // The token travels in a same-site cookie that the server set when the page was opened.
 "use strict";
@@ -22,6 +29,8 @@ const studio = {
   done: new Set(),     // queue items labeled or skipped
   undo: [],            // this tab's labels, newest last: {index, label}
   map: null,           // the last /api/map reply
+  mapStale: false,     // labels changed since the map was drawn
+  hovered: null,       // the map point under the pointer
   selected: [],        // map points selected with the lasso or box
   polling: null,       // the retrain poll timer
 };
@@ -80,12 +89,11 @@ async function refreshState() {
   if (info.version !== studio.version) {
     const first = studio.version < 0;
     studio.version = info.version;
+    const requery = !first && studio.queue.length > 0;
+    await Promise.all([drawMap(), drawChannels(), drawHistory(), requery ? takeQuery() : null]);
     if (!first) {
-      studio.queue = [];
-      drawQueue();
-      say(`The model was retrained (version ${info.version}): map, channels and history are redrawn; take a new query.`, "info");
+      say(`The model was retrained (version ${info.version}): the map, queue, channels and history show it now.`, "info");
     }
-    await Promise.all([drawMap(), drawChannels(), drawHistory()]);
   }
 }
 
@@ -192,6 +200,7 @@ async function labelCurrent(name, newClass) {
 
 function afterLabels(reply) {
   quiet();
+  studio.mapStale = true;
   $("num-labeled").textContent = reply.num_labeled;
   if (reply.label_names.join("\u0000") !== studio.info.label_names.join("\u0000")) {
     refreshState().catch((error) => say(error.message));
@@ -215,6 +224,7 @@ async function undo() {
   }
   const reply = await api("/api/undo", { index: last.index, label: last.label });
   studio.undo.pop();
+  studio.mapStale = true;
   $("num-labeled").textContent = reply.num_labeled;
   const position = studio.queue.findIndex((q) => q.index === last.index);
   if (position >= 0) {
@@ -272,7 +282,13 @@ const PROJECTION_TITLES = {
 
 async function drawMap() {
   const projection = $("map-projection").value || "pca";
-  studio.map = await api(`/api/map?projection=${encodeURIComponent(projection)}`);
+  $("map-plot").dataset.state = "loading";
+  try {
+    studio.map = await api(`/api/map?projection=${encodeURIComponent(projection)}`);
+  } finally {
+    $("map-plot").dataset.state = "ready";
+  }
+  studio.mapStale = false;
   studio.selected = [];
   showSelection();
   plotMap();
@@ -324,7 +340,11 @@ function plotMap() {
 }
 
 async function showHover(index) {
+  studio.hovered = index;
   const example = await api(`/api/examples/${index}`);
+  if (studio.hovered !== index) {
+    return;  // the pointer moved on while this one was asked for
+  }
   const image = $("hover-image");
   image.src = imageUrl(index);
   image.hidden = false;
@@ -429,9 +449,19 @@ function showJob(job) {
   $("retrain-badge").textContent = running ? `retraining ${job.step}/${job.total}` : "";
   if (job.history.length) {
     const steps = job.history.map((h) => h.step);
-    Plotly.react($("loss-plot"), [{ x: steps, y: job.history.map((h) => h.loss), mode: "lines+markers", name: "loss" }], {
-      margin: { l: 50, r: 10, t: 30, b: 40 }, title: { text: "loss during this retrain", font: { size: 13 } },
+    const traces = [{ x: steps, y: job.history.map((h) => h.loss), mode: "lines+markers", name: "loss" }];
+    const scored = job.history.filter((h) => h.held_out_accuracy !== undefined);
+    if (scored.length) {  // the run's train.eval_every: the held-out accuracy as it trains
+      traces.push({
+        x: scored.map((h) => h.step), y: scored.map((h) => h.held_out_accuracy), yaxis: "y2",
+        mode: "lines+markers", name: "held-out accuracy",
+      });
+    }
+    Plotly.react($("loss-plot"), traces, {
+      margin: { l: 50, r: 60, t: 30, b: 40 }, title: { text: "during this retrain", font: { size: 13 } },
       xaxis: { title: { text: "step" } }, yaxis: { title: { text: "loss" } },
+      yaxis2: { title: { text: "held-out accuracy" }, overlaying: "y", side: "right", tickformat: ".1%" },
+      legend: { orientation: "h" },
     }, { displaylogo: false });
   }
   if (job.state === "failed" && job.message) {
@@ -485,8 +515,12 @@ function showPanel(name) {
   for (const panel of document.querySelectorAll(".panel")) {
     panel.hidden = panel.id !== `panel-${name}`;
   }
-  if (name === "map" && studio.map) {
-    Plotly.Plots.resize($("map-plot"));
+  // plots drawn while their panel was hidden take their size now
+  for (const plot of document.querySelectorAll(`#panel-${name} .js-plotly-plot`)) {
+    Plotly.Plots.resize(plot);
+  }
+  if (name === "map" && studio.mapStale) {
+    attempt(drawMap);
   }
   if (name === "history") {
     attempt(drawHistory);
