@@ -231,6 +231,7 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     # the queue was taken again from the retrained model
     element("tab-queue").click()
     wait.until(lambda d: element("current-image").is_displayed())
+    assert not driver.find_elements(By.CSS_SELECTOR, "#queue-thumbs .thumb.done")
     assert int(element("current-image").get_attribute("data-index")) not in labeled
     no_error()
 
