@@ -129,6 +129,11 @@ class TrainConfig:
     fuse_steps: bool = option(
         False, help="compile each log_every chunk into one lax.scan (fast on GPU; slow for convolutions on CPU)"
     )
+    devices: int = option(
+        0,
+        help="devices to train on, data-parallel: the batch is split across them, parameters, optimiser state and τ counts are replicated, and every batch statistic is over the whole batch (0: every local device; batch_size must divide evenly)",
+        minimum=0,
+    )
     eval_every: int = option(
         0,
         help="steps between held-out evaluations of a run (at the end of the log_every chunk that reaches them, and at the last step): held_out_accuracy, held_out_ece and train_time_s join that line of metrics.jsonl (0: off)",

@@ -21,10 +21,13 @@ from typing import Any, Protocol
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float
 
 from ssvae_core.config import Config
+from ssvae_core.errors import ConfigError
 from ssvae_core.model import SSVAE
 from ssvae_core.objective import Objective
 from ssvae_core.training.batches import TrainingArrays, sample_batch
@@ -78,6 +81,8 @@ def _sampled_step(
         augment=spec.augment,
         with_view=spec.objective.uses_view,
     )
+    if spec.batch_sharding is not None:  # each device takes its share of the rows
+        batch = jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, spec.batch_sharding), batch)
     return train_step(model, state, opt_state, batch, step_key, spec=spec, train_x=data.x)
 
 
@@ -141,6 +146,29 @@ def take_steps(
     return model, state, opt_state, mean
 
 
+DATA_AXIS = "data"
+
+
+def data_mesh(devices: int, batch_size: int) -> Mesh | None:
+    """The 1-D mesh of data-parallel training over ``devices`` local devices (0: all of
+    them); ``None`` for one device. A batch that does not split evenly is a ConfigError."""
+    available = jax.local_devices()
+    count = len(available) if devices == 0 else devices
+    if count > len(available):
+        raise ConfigError(
+            f"train.devices = {devices}, but this process sees {len(available)} device(s) "
+            f"({available[0].platform}); use at most {len(available)}, or 0 for all"
+        )
+    if count <= 1:
+        return None
+    if batch_size % count:
+        raise ConfigError(
+            f"train.batch_size = {batch_size} does not split evenly over {count} devices; "
+            f"use a multiple of {count} or set train.devices"
+        )
+    return Mesh(np.asarray(available[:count]), (DATA_AXIS,))
+
+
 @dataclasses.dataclass
 class Trainer:
     """Drives training for a config: the step spec (objective, learning rate, optimiser)."""
@@ -148,8 +176,11 @@ class Trainer:
     config: Config
     spec: StepSpec
 
+    mesh: Mesh | None = None
+
     @classmethod
     def for_model(cls, config: Config, model: SSVAE, objective: Objective) -> Trainer:
+        mesh = data_mesh(config.train.devices, config.train.batch_size)
         spec = StepSpec(
             objective=objective,
             learning_rate=learning_rate(config.train),
@@ -157,8 +188,16 @@ class Trainer:
             augment=config.augment,
             batch_size=config.train.batch_size,
             labeled_batch_size=config.labeled_batch_size,
+            batch_sharding=None if mesh is None else NamedSharding(mesh, PartitionSpec(DATA_AXIS)),
         )
-        return cls(config=config, spec=spec)
+        return cls(config=config, spec=spec, mesh=mesh)
+
+    def replicate(self, tree: Any) -> Any:
+        """``tree``'s arrays on every device of the mesh (unchanged on one device)."""
+        if self.mesh is None:
+            return tree
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        return jax.tree.map(lambda leaf: jax.device_put(leaf, replicated) if eqx.is_array(leaf) else leaf, tree)
 
     def init_opt_state(self, model: SSVAE) -> optax.OptState:
         return self.spec.optimizer.init(eqx.filter(model, eqx.is_inexact_array))
@@ -184,6 +223,7 @@ class Trainer:
         checkpoint it).
         """
         until_step = self.config.train.steps if until_step is None else until_step
+        data, model, state, opt_state = self.replicate((data, model, state, opt_state))
         chunk = self.config.train.log_every
         fused = self.config.train.fuse_steps
         step = int(state.step)

@@ -107,6 +107,8 @@ class StepSpec(eqx.Module):
     augment: AugmentConfig = eqx.field(static=True)
     batch_size: int = eqx.field(static=True)
     labeled_batch_size: int = eqx.field(static=True)
+    # data-parallel training: how each batch is split across the devices (None: one device)
+    batch_sharding: Any = eqx.field(static=True, default=None)
 
 
 def step_gradients(
