@@ -476,3 +476,14 @@ def test_a_model_without_channels(tmp_path: Path) -> None:
         assert len(client.get("/api/queue", params={"strategy": "entropy", "n": 3}).json()["items"]) == 3
         refused = client.get("/api/queue", params={"strategy": "channel_entropy", "n": 3})
         assert refused.status_code == 400 and "channel" in refused.json()["error"]
+
+
+def test_without_the_studio_extra_the_command_says_what_to_install(
+    run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "starlette", None)  # as if the extra were not installed
+    monkeypatch.setitem(sys.modules, "starlette.applications", None)
+    monkeypatch.delitem(sys.modules, "ssvae_core.studio.server", raising=False)
+    assert main(["studio", str(run), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'ssvae-core[studio]'" in err and "starlette" in err and err.count("\n") == 1
