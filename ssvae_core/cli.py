@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     train.add_argument("--quiet", action="store_true", help="no progress display")
+    train.add_argument(
+        "--track", action="append", default=[], metavar="NAME",
+        help="also log to a tracker (repeatable): tensorboard, event files in RUN/tensorboard/ "
+        "(needs: pip install 'ssvae-core[track]')",
+    )
 
     evaluate = commands.add_parser(
         "evaluate", help="reload a run's checkpoint and report its metrics",
@@ -112,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("--data", metavar="PATH", help="where the run's data are, if they moved")
     retrain.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     retrain.add_argument("--quiet", action="store_true", help="no progress display")
+    retrain.add_argument(
+        "--track", action="append", default=[], metavar="NAME",
+        help="also log to a tracker (repeatable): tensorboard (RUN/tensorboard/)",
+    )
 
     query = commands.add_parser(
         "query", help="write the unlabeled training examples to label next",
@@ -207,7 +216,7 @@ def _resume(args: argparse.Namespace) -> int:
         for flag, value in (
             ("--config", args.config), ("--preset", args.preset),
             ("--labels-per-class", args.labels_per_class), ("--seed", args.seed),
-            ("--out", args.out), ("--set", args.set or None),
+            ("--out", args.out), ("--set", args.set or None), ("--track", args.track or None),
         )
         if value is not None
     ]
@@ -263,6 +272,7 @@ def _train(args: argparse.Namespace) -> int:
     from ssvae_core.config import load_config
     from ssvae_core.progress import TrainingProgress
     from ssvae_core.runs import new_run_dir, train_run
+    from ssvae_core.tracking import check_trackers, finish_trackers, open_trackers
 
     if args.resume is not None:
         return _resume(args)
@@ -277,11 +287,18 @@ def _train(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides.insert(0, f"train.steps={args.steps}")
     config = load_config(args.config, overrides, preset=args.preset)
+    trackers = check_trackers(args.track)
     out = args.out if args.out is not None else new_run_dir()
-    with TrainingProgress(config.train.steps, enabled=not args.quiet) as progress:
-        report = train_run(
-            config, out, sinks=[progress], on_start=progress.start, plots=not args.no_plots
-        )
+    sinks = open_trackers(out, trackers, config.to_dict())
+    try:
+        with TrainingProgress(config.train.steps, enabled=not args.quiet) as progress:
+            report = train_run(
+                config, out, sinks=[progress, *sinks], on_start=progress.start, plots=not args.no_plots
+            )
+        finish_trackers(sinks, out, report)
+    finally:
+        for sink in sinks:
+            sink.close()
     _print_train_summary(report, out)
     return EXIT_OK
 
@@ -352,13 +369,20 @@ def _labels(args: argparse.Namespace) -> int:
 def _retrain(args: argparse.Namespace) -> int:
     from ssvae_core.progress import TrainingProgress
     from ssvae_core.runs import retrain_run
+    from ssvae_core.tracking import check_trackers, finish_trackers, open_trackers
 
     done = _checkpoint_step(args.run_dir)
-    with TrainingProgress(done + max(args.steps, 0), enabled=not args.quiet) as progress:
-        report = retrain_run(
-            args.run_dir, args.steps, sinks=[progress], on_start=progress.start,
-            on_notice=_notice, plots=not args.no_plots, data=args.data,
-        )
+    sinks = open_trackers(args.run_dir, check_trackers(args.track), None)
+    try:
+        with TrainingProgress(done + max(args.steps, 0), enabled=not args.quiet) as progress:
+            report = retrain_run(
+                args.run_dir, args.steps, sinks=[progress, *sinks], on_start=progress.start,
+                on_notice=_notice, plots=not args.no_plots, data=args.data,
+            )
+        finish_trackers(sinks, args.run_dir, report)
+    finally:
+        for sink in sinks:
+            sink.close()
     _print_train_summary(report, args.run_dir)
     return EXIT_OK
 
