@@ -15,6 +15,19 @@ from ssvae_core.config import config_from_dict
 NUM_CLASSES = 3
 SAMPLE_SHAPE = (4, 4)
 
+# XLA compiles each program through LLVM at a backend optimisation level; at level 0 the
+# tests' small programs compile in about half the time, and compiling is most of the
+# suite's time. What a program computes is unchanged; its machine code is less tuned and
+# may round differently in the last bits, so bit-for-bit checks compare two runs
+# compiled alike, never a run against numbers from an optimised build.
+# Set before JAX starts a backend, so the xdist workers and the subprocesses the tests
+# start (the CLI runs) inherit it. ``SSVAE_TEST_XLA_OPT=default`` keeps XLA's own level.
+_OPT_FLAG = "--xla_backend_optimization_level=0"
+if os.environ.get("SSVAE_TEST_XLA_OPT") != "default" and _OPT_FLAG not in os.environ.get(
+    "XLA_FLAGS", ""
+):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_OPT_FLAG}".strip()
+
 
 @pytest.fixture(scope="session", autouse=True)
 def shared_xla_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
