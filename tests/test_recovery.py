@@ -86,16 +86,18 @@ def straight(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def child_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The environment of the killed children: one persistent XLA cache for all of them.
+def child_env(tmp_path_factory: pytest.TempPathFactory, straight: Path) -> dict[str, str]:
+    """The environment of the killed children: the session's persistent XLA cache.
 
-    Each child is a fresh process that would compile the same train step again; with a
-    shared cache the first child compiles and the others load its executables. The cache
-    is this module's own, and only the children use it. ``SSVAE_TEST_XLA_CACHE=0`` turns it off.
+    Each child is a fresh process that would compile the same train step again. With the
+    session's cache (``tests/conftest.py``), which already holds what the uninterrupted
+    run in this process compiled, the children load those executables instead; without
+    it (``SSVAE_TEST_XLA_CACHE=0``) they compile. Loading changes no result: a cached
+    executable is the one the same program compiles to.
     """
     if os.environ.get("SSVAE_TEST_XLA_CACHE") == "0":
         return dict(os.environ)
-    cache = tmp_path_factory.mktemp("xla-cache")
+    cache = jax.config.jax_compilation_cache_dir or str(tmp_path_factory.mktemp("xla-cache"))
     return {
         **os.environ,
         "JAX_COMPILATION_CACHE_DIR": str(cache),
