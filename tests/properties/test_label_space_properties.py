@@ -15,6 +15,10 @@ from ssvae_core.testing import strategies
 from ssvae_core.types import EncoderOutput
 
 PROPERTY = settings(max_examples=25, deadline=None, derandomize=True, database=None)
+# Channel counts K from a short fixed tuple, as in the kit's strategies (each new shape
+# runs the head's operations through XLA again): both ends of the range 3..12 and one K
+# between them.
+NUM_COMPONENTS = (3, 5, 12)
 
 
 @st.composite
@@ -23,7 +27,7 @@ def open_cases(draw: st.DrawFn) -> dict[str, object]:
     and claims for new classes among the free channels."""
     batch, count, classes = (
         draw(strategies.batch_sizes()),
-        draw(st.integers(3, 12)),
+        draw(st.sampled_from(NUM_COMPONENTS)),
         draw(strategies.num_classes()),
     )
     counts = draw(strategies.float_arrays((count, classes), 0.0, 50.0))
