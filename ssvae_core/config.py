@@ -81,6 +81,11 @@ class LossConfig:
     reconstruct_labeled: bool = option(
         True, help="include the labeled rows of each batch in the reconstruction and KL terms"
     )
+    top_channels: int = option(
+        0,
+        help="decode only each example's M most responsible channels in training (M; 0 = all K): the reconstruction is then the expectation over those M channels, their responsibilities renormalised",
+        minimum=0,
+    )
 
 
 # Keys of the former flat [loss] table, and where each now lives.

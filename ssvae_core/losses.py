@@ -56,6 +56,18 @@ def expected_reconstruction(
     return jnp.sum(responsibilities * nll_per_channel, axis=-1)
 
 
+def top_channel_reconstruction(
+    responsibilities: Float[Array, "*b M"], nll_top: Float[Array, "*b M"]
+) -> Float[Array, "*b"]:
+    """``Σ_{c∈T} r_c NLL_c / Σ_{c∈T} r_c`` over the ``M`` decoded channels ``T``.
+
+    The expected reconstruction under ``q(c|x)`` restricted to ``T`` and renormalised: equal
+    to :func:`expected_reconstruction` when ``T`` holds all of ``q(c|x)``'s mass.
+    """
+    mass = jnp.clip(jnp.sum(responsibilities, axis=-1), _EPS)
+    return jnp.sum(responsibilities * nll_top, axis=-1) / mass
+
+
 def tau_probabilities(
     responsibilities: Float[Array, "*b K"], tau: Float[Array, "K Y"]
 ) -> Float[Array, "*b Y"]:

@@ -6,6 +6,7 @@ import dataclasses
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
@@ -56,6 +57,24 @@ class SSVAE(eqx.Module):
             return jax.vmap(lambda o: self.likelihood.nll(x_i, o))(outputs)
 
         return jax.vmap(per_example)(x, z)
+
+    def selected_channel_nll(
+        self, x: Float[Array, "B ..."], z: Float[Array, "B D"], channels: Int[Array, "B M"]
+    ) -> Float[Array, "B M"]:
+        """``NLL(x | z, c)`` for the ``M`` channels ``channels[i]`` of each example ``i`` only.
+
+        The decoder runs ``M`` times per example rather than ``K``; without embeddings it
+        ignores the channel, runs once and the column is repeated.
+        """
+        if self.embeddings is None:
+            return jnp.broadcast_to(self.channel_nll(x, z), channels.shape)
+        embeddings = self.embeddings[channels]
+
+        def per_example(x_i: Float[Array, "*sample"], z_i: Float[Array, " D"], e_i: Float[Array, "M E"]) -> Float[Array, " M"]:
+            outputs = jax.vmap(lambda e: self.decoder(z_i, e))(e_i)
+            return jax.vmap(lambda o: self.likelihood.nll(x_i, o))(outputs)
+
+        return jax.vmap(per_example)(x, z, embeddings)
 
     def reconstruct(
         self, z: Float[Array, "B D"], channels: Int[Array, " B"]

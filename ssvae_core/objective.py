@@ -22,7 +22,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 from ssvae_core.components import BuildContext
 from ssvae_core.config import Config
 from ssvae_core.errors import ConfigError
-from ssvae_core.losses import expected_reconstruction
+from ssvae_core.losses import expected_reconstruction, top_channel_reconstruction
 from ssvae_core.model import SSVAE
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.schedules import Schedule
@@ -39,11 +39,34 @@ class Objective(eqx.Module):
     terms: tuple[AbstractLossTerm, ...]
     names: tuple[str, ...] = eqx.field(static=True)
     reconstruct_labeled: bool = eqx.field(static=True)
+    top_channels: int = eqx.field(static=True, default=0)
 
     @property
     def uses_view(self) -> bool:
         """Whether a term needs an augmented view of each row."""
         return any("x_view" in term.requires for term in self.terms)
+
+    def reconstruction(
+        self,
+        model: SSVAE,
+        x: Float[Array, "B ..."],
+        z: Float[Array, "B D"],
+        responsibilities: Float[Array, "B K"] | None,
+    ) -> Float[Array, " B"]:
+        """``Σ_c r_c NLL(x | z, c)`` per row, over every channel or the ``top_channels`` most
+        responsible ones (chosen without gradient, responsibilities renormalised over them)."""
+        top = self.top_channels
+        if responsibilities is None or model.embeddings is None:
+            nll = model.channel_nll(x, z)
+            if responsibilities is None or nll.shape[-1] == 1:
+                return nll[:, 0]
+            return expected_reconstruction(responsibilities, nll)
+        if top == 0 or top >= responsibilities.shape[-1]:
+            return expected_reconstruction(responsibilities, model.channel_nll(x, z))
+        _, channels = jax.lax.top_k(jax.lax.stop_gradient(responsibilities), top)
+        nll = model.selected_channel_nll(x, z, channels)
+        chosen = jnp.take_along_axis(responsibilities, channels, axis=-1)
+        return top_channel_reconstruction(chosen, nll)
 
     def named_terms(self) -> tuple[tuple[str, AbstractLossTerm], ...]:
         return tuple(zip(self.names, self.terms, strict=True))
@@ -62,12 +85,7 @@ class Objective(eqx.Module):
         z_key, prior_key = jax.random.split(key)
         posterior = model.encode(batch.x)
         z = reparameterise(posterior, z_key)
-        responsibilities = posterior.responsibilities
-        nll = model.channel_nll(batch.x, z)
-        if responsibilities is None or nll.shape[-1] == 1:
-            reconstruction = nll[:, 0]
-        else:
-            reconstruction = expected_reconstruction(responsibilities, nll)
+        reconstruction = self.reconstruction(model, batch.x, z, posterior.responsibilities)
 
         labeled = (batch.labels >= 0).astype(jnp.float32)
         rows = jnp.ones_like(labeled) if self.reconstruct_labeled else 1.0 - labeled
@@ -157,4 +175,5 @@ def build_objective(
         terms=tuple(terms),
         names=tuple(names),
         reconstruct_labeled=loss.reconstruct_labeled,
+        top_channels=loss.top_channels,
     )

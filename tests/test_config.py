@@ -356,7 +356,7 @@ def test_term_options_come_from_their_tables_and_overrides() -> None:
     assert config.term_options("usage").warmup_steps == 10
     assert config.term_options("consistency").weight == 0.5
     assert config.term_options("supervised").weight == 10.0
-    assert config.to_dict()["loss"]["consistency"] == {"weight": 0.5, "warmup_steps": 0}
+    assert config.to_dict()["loss"]["consistency"] == {"weight": 0.5, "warmup_steps": 0, "detach_view": False}
 
 
 def test_preset_file_and_overrides_merge_term_tables_key_by_key(tmp_path) -> None:

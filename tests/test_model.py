@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,7 +55,7 @@ def batch() -> tuple[jax.Array, jax.Array]:
     return x, labels
 
 
-CORE_LOSS = ("beta_z", "kl_warmup_steps", "beta_c", "dirichlet_weight", "reconstruct_labeled")
+CORE_LOSS = ("beta_z", "kl_warmup_steps", "beta_c", "dirichlet_weight", "reconstruct_labeled", "top_channels")
 
 
 def _loss_config(**changes: Any) -> dict[str, Any]:
@@ -236,6 +237,82 @@ def test_reconstruct_labeled_true_includes_labeled_rows(model: SSVAE, batch) -> 
     before = _unsupervised_metrics(model, x, labels, config)
     after = _unsupervised_metrics(model, changed, labels, config)
     assert before["reconstruction"] != after["reconstruction"]
+
+
+# --- decoding the top channels only -----------------------------------------------------
+
+
+def test_top_channels_is_the_renormalised_expectation_over_the_chosen_channels(
+    model: SSVAE, batch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use_mean(monkeypatch)
+    x, labels = batch
+    posterior = model.encode(x)
+    r = np.asarray(posterior.responsibilities)
+    nll = np.asarray(model.channel_nll(x, posterior.z_mean))
+    for top in (1, 2, 3):
+        chosen = np.argsort(-r, axis=1)[:, :top]
+        r_top = np.take_along_axis(r, chosen, axis=1)
+        nll_top = np.take_along_axis(nll, chosen, axis=1)
+        expected = np.mean(np.sum(r_top * nll_top, axis=1) / np.sum(r_top, axis=1))
+        _, (metrics, _) = objective(
+            model, _counts(model), x, labels, STEP, KEY, _loss_config(top_channels=top)
+        )
+        assert float(metrics["reconstruction"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_top_channels_of_k_or_more_is_the_exact_expectation(model: SSVAE, batch) -> None:
+    x, labels = batch
+    every = objective(model, _counts(model), x, labels, STEP, KEY, _loss_config())[1][0]
+    for top in (model.num_components, model.num_components + 3):
+        config = _loss_config(top_channels=top)
+        metrics = objective(model, _counts(model), x, labels, STEP, KEY, config)[1][0]
+        assert float(metrics["reconstruction"]) == float(every["reconstruction"])
+
+
+def test_top_channels_decodes_only_m_channels_per_example(model: SSVAE, batch) -> None:
+    x, _ = batch
+    posterior = model.encode(x)
+    channels = jnp.tile(jnp.array([[3, 1]]), (x.shape[0], 1))
+    selected = model.selected_channel_nll(x, posterior.z_mean, channels)
+    every = model.channel_nll(x, posterior.z_mean)
+    np.testing.assert_allclose(np.asarray(selected), np.asarray(every[:, [3, 1]]), rtol=1e-6)
+
+
+def test_top_channels_gradient_reaches_only_the_chosen_channels_embeddings(
+    model: SSVAE, batch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use_mean(monkeypatch)
+    x, labels = batch
+    r = np.asarray(model.encode(x).responsibilities)
+    chosen = set(np.argmax(r, axis=1).tolist())
+    loss = {"top_channels": 1, "consistency": {"weight": 0.0}, "graph_label": {"weight": 0.0}}
+    built = build_objective(config_from_dict(_raw(loss=loss)), model, input_shape=SHAPE, num_classes=3)
+
+    def reconstruction(embeddings: jax.Array) -> jax.Array:
+        moved = eqx.tree_at(lambda m: m.embeddings, model, embeddings)
+        metrics = built(moved, _counts(model), Batch(x=x, labels=labels), STEP, KEY)[1][0]
+        return metrics["reconstruction"]
+
+    assert model.embeddings is not None
+    grads = np.abs(np.asarray(jax.grad(reconstruction)(model.embeddings))).sum(axis=1)
+    for channel in range(model.num_components):
+        assert (grads[channel] > 0) == (channel in chosen), (channel, chosen, grads)
+
+
+def test_detached_view_gives_the_same_loss_and_no_gradient_through_the_view(model: SSVAE, batch) -> None:
+    x, labels = batch
+    x_view = jnp.clip(x + 0.1, 0.0, 1.0)
+
+    def consistency(view: jax.Array, detach: bool) -> jax.Array:
+        loss = {"consistency": {"weight": 1.0, "detach_view": detach}, "graph_label": {"weight": 0.0}}
+        built = build_objective(config_from_dict(_raw(loss=loss)), model, input_shape=SHAPE, num_classes=3)
+        shifted = Batch(x=x, labels=labels, x_view=view)
+        return built(model, _counts(model), shifted, STEP, KEY)[1][0]["consistency"]
+
+    assert float(consistency(x_view, True)) == float(consistency(x_view, False))
+    assert np.all(np.asarray(jax.grad(consistency)(x_view, True)) == 0.0)
+    assert np.any(np.asarray(jax.grad(consistency)(x_view, False)) != 0.0)
 
 
 # --- per-example independence -----------------------------------------------------------

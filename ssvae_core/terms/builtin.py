@@ -93,17 +93,28 @@ class ConsistencyOptions(TermOptions):
     weight: float = option(
         5.0, help="weight of −log Σ_c r_c(x) r_c(x') between an image and an augmented view", minimum=0.0
     )
+    detach_view: bool = option(
+        False,
+        help="use the view's responsibilities as a fixed target (no gradient through the view's encoding): one encoder backward pass fewer per step",
+    )
 
 
 class ConsistencyTerm(AbstractLossTerm):
-    """``−log Σ_c r_c(x) r_c(x')`` between each image and an augmented view ``x'``."""
+    """``−log Σ_c r_c(x) r_c(x')`` between each image and an augmented view ``x'``.
+
+    With ``detach_view`` the view's responsibilities are a target, ``−log Σ_c r_c(x)
+    sg(r_c(x'))``: only the image's encoding is pulled towards the view's.
+    """
 
     weight: Schedule
+    detach_view: bool = eqx.field(static=True, default=False)
     requires: ClassVar[frozenset[str]] = frozenset({"channels", "x_view"})
 
     def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
         view = inputs.encode_view().responsibilities
         assert view is not None
+        if self.detach_view:
+            view = jax.lax.stop_gradient(view)
         return TermValue(agreement_loss(inputs.responsibilities, view))
 
 
@@ -262,7 +273,7 @@ def _usage(options: UsageOptions, context: BuildContext, key: PRNGKeyArray) -> U
 
 
 def _consistency(options: ConsistencyOptions, context: BuildContext, key: PRNGKeyArray) -> ConsistencyTerm:
-    return ConsistencyTerm(options.schedule())
+    return ConsistencyTerm(options.schedule(), detach_view=options.detach_view)
 
 
 def _neighbour(options: NeighbourOptions, context: BuildContext, key: PRNGKeyArray) -> NeighbourTerm:
