@@ -71,6 +71,26 @@ def _transposed_padding(kernel_size: int) -> tuple[int, int]:
     return padding, 2 + 2 * padding - kernel_size
 
 
+def conv_channels_last(conv: eqx.nn.Conv2d, h: Float[Array, "H W C"]) -> Float[Array, "H2 W2 C2"]:
+    """``conv`` applied to a channels-last feature map: the same numbers as ``conv`` on the
+    channels-first one, transposed.
+
+    The weights keep Equinox's ``OIHW`` layout (so saved models load unchanged); only the
+    activations are laid out ``HWC``, which XLA's CPU convolutions run markedly faster (the
+    conv encoder's step took about a third less time).
+    """
+    out = jax.lax.conv_general_dilated(
+        h[None],
+        conv.weight,
+        window_strides=conv.stride,
+        padding=conv.padding,
+        rhs_dilation=conv.dilation,
+        feature_group_count=conv.groups,
+        dimension_numbers=("NHWC", "OIHW", "NHWC"),
+    )[0]
+    return out if conv.bias is None else out + conv.bias.reshape(-1)
+
+
 class ConvEncoder(AbstractEncoder):
     """Stride-2 convolutions, then linear heads for ``μ``, ``log σ²`` and channel logits.
 
@@ -117,10 +137,11 @@ class ConvEncoder(AbstractEncoder):
 
     def __call__(self, x: Float[Array, "*sample"]) -> EncoderOutput:
         act = ACTIVATIONS[self.activation]
-        h = x.reshape(image_shape(self.input_shape))
+        h = jnp.moveaxis(x.reshape(image_shape(self.input_shape)), 0, -1)
         for conv in self.convs:
-            h = act(conv(h))
-        return self.heads(h.reshape(-1))
+            h = act(conv_channels_last(conv, h))
+        # the heads read the features in (C, H, W) order, as they always have
+        return self.heads(jnp.moveaxis(h, -1, 0).reshape(-1))
 
 
 class ConvDecoder(AbstractDecoder):

@@ -99,6 +99,28 @@ def test_encoder_outputs_posterior_for_any_image_size(shape: tuple[int, ...], nu
         assert output.logits is None
 
 
+@pytest.mark.parametrize(("shape", "kernel_size"), [((28, 28), 4), ((3, 9, 12), 3), ((7, 9), 4)])
+def test_encoder_runs_channels_last_with_the_channels_first_numbers(
+    shape: tuple[int, ...], kernel_size: int
+) -> None:
+    """The encoder lays activations out (H, W, C) for speed; its outputs are those of the
+    Equinox convolutions on (C, H, W) maps with the same weights."""
+    encoder = ConvEncoder(shape, LATENT_DIM, 4, (4, 8), kernel_size, "gelu", key=jax.random.PRNGKey(0))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (3, *shape))
+
+    def channels_first(sample: jax.Array):
+        h = sample.reshape(image_shape(shape))
+        for conv in encoder.convs:
+            h = jax.nn.gelu(conv(h))
+        return encoder.heads(h.reshape(-1))
+
+    got, expected = jax.vmap(encoder)(x), jax.vmap(channels_first)(x)
+    for name in ("z_mean", "z_log_var", "logits"):
+        np.testing.assert_allclose(
+            np.asarray(getattr(got, name)), np.asarray(getattr(expected, name)), rtol=1e-5, atol=1e-6
+        )
+
+
 def test_decoder_forward_is_finite_and_conditioned_on_the_channel() -> None:
     decoder = _decoder((8, 8), "film", 1)
     decode = eqx.filter_jit(lambda d, e: d(jnp.ones((LATENT_DIM,)), e))
