@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from ssvae_core.config import default_config, load_config
@@ -16,8 +18,15 @@ def test_digits_and_mnist_presets_are_shipped() -> None:
     assert {"digits", "mnist"} <= set(preset_names())
 
 
-def test_digits_preset_spells_out_the_defaults() -> None:
-    assert load_config(preset="digits", registry=CORE_ONLY) == default_config(CORE_ONLY)
+def test_digits_preset_spells_out_the_defaults_plus_its_speed_settings() -> None:
+    preset = load_config(preset="digits", registry=CORE_ONLY)
+    assert preset.train.fuse_steps and preset.loss.top_channels == 2
+    defaults = default_config(CORE_ONLY)
+    assert not defaults.train.fuse_steps and defaults.loss.top_channels == 0
+    assert preset == defaults.replace(
+        train=dataclasses.replace(defaults.train, fuse_steps=True),
+        loss=dataclasses.replace(defaults.loss, top_channels=2),
+    )
 
 
 def test_unknown_preset_names_the_nearest_one() -> None:
