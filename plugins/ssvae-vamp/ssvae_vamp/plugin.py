@@ -23,6 +23,11 @@ class VampOptions:
         1.0, help="learning-rate scale of the pseudo-inputs (1 = the networks' rate)",
         minimum=0.0, exclusive_minimum=True,
     )
+    learn_pi: bool = option(False, help="learn the channel weights π (else fixed uniform)")
+    dirichlet_alpha: float = option(
+        1.0, help="Dirichlet concentration α of the MAP penalty on a learnable π", minimum=0.0,
+        exclusive_minimum=True,
+    )
 
 
 def _build_vamp(options: VampOptions, context: BuildContext, key: PRNGKeyArray) -> VampPrior:
@@ -33,6 +38,8 @@ def _build_vamp(options: VampOptions, context: BuildContext, key: PRNGKeyArray) 
         pseudo_inputs,
         num_samples=options.num_samples,
         pseudo_lr_scale=options.pseudo_lr_scale,
+        learn_pi=options.learn_pi,
+        dirichlet_alpha=options.dirichlet_alpha,
     )
 
 

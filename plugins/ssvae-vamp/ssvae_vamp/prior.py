@@ -1,9 +1,9 @@
 """The VampPrior (Tomczak & Welling, "VAE with a VampPrior", AISTATS 2018).
 
 ``p(z) = Σ_k π_k q(z | u_k)``: a mixture of the encoder's own posteriors at K learned
-pseudo-inputs ``u_k`` (π uniform). The pseudo-inputs are a field of the prior, so they are
-ordinary trainable leaves; they are re-encoded with the current encoder on every call, so
-the prior holds no encoder statistics of its own.
+pseudo-inputs ``u_k`` (π uniform, or learned with ``learn_pi``). The pseudo-inputs are a
+field of the prior, so they are ordinary trainable leaves; they are re-encoded with the
+current encoder on every call, so the prior holds no encoder statistics of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ssvae_core.plugin import (
     AbstractEncoder,
     EncoderOutput,
     diagonal_gaussian_log_density,
+    dirichlet_penalty,
     uniform_log_weights,
 )
 
@@ -34,7 +35,7 @@ def vamp_log_density(
 
 
 class VampPrior(AbstractChannelPrior):
-    """K pseudo-inputs ``u_k`` define ``p(z) = Σ_k π_k q(z | u_k)``, π uniform.
+    """K pseudo-inputs ``u_k`` define ``p(z) = Σ_k π_k q(z | u_k)``.
 
     ``KL_z`` has no closed form; it is the per-example Monte-Carlo estimate with S samples
 
@@ -47,13 +48,24 @@ class VampPrior(AbstractChannelPrior):
     latent alone. The channels live in latent space only: the decoder is not conditioned
     on them.
     ``pseudo_lr_scale`` multiplies the pseudo-inputs' optimiser update.
+
+    π is uniform unless ``learn_pi``: then ``π = softmax(pi_logits)`` with ``pi_logits`` a
+    trainable field (zeros at the start, so π starts uniform) that enters ``log p(z)`` in
+    ``KL_z``, ``KL_c`` and :meth:`sample`, and the Dirichlet MAP penalty
+    ``R_π = −Σ_k (α − 1) log π_k`` is one of the :meth:`regularisers`. With a fixed π the
+    prior holds no ``pi_logits`` at all (the field is ``None``), so nothing can move π and
+    the model's arrays are those of a VampPrior with a uniform π: checkpoints written
+    before π could be learned load unchanged.
     """
 
     num_components: int = eqx.field(static=True)
     conditions_decoder: bool = eqx.field(static=True)
     num_samples: int = eqx.field(static=True)
     pseudo_lr_scale: float = eqx.field(static=True)
+    learn_pi: bool = eqx.field(static=True)
+    dirichlet_alpha: float = eqx.field(static=True)
     pseudo_inputs: Float[Array, "K ..."]
+    pi_logits: Float[Array, " K"] | None
 
     def __init__(
         self,
@@ -61,19 +73,41 @@ class VampPrior(AbstractChannelPrior):
         *,
         num_samples: int = 1,
         pseudo_lr_scale: float = 1.0,
+        learn_pi: bool = False,
+        dirichlet_alpha: float = 1.0,
+        pi_logits: Float[Array, " K"] | None = None,
     ):
         if num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples}")
         if pseudo_lr_scale <= 0:
             raise ValueError(f"pseudo_lr_scale must be a number > 0, got {pseudo_lr_scale}")
+        if dirichlet_alpha <= 0:
+            raise ValueError(f"dirichlet_alpha must be a number > 0, got {dirichlet_alpha}")
+        if pi_logits is not None and not learn_pi:
+            raise ValueError("pi_logits are given but learn_pi is False (a fixed π is uniform)")
         self.pseudo_inputs = jnp.asarray(pseudo_inputs, dtype=jnp.float32)
         self.num_components = self.pseudo_inputs.shape[0]
         self.conditions_decoder = False
         self.num_samples = num_samples
         self.pseudo_lr_scale = pseudo_lr_scale
+        self.learn_pi = learn_pi
+        self.dirichlet_alpha = dirichlet_alpha
+        if not learn_pi:
+            self.pi_logits = None
+        elif pi_logits is None:
+            self.pi_logits = jnp.zeros((self.num_components,), dtype=jnp.float32)
+        else:
+            self.pi_logits = jnp.asarray(pi_logits, dtype=jnp.float32)
+            if self.pi_logits.shape != (self.num_components,):
+                raise ValueError(
+                    f"pi_logits have shape {self.pi_logits.shape}, expected ({self.num_components},)"
+                )
 
     def log_weights(self) -> Float[Array, " K"]:
-        return uniform_log_weights(self.num_components)
+        """``log π``: ``log_softmax(pi_logits)`` when π is learned, else ``−log K``."""
+        if self.pi_logits is None:
+            return uniform_log_weights(self.num_components)
+        return jax.nn.log_softmax(self.pi_logits)
 
     def pseudo_posterior(self, encoder: AbstractEncoder) -> EncoderOutput:
         """``q(z | u_k)`` for every pseudo-input: means and log-variances of shape ``K × D``."""
@@ -112,7 +146,10 @@ class VampPrior(AbstractChannelPrior):
         return z, channels
 
     def regularisers(self) -> dict[str, Float[Array, ""]]:
-        return {}
+        """The Dirichlet MAP penalty ``−Σ_k (α − 1) log π_k`` on a learned π; none otherwise."""
+        if not self.learn_pi:
+            return {}
+        return {"dirichlet_pi": dirichlet_penalty(self.log_weights(), self.dirichlet_alpha)}
 
     def parameter_scales(self) -> dict[str, float]:
         return {"pseudo_inputs": self.pseudo_lr_scale}

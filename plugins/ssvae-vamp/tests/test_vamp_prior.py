@@ -1,4 +1,5 @@
-"""The VampPrior: Monte-Carlo KL, pseudo-input init and learning rate, end-to-end training."""
+"""The VampPrior: Monte-Carlo KL, pseudo-input init and learning rate, learnable π,
+end-to-end training."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from ssvae_core.plugin import (
     EncoderOutput,
     categorical_kl,
     diagonal_gaussian_log_density,
+    uniform_log_weights,
 )
-from ssvae_core.testing import conformance_checks, prepare, run_check
+from ssvae_core.testing import check_prior, conformance_checks, prepare, run_check
 
 INPUT_SHAPE = (4, 4)
 LATENT_DIM = 3
@@ -50,10 +52,12 @@ def encoder(registry: Registry) -> AbstractEncoder:
     return model.encoder
 
 
-def _prior(num_samples: int, pseudo_inputs: np.ndarray | None = None) -> VampPrior:
+def _prior(
+    num_samples: int, pseudo_inputs: np.ndarray | None = None, **options: object
+) -> VampPrior:
     if pseudo_inputs is None:
         pseudo_inputs = initial_pseudo_inputs("random", K, INPUT_SHAPE, None, jax.random.PRNGKey(2))
-    return VampPrior(pseudo_inputs, num_samples=num_samples)
+    return VampPrior(pseudo_inputs, num_samples=num_samples, **options)
 
 
 @eqx.filter_jit
@@ -247,6 +251,8 @@ def test_invalid_options_are_config_errors(registry: Registry) -> None:
         _config(registry, num_components=1)
     with pytest.raises(ConfigError, match=re.escape("prior.pseudo_lr_scale must be a number > 0")):
         _config(registry, pseudo_lr_scale=0.0)
+    with pytest.raises(ConfigError, match=re.escape("prior.dirichlet_alpha must be a number > 0")):
+        _config(registry, learn_pi=True, dirichlet_alpha=0.0)
 
 
 def test_decoder_conditioning_on_channels_is_rejected(registry: Registry) -> None:
@@ -304,3 +310,156 @@ def test_entry_point_registers_vamp() -> None:
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("ssvae-vamp is not installed")
     assert default_registry().get("prior", "vamp").package == "ssvae-vamp"
+
+
+# Learnable π ----------------------------------------------------------------------------
+
+PI_LOGITS = np.array([1.5, -0.5, 0.0, -2.0], dtype=np.float32)
+
+
+def test_fixed_pi_holds_no_parameters_so_the_checkpoint_layout_is_unchanged() -> None:
+    prior = _prior(1)
+    assert prior.pi_logits is None
+    # The prior's arrays are its pseudo-inputs alone, as before π could be learned, so a
+    # checkpoint written then has the same leaves (and optimiser-state groups) as one now.
+    assert [leaf.shape for leaf in jax.tree.leaves(prior)] == [(K, *INPUT_SHAPE)]
+    assert prior.parameter_scales() == {"pseudo_inputs": 1.0}
+    assert prior.regularisers() == {}
+    np.testing.assert_array_equal(prior.log_weights(), uniform_log_weights(K))
+
+
+def test_learned_pi_starts_uniform_and_is_softmax_of_its_logits() -> None:
+    start = _prior(1, learn_pi=True)
+    np.testing.assert_array_equal(start.pi_logits, np.zeros(K))
+    np.testing.assert_allclose(start.log_weights(), uniform_log_weights(K), atol=1e-7)
+    prior = _prior(1, learn_pi=True, pi_logits=PI_LOGITS)
+    np.testing.assert_allclose(prior.log_weights(), jax.nn.log_softmax(PI_LOGITS), atol=1e-6)
+    assert prior.parameter_scales() == {"pseudo_inputs": 1.0}
+    with pytest.raises(ValueError, match="learn_pi is False"):
+        _prior(1, pi_logits=PI_LOGITS)
+    with pytest.raises(ValueError, match=r"shape \(3,\), expected \(4,\)"):
+        _prior(1, learn_pi=True, pi_logits=PI_LOGITS[:3])
+
+
+def test_dirichlet_penalty_on_a_learned_pi() -> None:
+    prior = _prior(1, learn_pi=True, dirichlet_alpha=3.0, pi_logits=PI_LOGITS)
+    penalty = prior.regularisers()["dirichlet_pi"]
+    expected = -(3.0 - 1.0) * np.sum(np.asarray(jax.nn.log_softmax(PI_LOGITS), dtype=np.float64))
+    np.testing.assert_allclose(float(penalty), expected, rtol=1e-6)
+    # α = 1 is a flat Dirichlet: no pull, and no gradient into π.
+    flat = _prior(1, learn_pi=True, dirichlet_alpha=1.0, pi_logits=PI_LOGITS)
+    assert float(flat.regularisers()["dirichlet_pi"]) == 0.0
+    # α > 1 pulls π towards uniform: the gradient raises the smallest logit.
+    def penalty_of(logits: jax.Array) -> jax.Array:
+        return _prior(1, learn_pi=True, dirichlet_alpha=3.0, pi_logits=logits).regularisers()[
+            "dirichlet_pi"
+        ]
+
+    grads = jax.grad(penalty_of)(jnp.asarray(PI_LOGITS))
+    assert int(np.argmin(np.asarray(grads))) == int(np.argmin(PI_LOGITS))
+
+
+@eqx.filter_jit
+def _learned_pi_terms(
+    logits: jax.Array, pseudo_inputs: jax.Array, encoder: AbstractEncoder, posterior: EncoderOutput
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array], jax.Array, jax.Array]:
+    """KL terms with π = softmax(logits) and with a uniform π, their gradient in the logits,
+    and 4096 sampled channels."""
+    key = jax.random.PRNGKey(4)
+
+    def terms(logits: jax.Array) -> dict[str, jax.Array]:
+        prior = VampPrior(pseudo_inputs, num_samples=2, learn_pi=True, pi_logits=logits)
+        return prior.kl_terms(posterior, posterior.z_mean, encoder=encoder, key=key)
+
+    def total(logits: jax.Array) -> jax.Array:
+        values = terms(logits)
+        return jnp.sum(values["kl_z"]) + jnp.sum(values["kl_c"])
+
+    prior = VampPrior(pseudo_inputs, learn_pi=True, pi_logits=logits)
+    _, channels = prior.sample(4096, encoder=encoder, key=jax.random.PRNGKey(0))
+    return terms(logits), terms(jnp.zeros_like(logits)), jax.grad(total)(logits), channels
+
+
+def test_learned_pi_enters_kl_c_kl_z_and_sample(encoder: AbstractEncoder) -> None:
+    posterior = _posterior(encoder)
+    learned, uniform, grads, channels = _learned_pi_terms(
+        jnp.asarray(PI_LOGITS), _prior(1).pseudo_inputs, encoder, posterior
+    )
+    log_pi = jax.nn.log_softmax(PI_LOGITS)
+    np.testing.assert_allclose(learned["kl_c"], categorical_kl(posterior.logits, log_pi), atol=1e-6)
+    assert not np.allclose(learned["kl_z"], uniform["kl_z"])
+    assert np.all(np.asarray(grads) != 0)
+    frequencies = np.bincount(np.asarray(channels), minlength=K) / len(channels)
+    np.testing.assert_allclose(frequencies, np.exp(log_pi), atol=0.03)
+
+
+def test_learned_pi_variant_passes_the_conformance_kit(registry: Registry) -> None:
+    # The property suite checks the default options (a fixed π); this is the learned one.
+    # The checks that involve π run; those about KL_z's Monte-Carlo estimate alone, which
+    # learn_pi leaves as it is (π starts uniform), are left to the property suite.
+    component = registry.get("prior", "vamp")
+    report = check_prior(
+        component,
+        component.factory.options(learn_pi=True, dirichlet_alpha=2.0),
+        max_examples=5,
+        skip=(
+            "signatures",
+            "kl_terms_per_example_finite",
+            "exact_kl_nonnegative",
+            "monte_carlo_kl_converges",
+            "per_example_independence",
+            "jit_matches_eager",
+            "repeat_calls_identical",
+            "samples_match_kl_density",
+        ),
+    )
+    assert report["fixed_weights_stay_fixed"].startswith("not applicable")
+    assert report["options_honoured"] == "passed (checked num_components, pseudo_lr_scale, learn_pi)"
+    for check in (
+        "attributes",
+        "channel_permutation",
+        "samples_follow_prior",
+        "regularisers_finite",
+        "parameter_scales_honoured",
+        "trains_one_step",
+    ):
+        assert report[check].startswith("passed"), (check, report[check])
+
+
+def test_fixed_pi_is_exactly_uniform_after_training(fitted) -> None:
+    classifier, _ = fitted
+    prior = classifier.model.prior
+    assert prior.pi_logits is None
+    np.testing.assert_array_equal(prior.log_weights(), uniform_log_weights(K))
+    assert all("dirichlet_pi" not in row for row in classifier.history)
+
+
+@pytest.fixture(scope="module")
+def fitted_learned_pi(registry: Registry) -> tuple[SSVAEClassifier, np.ndarray]:
+    x, y = _synthetic()
+    config = _config(registry, learn_pi=True, dirichlet_alpha=2.0)
+    return SSVAEClassifier(config, registry=registry).fit(x, y, num_classes=3), x
+
+
+def test_learned_pi_moves_in_training(fitted_learned_pi) -> None:
+    classifier, _ = fitted_learned_pi
+    prior = classifier.model.prior
+    assert prior.learn_pi and prior.dirichlet_alpha == 2.0
+    assert np.all(np.isfinite(prior.pi_logits))
+    assert np.abs(np.asarray(prior.pi_logits)).max() > 1e-4
+    assert not np.allclose(prior.log_weights(), uniform_log_weights(K))
+    np.testing.assert_allclose(float(jax.nn.logsumexp(prior.log_weights())), 0.0, atol=1e-6)
+    assert all(np.isfinite(row["dirichlet_pi"]) for row in classifier.history)
+
+
+def test_checkpoint_roundtrip_restores_learned_pi(
+    fitted_learned_pi, registry: Registry, tmp_path
+) -> None:
+    classifier, x = fitted_learned_pi
+    path = tmp_path / "vamp-pi.ckpt"
+    classifier.save(path)
+    loaded = SSVAEClassifier.load(path, registry=registry)
+    assert loaded.model.prior.learn_pi and loaded.model.prior.dirichlet_alpha == 2.0
+    np.testing.assert_array_equal(loaded.model.prior.pi_logits, classifier.model.prior.pi_logits)
+    np.testing.assert_array_equal(loaded.model.prior.pseudo_inputs, classifier.model.prior.pseudo_inputs)
+    np.testing.assert_allclose(loaded.predict_proba(x), classifier.predict_proba(x), atol=1e-6)
