@@ -1,32 +1,33 @@
 """Training speed benchmark (docs/benchmarks.md, "Speed").
 
-For each case — a dataset, its preset and an encoder/decoder pair — this measures:
+For each case — a dataset, its preset and an encoder/decoder pair — one fit of ``--steps``
+steps in chunks of ``--chunk`` steps (the first chunk compiles) measures:
 
-- ``images_per_s`` and ``ms_per_step``: steady-state training throughput, from two fits
-  of different lengths after a warm-up fit (``(S2 − S1)`` steps over the difference of
-  their wall times, so compilation, data preparation and anything else a fit does once
-  cancel out);
-- ``setup_s``: what a first fit spends besides its steps (compilation, label
-  propagation, moving the data to the device);
+- ``ms_per_step`` and ``images_per_s``: steady-state training speed, the median over the
+  chunks after the first (robust to other jobs sharing the machine for a while);
+- ``compile_s``: the first chunk's time beyond a steady chunk; ``setup_s``: everything
+  a fit does once (compiling, label propagation, moving the data to the device);
+- ``preset_fit_images_per_s``: ``train.steps × batch / wall`` of a fit as long as the
+  preset's, from the two figures above (a whole fit's speed, compilation included);
 - ``step_gflop``: the floating-point operations of one compiled train step, from XLA's
   cost analysis, and ``achieved_gflop_s`` = FLOPs per step over the measured step time;
 - ``roofline_fraction``: ``achieved_gflop_s`` over this machine's peak, measured in the
   same run as the best time of a large float32 matrix product (``--peak-size``).
 
-One JSON line per case, then a summary line. The throughput part goes only through the
-public API (``SSVAEClassifier.fit``), so the same script times an older checkout of the
-package (put it first on ``PYTHONPATH``); the FLOP count needs the current training loop
-and is left out (``null``) where it is not available::
+One JSON line per case after a header line. Everything but the FLOP count goes through
+the public API (``SSVAEClassifier.fit`` and its per-chunk ``seconds``), so the same script
+times an older checkout of the package (put it first on ``PYTHONPATH``); the FLOP count
+needs the current training loop and is ``null`` where it is not available::
 
-    python benchmarks/speed.py --cases digits,mnist --dataset-mnist ../shared/data/mnist-t10k
-    python benchmarks/speed.py --cases all --dataset-mnist ../shared/data/mnist-t10k --out speed.jsonl
+    python benchmarks/speed.py --cases digits --steps 1000 --chunk 100
+    python benchmarks/speed.py --cases mnist,mnist-conv-conv --steps 300 --chunk 50 \\
+        --dataset-mnist ../shared/data/mnist-t10k
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -35,6 +36,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import load_config
@@ -81,25 +83,19 @@ def measured_peak(size: int, repeats: int = 5) -> float:
     return 2.0 * size**3 / best / 1e9
 
 
-def _config(case: Case, args: argparse.Namespace, steps: int) -> Any:
+def _config(case: Case, args: argparse.Namespace) -> Any:
     dataset = "digits" if case.dataset == "digits" else args.dataset_mnist
-    # one chunk length for both fits, so a fused chunk compiles once for both
-    chunk = math.gcd(*args.steps)
-    overrides = [f"data.dataset={json.dumps(dataset)}", f"train.steps={steps}", f"train.log_every={chunk}"]
+    overrides = [
+        f"data.dataset={json.dumps(dataset)}",
+        f"train.steps={args.steps}",
+        f"train.log_every={args.chunk}",
+    ]
     if case.encoder:
         overrides.append(f"encoder.name={json.dumps(case.encoder)}")
     if case.decoder:
         overrides.append(f"decoder.name={json.dumps(case.decoder)}")
     overrides += [*case.overrides, *args.set]
     return load_config(None, overrides, preset=case.dataset)
-
-
-def _timed_fit(config: Any, data: Any) -> tuple[float, SSVAEClassifier]:
-    classifier = SSVAEClassifier(config)
-    started = time.perf_counter()
-    classifier.fit(data)
-    jax.block_until_ready(jax.tree.leaves(classifier.model))
-    return time.perf_counter() - started, classifier
 
 
 def step_flops(classifier: SSVAEClassifier, data: Any) -> float | None:
@@ -125,16 +121,20 @@ def step_flops(classifier: SSVAEClassifier, data: Any) -> float | None:
 
 
 def run_case(case: Case, args: argparse.Namespace, peak: float) -> dict[str, Any]:
-    short, long = args.steps
-    config = _config(case, args, short)
+    config = _config(case, args)
+    preset_steps = load_config(None, [], preset=case.dataset).train.steps
     dataset = load_dataset(config.data.dataset)
     data = training_view(dataset, split_dataset(dataset, config))
-    first, _ = _timed_fit(config, data)
-    t_short, _ = _timed_fit(config, data)
-    t_long, classifier = _timed_fit(_config(case, args, long), data)
-    step_s = (t_long - t_short) / (long - short)
+    classifier = SSVAEClassifier(config)
+    started = time.perf_counter()
+    classifier.fit(data)
+    jax.block_until_ready(jax.tree.leaves(classifier.model))
+    wall = time.perf_counter() - started
+    chunks = [float(row["seconds"]) for row in classifier.history]
+    step_s = float(np.median(chunks[1:])) / args.chunk
+    setup_s = wall - args.steps * step_s
     batch = classifier.config.train.batch_size
-    flops = step_flops(classifier, data) if not args.no_flops else None
+    flops = None if args.no_flops else step_flops(classifier, data)
     achieved = None if flops is None else flops / step_s / 1e9
     return {
         "case": case.name,
@@ -142,11 +142,15 @@ def run_case(case: Case, args: argparse.Namespace, peak: float) -> dict[str, Any
         "encoder": classifier.config.encoder.name,
         "decoder": classifier.config.decoder.name,
         "batch_size": batch,
-        "steps": [short, long],
+        "steps": args.steps,
+        "chunk": args.chunk,
         "images_per_s": batch / step_s,
         "ms_per_step": 1e3 * step_s,
-        "setup_s": first - short * step_s,
-        "first_fit_s": first,
+        "ms_per_step_range": [1e3 * min(chunks[1:]) / args.chunk, 1e3 * max(chunks[1:]) / args.chunk],
+        "compile_s": chunks[0] - args.chunk * step_s,
+        "setup_s": setup_s,
+        "preset_steps": preset_steps,
+        "preset_fit_images_per_s": preset_steps * batch / (setup_s + preset_steps * step_s),
         "step_gflop": None if flops is None else flops / 1e9,
         "achieved_gflop_s": achieved,
         "peak_gflop_s": peak,
@@ -155,23 +159,19 @@ def run_case(case: Case, args: argparse.Namespace, peak: float) -> dict[str, Any
     }
 
 
-def _steps(text: str) -> tuple[int, int]:
-    values = tuple(int(v) for v in text.split(","))
-    if len(values) != 2 or not 0 < values[0] < values[1]:
-        raise argparse.ArgumentTypeError(f"--steps needs two step counts S1 < S2, got {text!r}")
-    return values  # type: ignore[return-value]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="digits,mnist", help=f"comma list of {', '.join(CASES)}, or all")
     parser.add_argument("--dataset-mnist", default="../shared/data/mnist-t10k", help="folder of MNIST IDX files")
-    parser.add_argument("--steps", type=_steps, default=(100, 300), help="the two fit lengths S1,S2")
+    parser.add_argument("--steps", type=int, default=600, help="steps of the timed fit")
+    parser.add_argument("--chunk", type=int, default=100, help="steps per timed chunk (train.log_every)")
     parser.add_argument("--peak-size", type=int, default=2048, help="side of the peak-rate matrix product")
     parser.add_argument("--no-flops", action="store_true", help="skip XLA's cost analysis")
     parser.add_argument("--set", action="append", default=[], help="extra config override KEY=VALUE")
     parser.add_argument("--out", help="also append the JSON lines to this file")
     args = parser.parse_args()
+    if args.chunk < 1 or args.steps < 3 * args.chunk:
+        parser.error(f"--steps must be at least three chunks (3 × {args.chunk}), got {args.steps}")
     names = list(CASES) if args.cases == "all" else [n.strip() for n in args.cases.split(",") if n.strip()]
     unknown = [n for n in names if n not in CASES]
     if unknown:
