@@ -18,6 +18,54 @@ from ssvae_core.errors import SSVAEError
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
+def _add_distributed_flags(command: argparse.ArgumentParser) -> None:
+    group = command.add_argument_group(
+        "several processes",
+        "train together with other processes, one per host, say (jax.distributed): each flag "
+        "may instead come from its SSVAE_* environment variable; process 0 writes the run",
+    )
+    group.add_argument(
+        "--distributed", choices=("auto", "off"), default=None,
+        help="auto: connect to the other processes, detecting what is not given (SLURM, Open "
+        "MPI, Cloud TPU); off: this process alone (default, unless --coordinator, "
+        "--num-processes or --process-id is given) [SSVAE_DISTRIBUTED]",
+    )
+    group.add_argument(
+        "--coordinator", metavar="HOST:PORT",
+        help="address of process 0, the same for every process [SSVAE_COORDINATOR]",
+    )
+    group.add_argument(
+        "--num-processes", type=int, metavar="N", help="processes in all [SSVAE_NUM_PROCESSES]"
+    )
+    group.add_argument(
+        "--process-id", type=int, metavar="I", help="this process, 0 to N-1 [SSVAE_PROCESS_ID]"
+    )
+    group.add_argument(
+        "--coordinator-timeout", type=int, metavar="SECONDS",
+        help="how long to wait for every process (default 300) [SSVAE_COORDINATOR_TIMEOUT]",
+    )
+
+
+def _start_distributed(args: argparse.Namespace) -> bool:
+    """Connect to the other processes when the flags or the environment ask for it (before
+    JAX computes anything); returns whether this process writes the run."""
+    from ssvae_core.distributed import distributed_options, initialize, is_main_process
+
+    options = distributed_options({
+        "mode": args.distributed, "coordinator": args.coordinator,
+        "num_processes": args.num_processes, "process_id": args.process_id,
+        "timeout": args.coordinator_timeout,
+    })
+    return not initialize(options) or is_main_process()
+
+
+def _print_follower(result: dict[str, Any], run_dir: object) -> None:
+    print(
+        f"process {result['process_index']} of {result['process_count']}: trained to step "
+        f"{result['steps']}; process 0 writes the run {run_dir}"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssvae",
@@ -61,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also log to a tracker (repeatable): tensorboard, event files in RUN/tensorboard/ "
         "(needs: pip install 'ssvae-core[track]')",
     )
+    _add_distributed_flags(train)
 
     evaluate = commands.add_parser(
         "evaluate", help="reload a run's checkpoint and report its metrics",
@@ -121,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
         "--track", action="append", default=[], metavar="NAME",
         help="also log to a tracker (repeatable): tensorboard (RUN/tensorboard/)",
     )
+    _add_distributed_flags(retrain)
 
     query = commands.add_parser(
         "query", help="write the unlabeled training examples to label next",
@@ -223,15 +273,20 @@ def _resume(args: argparse.Namespace) -> int:
     if clashing:
         raise ConfigError(
             f"--resume continues a run with its own config; drop {', '.join(clashing)} "
-            "(only --steps, --data (where the run's data has moved), --no-plots and --quiet apply)"
+            "(only --steps, --data (where the run's data has moved), --no-plots, --quiet and "
+            "the flags of several processes apply)"
         )
+    writer = _start_distributed(args)
     total = args.steps if args.steps is not None else _planned_steps(args.resume)
-    with TrainingProgress(total, enabled=not args.quiet) as progress:
+    with TrainingProgress(total, enabled=writer and not args.quiet) as progress:
         report = resume_run(
             args.resume, args.steps, sinks=[progress], on_start=progress.start,
             on_notice=_notice, plots=not args.no_plots, data=args.data,
         )
-    _print_train_summary(report, args.resume)
+    if writer:
+        _print_train_summary(report, args.resume)
+    else:
+        _print_follower(report, args.resume)
     return EXIT_OK
 
 
@@ -288,18 +343,23 @@ def _train(args: argparse.Namespace) -> int:
         overrides.insert(0, f"train.steps={args.steps}")
     config = load_config(args.config, overrides, preset=args.preset)
     trackers = check_trackers(args.track)
+    writer = _start_distributed(args)
     out = args.out if args.out is not None else new_run_dir()
-    sinks = open_trackers(out, trackers, config.to_dict())
+    sinks = open_trackers(out, trackers, config.to_dict()) if writer else []
     try:
-        with TrainingProgress(config.train.steps, enabled=not args.quiet) as progress:
+        with TrainingProgress(config.train.steps, enabled=writer and not args.quiet) as progress:
             report = train_run(
                 config, out, sinks=[progress, *sinks], on_start=progress.start, plots=not args.no_plots
             )
-        finish_trackers(sinks, out, report)
+        if writer:
+            finish_trackers(sinks, out, report)
     finally:
         for sink in sinks:
             sink.close()
-    _print_train_summary(report, out)
+    if writer:
+        _print_train_summary(report, out)
+    else:
+        _print_follower(report, out)
     return EXIT_OK
 
 
@@ -372,18 +432,24 @@ def _retrain(args: argparse.Namespace) -> int:
     from ssvae_core.tracking import check_trackers, finish_trackers, open_trackers
 
     done = _checkpoint_step(args.run_dir)
-    sinks = open_trackers(args.run_dir, check_trackers(args.track), None)
+    trackers = check_trackers(args.track)
+    writer = _start_distributed(args)
+    sinks = open_trackers(args.run_dir, trackers, None) if writer else []
     try:
-        with TrainingProgress(done + max(args.steps, 0), enabled=not args.quiet) as progress:
+        with TrainingProgress(done + max(args.steps, 0), enabled=writer and not args.quiet) as progress:
             report = retrain_run(
                 args.run_dir, args.steps, sinks=[progress, *sinks], on_start=progress.start,
                 on_notice=_notice, plots=not args.no_plots, data=args.data,
             )
-        finish_trackers(sinks, args.run_dir, report)
+        if writer:
+            finish_trackers(sinks, args.run_dir, report)
     finally:
         for sink in sinks:
             sink.close()
-    _print_train_summary(report, args.run_dir)
+    if writer:
+        _print_train_summary(report, args.run_dir)
+    else:
+        _print_follower(report, args.run_dir)
     return EXIT_OK
 
 

@@ -21,6 +21,13 @@ split's), and a label name the model has not seen claims free channels.
 A killed ``ssvae train`` loses at most the steps since its last checkpoint:
 :func:`resume_run` continues from that checkpoint (or from the start, if the kill came
 before the first one) and :func:`report_run` rewrites a missing report.
+
+With several processes (:mod:`ssvae_core.distributed`) every process runs
+:func:`train_run`, :func:`resume_run` or :func:`retrain_run` alike and trains its part of
+each batch, but only process 0 writes the run directory (and calls the sinks); the others
+read what they need (the data; for a resume or retrain, the run's checkpoint and label
+store) and write nothing. All of them check their input first and learn whether every
+other one did, so that one refusal stops them all before training.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +48,20 @@ from ssvae_core.api import CheckpointCallback, EvaluateCallback, SSVAEClassifier
 from ssvae_core.checkpoint import atomic_write_bytes, read_manifest
 from ssvae_core.config import Config, config_from_dict, dumps_toml, read_toml
 from ssvae_core.data import Dataset, Split, benchmark_split, from_arrays, load_dataset
+from ssvae_core.distributed import PeerStopped, all_agree, is_main_process, process_count
 from ssvae_core.errors import CheckpointError, ConfigError, DataError
 from ssvae_core.labels import STORE_NAME, LabelStore, read_label_csv, utc_now
 from ssvae_core.model import build_model
 from ssvae_core.registry import Registry, default_registry
-from ssvae_core.rundir import METRICS_NAME, RunLock, check_fresh_dir, claim_new_run_dir, recover
-from ssvae_core.training import JsonLinesSink, MetricSink
+from ssvae_core.rundir import (
+    LOCK_NAME,
+    METRICS_NAME,
+    RunLock,
+    check_fresh_dir,
+    claim_new_run_dir,
+    recover,
+)
+from ssvae_core.training import JsonLinesSink, MetricSink, data_mesh
 
 CHECKPOINT_NAME = "model.ckpt"
 ROUNDS_NAME = "rounds.jsonl"
@@ -176,6 +191,35 @@ def _checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
     return path / CHECKPOINT_NAME if path.is_dir() else path
 
 
+@contextlib.contextmanager
+def _checked_everywhere() -> Iterator[None]:
+    """Around the checks before training: with several processes, every process learns
+    whether all of them passed; one that failed raises its own error, the others
+    :class:`PeerStopped` (instead of waiting in the first step for a process that left)."""
+    try:
+        yield
+    except Exception:
+        if process_count() > 1:
+            all_agree(False)
+        raise
+    if not all_agree(True):
+        raise PeerStopped("another process stopped before training (see its error); nothing was trained")
+
+
+def _held(lock: RunLock | None) -> contextlib.AbstractContextManager[Any]:
+    """The run's lock as a context (nothing where this process holds none)."""
+    return lock if lock is not None else contextlib.nullcontext()
+
+
+def _follower_result(classifier: SSVAEClassifier) -> dict[str, Any]:
+    """What :func:`train_run` and the others return on a process other than 0."""
+    return {
+        "process_index": int(jax.process_index()),
+        "process_count": process_count(),
+        "steps": int(classifier.state.step) if classifier.state is not None else 0,
+    }
+
+
 def _train_logged(
     out: Path,
     train: Callable[[Sequence[MetricSink]], object],
@@ -183,8 +227,14 @@ def _train_logged(
     append: bool,
     sinks: Sequence[MetricSink],
     on_start: Callable[[], None] | None,
+    writer: bool = True,
 ) -> float:
-    """Run ``train(sinks)`` with ``metrics.jsonl`` as the first sink; returns the wall time."""
+    """Run ``train(sinks)`` with ``metrics.jsonl`` as the first sink; returns the wall time.
+    A process that does not write (``writer`` off) trains without any sink."""
+    if not writer:
+        started = time.perf_counter()
+        train(())
+        return time.perf_counter() - started
     if on_start is not None:
         on_start()
     started = time.perf_counter()
@@ -322,27 +372,47 @@ def train_run(
     """Train with the benchmark split and write a complete run directory; returns the report.
 
     Everything that can be rejected (config, data, output folder) is checked before the
-    directory is created; ``on_start()`` is called once training begins.
+    directory is created; ``on_start()`` is called once training begins. With several
+    processes, process 0 does all of this and the others train alongside, writing nothing
+    and calling no sink; they return ``{"process_index", "process_count", "steps"}``.
     """
     registry = registry or default_registry()
     out = Path(out_dir)
-    check_fresh_dir(out)
-    dataset = dataset if dataset is not None else load_dataset(config.data.dataset)
-    config = _resolvable(config)
-    split = split_dataset(dataset, config)
-    # Build once up front so every config error surfaces before anything is written.
-    _, config = build_model(
-        config,
-        input_shape=dataset.sample_shape,
-        num_classes=dataset.num_classes,
-        key=jax.random.PRNGKey(config.seed),
-        registry=registry,
-    )
-    with claim_new_run_dir(out):
-        write_text(out / "config.toml", dumps_toml(config.to_dict()))
-        split_store(dataset, split).save(out / STORE_NAME)
+    writer = is_main_process()
+    lock: RunLock | None = None
+    try:
+        with _checked_everywhere():
+            if writer:
+                check_fresh_dir(out)
+            dataset = dataset if dataset is not None else load_dataset(config.data.dataset)
+            config = _resolvable(config)
+            split = split_dataset(dataset, config)
+            # Build once up front so every config error surfaces before anything is written.
+            _, config = build_model(
+                config,
+                input_shape=dataset.sample_shape,
+                num_classes=dataset.num_classes,
+                key=jax.random.PRNGKey(config.seed),
+                registry=registry,
+            )
+            data_mesh(config.train.devices, config.train.batch_size)  # devices and batch agree
+            if writer:
+                lock = claim_new_run_dir(out)
+    except PeerStopped:
+        if lock is not None:  # leave no empty run directory behind
+            lock.release()
+            with contextlib.suppress(OSError):
+                (out / LOCK_NAME).unlink()
+                out.rmdir()
+        raise
+    with _held(lock):
         train = training_view(dataset, split)
         classifier = SSVAEClassifier(config, registry=registry)
+        if not writer:
+            classifier.fit(train)
+            return _follower_result(classifier)
+        write_text(out / "config.toml", dumps_toml(config.to_dict()))
+        split_store(dataset, split).save(out / STORE_NAME)
         checkpoint = _checkpointer(out, len(split.labeled))
         wall_time = _train_logged(
             out,
@@ -387,64 +457,75 @@ def resume_run(
     ``on_notice``). A run that has all its steps but no report gets its report. The
     directory is locked for the whole command; metrics are appended, and checkpoint,
     config and reports are replaced atomically. ``data`` points to the run's dataset
-    where it has moved (the same data, split by the run's seed).
+    where it has moved (the same data, split by the run's seed). With several processes
+    only process 0 locks, repairs and writes the directory (see :func:`train_run`).
     """
-    out = _run_dir(run_dir, "--resume")
-    with RunLock(out):
-        checkpoint = out / CHECKPOINT_NAME
-        classifier: SSVAEClassifier | None = None
-        if checkpoint.exists():
-            classifier = SSVAEClassifier.load(checkpoint, registry=registry)
-            config = classifier.config
-            done = int(classifier.state.step) if classifier.state is not None else 0
-        elif (out / "config.toml").exists():
-            config = config_from_dict(read_toml(out / "config.toml"), registry)
-            done = 0
-        else:
-            raise CheckpointError(
-                f"{os.fspath(out)!r} is not a run directory (it has neither {CHECKPOINT_NAME} "
-                "nor config.toml)"
-            )
-        if data is not None:
-            config = _with_data(config, data)
+    writer = is_main_process()
+    with _checked_everywhere():
+        out = _run_dir(run_dir, "--resume")
+        lock = RunLock(out).acquire() if writer else None
+    with _held(lock):
+        with _checked_everywhere():
+            checkpoint = out / CHECKPOINT_NAME
+            classifier: SSVAEClassifier | None = None
+            if checkpoint.exists():
+                classifier = SSVAEClassifier.load(checkpoint, registry=registry)
+                config = classifier.config
+                done = int(classifier.state.step) if classifier.state is not None else 0
+            elif (out / "config.toml").exists():
+                config = config_from_dict(read_toml(out / "config.toml"), registry)
+                done = 0
+            else:
+                raise CheckpointError(
+                    f"{os.fspath(out)!r} is not a run directory (it has neither {CHECKPOINT_NAME} "
+                    "nor config.toml)"
+                )
+            if data is not None:
+                config = _with_data(config, data)
+                if classifier is not None:
+                    classifier.config = config
+            for note in recover(out, done) if writer else ():
+                if on_notice is not None:
+                    on_notice(note)
+            target = config.train.steps if steps is None else steps
+            if target <= done:
+                if classifier is not None and steps is None and not writer:
+                    return _follower_result(classifier)
+                if classifier is not None and steps is None and not (out / "report.json").exists():
+                    return _report(out, classifier, plots=plots)
+                if steps is None:
+                    raise ConfigError(
+                        f"this run has taken all of its {done} steps; pass --steps N > {done} to train further"
+                    )
+                raise ConfigError(f"--steps must exceed the {done} steps this run has taken, got {target}")
+            dataset = load_dataset(config.data.dataset)
+            split = split_dataset(dataset, config)
+            train = training_view(dataset, split)
             if classifier is not None:
-                classifier.config = config
-        for note in recover(out, done):
-            if on_notice is not None:
-                on_notice(note)
-        target = config.train.steps if steps is None else steps
-        if target <= done:
-            if classifier is not None and steps is None and not (out / "report.json").exists():
-                return _report(out, classifier, plots=plots)
-            if steps is None:
-                raise ConfigError(
-                    f"this run has taken all of its {done} steps; pass --steps N > {done} to train further"
-                )
-            raise ConfigError(f"--steps must exceed the {done} steps this run has taken, got {target}")
-        dataset = load_dataset(config.data.dataset)
-        split = split_dataset(dataset, config)
-        train = training_view(dataset, split)
-        if classifier is not None:
-            train = _labeled_by_store(out, classifier, dataset, split)
-        num_labels = int(np.sum(train.y >= 0))
-        save = _checkpointer(out, num_labels)
-        evaluate = held_out_evaluator(out, dataset, split)
-        if classifier is None:
-            config = config.replace(train=dataclasses.replace(config.train, steps=target))
-            fresh = SSVAEClassifier(config, registry=registry)
-            classifier = fresh
+                train = _labeled_by_store(out, classifier, dataset, split)
+            num_labels = int(np.sum(train.y >= 0))
+            save = _checkpointer(out, num_labels) if writer else None
+            evaluate = held_out_evaluator(out, dataset, split) if writer else None
+            if classifier is None:
+                config = config.replace(train=dataclasses.replace(config.train, steps=target))
+                fresh = SSVAEClassifier(config, registry=registry)
+                classifier = fresh
 
-            def run_training(all_sinks: Sequence[MetricSink]) -> object:
-                return fresh.fit(train, sinks=all_sinks, on_checkpoint=save, evaluate=evaluate)
-        else:
-            loaded = classifier
+                def run_training(all_sinks: Sequence[MetricSink]) -> object:
+                    return fresh.fit(train, sinks=all_sinks, on_checkpoint=save, evaluate=evaluate)
+            else:
+                loaded = classifier
 
-            def run_training(all_sinks: Sequence[MetricSink]) -> object:
-                return loaded.resume(
-                    train, until_step=target, sinks=all_sinks, on_checkpoint=save, evaluate=evaluate
-                )
+                def run_training(all_sinks: Sequence[MetricSink]) -> object:
+                    return loaded.resume(
+                        train, until_step=target, sinks=all_sinks, on_checkpoint=save, evaluate=evaluate
+                    )
 
-        wall_time = _train_logged(out, run_training, append=True, sinks=sinks, on_start=on_start)
+        wall_time = _train_logged(
+            out, run_training, append=True, sinks=sinks, on_start=on_start, writer=writer
+        )
+        if not writer:
+            return _follower_result(classifier)
         return _finish_round(
             out, "resume", done, classifier, dataset, split, train,
             wall_time=wall_time, steps_trained=target - done, plots=plots,
@@ -767,36 +848,44 @@ def retrain_run(
     at the end, so a retrain stopped by an exception from a sink leaves the run's model as
     it was (its extra lines in ``metrics.jsonl`` are removed by :func:`recover`). ``store``
     is the label store to train with, when the caller took it already (the studio takes it
-    when the retrain starts; labels given later wait for the next one).
+    when the retrain starts; labels given later wait for the next one). With several
+    processes only process 0 locks, repairs and writes the directory (see :func:`train_run`).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"--steps must be a positive integer; got {steps!r}")
-    out = _run_dir(run_dir, "retrain")
-    if held_lock is not None and held_lock.run_dir.resolve() != out.resolve():
-        raise ConfigError(f"the lock given is on {os.fspath(held_lock.run_dir)!r}, not on {os.fspath(out)!r}")
-    with contextlib.nullcontext() if held_lock is not None else RunLock(out):
-        checkpoint = require_checkpoint(out, "first")
-        classifier = SSVAEClassifier.load(checkpoint, registry=registry)
-        classifier.config = config = _with_data(classifier.config, data)
-        done = int(classifier.state.step) if classifier.state is not None else 0
-        for note in recover(out, done):
-            if on_notice is not None:
-                on_notice(note)
-        dataset = load_dataset(config.data.dataset)
-        split = split_dataset(dataset, config)
-        train = _labeled_by_store(out, classifier, dataset, split, store)
-        num_labels = int(np.sum(train.y >= 0))
-        save = _checkpointer(out, num_labels)
+    writer = is_main_process()
+    with _checked_everywhere():
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"--steps must be a positive integer; got {steps!r}")
+        out = _run_dir(run_dir, "retrain")
+        if held_lock is not None and held_lock.run_dir.resolve() != out.resolve():
+            raise ConfigError(f"the lock given is on {os.fspath(held_lock.run_dir)!r}, not on {os.fspath(out)!r}")
+        lock = RunLock(out).acquire() if held_lock is None and writer else None
+    with _held(lock):
+        with _checked_everywhere():
+            checkpoint = require_checkpoint(out, "first")
+            classifier = SSVAEClassifier.load(checkpoint, registry=registry)
+            classifier.config = config = _with_data(classifier.config, data)
+            done = int(classifier.state.step) if classifier.state is not None else 0
+            for note in recover(out, done) if writer else ():
+                if on_notice is not None:
+                    on_notice(note)
+            dataset = load_dataset(config.data.dataset)
+            split = split_dataset(dataset, config)
+            train = _labeled_by_store(out, classifier, dataset, split, store)
+            num_labels = int(np.sum(train.y >= 0))
+            save = _checkpointer(out, num_labels) if writer and intermediate_checkpoints else None
+            evaluate = held_out_evaluator(out, dataset, split) if writer else None
         wall_time = _train_logged(
             out,
             lambda all_sinks: classifier.retrain(
-                steps, sinks=all_sinks, on_checkpoint=save if intermediate_checkpoints else None,
-                evaluate=held_out_evaluator(out, dataset, split),
+                steps, sinks=all_sinks, on_checkpoint=save, evaluate=evaluate
             ),
             append=True,
             sinks=sinks,
             on_start=on_start,
+            writer=writer,
         )
+        if not writer:
+            return _follower_result(classifier)
         return _finish_round(
             out, "retrain", done, classifier, dataset, split, train,
             wall_time=wall_time, steps_trained=steps, plots=plots,

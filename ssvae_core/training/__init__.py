@@ -2,7 +2,7 @@
 (:mod:`.batches`), and the loop with its metric sinks (:mod:`.loop`)."""
 
 from ssvae_core.training.batches import TrainingArrays, labeled_pool, sample_batch, training_arrays
-from ssvae_core.training.loop import JsonLinesSink, MetricSink, Trainer, take_steps
+from ssvae_core.training.loop import JsonLinesSink, MetricSink, Trainer, data_mesh, take_steps
 from ssvae_core.training.step import (
     StepSpec,
     TrainState,
@@ -22,6 +22,7 @@ __all__ = [
     "Trainer",
     "TrainingArrays",
     "apply_gradients",
+    "data_mesh",
     "init_state",
     "labeled_pool",
     "learning_rate",

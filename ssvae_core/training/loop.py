@@ -151,7 +151,9 @@ DATA_AXIS = "data"
 
 def data_mesh(devices: int, batch_size: int) -> Mesh | None:
     """The 1-D mesh of data-parallel training over ``devices`` local devices (0: all of
-    them); ``None`` for one device. A batch that does not split evenly is a ConfigError."""
+    them); ``None`` for one device in one process. With several processes
+    (:mod:`ssvae_core.distributed`) the mesh takes that many devices of every process, in
+    process order. A batch that does not split evenly is a ConfigError."""
     available = jax.local_devices()
     count = len(available) if devices == 0 else devices
     if count > len(available):
@@ -159,14 +161,39 @@ def data_mesh(devices: int, batch_size: int) -> Mesh | None:
             f"train.devices = {devices}, but this process sees {len(available)} device(s) "
             f"({available[0].platform}); use at most {len(available)}, or 0 for all"
         )
-    if count <= 1:
-        return None
-    if batch_size % count:
+    processes = jax.process_count()
+    if processes == 1:
+        if count <= 1:
+            return None
+        chosen = list(available[:count])
+    else:
+        chosen = _devices_of_every_process(count, processes)
+    if batch_size % len(chosen):
+        spread = f" ({processes} processes × {count})" if processes > 1 else ""
         raise ConfigError(
-            f"train.batch_size = {batch_size} does not split evenly over {count} devices; "
-            f"use a multiple of {count} or set train.devices"
+            f"train.batch_size = {batch_size} does not split evenly over {len(chosen)} "
+            f"devices{spread}; use a multiple of {len(chosen)} or set train.devices"
         )
-    return Mesh(np.asarray(available[:count]), (DATA_AXIS,))
+    return Mesh(np.asarray(chosen), (DATA_AXIS,))
+
+
+def _devices_of_every_process(count: int, processes: int) -> list[jax.Device]:
+    """``count`` devices of each process, the same list in every process."""
+    by_process: dict[int, list[jax.Device]] = {}
+    for device in jax.devices():
+        by_process.setdefault(int(device.process_index), []).append(device)
+    short = {p: len(d) for p, d in by_process.items() if len(d) < count}
+    if len(by_process) != processes or short:
+        raise ConfigError(
+            f"train.devices = {count} per process, but the processes see "
+            f"{', '.join(f'{p}: {len(d)}' for p, d in sorted(by_process.items()))} device(s); "
+            "give each process the same devices, or set train.devices"
+        )
+    return [
+        device
+        for process in sorted(by_process)
+        for device in sorted(by_process[process], key=lambda d: d.id)[:count]
+    ]
 
 
 @dataclasses.dataclass
@@ -193,11 +220,39 @@ class Trainer:
         return cls(config=config, spec=spec, mesh=mesh)
 
     def replicate(self, tree: Any) -> Any:
-        """``tree``'s arrays on every device of the mesh (unchanged on one device)."""
+        """``tree``'s arrays on every device of the mesh (unchanged on one device).
+
+        With several processes each process contributes its own copy, which must be the
+        same everywhere (the same seed, data and checkpoint give it)."""
         if self.mesh is None:
             return tree
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        return jax.tree.map(lambda leaf: jax.device_put(leaf, replicated) if eqx.is_array(leaf) else leaf, tree)
+        if replicated.is_fully_addressable:
+            return jax.tree.map(
+                lambda leaf: jax.device_put(leaf, replicated) if eqx.is_array(leaf) else leaf, tree
+            )
+
+        def spread(leaf: Any) -> Any:
+            if not eqx.is_array(leaf) or leaf.sharding == replicated:
+                return leaf
+            host = np.asarray(leaf)
+            return jax.make_array_from_callback(host.shape, replicated, lambda index: host[index])
+
+        return jax.tree.map(spread, tree)
+
+    def localize(self, tree: Any) -> Any:
+        """``tree``'s arrays as this process's own copy, on its first device of the mesh
+        (unchanged in one process): what is computed from them then is this process's
+        alone — an evaluation, a checkpoint — and asks nothing of the others."""
+        if self.mesh is None or jax.process_count() == 1:
+            return tree
+
+        def local(leaf: Any) -> Any:
+            if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+                return leaf.addressable_data(0)
+            return leaf
+
+        return jax.tree.map(local, tree)
 
     def init_opt_state(self, model: SSVAE) -> optax.OptState:
         return self.spec.optimizer.init(eqx.filter(model, eqx.is_inexact_array))
@@ -238,10 +293,42 @@ class Trainer:
             host["seconds"] = time.perf_counter() - started
             if not all(math.isfinite(v) for v in host.values()):
                 raise FloatingPointError(f"training diverged at step {step}: {host}")
+            self._after_chunk(model, state, opt_state, step, host, sinks, on_chunk, extra_metrics)
+        return self.localize((model, state, opt_state))
+
+    def _after_chunk(
+        self,
+        model: SSVAE,
+        state: TrainState,
+        opt_state: optax.OptState,
+        step: int,
+        host: dict[str, float],
+        sinks: Sequence[MetricSink],
+        on_chunk: Callable[[SSVAE, TrainState, optax.OptState], None] | None,
+        extra_metrics: Callable[[SSVAE, TrainState, int, dict[str, float]], dict[str, float]] | None,
+    ) -> None:
+        """The chunk's metrics to the sinks, then ``on_chunk``. With several processes
+        they see this process's copy of the state, and every process learns whether the
+        others got through (a process whose sink failed stops all of them here, rather
+        than leave them waiting for it in the next step)."""
+        several = self.mesh is not None and jax.process_count() > 1
+        local_model, local_state, local_opt = self.localize((model, state, opt_state))
+        failure: BaseException | None = None
+        try:
             if extra_metrics is not None:
-                host.update(extra_metrics(model, state, step, dict(host)))
+                host.update(extra_metrics(local_model, local_state, step, dict(host)))
             for sink in sinks:
                 sink(step, host)
             if on_chunk is not None:
-                on_chunk(model, state, opt_state)
-        return model, state, opt_state
+                on_chunk(local_model, local_state, local_opt)
+        except Exception as error:
+            if not several:
+                raise
+            failure = error
+        if several:
+            from ssvae_core.distributed import PeerStopped, all_agree
+
+            if not all_agree(failure is None):
+                if failure is not None:
+                    raise failure
+                raise PeerStopped(f"another process stopped at step {step}; see its error")
