@@ -24,14 +24,24 @@ class GeometricOptions:
         3.0, help="circle radius; for the grid, the spacing between neighbouring centres",
         minimum=0.0, exclusive_minimum=True,
     )
+    centre_lr_scale: float = option(
+        0.0, help="learning-rate scale of the centres, which then start at the layout and are trained in every latent dimension (0 = fixed centres)",
+        minimum=0.0,
+    )
 
 
 def _build_geometric(
     options: GeometricOptions, context: BuildContext, key: PRNGKeyArray
 ) -> GeometricMixturePrior:
     prior = GeometricMixturePrior(
-        context.latent_dim, options.num_components, layout=options.layout, radius=options.radius
+        context.latent_dim,
+        options.num_components,
+        layout=options.layout,
+        radius=options.radius,
+        centre_lr_scale=options.centre_lr_scale,
     )
+    if options.centre_lr_scale > 0:
+        return prior
     warnings.warn(
         f"prior 'geometric_mog' fixes its {options.num_components} channel centres on a "
         f"{options.layout} in the first two latent dimensions, which imposes that topology "

@@ -1,9 +1,11 @@
 """The geometric mixture of Gaussians: ``c ~ Cat(π)`` uniform, ``z | c ~ N(μ_c, I)``.
 
-The centres ``μ_c`` are fixed by the options and live in the first two latent dimensions
-(zero elsewhere): evenly spaced on a circle, or on a √K × √K grid centred at the origin.
-They are computed from static options, never stored as parameters, so no optimiser can
-move them. A diagnostic / curriculum prior: it imposes that layout on the latent space.
+The centres ``μ_c`` start in the first two latent dimensions (zero elsewhere): evenly
+spaced on a circle, or on a √K × √K grid centred at the origin. By default they are fixed:
+computed from static options, never stored as parameters, so no optimiser can move them —
+a diagnostic / curriculum prior that imposes its layout on the latent space. With
+``centre_lr_scale > 0`` the centres are a trainable field that starts at the layout and
+learns at that scale of the networks' learning rate, in every latent dimension.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def geometric_centres(
 
 
 class GeometricMixturePrior(AbstractChannelPrior):
-    """K channels with uniform ``π`` and ``p(z|c) = N(μ_c, I)`` at fixed centres.
+    """K channels with uniform ``π`` and ``p(z|c) = N(μ_c, I)``, centres fixed or learned.
 
     Closed form, per example::
 
@@ -73,7 +75,9 @@ class GeometricMixturePrior(AbstractChannelPrior):
 
     (``KL_z`` and ``KL_c`` from ``AbstractChannelPrior.kl_terms``, with the per-channel KL of
     :meth:`channel_kl`.) The decoder is conditioned on the channel (every conditioning
-    method works).
+    method works). With ``centre_lr_scale = 0`` (the default) the prior holds no arrays;
+    otherwise ``learned_centres`` (``K × D``, starting at the layout) is trained with that
+    learning-rate scale.
     """
 
     num_components: int = eqx.field(static=True)
@@ -81,20 +85,34 @@ class GeometricMixturePrior(AbstractChannelPrior):
     latent_dim: int = eqx.field(static=True)
     layout: str = eqx.field(static=True)
     radius: float = eqx.field(static=True)
+    centre_lr_scale: float = eqx.field(static=True)
+    learned_centres: Float[Array, "K D"] | None
 
     def __init__(
-        self, latent_dim: int, num_components: int, *, layout: str = "circle", radius: float = 3.0
+        self,
+        latent_dim: int,
+        num_components: int,
+        *,
+        layout: str = "circle",
+        radius: float = 3.0,
+        centre_lr_scale: float = 0.0,
     ):
         # Computing the centres once validates the layout before the prior is used.
-        geometric_centres(num_components, latent_dim, layout, radius)
+        start = geometric_centres(num_components, latent_dim, layout, radius)
+        if centre_lr_scale < 0:
+            raise ValueError(f"centre_lr_scale must be a number >= 0, got {centre_lr_scale}")
         self.num_components = num_components
         self.conditions_decoder = True
         self.latent_dim = latent_dim
         self.layout = layout
         self.radius = radius
+        self.centre_lr_scale = centre_lr_scale
+        self.learned_centres = jnp.asarray(start, dtype=jnp.float32) if centre_lr_scale > 0 else None
 
     def centres(self) -> Float[Array, "K D"]:
-        """The fixed centres ``μ_c`` (constants: they receive no gradient)."""
+        """The centres ``μ_c``: the layout's constants (no gradient), or the learned field."""
+        if self.learned_centres is not None:
+            return self.learned_centres
         return jnp.asarray(
             geometric_centres(self.num_components, self.latent_dim, self.layout, self.radius)
         )
@@ -123,4 +141,6 @@ class GeometricMixturePrior(AbstractChannelPrior):
         return {}
 
     def parameter_scales(self) -> dict[str, float]:
-        return {}
+        if self.learned_centres is None:
+            return {}
+        return {"learned_centres": self.centre_lr_scale}

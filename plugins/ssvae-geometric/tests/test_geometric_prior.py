@@ -196,3 +196,40 @@ def test_entry_point_registers_geometric_mog() -> None:
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("ssvae-geometric is not installed")
     assert default_registry().get("prior", "geometric_mog").package == "ssvae-geometric"
+
+
+# --- learned centres ---------------------------------------------------------------------
+
+
+def test_learned_centres_start_at_the_layout_with_their_scale() -> None:
+    prior = GeometricMixturePrior(3, 4, radius=2.0, centre_lr_scale=0.5)
+    np.testing.assert_array_equal(np.asarray(prior.centres()), geometric_centres(4, 3, "circle", 2.0))
+    assert prior.parameter_scales() == {"learned_centres": 0.5}
+    assert [leaf.shape for leaf in jax.tree.leaves(eqx.filter(prior, eqx.is_inexact_array))] == [(4, 3)]
+
+
+def test_kl_reads_the_learned_centres() -> None:
+    prior = GeometricMixturePrior(3, 4, centre_lr_scale=1.0)
+    moved = eqx.tree_at(lambda p: p.learned_centres, prior, prior.centres() + 1.0)
+    z_mean = moved.centres()
+    posterior = EncoderOutput(z_mean, jnp.zeros_like(z_mean), jnp.eye(4) * 50.0)
+    kl = moved.kl_terms(posterior, z_mean, encoder=None, key=jax.random.PRNGKey(0))["kl_z"]
+    np.testing.assert_allclose(np.asarray(kl), 0.0, atol=1e-5)
+
+
+def test_learned_centres_move_in_training_and_round_trip_a_checkpoint(registry: Registry, tmp_path) -> None:
+    x = np.random.default_rng(0).random((16, *INPUT_SHAPE), dtype=np.float32)
+    y = np.where(np.arange(16) < 4, np.arange(16) % 2, -1)
+    classifier = SSVAEClassifier(_config(registry, centre_lr_scale=1.0), registry=registry)
+    classifier.fit(x, y, num_classes=2)
+    centres = np.asarray(classifier.model.prior.centres())
+    assert np.any(centres != geometric_centres(4, 3, "circle", 3.0))
+    path = tmp_path / "geometric.ckpt"
+    classifier.save(path)
+    loaded = SSVAEClassifier.load(path, registry=registry)
+    np.testing.assert_array_equal(np.asarray(loaded.model.prior.centres()), centres)
+
+
+def test_negative_centre_lr_scale_is_a_config_error(registry: Registry) -> None:
+    with pytest.raises(ConfigError, match="centre_lr_scale"):
+        _build(_config(registry, centre_lr_scale=-1.0))
