@@ -59,6 +59,19 @@ def _start_distributed(args: argparse.Namespace) -> bool:
     return not initialize(options) or is_main_process()
 
 
+def _mlflow_dir(args: argparse.Namespace, trackers: Sequence[str]) -> str | None:
+    """``--mlflow-dir``, checked (on every process, before any connects)."""
+    from ssvae_core.errors import ConfigError
+    from ssvae_core.tracking import mlflow_store
+
+    if args.mlflow_dir is None:
+        return None
+    if "mlflow" not in trackers:
+        raise ConfigError("--mlflow-dir names the store of --track mlflow; add --track mlflow")
+    mlflow_store(".", args.mlflow_dir)
+    return str(args.mlflow_dir)
+
+
 def _print_follower(result: dict[str, Any], run_dir: object) -> None:
     print(
         f"process {result['process_index']} of {result['process_count']}: trained to step "
@@ -106,8 +119,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress display")
     train.add_argument(
         "--track", action="append", default=[], metavar="NAME",
-        help="also log to a tracker (repeatable): tensorboard, event files in RUN/tensorboard/ "
-        "(needs: pip install 'ssvae-core[track]')",
+        help="also log to a tracker (repeatable, or comma-separated): tensorboard, event files "
+        "in RUN/tensorboard/ (needs: pip install 'ssvae-core[track]'); mlflow, MLflow's file "
+        "store in RUN/mlruns/ (needs: pip install 'ssvae-core[mlflow]')",
+    )
+    train.add_argument(
+        "--mlflow-dir", metavar="DIR",
+        help="with --track mlflow: the MLflow file store to log into (a folder or a file: URI; "
+        "default RUN/mlruns); one store for several runs lets MLflow compare them",
     )
     _add_distributed_flags(train)
 
@@ -168,7 +187,12 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("--quiet", action="store_true", help="no progress display")
     retrain.add_argument(
         "--track", action="append", default=[], metavar="NAME",
-        help="also log to a tracker (repeatable): tensorboard (RUN/tensorboard/)",
+        help="also log to a tracker (repeatable, or comma-separated): tensorboard "
+        "(RUN/tensorboard/), mlflow (RUN/mlruns/; the run's MLflow run continues)",
+    )
+    retrain.add_argument(
+        "--mlflow-dir", metavar="DIR",
+        help="with --track mlflow: the MLflow file store (default RUN/mlruns)",
     )
     _add_distributed_flags(retrain)
 
@@ -267,6 +291,7 @@ def _resume(args: argparse.Namespace) -> int:
             ("--config", args.config), ("--preset", args.preset),
             ("--labels-per-class", args.labels_per_class), ("--seed", args.seed),
             ("--out", args.out), ("--set", args.set or None), ("--track", args.track or None),
+            ("--mlflow-dir", args.mlflow_dir),
         )
         if value is not None
     ]
@@ -343,9 +368,10 @@ def _train(args: argparse.Namespace) -> int:
         overrides.insert(0, f"train.steps={args.steps}")
     config = load_config(args.config, overrides, preset=args.preset)
     trackers = check_trackers(args.track)
+    mlflow_dir = _mlflow_dir(args, trackers)
     writer = _start_distributed(args)
     out = args.out if args.out is not None else new_run_dir()
-    sinks = open_trackers(out, trackers, config.to_dict()) if writer else []
+    sinks = open_trackers(out, trackers, config.to_dict(), mlflow_dir=mlflow_dir) if writer else []
     try:
         with TrainingProgress(config.train.steps, enabled=writer and not args.quiet) as progress:
             report = train_run(
@@ -433,8 +459,9 @@ def _retrain(args: argparse.Namespace) -> int:
 
     done = _checkpoint_step(args.run_dir)
     trackers = check_trackers(args.track)
+    mlflow_dir = _mlflow_dir(args, trackers)
     writer = _start_distributed(args)
-    sinks = open_trackers(args.run_dir, trackers, None) if writer else []
+    sinks = open_trackers(args.run_dir, trackers, None, mlflow_dir=mlflow_dir) if writer else []
     try:
         with TrainingProgress(done + max(args.steps, 0), enabled=writer and not args.quiet) as progress:
             report = retrain_run(

@@ -7,37 +7,71 @@ every metric of every logged chunk as a scalar (``train/<name>``, held-out evalu
 figures (``report/test_accuracy``, ``report/ece``), the report itself as text and the run's
 plots as images. ``tensorboard --logdir runs/`` shows them. It needs the ``track`` extra
 (``pip install 'ssvae-core[track]'``: TensorBoard's own event writer, no TensorFlow).
+
+``--track mlflow`` adds an :class:`MLflowSink` that logs into MLflow's local file store,
+``RUN/mlruns/`` (or the store ``--mlflow-dir`` names, which several runs may share): one
+MLflow run per run directory (a retrain continues it), the configuration flattened into
+parameters (``train.steps``, ``prior.num_components``, ...), the same metrics per step as
+TensorBoard gets, the report's figures, and ``report.json``, ``report.md``,
+``config.toml`` and the plots as artifacts. It needs the ``mlflow`` extra
+(``pip install 'ssvae-core[mlflow]'``: MLflow's client, ``mlflow-skinny``, no server).
+Several trackers may be named at once (``--track tensorboard --track mlflow``, or
+``--track tensorboard,mlflow``).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ssvae_core.errors import ConfigError
 
-TRACKERS = ("tensorboard",)
+TRACKERS = ("tensorboard", "mlflow")
+# tracker → (module it needs, extra that installs it)
+REQUIREMENTS = {"tensorboard": ("tensorboard", "track"), "mlflow": ("mlflow", "mlflow")}
 TENSORBOARD_DIR = "tensorboard"
+MLFLOW_DIR = "mlruns"
+MLFLOW_EXPERIMENT = "ssvae"
+RUN_DIR_TAG = "ssvae.run_dir"
 HELD_OUT = ("held_out_accuracy", "held_out_ece", "train_time_s")
+REPORT_FIGURES = ("test_accuracy", "ece", "reconstruction_error")
 
 
-def check_trackers(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """The tracker names, each known and importable; a :class:`ConfigError` otherwise."""
-    chosen = tuple(dict.fromkeys(names))
+class TrackerSink(Protocol):
+    """A metric sink that also takes the final report and plots, and is closed."""
+
+    def __call__(self, step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def report(self, report: Mapping[str, Any], plots: Sequence[Path] = ()) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def check_trackers(names: Sequence[str]) -> tuple[str, ...]:
+    """The tracker names (each item may be a comma-separated list), each known and
+    importable; a :class:`ConfigError` naming what to install otherwise."""
+    chosen = tuple(dict.fromkeys(n.strip() for item in names for n in item.split(",") if n.strip()))
     for name in chosen:
         if name not in TRACKERS:
             raise ConfigError(f"unknown tracker {name!r} for --track; allowed: {', '.join(TRACKERS)}")
+        module, extra = REQUIREMENTS[name]
         try:
-            import tensorboard  # noqa: F401
+            importlib.import_module(module)
         except ImportError:
             raise ConfigError(
-                "--track tensorboard needs the track extra: pip install 'ssvae-core[track]'"
+                f"--track {name} needs the {extra} extra: pip install 'ssvae-core[{extra}]'"
             ) from None
     return chosen
+
+
+def _tag(name: str) -> str:
+    """The tracker's name of a metric: ``train/<name>``, or ``held_out/<name>``."""
+    return f"{'held_out' if name in HELD_OUT else 'train'}/{name}"
 
 
 class TensorBoardSink:
@@ -86,10 +120,7 @@ class TensorBoardSink:
 
     def __call__(self, step: int, metrics: Mapping[str, float]) -> None:
         self._step = int(step)
-        values = [
-            self._scalar(f"{'held_out' if name in HELD_OUT else 'train'}/{name}", value)
-            for name, value in metrics.items()
-        ]
+        values = [self._scalar(_tag(name), value) for name, value in metrics.items()]
         self._write(step, values)
 
     def report(self, report: Mapping[str, Any], plots: Sequence[Path] = ()) -> None:
@@ -98,7 +129,7 @@ class TensorBoardSink:
 
         values = [
             self._scalar(f"report/{name}", report[name])
-            for name in ("test_accuracy", "ece", "reconstruction_error")
+            for name in REPORT_FIGURES
             if isinstance(report.get(name), (int, float))
         ]
         shown = {k: v for k, v in report.items() if k not in ("confusion", "reliability", "channels")}
@@ -122,15 +153,163 @@ class TensorBoardSink:
             self._writer = None
 
 
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"steps": 10}}`` → ``{"train.steps": "10"}``: every leaf as text
+    (strings as they are, anything else as JSON: ``true``, ``[16]``, ``0.001``)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, str) else json.dumps(value)
+    return flat
+
+
+class MLflowSink:
+    """A metric sink logging into an MLflow file store (``store``, a folder), one MLflow
+    run per run directory ``run_dir``.
+
+    With ``config`` (a new run: ``ssvae train``) a new MLflow run starts and the config
+    becomes its parameters; without (``ssvae retrain``) the latest MLflow run of
+    ``run_dir`` in the store continues, or a new one starts if there is none.
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike[str],
+        run_dir: str | os.PathLike[str],
+        config: Mapping[str, Any] | None = None,
+    ):
+        self.store = Path(store).resolve()
+        self.run_dir = Path(run_dir)
+        self._config = config
+        self._client: Any = None  # opened at the first event: the run directory exists by then
+        self.run_id: str | None = None
+        self._step = 0
+        self._reported = False
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.store.as_uri()
+
+    def _open(self) -> tuple[Any, str]:
+        if self._client is not None and self.run_id is not None:
+            return self._client, self.run_id
+        # MLflow 3 keeps its file store (the one store with no database or server) behind
+        # this switch; earlier versions ignore it.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        self.store.mkdir(parents=True, exist_ok=True)
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+        experiment_id = (
+            experiment.experiment_id if experiment is not None else client.create_experiment(MLFLOW_EXPERIMENT)
+        )
+        where = os.fspath(self.run_dir.resolve())
+        earlier = [] if self._config is not None else self._runs_of(client, experiment_id, where)
+        if earlier:
+            run_id = earlier[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+        else:
+            run = client.create_run(experiment_id, run_name=self.run_dir.name, tags={RUN_DIR_TAG: where})
+            run_id = run.info.run_id
+            params = [Param(k, v) for k, v in flatten_config(self._config or {}).items()]
+            for start in range(0, len(params), 100):  # MLflow takes 100 parameters a call
+                client.log_batch(run_id, params=params[start : start + 100])
+        self._client, self.run_id = client, run_id
+        return client, run_id
+
+    @staticmethod
+    def _runs_of(client: Any, experiment_id: str, where: str) -> list[Any]:
+        quote = next((q for q in ("'", '"') if q not in where), None)
+        if quote is None:
+            return []
+        found = client.search_runs(
+            [experiment_id], filter_string=f"tags.`{RUN_DIR_TAG}` = {quote}{where}{quote}",
+            max_results=1, order_by=["attributes.start_time DESC"],
+        )
+        return list(found)
+
+    def _log(self, step: int, values: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        client, run_id = self._open()
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, int(step)) for key, value in values.items()]
+        for start in range(0, len(metrics), 1000):  # MLflow takes 1000 metrics a call
+            client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+    def __call__(self, step: int, metrics: Mapping[str, float]) -> None:
+        self._step = int(step)
+        self._log(step, {_tag(name): value for name, value in metrics.items()})
+
+    def report(self, report: Mapping[str, Any], plots: Sequence[Path] = ()) -> None:
+        """The final figures as metrics; ``report.json``, ``report.md`` (under
+        ``report/``), ``config.toml`` and the plots (under ``plots/``) as artifacts."""
+        self._log(
+            self._step,
+            {f"report/{name}": report[name] for name in REPORT_FIGURES if isinstance(report.get(name), (int, float))},
+        )
+        client, run_id = self._open()
+        for name in ("report.json", "report.md"):
+            if (self.run_dir / name).exists():
+                client.log_artifact(run_id, os.fspath(self.run_dir / name), "report")
+        if (self.run_dir / "config.toml").exists():
+            client.log_artifact(run_id, os.fspath(self.run_dir / "config.toml"))
+        for path in plots:
+            client.log_artifact(run_id, os.fspath(path), "plots")
+        self._reported = True
+
+    def close(self) -> None:
+        """End the MLflow run: finished after :meth:`report`, failed without."""
+        if self._client is not None and self.run_id is not None:
+            self._client.set_terminated(self.run_id, "FINISHED" if self._reported else "FAILED")
+        self._client = None
+
+
 def open_trackers(
-    out: str | os.PathLike[str], names: Sequence[str], config: Mapping[str, Any] | None
-) -> list[TensorBoardSink]:
+    out: str | os.PathLike[str],
+    names: Sequence[str],
+    config: Mapping[str, Any] | None,
+    *,
+    mlflow_dir: str | os.PathLike[str] | None = None,
+) -> list[TrackerSink]:
     """The sinks of ``names`` (checked by :func:`check_trackers`) for run directory
-    ``out``; nothing is written until training logs its first chunk."""
-    return [TensorBoardSink(Path(out) / TENSORBOARD_DIR, config) for name in names if name == "tensorboard"]
+    ``out``; nothing is written until training logs its first chunk. The MLflow store is
+    ``mlflow_dir`` (a folder, or a ``file:`` URI), by default ``out/mlruns``."""
+    sinks: list[TrackerSink] = []
+    for name in names:
+        if name == "tensorboard":
+            sinks.append(TensorBoardSink(Path(out) / TENSORBOARD_DIR, config))
+        elif name == "mlflow":
+            sinks.append(MLflowSink(mlflow_store(out, mlflow_dir), out, config))
+    return sinks
 
 
-def finish_trackers(sinks: Sequence[TensorBoardSink], out: str | os.PathLike[str], report: Mapping[str, Any]) -> None:
+def mlflow_store(out: str | os.PathLike[str], given: str | os.PathLike[str] | None) -> Path:
+    """The folder of the MLflow file store: ``given`` (a path or a ``file:`` URI) or
+    ``out/mlruns``; any other URI (a tracking server) is a :class:`ConfigError`."""
+    if given is None:
+        return Path(out) / MLFLOW_DIR
+    text = os.fspath(given)
+    if text.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        parsed = urlparse(text)
+        if parsed.netloc not in ("", "localhost"):
+            raise ConfigError(f"--mlflow-dir {text!r} names another host; give a local folder")
+        return Path(unquote(parsed.path))
+    if "://" in text:
+        raise ConfigError(
+            f"--mlflow-dir takes a local folder or a file: URI (MLflow's file store, offline), got {text!r}"
+        )
+    return Path(text)
+
+
+def finish_trackers(sinks: Sequence[TrackerSink], out: str | os.PathLike[str], report: Mapping[str, Any]) -> None:
     """Hand the final report and the run's plots to each tracker, and close it."""
     folder = Path(out) / "plots"
     plots = sorted(folder.glob("*.png")) if folder.is_dir() else []
