@@ -136,7 +136,7 @@ class TrainConfig:
     )
     devices: int = option(
         0,
-        help="devices to train on, data-parallel: the batch is split across them, parameters, optimiser state and τ counts are replicated, and every batch statistic is over the whole batch (0: every local device; batch_size must divide evenly)",
+        help="devices each process trains on, data-parallel: the batch is split across every process's devices, parameters, optimiser state and τ counts are replicated, and every batch statistic is over the whole batch (0: every local device; batch_size must divide evenly over all of them)",
         minimum=0,
     )
     eval_every: int = option(
