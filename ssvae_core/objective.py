@@ -56,17 +56,15 @@ class Objective(eqx.Module):
         """``Σ_c r_c NLL(x | z, c)`` per row, over every channel or the ``top_channels`` most
         responsible ones (chosen without gradient, responsibilities renormalised over them)."""
         top = self.top_channels
-        if responsibilities is None or model.embeddings is None:
-            nll = model.channel_nll(x, z)
-            if responsibilities is None or nll.shape[-1] == 1:
-                return nll[:, 0]
-            return expected_reconstruction(responsibilities, nll)
-        if top == 0 or top >= responsibilities.shape[-1]:
-            return expected_reconstruction(responsibilities, model.channel_nll(x, z))
-        _, channels = jax.lax.top_k(jax.lax.stop_gradient(responsibilities), top)
-        nll = model.selected_channel_nll(x, z, channels)
-        chosen = jnp.take_along_axis(responsibilities, channels, axis=-1)
-        return top_channel_reconstruction(chosen, nll)
+        if responsibilities is not None and model.embeddings is not None and 0 < top < responsibilities.shape[-1]:
+            _, channels = jax.lax.top_k(jax.lax.stop_gradient(responsibilities), top)
+            nll = model.selected_channel_nll(x, z, channels)
+            chosen = jnp.take_along_axis(responsibilities, channels, axis=-1)
+            return top_channel_reconstruction(chosen, nll)
+        nll = model.channel_nll(x, z)
+        if responsibilities is None or nll.shape[-1] == 1:
+            return nll[:, 0]
+        return expected_reconstruction(responsibilities, nll)
 
     def named_terms(self) -> tuple[tuple[str, AbstractLossTerm], ...]:
         return tuple(zip(self.names, self.terms, strict=True))
