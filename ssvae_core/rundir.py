@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -123,16 +124,19 @@ def claim_new_run_dir(path: Path) -> RunLock:
     return lock
 
 
-def recover(run_dir: Path, step: int) -> list[str]:
+def recover(run_dir: Path, step: int, *, spare: Sequence[str] = ()) -> list[str]:
     """Clean up after an interrupted command; returns one line per thing repaired.
 
     Removes the temporary files of interrupted atomic writes and keeps only the lines of
     ``metrics.jsonl`` up to ``step`` (the last complete checkpoint's step; 0 without one).
+    Temporary files of the targets in ``spare`` are left alone: the lock's holder may be
+    writing them at this moment (the studio writes ``labels.json`` while it retrains).
     """
     notes = []
+    targets = [target for target in ATOMIC_TARGETS if target not in spare]
     for leftover in sorted(run_dir.iterdir()):
         name = leftover.name
-        if any(name.startswith(f".{target}.") for target in ATOMIC_TARGETS) and leftover.is_file():
+        if any(name.startswith(f".{target}.") for target in targets) and leftover.is_file():
             leftover.unlink()
             notes.append(f"removed {name}, left by a write that was interrupted")
     metrics = run_dir / METRICS_NAME

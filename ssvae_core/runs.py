@@ -865,7 +865,9 @@ def retrain_run(
             classifier = SSVAEClassifier.load(checkpoint, registry=registry)
             classifier.config = config = _with_data(classifier.config, data)
             done = int(classifier.state.step) if classifier.state is not None else 0
-            for note in recover(out, done) if writer else ():
+            # a caller holding the lock (the studio) may be writing the label store meanwhile
+            spare = (STORE_NAME,) if held_lock is not None else ()
+            for note in recover(out, done, spare=spare) if writer else ():
                 if on_notice is not None:
                     on_notice(note)
             dataset = load_dataset(config.data.dataset)

@@ -336,6 +336,21 @@ def test_retrain_in_the_background_with_labels_given_meanwhile(
     assert rounds[1]["claimed_channels"]["blot"]  # the new class took free channels
 
 
+def test_a_retrain_leaves_a_label_write_in_flight_alone(run: Path) -> None:
+    """The studio writes labels.json while it retrains: that write's temporary file is no leftover."""
+    stale = run / ".labels.json.stale"
+    stale.write_bytes(b"{}")
+    with StudioSession(run) as session:
+        assert not stale.exists()  # opening the run repairs what an interrupted command left
+        in_flight = run / ".labels.json.in-flight"
+        in_flight.write_bytes(b"{}")  # as if add_labels were between its write and its rename
+        client = TestClient(create_app(session, TOKEN))
+        client.headers["X-SSVAE-Token"] = TOKEN
+        assert client.post("/api/retrain", json={"steps": 5}).status_code == 202
+        assert session.wait(timeout=300)["state"] == "done"
+        assert in_flight.exists()
+
+
 def test_a_cancelled_retrain_leaves_the_model_as_it_was(
     studio: tuple[StudioSession, TestClient], run: Path
 ) -> None:

@@ -153,6 +153,7 @@ class StudioSession:
         self._lock = RunLock(self.out).acquire()
         try:
             self.checkpoint = require_checkpoint(self.out, "before opening it in the studio")
+            recover(self.out, int(read_manifest(self.checkpoint)["step"]))  # before any label is written
             self.config = _run_config(self.out, data)
             self.data = data
             self.dataset = load_dataset(self.config.data.dataset)
@@ -527,7 +528,8 @@ class StudioSession:
 
     def _recover(self) -> None:
         """After a retrain that did not finish: metrics back to the checkpoint's step."""
-        recover(self.out, int(read_manifest(self.checkpoint)["step"]))
+        # labels may be being written meanwhile: their temporary files are not leftovers
+        recover(self.out, int(read_manifest(self.checkpoint)["step"]), spare=(STORE_NAME,))
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait for the running retrain, if any, to end; returns its state."""
