@@ -31,7 +31,13 @@ from ssvae_core.model import reparameterise
 from ssvae_core.networks import PosteriorHeads, bounded_log_var
 from ssvae_core.networks.dense import ACTIVATIONS
 from ssvae_core.options import option
-from ssvae_core.priors.channels import AbstractChannelPrior, uniform_log_weights
+from ssvae_core.priors.channels import (
+    AbstractChannelPrior,
+    pi_log_weights,
+    pi_logits_field,
+    pi_regularisers,
+    uniform_log_weights,
+)
 from ssvae_core.protocols import (
     AbstractAcquisition,
     AbstractDecoder,
@@ -91,6 +97,9 @@ __all__ += [
     "PosteriorHeads",
     "bounded_log_var",
     "make_likelihood",
+    "pi_log_weights",
+    "pi_logits_field",
+    "pi_regularisers",
     "reparameterise",
     "top_unlabeled",
     "uniform_log_weights",

@@ -9,6 +9,10 @@ terms per example, with responsibilities ``r = softmax(logits)``::
 :class:`AbstractChannelPrior` implements both once; a subclass supplies the per-channel
 ``KL(q(z|x) || p(z|c))`` in :meth:`AbstractChannelPrior.channel_kl` and ``log π`` in
 ``log_weights``. A prior without channels (``K = 0``) subclasses ``AbstractPrior`` directly.
+
+The ``pi_*`` helpers give a prior an optional learned π = softmax(pi_logits): the field is
+``None`` when π is fixed (uniform), so a fixed π has no leaf to update and the prior's arrays
+are those of a uniform-π prior.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ssvae_core.losses import categorical_kl
+from ssvae_core.losses import categorical_kl, dirichlet_penalty
 from ssvae_core.protocols import AbstractEncoder, AbstractPrior
 from ssvae_core.types import EncoderOutput
 
@@ -27,6 +31,53 @@ from ssvae_core.types import EncoderOutput
 def uniform_log_weights(num_components: int) -> Float[Array, " K"]:
     """``log π_c = −log K`` for every channel: the log-weights of a uniform ``π``."""
     return jnp.full((num_components,), -jnp.log(num_components))
+
+
+def pi_logits_field(
+    num_components: int,
+    *,
+    learn_pi: bool,
+    dirichlet_alpha: float,
+    pi_logits: Float[Array, " K"] | None = None,
+) -> Float[Array, " K"] | None:
+    """The value of an optional ``pi_logits`` field, with ``π = softmax(pi_logits)``.
+
+    ``None`` when π is fixed (uniform, ``learn_pi`` False); else ``pi_logits`` as float32,
+    zeros (a uniform π at the start) when not given. Checks ``α = dirichlet_alpha > 0``,
+    that ``pi_logits`` are given only with ``learn_pi`` and that they have shape ``(K,)``.
+    """
+    if dirichlet_alpha <= 0:
+        raise ValueError(f"dirichlet_alpha must be a number > 0, got {dirichlet_alpha}")
+    if pi_logits is not None and not learn_pi:
+        raise ValueError("pi_logits are given but learn_pi is False (a fixed π is uniform)")
+    if not learn_pi:
+        return None
+    if pi_logits is None:
+        return jnp.zeros((num_components,), dtype=jnp.float32)
+    logits = jnp.asarray(pi_logits, dtype=jnp.float32)
+    if logits.shape != (num_components,):
+        raise ValueError(f"pi_logits have shape {logits.shape}, expected ({num_components},)")
+    return logits
+
+
+def pi_log_weights(pi_logits: Float[Array, " K"] | None, num_components: int) -> Float[Array, " K"]:
+    """``log π``: ``log_softmax(pi_logits)`` for a learned π, else (``None``) ``−log K``."""
+    if pi_logits is None:
+        return uniform_log_weights(num_components)
+    return jax.nn.log_softmax(pi_logits)
+
+
+def pi_regularisers(
+    pi_logits: Float[Array, " K"] | None, dirichlet_alpha: float
+) -> dict[str, Float[Array, ""]]:
+    """``{"dirichlet_pi": R_π}`` for a learned π, ``{}`` when ``pi_logits`` is ``None``.
+
+    ``R_π = −Σ_c (α − 1) log π_c`` with ``log π = log_softmax(pi_logits)``: the Dirichlet
+    MAP penalty (:func:`~ssvae_core.losses.dirichlet_penalty`).
+    """
+    if pi_logits is None:
+        return {}
+    return {"dirichlet_pi": dirichlet_penalty(jax.nn.log_softmax(pi_logits), dirichlet_alpha)}
 
 
 class AbstractChannelPrior(AbstractPrior):

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ssvae_core.losses import dirichlet_penalty, gaussian_kl
-from ssvae_core.priors.channels import AbstractChannelPrior
+from ssvae_core.losses import gaussian_kl
+from ssvae_core.priors.channels import AbstractChannelPrior, pi_regularisers
 from ssvae_core.protocols import AbstractEncoder
 from ssvae_core.types import EncoderOutput
 
@@ -67,9 +67,7 @@ class MixturePrior(AbstractChannelPrior):
         return jax.random.normal(z_key, (num_samples, self.latent_dim)), channels
 
     def regularisers(self) -> dict[str, Float[Array, ""]]:
-        if not self.learn_pi:
-            return {}
-        return {"dirichlet_pi": dirichlet_penalty(self.log_weights(), self.dirichlet_alpha)}
+        return pi_regularisers(self.pi_logits if self.learn_pi else None, self.dirichlet_alpha)
 
     def parameter_scales(self) -> dict[str, float]:
         return {} if self.learn_pi else {"pi_logits": 0.0}

@@ -18,8 +18,9 @@ from ssvae_core.plugin import (
     AbstractEncoder,
     EncoderOutput,
     diagonal_gaussian_log_density,
-    dirichlet_penalty,
-    uniform_log_weights,
+    pi_log_weights,
+    pi_logits_field,
+    pi_regularisers,
 )
 
 
@@ -81,33 +82,23 @@ class VampPrior(AbstractChannelPrior):
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples}")
         if pseudo_lr_scale <= 0:
             raise ValueError(f"pseudo_lr_scale must be a number > 0, got {pseudo_lr_scale}")
-        if dirichlet_alpha <= 0:
-            raise ValueError(f"dirichlet_alpha must be a number > 0, got {dirichlet_alpha}")
-        if pi_logits is not None and not learn_pi:
-            raise ValueError("pi_logits are given but learn_pi is False (a fixed π is uniform)")
         self.pseudo_inputs = jnp.asarray(pseudo_inputs, dtype=jnp.float32)
         self.num_components = self.pseudo_inputs.shape[0]
+        self.pi_logits = pi_logits_field(
+            self.num_components,
+            learn_pi=learn_pi,
+            dirichlet_alpha=dirichlet_alpha,
+            pi_logits=pi_logits,
+        )
         self.conditions_decoder = False
         self.num_samples = num_samples
         self.pseudo_lr_scale = pseudo_lr_scale
         self.learn_pi = learn_pi
         self.dirichlet_alpha = dirichlet_alpha
-        if not learn_pi:
-            self.pi_logits = None
-        elif pi_logits is None:
-            self.pi_logits = jnp.zeros((self.num_components,), dtype=jnp.float32)
-        else:
-            self.pi_logits = jnp.asarray(pi_logits, dtype=jnp.float32)
-            if self.pi_logits.shape != (self.num_components,):
-                raise ValueError(
-                    f"pi_logits have shape {self.pi_logits.shape}, expected ({self.num_components},)"
-                )
 
     def log_weights(self) -> Float[Array, " K"]:
         """``log π``: ``log_softmax(pi_logits)`` when π is learned, else ``−log K``."""
-        if self.pi_logits is None:
-            return uniform_log_weights(self.num_components)
-        return jax.nn.log_softmax(self.pi_logits)
+        return pi_log_weights(self.pi_logits, self.num_components)
 
     def pseudo_posterior(self, encoder: AbstractEncoder) -> EncoderOutput:
         """``q(z | u_k)`` for every pseudo-input: means and log-variances of shape ``K × D``."""
@@ -147,9 +138,7 @@ class VampPrior(AbstractChannelPrior):
 
     def regularisers(self) -> dict[str, Float[Array, ""]]:
         """The Dirichlet MAP penalty ``−Σ_k (α − 1) log π_k`` on a learned π; none otherwise."""
-        if not self.learn_pi:
-            return {}
-        return {"dirichlet_pi": dirichlet_penalty(self.log_weights(), self.dirichlet_alpha)}
+        return pi_regularisers(self.pi_logits, self.dirichlet_alpha)
 
     def parameter_scales(self) -> dict[str, float]:
         return {"pseudo_inputs": self.pseudo_lr_scale}
