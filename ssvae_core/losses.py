@@ -112,6 +112,28 @@ def agreement_loss(
     return -jnp.log(jnp.clip(agreement, _EPS))
 
 
+def view_mutual_information(
+    responsibilities_a: Float[Array, "B K"],
+    responsibilities_b: Float[Array, "B K"],
+    marginal_weight: float | Float[Array, ""] = 1.0,
+) -> Float[Array, ""]:
+    """``I_λ(c; c')`` of the channels of two views of the same batch (invariant information
+    clustering): with ``P = sym(mean_b r(a_b) r(b_b)ᵀ)``, the ``K × K`` joint of the two
+    views' channels, and ``P_c``, ``P_c'`` its marginals,
+    ``Σ_{cc'} P_{cc'} (log P_{cc'} − λ log P_c − λ log P_c')``.
+
+    With ``λ = 1`` this is the mutual information: largest when every channel is used
+    equally and both views always fall into the same one. ``λ > 1`` weighs the marginals'
+    entropy (balanced usage) more.
+    """
+    joint = jnp.mean(responsibilities_a[:, :, None] * responsibilities_b[:, None, :], axis=0)
+    joint = jnp.clip(0.5 * (joint + joint.T), _EPS)
+    joint = joint / jnp.sum(joint)
+    row = jnp.sum(joint, axis=1, keepdims=True)
+    column = jnp.sum(joint, axis=0, keepdims=True)
+    return jnp.sum(joint * (jnp.log(joint) - marginal_weight * (jnp.log(row) + jnp.log(column))))
+
+
 def embedding_repulsion(embeddings: Float[Array, "K E"]) -> Float[Array, ""]:
     """``mean_{c≠c'} exp(−‖e_c − e_{c'}‖² / (2E))``: an RBF penalty on near-duplicate embeddings."""
     count, dim = embeddings.shape

@@ -204,6 +204,31 @@ def test_agreement_loss_is_zero_for_identical_one_hot_views() -> None:
     assert float(agreement_loss(one_hot, one_hot)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_view_mutual_information_of_agreeing_balanced_views_is_log_k() -> None:
+    from ssvae_core.losses import view_mutual_information
+
+    one_hot = jnp.eye(4)[jnp.arange(40) % 4]
+    assert float(view_mutual_information(one_hot, one_hot)) == pytest.approx(np.log(4.0), rel=1e-5)
+    # one channel for everything: no information, however well the views agree
+    collapsed = jnp.eye(4)[jnp.zeros(40, dtype=jnp.int32)]
+    assert float(view_mutual_information(collapsed, collapsed)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_view_mutual_information_matches_a_hand_joint() -> None:
+    from ssvae_core.losses import view_mutual_information
+
+    a = np.array([[1.0, 0.0], [0.0, 1.0]])
+    b = np.array([[1.0, 0.0], [1.0, 0.0]])
+    # mean outer product [[.5, 0], [.5, 0]], symmetrised [[.5, .25], [.25, 0]]; marginals (.75, .25)
+    joint = np.array([[0.5, 0.25], [0.25, 1e-12]])
+    joint /= joint.sum()
+    marginal = joint.sum(axis=1)
+    for weight in (1.0, 2.0):
+        expected = np.sum(joint * (np.log(joint) - weight * np.log(marginal)[:, None] - weight * np.log(marginal)[None, :]))
+        value = view_mutual_information(jnp.asarray(a), jnp.asarray(b), weight)
+        assert float(value) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
 def test_embedding_repulsion_matches_hand_value() -> None:
     from ssvae_core.losses import embedding_repulsion
 

@@ -74,7 +74,7 @@ def objective(model, head_state, x, labels, step, key, loss, *, x_view=None, gra
     """The objective of ``loss`` on one batch; terms whose inputs are absent are off."""
     loss = {k: dict(v) if isinstance(v, dict) else v for k, v in loss.items()}
     if x_view is None:
-        for term in ("consistency", "pseudo_label"):
+        for term in ("consistency", "pseudo_label", "mutual_information"):
             loss.setdefault(term, {})["weight"] = 0.0
     if graph_labels is None:
         loss.setdefault("graph_label", {})["weight"] = 0.0
@@ -400,6 +400,25 @@ def test_pseudo_label_term_matches_hand_computation(
         model, counts, x, labels, STEP, KEY, {**config, "pseudo_label": {"weight": 0.0}}, x_view=view
     )
     assert float(total) - float(without) == pytest.approx(2.0 * per_row[unlabeled].mean(), rel=1e-4)
+
+
+def test_mutual_information_term_is_minus_the_information_of_the_two_views_channels(
+    model: SSVAE, batch
+) -> None:
+    from ssvae_core.losses import view_mutual_information
+
+    x, labels = batch
+    view = jnp.flip(x, axis=-1)
+    r = jax.nn.softmax(model.encode(x).logits, axis=-1)
+    r_view = jax.nn.softmax(model.encode(view).logits, axis=-1)
+    base = {"consistency": {"weight": 0.0}}
+    without, _ = objective(model, _counts(model), x, labels, STEP, KEY, base, x_view=view)
+    for marginal_weight in (1.0, 2.0):
+        loss = {**base, "mutual_information": {"weight": 3.0, "marginal_weight": marginal_weight}}
+        total, (metrics, _) = objective(model, _counts(model), x, labels, STEP, KEY, loss, x_view=view)
+        expected = -float(view_mutual_information(r, r_view, marginal_weight))
+        assert float(metrics["mutual_information"]) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+        assert float(total) - float(without) == pytest.approx(3.0 * expected, rel=1e-4, abs=1e-5)
 
 
 def test_pseudo_label_term_is_zero_when_no_prediction_reaches_the_threshold(model: SSVAE, batch) -> None:

@@ -22,6 +22,7 @@ from ssvae_core.losses import (
     confident_pseudo_labels,
     embedding_repulsion,
     entropy,
+    view_mutual_information,
 )
 from ssvae_core.neighbours import nearest_neighbours
 from ssvae_core.options import option
@@ -116,6 +117,39 @@ class ConsistencyTerm(AbstractLossTerm):
         if self.detach_view:
             view = jax.lax.stop_gradient(view)
         return TermValue(agreement_loss(inputs.responsibilities, view))
+
+
+# --- mutual information of two views --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MutualInformationOptions(TermOptions):
+    weight: float = option(
+        0.0,
+        help="weight of −I(c; c'), the mutual information of the channels of an image and its augmented view (invariant information clustering)",
+        minimum=0.0,
+    )
+    marginal_weight: float = option(
+        1.0,
+        help="λ of Σ P_cc' (log P_cc' − λ log P_c − λ log P_c'): 1 is the mutual information, > 1 favours balanced channel usage more",
+        minimum=0.0,
+    )
+
+
+class MutualInformationTerm(AbstractLossTerm):
+    """``−I_λ(c; c')`` between the channels of a batch and of its augmented views: a
+    clustering objective on the responsibilities alone (no labels, no reconstruction)."""
+
+    weight: Schedule
+    marginal_weight: Float[Array, ""]
+    requires: ClassVar[frozenset[str]] = frozenset({"channels", "x_view"})
+    per_example: ClassVar[bool] = False
+
+    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
+        view = inputs.encode_view().responsibilities
+        assert view is not None
+        information = view_mutual_information(inputs.responsibilities, view, self.marginal_weight)
+        return TermValue(-information)
 
 
 # --- neighbour ------------------------------------------------------------------------------
@@ -276,6 +310,14 @@ def _consistency(options: ConsistencyOptions, context: BuildContext, key: PRNGKe
     return ConsistencyTerm(options.schedule(), detach_view=options.detach_view)
 
 
+def _mutual_information(
+    options: MutualInformationOptions, context: BuildContext, key: PRNGKeyArray
+) -> MutualInformationTerm:
+    return MutualInformationTerm(
+        options.schedule(), jnp.asarray(options.marginal_weight, dtype=jnp.float32)
+    )
+
+
 def _neighbour(options: NeighbourOptions, context: BuildContext, key: PRNGKeyArray) -> NeighbourTerm:
     return NeighbourTerm(options.schedule(), options.neighbours)
 
@@ -306,6 +348,10 @@ LOSS_TERMS: dict[str, ComponentFactory] = {
     "consistency": ComponentFactory(
         ConsistencyTerm, ConsistencyOptions, _consistency,
         "Agreement of the responsibilities of an image and its augmented view",
+    ),
+    "mutual_information": ComponentFactory(
+        MutualInformationTerm, MutualInformationOptions, _mutual_information,
+        "Mutual information of the channels of an image and its augmented view (IIC)",
     ),
     "neighbour": ComponentFactory(
         NeighbourTerm, NeighbourOptions, _neighbour,
