@@ -253,7 +253,7 @@ class GraphLabelOptions(TermOptions):
     )
     neighbours: int = option(10, help="k of the kNN graph the labels propagate over", minimum=1)
     alpha: float = option(
-        0.9, help="α of the propagation F ← αSF + (1 − α)Y, 0 < α < 1 (larger reaches further)", minimum=0.0, exclusive_minimum=True
+        0.2, help="α of the propagation F ← αSF + (1 − α)Y, 0 < α < 1 (larger reaches further)", minimum=0.0, exclusive_minimum=True
     )
 
     def validate(self) -> None:
