@@ -92,8 +92,15 @@ def graph_labels(
     share: float,
     num_neighbours: int = 10,
     alpha: float = 0.2,
+    per_class: bool = False,
 ) -> np.ndarray:
     """A propagated label for the ``share`` most confident unlabeled rows, ``-1`` elsewhere.
+
+    With ``per_class`` the share is taken within each propagated class (the rows whose
+    ``argmax_y F_iy`` is that class, rounded per class) rather than over all rows. A far
+    reaching propagation (large α) is most confident deep inside the large, compact
+    classes, so a global cut can leave a class with few graph labels; per class, each
+    keeps its share.
 
     Known labels stay ``-1`` here: they reach the loss through the supervised term.
     Ties at the confidence cut-off are resolved by row order.
@@ -108,6 +115,16 @@ def graph_labels(
         x, labels, num_classes, num_neighbours=num_neighbours, alpha=alpha
     )[unlabeled]
     confidence = distributions.max(axis=1)
-    order = np.argsort(-confidence, kind="stable")[:chosen_count]
-    result[unlabeled[order]] = distributions[order].argmax(axis=1)
+    predicted = distributions.argmax(axis=1)
+    if per_class:
+        groups = [np.flatnonzero(predicted == label) for label in range(num_classes)]
+        order = np.concatenate(
+            [
+                rows[np.argsort(-confidence[rows], kind="stable")[: round(share * rows.size)]]
+                for rows in groups
+            ]
+        ).astype(np.int64)
+    else:
+        order = np.argsort(-confidence, kind="stable")[:chosen_count]
+    result[unlabeled[order]] = predicted[order]
     return result

@@ -70,6 +70,21 @@ def test_graph_labels_label_the_most_confident_share_of_unlabeled_rows() -> None
     ]
 
 
+def test_graph_labels_per_class_give_every_class_its_share() -> None:
+    # Two disconnected clusters: every unlabeled row is fully confident, so the global cut
+    # of round(0.5 · 6) = 3 rows takes them in row order, all from class 0.
+    x = np.array([[0.0], [0.2], [0.5], [0.9], [10.0], [10.2], [10.5], [10.9]])
+    labels = np.array([0, -1, -1, -1, 1, -1, -1, -1])
+    overall = graph_labels(x, labels, 2, share=0.5, num_neighbours=1)
+    assert overall.tolist() == [-1, 0, 0, 0, -1, -1, -1, -1]
+    # Per class, each of the two propagated classes keeps round(0.5 · 3) = 2 rows.
+    each = graph_labels(x, labels, 2, share=0.5, num_neighbours=1, per_class=True)
+    assert each.tolist() == [-1, 0, 0, -1, -1, 1, 1, -1]
+    assert graph_labels(x, labels, 2, share=1.0, num_neighbours=1, per_class=True).tolist() == [
+        -1, 0, 0, 0, -1, 1, 1, 1,
+    ]
+
+
 def test_graph_labels_are_empty_without_any_known_label_or_with_zero_share() -> None:
     assert graph_labels(LINE, np.array([-1, -1, -1]), 2, share=1.0, num_neighbours=1).tolist() == [-1] * 3
     assert graph_labels(LINE, np.array([0, -1, -1]), 2, share=0.0, num_neighbours=1).tolist() == [-1] * 3

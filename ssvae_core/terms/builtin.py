@@ -255,6 +255,10 @@ class GraphLabelOptions(TermOptions):
     alpha: float = option(
         0.2, help="α of the propagation F ← αSF + (1 − α)Y, 0 < α < 1 (larger reaches further)", minimum=0.0, exclusive_minimum=True
     )
+    per_class: bool = option(
+        False,
+        help="take the share most confident rows within each propagated class rather than over all rows, so every class keeps its share of graph labels",
+    )
 
     def validate(self) -> None:
         if self.alpha >= 1.0:
@@ -265,14 +269,16 @@ class GraphLabelTerm(AbstractLossTerm):
     """The head's supervised loss on unlabeled rows labeled by propagation over the input
     kNN graph (:mod:`ssvae_core.graph`); those labels never reach the τ counts.
 
-    ``share``, ``neighbours`` and ``alpha`` are read on the host by :meth:`prepare` only, in
-    full precision; as static fields, changing one of them compiles the step anew.
+    ``share``, ``neighbours``, ``alpha`` and ``per_class`` are read on the host by
+    :meth:`prepare` only, in full precision; as static fields, changing one of them compiles
+    the step anew.
     """
 
     weight: Schedule
     share: float = eqx.field(static=True)
     neighbours: int = eqx.field(static=True)
     alpha: float = eqx.field(static=True)
+    per_class: bool = eqx.field(static=True, default=False)
 
     def prepare(self, x: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
         propagated = graph_labels(
@@ -282,6 +288,7 @@ class GraphLabelTerm(AbstractLossTerm):
             share=self.share,
             num_neighbours=self.neighbours,
             alpha=self.alpha,
+            per_class=self.per_class,
         )
         return {"graph_labels": propagated}
 
@@ -338,6 +345,7 @@ def _graph_label(options: GraphLabelOptions, context: BuildContext, key: PRNGKey
         share=options.share,
         neighbours=options.neighbours,
         alpha=options.alpha,
+        per_class=options.per_class,
     )
 
 
