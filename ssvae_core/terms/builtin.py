@@ -253,10 +253,10 @@ class GraphLabelOptions(TermOptions):
     )
     neighbours: int = option(10, help="k of the kNN graph the labels propagate over", minimum=1)
     alpha: float = option(
-        0.2, help="α of the propagation F ← αSF + (1 − α)Y, 0 < α < 1 (larger reaches further)", minimum=0.0, exclusive_minimum=True
+        0.9, help="α of the propagation F ← αSF + (1 − α)Y, 0 < α < 1 (larger reaches further)", minimum=0.0, exclusive_minimum=True
     )
     per_class: bool = option(
-        False,
+        True,
         help="take the share most confident rows within each propagated class rather than over all rows, so every class keeps its share of graph labels",
     )
 
