@@ -97,7 +97,8 @@ def graph_labels(
     """A propagated label for the ``share`` most confident unlabeled rows, ``-1`` elsewhere.
 
     With ``per_class`` the share is taken within each propagated class (the rows whose
-    ``argmax_y F_iy`` is that class, rounded per class) rather than over all rows. A far
+    ``argmax_y F_iy`` is that class, rounded per class; rows the graph never reached belong
+    to none) rather than over all rows. A far
     reaching propagation (large α) is most confident deep inside the large, compact
     classes, so a global cut can leave a class with few graph labels; per class, each
     keeps its share.
@@ -117,7 +118,9 @@ def graph_labels(
     confidence = distributions.max(axis=1)
     predicted = distributions.argmax(axis=1)
     if per_class:
-        groups = [np.flatnonzero(predicted == label) for label in range(num_classes)]
+        # A row the propagation never reached is uniform: it belongs to no class.
+        reached = confidence > distributions.min(axis=1)
+        groups = [np.flatnonzero(reached & (predicted == label)) for label in range(num_classes)]
         order = np.concatenate(
             [
                 rows[np.argsort(-confidence[rows], kind="stable")[: round(share * rows.size)]]

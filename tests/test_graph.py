@@ -85,6 +85,14 @@ def test_graph_labels_per_class_give_every_class_its_share() -> None:
     ]
 
 
+def test_graph_labels_per_class_leave_rows_the_graph_never_reached_unlabeled() -> None:
+    # The second pair holds no label: its rows are uniform, not class 0's least confident.
+    x = np.array([[0.0], [0.1], [0.2], [10.0], [10.1]])
+    labels = np.array([1, -1, -1, -1, -1])
+    result = graph_labels(x, labels, 2, share=1.0, num_neighbours=1, per_class=True)
+    assert result.tolist() == [-1, 1, 1, -1, -1]
+
+
 def test_graph_labels_are_empty_without_any_known_label_or_with_zero_share() -> None:
     assert graph_labels(LINE, np.array([-1, -1, -1]), 2, share=1.0, num_neighbours=1).tolist() == [-1] * 3
     assert graph_labels(LINE, np.array([0, -1, -1]), 2, share=0.0, num_neighbours=1).tolist() == [-1] * 3
