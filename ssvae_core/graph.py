@@ -97,14 +97,14 @@ def graph_labels(
     """A propagated label for the ``share`` most confident unlabeled rows, ``-1`` elsewhere.
 
     With ``per_class`` the share is taken within each propagated class (the rows whose
-    ``argmax_y F_iy`` is that class, rounded per class; rows the graph never reached belong
-    to none) rather than over all rows. A far
-    reaching propagation (large α) is most confident deep inside the large, compact
+    ``argmax_y F_iy`` is that class, rounded per class) rather than over all rows. A
+    far-reaching propagation (large α) is most confident deep inside the large, compact
     classes, so a global cut can leave a class with few graph labels; per class, each
     keeps its share.
 
-    Known labels stay ``-1`` here: they reach the loss through the supervised term.
-    Ties at the confidence cut-off are resolved by row order.
+    Known labels stay ``-1`` here: they reach the loss through the supervised term; so do
+    rows the graph never reached (their ``F`` is uniform). Ties at the confidence cut-off
+    are resolved by row order.
     """
     labels = np.asarray(labels)
     result = np.full(labels.shape[0], -1, dtype=np.int32)
@@ -117,10 +117,10 @@ def graph_labels(
     )[unlabeled]
     confidence = distributions.max(axis=1)
     predicted = distributions.argmax(axis=1)
+    # A row the propagation never reached is uniform: it belongs to no class.
+    reached = np.flatnonzero(confidence > distributions.min(axis=1))
     if per_class:
-        # A row the propagation never reached is uniform: it belongs to no class.
-        reached = confidence > distributions.min(axis=1)
-        groups = [np.flatnonzero(reached & (predicted == label)) for label in range(num_classes)]
+        groups = [reached[predicted[reached] == label] for label in range(num_classes)]
         order = np.concatenate(
             [
                 rows[np.argsort(-confidence[rows], kind="stable")[: round(share * rows.size)]]
@@ -128,6 +128,6 @@ def graph_labels(
             ]
         ).astype(np.int64)
     else:
-        order = np.argsort(-confidence, kind="stable")[:chosen_count]
+        order = reached[np.argsort(-confidence[reached], kind="stable")[:chosen_count]]
     result[unlabeled[order]] = predicted[order]
     return result

@@ -85,11 +85,12 @@ def test_graph_labels_per_class_give_every_class_its_share() -> None:
     ]
 
 
-def test_graph_labels_per_class_leave_rows_the_graph_never_reached_unlabeled() -> None:
+@pytest.mark.parametrize("per_class", [False, True])
+def test_graph_labels_leave_rows_the_graph_never_reached_unlabeled(per_class: bool) -> None:
     # The second pair holds no label: its rows are uniform, not class 0's least confident.
     x = np.array([[0.0], [0.1], [0.2], [10.0], [10.1]])
     labels = np.array([1, -1, -1, -1, -1])
-    result = graph_labels(x, labels, 2, share=1.0, num_neighbours=1, per_class=True)
+    result = graph_labels(x, labels, 2, share=1.0, num_neighbours=1, per_class=per_class)
     assert result.tolist() == [-1, 1, 1, -1, -1]
 
 
@@ -103,7 +104,7 @@ def test_batches_carry_the_prepared_graph_labels_of_their_rows() -> None:
     propagated = np.array([-1, 1, 2, 0, 1, 2, 0, 1, 2, 0])
     labels = np.full(10, -1)
     labels[[0, 3]] = 0
-    term = GraphLabelTerm(Schedule(1.0), share=0.8, neighbours=2, alpha=0.2)
+    term = GraphLabelTerm(Schedule(1.0), share=0.8, neighbours=2, alpha=0.2, per_class=False)
     data = training_arrays(
         x, labels, objective=_only(term), num_classes=3
     )

@@ -278,7 +278,7 @@ class GraphLabelTerm(AbstractLossTerm):
     share: float = eqx.field(static=True)
     neighbours: int = eqx.field(static=True)
     alpha: float = eqx.field(static=True)
-    per_class: bool = eqx.field(static=True, default=False)
+    per_class: bool = eqx.field(static=True)
 
     def prepare(self, x: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
         propagated = graph_labels(
