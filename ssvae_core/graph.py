@@ -131,3 +131,87 @@ def graph_labels(
         order = reached[np.argsort(-confidence[reached], kind="stable")[:chosen_count]]
     result[unlabeled[order]] = predicted[order]
     return result
+
+
+def smoothed_rows(x: np.ndarray, blur: float) -> np.ndarray:
+    """The rows of ``x`` flattened, images first blurred by a Gaussian of ``blur`` pixels.
+
+    ``x`` is ``(N, H, W)`` or ``(N, H, W, C)`` for images (the blur acts on ``H`` and ``W``
+    only); with ``blur = 0`` any shape is accepted and only flattened.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if blur > 0:
+        if x.ndim not in (3, 4):
+            raise ValueError(
+                f"blur needs images of shape (N, H, W) or (N, H, W, C); got samples of shape {x.shape[1:]}"
+            )
+        from scipy.ndimage import gaussian_filter
+
+        sigma = (0.0, blur, blur, 0.0)[: x.ndim]
+        x = gaussian_filter(x, sigma=sigma)
+    return x.reshape(x.shape[0], -1)
+
+
+def spectral_clusters(
+    x: np.ndarray,
+    num_clusters: int,
+    *,
+    num_neighbours: int = 10,
+    blur: float = 0.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """A cluster per row: spectral clustering of the symmetric kNN graph ``W`` of the inputs.
+
+    The ``num_clusters`` eigenvectors of the normalised graph Laplacian with the smallest
+    eigenvalues embed each row (Laplacian eigenmaps); the embedding is normalised per row
+    and clustered by k-means (Ng, Jordan and Weiss, 2001). ``blur`` smooths images first
+    (:func:`smoothed_rows`). Deterministic for a given ``seed``.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.manifold import spectral_embedding
+
+    rows = smoothed_rows(x, blur)
+    if not 2 <= num_clusters < rows.shape[0]:
+        raise ValueError(
+            f"spectral clustering needs 2 <= clusters < rows; got {num_clusters} clusters for {rows.shape[0]} rows"
+        )
+    affinity = knn_affinity(rows, min(num_neighbours, rows.shape[0] - 1))
+    with warnings.catch_warnings():
+        # A graph of several components still embeds: each component is its own cluster.
+        warnings.filterwarnings("ignore", message="Graph is not fully connected")
+        embedding = spectral_embedding(
+            affinity, n_components=num_clusters, random_state=seed, drop_first=False
+        )
+    embedding /= np.linalg.norm(embedding, axis=1, keepdims=True) + 1e-12
+    kmeans = KMeans(num_clusters, n_init=10, random_state=seed)
+    return kmeans.fit_predict(embedding).astype(np.int32)
+
+
+def clusters_to_channels(
+    clusters: np.ndarray, label_mass: np.ndarray | None, num_channels: int
+) -> np.ndarray:
+    """The channel each cluster is matched to (``(num_clusters,)``, distinct channels).
+
+    ``label_mass`` is ``(N, Y)``: how much each row says for each label (one-hot known
+    labels, propagated label distributions, or ``None`` when nothing is known). Channel
+    ``y < Y`` is the one the τ head seeds for label ``y``; the clusters are matched to the
+    channels by the Hungarian method on the label mass each cluster holds, so the cluster
+    holding most of label ``y``'s mass goes to channel ``y``. Without labels cluster ``j``
+    goes to channel ``j``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    clusters = np.asarray(clusters)
+    num_clusters = int(clusters.max()) + 1 if clusters.size else 0
+    if num_clusters > num_channels:
+        raise ValueError(f"{num_clusters} clusters cannot be matched to {num_channels} channels")
+    if label_mass is None:
+        return np.arange(num_clusters)
+    label_mass = np.asarray(label_mass, dtype=np.float64)
+    score = np.zeros((num_clusters, num_channels))
+    columns = min(label_mass.shape[1], num_channels)
+    np.add.at(score[:, :columns], clusters, label_mass[:, :columns])
+    rows, channels = linear_sum_assignment(-score)
+    mapping = np.empty(num_clusters, dtype=np.int64)
+    mapping[rows] = channels
+    return mapping

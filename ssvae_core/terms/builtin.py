@@ -16,7 +16,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ssvae_core.components import BuildContext, ComponentFactory
-from ssvae_core.graph import graph_labels
+from ssvae_core.graph import clusters_to_channels, graph_labels, propagate_labels, spectral_clusters
 from ssvae_core.losses import (
     agreement_loss,
     confident_pseudo_labels,
@@ -300,6 +300,56 @@ class GraphLabelTerm(AbstractLossTerm):
         return TermValue(values, (targets >= 0).astype(jnp.float32))
 
 
+# --- graph clusters -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GraphClusterOptions(TermOptions):
+    weight: float = option(
+        0.0,
+        help="weight of −log r_c(x) towards the channel matched to x's spectral cluster of the input kNN graph (channels that form before any label)",
+        minimum=0.0,
+    )
+    neighbours: int = option(10, help="k of the kNN graph the clusters are cut from", minimum=1)
+    blur: float = option(
+        0.0, help="σ in pixels of a Gaussian blur of the images before the graph is built (0: none)", minimum=0.0
+    )
+
+
+class GraphClusterTerm(AbstractLossTerm):
+    """``−log r_{m(j(x))}(x)`` on the unlabeled rows: ``j(x)`` the spectral cluster of ``x``
+    in the input kNN graph (one cluster per channel), ``m`` the matching of clusters to
+    channels (:func:`ssvae_core.graph.clusters_to_channels`: by the labels propagated over
+    the same graph, so the cluster holding label ``y`` goes to the channel the τ head seeds
+    for ``y``; without labels, cluster ``j`` to channel ``j``).
+
+    The channels start from the graph's cluster structure instead of from wherever the
+    encoder's first steps put them; the other terms refine them. ``neighbours`` and ``blur``
+    are read on the host by :meth:`prepare` only.
+    """
+
+    weight: Schedule
+    clusters: int = eqx.field(static=True)
+    neighbours: int = eqx.field(static=True)
+    blur: float = eqx.field(static=True)
+    requires: ClassVar[frozenset[str]] = frozenset({"channels"})
+
+    def prepare(self, x: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+        labels = np.asarray(labels)
+        clusters = spectral_clusters(x, self.clusters, num_neighbours=self.neighbours, blur=self.blur)
+        mass = None
+        if np.any(labels >= 0):
+            mass = propagate_labels(x, labels, num_classes, num_neighbours=self.neighbours, alpha=0.9)
+        targets = clusters_to_channels(clusters, mass, self.clusters)[clusters]
+        return {"cluster_targets": np.where(labels >= 0, -1, targets).astype(np.int32)}
+
+    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
+        targets = inputs.field("cluster_targets")
+        chosen = jnp.take_along_axis(inputs.responsibilities, jnp.clip(targets, 0)[:, None], axis=-1)[:, 0]
+        values = -jnp.log(jnp.clip(chosen, 1e-8))
+        return TermValue(values, (targets >= 0).astype(jnp.float32))
+
+
 # --- factories ------------------------------------------------------------------------------
 
 
@@ -349,6 +399,15 @@ def _graph_label(options: GraphLabelOptions, context: BuildContext, key: PRNGKey
     )
 
 
+def _graph_cluster(options: GraphClusterOptions, context: BuildContext, key: PRNGKeyArray) -> GraphClusterTerm:
+    return GraphClusterTerm(
+        options.schedule(),
+        clusters=context.num_components,
+        neighbours=options.neighbours,
+        blur=options.blur,
+    )
+
+
 LOSS_TERMS: dict[str, ComponentFactory] = {
     "usage": ComponentFactory(
         UsageTerm, UsageOptions, _usage, "Entropy of the batch-mean responsibilities (channel usage)"
@@ -379,5 +438,9 @@ LOSS_TERMS: dict[str, ComponentFactory] = {
     "graph_label": ComponentFactory(
         GraphLabelTerm, GraphLabelOptions, _graph_label,
         "Supervised loss on rows labeled by propagation over the input kNN graph",
+    ),
+    "graph_cluster": ComponentFactory(
+        GraphClusterTerm, GraphClusterOptions, _graph_cluster,
+        "Responsibilities pulled towards the channels matched to the input kNN graph's spectral clusters",
     ),
 }
