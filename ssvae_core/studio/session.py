@@ -36,7 +36,7 @@ from ssvae_core.explore import (
     tile,
 )
 from ssvae_core.inference import infer
-from ssvae_core.labels import STORE_NAME, LabelStore
+from ssvae_core.labels import STORE_NAME, LabelStore, label_name
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.rundir import RunLock, recover
 from ssvae_core.runs import (
@@ -397,8 +397,11 @@ class StudioSession:
             self._row(item["index"])
             if not isinstance(item["label"], str):
                 raise StudioError(400, f"labels[{number}].label must be a string; got {item['label']!r:.40}")
+            try:
+                names.append(label_name(item["label"]))
+            except DataError as error:
+                raise StudioError(400, f"labels[{number}]: {error}") from None
             indices.append(item["index"])
-            names.append(item["label"].strip())
         with self._labels_lock:
             known = self.label_names()
             fresh = sorted({name for name in names if name not in known})
@@ -410,7 +413,10 @@ class StudioSession:
                 )
             store = self._store
             try:
-                updated = store.add(indices, names, x=self.dataset.x, source=SOURCE, allowed=self.train_rows)
+                updated = store.add(
+                    indices, names, x=self.dataset.x, source=SOURCE, allowed=self.train_rows,
+                    known=self._model_labels(),
+                )
             except DataError as error:
                 status = 409 if "already labeled" in str(error) or "two different labels" in str(error) else 400
                 raise StudioError(status, str(error)) from None
