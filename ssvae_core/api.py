@@ -310,6 +310,8 @@ class SSVAEClassifier:
         ``seed`` (default: the config's seed, folded with the training step). Label the
         rows with :meth:`add_labels`, then :meth:`retrain`.
         """
+        if seed is not None:
+            check_seed(seed, "seed")
         model, state = self._fitted()
         if self.training_data is None:
             raise SSVAEError(
@@ -321,7 +323,7 @@ class SSVAEClassifier:
         return query(
             model, state.head_state, data.x, data.y >= 0, n,
             strategy=strategy, options=options, input_shape=self.input_shape,
-            key=query_key(self.config.seed if seed is None else check_seed(seed, "seed"), int(state.step)),
+            key=query_key(self.config.seed if seed is None else seed, int(state.step)),
             registry=self.registry,
         )
 

@@ -57,7 +57,8 @@ if mode == "metrics":
             die()
     loop.JsonLinesSink.__call__ = call
 else:
-    target = {"rename": "model.ckpt", "report": "report.json"}[mode]
+    # "rename:NAME" kills in the at-th atomic write of the run file NAME
+    target = {"rename": "model.ckpt", "report": "report.json"}.get(mode) or mode.partition(":")[2]
     rename, seen = os.replace, []
     def replace(source, destination):
         if str(destination).endswith(target):

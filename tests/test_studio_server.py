@@ -175,6 +175,11 @@ def _bad_requests(rows: dict[str, Any]) -> list[tuple[str, str, Any, int, str]]:
         ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "cat"}]}, 400, "unknown label 'cat'"),
         ("POST", "/api/labels", {"labels": [{"index": free_row, "label": " "}], "new_class": True}, 400, "empty"),
         ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "x" * 101}], "new_class": True}, 400, "characters"),
+        # the one rule of label names: invisible, bidirectional, look-alike names are refused
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "\u200b"}], "new_class": True}, 400, "U+200B"),
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "3\u200b"}], "new_class": True}, 400, "U+200B"),
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "\u202ecat"}], "new_class": True}, 400, "U+202E"),
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "\uff13"}], "new_class": True}, 400, "looks like the label '3'"),
         ("POST", "/api/labels", {"labels": [{"index": test_row, "label": "1"}]}, 404, "held-out"),
         ("POST", "/api/labels", {"labels": [{"index": labeled_row, "label": other}]}, 409, "already labeled"),
         ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "1"}, {"index": free_row, "label": "2"}]},
