@@ -399,7 +399,7 @@ def test_studio_bad_input_is_one_line_and_exit_2(
     (tmp_path / "empty").mkdir()
     cases = [
         (["studio", str(tmp_path / "missing"), "--port", "0"], "expects a run directory"),
-        (["studio", str(tmp_path / "empty"), "--port", "0"], "no checkpoint"),
+        (["studio", str(tmp_path / "empty"), "--port", "0"], "is not a run directory"),
         (["studio", str(run), "--port", "70000"], "--port"),
         (["studio", str(run), "--port", "0", "--token", "short"], "at least 8"),
     ]
@@ -407,6 +407,7 @@ def test_studio_bad_input_is_one_line_and_exit_2(
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    assert list((tmp_path / "empty").iterdir()) == []  # no lock left in a folder that is no run
     with __import__("socket").socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
