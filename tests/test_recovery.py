@@ -72,10 +72,8 @@ sys.exit(cli.main(sys.argv[3:]))
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory, synthetic: dict[str, np.ndarray]) -> Path:
-    path = tmp_path_factory.mktemp("data") / "shapes.npz"
-    np.savez(path, x=synthetic["x"], y=synthetic["y"])
-    return path
+def data(shapes_npz: Path) -> Path:
+    return shapes_npz
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +94,11 @@ def child_env(tmp_path_factory: pytest.TempPathFactory, straight: Path) -> dict[
     it (``SSVAE_TEST_XLA_CACHE=0``) they compile. Loading changes no result: a cached
     executable is the one the same program compiles to.
     """
+    return cache_env(tmp_path_factory)
+
+
+def cache_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of a child process that uses the session's persistent XLA cache."""
     if os.environ.get("SSVAE_TEST_XLA_CACHE") == "0":
         return dict(os.environ)
     cache = jax.config.jax_compilation_cache_dir or str(tmp_path_factory.mktemp("xla-cache"))
