@@ -43,6 +43,7 @@ from ssvae_core.runs import (
     _run_config,
     _run_dir,
     append_json_line,
+    check_trainable,
     require_checkpoint,
     retrain_run,
     run_store,
@@ -352,6 +353,7 @@ def run_loop(
     out = Path(out_dir)
     check_fresh_dir(out)
     dataset = load_dataset(plan.config.data.dataset)
+    check_trainable(plan.config, dataset, registry)
     for seed in plan.seeds:  # every round's queries must find unlabeled examples left
         split = split_dataset(dataset, plan.config.replace(seed=seed))
         pool = len(split.train) - len(split.labeled)

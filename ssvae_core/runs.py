@@ -55,6 +55,7 @@ from ssvae_core.model import build_model
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.rounds import (
     ROUNDS_NAME,
+    last_step,
     record_round,
     round_info,
     seconds_between,
@@ -394,15 +395,7 @@ def train_run(
             dataset = dataset if dataset is not None else load_dataset(config.data.dataset)
             config = _resolvable(config)
             split = split_dataset(dataset, config)
-            # Build once up front so every config error surfaces before anything is written.
-            _, config = build_model(
-                config,
-                input_shape=dataset.sample_shape,
-                num_classes=dataset.num_classes,
-                key=jax.random.PRNGKey(config.seed),
-                registry=registry,
-            )
-            data_mesh(config.train.devices, config.train.batch_size)  # devices and batch agree
+            config = check_trainable(config, dataset, registry)
             if writer:
                 lock = claim_new_run_dir(out)
     except PeerStopped:
@@ -438,6 +431,20 @@ def train_run(
         )
 
 
+def check_trainable(config: Config, dataset: Dataset, registry: Registry) -> Config:
+    """``config`` as the model built from it resolves it; every config error surfaces here,
+    before anything is written (the model is built once up front)."""
+    _, config = build_model(
+        config,
+        input_shape=dataset.sample_shape,
+        num_classes=dataset.num_classes,
+        key=jax.random.PRNGKey(config.seed),
+        registry=registry,
+    )
+    data_mesh(config.train.devices, config.train.batch_size)  # devices and batch agree
+    return config
+
+
 def _run_dir(run_dir: str | os.PathLike[str], command: str) -> Path:
     """``run_dir`` checked to be a run directory, before anything (its lock) is written there."""
     out = Path(run_dir)
@@ -468,7 +475,9 @@ def resume_run(
     After a kill this finishes the run: a run killed before its first checkpoint starts
     again from its ``config.toml``; leftovers of interrupted writes are removed and
     ``metrics.jsonl`` is cut back to the checkpoint's step (each repair is passed to
-    ``on_notice``). A run that has all its steps but no report gets its report. The
+    ``on_notice``). A run that has all its steps but no report, or no line in
+    ``rounds.jsonl`` for its last round, gets them; a round a kill interrupted is continued
+    and recorded as one round (:mod:`ssvae_core.rounds`). The
     directory is locked for the whole command; metrics are appended, and checkpoint,
     config and reports are replaced atomically. ``data`` points to the run's dataset
     where it has moved (the same data, split by the run's seed). With several processes
@@ -503,7 +512,12 @@ def resume_run(
                     on_notice(note)
             target = config.train.steps if steps is None else steps
             check_steps(target, "--steps")
-            unrecorded = None if classifier is None else unrecorded_round(out, read_manifest(checkpoint), done)
+            # the round a kill left unrecorded; a damaged rounds.jsonl is refused here, before training
+            unrecorded = None
+            if classifier is None:
+                last_step(out)
+            else:
+                unrecorded = unrecorded_round(out, read_manifest(checkpoint), done)
             if target <= done:
                 if classifier is not None and steps is None and not writer:
                     return _follower_result(classifier)
@@ -616,7 +630,8 @@ def report_run(
     on_notice: Callable[[str], None] | None = None,
     plots: bool = True,
 ) -> dict[str, Any]:
-    """Rewrite ``report.json``, ``report.md`` and the plots from the run's checkpoint.
+    """Rewrite ``report.json``, ``report.md`` and the plots from the run's checkpoint, and
+    record the checkpoint's round in ``rounds.jsonl`` if a kill left it unrecorded.
 
     For a run killed after its last checkpoint landed, or whose report was lost. The wall
     time is the sum of the logged chunks' times.
@@ -876,7 +891,8 @@ def retrain_run(
     Warm: parameters, optimiser state and τ counts carry on from the checkpoint; labels of
     known classes change values only (nothing compiles anew); a label name the model has
     not seen claims free channels and grows τ. Metrics are appended, the checkpoint and
-    report are replaced, and the round is recorded in ``rounds.jsonl``.
+    report are replaced, and the round is recorded in ``rounds.jsonl`` (first the round of a
+    checkpoint that a killed command left unrecorded, ``"partial"`` if it stopped early).
 
     ``held_lock`` is the run's lock when the caller holds it already (the studio holds it
     while it is open). Without ``intermediate_checkpoints`` the checkpoint is written only
