@@ -216,10 +216,13 @@ def _parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="OPTION=VALUE",
         help="set one option of the strategy (repeatable), e.g. --set num_samples=16",
     )
-    query.add_argument("--seed", type=int, metavar="N", help="seed of random strategies (default: the run's)")
+    query.add_argument(
+        "--seed", type=int, metavar="N", help="seed of random strategies, 0 to 2**63 - 1 (default: the run's)"
+    )
     query.add_argument(
         "--out", metavar="FILE.csv",
-        help="where to write the sheet (default RUN_DIR/queries/step-<step>-<strategy>.csv)",
+        help="where to write the sheet, a new .csv file; its picture goes beside it as .png "
+        "(default RUN_DIR/queries/step-<step>-<strategy>.csv)",
     )
     query.add_argument("--data", metavar="PATH", help="where the run's data are, if they moved")
 

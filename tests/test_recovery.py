@@ -142,6 +142,14 @@ def _assert_equal_runs(recovered: Path, straight: Path) -> None:
     report = json.loads((recovered / "report.json").read_text())
     assert report["test_accuracy"] == json.loads((straight / "report.json").read_text())["test_accuracy"]
     assert not [p.name for p in recovered.iterdir() if p.name.startswith(".model.ckpt.")]
+    # one round, "train" from step 0, however often the run was killed and resumed
+    assert _round_facts(recovered) == _round_facts(straight) == [("train", 0, STEPS)]
+
+
+def _round_facts(run: Path) -> list[tuple[Any, ...]]:
+    rounds = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+    assert [r["test_accuracy"] for r in rounds] == [json.loads((run / "report.json").read_text())["test_accuracy"]]
+    return [(r["command"], r["from_step"], r["to_step"]) for r in rounds]
 
 
 @pytest.mark.parametrize(
