@@ -14,9 +14,9 @@ from numpy.typing import ArrayLike
 
 from ssvae_core.active import QueryResult, query, query_key
 from ssvae_core.checkpoint import load_checkpoint, save_checkpoint
-from ssvae_core.config import Config, default_config
+from ssvae_core.config import Config, check_seed, default_config
 from ssvae_core.data import Dataset, from_arrays
-from ssvae_core.errors import ConfigError, DataError, SSVAEError
+from ssvae_core.errors import CheckpointError, ConfigError, DataError, SSVAEError
 from ssvae_core.inference import (
     OOD_SCORES,
     Inference,
@@ -26,6 +26,7 @@ from ssvae_core.inference import (
     ood_reference,
     ood_scores,
 )
+from ssvae_core.labels import check_distinct_names, label_name
 from ssvae_core.labelspace import channel_table, claim_for_classes
 from ssvae_core.metrics import (
     accuracy,
@@ -218,10 +219,11 @@ class SSVAEClassifier:
                         "classes (give a name to add a class)"
                     )
                 names.append(self.label_names[label])
-            elif isinstance(label, str) and label.strip():
-                names.append(label.strip())
+            elif isinstance(label, str):
+                names.append(label_name(label))
             else:
-                raise DataError(f"a label must be a class name or a class index; got {label!r}")
+                raise DataError(f"a label must be a class name or a class index; got {label!r:.60}")
+        check_distinct_names(names, self.label_names)
         given: dict[int, str] = {}
         for row, name in zip(rows.tolist(), names, strict=True):
             if given.setdefault(row, name) != name:
@@ -308,6 +310,8 @@ class SSVAEClassifier:
         ``seed`` (default: the config's seed, folded with the training step). Label the
         rows with :meth:`add_labels`, then :meth:`retrain`.
         """
+        if seed is not None:
+            check_seed(seed, "seed")
         model, state = self._fitted()
         if self.training_data is None:
             raise SSVAEError(
@@ -575,22 +579,30 @@ class SSVAEClassifier:
         when the classifier holds its training data.
         """
         model, state = self._fitted()
+        where = repr(os.fspath(path))
+        if os.path.isdir(path):
+            raise CheckpointError(f"cannot save a checkpoint to {where}: it is a directory; give a file path")
         if self.training_data is not None or self._ood_reference is not None:
             try:
                 extra = {**(extra or {}), "ood_reference": self.ood_reference().to_dict()}
             except SSVAEError:
                 pass  # a loaded classifier whose reference is out of date: saved without
-        save_checkpoint(
-            path,
-            model=model,
-            state=state,
-            opt_state=self.opt_state,
-            config=self.config,
-            input_shape=self.input_shape,
-            label_names=self.label_names,
-            registry=self.registry,
-            extra=extra,
-        )
+        try:
+            save_checkpoint(
+                path,
+                model=model,
+                state=state,
+                opt_state=self.opt_state,
+                config=self.config,
+                input_shape=self.input_shape,
+                label_names=self.label_names,
+                registry=self.registry,
+                extra=extra,
+            )
+        except OSError as error:  # the folder cannot be made or written: nothing was written
+            raise CheckpointError(
+                f"cannot save a checkpoint to {where}: {error.strerror or error}"
+            ) from None
 
     @classmethod
     def load(

@@ -167,9 +167,12 @@ def _parser() -> argparse.ArgumentParser:
 
     labels = commands.add_parser(
         "labels", help="count a run's labels per class and per source",
+        description="The label store is checked against the run's data first, as `ssvae "
+        "retrain` checks it: an invalid store is refused, not counted.",
     )
     labels.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
     labels.add_argument("--json", action="store_true", help="machine-readable counts")
+    labels.add_argument("--data", metavar="PATH", help="where the run's data are, if they moved")
 
     retrain = commands.add_parser(
         "retrain", help="continue a run warm with every label in its store",
@@ -213,10 +216,13 @@ def _parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="OPTION=VALUE",
         help="set one option of the strategy (repeatable), e.g. --set num_samples=16",
     )
-    query.add_argument("--seed", type=int, metavar="N", help="seed of random strategies (default: the run's)")
+    query.add_argument(
+        "--seed", type=int, metavar="N", help="seed of random strategies, 0 to 2**63 - 1 (default: the run's)"
+    )
     query.add_argument(
         "--out", metavar="FILE.csv",
-        help="where to write the sheet (default RUN_DIR/queries/step-<step>-<strategy>.csv)",
+        help="where to write the sheet, a new .csv file; its picture goes beside it as .png "
+        "(default RUN_DIR/queries/step-<step>-<strategy>.csv)",
     )
     query.add_argument("--data", metavar="PATH", help="where the run's data are, if they moved")
 
@@ -440,7 +446,7 @@ def _label(args: argparse.Namespace) -> int:
 def _labels(args: argparse.Namespace) -> int:
     from ssvae_core.runs import labels_summary
 
-    summary = labels_summary(args.run_dir)
+    summary = labels_summary(args.run_dir, data=args.data)
     if args.json:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
@@ -580,8 +586,12 @@ def _studio(args: argparse.Namespace) -> int:
             f"ssvae studio needs the studio extra ({error.name} is missing): "
             "pip install 'ssvae-core[studio]'"
         ) from None
-    if args.token is not None and len(args.token) < 8:
-        raise ConfigError("--token must be at least 8 characters long")
+    if args.token is not None and (
+        len(args.token) < 8 or not all(char.isprintable() and not char.isspace() for char in args.token)
+    ):
+        raise ConfigError(
+            "--token must be at least 8 characters long, without spaces or control characters"
+        )
 
     def ready(url: str) -> None:
         print(f"ssvae studio: serving {args.run_dir} at\n    {url}\n(Ctrl+C stops it)", flush=True)

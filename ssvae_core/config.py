@@ -105,9 +105,32 @@ MOVED_LOSS_KEYS = {
 }
 
 
+# The training step counter is a 32-bit integer: no run may take more steps than this.
+MAX_STEPS = 2**31 - 1
+# Seeds reach JAX's PRNGKey, which takes a signed 64-bit integer.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: object, what: str) -> int:
+    """``seed`` if it is a whole number from 0 to :data:`MAX_SEED`; else one :class:`ConfigError`."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{what} must be an integer from 0 to 2**63 - 1 ({MAX_SEED}), got {seed!r:.40}")
+    return seed
+
+
+def check_steps(steps: object, what: str) -> int:
+    """``steps`` if it is a whole number from 1 to :data:`MAX_STEPS`; else one :class:`ConfigError`."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
+        raise ConfigError(
+            f"{what} must be a positive integer of at most 2**31 - 1 ({MAX_STEPS}) steps, "
+            f"got {steps!r:.40}"
+        )
+    return steps
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = option(4000, help="optimiser steps", minimum=1)
+    steps: int = option(4000, help="optimiser steps", minimum=1, maximum=MAX_STEPS)
     batch_size: int = option(128, help="examples per step, labeled ones included", minimum=2)
     labeled_fraction: float = option(
         0.25, help="share of each batch drawn from the labeled examples", minimum=0.0, maximum=1.0
@@ -250,9 +273,7 @@ def config_from_dict(raw: Mapping[str, Any], registry: Registry | None = None) -
             raise ConfigError(
                 f"unknown config section {key!r}{suggest(key, allowed)}; allowed: {', '.join(allowed)}"
             )
-    seed = raw.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    seed = check_seed(raw.get("seed", 0), "seed")
     sections: dict[str, Any] = {}
     loss_table = _table(raw, "loss")
     term_tables = {k: v for k, v in loss_table.items() if isinstance(v, Mapping)}

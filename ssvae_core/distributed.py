@@ -21,7 +21,9 @@ initialised and training stays in one process.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import re
 import socket
 import time
 from collections.abc import Mapping
@@ -81,10 +83,30 @@ class DistributedOptions:
                 raise ValueError(
                     f"coordinator must be HOST:PORT (a port from 1 to 65535), got {self.coordinator!r}"
                 )
+            if not _valid_host(host):
+                raise ValueError(
+                    f"coordinator host {host!r} is not a host name (letters, digits, '-' and '.'), "
+                    "an IPv4 address or an IPv6 address in brackets"
+                )
 
     @property
     def enabled(self) -> bool:
         return self.mode != "off"
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
+
+
+def _valid_host(host: str) -> bool:
+    """Whether ``host`` is a DNS name, an IPv4 address or a bracketed IPv6 address."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return True
+    name = host[:-1] if host.endswith(".") else host
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(part) for part in name.split("."))
 
 
 def distributed_options(

@@ -32,7 +32,7 @@ import numpy as np
 from ssvae_core.active import query, query_key, registered_strategy
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.checkpoint import atomic_write_bytes
-from ssvae_core.config import Config, dumps_toml
+from ssvae_core.config import Config, check_seed, check_steps, dumps_toml
 from ssvae_core.data import Dataset, Split, load_dataset
 from ssvae_core.errors import ConfigError, DataError
 from ssvae_core.explore import as_image, save_figure
@@ -43,6 +43,7 @@ from ssvae_core.runs import (
     _run_config,
     _run_dir,
     append_json_line,
+    check_trainable,
     require_checkpoint,
     retrain_run,
     run_store,
@@ -145,12 +146,9 @@ def query_run(
     ``predicted`` and ``certainty``.
     """
     run = _run_dir(run_dir, "query")
-    target = None if out is None else Path(out)
-    if target is not None and (target.exists() or target.with_suffix(".png").exists()):
-        raise ConfigError(
-            f"--out {os.fspath(target)!r} already exists; query sheets are never overwritten "
-            "(choose another path)"
-        )
+    if seed is not None:
+        check_seed(seed, "--seed")
+    target = None if out is None else _sheet_path(Path(out))
     with RunLock(run):
         checkpoint = require_checkpoint(run, "before querying it")
         registry = registry or default_registry()
@@ -184,8 +182,6 @@ def query_run(
             folder = run / QUERIES_DIR
             folder.mkdir(exist_ok=True)
             target = _free_path(folder / f"step-{step}-{strategy}.csv")
-        elif not target.parent.is_dir():
-            raise ConfigError(f"--out {os.fspath(target)!r}: its folder does not exist")
         atomic_write_bytes(target, sheet_csv(rows).encode("utf-8"))
         picture = target.with_suffix(".png")
         if image:
@@ -202,6 +198,25 @@ def query_run(
         }
 
 
+def _sheet_path(target: Path) -> Path:
+    """``--out`` of a query sheet, checked before any work: a new ``.csv`` file (its
+    picture, the same name with ``.png``, new too) in a folder that exists."""
+    where = os.fspath(target)
+    if target.suffix.lower() != ".csv":
+        raise ConfigError(
+            f"--out {where!r} must name a .csv file: the sheet is CSV, and its picture is "
+            "written beside it with the suffix .png"
+        )
+    if target.exists() or target.with_suffix(".png").exists():
+        raise ConfigError(
+            f"--out {where!r} already exists; query sheets are never overwritten "
+            "(choose another path)"
+        )
+    if not target.parent.is_dir():
+        raise ConfigError(f"--out {where!r}: its folder does not exist")
+    return target
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` → ``[0, 1, 2]``; one clear error for anything else."""
     try:
@@ -210,6 +225,8 @@ def parse_seeds(text: str) -> list[int]:
         raise ConfigError(f"--seeds must be comma-separated integers such as 0,1,2; got {text!r}") from None
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds must be distinct integers >= 0 such as 0,1,2; got {text!r}")
+    for seed in seeds:
+        check_seed(seed, "each of --seeds")
     return seeds
 
 
@@ -231,6 +248,14 @@ class LoopPlan:
         for name, value in (("--rounds", self.rounds), ("--per-round", self.per_round), ("--steps-per-round", self.steps_per_round)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")
+        check_steps(
+            self.config.train.steps + self.rounds * self.steps_per_round,
+            "the steps of the first training and of every round together",
+        )
+        if not self.seeds:
+            raise ConfigError("give at least one seed")
+        for seed in self.seeds:
+            check_seed(seed, "each of --seeds")
         if not self.strategies:
             raise ConfigError("give at least one --strategy")
         if len(set(self.strategies)) != len(self.strategies):
@@ -328,6 +353,16 @@ def run_loop(
     out = Path(out_dir)
     check_fresh_dir(out)
     dataset = load_dataset(plan.config.data.dataset)
+    check_trainable(plan.config, dataset, registry)
+    for seed in plan.seeds:  # every round's queries must find unlabeled examples left
+        split = split_dataset(dataset, plan.config.replace(seed=seed))
+        pool = len(split.train) - len(split.labeled)
+        if plan.rounds * plan.per_round > pool:
+            raise ConfigError(
+                f"--rounds {plan.rounds} × --per-round {plan.per_round} queries "
+                f"{plan.rounds * plan.per_round} examples, but the training split of seed {seed} "
+                f"has only {pool} unlabeled examples; query fewer"
+            )
     records: list[dict[str, Any]] = []
     with claim_new_run_dir(out):
         settings = {

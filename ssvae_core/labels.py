@@ -22,8 +22,11 @@ Each entry records that one example received one label:
     attach a label to another image once the data were reordered or changed;
     :meth:`LabelStore.verify` refuses a store whose hashes no longer match the data.
 ``label``
-    The label name (non-empty, at most 100 characters, no control characters; surrounding
-    whitespace is removed when a label is added).
+    The label name, in the form :func:`label_name` gives it: Unicode NFC, no surrounding
+    whitespace, at most 100 characters, at least one visible character, and no control,
+    format (zero-width, bidirectional), line-break, private-use or unassigned characters.
+    A new name that differs from a name already in use only by case, width, compatibility
+    forms or spacing (``Cat`` beside ``cat``) is refused as a look-alike.
 ``source``
     Where the label came from: ``split``, ``file``, ``oracle``, ``studio``, ``api``, ... —
     any identifier matching ``[a-z][a-z0-9_-]*``.
@@ -66,8 +69,10 @@ __all__ = [
     "STORE_VERSION",
     "LabelEntry",
     "LabelStore",
+    "check_distinct_names",
     "example_hash",
     "example_hashes",
+    "label_name",
     "read_label_csv",
 ]
 
@@ -108,17 +113,76 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime(_TIME_FORMAT)
 
 
+# Characters no label name may hold, by Unicode category: they are invisible, reorder or
+# break the text, or mean nothing (the bidirectional overrides and zero-width spaces are Cf).
+_REFUSED_CATEGORIES = {
+    "Cc": "a line break or control character",
+    "Cf": "an invisible format character (zero-width or bidirectional control)",
+    "Zl": "a line break or control character",
+    "Zp": "a line break or control character",
+    "Cs": "a surrogate",
+    "Co": "a private-use character",
+    "Cn": "an unassigned character",
+}
+# A name needs one character of these classes: letters, marks on them, digits, punctuation, symbols.
+_VISIBLE_CLASSES = ("L", "N", "P", "S")
+
+
 def _label_problem(label: object) -> str | None:
-    """Why ``label`` (already stripped) is not a valid label name, or None."""
+    """Why ``label`` (already normalised) is not a valid label name, or None."""
     if not isinstance(label, str):
         return f"must be a string; got {type(label).__name__}"
     if not label:
         return "is empty"
     if len(label) > MAX_LABEL_LENGTH:
         return f"is {len(label)} characters long; at most {MAX_LABEL_LENGTH} are allowed"
-    if any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in label):
-        return "contains a line break or control character"
+    for char in label:
+        what = _REFUSED_CATEGORIES.get(unicodedata.category(char))
+        if what is not None:
+            return f"contains {what} (U+{ord(char):04X})"
+    if not any(unicodedata.category(char)[0] in _VISIBLE_CLASSES for char in label):
+        return "has no visible character"
     return None
+
+
+def label_name(label: object) -> str:
+    """The label name ``label`` stands for: Unicode NFC with surrounding whitespace removed.
+
+    The one rule of label names, shared by ``ssvae label``, the label store, the studio and
+    :meth:`SSVAEClassifier.add_labels`: a name that is empty or invisible once normalised,
+    longer than :data:`MAX_LABEL_LENGTH` characters, or holding a control, format
+    (zero-width, bidirectional), line-break, private-use or unassigned character raises
+    :class:`DataError` saying which.
+    """
+    name, problem = _normalised(label)
+    if problem is not None:
+        raise DataError(f"label {label!r:.60} {problem}")
+    return name
+
+
+def _normalised(label: object) -> tuple[str, str | None]:
+    """``label`` normalised, and why it is not a valid name (None if it is)."""
+    name = unicodedata.normalize("NFC", label).strip() if isinstance(label, str) else label
+    return str(name), _label_problem(name)
+
+
+def _look(name: str) -> str:
+    """What a name looks like: NFKC, case-folded, runs of spaces as one."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+
+def check_distinct_names(names: Iterable[str], existing: Iterable[str]) -> None:
+    """Refuse a new name among ``names`` that looks like another name in use (it differs
+    from one of ``existing``, or from another new name, only by case, width, compatibility
+    forms or spacing): one :class:`DataError` naming both."""
+    seen = {_look(name): name for name in existing}
+    for name in dict.fromkeys(names):
+        twin = seen.setdefault(_look(name), name)
+        if twin != name:
+            raise DataError(
+                f"label {name!r} looks like the label {twin!r} (they differ only in case, width "
+                f"or spacing); use {twin!r} or a clearly different name"
+            )
 
 
 def _time_problem(time: object) -> str | None:
@@ -279,15 +343,18 @@ class LabelStore:
         source: str,
         allowed: Iterable[int] | np.ndarray | None = None,
         now: str | None = None,
+        known: Sequence[str] = (),
     ) -> LabelStore:
         """A new store with ``labels[k]`` given to example ``indices[k]``.
 
         ``x`` is the dataset's examples (the hashes are taken from it); ``allowed``, when
         given, is the indices that may be labeled (a run's training rows), or a boolean mask
-        over the rows of ``x``. Labels an example already holds are skipped. Everything is
-        checked before anything is built: an index out of range or not allowed, a label name
-        that is not valid, or an example given a label different from the one it holds (in
-        this call or in the store) raises :class:`DataError` and nothing is added.
+        over the rows of ``x``; ``known`` is further names in use (the model's classes).
+        Label names are normalised by :func:`label_name`. Labels an example already holds
+        are skipped. Everything is checked before anything is built: an index out of range
+        or not allowed, a label name that is not valid or looks like another name in use
+        (:func:`check_distinct_names`), or an example given a label different from the one
+        it holds (in this call or in the store) raises :class:`DataError` and nothing is added.
         """
         rows = _as_rows(x)
         n = len(rows)
@@ -311,11 +378,11 @@ class LabelStore:
 
         names = []
         for index, label in zip(index_list, label_list, strict=True):
-            name = label.strip() if isinstance(label, str) else label
-            problem = _label_problem(name)
+            name, problem = _normalised(label)
             if problem is not None:
-                raise DataError(f"the label of example {index}, {label!r}, {problem}")
-            names.append(str(name))
+                raise DataError(f"the label of example {index}, {label!r:.60}, {problem}")
+            names.append(name)
+        check_distinct_names(names, [*known, *self.label_names()])
         for index in index_list:
             if not 0 <= index < n:
                 raise DataError(_range_message(index, n))
@@ -481,8 +548,8 @@ def _entry_from_json(item: object, where: str) -> LabelEntry:
         )
     label = item["label"]
     problem = _label_problem(label)
-    if problem is None and label != label.strip():
-        problem = "has leading or trailing whitespace"
+    if problem is None and label != label_name(label):
+        problem = "is not in normal form (Unicode NFC, no surrounding whitespace)"
     if problem is not None:
         raise DataError(f"{where}: 'label' {problem}")
     for name, check in (("source", _source_problem), ("time", _time_problem)):
@@ -507,14 +574,15 @@ def read_label_csv(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
     """The ``(indices, labels)`` of a CSV file with the header ``index,label``.
 
     UTF-8 (a byte-order mark is allowed); whitespace around fields is ignored and blank
-    lines are skipped. Each row is a whole-number example index and a label name. A query
+    lines are skipped; quoting is strict (an unterminated or stray quote is an error). Each
+    row is a whole-number example index and a label name (:func:`label_name`). A query
     sheet written by ``ssvae query`` (header ``index,label,score,predicted,certainty``) is
     read the same way, except that rows whose label was left empty are skipped. Every
     problem is one :class:`DataError` line naming the file and the line.
     """
     where = f"label file {os.fspath(path)!r}"
     text = _read_text(path, "label file", "utf-8-sig")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     indices: list[int] = []
     labels: list[str] = []
     header_seen = False
@@ -553,11 +621,13 @@ def read_label_csv(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
             raise DataError(
                 f"{where}, line {line}: the index {index_text!r:.40} is not a whole number >= 0"
             )
-        problem = _label_problem(label)
+        if len(index_text) > 18:
+            raise DataError(f"{where}, line {line}: the index {index_text:.40}... is out of range")
+        name, problem = _normalised(label)
         if problem is not None:
             raise DataError(f"{where}, line {line}: the label {problem}")
         indices.append(int(index_text))
-        labels.append(label)
+        labels.append(name)
     if not header_seen:
         raise DataError(f"{where} is empty; expected the header 'index,label' and one row per label")
     if not indices and skipped:

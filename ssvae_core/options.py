@@ -128,9 +128,13 @@ def _check_range(field: dataclasses.Field[Any], value: Any, where: str) -> None:
         kind = "an integer" if isinstance(v, int) else "a number"
         if low is not None and (v <= low if meta.get("exclusive_minimum") else v < low):
             op = ">" if meta.get("exclusive_minimum") else ">="
-            raise ConfigError(f"{where} must be {kind} {op} {low:g}, got {value!r}")
+            raise ConfigError(f"{where} must be {kind} {op} {_bound(low)}, got {value!r}")
         if high is not None and v > high:
-            raise ConfigError(f"{where} must be {kind} <= {high:g}, got {value!r}")
+            raise ConfigError(f"{where} must be {kind} <= {_bound(high)}, got {value!r}")
+
+
+def _bound(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def check_options(options: Any, section: str) -> None:

@@ -7,7 +7,8 @@ exclusively: two ``ssvae train --out D`` started together cannot both write ``D`
 
 After a kill, :func:`recover` removes what an interrupted atomic write left behind (a
 hidden temporary file beside its target) and cuts ``metrics.jsonl`` back to the step of
-the last complete checkpoint, so that a resumed run logs every step once.
+the last complete checkpoint (dropping a last line the kill cut short), so that a resumed
+run logs every step once; any other damage to it is refused (:mod:`ssvae_core.runfiles`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from types import TracebackType
 
 from ssvae_core.checkpoint import atomic_write_bytes
 from ssvae_core.errors import ConfigError
+from ssvae_core.runfiles import metric_lines
 
 LOCK_NAME = ".lock"
 METRICS_NAME = "metrics.jsonl"
@@ -140,20 +142,13 @@ def recover(run_dir: Path, step: int, *, spare: Sequence[str] = ()) -> list[str]
             leftover.unlink()
             notes.append(f"removed {name}, left by a write that was interrupted")
     metrics = run_dir / METRICS_NAME
-    if metrics.exists():
-        lines = metrics.read_text(encoding="utf-8").splitlines()
-        kept = []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by the kill
-            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-                kept.append(line)
-        if len(kept) != len(lines):
+    if metrics.exists() or metrics.is_symlink():
+        lines, cut = metric_lines(metrics)
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        if cut or len(kept) != len(lines):
             atomic_write_bytes(metrics, "".join(f"{line}\n" for line in kept).encode("utf-8"))
             notes.append(
-                f"cut {METRICS_NAME} back to step {step} (dropped {len(lines) - len(kept)} "
+                f"cut {METRICS_NAME} back to step {step} (dropped {len(lines) - len(kept) + cut} "
                 "lines logged after the last checkpoint)"
             )
     return notes

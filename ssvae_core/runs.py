@@ -46,13 +46,22 @@ import numpy as np
 
 from ssvae_core.api import CheckpointCallback, EvaluateCallback, SSVAEClassifier
 from ssvae_core.checkpoint import atomic_write_bytes, read_manifest
-from ssvae_core.config import Config, config_from_dict, dumps_toml, read_toml
+from ssvae_core.config import Config, check_steps, config_from_dict, dumps_toml, read_toml
 from ssvae_core.data import Dataset, Split, benchmark_split, from_arrays, load_dataset
 from ssvae_core.distributed import PeerStopped, all_agree, is_main_process, process_count
 from ssvae_core.errors import CheckpointError, ConfigError, DataError
-from ssvae_core.labels import STORE_NAME, LabelStore, read_label_csv, utc_now
+from ssvae_core.labels import STORE_NAME, LabelStore, read_label_csv
 from ssvae_core.model import build_model
 from ssvae_core.registry import Registry, default_registry
+from ssvae_core.rounds import (
+    ROUNDS_NAME,
+    last_step,
+    record_round,
+    round_info,
+    seconds_between,
+    trained_classes,
+    unrecorded_round,
+)
 from ssvae_core.rundir import (
     LOCK_NAME,
     METRICS_NAME,
@@ -61,10 +70,11 @@ from ssvae_core.rundir import (
     claim_new_run_dir,
     recover,
 )
+from ssvae_core.runfiles import append_json_line as append_json_line  # re-exported
+from ssvae_core.runfiles import read_metrics, read_report
 from ssvae_core.training import JsonLinesSink, MetricSink, data_mesh
 
 CHECKPOINT_NAME = "model.ckpt"
-ROUNDS_NAME = "rounds.jsonl"
 DEFAULT_RETRAIN_STEPS = 1000
 
 
@@ -252,14 +262,15 @@ def _write_results(
     wall_time: float,
     steps_trained: int,
     plots: bool,
-    save: bool = True,
+    save: dict[str, Any] | None = None,
     num_labels: int | None = None,
 ) -> dict[str, Any]:
-    """Checkpoint (unless ``save`` is off), report (JSON + Markdown) and plots of a run."""
+    """Checkpoint (when ``save`` gives its round, :func:`ssvae_core.rounds.round_info`),
+    report (JSON + Markdown) and plots of a run."""
     config = classifier.config
     num_labels = len(split.labeled) if num_labels is None else num_labels
-    if save:
-        _checkpointer(out, num_labels)(classifier)
+    if save is not None:
+        _checkpointer(out, num_labels, save)(classifier)
         write_text(out / "config.toml", dumps_toml(config.to_dict()))
     report = build_report(
         classifier,
@@ -288,11 +299,7 @@ def _write_results(
 
 
 def _history(out: Path) -> list[dict[str, Any]]:
-    path = out / METRICS_NAME
-    if not path.exists():
-        return []
-    with open(path, encoding="utf-8") as log:
-        return [json.loads(line) for line in log if line.strip()]
+    return read_metrics(out / METRICS_NAME)
 
 
 TIME_TO_ACCURACY = (0.8, 0.9, 0.95, 0.97, 0.99)
@@ -333,13 +340,14 @@ def time_to_accuracy(history: Sequence[dict[str, Any]]) -> dict[str, float | Non
     }
 
 
-def _checkpointer(out: Path, num_labels: int) -> CheckpointCallback:
-    """Saves the classifier's current state as the run's checkpoint (atomically)."""
+def _checkpointer(out: Path, num_labels: int, round_: dict[str, Any]) -> CheckpointCallback:
+    """Saves the classifier's current state as the run's checkpoint (atomically), with
+    the round it belongs to (:mod:`ssvae_core.rounds`)."""
 
     def save(classifier: SSVAEClassifier) -> None:
         config = classifier.config
         facts = {"dataset": config.data.dataset, "seed": config.seed, "num_labels": num_labels}
-        classifier.save(out / CHECKPOINT_NAME, extra={"data": facts})
+        classifier.save(out / CHECKPOINT_NAME, extra={"data": facts, "round": round_})
 
     return save
 
@@ -387,15 +395,7 @@ def train_run(
             dataset = dataset if dataset is not None else load_dataset(config.data.dataset)
             config = _resolvable(config)
             split = split_dataset(dataset, config)
-            # Build once up front so every config error surfaces before anything is written.
-            _, config = build_model(
-                config,
-                input_shape=dataset.sample_shape,
-                num_classes=dataset.num_classes,
-                key=jax.random.PRNGKey(config.seed),
-                registry=registry,
-            )
-            data_mesh(config.train.devices, config.train.batch_size)  # devices and batch agree
+            config = check_trainable(config, dataset, registry)
             if writer:
                 lock = claim_new_run_dir(out)
     except PeerStopped:
@@ -413,7 +413,8 @@ def train_run(
             return _follower_result(classifier)
         write_text(out / "config.toml", dumps_toml(config.to_dict()))
         split_store(dataset, split).save(out / STORE_NAME)
-        checkpoint = _checkpointer(out, len(split.labeled))
+        info = round_info("train", 0, config.train.steps, train.label_names, train.y)
+        checkpoint = _checkpointer(out, len(split.labeled), info)
         wall_time = _train_logged(
             out,
             lambda all_sinks: classifier.fit(
@@ -425,15 +426,35 @@ def train_run(
             on_start=on_start,
         )
         return _finish_round(
-            out, "train", 0, classifier, dataset, split, train,
+            out, info, classifier, dataset, split,
             wall_time=wall_time, steps_trained=config.train.steps, plots=plots,
         )
 
 
+def check_trainable(config: Config, dataset: Dataset, registry: Registry) -> Config:
+    """``config`` as the model built from it resolves it; every config error surfaces here,
+    before anything is written (the model is built once up front)."""
+    _, config = build_model(
+        config,
+        input_shape=dataset.sample_shape,
+        num_classes=dataset.num_classes,
+        key=jax.random.PRNGKey(config.seed),
+        registry=registry,
+    )
+    data_mesh(config.train.devices, config.train.batch_size)  # devices and batch agree
+    return config
+
+
 def _run_dir(run_dir: str | os.PathLike[str], command: str) -> Path:
+    """``run_dir`` checked to be a run directory, before anything (its lock) is written there."""
     out = Path(run_dir)
     if not out.is_dir():
         raise CheckpointError(f"{command} expects a run directory, got {os.fspath(out)!r}")
+    if not (out / CHECKPOINT_NAME).exists() and not (out / "config.toml").exists():
+        raise CheckpointError(
+            f"{os.fspath(out)!r} is not a run directory (it has neither {CHECKPOINT_NAME} "
+            "nor config.toml)"
+        )
     return out
 
 
@@ -454,7 +475,9 @@ def resume_run(
     After a kill this finishes the run: a run killed before its first checkpoint starts
     again from its ``config.toml``; leftovers of interrupted writes are removed and
     ``metrics.jsonl`` is cut back to the checkpoint's step (each repair is passed to
-    ``on_notice``). A run that has all its steps but no report gets its report. The
+    ``on_notice``). A run that has all its steps but no report, or no line in
+    ``rounds.jsonl`` for its last round, gets them; a round a kill interrupted is continued
+    and recorded as one round (:mod:`ssvae_core.rounds`). The
     directory is locked for the whole command; metrics are appended, and checkpoint,
     config and reports are replaced atomically. ``data`` points to the run's dataset
     where it has moved (the same data, split by the run's seed). With several processes
@@ -488,11 +511,20 @@ def resume_run(
                 if on_notice is not None:
                     on_notice(note)
             target = config.train.steps if steps is None else steps
+            check_steps(target, "--steps")
+            # the round a kill left unrecorded; a damaged rounds.jsonl is refused here, before training
+            unrecorded = None
+            if classifier is None:
+                last_step(out)
+            else:
+                unrecorded = unrecorded_round(out, read_manifest(checkpoint), done)
             if target <= done:
                 if classifier is not None and steps is None and not writer:
                     return _follower_result(classifier)
-                if classifier is not None and steps is None and not (out / "report.json").exists():
-                    return _report(out, classifier, plots=plots)
+                if classifier is not None and steps is None and (
+                    unrecorded is not None or not (out / "report.json").exists()
+                ):
+                    return _complete_round(out, classifier, unrecorded, plots=plots, on_notice=on_notice)
                 if steps is None:
                     raise ConfigError(
                         f"this run has taken all of its {done} steps; pass --steps N > {done} to train further"
@@ -504,7 +536,13 @@ def resume_run(
             if classifier is not None:
                 train = _labeled_by_store(out, classifier, dataset, split)
             num_labels = int(np.sum(train.y >= 0))
-            save = _checkpointer(out, num_labels) if writer else None
+            # the round a kill interrupted continues; otherwise the resume is a round of its own
+            command, start = ("train", 0) if classifier is None else ("resume", done)
+            if unrecorded is not None:
+                command, start = unrecorded["command"], unrecorded["from_step"]
+            names = train.label_names if classifier is None else classifier.label_names
+            info = round_info(command, start, target, names, train.y)
+            save = _checkpointer(out, num_labels, info) if writer else None
             evaluate = held_out_evaluator(out, dataset, split) if writer else None
             if classifier is None:
                 config = config.replace(train=dataclasses.replace(config.train, steps=target))
@@ -527,8 +565,8 @@ def resume_run(
         if not writer:
             return _follower_result(classifier)
         return _finish_round(
-            out, "resume", done, classifier, dataset, split, train,
-            wall_time=wall_time, steps_trained=target - done, plots=plots,
+            out, info, classifier, dataset, split, wall_time=wall_time,
+            steps_trained=target - done, plots=plots, **({"resumed_at": done} if done > start else {}),
         )
 
 
@@ -540,9 +578,49 @@ def _report(out: Path, classifier: SSVAEClassifier, *, plots: bool) -> dict[str,
     wall_time = float(sum(record.get("seconds", 0.0) for record in history))
     steps = int(classifier.state.step) if classifier.state is not None else 0
     return _write_results(
-        out, classifier, dataset, split,
-        wall_time=wall_time, steps_trained=steps, plots=plots, save=False,
+        out, classifier, dataset, split, wall_time=wall_time, steps_trained=steps, plots=plots
     )
+
+
+def _complete_round(
+    out: Path,
+    classifier: SSVAEClassifier,
+    unrecorded: dict[str, Any] | None,
+    *,
+    plots: bool,
+    on_notice: Callable[[str], None] | None,
+    report: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report of the run's checkpoint (``report``, or the run's own when it is of this
+    step, or written anew), and the record of the checkpoint's round when ``rounds.jsonl``
+    lacks it (``unrecorded``, :func:`ssvae_core.rounds.unrecorded_round`)."""
+    step = int(classifier.state.step) if classifier.state is not None else 0
+    if report is None:
+        report = read_report(out / "report.json")
+        if report is None or report.get("steps") != step:
+            report = _report(out, classifier, plots=plots)
+    if unrecorded is None:
+        return report
+    info = unrecorded
+    if info["labels_by_class"] is None:  # a checkpoint written before checkpoints knew their round
+        names = classifier.label_names
+        current = run_store(out, *_run_data(classifier)).current().values()
+        info = {**info, "labels_by_class": {name: sum(1 for n in current if n == name) for name in names}}
+    record = record_round(
+        out, info, classifier, report, seconds_between(out, info["from_step"], step)
+    )
+    if on_notice is not None:
+        stopped = f"; it stopped before step {info['to_step']}" if record.get("partial") else ""
+        on_notice(
+            f"recorded round {record['round']} in {ROUNDS_NAME} ({record['command']}, steps "
+            f"{record['from_step']} to {step}{stopped}), which an interrupted command had not"
+        )
+    return report
+
+
+def _run_data(classifier: SSVAEClassifier) -> tuple[Dataset, Split]:
+    dataset = load_dataset(classifier.config.data.dataset)
+    return dataset, split_dataset(dataset, classifier.config)
 
 
 def report_run(
@@ -552,7 +630,8 @@ def report_run(
     on_notice: Callable[[str], None] | None = None,
     plots: bool = True,
 ) -> dict[str, Any]:
-    """Rewrite ``report.json``, ``report.md`` and the plots from the run's checkpoint.
+    """Rewrite ``report.json``, ``report.md`` and the plots from the run's checkpoint, and
+    record the checkpoint's round in ``rounds.jsonl`` if a kill left it unrecorded.
 
     For a run killed after its last checkpoint landed, or whose report was lost. The wall
     time is the sum of the logged chunks' times.
@@ -564,7 +643,9 @@ def report_run(
         for note in recover(out, done):
             if on_notice is not None:
                 on_notice(note)
-        return _report(out, classifier, plots=plots)
+        report = _report(out, classifier, plots=plots)
+        unrecorded = unrecorded_round(out, read_manifest(out / CHECKPOINT_NAME), done)
+        return _complete_round(out, classifier, unrecorded, plots=plots, on_notice=on_notice, report=report)
 
 
 def evaluate_run(
@@ -674,79 +755,32 @@ def _labeled_by_store(
 def _trained_classes(out: Path, dataset: Dataset, split: Split) -> set[str]:
     """The classes that had labels when the run last trained (from ``rounds.jsonl``, or
     the split's classes for a run without rounds)."""
-    path = out / ROUNDS_NAME
-    if path.exists():
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if lines:
-            try:
-                last = json.loads(lines[-1])
-                return {name for name, n in last["labels_by_class"].items() if n > 0}
-            except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
-                raise DataError(f"{os.fspath(path)!r} is damaged: its last line is not a round record") from None
+    trained = trained_classes(out)
+    if trained is not None:
+        return trained
     return {dataset.label_names[int(dataset.y[i])] for i in split.labeled}
 
 
 def _finish_round(
     out: Path,
-    command: str,
-    from_step: int,
+    info: dict[str, Any],
     classifier: SSVAEClassifier,
     dataset: Dataset,
     split: Split,
-    train: Dataset,
     *,
     wall_time: float,
     steps_trained: int,
     plots: bool,
+    **more: Any,
 ) -> dict[str, Any]:
-    """Checkpoint, report and plots of a finished round, and its line in ``rounds.jsonl``."""
-    labels = (classifier.training_data or train).y
+    """Checkpoint, report and plots of a finished round (``info``:
+    :func:`ssvae_core.rounds.round_info`), and its line in ``rounds.jsonl``."""
     report = _write_results(
         out, classifier, dataset, split, wall_time=wall_time, steps_trained=steps_trained,
-        plots=plots, num_labels=int(np.sum(labels >= 0)),
+        plots=plots, num_labels=sum(info["labels_by_class"].values()), save=info,
     )
-    _record_round(out, command, from_step, classifier, labels, report, wall_time)
+    record_round(out, info, classifier, report, wall_time, **more)
     return report
-
-
-def _record_round(
-    out: Path,
-    command: str,
-    from_step: int,
-    classifier: SSVAEClassifier,
-    labels: np.ndarray,
-    report: dict[str, Any],
-    wall_time: float,
-) -> None:
-    """Append one training round to ``rounds.jsonl`` (the file is rewritten atomically)."""
-    path = out / ROUNDS_NAME
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    names = classifier.label_names
-    by_class = {names[c]: int(np.sum(labels == c)) for c in range(len(names))}
-    record = {
-        "round": len(lines),
-        "command": command,
-        "from_step": from_step,
-        "to_step": int(classifier.state.step) if classifier.state is not None else 0,
-        "labels": int(np.sum(labels >= 0)),
-        "labels_by_class": by_class,
-        "claimed_channels": {name: list(c) for name, c in classifier.claims.items()},
-        "test_accuracy": report["test_accuracy"],
-        "ece": report["ece"],
-        "free_channels": (report.get("channels") or {}).get("free_channels", []),
-        "wall_time_s": round(wall_time, 3),
-        "time": utc_now(),
-    }
-    append_json_line(path, record, lines)
-
-
-def append_json_line(path: Path, record: dict[str, Any], lines: list[str] | None = None) -> None:
-    """Append ``record`` as one JSON line to ``path`` (the file is rewritten atomically);
-    ``lines`` are its current lines, when the caller has read them already."""
-    if lines is None:
-        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    lines = [*lines, json.dumps(record)]
-    atomic_write_bytes(path, "".join(f"{line}\n" for line in lines).encode("utf-8"))
 
 
 def require_checkpoint(out: Path, before: str) -> Path:
@@ -779,15 +813,18 @@ def label_run(
     Returns ``{"added": n, "new_classes": [...], "counts": ...}``.
     """
     out = _run_dir(run_dir, "label")
+    indices, names = read_label_csv(labels_file)
     with RunLock(out):
         require_checkpoint(out, "before labeling")
         manifest = read_manifest(out / CHECKPOINT_NAME)
         config = _run_config(out, data)
-        indices, names = read_label_csv(labels_file)
+        recover(out, int(manifest["step"]))  # what an interrupted command left, the store's included
         dataset = load_dataset(config.data.dataset)
         split = split_dataset(dataset, config)
         store = run_store(out, dataset, split)
-        updated = store.add(indices, names, x=dataset.x, source=source, allowed=split.train)
+        updated = store.add(
+            indices, names, x=dataset.x, source=source, allowed=split.train, known=manifest["label_names"]
+        )
         updated.save(out / STORE_NAME)
         known = set(manifest["label_names"])
         return {
@@ -797,8 +834,10 @@ def label_run(
         }
 
 
-def labels_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The run's label store in numbers: labels per class and per source."""
+def labels_summary(run_dir: str | os.PathLike[str], *, data: str | None = None) -> dict[str, Any]:
+    """The run's label store in numbers: labels per class and per source. The store is
+    checked as every command that trains on it checks it (against the run's data, which
+    ``data`` points to where they have moved): an invalid store is refused, not counted."""
     out = _run_dir(run_dir, "labels")
     path = out / STORE_NAME
     if not path.exists():
@@ -807,7 +846,18 @@ def labels_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             "runs kept one — `ssvae retrain` creates it from the split"
         )
     store = LabelStore.load(path)
-    manifest = read_manifest(out / CHECKPOINT_NAME) if (out / CHECKPOINT_NAME).exists() else {}
+    require_checkpoint(out, "before counting its labels")
+    manifest = read_manifest(out / CHECKPOINT_NAME)
+    config = _run_config(out, data)
+    dataset = load_dataset(config.data.dataset)
+    split = split_dataset(dataset, config)
+    store.verify(dataset.x)
+    outside = sorted(set(store.current()) - {int(row) for row in split.train})
+    if outside:
+        raise DataError(
+            f"label store: example {outside[0]} is not a training example of this run (it is "
+            "in the held-out test set); remove it from labels.json"
+        )
     known = list(manifest.get("label_names", []))
     counts = store.counts()
     # the model's classes in its order, then classes it has not trained on yet
@@ -841,7 +891,8 @@ def retrain_run(
     Warm: parameters, optimiser state and τ counts carry on from the checkpoint; labels of
     known classes change values only (nothing compiles anew); a label name the model has
     not seen claims free channels and grows τ. Metrics are appended, the checkpoint and
-    report are replaced, and the round is recorded in ``rounds.jsonl``.
+    report are replaced, and the round is recorded in ``rounds.jsonl`` (first the round of a
+    checkpoint that a killed command left unrecorded, ``"partial"`` if it stopped early).
 
     ``held_lock`` is the run's lock when the caller holds it already (the studio holds it
     while it is open). Without ``intermediate_checkpoints`` the checkpoint is written only
@@ -853,8 +904,7 @@ def retrain_run(
     """
     writer = is_main_process()
     with _checked_everywhere():
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"--steps must be a positive integer; got {steps!r}")
+        check_steps(steps, "--steps")
         out = _run_dir(run_dir, "retrain")
         if held_lock is not None and held_lock.run_dir.resolve() != out.resolve():
             raise ConfigError(f"the lock given is on {os.fspath(held_lock.run_dir)!r}, not on {os.fspath(out)!r}")
@@ -865,6 +915,7 @@ def retrain_run(
             classifier = SSVAEClassifier.load(checkpoint, registry=registry)
             classifier.config = config = _with_data(classifier.config, data)
             done = int(classifier.state.step) if classifier.state is not None else 0
+            check_steps(done + steps, f"the {done} steps taken and --steps {steps} together")
             # a caller holding the lock (the studio) may be writing the label store meanwhile
             spare = (STORE_NAME,) if held_lock is not None else ()
             for note in recover(out, done, spare=spare) if writer else ():
@@ -872,9 +923,13 @@ def retrain_run(
                     on_notice(note)
             dataset = load_dataset(config.data.dataset)
             split = split_dataset(dataset, config)
+            unrecorded = unrecorded_round(out, read_manifest(checkpoint), done) if writer else None
+            if unrecorded is not None:  # a round an interrupted command left unrecorded
+                _complete_round(out, classifier, unrecorded, plots=False, on_notice=on_notice)
             train = _labeled_by_store(out, classifier, dataset, split, store)
             num_labels = int(np.sum(train.y >= 0))
-            save = _checkpointer(out, num_labels) if writer and intermediate_checkpoints else None
+            info = round_info("retrain", done, done + steps, classifier.label_names, train.y)
+            save = _checkpointer(out, num_labels, info) if writer and intermediate_checkpoints else None
             evaluate = held_out_evaluator(out, dataset, split) if writer else None
         wall_time = _train_logged(
             out,
@@ -889,6 +944,5 @@ def retrain_run(
         if not writer:
             return _follower_result(classifier)
         return _finish_round(
-            out, "retrain", done, classifier, dataset, split, train,
-            wall_time=wall_time, steps_trained=steps, plots=plots,
+            out, info, classifier, dataset, split, wall_time=wall_time, steps_trained=steps, plots=plots
         )

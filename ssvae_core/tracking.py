@@ -55,7 +55,13 @@ class TrackerSink(Protocol):
 def check_trackers(names: Sequence[str]) -> tuple[str, ...]:
     """The tracker names (each item may be a comma-separated list), each known and
     importable; a :class:`ConfigError` naming what to install otherwise."""
-    chosen = tuple(dict.fromkeys(n.strip() for item in names for n in item.split(",") if n.strip()))
+    given = [n.strip() for item in names for n in item.split(",")]
+    if "" in given:
+        raise ConfigError(
+            f"--track expects tracker names ({', '.join(TRACKERS)}), comma-separated or repeated; "
+            f"got an empty name in {','.join(names)!r}"
+        )
+    chosen = tuple(dict.fromkeys(given))
     for name in chosen:
         if name not in TRACKERS:
             raise ConfigError(f"unknown tracker {name!r} for --track; allowed: {', '.join(TRACKERS)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -101,6 +102,14 @@ def synthetic() -> dict[str, np.ndarray]:
     labeled = [0, 1, 20, 21, 40, 41]
     partial[labeled] = y[labeled]
     return {"x": x.astype(np.float32), "y": y, "partial": partial}
+
+
+@pytest.fixture(scope="session")
+def shapes_npz(tmp_path_factory: pytest.TempPathFactory, synthetic: dict[str, np.ndarray]) -> Path:
+    """The synthetic data as an ``.npz`` file (arrays ``x`` and ``y``), for the command line."""
+    path = tmp_path_factory.mktemp("shapes") / "shapes.npz"
+    np.savez(path, x=synthetic["x"], y=synthetic["y"])
+    return path
 
 
 @pytest.fixture

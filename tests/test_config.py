@@ -136,7 +136,7 @@ def test_cross_field_rule_is_reported_with_its_section() -> None:
 
 
 def test_negative_seed_is_rejected() -> None:
-    _rejects({"seed": -1}, "seed must be an integer >= 0, got -1")
+    _rejects({"seed": -1}, "seed must be an integer from 0 to 2**63 - 1")
 
 
 def test_optional_option_accepts_an_integer() -> None:

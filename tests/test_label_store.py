@@ -178,7 +178,7 @@ def test_load_entry_missing_a_field(tmp_path: Path, field: str) -> None:
         ("hash", "XYZ", "'hash' must be 16 lowercase hex digits"),
         ("label", "", "'label' is empty"),
         ("label", "a\nb", "'label' contains a line break"),
-        ("label", " cat", "'label' has leading or trailing whitespace"),
+        ("label", " cat", "'label' is not in normal form"),
         ("source", "Oracle", "'source' must be a lowercase identifier"),
         ("time", "2026-11-26 14:31:05", "'time' must be a UTC time"),
         ("time", "2026-13-40T14:31:05Z", "'time' is not a valid date and time"),

@@ -140,7 +140,15 @@ def _saved(classifier: SSVAEClassifier, tmp_path: Path) -> Path:
         ([40, 40], ["diag", "anti"], "row 40 is given two labels"),
         ([0], ["anti"], "row 0 is already labeled 'diag'"),
         ([40], [7], "class index 7 is unknown"),
-        ([40], [""], "a label must be a class name"),
+        ([40], [""], "label '' is empty"),
+        ([40], [None], "a label must be a class name"),
+        # the store's rule holds here too: line breaks, control characters, length, look-alikes
+        ([40], ["a\nb"], "contains a line break"),
+        ([40], ["bell\x07"], "contains a line break or control character"),
+        ([40], ["x" * 1000], "is 1000 characters long"),
+        ([40], ["\u200b"], "invisible format character"),
+        ([40], ["diag\u200b"], "invisible format character"),
+        ([40], ["Diag"], "looks like the label 'diag'"),
         ([40, 41], ["diag"], "one label per index"),
     ],
 )

@@ -57,7 +57,8 @@ if mode == "metrics":
             die()
     loop.JsonLinesSink.__call__ = call
 else:
-    target = {"rename": "model.ckpt", "report": "report.json"}[mode]
+    # "rename:NAME" kills in the at-th atomic write of the run file NAME
+    target = {"rename": "model.ckpt", "report": "report.json"}.get(mode) or mode.partition(":")[2]
     rename, seen = os.replace, []
     def replace(source, destination):
         if str(destination).endswith(target):
@@ -71,10 +72,8 @@ sys.exit(cli.main(sys.argv[3:]))
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory, synthetic: dict[str, np.ndarray]) -> Path:
-    path = tmp_path_factory.mktemp("data") / "shapes.npz"
-    np.savez(path, x=synthetic["x"], y=synthetic["y"])
-    return path
+def data(shapes_npz: Path) -> Path:
+    return shapes_npz
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +94,11 @@ def child_env(tmp_path_factory: pytest.TempPathFactory, straight: Path) -> dict[
     it (``SSVAE_TEST_XLA_CACHE=0``) they compile. Loading changes no result: a cached
     executable is the one the same program compiles to.
     """
+    return cache_env(tmp_path_factory)
+
+
+def cache_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of a child process that uses the session's persistent XLA cache."""
     if os.environ.get("SSVAE_TEST_XLA_CACHE") == "0":
         return dict(os.environ)
     cache = jax.config.jax_compilation_cache_dir or str(tmp_path_factory.mktemp("xla-cache"))
@@ -138,6 +142,14 @@ def _assert_equal_runs(recovered: Path, straight: Path) -> None:
     report = json.loads((recovered / "report.json").read_text())
     assert report["test_accuracy"] == json.loads((straight / "report.json").read_text())["test_accuracy"]
     assert not [p.name for p in recovered.iterdir() if p.name.startswith(".model.ckpt.")]
+    # one round, "train" from step 0, however often the run was killed and resumed
+    assert _round_facts(recovered) == _round_facts(straight) == [("train", 0, STEPS)]
+
+
+def _round_facts(run: Path) -> list[tuple[Any, ...]]:
+    rounds = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+    assert [r["test_accuracy"] for r in rounds] == [json.loads((run / "report.json").read_text())["test_accuracy"]]
+    return [(r["command"], r["from_step"], r["to_step"]) for r in rounds]
 
 
 @pytest.mark.parametrize(

@@ -175,6 +175,11 @@ def _bad_requests(rows: dict[str, Any]) -> list[tuple[str, str, Any, int, str]]:
         ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "cat"}]}, 400, "unknown label 'cat'"),
         ("POST", "/api/labels", {"labels": [{"index": free_row, "label": " "}], "new_class": True}, 400, "empty"),
         ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "x" * 101}], "new_class": True}, 400, "characters"),
+        # the one rule of label names: invisible, bidirectional, look-alike names are refused
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "\u200b"}], "new_class": True}, 400, "U+200B"),
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "3\u200b"}], "new_class": True}, 400, "U+200B"),
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "\u202ecat"}], "new_class": True}, 400, "U+202E"),
+        ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "\uff13"}], "new_class": True}, 400, "looks like the label '3'"),
         ("POST", "/api/labels", {"labels": [{"index": test_row, "label": "1"}]}, 404, "held-out"),
         ("POST", "/api/labels", {"labels": [{"index": labeled_row, "label": other}]}, 409, "already labeled"),
         ("POST", "/api/labels", {"labels": [{"index": free_row, "label": "1"}, {"index": free_row, "label": "2"}]},
@@ -394,7 +399,7 @@ def test_studio_bad_input_is_one_line_and_exit_2(
     (tmp_path / "empty").mkdir()
     cases = [
         (["studio", str(tmp_path / "missing"), "--port", "0"], "expects a run directory"),
-        (["studio", str(tmp_path / "empty"), "--port", "0"], "no checkpoint"),
+        (["studio", str(tmp_path / "empty"), "--port", "0"], "is not a run directory"),
         (["studio", str(run), "--port", "70000"], "--port"),
         (["studio", str(run), "--port", "0", "--token", "short"], "at least 8"),
     ]
@@ -402,6 +407,7 @@ def test_studio_bad_input_is_one_line_and_exit_2(
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    assert list((tmp_path / "empty").iterdir()) == []  # no lock left in a folder that is no run
     with __import__("socket").socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

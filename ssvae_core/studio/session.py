@@ -12,7 +12,7 @@ Methods raise :class:`StudioError` with an HTTP status for bad input; the web la
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import os
 import threading
@@ -36,9 +36,10 @@ from ssvae_core.explore import (
     tile,
 )
 from ssvae_core.inference import infer
-from ssvae_core.labels import STORE_NAME, LabelStore
+from ssvae_core.labels import STORE_NAME, LabelStore, label_name
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.rundir import RunLock, recover
+from ssvae_core.runfiles import read_report, read_rounds
 from ssvae_core.runs import (
     ROUNDS_NAME,
     _run_config,
@@ -154,6 +155,8 @@ class StudioSession:
         try:
             self.checkpoint = require_checkpoint(self.out, "before opening it in the studio")
             recover(self.out, int(read_manifest(self.checkpoint)["step"]))  # before any label is written
+            read_rounds(self.out / ROUNDS_NAME)  # a damaged run file is refused here, in one line
+            read_report(self.out / "report.json")
             self.config = _run_config(self.out, data)
             self.data = data
             self.dataset = load_dataset(self.config.data.dataset)
@@ -215,10 +218,9 @@ class StudioSession:
         return self._position[index]
 
     def _report(self) -> dict[str, Any]:
-        path = self.out / "report.json"
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            return read_report(self.out / "report.json") or {}
+        except SSVAEError:  # damaged while the studio is open: shown without its report
             return {}
 
     def state(self) -> dict[str, Any]:
@@ -397,8 +399,11 @@ class StudioSession:
             self._row(item["index"])
             if not isinstance(item["label"], str):
                 raise StudioError(400, f"labels[{number}].label must be a string; got {item['label']!r:.40}")
+            try:
+                names.append(label_name(item["label"]))
+            except DataError as error:
+                raise StudioError(400, f"labels[{number}]: {error}") from None
             indices.append(item["index"])
-            names.append(item["label"].strip())
         with self._labels_lock:
             known = self.label_names()
             fresh = sorted({name for name in names if name not in known})
@@ -410,7 +415,10 @@ class StudioSession:
                 )
             store = self._store
             try:
-                updated = store.add(indices, names, x=self.dataset.x, source=SOURCE, allowed=self.train_rows)
+                updated = store.add(
+                    indices, names, x=self.dataset.x, source=SOURCE, allowed=self.train_rows,
+                    known=self._model_labels(),
+                )
             except DataError as error:
                 status = 409 if "already labeled" in str(error) or "two different labels" in str(error) else 400
                 raise StudioError(status, str(error)) from None
@@ -447,15 +455,9 @@ class StudioSession:
     def history(self) -> dict[str, Any]:
         entries = [entry.to_json() for entry in reversed(self._store.entries)]
         rounds = []
-        path = self.out / ROUNDS_NAME
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                keep = ("round", "command", "labels", "test_accuracy", "ece", "to_step", "claimed_channels", "time")
-                rounds.append({key: record.get(key) for key in keep})
+        keep = ("round", "command", "labels", "test_accuracy", "ece", "to_step", "claimed_channels", "time")
+        with contextlib.suppress(SSVAEError):  # damaged while the studio is open: no rounds shown
+            rounds = [{key: record.get(key) for key in keep} for record in read_rounds(self.out / ROUNDS_NAME)]
         return {"entries": entries, "rounds": rounds}
 
     # ---- retraining -------------------------------------------------------------------
