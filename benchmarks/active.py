@@ -17,6 +17,16 @@ reach random's final accuracy, and ``OUT/curve.png``::
 
 ``--validation`` runs the same loops on the split's training examples alone, a fifth of
 them held out as the validation set (for choosing settings without the test split).
+
+``--starts draw,typical,badge`` compares how the first labels are had: ``draw`` is the
+split's random draw of ``--initial`` labels per class; a strategy name chooses ``--initial``
+× classes first labels from a model trained without labels (``ssvae loop
+--initial-strategy``, trained on them ``--initial-training`` cold or warm). Each start is
+its own loop directory (``OUT/seed-<s>`` for ``draw``, ``OUT/seed-<s>-from-<name>``
+otherwise) and its curves are named ``<strategy> from <name>`` in the summary::
+
+    python benchmarks/active.py --preset digits --seeds 0,1,2 --strategies random \
+        --starts draw,random,typical,badge --rounds 2 --validation --out runs/active-starts
 """
 
 from __future__ import annotations
@@ -38,11 +48,14 @@ from ssvae_core.labeling import (
     LoopPlan,
     parse_seeds,
     run_loop,
+    series,
     summarise_curve,
     write_curve_plot,
 )
 from ssvae_core.registry import default_registry
 from ssvae_core.runs import split_dataset
+
+DRAW = "draw"  # the split's random draw of the first labels, per class
 
 
 def validation_data(args: argparse.Namespace, seed: int) -> str:
@@ -62,8 +75,8 @@ def validation_data(args: argparse.Namespace, seed: int) -> str:
     return str(path.resolve())
 
 
-def run_seed(args: argparse.Namespace, seed: int, strategies: tuple[str, ...]) -> Path:
-    out = Path(args.out) / f"seed-{seed}"
+def run_seed(args: argparse.Namespace, seed: int, strategies: tuple[str, ...], start: str = DRAW) -> Path:
+    out = Path(args.out) / (f"seed-{seed}" if start == DRAW else f"seed-{seed}-from-{start}")
     if (out / "curve.json").exists():
         print(f"seed {seed}: reusing {out}", file=sys.stderr)
         return out
@@ -76,11 +89,12 @@ def run_seed(args: argparse.Namespace, seed: int, strategies: tuple[str, ...]) -
     plan = LoopPlan(
         config, strategies, (seed,), rounds=args.rounds, per_round=args.per_round,
         steps_per_round=args.steps_per_round,
+        initial_strategy=None if start == DRAW else start, initial_training=args.initial_training,
     )
 
     def progress(record: dict[str, Any]) -> None:
         print(
-            f"{record['strategy']:>16} seed {seed} round {record['round']}: {record['labels']} labels, "
+            f"{series(record):>16} seed {seed} round {record['round']}: {record['labels']} labels, "
             f"accuracy {record['test_accuracy']:.4f} ({record['wall_time_s']:.0f}s)",
             file=sys.stderr, flush=True,
         )
@@ -101,10 +115,10 @@ def complete_seeds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records of the seeds on which every strategy reached the last round (so every
     strategy is averaged over the same seeds)."""
     last = max(r["round"] for r in records)
-    strategies = {r["strategy"] for r in records}
+    strategies = {series(r) for r in records}
     done = {
         seed for seed in {r["seed"] for r in records}
-        if {r["strategy"] for r in records if r["seed"] == seed and r["round"] == last} == strategies
+        if {series(r) for r in records if r["seed"] == seed and r["round"] == last} == strategies
     }
     return [r for r in records if r["seed"] in done]
 
@@ -122,8 +136,10 @@ def summarise(records: list[dict[str, Any]], at: int) -> list[dict[str, Any]]:
     rows = []
     for strategy, curve in summary.items():
         by_labels = {round(r["labels"]): r for r in curve}
+        start = next((r.get("start") for r in records if series(r) == strategy and r["round"] == 0), None)
         row: dict[str, Any] = {
             "strategy": strategy,
+            "start": start or DRAW,
             "seeds": curve[0]["seeds"],
             "accuracy": {str(k): round(v["test_accuracy"], 4) for k, v in by_labels.items()},
             "ece": {str(k): round(v["ece"], 4) for k, v in by_labels.items()},
@@ -154,6 +170,15 @@ def main() -> int:
     parser.add_argument("--per-round", type=int, default=10, help="queries per round")
     parser.add_argument("--steps-per-round", type=int, default=500, help="warm steps per round")
     parser.add_argument("--at", type=int, default=50, help="labels at which to compare with random")
+    parser.add_argument(
+        "--starts", default=DRAW,
+        help=f"comma-separated: how the first labels are had, '{DRAW}' (the split's random draw per "
+        "class) or a strategy that needs no label choosing them from a label-free model (default draw)",
+    )
+    parser.add_argument(
+        "--initial-training", choices=("warm", "cold"), default="warm",
+        help="chosen starts: continue the label-free model on the chosen labels (warm, default) or train on them from scratch (cold)",
+    )
     parser.add_argument("--out", default=None, help="benchmark folder (one loop per seed)")
     parser.add_argument("--summarise", nargs="+", metavar="DIR", help="only summarise finished folders")
     parser.add_argument(
@@ -173,7 +198,10 @@ def main() -> int:
             if "random" not in strategies:
                 strategies = ("random", *strategies)
             strategies = ("random", *[s for s in strategies if s != "random"])
-            folders = [run_seed(args, seed, strategies) for seed in parse_seeds(args.seeds)]
+            starts = [name.strip() for name in args.starts.split(",") if name.strip()]
+            folders = [
+                run_seed(args, seed, strategies, start) for seed in parse_seeds(args.seeds) for start in starts
+            ]
         records = read_records(folders)
         if not records or not complete_seeds(records):
             print("no finished loop under the given folders", file=sys.stderr)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ssvae_core.api import SSVAEClassifier
-from ssvae_core.config import load_config
+from ssvae_core.config import label_budget_argument, load_config
 from ssvae_core.data import load_dataset
 from ssvae_core.errors import SSVAEError
 from ssvae_core.runs import split_dataset, training_view
@@ -76,7 +76,7 @@ def main() -> int:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--preset", default="digits")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--labels-per-class", type=int, default=None)
+    parser.add_argument("--labels-per-class", type=label_budget_argument, default=None, help="an integer (0: no labels) or all")
     parser.add_argument("--every", type=int, default=500, help="steps between snapshots")
     parser.add_argument("--merge-share", type=float, default=0.2)
     parser.add_argument("--validation", action="store_true", help="score on a validation split")

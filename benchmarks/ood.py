@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ssvae_core.api import SSVAEClassifier
-from ssvae_core.config import load_config
+from ssvae_core.config import label_budget_argument, load_config
 from ssvae_core.data import Dataset, load_dataset
 from ssvae_core.errors import ConfigError, DataError
 from ssvae_core.inference import OOD_SCORES, Inference, OODReference, infer, ood_scores
@@ -304,7 +304,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="digits", help="'digits' or a data path")
     parser.add_argument("--seeds", default="0", help="comma-separated split seeds")
-    parser.add_argument("--labels-per-class", type=int, default=None)
+    parser.add_argument("--labels-per-class", type=label_budget_argument, default=None, help="an integer (0: no labels) or all")
     parser.add_argument("--preset", default=None, help="a shipped preset (digits, mnist)")
     parser.add_argument("--config", default=None, help="a TOML config (over the preset)")
     parser.add_argument("--run", default=None, help="score this run directory's model (one seed) instead of training")

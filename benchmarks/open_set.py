@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from ssvae_core.api import SSVAEClassifier
-from ssvae_core.config import load_config
+from ssvae_core.config import label_budget_argument, load_config
 from ssvae_core.data import Dataset, from_arrays, load_dataset
 from ssvae_core.metrics import auroc
 from ssvae_core.runs import split_dataset
@@ -136,7 +136,7 @@ def main() -> int:
     parser.add_argument("--dataset", default="digits", help="'digits' or a data path")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated split seeds")
     parser.add_argument("--hidden", default="9", help="comma-separated classes given no label")
-    parser.add_argument("--labels-per-class", type=int, default=None)
+    parser.add_argument("--labels-per-class", type=label_budget_argument, default=None, help="an integer (0: no labels) or all")
     parser.add_argument("--new-labels", type=int, default=5, help="labels given to each hidden class")
     parser.add_argument("--retrain-steps", type=int, default=1000)
     parser.add_argument("--preset", default=None, help="a shipped preset (digits, mnist)")

@@ -18,7 +18,24 @@ returns one number per example, higher meaning "label sooner":
   means) from every labeled or already chosen one (k-center greedy);
 - ``diverse``: batch-aware; greedily picks the example maximising ``u(x) · d(x)²``, an
   uncertainty ``u`` times the squared distance to the nearest labeled or chosen example,
-  so a batch covers uncertain regions without near-duplicates.
+  so a batch covers uncertain regions without near-duplicates;
+- ``typical``: batch-aware, label-free (TypiClust-style); clusters a representation
+  (posterior means, responsibilities, or both) into as many clusters as labeled plus
+  wanted examples, and takes the most typical example (densest: smallest mean distance
+  to its nearest neighbours) of each of the largest clusters holding no labeled example;
+- ``cover``: batch-aware, label-free; greedily picks the example maximising
+  ``t(x)^γ · d(x)²``, its typicality (as in ``typical``) to the power γ times the squared
+  distance to the nearest labeled or chosen example in the same representation: dense
+  regions first, each one once;
+- ``badge``: batch-aware, label-free (BADGE-style); k-means++ seeding over gradient
+  embeddings ``(r − e_ĉ) ⊗ μ``, the gradient of ``−log q(ĉ|x)`` at the most responsible
+  channel ``ĉ`` with respect to a linear read-out of the posterior mean ``μ`` (with labels,
+  ``(p(y|x) − e_ŷ) ⊗ μ`` over the classes instead), so a batch holds examples that are
+  both uncertain and unlike one another and unlike what is labeled.
+
+``random``, ``kcenter``, ``channel_entropy``, ``typical``, ``cover`` and ``badge`` need no label
+(``label_free``): they can choose the first examples to label from a model trained
+without any. The others read ``p(y|x)`` or τ and are refused there.
 
 They register through the ``ssvae_register_acquisitions`` hook like any plugin's
 (:mod:`ssvae_core.builtin`).
@@ -28,6 +45,7 @@ They register through the ``ssvae_register_acquisitions`` hook like any plugin's
 # annotation (see ssvae_core.protocols).
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -111,10 +129,11 @@ def greedy_cover(
     points = np.asarray(z, dtype=np.float64)
     weight = np.maximum(np.nan_to_num(np.asarray(weights, dtype=np.float64)), 0.0)
     distance = np.asarray(nearest_labeled(z, labeled), dtype=np.float64)
-    distance[np.isinf(distance)] = 1.0  # nothing labeled: the weights decide
     picks = np.empty(count, dtype=np.int32)
     for i in range(count):
-        value = np.where(taken, -np.inf, weight * distance)
+        # nothing labeled or chosen yet: the weights alone decide the first pick
+        spread = np.ones_like(distance) if np.isinf(distance).all() else distance
+        value = np.where(taken, -np.inf, weight * spread)
         pick = int(np.argmax(value))
         picks[i] = pick
         taken[pick] = True
@@ -156,6 +175,7 @@ class RandomAcquisition(AbstractAcquisition):
     """Uniform random scores: the baseline."""
 
     num_samples: int = eqx.field(static=True, default=0)
+    label_free: ClassVar[bool] = True
 
     def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
         return jax.random.uniform(key, (inputs.num_examples,))
@@ -177,6 +197,7 @@ class ChannelEntropyAcquisition(RankedAcquisition):
 
     num_samples: int = eqx.field(static=True, default=0)
     balance: bool = eqx.field(static=True, default=False)
+    label_free: ClassVar[bool] = True
 
     def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
         return entropy(inputs.responsibilities)
@@ -209,6 +230,7 @@ class KCenterAcquisition(AbstractAcquisition):
     labeled example; a batch is chosen greedily so it covers the latent space."""
 
     num_samples: int = eqx.field(static=True, default=0)
+    label_free: ClassVar[bool] = True
 
     def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
         distance = nearest_labeled(inputs.z_mean, inputs.labeled)
@@ -234,6 +256,198 @@ class DiverseAcquisition(AbstractAcquisition):
     def select(self, inputs: AcquisitionInputs, count: int, key: PRNGKeyArray) -> Int[Array, " count"]:
         weights = UNCERTAINTIES[self.measure](inputs)
         return greedy_cover(inputs.z_mean, weights, inputs.labeled, count)
+
+
+REPRESENTATIONS = ("mean", "responsibilities", "both")
+
+
+def representation(inputs: AcquisitionInputs, space: str) -> np.ndarray:
+    """The examples as points: posterior means ``μ(x)`` standardised per dimension
+    (``mean``), responsibilities ``q(c|x)`` (``responsibilities``), or both side by side,
+    the responsibilities scaled by ``√D`` so that each part weighs alike (``both``)."""
+    z = np.asarray(inputs.z_mean, dtype=np.float64)
+    z = (z - z.mean(axis=0)) / np.maximum(z.std(axis=0), 1e-8)
+    r = np.asarray(inputs.responsibilities, dtype=np.float64)
+    if space == "mean" or r.shape[-1] == 0:
+        return z
+    if space == "responsibilities":
+        return r
+    return np.concatenate([z, r * np.sqrt(z.shape[-1])], axis=-1)
+
+
+def typicality(points: np.ndarray, neighbours: int) -> np.ndarray:
+    """``1 / mean distance to the k nearest other points``: high where the data are dense."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(neighbours, points.shape[0] - 1)
+    if k < 1:
+        return np.ones(points.shape[0])
+    distances, _ = NearestNeighbors(n_neighbors=k + 1).fit(points).kneighbors(points)
+    return 1.0 / np.maximum(distances[:, 1:].mean(axis=-1), 1e-12)
+
+
+def typical_picks(
+    points: np.ndarray, labeled: np.ndarray, count: int, *, neighbours: int, seed: int
+) -> np.ndarray:
+    """TypiClust: k-means with ``|labeled| + count`` clusters; then, ``count`` times, the
+    largest cluster with the fewest labeled or chosen members gives its most typical
+    unlabeled example (typicality within the cluster)."""
+    from sklearn.cluster import KMeans
+
+    labeled = np.asarray(labeled, dtype=bool)
+    available = int(np.sum(~labeled))
+    if not 0 <= count <= available:
+        raise ValueError(f"count must be between 0 and the {available} unlabeled examples, got {count}")
+    clusters = min(int(labeled.sum()) + count, points.shape[0])
+    assignment = KMeans(n_clusters=clusters, n_init=1, random_state=seed).fit_predict(points)
+    sizes = np.bincount(assignment, minlength=clusters)
+    covered = np.bincount(assignment[labeled], minlength=clusters)
+    density = np.zeros(points.shape[0])
+    for c in range(clusters):
+        members = np.flatnonzero(assignment == c)
+        density[members] = typicality(points[members], neighbours)
+    taken = labeled.copy()
+    remaining = np.bincount(assignment[~taken], minlength=clusters)
+    picks = np.empty(count, dtype=np.int32)
+    for i in range(count):
+        # fewest members taken first, then the largest cluster (ties: lower cluster index)
+        order = np.lexsort((-sizes, covered))
+        cluster = int(order[np.argmax(remaining[order] > 0)])
+        members = np.flatnonzero((assignment == cluster) & ~taken)
+        pick = int(members[np.argmax(density[members])])
+        picks[i] = pick
+        taken[pick] = True
+        covered[cluster] += 1
+        remaining[cluster] -= 1
+    return picks
+
+
+def gradient_embedding(inputs: AcquisitionInputs, over: str) -> np.ndarray:
+    """BADGE's embedding ``(p − e_{argmax p}) ⊗ μ``: the gradient of ``−log p_ĵ`` at the
+    most probable ``ĵ`` with respect to a linear read-out of the posterior mean ``μ``.
+    ``p`` is ``q(c|x)`` over channels (``channels``) or ``p(y|x)`` over classes
+    (``classes``); ``auto`` takes classes once anything is labeled, else channels."""
+    use_classes = over == "classes" or (over == "auto" and bool(np.any(np.asarray(inputs.labeled))))
+    if inputs.responsibilities.shape[-1] == 0:
+        use_classes = True
+    p = np.asarray(inputs.probabilities if use_classes else inputs.responsibilities, dtype=np.float64)
+    residual = p.copy()
+    residual[np.arange(p.shape[0]), np.argmax(p, axis=-1)] -= 1.0
+    z = np.asarray(inputs.z_mean, dtype=np.float64)
+    z = np.concatenate([(z - z.mean(axis=0)) / np.maximum(z.std(axis=0), 1e-8), np.ones((z.shape[0], 1))], axis=-1)
+    return (residual[:, :, None] * z[:, None, :]).reshape(p.shape[0], -1)
+
+
+def kmeans_plus_plus(points: np.ndarray, labeled: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding: with nothing labeled the first pick is the largest norm; each
+    next pick is drawn with probability ∝ its squared distance to the nearest labeled or
+    chosen point."""
+    labeled = np.asarray(labeled, dtype=bool)
+    available = int(np.sum(~labeled))
+    if not 0 <= count <= available:
+        raise ValueError(f"count must be between 0 and the {available} unlabeled examples, got {count}")
+    taken = labeled.copy()
+    distance = np.asarray(nearest_labeled(points, labeled), dtype=np.float64)
+    picks = np.empty(count, dtype=np.int32)
+    for i in range(count):
+        weight = np.where(taken, 0.0, distance)
+        if np.isinf(weight).any():  # nothing labeled or chosen yet
+            pick = int(np.argmax(np.where(taken, -np.inf, np.sum(points**2, axis=-1))))
+        elif weight.sum() <= 0.0:  # every remaining point sits on a chosen one
+            pick = int(rng.choice(np.flatnonzero(~taken)))
+        else:
+            pick = int(rng.choice(weight.size, p=weight / weight.sum()))
+        picks[i] = pick
+        taken[pick] = True
+        distance = np.minimum(distance, np.sum((points - points[pick]) ** 2, axis=-1))
+    return picks
+
+
+def _seed(key: PRNGKeyArray) -> int:
+    return int(jax.random.randint(key, (), 0, 2**31 - 1))
+
+
+class TypicalAcquisition(AbstractAcquisition):
+    """TypiClust: the most typical example of each of the largest uncovered clusters of
+    the chosen representation; the score is the typicality over all examples."""
+
+    space: str = eqx.field(static=True)
+    neighbours: int = eqx.field(static=True)
+    num_samples: int = eqx.field(static=True, default=0)
+    label_free: ClassVar[bool] = True
+
+    def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
+        return jnp.asarray(typicality(representation(inputs, self.space), self.neighbours), dtype=jnp.float32)
+
+    def select(self, inputs: AcquisitionInputs, count: int, key: PRNGKeyArray) -> Int[Array, " count"]:
+        points = representation(inputs, self.space)
+        picks = typical_picks(points, np.asarray(inputs.labeled), count, neighbours=self.neighbours, seed=_seed(key))
+        return jnp.asarray(picks)
+
+
+class CoverAcquisition(AbstractAcquisition):
+    """Typicality to the power ``power`` times the squared distance to the nearest labeled
+    or chosen example, maximised greedily (``greedy_cover``) in the chosen representation."""
+
+    space: str = eqx.field(static=True)
+    neighbours: int = eqx.field(static=True)
+    power: float = eqx.field(static=True)
+    num_samples: int = eqx.field(static=True, default=0)
+    label_free: ClassVar[bool] = True
+
+    def _weights(self, points: np.ndarray) -> np.ndarray:
+        density = typicality(points, self.neighbours)
+        return (density / density.max()) ** self.power
+
+    def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
+        points = representation(inputs, self.space)
+        distance = np.asarray(nearest_labeled(points, inputs.labeled), dtype=np.float64)
+        distance[np.isinf(distance)] = 1.0
+        return jnp.asarray(self._weights(points) * distance, dtype=jnp.float32)
+
+    def select(self, inputs: AcquisitionInputs, count: int, key: PRNGKeyArray) -> Int[Array, " count"]:
+        points = representation(inputs, self.space)
+        return greedy_cover(points, self._weights(points), inputs.labeled, count)
+
+
+class BadgeAcquisition(AbstractAcquisition):
+    """BADGE: k-means++ seeding over gradient embeddings; the score is the embedding's norm."""
+
+    over: str = eqx.field(static=True)
+    num_samples: int = eqx.field(static=True, default=0)
+    label_free: ClassVar[bool] = True
+
+    def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
+        return jnp.asarray(np.linalg.norm(gradient_embedding(inputs, self.over), axis=-1), dtype=jnp.float32)
+
+    def select(self, inputs: AcquisitionInputs, count: int, key: PRNGKeyArray) -> Int[Array, " count"]:
+        points = gradient_embedding(inputs, self.over)
+        picks = kmeans_plus_plus(points, np.asarray(inputs.labeled), count, np.random.default_rng(_seed(key)))
+        return jnp.asarray(picks)
+
+
+@dataclass(frozen=True)
+class TypicalOptions:
+    space: str = option(
+        "mean",
+        help="the representation: posterior means μ(x) standardised ('mean'), responsibilities q(c|x), or both side by side",
+        choices=REPRESENTATIONS,
+    )
+    neighbours: int = option(20, help="nearest neighbours whose mean distance measures typicality", minimum=1)
+
+
+@dataclass(frozen=True)
+class CoverOptions(TypicalOptions):
+    power: float = option(2.0, help="γ: how much typicality weighs against spread (0: k-center greedy)", minimum=0.0)
+
+
+@dataclass(frozen=True)
+class BadgeOptions:
+    over: str = option(
+        "auto",
+        help="the softmax whose gradient embeds an example: q(c|x) over channels, p(y|x) over classes, or 'auto' (classes once anything is labeled)",
+        choices=("auto", "channels", "classes"),
+    )
 
 
 @dataclass(frozen=True)
@@ -328,6 +542,21 @@ ACQUISITIONS: dict[str, ComponentFactory] = {
         DiverseAcquisition, DiverseOptions,
         lambda options, context, key: DiverseAcquisition(measure=options.uncertainty),
         "batch-aware: uncertainty × squared latent distance to the nearest labeled or chosen example, greedily",
+    ),
+    "typical": ComponentFactory(
+        TypicalAcquisition, TypicalOptions,
+        lambda options, context, key: TypicalAcquisition(space=options.space, neighbours=options.neighbours),
+        "batch-aware, needs no label (TypiClust): the most typical example of each largest uncovered cluster",
+    ),
+    "cover": ComponentFactory(
+        CoverAcquisition, CoverOptions,
+        lambda options, context, key: CoverAcquisition(space=options.space, neighbours=options.neighbours, power=options.power),
+        "batch-aware, needs no label: typicality^γ × squared distance to the nearest labeled or chosen example, greedily",
+    ),
+    "badge": ComponentFactory(
+        BadgeAcquisition, BadgeOptions,
+        lambda options, context, key: BadgeAcquisition(over=options.over),
+        "batch-aware, needs no label (BADGE): k-means++ seeding over gradient embeddings (q(c|x) or p(y|x) − one-hot) ⊗ μ(x)",
     ),
 }
 

@@ -195,6 +195,16 @@ def build_acquisition(
     return built
 
 
+def label_free_strategies(registry: Registry | None = None) -> list[str]:
+    """The registered acquisitions that need no label (``label_free``): those that can
+    choose the first examples to label from a model trained without any."""
+    registry = registry or default_registry()
+    return [
+        name for name in registry.names("acquisition")
+        if getattr(registry.get("acquisition", name).factory.component_type, "label_free", False)
+    ]
+
+
 def query_key(seed: int, step: int) -> PRNGKeyArray:
     """The key of a query: the seed folded with the training step reached (so each round
     of a loop draws anew, and the same run queried twice draws the same)."""
@@ -217,7 +227,9 @@ def query(
     """The ``count`` unlabeled examples of ``x`` to label next by ``strategy``, best first.
 
     ``labeled`` marks the rows already labeled (never chosen). A ``count`` larger than
-    the unlabeled rows, or below 1, is a :class:`DataError`.
+    the unlabeled rows, or below 1, is a :class:`DataError`; with no row labeled, a
+    strategy that reads predictions (not ``label_free``) is a :class:`ConfigError` naming
+    those that need no label.
     """
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise DataError(f"the number of examples to query must be a positive integer; got {count!r}")
@@ -229,7 +241,14 @@ def query(
             "examples are unlabeled"
         )
     shape = tuple(input_shape) if input_shape is not None else tuple(x.shape[1:])
+    registry = registry or default_registry()
     acquisition = build_acquisition(strategy, model_context(model, shape), options, registry=registry)
+    if not labeled.any() and not type(acquisition).label_free:
+        raise ConfigError(
+            f"strategy {strategy!r} reads the model's predictions p(y|x), which a model trained "
+            "without labels does not have; to choose the first labels use one of: "
+            f"{', '.join(label_free_strategies(registry))}"
+        )
     key = jax.random.PRNGKey(0) if key is None else key
     inputs_key, score_key = jax.random.split(key)
     inputs = acquisition_inputs(

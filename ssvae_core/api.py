@@ -31,6 +31,7 @@ from ssvae_core.labelspace import channel_table, claim_for_classes
 from ssvae_core.metrics import (
     accuracy,
     channel_diagnostics,
+    clustering_metrics,
     confusion_matrix,
     expected_calibration_error,
     ood_table,
@@ -91,6 +92,9 @@ class SSVAEClassifier:
         evaluate: EvaluateCallback | None = None,
     ) -> SSVAEClassifier:
         """Train from scratch on every row of ``x``; rows whose label is ``-1`` are unlabeled.
+        With no label at all (``y`` omitted or all ``-1``; pass ``num_classes`` or
+        ``label_names``) the model trains on the unlabeled data alone: its channels form
+        without labels, and :meth:`query` picks the first examples to label.
 
         Each sink — ``sink(step, metrics)`` — receives the mean metrics of each chunk of
         ``train.log_every`` steps (:attr:`history` keeps them too).
@@ -188,7 +192,8 @@ class SSVAEClassifier:
         y = data.y.copy()
         y[rows] = [all_names.index(name) for name in names]
         self.training_data = from_arrays(
-            data.x, y, name=data.name, num_classes=len(all_names), label_names=all_names
+            data.x, y, name=data.name, num_classes=len(all_names), label_names=all_names,
+            unlabeled_classes=data.unlabeled_classes,
         )
         return new_names
 
@@ -249,6 +254,8 @@ class SSVAEClassifier:
         assert data is not None
         usage = np.mean(infer(model, state.head_state, data.x).responsibilities, axis=0)
         free = model.head.free_channels(state.head_state, jax.numpy.asarray(usage))
+        if free is not None and not np.any(data.y >= 0):
+            free = np.ones(np.shape(free), dtype=bool)  # trained without labels: no label owns a channel
         if free is None:
             if not new_names:
                 return  # a head without channels learns a known class from its labels alone
@@ -257,9 +264,11 @@ class SSVAEClassifier:
                 f"{', '.join(map(repr, new_names))}; use the τ head"
             )
         responsibilities = infer(model, state.head_state, x).responsibilities
-        claims = claim_for_classes(responsibilities, names, claiming, np.asarray(free))
+        # a known class (τ has its column) finding no free channel learns from its labels alone
+        known = [name for name in claiming if name not in new_names]
+        claims = claim_for_classes(responsibilities, names, claiming, np.asarray(free), optional=known)
         all_names = (*self.label_names, *new_names)
-        owners = {all_names.index(name): chosen for name, chosen in zip(claiming, claims, strict=True)}
+        owners = {all_names.index(name): chosen for name, chosen in zip(claiming, claims, strict=True) if chosen}
         try:
             head, head_state = model.head.assign_channels(state.head_state, len(all_names), owners)
         except NotImplementedError as error:
@@ -269,7 +278,7 @@ class SSVAEClassifier:
         self.model = grown
         self.state = dataclasses.replace(state, head_state=head_state)
         self.label_names = all_names
-        self.claims.update(zip(claiming, claims, strict=True))
+        self.claims.update((name, chosen) for name, chosen in zip(claiming, claims, strict=True) if chosen)
 
     def retrain(
         self,
@@ -339,9 +348,7 @@ class SSVAEClassifier:
         dataset = x if isinstance(x, Dataset) else from_arrays(
             x, y, num_classes=num_classes, label_names=label_names
         )
-        supervised = self.config.term_options("supervised").weight
-        if not np.any(dataset.y >= 0) and supervised > 0:
-            raise DataError("training needs at least one labeled example (a label >= 0 in y)")
+        # No label at all trains label-free: the channels form from the unlabeled data alone.
         labeled = np.unique(dataset.y[dataset.y >= 0])
         if labeled.size == 1:
             raise DataError(
@@ -547,6 +554,8 @@ class SSVAEClassifier:
             "channels": channel_diagnostics(result.responsibilities, self.tau),
             "label_names": list(self.label_names),
         }
+        if result.responsibilities.shape[-1]:
+            metrics["clustering"] = clustering_metrics(result.responsibilities, labels)
         confusion = np.asarray(metrics["confusion"])
         totals = confusion.sum(axis=1)
         metrics["per_class_accuracy"] = {

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ssvae_core.config import label_budget_argument
 from ssvae_core.errors import SSVAEError
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
@@ -100,7 +101,12 @@ def _parser() -> argparse.ArgumentParser:
         "--data", metavar="PATH",
         help="an .npz file (arrays x, y) or a folder with an MNIST-style IDX pair (default: digits)",
     )
-    train.add_argument("--labels-per-class", type=int, metavar="N", help="label budget per class")
+    train.add_argument(
+        "--labels-per-class", type=label_budget_argument, metavar="N",
+        help="label budget per class: an integer (0: no labels, the model learns from the "
+        "unlabeled data alone and the report gives clustering accuracy, NMI and ARI) or 'all' "
+        "(every training label)",
+    )
     train.add_argument("--seed", type=int, metavar="N", help="seed of the split and the model")
     train.add_argument("--steps", type=int, metavar="N", help="optimiser steps")
     train.add_argument(
@@ -245,6 +251,17 @@ def _parser() -> argparse.ArgumentParser:
         "--initial-labels-per-class", type=int, default=1, metavar="K",
         help="labels per class of the first training (default 1)",
     )
+    loop.add_argument(
+        "--initial-strategy", metavar="NAME",
+        help="choose the first labels (K × classes) with this strategy from a model trained on "
+        "the unlabeled data alone (with the same config), instead of drawing K per class at "
+        "random; a strategy that needs no label: typical, badge, kcenter, channel_entropy, random",
+    )
+    loop.add_argument(
+        "--initial-training", choices=("warm", "cold"), default="warm",
+        help="with --initial-strategy: continue the label-free model on the chosen labels for "
+        "--steps-per-round steps (warm, default) or train the first model on them from scratch (cold)",
+    )
     loop.add_argument("--rounds", type=int, default=5, metavar="R", help="query rounds (default 5)")
     loop.add_argument("--per-round", type=int, default=10, metavar="N", help="queries per round (default 10)")
     loop.add_argument(
@@ -346,9 +363,23 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _held_out_line(report: dict[str, Any]) -> str:
+    """``test accuracy … ECE …``, or for a run without labels its clustering figures."""
+    if report.get("test_accuracy") is None:
+        figures = report.get("clustering")
+        if not figures:
+            return "no labels (label-free run): no accuracy"
+        return (
+            f"no labels: clustering accuracy {figures['clustering_accuracy']:.4f} "
+            f"(many-to-one {figures['many_to_one_accuracy']:.4f})  NMI {figures['nmi']:.4f}  "
+            f"ARI {figures['ari']:.4f}"
+        )
+    return f"test accuracy {report['test_accuracy']:.4f}  ECE {report['ece']:.4f}"
+
+
 def _print_train_summary(report: dict[str, Any], run_dir: object) -> None:
     print(
-        f"test accuracy {report['test_accuracy']:.4f}  ECE {report['ece']:.4f}  "
+        f"{_held_out_line(report)}  "
         f"labels {report['num_labels']}  prior {report['prior']}  "
         f"time {report['wall_time_s']:.1f}s  run {run_dir}"
     )
@@ -407,7 +438,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return EXIT_OK
     line = (
-        f"test accuracy {report['test_accuracy']:.4f}  ECE {report['ece']:.4f}  "
+        f"{_held_out_line(report)}  "
         f"examples {report['num_test']}  reconstruction MSE {report['reconstruction_error']:.4f}"
     )
     if "ood_auroc" in report:
@@ -545,6 +576,7 @@ def _loop(args: argparse.Namespace) -> int:
     plan = LoopPlan(
         config, strategies, tuple(parse_seeds(args.seeds)),
         rounds=args.rounds, per_round=args.per_round, steps_per_round=args.steps_per_round,
+        initial_strategy=args.initial_strategy, initial_training=args.initial_training,
     )
     out = args.out if args.out is not None else new_run_dir()
     total = len(plan.seeds) * len(plan.strategies) * plan.rounds

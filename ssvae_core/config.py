@@ -31,19 +31,52 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+# ``data.labels_per_class`` meaning every training label of the data.
+EVERY_LABEL = "all"
+
+
+def label_budget_argument(text: str) -> int | str:
+    """A command-line label budget: an integer >= 0 (0: no labels) or ``all``; an
+    ``argparse.ArgumentTypeError`` otherwise (argparse exits with status 2)."""
+    import argparse
+
+    value = str(text).strip().lower()
+    if value == EVERY_LABEL:
+        return value
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 0 (0: no labels) or {EVERY_LABEL!r} (every training label), got {text!r}"
+        )
+    return int(value)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = option(
         "digits", help="'digits' (embedded), an .npz file, or a folder with MNIST-style IDX files"
     )
-    labels_per_class: int = option(
-        10, help="labeled training examples per class (0 uses every training label)", minimum=0
+    labels_per_class: int | str = option(
+        10,
+        help=f"labeled training examples per class: an integer (0: none, the model learns from the unlabeled data alone) or {EVERY_LABEL!r} (every training label)",
+        minimum=0,
     )
+
+    def validate(self) -> None:
+        if isinstance(self.labels_per_class, str) and self.labels_per_class != EVERY_LABEL:
+            raise ValueError(
+                f"labels_per_class must be an integer >= 0 or {EVERY_LABEL!r} (every training "
+                f"label), got {self.labels_per_class!r}"
+            )
 
     @property
     def label_budget(self) -> int | None:
-        """``labels_per_class`` for the split: ``None`` means every training label."""
-        return self.labels_per_class or None
+        """``labels_per_class`` for the split: ``None`` means every training label, 0 none."""
+        return None if self.labels_per_class == EVERY_LABEL else int(self.labels_per_class)
+
+    @property
+    def label_free(self) -> bool:
+        """Whether the split labels nothing: the model learns from unlabeled data alone."""
+        return self.labels_per_class == 0
 
 
 @dataclass(frozen=True)

@@ -226,8 +226,11 @@ class Dataset:
     ------
     DataError
         If shapes, values or labels are invalid. When any example is labeled,
-        every class needs at least one labeled example; a fully unlabeled
-        dataset is allowed.
+        every class needs at least one labeled example (unless
+        ``unlabeled_classes``); a fully unlabeled dataset is allowed.
+    unlabeled_classes : bool
+        Allow classes without any labeled example (a training view whose first labels
+        were chosen by a query and missed a class, which may be named later).
     """
 
     x: np.ndarray
@@ -235,6 +238,7 @@ class Dataset:
     name: str
     num_classes: int
     label_names: tuple[str, ...] = field(default=())
+    unlabeled_classes: bool = field(default=False)
 
     def __post_init__(self) -> None:
         x = _coerce_x(self.x)
@@ -248,7 +252,7 @@ class Dataset:
             raise DataError(f"name must be a string; got {self.name!r}")
         k = _check_num_classes(self.num_classes)
         _check_label_values(y, k)
-        n_labeled = int(np.count_nonzero(y >= 0))
+        n_labeled = int(np.count_nonzero(y >= 0)) if not self.unlabeled_classes else 0
         if 0 < n_labeled < k:
             raise DataError(
                 f"only {n_labeled} labeled example(s) for {k} classes; "
@@ -297,6 +301,7 @@ def from_arrays(
     name: str = "arrays",
     num_classes: int | None = None,
     label_names: Sequence[str] | None = None,
+    unlabeled_classes: bool = False,
 ) -> Dataset:
     """Build a validated :class:`Dataset` from arrays.
 
@@ -314,6 +319,8 @@ def from_arrays(
         as ``max(y) + 1``.
     label_names : sequence of str, optional
         One name per class.
+    unlabeled_classes : bool
+        Allow classes without a labeled example (see :class:`Dataset`).
 
     Returns
     -------
@@ -348,7 +355,8 @@ def from_arrays(
             _check_outlying_labels(y_arr)
             num_classes = _infer_num_classes(y_arr)
     return Dataset(
-        x=x_arr, y=y_arr, name=name, num_classes=num_classes, label_names=names
+        x=x_arr, y=y_arr, name=name, num_classes=num_classes, label_names=names,
+        unlabeled_classes=unlabeled_classes,
     )
 
 
@@ -669,7 +677,8 @@ def benchmark_split(
     y : array_like
         Integer labels, shape ``(N,)``; ``-1`` = unlabeled.
     labels_per_class : int or None
-        Labeled examples per class (>= 1); ``None`` keeps every training label.
+        Labeled examples per class (>= 0; 0 labels nothing, the split of a model that
+        learns from unlabeled data alone); ``None`` keeps every training label.
     seed : int
         Seed for ``numpy.random.default_rng``.
     num_classes : int, optional
@@ -682,7 +691,7 @@ def benchmark_split(
     Raises
     ------
     DataError
-        On invalid labels, labels of fewer than two classes, ``labels_per_class < 1``,
+        On invalid labels, labels of fewer than two classes, ``labels_per_class < 0``,
         a class with too few labeled training examples (a class with none gets no labels),
         or an empty test set.
     """
@@ -707,10 +716,10 @@ def benchmark_split(
     if labels_per_class is not None and (
         isinstance(labels_per_class, bool)
         or not isinstance(labels_per_class, (int, np.integer))
-        or labels_per_class < 1
+        or labels_per_class < 0
     ):
         raise DataError(
-            f"labels_per_class must be an integer >= 1 or None; got {labels_per_class!r}"
+            f"labels_per_class must be an integer >= 0 or None; got {labels_per_class!r}"
         )
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n).astype(np.int64)
@@ -725,6 +734,8 @@ def benchmark_split(
     train = np.concatenate([tail, head[~head_labeled]])
     if labels_per_class is None:
         labeled = train[labels[train] >= 0]
+    elif labels_per_class == 0:
+        labeled = np.empty(0, dtype=np.int64)
     else:
         picks = []
         for c in range(k):

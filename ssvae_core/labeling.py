@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ssvae_core.active import query, query_key, registered_strategy
+from ssvae_core.active import label_free_strategies, query, query_key, registered_strategy
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.checkpoint import atomic_write_bytes
 from ssvae_core.config import Config, check_seed, check_steps, dumps_toml
@@ -171,7 +171,7 @@ def query_run(
             {
                 "index": int(split.train[i]),
                 "score": float(score),
-                "predicted": names[int(p)],
+                "predicted": names[int(p)] if labeled.any() else "",  # no labels: no prediction
                 "certainty": float(c),
             }
             for i, score, p, c in zip(
@@ -230,11 +230,20 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+INITIAL_TRAINING = ("cold", "warm")
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopPlan:
     """What :func:`run_loop` runs: strategies × seeds, each ``rounds`` rounds of
     ``per_round`` queries and ``steps_per_round`` warm steps, from a run trained with
-    ``config`` (its ``data.labels_per_class`` is the initial budget)."""
+    ``config`` (its ``data.labels_per_class`` is the initial budget).
+
+    With ``initial_strategy`` the first labels are chosen, not drawn: a model is trained
+    on the unlabeled data alone (the same config, no labels), the strategy picks
+    ``labels_per_class × classes`` examples from it, and the initial run trains on their
+    labels — continuing the label-free model for ``steps_per_round`` steps
+    (``initial_training`` ``warm``, the default) or from scratch (``cold``)."""
 
     config: Config
     strategies: tuple[str, ...]
@@ -243,6 +252,8 @@ class LoopPlan:
     per_round: int
     steps_per_round: int
     options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    initial_strategy: str | None = None
+    initial_training: str = "warm"
 
     def check(self, registry: Registry) -> None:
         for name, value in (("--rounds", self.rounds), ("--per-round", self.per_round), ("--steps-per-round", self.steps_per_round)):
@@ -262,6 +273,29 @@ class LoopPlan:
             raise ConfigError(f"--strategy names a strategy twice: {', '.join(self.strategies)}")
         for name in self.strategies:
             registered_strategy(name, registry)
+        if self.initial_training not in INITIAL_TRAINING:
+            raise ConfigError(
+                f"--initial-training must be one of {', '.join(INITIAL_TRAINING)}; got {self.initial_training!r}"
+            )
+        if self.initial_strategy is not None:
+            budget = self.config.data.label_budget
+            if budget is None or budget < 1:
+                raise ConfigError(
+                    "--initial-strategy chooses --initial-labels-per-class × classes first labels; "
+                    f"give an integer >= 1, got {self.config.data.labels_per_class!r}"
+                )
+            component = registered_strategy(self.initial_strategy, registry).factory.component_type
+            if not getattr(component, "label_free", False):
+                raise ConfigError(
+                    f"--initial-strategy {self.initial_strategy!r} reads the model's predictions, which "
+                    "a model trained without labels does not have; use one of: "
+                    f"{', '.join(label_free_strategies(registry))}"
+                )
+
+    @property
+    def series_suffix(self) -> str:
+        """What the curve's series names carry after the strategy: the chosen start."""
+        return "" if self.initial_strategy is None else f" from {self.initial_strategy}"
 
 
 def _round_record(strategy: str, seed: int, round_: int, report: dict[str, Any], queried: int) -> dict[str, Any]:
@@ -284,12 +318,19 @@ def _copy_run(source: Path, target: Path) -> None:
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(LOCK_NAME))
 
 
+def series(record: Mapping[str, Any]) -> str:
+    """The curve a loop record belongs to: its strategy, with the chosen start if any
+    (``"entropy from typical"``)."""
+    return str(record.get("series", record["strategy"]))
+
+
 def summarise_curve(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per strategy and round: mean and spread over seeds of labels, accuracy and ECE."""
+    """Per strategy (and start) and round: mean and spread over seeds of labels, accuracy
+    and ECE."""
     summary: dict[str, Any] = {}
-    for strategy in dict.fromkeys(r["strategy"] for r in records):
+    for strategy in dict.fromkeys(series(r) for r in records):
         rows = []
-        mine = [r for r in records if r["strategy"] == strategy]
+        mine = [r for r in records if series(r) == strategy]
         for round_ in sorted({r["round"] for r in mine}):
             at = [r for r in mine if r["round"] == round_]
             accuracy = [r["test_accuracy"] for r in at]
@@ -342,8 +383,9 @@ def run_loop(
 ) -> dict[str, Any]:
     """Simulate the label loop; returns the curve summary (also in ``LOOP/curve.json``).
 
-    Per seed, one run is trained with the initial labels (``LOOP/runs/initial/seed-<s>``)
-    and copied for each strategy; each round queries ``per_round`` examples
+    Per seed, one run is trained with the initial labels (``LOOP/runs/initial/seed-<s>``;
+    drawn by the split, or chosen by ``plan.initial_strategy`` from a label-free run, see
+    :class:`LoopPlan`) and copied for each strategy; each round queries ``per_round`` examples
     (``queries/round-<r>.csv`` in the strategy's run), gives them the :class:`Oracle`'s
     labels (source ``oracle``) and retrains ``steps_per_round`` steps warm.
     ``on_round(record)`` is called after every round, round 0 being the initial training.
@@ -370,6 +412,8 @@ def run_loop(
             "strategies": list(plan.strategies),
             "seeds": list(plan.seeds),
             "initial_labels_per_class": plan.config.data.labels_per_class,
+            "initial_strategy": plan.initial_strategy,
+            "initial_training": plan.initial_training if plan.initial_strategy is not None else None,
             "rounds": plan.rounds,
             "per_round": plan.per_round,
             "steps_per_round": plan.steps_per_round,
@@ -383,14 +427,19 @@ def run_loop(
             config = plan.config.replace(seed=seed)
             initial = out / "runs" / "initial" / f"seed-{seed}"
             started = time.perf_counter()
-            report = train_run(config, initial, dataset=dataset, registry=registry, plots=False)
-            initial_time = round(time.perf_counter() - started, 3)
             split = split_dataset(dataset, config)
             oracle = Oracle(dataset, split)
+            start: dict[str, Any] = {}
+            if plan.initial_strategy is None:
+                report = train_run(config, initial, dataset=dataset, registry=registry, plots=False)
+            else:
+                report, start = _chosen_start(plan, config, dataset, split, oracle, out, registry)
+            initial_time = round(time.perf_counter() - started, 3)
             for strategy in plan.strategies:
                 run = out / "runs" / strategy / f"seed-{seed}"
                 _copy_run(initial, run)
-                record = _round_record(strategy, seed, 0, report, 0)
+                record = {**_round_record(strategy, seed, 0, report, 0), **start}
+                record["series"] = strategy + plan.series_suffix
                 record["wall_time_s"] = initial_time
                 records.append(record)
                 append_json_line(out / CURVE_NAME, record)
@@ -407,6 +456,7 @@ def run_loop(
                     _label_store(run, dataset, split, indices, oracle.labels(indices))
                     round_report = retrain_run(run, plan.steps_per_round, registry=registry, plots=False)
                     record = _round_record(strategy, seed, round_, round_report, len(indices))
+                    record["series"] = strategy + plan.series_suffix
                     record["wall_time_s"] = round(time.perf_counter() - started, 3)
                     records.append(record)
                     append_json_line(out / CURVE_NAME, record)
@@ -418,9 +468,47 @@ def run_loop(
             write_curve_plot(
                 out / "curve.png", summary,
                 f"{dataset.name}: {plan.per_round} queries per round from "
-                f"{plan.config.data.labels_per_class} label(s) per class, seeds {', '.join(map(str, plan.seeds))}",
+                f"{plan.config.data.labels_per_class} label(s) per class"
+                + (f" chosen by {plan.initial_strategy}" if plan.initial_strategy else "")
+                + f", seeds {', '.join(map(str, plan.seeds))}",
             )
         return summary
+
+
+def _chosen_start(
+    plan: LoopPlan, config: Config, dataset: Dataset, split: Split, oracle: Oracle, out: Path, registry: Registry
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The initial run of a loop whose first labels are chosen: a label-free run
+    (``LOOP/runs/label-free/seed-<s>``) is queried for ``labels_per_class × classes``
+    examples, which the initial run (``LOOP/runs/initial/seed-<s>``) trains on, cold or
+    warm. Returns its report and what the round-0 record adds (the label-free clustering)."""
+    assert plan.initial_strategy is not None
+    seed = config.seed
+    free_config = config.replace(data=dataclasses.replace(config.data, labels_per_class=0))
+    free = out / "runs" / "label-free" / f"seed-{seed}"
+    free_report = train_run(free_config, free, dataset=dataset, registry=registry, plots=False)
+    classes = np.unique(dataset.y[split.train][dataset.y[split.train] >= 0]).size
+    count = int(config.data.labels_per_class) * int(classes)
+    (free / QUERIES_DIR).mkdir(exist_ok=True)
+    queried = query_run(
+        free, count, strategy=plan.initial_strategy, options=plan.options.get(plan.initial_strategy),
+        out=free / QUERIES_DIR / "initial.csv", registry=registry, image=False,
+    )
+    indices = [row["index"] for row in queried["rows"]]
+    initial = out / "runs" / "initial" / f"seed-{seed}"
+    if plan.initial_training == "cold":
+        report = train_run(free_config, initial, dataset=dataset, registry=registry, plots=False, labeled=indices)
+    else:
+        _copy_run(free, initial)
+        _label_store(initial, dataset, split, indices, oracle.labels(indices))
+        report = retrain_run(initial, plan.steps_per_round, registry=registry, plots=False)
+    names = oracle.labels(indices)
+    return report, {
+        "start": plan.initial_strategy,
+        "initial_training": plan.initial_training,
+        "initial_classes": len(set(names)),
+        "label_free_clustering": free_report.get("clustering"),
+    }
 
 
 def _label_store(run: Path, dataset: Dataset, split: Split, indices: list[int], names: list[str]) -> None:
@@ -437,5 +525,6 @@ __all__ = [
     "parse_seeds",
     "query_run",
     "run_loop",
+    "series",
     "summarise_curve",
 ]

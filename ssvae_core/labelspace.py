@@ -60,16 +60,25 @@ def claim_for_classes(
     labels: Sequence[str],
     new_names: Sequence[str],
     free: np.ndarray,
+    optional: Sequence[str] = (),
 ) -> tuple[tuple[int, ...], ...]:
     """Claims for several new classes at once, in the order of ``new_names``; a channel
-    claimed by one is no longer free for the next. ``labels[i]`` names the class of row
-    ``i`` of ``responsibilities``."""
+    claimed by one is no longer free for the next, and each leaves one free channel for
+    every class after it (the first labels of a model trained without any name every
+    class at once). ``labels[i]`` names the class of row ``i`` of ``responsibilities``.
+    A class in ``optional`` (one τ already has a column for) claims nothing, ``()``, when
+    no channel is free; any other class without one is a :class:`DataError`."""
     free = np.array(free, dtype=bool)
     names = np.asarray(list(labels), dtype=object)
     claims = []
-    for name in new_names:
+    for position, name in enumerate(new_names):
         rows = responsibilities[names == name]
-        chosen = claim_channels(rows, free, label=name)
+        later = len(new_names) - position - 1
+        spare = int(free.sum()) - later
+        if not free.any() and name in optional:
+            claims.append(())
+            continue
+        chosen = claim_channels(rows, free, label=name, max_channels=max(1, min(MAX_CLAIMED_CHANNELS, spare)))
         free[list(chosen)] = False
         claims.append(chosen)
     return tuple(claims)

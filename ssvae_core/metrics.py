@@ -1,4 +1,5 @@
-"""Evaluation metrics: accuracy, calibration, confusion, OOD AUROC and FPR95, channel diagnostics."""
+"""Evaluation metrics: accuracy, calibration, confusion, OOD AUROC and FPR95, channel
+diagnostics, and how well the channels cluster the classes (clustering accuracy, NMI, ARI)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,53 @@ def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: i
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(matrix, (labels, predictions), 1)
     return matrix
+
+
+def clustering_accuracy(clusters: np.ndarray, labels: np.ndarray, num_clusters: int | None = None) -> float:
+    """Accuracy of the best one-to-one map from clusters to classes (the Hungarian method on
+    the cluster × class counts). With more clusters than classes only as many clusters as
+    classes get one; the examples of the others count as wrong."""
+    from scipy.optimize import linear_sum_assignment
+
+    counts = _contingency(clusters, labels, num_clusters)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return float(counts[rows, cols].sum() / max(len(labels), 1))
+
+
+def many_to_one_accuracy(clusters: np.ndarray, labels: np.ndarray, num_clusters: int | None = None) -> float:
+    """Accuracy when each cluster is named after its majority class (several clusters may
+    share a class): what one label per cluster could reach."""
+    counts = _contingency(clusters, labels, num_clusters)
+    return float(counts.max(axis=1).sum() / max(len(labels), 1))
+
+
+def clustering_metrics(responsibilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """How the channels ``argmax_c q(c|x)`` cluster the classes ``labels``:
+    ``clustering_accuracy`` (one-to-one, Hungarian), ``many_to_one_accuracy`` (each channel
+    → its majority class), ``nmi`` and ``ari`` (scikit-learn), and the channel count."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    clusters = np.argmax(responsibilities, axis=-1)
+    num_clusters = int(np.shape(responsibilities)[-1])
+    return {
+        "clustering_accuracy": clustering_accuracy(clusters, labels, num_clusters),
+        "many_to_one_accuracy": many_to_one_accuracy(clusters, labels, num_clusters),
+        "nmi": float(normalized_mutual_info_score(labels, clusters)),
+        "ari": float(adjusted_rand_score(labels, clusters)),
+        "num_channels": num_clusters,
+        "num_classes_present": int(np.unique(labels).size),
+    }
+
+
+def _contingency(clusters: np.ndarray, labels: np.ndarray, num_clusters: int | None) -> np.ndarray:
+    """Counts ``n[k, y]`` of examples in cluster ``k`` with class ``y``."""
+    clusters, labels = np.asarray(clusters, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+    if clusters.shape != labels.shape:
+        raise ValueError(f"clusters {clusters.shape} and labels {labels.shape} must have the same shape")
+    k = int(clusters.max(initial=-1)) + 1 if num_clusters is None else max(num_clusters, int(clusters.max(initial=-1)) + 1)
+    counts = np.zeros((max(k, 1), int(labels.max(initial=-1)) + 1 or 1), dtype=np.int64)
+    np.add.at(counts, (clusters, labels), 1)
+    return counts
 
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:

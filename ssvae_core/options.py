@@ -67,8 +67,9 @@ def _describe(annotation: Any) -> str:
         item = typing.get_args(annotation)[0]
         return "a list of " + _PLURALS.get(item, str(item))
     if origin in (typing.Union, types.UnionType):
-        parts = [_describe(a) for a in typing.get_args(annotation) if a is not type(None)]
-        return " or ".join(parts) + " (or omitted)"
+        args = typing.get_args(annotation)
+        text = " or ".join(_describe(a) for a in args if a is not type(None))
+        return text + " (or omitted)" if type(None) in args else text
     return str(annotation)
 
 

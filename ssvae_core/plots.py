@@ -69,7 +69,7 @@ def write_run_plots(
         plt.close(fig)
 
     tau = classifier.tau
-    if tau is not None:
+    if tau is not None and not report.get("label_free"):  # no labels: τ holds only its prior
         fig, axis = plt.subplots(figsize=(5, 0.25 * tau.shape[0] + 1.5))
         image = axis.imshow(tau, aspect="auto", vmin=0.0, vmax=1.0, cmap="viridis")
         axis.set_xlabel("label y")
@@ -88,7 +88,7 @@ def write_run_plots(
         plt.close(fig)
 
     rows = report.get("reliability") or []
-    if rows:
+    if rows and report.get("ece") is not None:
         fig, axis = plt.subplots(figsize=(3.6, 3.6))
         centres = [(r["low"] + r["high"]) / 2 for r in rows if r["count"]]
         accuracies = [r["accuracy"] for r in rows if r["count"]]
@@ -102,15 +102,16 @@ def write_run_plots(
         fig.savefig(written[-1], dpi=100)
         plt.close(fig)
     if x_train is not None and len(x_train):
-        written += write_latent_plots(folder, classifier, x_train, labeled)
+        written += write_latent_plots(folder, classifier, x_train, labeled, by_channel=bool(report.get("label_free")))
     return written
 
 
 def write_latent_plots(
-    folder: Path, classifier: Any, x: np.ndarray, labeled: np.ndarray | None = None
+    folder: Path, classifier: Any, x: np.ndarray, labeled: np.ndarray | None = None, *, by_channel: bool = False
 ) -> list[Path]:
-    """``latent_map.png`` (PCA of the posterior means of ``x``, coloured by predicted class)
-    and, for a model with channels, ``channel_reconstructions.png``."""
+    """``latent_map.png`` (PCA of the posterior means of ``x``, coloured by predicted class,
+    or with ``by_channel`` — a model without labels — by most responsible channel) and, for
+    a model with channels, ``channel_reconstructions.png``."""
     from ssvae_core.explore import (
         channel_members,
         project,
@@ -121,11 +122,17 @@ def write_latent_plots(
 
     inference = classifier.infer(x)
     points = project(inference.z_mean, "pca")
-    predicted = np.argmax(inference.probabilities, axis=1)
+    by_channel = by_channel and inference.responsibilities.shape[-1] > 0
+    if by_channel:
+        colour = np.argmax(inference.responsibilities, axis=1)
+        names = [f"c={c}" for c in range(inference.responsibilities.shape[-1])]
+    else:
+        colour, names = np.argmax(inference.probabilities, axis=1), list(classifier.label_names)
     written = [folder / "latent_map.png"]
     write_latent_map(
-        written[0], points, predicted, list(classifier.label_names), labeled=labeled,
-        title=f"posterior means of {len(x)} training examples (PCA), coloured by predicted class",
+        written[0], points, colour, names, labeled=labeled,
+        title=f"posterior means of {len(x)} training examples (PCA), coloured by "
+        + ("most responsible channel" if by_channel else "predicted class"),
     )
     members = channel_members(inference.responsibilities, RECONSTRUCTED_MEMBERS)
     if members:

@@ -19,7 +19,7 @@ import dataclasses
 import inspect
 import typing
 import weakref
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -314,9 +314,15 @@ class AbstractAcquisition(FieldOrderChecked):
     ``num_samples`` is how many posterior samples ``z_s ~ q(z|x)`` per example the score
     reads from ``inputs.sample_probabilities`` (0 when it needs none; drawing them costs
     a decoder pass per channel and sample).
+
+    ``label_free`` (a class attribute) says the acquisition needs no label: it reads only
+    what a model trained without labels has (``q(c|x)``, ``q(z|x)``), so it may choose the
+    first examples to label. One that reads ``p(y|x)`` or τ leaves it ``False`` and is
+    refused on a model without labels, whose ``p(y|x)`` is τ's prior alone.
     """
 
     num_samples: eqx.AbstractVar[int]
+    label_free: ClassVar[bool] = False
 
     @abc.abstractmethod
     def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:

@@ -51,6 +51,7 @@ from ssvae_core.data import Dataset, Split, benchmark_split, from_arrays, load_d
 from ssvae_core.distributed import PeerStopped, all_agree, is_main_process, process_count
 from ssvae_core.errors import CheckpointError, ConfigError, DataError
 from ssvae_core.labels import STORE_NAME, LabelStore, read_label_csv
+from ssvae_core.metrics import clustering_metrics
 from ssvae_core.model import build_model
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.rounds import (
@@ -98,6 +99,18 @@ def split_dataset(dataset: Dataset, config: Config) -> Split:
     return benchmark_split(dataset.y, config.data.label_budget, config.seed, dataset.num_classes)
 
 
+def chosen_labels(dataset: Dataset, split: Split, rows: Sequence[int]) -> Split:
+    """``split`` with ``rows`` as its labeled examples; each must be a labeled training row."""
+    chosen = np.unique(np.asarray(rows, dtype=np.int64))
+    outside = np.setdiff1d(chosen, split.train)
+    if outside.size:
+        raise DataError(f"examples {outside[:5].tolist()} are not training examples of this split; only those can be labeled")
+    unknown = chosen[dataset.y[chosen] < 0]
+    if unknown.size:
+        raise DataError(f"the data have no label for examples {unknown[:5].tolist()}")
+    return dataclasses.replace(split, labeled=chosen)
+
+
 def training_view(dataset: Dataset, split: Split) -> Dataset:
     """The training examples, with labels kept only for the labeled subset."""
     labels = np.full(len(split.train), -1, dtype=np.int32)
@@ -109,6 +122,7 @@ def training_view(dataset: Dataset, split: Split) -> Dataset:
         name=dataset.name,
         num_classes=dataset.num_classes,
         label_names=dataset.label_names,
+        unlabeled_classes=True,
     )
 
 
@@ -121,14 +135,22 @@ def build_report(
     num_labels: int | None,
     ood: Dataset | None = None,
     ood_scores: Sequence[str] | None = None,
+    hidden: tuple[np.ndarray, np.ndarray] | None = None,
     **facts: Any,
 ) -> dict[str, Any]:
     """The report of a run: what was trained, then held-out metrics on ``(x, y)``.
 
     ``facts`` adds run facts (training set size, wall time, throughput). Accuracy, ECE,
-    confusion, reliability and channel diagnostics come from
+    confusion, reliability, channel diagnostics and how the channels cluster the classes
+    (``clustering``: clustering accuracy, many-to-one accuracy, NMI, ARI) come from
     :meth:`SSVAEClassifier.evaluate`, with the OOD AUROC against ``ood`` when given
-    (``ood_auroc``: the certainty score; ``ood``: AUROC and FPR95 per score).
+    (``ood_auroc``: the certainty score; ``ood``: AUROC and FPR95 per score). ``hidden``,
+    the training inputs whose labels the model never saw and those labels, adds
+    ``clustering_train``, the same clustering figures on them.
+
+    A run with no labels (``num_labels`` 0) has no classifier to measure: its
+    ``test_accuracy`` and ``ece`` are ``None`` (``label_free`` says why), and confusion,
+    per-class accuracy and reliability are left out.
     """
     config = classifier.config
     evaluation = (
@@ -136,6 +158,7 @@ def build_report(
         if ood_scores is None
         else classifier.evaluate(x, y, ood=ood, scores=ood_scores)
     )
+    label_free = num_labels == 0
     report: dict[str, Any] = {
         "dataset": dataset.name,
         "prior": config.prior.name,
@@ -143,14 +166,46 @@ def build_report(
         "seed": config.seed,
         "steps": int(classifier.state.step) if classifier.state is not None else 0,
         "num_labels": num_labels,
+        "label_free": label_free,
         **facts,
         "test_accuracy": evaluation.pop("accuracy"),
         "num_test": evaluation.pop("num_examples"),
         **evaluation,
     }
+    if label_free:
+        report.update(test_accuracy=None, ece=None)
+        for key in ("confusion", "per_class_accuracy", "reliability"):
+            report.pop(key, None)
+    if hidden is not None and len(hidden[1]):
+        responsibilities = classifier.infer(hidden[0]).responsibilities
+        if responsibilities.shape[-1]:
+            report["clustering_train"] = clustering_metrics(responsibilities, hidden[1])
     if ood is not None:
         report["ood_dataset"] = ood.name
     return report
+
+
+def hidden_training_labels(dataset: Dataset, split: Split, labeled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The training inputs that carry a label in the data the model never saw, and those
+    labels (``labeled``: the training rows it did see, default the split's)."""
+    seen = split.labeled if labeled is None else labeled
+    rows = split.train[(dataset.y[split.train] >= 0) & ~np.isin(split.train, seen)]
+    return dataset.x[rows], dataset.y[rows]
+
+
+def _clustering_lines(report: dict[str, Any]) -> list[str]:
+    """The report's clustering rows (held-out and hidden training labels), as table lines."""
+    lines = []
+    for key, where in (("clustering", "test"), ("clustering_train", "hidden training labels")):
+        figures = report.get(key)
+        if not figures:
+            continue
+        lines += [
+            f"| clustering accuracy, channels matched one-to-one ({where}) | {figures['clustering_accuracy']:.4f} |",
+            f"| clustering accuracy, each channel → its majority class ({where}) | {figures['many_to_one_accuracy']:.4f} |",
+            f"| NMI / ARI of the channels ({where}) | {figures['nmi']:.4f} / {figures['ari']:.4f} |",
+        ]
+    return lines
 
 
 def markdown_report(report: dict[str, Any]) -> str:
@@ -160,8 +215,19 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
         "| metric | value |",
         "|---|---|",
-        f"| test accuracy (τ/softmax head, latent only) | {report['test_accuracy']:.4f} |",
-        f"| expected calibration error (15 bins) | {report['ece']:.4f} |",
+    ]
+    if report.get("label_free"):
+        lines += [
+            "| test accuracy, ECE | none: no labels were used (label-free run); the channels "
+            "are measured against the data's hidden labels below |",
+        ]
+    else:
+        lines += [
+            f"| test accuracy (τ/softmax head, latent only) | {report['test_accuracy']:.4f} |",
+            f"| expected calibration error (15 bins) | {report['ece']:.4f} |",
+        ]
+    lines += [
+        *_clustering_lines(report),
         f"| labels used | {report['num_labels']} |",
         f"| prior | {report['prior']} |",
         f"| training steps | {report['steps']} |",
@@ -269,6 +335,9 @@ def _write_results(
     report (JSON + Markdown) and plots of a run."""
     config = classifier.config
     num_labels = len(split.labeled) if num_labels is None else num_labels
+    labeled = None
+    if classifier.training_data is not None and len(classifier.training_data.y) == len(split.train):
+        labeled = split.train[classifier.training_data.y >= 0]
     if save is not None:
         _checkpointer(out, num_labels, save)(classifier)
         write_text(out / "config.toml", dumps_toml(config.to_dict()))
@@ -278,6 +347,7 @@ def _write_results(
         dataset.x[split.test],
         dataset.y[split.test],
         num_labels=num_labels,
+        hidden=hidden_training_labels(dataset, split, labeled),
         num_train=len(split.train),
         wall_time_s=wall_time,
         images_per_s=steps_trained * config.train.batch_size / max(wall_time, 1e-9),
@@ -307,7 +377,8 @@ TIME_TO_ACCURACY = (0.8, 0.9, 0.95, 0.97, 0.99)
 
 def held_out_evaluator(out: Path, dataset: Dataset, split: Split) -> EvaluateCallback:
     """The run's evaluation every ``train.eval_every`` steps: ``held_out_accuracy`` and
-    ``held_out_ece`` on the held-out split, and ``train_time_s``, the training time so
+    ``held_out_ece`` on the held-out split (a model trained without labels:
+    ``held_out_clustering_accuracy`` instead), and ``train_time_s``, the training time so
     far: the ``seconds`` of every chunk in ``metrics.jsonl``, earlier commands' included
     (evaluations and checkpoints not counted)."""
     from ssvae_core.inference import infer
@@ -318,7 +389,15 @@ def held_out_evaluator(out: Path, dataset: Dataset, split: Split) -> EvaluateCal
 
     def evaluate(classifier: SSVAEClassifier, seconds: float) -> dict[str, float]:
         assert classifier.model is not None and classifier.state is not None
-        probabilities = infer(classifier.model, classifier.state.head_state, x).probabilities
+        result = infer(classifier.model, classifier.state.head_state, x)
+        data = classifier.training_data
+        if data is not None and not np.any(data.y >= 0) and result.responsibilities.shape[-1]:
+            # no labels yet: no classifier to score, only how the channels cluster
+            return {
+                "held_out_clustering_accuracy": clustering_metrics(result.responsibilities, y)["clustering_accuracy"],
+                "train_time_s": round(before + seconds, 3),
+            }
+        probabilities = result.probabilities
         return {
             "held_out_accuracy": accuracy(probabilities, y),
             "held_out_ece": expected_calibration_error(probabilities, y),
@@ -376,6 +455,7 @@ def train_run(
     sinks: Sequence[MetricSink] = (),
     on_start: Callable[[], None] | None = None,
     plots: bool = True,
+    labeled: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Train with the benchmark split and write a complete run directory; returns the report.
 
@@ -383,6 +463,8 @@ def train_run(
     directory is created; ``on_start()`` is called once training begins. With several
     processes, process 0 does all of this and the others train alongside, writing nothing
     and calling no sink; they return ``{"process_index", "process_count", "steps"}``.
+    ``labeled`` (rows of the dataset, training rows of the split) replaces the split's
+    labeled examples: the first labels a query chose (they go to the run's label store).
     """
     registry = registry or default_registry()
     out = Path(out_dir)
@@ -395,6 +477,8 @@ def train_run(
             dataset = dataset if dataset is not None else load_dataset(config.data.dataset)
             config = _resolvable(config)
             split = split_dataset(dataset, config)
+            if labeled is not None:
+                split = chosen_labels(dataset, split, labeled)
             config = check_trainable(config, dataset, registry)
             if writer:
                 lock = claim_new_run_dir(out)
@@ -578,7 +662,8 @@ def _report(out: Path, classifier: SSVAEClassifier, *, plots: bool) -> dict[str,
     wall_time = float(sum(record.get("seconds", 0.0) for record in history))
     steps = int(classifier.state.step) if classifier.state is not None else 0
     return _write_results(
-        out, classifier, dataset, split, wall_time=wall_time, steps_trained=steps, plots=plots
+        out, classifier, dataset, split, wall_time=wall_time, steps_trained=steps, plots=plots,
+        num_labels=len(run_store(out, dataset, split).current()),  # the labels it trained on
     )
 
 
@@ -744,7 +829,8 @@ def _labeled_by_store(
             later_rows.append(position[index])
             later_names.append(name)
     classifier.training_data = from_arrays(
-        dataset.x[split.train], y, name=dataset.name, num_classes=len(names), label_names=names
+        dataset.x[split.train], y, name=dataset.name, num_classes=len(names), label_names=names,
+        unlabeled_classes=True,
     )
     if later_rows:
         classifier.add_labels(np.asarray(later_rows), later_names)

@@ -154,13 +154,13 @@ def test_every_builtin_is_registered_with_its_options() -> None:
     registry = default_registry()
     assert {
         "random", "least_confidence", "margin", "entropy", "ood", "channel_entropy",
-        "disagreement", "bald", "kcenter", "diverse",
+        "disagreement", "bald", "kcenter", "diverse", "typical", "badge",
     } <= set(registry.names("acquisition"))
     assert registry.get("acquisition", "bald").factory.default_options().num_samples == 8
 
 
 def test_unknown_strategy_and_bad_options_are_one_clear_error() -> None:
-    with pytest.raises(ConfigError, match=r"strategy 'entopy' is not registered \(did you mean 'entropy'\?\); allowed: bald"):
+    with pytest.raises(ConfigError, match=r"strategy 'entopy' is not registered \(did you mean 'entropy'\?\); allowed: badge, bald"):
         build_acquisition("entopy", _context())
     with pytest.raises(ConfigError, match=r"bald\.num_samples must be an integer >= 2, got 1"):
         build_acquisition("bald", _context(), {"num_samples": 1})

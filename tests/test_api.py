@@ -104,13 +104,6 @@ def test_unfitted_classifier_refuses_to_predict(method: str, synthetic) -> None:
         getattr(SSVAEClassifier(), method)(synthetic["x"])
 
 
-def test_fit_without_any_label_is_a_data_error(tiny_raw: dict[str, Any], synthetic) -> None:
-    classifier = SSVAEClassifier(config_from_dict(tiny_raw))
-    with pytest.raises(DataError, match="at least one labeled example"):
-        classifier.fit(synthetic["x"], np.full(60, -1), num_classes=3)
-    assert classifier.model is None
-
-
 def test_fit_on_a_single_labeled_class_is_a_data_error(tiny_raw: dict[str, Any], synthetic) -> None:
     classifier = SSVAEClassifier(config_from_dict(tiny_raw))
     y = np.where(synthetic["y"] == 0, 0, -1)

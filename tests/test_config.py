@@ -313,9 +313,21 @@ def test_resolved_config_round_trips_through_toml_text(tiny_raw: dict[str, Any])
 
 
 def test_config_using_every_label_round_trips() -> None:
-    config = config_from_dict({"data": {"labels_per_class": 0}})
+    config = config_from_dict({"data": {"labels_per_class": "all"}})
     assert config.data.label_budget is None
     assert config_from_dict(config.to_dict()).data.label_budget is None
+
+
+def test_config_with_no_labels_is_label_free() -> None:
+    config = config_from_dict({"data": {"labels_per_class": 0}})
+    assert config.data.label_budget == 0 and config.data.label_free
+    assert config_from_dict(config.to_dict()).data.label_free
+
+
+@pytest.mark.parametrize("value", ["every", -1, 1.5])
+def test_labels_per_class_other_than_a_count_or_all_is_refused(value: Any) -> None:
+    with pytest.raises(ConfigError, match=r"data\.labels_per_class must be an integer"):
+        config_from_dict({"data": {"labels_per_class": value}})
 
 
 def test_dumps_toml_escapes_quotes_and_backslashes() -> None:

@@ -505,10 +505,18 @@ def test_split_too_few_examples_in_class_raises() -> None:
         benchmark_split(y, 5, seed=0)
 
 
-@pytest.mark.parametrize("lpc", [0, -3])
-def test_split_labels_per_class_below_one_raises(lpc: int) -> None:
-    with pytest.raises(DataError, match=f"integer >= 1 or None; got {lpc}"):
+@pytest.mark.parametrize("lpc", [-1, -3])
+def test_split_labels_per_class_below_zero_raises(lpc: int) -> None:
+    with pytest.raises(DataError, match=f"integer >= 0 or None; got {lpc}"):
         benchmark_split(_balanced_y(), lpc, seed=0)
+
+
+def test_split_of_no_labels_keeps_train_and_test_and_labels_nothing() -> None:
+    y = _balanced_y()
+    none, every = benchmark_split(y, 0, seed=3), benchmark_split(y, None, seed=3)
+    assert none.labeled.size == 0
+    np.testing.assert_array_equal(none.train, every.train)
+    np.testing.assert_array_equal(none.test, every.test)
 
 
 def test_split_label_out_of_range_raises() -> None:

@@ -52,6 +52,7 @@ from ssvae_core.runs import (
 
 SOURCE = "studio"
 DEFAULT_STRATEGY = "margin"
+LABEL_FREE_STRATEGY = "typical"
 MAX_QUERY = 200
 MAX_LABELS_PER_REQUEST = 10_000
 MAX_RETRAIN_STEPS = 1_000_000
@@ -235,7 +236,8 @@ class StudioSession:
             "model_labels": self._model_labels(),
             "shortcuts": shortcut_keys(names),
             "strategies": sorted(self.registry.names("acquisition")),
-            "default_strategy": DEFAULT_STRATEGY,
+            # a run without labels has no predictions to be unsure of: choose typical examples
+            "default_strategy": DEFAULT_STRATEGY if current else LABEL_FREE_STRATEGY,
             "projections": list(PROJECTIONS),
             "num_train": len(self.train_rows),
             "num_labeled": sum(1 for index in current if index in self._position),

@@ -107,14 +107,17 @@ def sample_batch(
     With ``augment.apply_to_inputs`` the inputs themselves are augmented; ``with_view`` adds
     an independently augmented view of each row; every prepared field is gathered by row.
     """
-    unlabeled_key, labeled_key, input_key, view_key, _ = jax.random.split(key, 5)
+    unlabeled_key, labeled_key, input_key, view_key, spare_key = jax.random.split(key, 5)
     num_unlabeled = batch_size - labeled_batch_size
     rows = jax.random.randint(unlabeled_key, (num_unlabeled,), 0, data.x.shape[0])
     labels = jnp.full((num_unlabeled,), -1, dtype=jnp.int32)
     if labeled_batch_size:
         chosen = jax.random.randint(labeled_key, (labeled_batch_size,), 0, data.labeled_count)
-        rows = jnp.concatenate([rows, data.labeled_index[chosen]])
-        labels = jnp.concatenate([labels, data.labeled_y[chosen]])
+        # With no label yet (a label-free run) the labeled slots draw unlabeled rows too.
+        spare = jax.random.randint(spare_key, (labeled_batch_size,), 0, data.x.shape[0])
+        have = data.labeled_count > 0
+        rows = jnp.concatenate([rows, jnp.where(have, data.labeled_index[chosen], spare)])
+        labels = jnp.concatenate([labels, jnp.where(have, data.labeled_y[chosen], -1)])
     original = data.x[rows]
     x = original
     if augment is not None and augment.apply_to_inputs and augment.enabled:
