@@ -70,7 +70,7 @@ def test_the_term_targets_unlabeled_rows_at_their_clusters_channel() -> None:
     # One known label per blob: blob b carries label (b + 1) mod 3.
     for blob in range(3):
         labels[np.flatnonzero(truth == blob)[0]] = (blob + 1) % 3
-    term = GraphClusterTerm(Schedule(1.0), clusters=3, neighbours=5, blur=0.0)
+    term = GraphClusterTerm(Schedule(1.0), clusters=3, neighbours=5, blur=0.0, only_without_labels=False)
     targets = term.prepare(x, labels, 3)["cluster_targets"]
     assert np.all(targets[labels >= 0] == -1)
     unlabeled = labels < 0
@@ -90,3 +90,13 @@ def test_the_term_is_the_cross_entropy_of_the_responsibilities() -> None:
     value = term(Inputs(), None)  # type: ignore[arg-type]
     np.testing.assert_allclose(np.asarray(value.values)[0], np.log(2.0), rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(value.mask), [1.0, 0.0])
+
+
+def test_the_term_does_nothing_in_a_run_with_labels_unless_told_to() -> None:
+    x, truth = _blobs()
+    labels = np.full(truth.size, -1)
+    term = GraphClusterTerm(Schedule(1.0), clusters=3, neighbours=5, blur=0.0)
+    without = term.prepare(x, labels, 3)["cluster_targets"]
+    assert _same_partition(without, truth)
+    labels[0] = truth[0]
+    assert np.all(term.prepare(x, labels, 3)["cluster_targets"] == -1)

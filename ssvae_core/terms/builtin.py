@@ -314,6 +314,10 @@ class GraphClusterOptions(TermOptions):
     blur: float = option(
         0.0, help="σ in pixels of a Gaussian blur of the images before the graph is built (0: none)", minimum=0.0
     )
+    only_without_labels: bool = option(
+        True,
+        help="act only in a run with no label at all (the channels form before labels count; once labels exist, as in the label loop's later rounds, the term does nothing); false: in every run",
+    )
 
 
 class GraphClusterTerm(AbstractLossTerm):
@@ -324,18 +328,23 @@ class GraphClusterTerm(AbstractLossTerm):
     for ``y``; without labels, cluster ``j`` to channel ``j``).
 
     The channels start from the graph's cluster structure instead of from wherever the
-    encoder's first steps put them; the other terms refine them. ``neighbours`` and ``blur``
-    are read on the host by :meth:`prepare` only.
+    encoder's first steps put them; the other terms refine them. With
+    ``only_without_labels`` a run that has any label gets no targets (the term is 0).
+    ``neighbours``, ``blur`` and ``only_without_labels`` are read on the host by
+    :meth:`prepare` only.
     """
 
     weight: Schedule
     clusters: int = eqx.field(static=True)
     neighbours: int = eqx.field(static=True)
     blur: float = eqx.field(static=True)
+    only_without_labels: bool = eqx.field(static=True, default=True)
     requires: ClassVar[frozenset[str]] = frozenset({"channels"})
 
     def prepare(self, x: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
         labels = np.asarray(labels)
+        if self.only_without_labels and np.any(labels >= 0):
+            return {"cluster_targets": np.full(labels.shape[0], -1, dtype=np.int32)}
         clusters = spectral_clusters(x, self.clusters, num_neighbours=self.neighbours, blur=self.blur)
         mass = None
         if np.any(labels >= 0):
@@ -405,6 +414,7 @@ def _graph_cluster(options: GraphClusterOptions, context: BuildContext, key: PRN
         clusters=context.num_components,
         neighbours=options.neighbours,
         blur=options.blur,
+        only_without_labels=options.only_without_labels,
     )
 
 
