@@ -40,6 +40,7 @@ from ssvae_core.metrics import (
 from ssvae_core.model import SSVAE, build_model
 from ssvae_core.objective import Objective, build_objective
 from ssvae_core.registry import Registry, default_registry
+from ssvae_core.splitting import apply_splits, plan_splits, split_support
 from ssvae_core.training import MetricSink, Trainer, TrainState, init_state, training_arrays
 
 CheckpointCallback = Callable[["SSVAEClassifier"], None]
@@ -77,6 +78,8 @@ class SSVAEClassifier:
         self.training_data: Dataset | None = None
         # the channels each class added after training claimed (add_labels)
         self.claims: dict[str, tuple[int, ...]] = {}
+        # what the last retrain's channel splitting did (split_channels())
+        self.channel_splits: dict[str, Any] | None = None
         # the training data's OOD scores, for the blend score (ood_reference())
         self._ood_reference: OODReference | None = None
 
@@ -290,7 +293,11 @@ class SSVAEClassifier:
     ) -> SSVAEClassifier:
         """Continue training for ``steps`` more steps on :attr:`training_data` with every
         label added so far (warm: parameters, optimiser state and τ counts carry on; adding
-        labels of known classes compiles nothing new)."""
+        labels of known classes compiles nothing new).
+
+        With ``train.split_channels`` on (the default), :meth:`split_channels` first splits
+        every channel whose labeled examples disagree; :attr:`channel_splits` records what
+        it did."""
         _, state = self._fitted()
         if self.training_data is None:
             raise SSVAEError(
@@ -299,10 +306,53 @@ class SSVAEClassifier:
             )
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise ConfigError(f"steps must be a positive integer; got {steps!r}")
+        self.channel_splits = (
+            self.split_channels() if self.config.train.split_channels else {"applied": False, "why": "train.split_channels is off"}
+        )
         return self.resume(
             self.training_data, until_step=int(state.step) + int(steps),
             sinks=sinks, on_checkpoint=on_checkpoint, evaluate=evaluate,
         )
+
+    def split_channels(self) -> dict[str, Any]:
+        """Split the channels where labeled examples of :attr:`training_data` disagree.
+
+        A channel where labeled examples of two or more classes sit, or where labels land
+        in a channel τ gives to another class, is copied into a free channel (or a
+        further channel of a class that owns two) for the class with less labeled mass
+        there; τ's counts are reseeded so each copy belongs to one class (see
+        :mod:`ssvae_core.splitting` and ``docs/maths.md``). Returns the record:
+        ``applied``, ``splits`` and ``unresolved`` conflicts (each with a ``why``), and
+        ``copied`` (which parts of the model the copy covers); a head without channels
+        returns ``applied: False`` and changes nothing.
+        """
+        model, state = self._fitted()
+        data = self.training_data
+        if data is None:
+            raise SSVAEError("this classifier holds no training data to find conflicting labels in")
+        labeled = np.flatnonzero(data.y >= 0)
+        if model.num_components == 0 or np.shape(state.head_state) != (model.num_components, len(self.label_names)):
+            return {"applied": False, "why": f"the {type(model.head).__name__} head has no channels to split"}
+        responsibilities = np.asarray(infer(model, state.head_state, data.x).responsibilities)
+        usage = responsibilities.mean(axis=0)
+        free = model.head.free_channels(state.head_state, jax.numpy.asarray(usage))
+        plan = plan_splits(
+            responsibilities[labeled], data.y[labeled], np.asarray(state.head_state), usage, np.asarray(free)
+        )
+        if plan.splits:
+            key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), int(state.step))
+            model, head_state, self.opt_state = apply_splits(
+                model, state.head_state, self.opt_state, plan.splits, key,
+                inputs=data.x[labeled], labels=data.y[labeled],
+            )
+            self.model = model
+            self.state = dataclasses.replace(state, head_state=head_state)
+        return {
+            "applied": bool(plan.splits),
+            "splits": [split.to_dict(self.label_names) for split in plan.splits],
+            "unresolved": [conflict.to_dict(self.label_names) for conflict in plan.unresolved],
+            "copied": split_support(model),
+        }
 
     def query(
         self,

@@ -195,6 +195,10 @@ class TrainConfig:
         help="devices each process trains on, data-parallel: the batch is split across every process's devices, parameters, optimiser state and τ counts are replicated, and every batch statistic is over the whole batch (0: every local device; batch_size must divide evenly over all of them)",
         minimum=0,
     )
+    split_channels: bool = option(
+        True,
+        help="at the start of each warm retrain, split a channel where labeled examples of two classes sit (or a label lands in a channel another label owns): the moving class gets a copy of the channel in a free (or freed) channel and takes its look-alikes with it; the round record lists the splits",
+    )
     eval_every: int = option(
         0,
         help="steps between held-out evaluations of a run (at the end of the log_every chunk that reaches them, and at the last step): held_out_accuracy, held_out_ece and train_time_s join that line of metrics.jsonl (0: off)",

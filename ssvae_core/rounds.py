@@ -117,6 +117,7 @@ def record_round(
         "test_accuracy": report["test_accuracy"],
         "ece": report["ece"],
         "free_channels": (report.get("channels") or {}).get("free_channels", []),
+        "channel_splits": classifier.channel_splits,
         "wall_time_s": round(wall_time, 3),
         "time": utc_now(),
         **more,

@@ -240,6 +240,15 @@ def markdown_report(report: dict[str, Any]) -> str:
     for goal, seconds in (report.get("time_to_accuracy") or {}).items():
         shown = "not reached" if seconds is None else f"{seconds:.1f}"
         lines.append(f"| training time (s) to held-out accuracy {goal} | {shown} |")
+    splits = report.get("channel_splits")
+    if splits is not None:
+        done = splits.get("splits", [])
+        lines += ["", f"Channel splits at the start of this retrain: {len(done) if splits['applied'] else 'none'}."]
+        lines += [f"- {entry['why']}" for entry in done]
+        lines += [f"- left merged: {entry['why']} ({', '.join(entry['classes'])} in channel {entry['channel']})"
+                  for entry in splits.get("unresolved", [])]
+        if "why" in splits:
+            lines.append(f"- {splits['why']}")
     channels = report.get("channels") or {}
     if channels:
         lines += ["", f"Active channels: {channels['active_channels']} of {len(channels['usage'])}."]
@@ -352,6 +361,8 @@ def _write_results(
         wall_time_s=wall_time,
         images_per_s=steps_trained * config.train.batch_size / max(wall_time, 1e-9),
     )
+    if classifier.channel_splits is not None:
+        report["channel_splits"] = classifier.channel_splits
     reached = time_to_accuracy(_history(out))
     if reached is not None:
         report["time_to_accuracy"] = reached
