@@ -290,14 +290,15 @@ class SSVAEClassifier:
         sinks: Sequence[MetricSink] = (),
         on_checkpoint: CheckpointCallback | None = None,
         evaluate: EvaluateCallback | None = None,
+        split_channels: bool | None = None,
     ) -> SSVAEClassifier:
         """Continue training for ``steps`` more steps on :attr:`training_data` with every
         label added so far (warm: parameters, optimiser state and τ counts carry on; adding
         labels of known classes compiles nothing new).
 
-        With ``train.split_channels`` on (the default), :meth:`split_channels` first splits
-        every channel whose labeled examples disagree; :attr:`channel_splits` records what
-        it did."""
+        With ``train.split_channels`` on (the default; ``split_channels`` overrides it for
+        this call), :meth:`split_channels` first splits every channel whose labeled
+        examples disagree; :attr:`channel_splits` records what it did."""
         _, state = self._fitted()
         if self.training_data is None:
             raise SSVAEError(
@@ -306,8 +307,9 @@ class SSVAEClassifier:
             )
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise ConfigError(f"steps must be a positive integer; got {steps!r}")
+        split = self.config.train.split_channels if split_channels is None else split_channels
         self.channel_splits = (
-            self.split_channels() if self.config.train.split_channels else {"applied": False, "why": "train.split_channels is off"}
+            self.split_channels() if split else {"applied": False, "why": "channel splitting is off"}
         )
         return self.resume(
             self.training_data, until_step=int(state.step) + int(steps),

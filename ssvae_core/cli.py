@@ -193,6 +193,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     retrain.add_argument("--data", metavar="PATH", help="where the run's data are, if they moved")
     retrain.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    retrain.add_argument(
+        "--no-split", action="store_true",
+        help="keep channels where labeled examples of two classes sit merged this time "
+        "(by default such a channel is split first: train.split_channels)",
+    )
     retrain.add_argument("--quiet", action="store_true", help="no progress display")
     retrain.add_argument(
         "--track", action="append", default=[], metavar="NAME",
@@ -504,6 +509,7 @@ def _retrain(args: argparse.Namespace) -> int:
             report = retrain_run(
                 args.run_dir, args.steps, sinks=[progress, *sinks], on_start=progress.start,
                 on_notice=_notice, plots=not args.no_plots, data=args.data,
+                split_channels=False if args.no_split else None,
             )
         if writer:
             finish_trackers(sinks, args.run_dir, report)

@@ -982,6 +982,7 @@ def retrain_run(
     held_lock: RunLock | None = None,
     intermediate_checkpoints: bool = True,
     store: LabelStore | None = None,
+    split_channels: bool | None = None,
 ) -> dict[str, Any]:
     """Continue a finished run for ``steps`` more steps with every label in its store.
 
@@ -996,7 +997,8 @@ def retrain_run(
     at the end, so a retrain stopped by an exception from a sink leaves the run's model as
     it was (its extra lines in ``metrics.jsonl`` are removed by :func:`recover`). ``store``
     is the label store to train with, when the caller took it already (the studio takes it
-    when the retrain starts; labels given later wait for the next one). With several
+    when the retrain starts; labels given later wait for the next one). ``split_channels``
+    overrides the run's ``train.split_channels`` for this retrain. With several
     processes only process 0 locks, repairs and writes the directory (see :func:`train_run`).
     """
     writer = is_main_process()
@@ -1031,7 +1033,8 @@ def retrain_run(
         wall_time = _train_logged(
             out,
             lambda all_sinks: classifier.retrain(
-                steps, sinks=all_sinks, on_checkpoint=save, evaluate=evaluate
+                steps, sinks=all_sinks, on_checkpoint=save, evaluate=evaluate,
+                split_channels=split_channels,
             ),
             append=True,
             sinks=sinks,

@@ -311,9 +311,10 @@ def separate(model: Any, split: ChannelSplit, x_moving: np.ndarray, x_staying: n
 
     ``D = mean_moving(l_t − l_s) − mean_staying(l_t − l_s)`` over the logits ``l`` is linear
     in the logit layer's weights; one step along its gradient (rows ``s`` and ``t`` only,
-    in opposite directions) brings ``D`` to :data:`SEPARATION`, so the labeled examples of
-    the moving class start out mostly in the target, the staying class's in the source, and
-    examples whose features resemble either follow. ``model`` is unchanged when its logits
+    in opposite directions) brings ``D`` to :data:`SEPARATION`; the two biases then move
+    apart by the mean gap so the classes sit on either side of the tie. The labeled
+    examples of the moving class start out mostly in the target, the staying class's in
+    the source, and examples whose features resemble either follow. ``model`` is unchanged when its logits
     are not a ``PosteriorHeads`` layer or either class has no labeled example.
     """
     layer = _logit_layer(model.encoder)
@@ -331,7 +332,17 @@ def separate(model: Any, split: ChannelSplit, x_moving: np.ndarray, x_staying: n
     value, gradient = jax.value_and_grad(margin)(layer.weight)
     norm = jnp.sum(gradient**2)
     step = jnp.where(norm > 0, jnp.maximum(SEPARATION - value, 0.0) / jnp.maximum(norm, 1e-12), 0.0)
-    return eqx.tree_at(lambda m: m.encoder.heads.logits.weight, model, layer.weight + step * gradient)
+    model = eqx.tree_at(lambda m: m.encoder.heads.logits.weight, model, layer.weight + step * gradient)
+    if layer.bias is None:
+        return model
+    # centre the two classes around the tie: the biases move apart by the mean gap
+    gap_moving, gap_staying = model.encode(moving).logits, model.encode(staying).logits
+    centre = 0.5 * (jnp.mean(gap_moving[:, t] - gap_moving[:, s]) + jnp.mean(gap_staying[:, t] - gap_staying[:, s]))
+    bias = model.encoder.heads.logits.bias
+    return eqx.tree_at(
+        lambda m: m.encoder.heads.logits.bias, model,
+        bias.at[t].add(-0.5 * centre).at[s].add(0.5 * centre),
+    )
 
 
 def apply_splits(

@@ -120,13 +120,34 @@ RAW = {
 }
 
 
-def _model(raw: dict | None = None):
+def _model(raw: dict | None = None, input_shape: tuple[int, ...] = (8,)):
     from ssvae_core.model import build_model
     from ssvae_core.training import init_state
 
     config = config_from_dict(raw or RAW)
-    model, _ = build_model(config, input_shape=(8,), num_classes=3, key=jax.random.PRNGKey(0))
+    model, _ = build_model(config, input_shape=input_shape, num_classes=3, key=jax.random.PRNGKey(0))
     return model, init_state(model, jax.random.PRNGKey(1))
+
+
+CONV = {**RAW, "encoder": {"name": "conv", "channels": [4]}, "decoder": {"name": "conv", "channels": [4]}}
+
+
+@pytest.mark.parametrize("raw", [RAW, CONV], ids=["dense", "conv"])
+def test_the_copies_are_turned_apart_towards_each_class_s_labeled_examples(raw: dict) -> None:
+    model, state = _model(raw, input_shape=(8, 8))
+    x = jax.random.uniform(jax.random.PRNGKey(2), (12, 8, 8))
+    labels = np.repeat([0, 1, 2], 4)
+    split = ChannelSplit(3, 7, moving=2, staying=0, reason="shared", target_was="free", mass=(2.0, 1.0))
+    new, _, _ = apply_splits(model, state.head_state, None, [split], jax.random.PRNGKey(3), inputs=np.asarray(x), labels=labels)
+    logits = new.encode(x).logits
+    gap = np.asarray(logits[:, 7] - logits[:, 3])
+    # the moving class's examples lean to the target, the staying class's to the source
+    assert gap[labels == 2].mean() - gap[labels == 0].mean() == pytest.approx(4.0, rel=1e-3)
+    assert gap[labels == 2].mean() > 0 > gap[labels == 0].mean()
+    assert gap[labels == 2].mean() == pytest.approx(-gap[labels == 0].mean(), abs=1e-3)
+    # the other channels keep their logits
+    others = [c for c in range(12) if c not in (3, 7)]
+    np.testing.assert_allclose(logits[:, others], model.encode(x).logits[:, others], rtol=1e-6)
 
 
 def test_a_split_copies_the_channel_so_both_copies_share_its_responsibility() -> None:
@@ -200,6 +221,69 @@ def test_with_splitting_off_merged_classes_stay_merged() -> None:
     clf, y = _merged_classifier()
     clf.config = clf.config.replace(train=dataclasses.replace(clf.config.train, split_channels=False))
     clf.retrain(60)
-    assert clf.channel_splits == {"applied": False, "why": "train.split_channels is off"}
+    assert clf.channel_splits == {"applied": False, "why": "channel splitting is off"}
     after = _channels_of_labeled(clf, y)
     assert not after[1].isdisjoint(after[2])
+
+
+def test_retrain_records_its_splits_in_the_round_and_the_report(
+    tmp_path, synthetic: dict[str, np.ndarray]
+) -> None:
+    from ssvae_core.cli import main
+
+    np.savez(tmp_path / "data.npz", x=synthetic["x"], y=synthetic["y"])
+    out = tmp_path / "run"
+    assert main([
+        "train", "--data", str(tmp_path / "data.npz"), "--out", str(out), "--quiet", "--no-plots",
+        "--labels-per-class", "2", "--steps", "10", "--set", "train.batch_size=8",
+        "--set", "model.latent_dim=2", "--set", "prior.num_components=6",
+        "--set", "encoder.hidden=[16]", "--set", "decoder.hidden=[16]",
+        "--set", "loss.graph_label.weight=0", "--set", "train.log_every=5",
+    ]) == 0
+    assert main(["retrain", str(out), "--steps", "5", "--quiet", "--no-plots"]) == 0
+    assert main(["retrain", str(out), "--steps", "5", "--quiet", "--no-plots", "--no-split"]) == 0
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert rounds[0]["channel_splits"] is None  # the first training splits nothing
+    on, off = rounds[1]["channel_splits"], rounds[2]["channel_splits"]
+    assert set(on) == {"applied", "splits", "unresolved", "copied"}
+    assert on["copied"] == {"encoder": True, "decoder": True, "prior": True}
+    assert off == {"applied": False, "why": "channel splitting is off"}
+    assert json.loads((out / "report.json").read_text())["channel_splits"] == off
+    assert "Channel splits at the start of this retrain: none." in (out / "report.md").read_text()
+
+
+def test_a_prior_without_channels_has_nothing_to_split(synthetic: dict[str, np.ndarray]) -> None:
+    raw = {**RAW, "prior": {"name": "standard"}, "head": {"name": "auto"}}
+    clf = SSVAEClassifier(config_from_dict(raw)).fit(synthetic["x"], synthetic["partial"])
+    clf.retrain(5)
+    assert clf.channel_splits == {"applied": False, "why": "the SoftmaxHead head has no channels to split"}
+
+
+def test_an_encoder_without_posterior_heads_keeps_its_logits_and_only_tau_is_reassigned() -> None:
+    import equinox as eqx
+
+    from ssvae_core.protocols import AbstractEncoder
+    from ssvae_core.splitting import split_support
+    from ssvae_core.types import EncoderOutput
+
+    class BareEncoder(AbstractEncoder):
+        input_shape: tuple[int, ...] = eqx.field(static=True)
+        latent_dim: int = eqx.field(static=True)
+        num_components: int = eqx.field(static=True)
+        linear: eqx.nn.Linear
+
+        def __call__(self, x: jax.Array) -> EncoderOutput:
+            out = self.linear(x.reshape(-1))
+            return EncoderOutput(z_mean=out[:4], z_log_var=out[4:8] * 0, logits=out[8:])
+
+    model, state = _model()
+    bare = BareEncoder((8,), 4, 12, eqx.nn.Linear(8, 20, key=jax.random.PRNGKey(5)))
+    model = eqx.tree_at(lambda m: m.encoder, model, bare)
+    assert split_support(model) == {"encoder": False, "decoder": True, "prior": True}
+    split = ChannelSplit(2, 5, moving=1, staying=0, reason="shared", target_was="free", mass=(1.0, 1.0))
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(6), (6, 8)))
+    new, counts, _ = apply_splits(
+        model, state.head_state, None, [split], jax.random.PRNGKey(3), inputs=x, labels=np.repeat([0, 1], 3)
+    )
+    np.testing.assert_array_equal(new.encode(x).logits, model.encode(x).logits)
+    assert int(np.argmax(counts[5])) == 1 and int(np.argmax(counts[2])) == 0
