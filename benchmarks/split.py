@@ -25,8 +25,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from quality import validation_split
+
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import load_config
 from ssvae_core.data import load_dataset
