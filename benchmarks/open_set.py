@@ -120,6 +120,7 @@ def evaluate_seed(args: argparse.Namespace, seed: int) -> dict[str, object]:
         "hidden_recall": recall,
         "hidden_recall_mean": float(np.mean(list(recall.values()))),
         "claimed_channels": {name: list(c) for name, c in classifier.claims.items()},
+        "channel_splits": classifier.channel_splits,
         "accuracy_after": float(
             np.mean(accuracy_by_name(classifier, x_test, names_test))
         ),
