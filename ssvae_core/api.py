@@ -637,12 +637,15 @@ class SSVAEClassifier:
         """Write a checkpoint (atomically) that :meth:`load` restores.
 
         The blend score's reference (:meth:`ood_reference`) goes with it, computed first
-        when the classifier holds its training data.
+        when the classifier holds its training data, and so does :attr:`channel_splits`
+        (what the last retrain split).
         """
         model, state = self._fitted()
         where = repr(os.fspath(path))
         if os.path.isdir(path):
             raise CheckpointError(f"cannot save a checkpoint to {where}: it is a directory; give a file path")
+        if self.channel_splits is not None:
+            extra = {**(extra or {}), "channel_splits": self.channel_splits}
         if self.training_data is not None or self._ood_reference is not None:
             try:
                 extra = {**(extra or {}), "ood_reference": self.ood_reference().to_dict()}
@@ -679,6 +682,7 @@ class SSVAEClassifier:
         classifier.label_names = checkpoint.label_names
         if "ood_reference" in checkpoint.manifest:
             classifier._ood_reference = OODReference.from_dict(checkpoint.manifest["ood_reference"])
+        classifier.channel_splits = checkpoint.manifest.get("channel_splits")
         return classifier
 
     def channels(self, x: ArrayLike | Dataset | None = None) -> list[dict[str, Any]]:
