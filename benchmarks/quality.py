@@ -76,6 +76,8 @@ def evaluate_seed(args: argparse.Namespace, seed: int) -> dict[str, object]:
         "accuracy": None if label_free else evaluation["accuracy"],
         "ece": None if label_free else evaluation["ece"],
         **{name: clustering.get(name) for name in CLUSTERING},
+        "ece_uncalibrated": None if label_free else (evaluation.get("calibration") or {}).get("ece_uncalibrated"),
+        "temperature": None if label_free else (evaluation.get("calibration") or {}).get("temperature"),
         "free_channels": (evaluation.get("channels") or {}).get("free_channels", []),
         "num_labels": len(split.labeled),
         "wall_time_s": wall,
@@ -149,8 +151,9 @@ def main() -> int:
         })
         if name == "accuracy":
             summary["worst_seed"] = seeds[int(figures.argmin())]
-    if all(r["ece"] is not None for r in results):
-        summary["ece_mean"] = float(np.mean([r["ece"] for r in results]))
+    for name in ("ece", "ece_uncalibrated"):
+        if all(r[name] is not None for r in results):
+            summary[f"{name}_mean"] = float(np.mean([r[name] for r in results]))
     summary.update({
         "wall_time_s": float(np.mean([r["wall_time_s"] for r in results])),
         "images_per_s": float(np.mean([r["images_per_s"] for r in results])),

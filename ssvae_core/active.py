@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from ssvae_core.calibration import Calibration
 from ssvae_core.components import BuildContext
 from ssvae_core.errors import ConfigError, DataError
 from ssvae_core.model import SSVAE
@@ -97,10 +98,12 @@ def acquisition_inputs(
     num_samples: int = 0,
     key: PRNGKeyArray | None = None,
     batch_size: int = DEFAULT_BATCH,
+    calibration: Calibration | None = None,
 ) -> AcquisitionInputs:
     """What an acquisition reads about the examples ``x``; ``labeled`` marks those that
     carry a label. ``num_samples`` posterior samples per example are drawn with ``key``
-    (each batch gets its own fold of it)."""
+    (each batch gets its own fold of it). With a ``calibration`` the probabilities, and
+    those of each posterior sample, are calibrated (:mod:`ssvae_core.calibration`)."""
     count = x.shape[0]
     if labeled.shape != (count,):
         raise DataError(f"labeled must have one flag per example ({count}), got shape {labeled.shape}")
@@ -125,6 +128,9 @@ def acquisition_inputs(
         k: np.concatenate([o[k] for o in outputs], axis=1 if k == "sample_probabilities" else 0)
         for k in outputs[0]
     }
+    if calibration is not None:
+        merged["probabilities"] = calibration.apply(merged["probabilities"])
+        merged["sample_probabilities"] = calibration.apply(merged["sample_probabilities"])
     class_map = model.head.class_map(head_state)
     return AcquisitionInputs(
         probabilities=jnp.asarray(merged["probabilities"]),
@@ -223,13 +229,15 @@ def query(
     input_shape: tuple[int, ...] | None = None,
     key: PRNGKeyArray | None = None,
     registry: Registry | None = None,
+    calibration: Calibration | None = None,
 ) -> QueryResult:
     """The ``count`` unlabeled examples of ``x`` to label next by ``strategy``, best first.
 
     ``labeled`` marks the rows already labeled (never chosen). A ``count`` larger than
     the unlabeled rows, or below 1, is a :class:`DataError`; with no row labeled, a
     strategy that reads predictions (not ``label_free``) is a :class:`ConfigError` naming
-    those that need no label.
+    those that need no label. The acquisition reads the ``calibration``'s ``p(y|x)`` when
+    one is given.
     """
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise DataError(f"the number of examples to query must be a positive integer; got {count!r}")
@@ -252,7 +260,8 @@ def query(
     key = jax.random.PRNGKey(0) if key is None else key
     inputs_key, score_key = jax.random.split(key)
     inputs = acquisition_inputs(
-        model, head_state, x, labeled, num_samples=int(acquisition.num_samples), key=inputs_key
+        model, head_state, x, labeled, num_samples=int(acquisition.num_samples), key=inputs_key,
+        calibration=calibration,
     )
     chosen = np.asarray(acquisition.select(inputs, int(count), score_key))
     if chosen.shape != (count,) or np.unique(chosen).size != count or np.any(labeled[chosen]):

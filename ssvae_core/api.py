@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ssvae_core.active import QueryResult, query, query_key
+from ssvae_core.calibration import Calibration, fit_calibration
 from ssvae_core.checkpoint import load_checkpoint, save_checkpoint
 from ssvae_core.config import Config, check_seed, default_config
 from ssvae_core.data import Dataset, from_arrays
@@ -82,6 +83,8 @@ class SSVAEClassifier:
         self.channel_splits: dict[str, Any] | None = None
         # the training data's OOD scores, for the blend score (ood_reference())
         self._ood_reference: OODReference | None = None
+        # the calibration of p(y|x) fitted after the last training (ssvae_core.calibration)
+        self.calibration: Calibration | None = None
 
     def fit(
         self,
@@ -385,7 +388,7 @@ class SSVAEClassifier:
             model, state.head_state, data.x, data.y >= 0, n,
             strategy=strategy, options=options, input_shape=self.input_shape,
             key=query_key(self.config.seed if seed is None else seed, int(state.step)),
-            registry=self.registry,
+            registry=self.registry, calibration=self._calibration(),
         )
 
     def _training_data(
@@ -485,7 +488,23 @@ class SSVAEClassifier:
             on_chunk=reached,
             extra_metrics=held_out,
         )
+        self.calibration = self._fit_calibration(dataset)
         return self
+
+    def _fit_calibration(self, dataset: Dataset) -> Calibration:
+        """The calibration of ``config.calibration`` fitted on ``dataset`` for the model
+        reached (:mod:`ssvae_core.calibration`)."""
+        model, state = self._fitted()
+        return fit_calibration(
+            self.config.calibration,
+            dataset.x,
+            dataset.y,
+            dataset.num_classes,
+            lambda x: infer(model, state.head_state, x).probabilities,
+            self.config.augment,
+            learned_propagation=self.config.term_options("graph_label").weight > 0,
+            step=int(state.step),
+        )
 
     def _fitted(self) -> tuple[SSVAE, TrainState]:
         if self.model is None or self.state is None:
@@ -501,14 +520,25 @@ class SSVAEClassifier:
             )
         return dataset.x
 
-    def infer(self, x: ArrayLike | Dataset) -> Inference:
-        """Every per-example output at once (probabilities, certainty, latents, ...)."""
+    def infer(self, x: ArrayLike | Dataset, *, calibrated: bool = True) -> Inference:
+        """Every per-example output at once (probabilities, certainty, latents, ...);
+        the probabilities calibrated (:attr:`calibration`) unless ``calibrated`` is off."""
         model, state = self._fitted()
-        return infer(model, state.head_state, self._inputs(x))
+        return infer(model, state.head_state, self._inputs(x), calibration=self._calibration(calibrated))
 
-    def predict_proba(self, x: ArrayLike | Dataset) -> np.ndarray:
-        """``p(y|x)``, shape ``(N, num_classes)``; rows sum to 1."""
-        return self.infer(x).probabilities
+    def predict_proba(self, x: ArrayLike | Dataset, *, calibrated: bool = True) -> np.ndarray:
+        """``p(y|x)``, shape ``(N, num_classes)``; rows sum to 1. Calibrated after training
+        (:attr:`calibration`, ``docs/maths.md``) unless ``calibrated`` is off; the most
+        probable class is the same either way."""
+        return self.infer(x, calibrated=calibrated).probabilities
+
+    def _calibration(self, calibrated: bool = True) -> Calibration | None:
+        """:attr:`calibration` where it was fitted for the model's current step."""
+        _, state = self._fitted()
+        current = self.calibration
+        if not calibrated or current is None or current.step != int(state.step):
+            return None
+        return current
 
     def predict(self, x: ArrayLike | Dataset) -> np.ndarray:
         """The most probable class of each example."""
@@ -573,8 +603,10 @@ class SSVAEClassifier:
         scores: Sequence[str] = OOD_SCORES,
     ) -> dict[str, Any]:
         """Accuracy, ECE, confusion, reliability, reconstruction error and channel diagnostics
-        on labeled data. With ``ood`` (inputs that are out of distribution, the positives)
-        also ``ood_auroc`` (the certainty score's AUROC) and ``ood``: AUROC and FPR at 95 %
+        on labeled data, of the calibrated ``p(y|x)``; ``calibration`` says how it was
+        calibrated (:attr:`calibration`; ``method`` ``"none"`` without one) and gives
+        ``ece_uncalibrated``, the ECE of the head's own ``p(y|x)``. With ``ood`` (inputs
+        that are out of distribution, the positives) also ``ood_auroc`` (the certainty score's AUROC) and ``ood``: AUROC and FPR at 95 %
         TPR per score, ``{"certainty": {"auroc": …, "fpr95": …}, "likelihood": …,
         "blend": …}`` for the ``scores`` named (the blend only where :meth:`ood_reference`
         is available; otherwise ``ood_notes`` says why it is missing)."""
@@ -591,6 +623,10 @@ class SSVAEClassifier:
         ood_x = self._inputs(ood) if ood is not None else None
         model, state = self._fitted()
         result = infer(model, state.head_state, self._inputs(dataset.x[keep]), likelihood=ood is not None)
+        calibration = self._calibration()
+        raw_probabilities = result.probabilities
+        if calibration is not None:
+            result = dataclasses.replace(result, probabilities=calibration.apply(raw_probabilities))
         labels = dataset.y[keep]
         if labels.max() >= len(self.label_names):
             raise DataError(
@@ -605,6 +641,10 @@ class SSVAEClassifier:
             "reliability": reliability_table(result.probabilities, labels),
             "channels": channel_diagnostics(result.responsibilities, self.tau),
             "label_names": list(self.label_names),
+            "calibration": {
+                **(calibration.to_dict() if calibration is not None else {"method": "none", "temperature": 1.0}),
+                "ece_uncalibrated": expected_calibration_error(raw_probabilities, labels),
+            },
         }
         if result.responsibilities.shape[-1]:
             metrics["clustering"] = clustering_metrics(result.responsibilities, labels)
@@ -651,6 +691,9 @@ class SSVAEClassifier:
                 extra = {**(extra or {}), "ood_reference": self.ood_reference().to_dict()}
             except SSVAEError:
                 pass  # a loaded classifier whose reference is out of date: saved without
+        calibration = self._calibration()
+        if calibration is not None:
+            extra = {**(extra or {}), "calibration": calibration.to_dict()}
         try:
             save_checkpoint(
                 path,
@@ -683,6 +726,8 @@ class SSVAEClassifier:
         if "ood_reference" in checkpoint.manifest:
             classifier._ood_reference = OODReference.from_dict(checkpoint.manifest["ood_reference"])
         classifier.channel_splits = checkpoint.manifest.get("channel_splits")
+        if "calibration" in checkpoint.manifest:
+            classifier.calibration = Calibration.from_dict(checkpoint.manifest["calibration"])
         return classifier
 
     def channels(self, x: ArrayLike | Dataset | None = None) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Run configuration: TOML tables mapped onto validated dataclasses.
 
-Core sections (``data``, ``model``, ``loss``, ``train``) are fixed dataclasses; component
-sections (``prior``, ``encoder``, ``decoder``, ``head``) hold a ``name`` plus that
+Core sections (``data``, ``model``, ``loss``, ``augment``, ``train``, ``calibration``) are
+fixed dataclasses; component sections (``prior``, ``encoder``, ``decoder``, ``head``) hold a ``name`` plus that
 component's own options, validated against the options dataclass its plugin registered.
 Unknown keys are rejected with the nearest valid name suggested.
 """
@@ -19,6 +19,7 @@ from typing import Any
 import tomli_w
 
 from ssvae_core.augment import AugmentConfig
+from ssvae_core.calibration import CalibrationConfig
 from ssvae_core.conditioning import CONDITIONING_METHODS
 from ssvae_core.errors import ConfigError, read_user_file
 from ssvae_core.likelihoods import LIKELIHOODS
@@ -201,7 +202,7 @@ class TrainConfig:
     )
     eval_every: int = option(
         0,
-        help="steps between held-out evaluations of a run (at the end of the log_every chunk that reaches them, and at the last step): held_out_accuracy, held_out_ece and train_time_s join that line of metrics.jsonl (0: off)",
+        help="steps between held-out evaluations of a run (at the end of the log_every chunk that reaches them, and at the last step): held_out_accuracy, held_out_ece (of the head's p(y|x): the calibration is fitted after training) and train_time_s join that line of metrics.jsonl (0: off)",
         minimum=0,
     )
 
@@ -220,6 +221,7 @@ CORE_SECTIONS: dict[str, type] = {
     "loss": LossConfig,
     "augment": AugmentConfig,
     "train": TrainConfig,
+    "calibration": CalibrationConfig,
 }
 COMPONENT_SECTIONS = ("prior", "encoder", "decoder", "head")
 DEFAULT_COMPONENTS = {"prior": "mixture", "encoder": "dense", "decoder": "dense", "head": "auto"}
@@ -236,6 +238,7 @@ class Config:
     loss: LossConfig
     augment: AugmentConfig
     train: TrainConfig
+    calibration: CalibrationConfig
     prior: ComponentConfig
     encoder: ComponentConfig
     decoder: ComponentConfig

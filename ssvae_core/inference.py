@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PyTree
 
+from ssvae_core.calibration import Calibration
 from ssvae_core.errors import ConfigError, DataError
 from ssvae_core.model import SSVAE
 
@@ -211,10 +212,13 @@ def infer(
     *,
     batch_size: int = DEFAULT_BATCH,
     likelihood: bool = False,
+    calibration: Calibration | None = None,
 ) -> Inference:
     """Run the model over ``x`` in fixed-size batches (the last one padded, so one compile).
 
-    ``likelihood=True`` also computes ``reconstruction_nll`` and ``negative_elbo``.
+    ``likelihood=True`` also computes ``reconstruction_nll`` and ``negative_elbo``. With a
+    ``calibration`` the probabilities are calibrated (:mod:`ssvae_core.calibration`); the
+    certainty, and so every OOD score, is the head's own.
     """
     count = x.shape[0]
     size = min(batch_size, count)
@@ -227,6 +231,8 @@ def infer(
         result = jax.device_get(_infer_batch(model, head_state, jnp.asarray(chunk), bool(likelihood)))
         outputs.append({k: np.asarray(v)[:valid] for k, v in result.items()})
     merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+    if calibration is not None:
+        merged["probabilities"] = calibration.apply(merged["probabilities"])
     return Inference(**merged)
 
 

@@ -235,6 +235,9 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"| training images / s | {report['images_per_s']:.0f} |",
         f"| reconstruction MSE | {report['reconstruction_error']:.4f} |",
     ]
+    calibration = report.get("calibration")
+    if calibration:
+        lines.append(f"| calibration of p(y\\|x) | {calibration_summary(calibration)} |")
     if "ood_auroc" in report:
         lines.append(f"| OOD AUROC vs {report['ood_dataset']} | {report['ood_auroc']:.4f} |")
     for goal, seconds in (report.get("time_to_accuracy") or {}).items():
@@ -269,6 +272,34 @@ def markdown_report(report: dict[str, Any]) -> str:
                 f"| {row.get('label_mass_share', float('nan')):.4f} | {'yes' if row['free'] else 'no'} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def calibration_summary(calibration: dict[str, Any]) -> str:
+    """One line saying how ``p(y|x)`` was calibrated (the report's ``calibration``)."""
+    method = calibration.get("method", "none")
+    before = calibration.get("ece_uncalibrated")
+    ece = f"; ECE without it {before:.4f}" if before is not None else ""
+    if method == "none":
+        return f"none{ece}"
+    text = f"{method}: temperature T = {calibration['temperature']:.3f}"
+    if "agreement" in calibration:
+        text += (
+            f", fitted so that the mean confidence on views of {calibration['rows']} unlabeled "
+            f"training rows ({calibration['confidence_before']:.4f} before) equals the estimated "
+            f"accuracy {calibration['accuracy_estimate']:.4f}: the agreement with the labels "
+            f"propagated over the pixel graph ({calibration['agreement']:.4f})"
+        )
+        bound = calibration.get("propagation_accuracy_bound")
+        if calibration.get("learned_propagation"):
+            text += ", which the model learned from"
+        elif bound is not None:
+            text += (
+                f" over {bound:.4f}, the lower bound of the propagation's accuracy on "
+                f"{calibration['held_out']} held-out labels ({calibration['propagation_accuracy']:.4f})"
+            )
+    elif "reason" in calibration:
+        text += f" (nothing fitted: {calibration['reason']})"
+    return text + ece
 
 
 def _checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:

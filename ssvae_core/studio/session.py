@@ -181,7 +181,10 @@ class StudioSession:
         classifier = SSVAEClassifier.load(self.checkpoint, registry=self.registry)
         assert classifier.model is not None and classifier.state is not None
         x = self.dataset.x[self.train_rows]
-        result = infer(classifier.model, classifier.state.head_state, x, likelihood=True)
+        result = infer(
+            classifier.model, classifier.state.head_state, x, likelihood=True,
+            calibration=classifier.calibration,
+        )
         responsibilities = result.responsibilities
         return _View(
             classifier=classifier,
@@ -361,6 +364,7 @@ class StudioSession:
                 model, state.head_state, self.dataset.x[self.train_rows], labeled, n,
                 strategy=strategy, input_shape=view.classifier.input_shape,
                 key=query_key(self.config.seed, view.step), registry=self.registry,
+                calibration=view.classifier.calibration,
             )
         except (ConfigError, DataError) as error:
             raise StudioError(400, str(error)) from None
