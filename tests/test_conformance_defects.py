@@ -8,10 +8,28 @@ defect for the catch table in ``docs/plugins.md``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from ssvae_core.testing import ConformanceError, conformance_checks, prepare, run_check
 from ssvae_core.testing.defects import DEFECTS, Defect
+
+
+@pytest.fixture(autouse=True)
+def _compile_afresh() -> Iterator[None]:
+    """Each defect's programs are compiled, not loaded from the session's persistent XLA
+    cache (conftest): after other tests have filled it, a cached executable was served
+    for the naive softmax head whose results had no overflow, and the defect went
+    unseen."""
+    import jax
+
+    before = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
 
 
 @pytest.mark.parametrize("defect", DEFECTS, ids=lambda defect: f"{defect.kind}:{defect.name}")
