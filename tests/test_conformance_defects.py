@@ -18,14 +18,15 @@ from ssvae_core.testing.defects import DEFECTS, Defect
 
 @pytest.fixture(autouse=True)
 def _compile_afresh() -> Iterator[None]:
-    """Each defect's programs are compiled, not loaded from the session's persistent XLA
-    cache (conftest): after other tests have filled it, a cached executable was served
-    for the naive softmax head whose results had no overflow, and the defect went
-    unseen."""
+    """Each defect's programs are compiled afresh, neither taken from this process's jit
+    caches nor loaded from the session's persistent XLA cache (conftest): after other
+    tests had filled them, the naive softmax head was served a program whose results had
+    no overflow, and the defect went unseen."""
     import jax
 
     before = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
+    jax.clear_caches()
     try:
         yield
     finally:
