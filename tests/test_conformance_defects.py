@@ -23,14 +23,17 @@ def _compile_afresh() -> Iterator[None]:
     tests had filled them, the naive softmax head was served a program whose results had
     no overflow, and the defect went unseen."""
     import jax
+    from jax._src import compilation_cache  # whether the cache is used is decided once
 
     before = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
     jax.clear_caches()
     try:
         yield
     finally:
         jax.config.update("jax_enable_compilation_cache", before)
+        compilation_cache.reset_cache()
 
 
 @pytest.mark.parametrize("defect", DEFECTS, ids=lambda defect: f"{defect.kind}:{defect.name}")
