@@ -41,7 +41,7 @@ import scipy.sparse
 
 from ssvae_core.augment import AugmentConfig, augment_batch
 from ssvae_core.errors import DataError
-from ssvae_core.graph import knn_affinity
+from ssvae_core.graph import blur_option, deskew_option, knn_affinity, smoothed_rows
 from ssvae_core.options import option
 
 CALIBRATION_METHODS = ("agreement", "none")
@@ -74,6 +74,8 @@ class CalibrationConfig:
     alpha: float = option(
         0.9, help="α of the propagation F ← αSF + (1 − α)Y, 0 < α < 1", minimum=0.0, exclusive_minimum=True
     )
+    blur: float = blur_option()
+    deskew: bool = deskew_option()
 
     def validate(self) -> None:
         if self.alpha >= 1.0:
@@ -325,7 +327,7 @@ def fit_calibration(
     else:
         rows = np.arange(labels.size)
     propagation = propagate(
-        x[rows], labels[rows], num_classes, neighbours=config.neighbours, alpha=config.alpha
+        smoothed_rows(x[rows], config.blur, deskew=config.deskew), labels[rows], num_classes, neighbours=config.neighbours, alpha=config.alpha
     )
     pool = (labels[rows] < 0) & (propagation.labels >= 0)
     if not np.any(pool):

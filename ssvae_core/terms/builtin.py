@@ -16,7 +16,15 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ssvae_core.components import BuildContext, ComponentFactory
-from ssvae_core.graph import clusters_to_channels, graph_labels, propagate_labels, spectral_clusters
+from ssvae_core.graph import (
+    blur_option,
+    clusters_to_channels,
+    deskew_option,
+    graph_labels,
+    propagate_labels,
+    smoothed_rows,
+    spectral_clusters,
+)
 from ssvae_core.losses import (
     agreement_loss,
     confident_pseudo_labels,
@@ -259,6 +267,8 @@ class GraphLabelOptions(TermOptions):
         True,
         help="take the share most confident rows within each propagated class rather than over all rows, so every class keeps its share of graph labels",
     )
+    blur: float = blur_option()
+    deskew: bool = deskew_option()
 
     def validate(self) -> None:
         if self.alpha >= 1.0:
@@ -269,9 +279,9 @@ class GraphLabelTerm(AbstractLossTerm):
     """The head's supervised loss on unlabeled rows labeled by propagation over the input
     kNN graph (:mod:`ssvae_core.graph`); those labels never reach the τ counts.
 
-    ``share``, ``neighbours``, ``alpha`` and ``per_class`` are read on the host by
-    :meth:`prepare` only, in full precision; as static fields, changing one of them compiles
-    the step anew.
+    ``share``, ``neighbours``, ``alpha``, ``per_class``, ``blur`` and ``deskew`` are read
+    on the host by :meth:`prepare` only, in full precision; as static fields, changing one of
+    them compiles the step anew.
     """
 
     weight: Schedule
@@ -279,10 +289,12 @@ class GraphLabelTerm(AbstractLossTerm):
     neighbours: int = eqx.field(static=True)
     alpha: float = eqx.field(static=True)
     per_class: bool = eqx.field(static=True)
+    blur: float = eqx.field(static=True, default=0.0)
+    deskew: bool = eqx.field(static=True, default=False)
 
     def prepare(self, x: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
         propagated = graph_labels(
-            x,
+            smoothed_rows(x, self.blur, deskew=self.deskew),
             labels,
             num_classes,
             share=self.share,
@@ -311,9 +323,8 @@ class GraphClusterOptions(TermOptions):
         minimum=0.0,
     )
     neighbours: int = option(10, help="k of the kNN graph the clusters are cut from", minimum=1)
-    blur: float = option(
-        0.0, help="σ in pixels of a Gaussian blur of the images before the graph is built (0: none)", minimum=0.0
-    )
+    blur: float = blur_option()
+    deskew: bool = deskew_option()
     only_without_labels: bool = option(
         True,
         help="act only in a run with no label at all (the channels form before labels count; once labels exist, as in the label loop's later rounds, the term does nothing); false: in every run",
@@ -330,8 +341,8 @@ class GraphClusterTerm(AbstractLossTerm):
     The channels start from the graph's cluster structure instead of from wherever the
     encoder's first steps put them; the other terms refine them. With
     ``only_without_labels`` a run that has any label gets no targets (the term is 0).
-    ``neighbours``, ``blur`` and ``only_without_labels`` are read on the host by
-    :meth:`prepare` only.
+    ``neighbours``, ``blur``, ``deskew`` and ``only_without_labels`` are read on the host
+    by :meth:`prepare` only.
     """
 
     weight: Schedule
@@ -339,16 +350,18 @@ class GraphClusterTerm(AbstractLossTerm):
     neighbours: int = eqx.field(static=True)
     blur: float = eqx.field(static=True)
     only_without_labels: bool = eqx.field(static=True, default=True)
+    deskew: bool = eqx.field(static=True, default=False)
     requires: ClassVar[frozenset[str]] = frozenset({"channels"})
 
     def prepare(self, x: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
         labels = np.asarray(labels)
         if self.only_without_labels and np.any(labels >= 0):
             return {"cluster_targets": np.full(labels.shape[0], -1, dtype=np.int32)}
-        clusters = spectral_clusters(x, self.clusters, num_neighbours=self.neighbours, blur=self.blur)
+        rows = smoothed_rows(x, self.blur, deskew=self.deskew)
+        clusters = spectral_clusters(rows, self.clusters, num_neighbours=self.neighbours)
         mass = None
         if np.any(labels >= 0):
-            mass = propagate_labels(x, labels, num_classes, num_neighbours=self.neighbours, alpha=0.9)
+            mass = propagate_labels(rows, labels, num_classes, num_neighbours=self.neighbours, alpha=0.9)
         targets = clusters_to_channels(clusters, mass, self.clusters)[clusters]
         return {"cluster_targets": np.where(labels >= 0, -1, targets).astype(np.int32)}
 
@@ -405,6 +418,8 @@ def _graph_label(options: GraphLabelOptions, context: BuildContext, key: PRNGKey
         neighbours=options.neighbours,
         alpha=options.alpha,
         per_class=options.per_class,
+        blur=options.blur,
+        deskew=options.deskew,
     )
 
 
@@ -415,6 +430,7 @@ def _graph_cluster(options: GraphClusterOptions, context: BuildContext, key: PRN
         neighbours=options.neighbours,
         blur=options.blur,
         only_without_labels=options.only_without_labels,
+        deskew=options.deskew,
     )
 
 
