@@ -3,7 +3,11 @@
 The main entry points::
 
     from ssvae_core import SSVAEClassifier, load_config, default_config
+
+``__version__`` is the package's version, the one place it is written (the build reads it).
 """
+
+__version__ = "0.2.0"
 
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import Config, config_from_dict, default_config, load_config
@@ -21,6 +25,7 @@ __all__ = [
     "Registry",
     "SSVAEClassifier",
     "SSVAEError",
+    "__version__",
     "build_model",
     "config_from_dict",
     "default_config",

@@ -1,8 +1,13 @@
 """Plugin discovery: built-ins and entry points of the group ``ssvae``, through pluggy.
 
 A plugin that fails to import, raises in a hook, registers a name that is already taken,
-or returns a factory that does not satisfy its protocol is recorded in
-:attr:`Registry.problems` with its name and the reason; every other plugin keeps working.
+returns a factory that does not satisfy its protocol, or supports other core versions than
+the one installed is recorded in ``Registry.problems`` with its name and the reason; every
+other plugin keeps working.
+
+A plugin states the core versions it supports as the version range of its ``ssvae-core``
+dependency (``dependencies = ["ssvae-core>=0.2,<0.3"]``), or, for a plugin object registered
+without a distribution, as a ``requires_core`` attribute holding a version specifier.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from types import ModuleType
 from typing import Any
 
 import pluggy
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import canonicalize_name
 
 from ssvae_core import builtin, hookspecs
 from ssvae_core.components import KINDS, ComponentFactory
@@ -26,6 +34,7 @@ from ssvae_core.protocols import (
     AbstractEncoder,
     AbstractHead,
     AbstractPrior,
+    concrete_override,
 )
 from ssvae_core.terms.base import AbstractLossTerm, TermOptions
 
@@ -80,14 +89,51 @@ class PluginProblem:
 
 
 def _core_version() -> str:
+    import ssvae_core  # the package is initialised by now: the registry is built on demand
+
+    return ssvae_core.__version__
+
+
+def supported_core(plugin: object, dist: importlib.metadata.Distribution | None) -> str | None:
+    """The core versions ``plugin`` supports, as a version specifier: its ``requires_core``
+    attribute, else the range of its distribution's ``ssvae-core`` requirement; ``None``
+    when it states none."""
+    stated = getattr(plugin, "requires_core", None)
+    if stated is not None:
+        return str(stated)
+    for text in (dist.requires or []) if dist is not None else []:
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if canonicalize_name(requirement.name) == "ssvae-core" and requirement.marker is None:
+            return str(requirement.specifier)
+    return None
+
+
+def core_mismatch(package: str, version: str, supported: str | None) -> str | None:
+    """Why a plugin that supports the core versions ``supported`` cannot load into this
+    core, or ``None`` if it can."""
+    if not supported:
+        return None
+    core = _core_version()
     try:
-        return importlib.metadata.version("ssvae-core")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+local"
+        accepted = SpecifierSet(supported).contains(core, prereleases=True)
+    except InvalidSpecifier:
+        return f"requires_core {supported!r} is not a version specifier (e.g. '>=0.2,<0.3')"
+    if accepted:
+        return None
+    return (
+        f"{package} {version} supports ssvae-core {supported}, but ssvae-core {core} is "
+        f"installed; install a release of {package} made for ssvae-core {core}"
+    )
 
 
-def protocol_violation(kind: str, name: str, factory: Any) -> str | None:
-    """Why ``factory`` cannot serve as a ``kind`` component, or ``None`` if it can."""
+def protocol_violation(kind: str, name: str, factory: Any, *, final: bool = True) -> str | None:
+    """Why ``factory`` cannot serve as a ``kind`` component, or ``None`` if it can.
+
+    With ``final`` (the default) a component class that overrides a concrete method is
+    refused (:func:`~ssvae_core.protocols.concrete_override`)."""
     if not isinstance(factory, ComponentFactory):
         return f"{kind} {name!r} is not a ComponentFactory (got {type(factory).__name__})"
     protocol = PROTOCOLS[kind]
@@ -97,6 +143,12 @@ def protocol_violation(kind: str, name: str, factory: Any) -> str | None:
     if inspect.isabstract(component_type):
         missing = ", ".join(sorted(getattr(component_type, "__abstractmethods__", ())))
         return f"{kind} {name!r} leaves abstract methods unimplemented: {missing}"
+    override = concrete_override(component_type, protocol) if final else None
+    if override is not None:
+        return (
+            f"{kind} {name!r}: {override}; a component fills in abstract methods only "
+            "(move shared behaviour into an Abstract… base class)"
+        )
     try:
         factory.default_options()
     except TypeError as error:
@@ -114,7 +166,17 @@ def protocol_violation(kind: str, name: str, factory: Any) -> str | None:
 class Registry:
     """Every component available in this environment, by kind and name."""
 
-    def __init__(self, *, entry_points: bool = True, plugins: Iterable[tuple[str, Any]] = ()):
+    def __init__(
+        self,
+        *,
+        entry_points: bool = True,
+        plugins: Iterable[tuple[str, Any]] = (),
+        final: bool = True,
+    ):
+        """``final=False`` accepts component classes that override concrete methods (the
+        conformance kit's seeded defects, each a correct component with one method
+        changed); every other registry refuses them."""
+        self.final = final
         self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.manager.add_hookspecs(hookspecs)
         self.components: dict[str, dict[str, RegisteredComponent]] = {kind: {} for kind in KINDS}
@@ -138,7 +200,10 @@ class Registry:
                     PluginProblem(entry_point.name, f"failed to import: {type(error).__name__}: {error}")
                 )
                 continue
-            self.register(plugin, name=entry_point.name, package=package, version=version)
+            self.register(
+                plugin, name=entry_point.name, package=package, version=version,
+                supported=supported_core(plugin, dist),
+            )
 
     def register(
         self,
@@ -147,8 +212,17 @@ class Registry:
         name: str,
         package: str | None = None,
         version: str = "unknown",
+        supported: str | None = None,
     ) -> None:
-        """Register one plugin object and collect its components, recording any problem."""
+        """Register one plugin object and collect its components, recording any problem.
+
+        ``supported`` is the core versions the plugin supports (default: its
+        ``requires_core`` attribute); a plugin made for other versions is not registered.
+        """
+        mismatch = core_mismatch(package or name, version, supported or supported_core(plugin, None))
+        if mismatch is not None:
+            self.problems.append(PluginProblem(name, mismatch))
+            return
         try:
             self.manager.register(plugin, name=name)
         except Exception as error:
@@ -182,7 +256,7 @@ class Registry:
                 PluginProblem(plugin, f"{kind} {name!r} is already registered by {existing.plugin!r}")
             )
             return
-        violation = protocol_violation(kind, name, factory)
+        violation = protocol_violation(kind, name, factory, final=self.final)
         if violation is not None:
             self.problems.append(PluginProblem(plugin, violation))
             return

@@ -2,10 +2,20 @@
 
 from ssvae_core.terms.base import (
     AbstractLossTerm,
+    AbstractPreparedTerm,
     TermInputs,
     TermOptions,
     TermValue,
     masked_mean,
+    prepared_fields,
 )
 
-__all__ = ["AbstractLossTerm", "TermInputs", "TermOptions", "TermValue", "masked_mean"]
+__all__ = [
+    "AbstractLossTerm",
+    "AbstractPreparedTerm",
+    "TermInputs",
+    "TermOptions",
+    "TermValue",
+    "masked_mean",
+    "prepared_fields",
+]

@@ -11,9 +11,10 @@ loss terms. A term is an Equinox module with
   view of every row to the batch);
 - ``per_example``: ``True`` when its value is one number per example that depends on that
   example alone; ``False`` declares a batch-level or parameter-level value (a scalar);
-- :meth:`~AbstractLossTerm.prepare`: an optional host-side preparation over the training
-  data (a kNN graph, propagated labels) returning per-row arrays, which the sampler
-  gathers into ``batch.fields`` for the rows it draws;
+- a term that needs data beyond the batch (a kNN graph, propagated labels) subclasses
+  :class:`AbstractPreparedTerm` and writes ``prepare``: a host-side preparation over the
+  training data returning per-row arrays, which the sampler gathers into
+  ``batch.fields`` for the rows it draws;
 - ``__call__(inputs, key)``: the value, as a :class:`TermValue`.
 
 The objective adds ``w(t) · mean_mask(values)`` to the loss and records the mean under the
@@ -133,20 +134,43 @@ class AbstractLossTerm(FieldOrderChecked):
     requires: ClassVar[frozenset[str]] = frozenset()
     per_example: ClassVar[bool] = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = vars(cls).get("prepare")
+        inherited = any("prepare" in vars(base) for base in cls.__mro__[1:])
+        if declared is not None and not inherited and not getattr(declared, "__isabstractmethod__", False):
+            raise TypeError(
+                f"{cls.__qualname__} defines prepare() but subclasses AbstractLossTerm, which "
+                "never calls it; subclass AbstractPreparedTerm instead"
+            )
+
+    @abc.abstractmethod
+    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
+        """The term's value for this batch (unweighted)."""
+
+
+class AbstractPreparedTerm(AbstractLossTerm):
+    """A loss term that prepares per-row data over the whole training set before training."""
+
+    @abc.abstractmethod
     def prepare(
         self, x: np.ndarray, labels: np.ndarray, num_classes: int
     ) -> dict[str, np.ndarray]:
         """Host-side preparation over the training data: per-row arrays (leading axis N).
 
         ``labels`` holds each training row's label, ``-1`` where unlabeled. The arrays are
-        moved to the device once and gathered into ``batch.fields`` by row. The default
-        prepares nothing; override it when the term needs data beyond the batch.
+        moved to the device once and gathered into ``batch.fields`` by row.
         """
-        return {}
 
-    @abc.abstractmethod
-    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
-        """The term's value for this batch (unweighted)."""
+
+def prepared_fields(
+    term: AbstractLossTerm, x: np.ndarray, labels: np.ndarray, num_classes: int
+) -> dict[str, np.ndarray]:
+    """What ``term`` prepares over the training data (nothing unless it is an
+    :class:`AbstractPreparedTerm`)."""
+    if isinstance(term, AbstractPreparedTerm):
+        return term.prepare(x, labels, num_classes)
+    return {}
 
 
 def masked_mean(values: Float[Array, "*B"], mask: Float[Array, " B"] | None) -> Float[Array, ""]:

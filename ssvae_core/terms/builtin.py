@@ -35,7 +35,13 @@ from ssvae_core.losses import (
 from ssvae_core.neighbours import nearest_neighbours
 from ssvae_core.options import option
 from ssvae_core.schedules import Schedule
-from ssvae_core.terms.base import AbstractLossTerm, TermInputs, TermOptions, TermValue
+from ssvae_core.terms.base import (
+    AbstractLossTerm,
+    AbstractPreparedTerm,
+    TermInputs,
+    TermOptions,
+    TermValue,
+)
 from ssvae_core.types import reparameterise
 
 # --- supervised ----------------------------------------------------------------------------
@@ -171,7 +177,7 @@ class NeighbourOptions(TermOptions):
     neighbours: int = option(5, help="k of the k-nearest-neighbour pairs (pixel space)", minimum=1)
 
 
-class NeighbourTerm(AbstractLossTerm):
+class NeighbourTerm(AbstractPreparedTerm):
     """``−log Σ_c r_c(x) r_c(n)`` with ``n`` a random one of ``x``'s k nearest neighbours."""
 
     weight: Schedule
@@ -275,7 +281,7 @@ class GraphLabelOptions(TermOptions):
             raise ValueError(f"alpha must be < 1, got {self.alpha:g}")
 
 
-class GraphLabelTerm(AbstractLossTerm):
+class GraphLabelTerm(AbstractPreparedTerm):
     """The head's supervised loss on unlabeled rows labeled by propagation over the input
     kNN graph (:mod:`ssvae_core.graph`); those labels never reach the τ counts.
 
@@ -331,7 +337,7 @@ class GraphClusterOptions(TermOptions):
     )
 
 
-class GraphClusterTerm(AbstractLossTerm):
+class GraphClusterTerm(AbstractPreparedTerm):
     """``−log r_{m(j(x))}(x)`` on the unlabeled rows: ``j(x)`` the spectral cluster of ``x``
     in the input kNN graph (one cluster per channel), ``m`` the matching of clusters to
     channels (:func:`ssvae_core.graph.clusters_to_channels`: by the labels propagated over
