@@ -16,6 +16,7 @@ from __future__ import annotations
 import pluggy
 
 from ssvae_core.components import ComponentFactory
+from ssvae_core.tracking import TrackerFactory
 
 PROJECT_NAME = "ssvae"
 
@@ -89,4 +90,15 @@ def ssvae_register_acquisitions() -> dict[str, ComponentFactory]:
     ``None``). Raise ``ValueError`` when the model lacks what the acquisition reads (e.g.
     channels). Scores must be finite, one per example, the same for the same key; a batch
     never holds a labeled example nor one example twice.
+    """
+
+
+@hookspec
+def ssvae_register_trackers() -> dict[str, TrackerFactory]:
+    """Return experiment trackers by name (``ssvae train --track NAME``).
+
+    Each :class:`~ssvae_core.tracking.TrackerFactory`'s ``open(context)`` returns a sink
+    for the run directory ``context.run_dir``: called with ``(step, metrics)`` for every
+    logged chunk, then ``report(report, plots)`` once and ``close()``. It writes nothing
+    before its first call, and names the module it needs in ``requires``.
     """

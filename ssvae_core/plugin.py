@@ -57,6 +57,7 @@ from ssvae_core.terms import (
     TermValue,
     masked_mean,
 )
+from ssvae_core.tracking import TrackerContext, TrackerFactory, TrackerSink
 from ssvae_core.types import AcquisitionInputs, DecoderOutput, EncoderOutput
 
 # One sorted list per topic; a new topic is one more ``__all__ += [...]`` block.
@@ -101,6 +102,13 @@ __all__ += [
     "ComponentFactory",
     "hookimpl",
     "option",
+]
+
+# Trackers (``--track NAME``): the factory a plugin registers, what it is opened with, the sink.
+__all__ += [
+    "TrackerContext",
+    "TrackerFactory",
+    "TrackerSink",
 ]
 
 # Building blocks shared with the built-in components.

@@ -37,6 +37,7 @@ from ssvae_core.protocols import (
     concrete_override,
 )
 from ssvae_core.terms.base import AbstractLossTerm, TermOptions
+from ssvae_core.tracking import TrackerFactory
 
 ENTRY_POINT_GROUP = "ssvae"
 CORE_PLUGIN = "ssvae_core"
@@ -58,6 +59,8 @@ HOOKS = {
     "loss_term": "ssvae_register_loss_terms",
     "acquisition": "ssvae_register_acquisitions",
 }
+# Trackers (``--track NAME``) are a plugin kind without a config table or a protocol class.
+TRACKER_HOOK = "ssvae_register_trackers"
 
 # Components shipped as separate packages, so a config naming one can say what to install.
 KNOWN_PACKAGES = {
@@ -75,6 +78,17 @@ class RegisteredComponent:
     kind: str
     name: str
     factory: ComponentFactory
+    plugin: str
+    package: str
+    version: str
+
+
+@dataclass(frozen=True)
+class RegisteredTracker:
+    """A tracker's factory together with where it came from."""
+
+    name: str
+    factory: TrackerFactory
     plugin: str
     package: str
     version: str
@@ -180,6 +194,7 @@ class Registry:
         self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.manager.add_hookspecs(hookspecs)
         self.components: dict[str, dict[str, RegisteredComponent]] = {kind: {} for kind in KINDS}
+        self.trackers: dict[str, RegisteredTracker] = {}
         self.problems: list[PluginProblem] = []
         self._origin: dict[str, tuple[str, str]] = {}
         self.register(builtin, name=CORE_PLUGIN, package="ssvae-core", version=_core_version())
@@ -229,7 +244,7 @@ class Registry:
             self.problems.append(PluginProblem(name, f"rejected by pluggy: {error}"))
             return
         self._origin[name] = (package or name, version)
-        for kind, hook_name in HOOKS.items():
+        for kind, hook_name in {**HOOKS, "tracker": TRACKER_HOOK}.items():
             caller = getattr(self.manager.hook, hook_name)
             for impl in caller.get_hookimpls():
                 if impl.plugin_name != name:
@@ -247,7 +262,22 @@ class Registry:
                     )
                     continue
                 for component_name, factory in factories.items():
-                    self._add(kind, component_name, factory, name)
+                    if kind == "tracker":
+                        self._add_tracker(component_name, factory, name)
+                    else:
+                        self._add(kind, component_name, factory, name)
+
+    def _add_tracker(self, name: str, factory: Any, plugin: str) -> None:
+        existing = self.trackers.get(name)
+        if existing is not None:
+            reason = f"tracker {name!r} is already registered by {existing.plugin!r}"
+        elif not isinstance(factory, TrackerFactory):
+            reason = f"tracker {name!r} is not a TrackerFactory (got {type(factory).__name__})"
+        else:
+            package, version = self._origin[plugin]
+            self.trackers[name] = RegisteredTracker(name, factory, plugin, package, version)
+            return
+        self.problems.append(PluginProblem(plugin, reason))
 
     def _add(self, kind: str, name: str, factory: Any, plugin: str) -> None:
         existing = self.components[kind].get(name)

@@ -276,29 +276,21 @@ def test_plugin_for_other_core_versions_is_refused_in_one_line() -> None:
     assert "future" not in registry.names("prior") and "current" in registry.names("prior")
 
 
-def test_installed_plugin_states_its_core_range_through_its_dependency(tmp_path, monkeypatch) -> None:
-    """A distribution on the path whose entry point loads, but whose ``ssvae-core``
-    requirement excludes the installed core: refused, with its package and version."""
-    import sys
-
-    module = tmp_path / "ssvae_tiny_future.py"
-    module.write_text(
+def test_installed_plugin_states_its_core_range_through_its_dependency(install_plugin) -> None:
+    """A distribution whose entry point loads, but whose ``ssvae-core`` requirement
+    excludes the installed core: refused, with its package and version."""
+    install_plugin(
+        "ssvae_tiny_future",
         "from ssvae_core.plugin import hookimpl\n"
         "@hookimpl\n"
         "def ssvae_register_priors():\n"
-        "    return {}\n"
+        "    return {}\n",
+        requires_core="<0.1",
     )
-    info = tmp_path / "ssvae_tiny_future-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: ssvae-tiny-future\nVersion: 1.0\n"
-        "Requires-Dist: ssvae-core<0.1\nRequires-Dist: ssvae-core[test]; extra == 'test'\n"
-    )
-    (info / "entry_points.txt").write_text("[ssvae]\ntiny_future = ssvae_tiny_future\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "ssvae_tiny_future", raising=False)
     reasons = _reasons(Registry())
-    assert reasons["tiny_future"].startswith("ssvae-tiny-future 1.0 supports ssvae-core <0.1, but")
+    assert reasons["ssvae_tiny_future"].startswith(
+        "ssvae-tiny-future 1.0 supports ssvae-core <0.1, but"
+    )
 
 
 def test_every_package_here_supports_the_core_it_ships_with() -> None:
