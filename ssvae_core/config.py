@@ -122,21 +122,16 @@ class LossConfig:
     )
 
 
-# Keys of the former flat [loss] table, and where each now lives.
-MOVED_LOSS_KEYS = {
-    "usage_weight": "usage.weight",
-    "supervised_weight": "supervised.weight",
-    "consistency_weight": "consistency.weight",
-    "neighbour_weight": "neighbour.weight",
-    "num_neighbours": "neighbour.neighbours",
-    "pseudo_label_weight": "pseudo_label.weight",
-    "pseudo_label_threshold": "pseudo_label.threshold",
-    "embedding_repulsion": "embedding_repulsion.weight",
-    "graph_label_weight": "graph_label.weight",
-    "graph_label_share": "graph_label.share",
-    "graph_neighbours": "graph_label.neighbours",
-    "graph_alpha": "graph_label.alpha",
-}
+def moved_loss_keys(registry: Registry) -> dict[str, str]:
+    """Keys of the former flat ``[loss]`` table, and where each now lives
+    (``"usage_weight"`` → ``"usage.weight"``), as each loss term's options declare them
+    (:attr:`~ssvae_core.terms.TermOptions.former_keys`)."""
+    moved: dict[str, str] = {}
+    for name in registry.names("loss_term"):
+        options = registry.get("loss_term", name).factory.options
+        for old, field in getattr(options, "former_keys", {}).items():
+            moved[old] = f"{name}.{field}"
+    return moved
 
 
 # The training step counter is a 32-bit integer: no run may take more steps than this.
@@ -318,11 +313,12 @@ def config_from_dict(raw: Mapping[str, Any], registry: Registry | None = None) -
     loss_table = _table(raw, "loss")
     term_tables = {k: v for k, v in loss_table.items() if isinstance(v, Mapping)}
     core_loss = {k: v for k, v in loss_table.items() if k not in term_tables}
+    moved = moved_loss_keys(registry) if core_loss else {}
     for key in core_loss:
-        if key in MOVED_LOSS_KEYS:
+        if key in moved:
             raise ConfigError(
-                f"loss.{key} is now loss.{MOVED_LOSS_KEYS[key]}: each loss term has its own "
-                f"table [loss.<term>] (in --set: loss.{MOVED_LOSS_KEYS[key]}=...)"
+                f"loss.{key} is now loss.{moved[key]}: each loss term has its own "
+                f"table [loss.<term>] (in --set: loss.{moved[key]}=...)"
             )
     for section, cls in CORE_SECTIONS.items():
         table = core_loss if section == "loss" else _table(raw, section)

@@ -7,8 +7,6 @@ from typing import Any
 
 import numpy as np
 
-LOSS_TERMS = ("loss", "reconstruction", "kl_z", "kl_c", "supervised", "usage")
-
 
 RECONSTRUCTED_MEMBERS = 6
 
@@ -35,7 +33,7 @@ def write_run_plots(
     written = []
 
     steps = [row["step"] for row in history]
-    terms = [t for t in LOSS_TERMS if history and t in history[0]]
+    terms = curve_names(history[0]) if history else []
     evaluated = [row for row in history if "held_out_accuracy" in row]
     if terms:
         panels = len(terms) + bool(evaluated)
@@ -104,6 +102,20 @@ def write_run_plots(
     if x_train is not None and len(x_train):
         written += write_latent_plots(folder, classifier, x_train, labeled, by_channel=bool(report.get("label_free")))
     return written
+
+
+def curve_names(row: dict[str, float]) -> list[str]:
+    """The loss curves a metrics row has: the total, the reconstruction, the prior's KL
+    terms (``kl_*``) and every registered loss term the objective logged, in the order
+    the objective sums them."""
+    from ssvae_core.registry import default_registry
+
+    terms = default_registry().ordered("loss_term")
+    return [
+        name
+        for name in ["loss", "reconstruction", *(k for k in row if k.startswith("kl_")), *terms]
+        if name in row
+    ]
 
 
 def write_latent_plots(

@@ -48,7 +48,13 @@ class TermOptions:
     A subclass may redeclare ``weight`` with its own default. A term shipped by a plugin
     package should default to ``weight = 0`` (off), so that installing the package changes
     nobody's training.
+
+    ``former_keys`` maps keys a configuration may still hold from an earlier layout (keys
+    of the former flat ``[loss]`` table) to the option that replaced them, so that such a
+    configuration is refused with one line naming the new key.
     """
+
+    former_keys: ClassVar[Mapping[str, str]] = {}
 
     weight: float = option(0.0, help="weight of the term (0 turns it off)")
     warmup_steps: int = option(

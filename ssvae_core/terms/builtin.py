@@ -6,6 +6,7 @@ factory. In the objective they are summed in the order registered here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -49,6 +50,7 @@ from ssvae_core.types import reparameterise
 
 @dataclass(frozen=True)
 class SupervisedOptions(TermOptions):
+    former_keys: ClassVar[Mapping[str, str]] = {"supervised_weight": "weight"}
     weight: float = option(10.0, help="λ_sup of the head's supervised loss on the labeled rows")
 
 
@@ -69,6 +71,7 @@ class SupervisedTerm(AbstractLossTerm):
 
 @dataclass(frozen=True)
 class UsageOptions(TermOptions):
+    former_keys: ClassVar[Mapping[str, str]] = {"usage_weight": "weight"}
     weight: float = option(
         -5.0, help="w_u of the usage entropy H(p̂): > 0 concentrates, < 0 diversifies"
     )
@@ -105,6 +108,7 @@ class UsageTerm(AbstractLossTerm):
 
 @dataclass(frozen=True)
 class ConsistencyOptions(TermOptions):
+    former_keys: ClassVar[Mapping[str, str]] = {"consistency_weight": "weight"}
     weight: float = option(
         5.0, help="weight of −log Σ_c r_c(x) r_c(x') between an image and an augmented view", minimum=0.0
     )
@@ -171,6 +175,7 @@ class MutualInformationTerm(AbstractLossTerm):
 
 @dataclass(frozen=True)
 class NeighbourOptions(TermOptions):
+    former_keys: ClassVar[Mapping[str, str]] = {"neighbour_weight": "weight", "num_neighbours": "neighbours"}
     weight: float = option(
         0.0, help="weight of −log Σ_c r_c(x) r_c(n) between an image and one of its nearest neighbours", minimum=0.0
     )
@@ -201,6 +206,7 @@ class NeighbourTerm(AbstractPreparedTerm):
 
 @dataclass(frozen=True)
 class PseudoLabelOptions(TermOptions):
+    former_keys: ClassVar[Mapping[str, str]] = {"pseudo_label_weight": "weight", "pseudo_label_threshold": "threshold"}
     weight: float = option(
         0.0,
         help="weight of the supervised loss on an augmented view of unlabeled rows whose own p(y|x) is confident",
@@ -236,6 +242,7 @@ class PseudoLabelTerm(AbstractLossTerm):
 
 @dataclass(frozen=True)
 class EmbeddingRepulsionOptions(TermOptions):
+    former_keys: ClassVar[Mapping[str, str]] = {"embedding_repulsion": "weight"}
     weight: float = option(
         0.0, help="weight of the RBF repulsion between component embeddings e_c", minimum=0.0
     )
@@ -257,6 +264,7 @@ class EmbeddingRepulsionTerm(AbstractLossTerm):
 
 @dataclass(frozen=True)
 class GraphLabelOptions(TermOptions):
+    former_keys: ClassVar[Mapping[str, str]] = {"graph_label_weight": "weight", "graph_label_share": "share", "graph_neighbours": "neighbours", "graph_alpha": "alpha"}
     weight: float = option(
         5.0,
         help="weight of the supervised loss on unlabeled rows given a label by propagation over the input kNN graph",
