@@ -1,6 +1,6 @@
 """The built-in acquisition functions: which unlabeled examples to label next.
 
-Every score reads :class:`~ssvae_core.types.AcquisitionInputs` (``p(y|x)``, the head's
+Every score reads ``AcquisitionInputs`` (``p(y|x)``, the head's
 certainty, the responsibilities ``r = q(c|x)``, τ, the posterior means and samples) and
 returns one number per example, higher meaning "label sooner":
 
@@ -38,7 +38,7 @@ returns one number per example, higher meaning "label sooner":
 without any. The others read ``p(y|x)`` or τ and are refused there.
 
 They register through the ``ssvae_register_acquisitions`` hook like any plugin's
-(:mod:`ssvae_core.builtin`).
+(``ssvae_core.builtin``).
 """
 
 # No ``from __future__ import annotations``: ``eqx.AbstractVar[...]`` must be an evaluated
@@ -161,7 +161,7 @@ class AbstractRankedAcquisition(AbstractAcquisition):
     """A score-based acquisition whose batch is either the best scores (``balance`` off)
     or the best scores taken round-robin over the predicted classes (``balance`` on), so
     that one confusing class cannot take the whole batch; its subclasses implement
-    :meth:`score` only."""
+    ``score`` only."""
 
     balance: eqx.AbstractVar[bool]
 

@@ -125,7 +125,7 @@ class LossConfig:
 def moved_loss_keys(registry: Registry) -> dict[str, str]:
     """Keys of the former flat ``[loss]`` table, and where each now lives
     (``"usage_weight"`` → ``"usage.weight"``), as each loss term's options declare them
-    (:attr:`~ssvae_core.terms.TermOptions.former_keys`)."""
+    (``former_keys``)."""
     moved: dict[str, str] = {}
     for name in registry.names("loss_term"):
         options = registry.get("loss_term", name).factory.options
@@ -141,14 +141,14 @@ MAX_SEED = 2**63 - 1
 
 
 def check_seed(seed: object, what: str) -> int:
-    """``seed`` if it is a whole number from 0 to :data:`MAX_SEED`; else one :class:`ConfigError`."""
+    """``seed`` if it is a whole number from 0 to ``MAX_SEED``; else one ``ConfigError``."""
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"{what} must be an integer from 0 to 2**63 - 1 ({MAX_SEED}), got {seed!r:.40}")
     return seed
 
 
 def check_steps(steps: object, what: str) -> int:
-    """``steps`` if it is a whole number from 1 to :data:`MAX_STEPS`; else one :class:`ConfigError`."""
+    """``steps`` if it is a whole number from 1 to ``MAX_STEPS``; else one ``ConfigError``."""
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
         raise ConfigError(
             f"{what} must be a positive integer of at most 2**31 - 1 ({MAX_STEPS}) steps, "
@@ -256,7 +256,7 @@ class Config:
         return min(self.train.batch_size - 1, max(1, math.ceil(fraction * self.train.batch_size)))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (TOML-ready) that :func:`config_from_dict` reads back."""
+        """Plain nested dict (TOML-ready) that ``config_from_dict`` reads back."""
         result: dict[str, Any] = {"seed": self.seed}
         for section in CORE_SECTIONS:
             result[section] = options_to_dict(getattr(self, section))
@@ -300,7 +300,7 @@ def parse_component(
 
 
 def config_from_dict(raw: Mapping[str, Any], registry: Registry | None = None) -> Config:
-    """Build a validated :class:`Config`; missing keys take their defaults."""
+    """Build a validated ``Config``; missing keys take their defaults."""
     registry = registry or default_registry()
     allowed = ["seed", *CORE_SECTIONS, *COMPONENT_SECTIONS]
     for key in raw:
@@ -387,7 +387,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
 
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a TOML file; a missing, unreadable or malformed file is a :class:`ConfigError`."""
+    """Read a TOML file; a missing, unreadable or malformed file is a ``ConfigError``."""
     try:
         where = repr(os.fspath(path))
     except TypeError:

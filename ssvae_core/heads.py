@@ -34,7 +34,7 @@ class TauHead(AbstractHead):
 
     A channel is *free* while its usage ``p̂_c`` is below ``free_usage`` or it holds less
     than ``free_mass`` of the label mass ``Σ_{c,y} s_{c,y}``: no label owns it, and a class
-    named after training may claim it (:meth:`assign_channels`).
+    named after training may claim it (``assign_channels``).
     """
 
     num_components: int = eqx.field(static=True)

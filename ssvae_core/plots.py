@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-
 RECONSTRUCTED_MEMBERS = 6
 
 
@@ -121,9 +120,10 @@ def curve_names(row: dict[str, float]) -> list[str]:
 def write_latent_plots(
     folder: Path, classifier: Any, x: np.ndarray, labeled: np.ndarray | None = None, *, by_channel: bool = False
 ) -> list[Path]:
-    """``latent_map.png`` (PCA of the posterior means of ``x``, coloured by predicted class,
-    or with ``by_channel`` — a model without labels — by most responsible channel) and, for
-    a model with channels, ``channel_reconstructions.png``."""
+    """``latent_map.png`` (the ``channels`` projection of ``x`` over ``z`` and ``q(c|x)``,
+    PCA of ``z`` for a model without channels; coloured by predicted class, or with
+    ``by_channel`` — a model without labels — by most responsible channel) and, for a model
+    with channels, ``channel_reconstructions.png``."""
     from ssvae_core.explore import (
         channel_members,
         project,
@@ -133,7 +133,11 @@ def write_latent_plots(
     )
 
     inference = classifier.infer(x)
-    points = project(inference.z_mean, "pca")
+    tau = classifier.tau
+    # the channels of one class side by side (by the label that owns most of each)
+    order = None if tau is None or by_channel else np.argsort(np.argmax(tau, axis=1), kind="stable")
+    points = project(inference.z_mean, "channels", responsibilities=inference.responsibilities, order=order)
+    has_channels = inference.responsibilities.shape[-1] > 1
     by_channel = by_channel and inference.responsibilities.shape[-1] > 0
     if by_channel:
         colour = np.argmax(inference.responsibilities, axis=1)
@@ -143,8 +147,9 @@ def write_latent_plots(
     written = [folder / "latent_map.png"]
     write_latent_map(
         written[0], points, colour, names, labeled=labeled,
-        title=f"posterior means of {len(x)} training examples (PCA), coloured by "
-        + ("most responsible channel" if by_channel else "predicted class"),
+        title=f"{len(x)} training examples, coloured by "
+        + ("most responsible channel" if by_channel else "predicted class")
+        + ("\nplaced by q(c|x) over channel anchors, PCA of z within" if has_channels else " (PCA of z)"),
     )
     members = channel_members(inference.responsibilities, RECONSTRUCTED_MEMBERS)
     if members:

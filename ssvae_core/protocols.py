@@ -6,7 +6,7 @@ Networks work on a single example and are ``vmap``-ed by the model; priors and h
 the whole batch, but must return per-example values so that no example's loss depends on
 another's.
 
-Defining a subclass checks its field order at once (:func:`check_field_order`): a field
+Defining a subclass checks its field order at once (``check_field_order``): a field
 without a default after one with a default is reported with the class's file and line.
 """
 
@@ -191,7 +191,7 @@ def concrete_override(cls: type, protocol: type) -> str | None:
 
 class FieldOrderChecked(eqx.Module):
     """Base of the component protocols: every subclass's field order is checked when the
-    class is defined (:func:`check_field_order`), before dataclasses sees it."""
+    class is defined (``check_field_order``), before dataclasses sees it."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -369,12 +369,12 @@ class AbstractChannelFreeHead(AbstractHead):
 class AbstractAcquisition(FieldOrderChecked):
     """Chooses which unlabeled examples to label next, from what the model knows of them.
 
-    :meth:`score` gives every example one finite number — higher means "label this
-    sooner" — from :class:`~ssvae_core.types.AcquisitionInputs` and a PRNG key (the same
-    key gives the same scores). :meth:`select` turns scores into a batch. An acquisition
-    whose batch is simply the best scores subclasses :class:`AbstractTopScoreAcquisition`,
-    which implements :meth:`select`; a batch-aware one (that spreads a batch over the
-    latent space) implements :meth:`select` itself, and must still never choose a labeled
+    ``score`` gives every example one finite number — higher means "label this
+    sooner" — from ``AcquisitionInputs`` and a PRNG key (the same
+    key gives the same scores). ``select`` turns scores into a batch. An acquisition
+    whose batch is simply the best scores subclasses ``AbstractTopScoreAcquisition``,
+    which implements ``select``; a batch-aware one (that spreads a batch over the
+    latent space) implements ``select`` itself, and must still never choose a labeled
     example nor one example twice.
 
     ``num_samples`` is how many posterior samples ``z_s ~ q(z|x)`` per example the score
@@ -407,7 +407,7 @@ class AbstractAcquisition(FieldOrderChecked):
 
 class AbstractTopScoreAcquisition(AbstractAcquisition):
     """An acquisition whose batch is the ``count`` highest-scoring unlabeled examples (ties
-    go to the lower index); its subclasses implement :meth:`score` only."""
+    go to the lower index); its subclasses implement ``score`` only."""
 
     def select(
         self, inputs: AcquisitionInputs, count: int, key: PRNGKeyArray

@@ -38,6 +38,7 @@ from ssvae_core.protocols import (
 )
 from ssvae_core.terms.base import AbstractLossTerm, TermOptions
 from ssvae_core.tracking import TrackerFactory
+from ssvae_core.version import __version__
 
 ENTRY_POINT_GROUP = "ssvae"
 CORE_PLUGIN = "ssvae_core"
@@ -103,9 +104,7 @@ class PluginProblem:
 
 
 def _core_version() -> str:
-    import ssvae_core  # the package is initialised by now: the registry is built on demand
-
-    return ssvae_core.__version__
+    return __version__
 
 
 def supported_core(plugin: object, dist: importlib.metadata.Distribution | None) -> str | None:
@@ -147,7 +146,7 @@ def protocol_violation(kind: str, name: str, factory: Any, *, final: bool = True
     """Why ``factory`` cannot serve as a ``kind`` component, or ``None`` if it can.
 
     With ``final`` (the default) a component class that overrides a concrete method is
-    refused (:func:`~ssvae_core.protocols.concrete_override`)."""
+    refused (``concrete_override``)."""
     if not isinstance(factory, ComponentFactory):
         return f"{kind} {name!r} is not a ComponentFactory (got {type(factory).__name__})"
     protocol = PROTOCOLS[kind]
@@ -304,7 +303,7 @@ class Registry:
         return core + sorted(n for n in self.components[kind] if n not in core)
 
     def get(self, kind: str, name: str) -> RegisteredComponent:
-        """The component ``kind``/``name``; a :class:`ConfigError` says what is allowed."""
+        """The component ``kind``/``name``; a ``ConfigError`` says what is allowed."""
         try:
             return self.components[kind][name]
         except KeyError:

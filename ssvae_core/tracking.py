@@ -1,14 +1,14 @@
 """Experiment tracking: metric sinks that write to a tracker's own format, offline.
 
 ``ssvae train --track tensorboard`` (and ``ssvae retrain``) adds a
-:class:`TensorBoardSink` that writes TensorBoard event files into ``RUN/tensorboard/``:
+``TensorBoardSink`` that writes TensorBoard event files into ``RUN/tensorboard/``:
 every metric of every logged chunk as a scalar (``train/<name>``, held-out evaluations as
 ``held_out/<name>``), the resolved configuration as text, and at the end the report's
 figures (``report/test_accuracy``, ``report/ece``), the report itself as text and the run's
 plots as images. ``tensorboard --logdir runs/`` shows them. It needs the ``track`` extra
 (``pip install 'ssvae-core[track]'``: TensorBoard's own event writer, no TensorFlow).
 
-``--track mlflow`` adds an :class:`MLflowSink` that logs into MLflow's local file store,
+``--track mlflow`` adds an ``MLflowSink`` that logs into MLflow's local file store,
 ``RUN/mlruns/`` (or the store ``--mlflow-dir`` names, which several runs may share): one
 MLflow run per run directory (a retrain continues it), the configuration flattened into
 parameters (``train.steps``, ``prior.num_components``, ...), the same metrics per step as
@@ -20,7 +20,7 @@ Several trackers may be named at once (``--track tensorboard --track mlflow``, o
 
 Trackers are a plugin kind: both built-in ones are registered through the hook
 ``ssvae_register_trackers``, and a plugin package adds its own the same way, as a
-:class:`TrackerFactory` whose ``open`` makes a :class:`TrackerSink` for a run directory
+``TrackerFactory`` whose ``open`` makes a ``TrackerSink`` for a run directory
 (``--track NAME`` then picks it; ``ssvae plugins`` lists it).
 """
 
@@ -51,11 +51,14 @@ REPORT_FIGURES = ("test_accuracy", "ece", "reconstruction_error")
 class TrackerSink(Protocol):
     """A metric sink that also takes the final report and plots, and is closed."""
 
-    def __call__(self, step: int, metrics: Mapping[str, float]) -> None: ...
+    def __call__(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Log one chunk's mean metrics at training step ``step``."""
 
-    def report(self, report: Mapping[str, Any], plots: Sequence[Path] = ()) -> None: ...
+    def report(self, report: Mapping[str, Any], plots: Sequence[Path] = ()) -> None:
+        """Log the run's final report and its plot files, once, after training."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Flush and release what the sink holds; it may be called more than once."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class TrackerContext:
 class TrackerFactory:
     """A tracker, as a plugin registers it (hook ``ssvae_register_trackers``).
 
-    ``open(context)`` returns the :class:`TrackerSink` for one run; it must write nothing
+    ``open(context)`` returns the ``TrackerSink`` for one run; it must write nothing
     until the sink is first called. ``requires`` names a module the tracker imports and
     ``install`` what installs it (``"the track extra: pip install 'ssvae-core[track]'"``):
     ``--track`` imports the module before training and names ``install`` if it fails.
@@ -93,7 +96,7 @@ def _registry(registry: Registry | None) -> Registry:
 
 def check_trackers(names: Sequence[str], registry: Registry | None = None) -> tuple[str, ...]:
     """The tracker names (each item may be a comma-separated list), each registered and
-    importable; a :class:`ConfigError` naming what to install otherwise."""
+    importable; a ``ConfigError`` naming what to install otherwise."""
     trackers = _registry(registry).trackers
     allowed = ", ".join(trackers)
     given = [n.strip() for item in names for n in item.split(",")]
@@ -313,7 +316,7 @@ class MLflowSink:
         self._reported = True
 
     def close(self) -> None:
-        """End the MLflow run: finished after :meth:`report`, failed without."""
+        """End the MLflow run: finished after ``report``, failed without."""
         if self._client is not None and self.run_id is not None:
             self._client.set_terminated(self.run_id, "FINISHED" if self._reported else "FAILED")
         self._client = None
@@ -327,7 +330,7 @@ def open_trackers(
     mlflow_dir: str | os.PathLike[str] | None = None,
     registry: Registry | None = None,
 ) -> list[TrackerSink]:
-    """The sinks of ``names`` (checked by :func:`check_trackers`) for run directory
+    """The sinks of ``names`` (checked by ``check_trackers``) for run directory
     ``out``; nothing is written until training logs its first chunk. The MLflow store is
     ``mlflow_dir`` (a folder, or a ``file:`` URI), by default ``out/mlruns``."""
     trackers = _registry(registry).trackers
@@ -362,7 +365,7 @@ BUILTIN_TRACKERS = {
 
 def mlflow_store(out: str | os.PathLike[str], given: str | os.PathLike[str] | None) -> Path:
     """The folder of the MLflow file store: ``given`` (a path or a ``file:`` URI) or
-    ``out/mlruns``; any other URI (a tracking server) is a :class:`ConfigError`."""
+    ``out/mlruns``; any other URI (a tracking server) is a ``ConfigError``."""
     if given is None:
         return Path(out) / MLFLOW_DIR
     text = os.fspath(given)

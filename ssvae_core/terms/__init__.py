@@ -1,4 +1,4 @@
-"""Loss terms: the extension point (:mod:`.base`) and the core's own terms (:mod:`.builtin`)."""
+"""Loss terms: the extension point (``base``) and the core's own terms (``builtin``)."""
 
 from ssvae_core.terms.base import (
     AbstractLossTerm,

@@ -3,7 +3,7 @@
 The objective is the ELBO (reconstruction and the prior's KL terms) plus a weighted sum of
 loss terms. A term is an Equinox module with
 
-- ``weight``: a :class:`~ssvae_core.schedules.Schedule` (traced, so new weights never
+- ``weight``: a ``Schedule`` (traced, so new weights never
   recompile the step), built from its options' ``weight`` and ``warmup_steps``;
 - ``requires``: what the model and batch must offer — ``"channels"`` (the prior has
   channels; the term is skipped otherwise), ``"embeddings"`` (the decoder is conditioned on
@@ -12,10 +12,10 @@ loss terms. A term is an Equinox module with
 - ``per_example``: ``True`` when its value is one number per example that depends on that
   example alone; ``False`` declares a batch-level or parameter-level value (a scalar);
 - a term that needs data beyond the batch (a kNN graph, propagated labels) subclasses
-  :class:`AbstractPreparedTerm` and writes ``prepare``: a host-side preparation over the
+  ``AbstractPreparedTerm`` and writes ``prepare``: a host-side preparation over the
   training data returning per-row arrays, which the sampler gathers into
   ``batch.fields`` for the rows it draws;
-- ``__call__(inputs, key)``: the value, as a :class:`TermValue`.
+- ``__call__(inputs, key)``: the value, as a ``TermValue``.
 
 The objective adds ``w(t) · mean_mask(values)`` to the loss and records the mean under the
 term's name in the metrics.
@@ -85,7 +85,7 @@ class TermInputs:
 
     ``posterior`` is ``q(z, c | x)`` for ``batch.x`` and ``z`` its one reparameterised
     sample (the same the reconstruction used); ``train_x`` holds every training input, for
-    terms that look up other rows (a nearest neighbour). :meth:`encode_view` encodes the
+    terms that look up other rows (a nearest neighbour). ``encode_view`` encodes the
     augmented view once, however many terms ask for it.
     """
 
@@ -173,7 +173,7 @@ def prepared_fields(
     term: AbstractLossTerm, x: np.ndarray, labels: np.ndarray, num_classes: int
 ) -> dict[str, np.ndarray]:
     """What ``term`` prepares over the training data (nothing unless it is an
-    :class:`AbstractPreparedTerm`)."""
+    ``AbstractPreparedTerm``)."""
     if isinstance(term, AbstractPreparedTerm):
         return term.prepare(x, labels, num_classes)
     return {}

@@ -291,10 +291,10 @@ class GraphLabelOptions(TermOptions):
 
 class GraphLabelTerm(AbstractPreparedTerm):
     """The head's supervised loss on unlabeled rows labeled by propagation over the input
-    kNN graph (:mod:`ssvae_core.graph`); those labels never reach the τ counts.
+    kNN graph (``ssvae_core.graph``); those labels never reach the τ counts.
 
     ``share``, ``neighbours``, ``alpha``, ``per_class``, ``blur`` and ``deskew`` are read
-    on the host by :meth:`prepare` only, in full precision; as static fields, changing one of
+    on the host by ``prepare`` only, in full precision; as static fields, changing one of
     them compiles the step anew.
     """
 
@@ -348,7 +348,7 @@ class GraphClusterOptions(TermOptions):
 class GraphClusterTerm(AbstractPreparedTerm):
     """``−log r_{m(j(x))}(x)`` on the unlabeled rows: ``j(x)`` the spectral cluster of ``x``
     in the input kNN graph (one cluster per channel), ``m`` the matching of clusters to
-    channels (:func:`ssvae_core.graph.clusters_to_channels`: by the labels propagated over
+    channels (``ssvae_core.graph.clusters_to_channels``: by the labels propagated over
     the same graph, so the cluster holding label ``y`` goes to the channel the τ head seeds
     for ``y``; without labels, cluster ``j`` to channel ``j``).
 
@@ -356,7 +356,7 @@ class GraphClusterTerm(AbstractPreparedTerm):
     encoder's first steps put them; the other terms refine them. With
     ``only_without_labels`` a run that has any label gets no targets (the term is 0).
     ``neighbours``, ``blur``, ``deskew`` and ``only_without_labels`` are read on the host
-    by :meth:`prepare` only.
+    by ``prepare`` only.
     """
 
     weight: Schedule

@@ -1,6 +1,6 @@
 """A corpus of deliberately broken components: what the conformance kit must catch.
 
-Each :class:`Defect` is a small working component with one bug of the kind plugin authors
+Each ``Defect`` is a small working component with one bug of the kind plugin authors
 actually write — a sign error in a variance ratio, a naive softmax, a sample drawn with the
 variance as its scale, a factory that drops an option, a batch statistic, NumPy noise in a
 method — and names the check meant to catch it and a phrase its message must contain.

@@ -69,7 +69,7 @@ def training_arrays(
     """Prepare every loss term of ``objective`` on the host and move the data to the device.
 
     ``labels`` holds one label per row of ``x``, ``-1`` where unlabeled; ``balance_labels``
-    balances the labeled pool over classes (:func:`labeled_pool`).
+    balances the labeled pool over classes (``labeled_pool``).
     """
     labels = np.asarray(labels)
     classes = num_classes if num_classes is not None else int(labels.max(initial=-1)) + 1
