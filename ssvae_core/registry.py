@@ -3,11 +3,8 @@
 A plugin that fails to import, raises in a hook, registers a name that is already taken,
 returns a factory that does not satisfy its protocol, or supports other core versions than
 the one installed is recorded in ``Registry.problems`` with its name and the reason; every
-other plugin keeps working.
-
-A plugin states the core versions it supports as the version range of its ``ssvae-core``
-dependency (``dependencies = ["ssvae-core>=0.2,<0.3"]``), or, for a plugin object registered
-without a distribution, as a ``requires_core`` attribute holding a version specifier.
+other plugin keeps working (``ssvae_core.compatibility`` says how a plugin states the core
+versions it supports).
 """
 
 from __future__ import annotations
@@ -20,11 +17,9 @@ from types import ModuleType
 from typing import Any
 
 import pluggy
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import canonicalize_name
 
 from ssvae_core import builtin, hookspecs
+from ssvae_core.compatibility import core_mismatch, core_version, supported_core
 from ssvae_core.components import KINDS, ComponentFactory
 from ssvae_core.errors import ConfigError
 from ssvae_core.options import suggest
@@ -38,7 +33,6 @@ from ssvae_core.protocols import (
 )
 from ssvae_core.terms.base import AbstractLossTerm, TermOptions
 from ssvae_core.tracking import TrackerFactory
-from ssvae_core.version import __version__
 
 ENTRY_POINT_GROUP = "ssvae"
 CORE_PLUGIN = "ssvae_core"
@@ -103,45 +97,6 @@ class PluginProblem:
     reason: str
 
 
-def _core_version() -> str:
-    return __version__
-
-
-def supported_core(plugin: object, dist: importlib.metadata.Distribution | None) -> str | None:
-    """The core versions ``plugin`` supports, as a version specifier: its ``requires_core``
-    attribute, else the range of its distribution's ``ssvae-core`` requirement; ``None``
-    when it states none."""
-    stated = getattr(plugin, "requires_core", None)
-    if stated is not None:
-        return str(stated)
-    for text in (dist.requires or []) if dist is not None else []:
-        try:
-            requirement = Requirement(text)
-        except InvalidRequirement:
-            continue
-        if canonicalize_name(requirement.name) == "ssvae-core" and requirement.marker is None:
-            return str(requirement.specifier)
-    return None
-
-
-def core_mismatch(package: str, version: str, supported: str | None) -> str | None:
-    """Why a plugin that supports the core versions ``supported`` cannot load into this
-    core, or ``None`` if it can."""
-    if not supported:
-        return None
-    core = _core_version()
-    try:
-        accepted = SpecifierSet(supported).contains(core, prereleases=True)
-    except InvalidSpecifier:
-        return f"requires_core {supported!r} is not a version specifier (e.g. '>=0.2,<0.3')"
-    if accepted:
-        return None
-    return (
-        f"{package} {version} supports ssvae-core {supported}, but ssvae-core {core} is "
-        f"installed; install a release of {package} made for ssvae-core {core}"
-    )
-
-
 def protocol_violation(kind: str, name: str, factory: Any, *, final: bool = True) -> str | None:
     """Why ``factory`` cannot serve as a ``kind`` component, or ``None`` if it can.
 
@@ -196,7 +151,7 @@ class Registry:
         self.trackers: dict[str, RegisteredTracker] = {}
         self.problems: list[PluginProblem] = []
         self._origin: dict[str, tuple[str, str]] = {}
-        self.register(builtin, name=CORE_PLUGIN, package="ssvae-core", version=_core_version())
+        self.register(builtin, name=CORE_PLUGIN, package="ssvae-core", version=core_version())
         if entry_points:
             self._load_entry_points()
         for name, plugin in plugins:
