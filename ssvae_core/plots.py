@@ -36,13 +36,18 @@ def write_run_plots(
     evaluated = [row for row in history if "held_out_accuracy" in row]
     if terms:
         panels = len(terms) + bool(evaluated)
-        fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 2.8))
-        for axis, term in zip(np.atleast_1d(axes), terms, strict=False):
+        columns = min(panels, 4)
+        rows = -(-panels // columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), squeeze=False)
+        for axis in axes.flat[panels:]:
+            axis.set_visible(False)
+        axes = axes.flat[:panels]
+        for axis, term in zip(axes, terms, strict=False):
             axis.plot(steps, [row.get(term, np.nan) for row in history])
             axis.set_title(term)
             axis.set_xlabel("step")
         if evaluated:  # train.eval_every: the held-out learning curve
-            axis = np.atleast_1d(axes)[-1]
+            axis = axes[-1]
             axis.plot([row["step"] for row in evaluated], [row["held_out_accuracy"] for row in evaluated], marker=".")
             axis.set_title("held-out accuracy")
             axis.set_xlabel("step")

@@ -142,3 +142,15 @@ def test_withdraw_takes_back_exactly_the_named_label_from_its_source() -> None:
         store.withdraw(4, "a", source="studio")
     with pytest.raises(DataError, match="from 'split'; only labels from 'studio'"):
         store.withdraw(1, "a", source="studio")
+
+
+def test_loss_curves_are_every_registered_term_the_objective_logged() -> None:
+    """The curves come from the registry (a plugin's term too), in summing order, after the
+    total, the reconstruction and the prior's KL terms; other metrics are not curves."""
+    from ssvae_core.plots import curve_names
+    from ssvae_core.registry import default_registry
+
+    terms = default_registry().ordered("loss_term")
+    row = {"step": 1, "grad_norm": 2.0, **{name: 0.0 for name in reversed(terms)}}
+    row.update({"kl_extra": 0.0, "reconstruction": 0.0, "loss": 0.0})
+    assert curve_names(row) == ["loss", "reconstruction", "kl_extra", *terms]
