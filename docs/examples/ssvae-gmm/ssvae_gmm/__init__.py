@@ -1,7 +1,5 @@
 """Gaussian mixture prior for ssvae: z | c ~ N(μ_c, diag σ_c²) with learned μ_c, σ_c²; π uniform."""
 
-__version__ = "0.2.0"
-
 from dataclasses import dataclass
 
 import equinox as eqx
