@@ -1,8 +1,11 @@
 """ssvae: semi-supervised variational autoencoders whose latent space is the classifier.
 
-The main entry points::
+The main entry points:
 
     from ssvae_core import SSVAEClassifier, load_config, default_config
+
+``__version__`` is the package's version, written once in ``ssvae_core/version.py`` (the
+build reads it there).
 """
 
 from ssvae_core.api import SSVAEClassifier
@@ -10,6 +13,7 @@ from ssvae_core.config import Config, config_from_dict, default_config, load_con
 from ssvae_core.errors import CheckpointError, ConfigError, DataError, PluginError, SSVAEError
 from ssvae_core.model import SSVAE, build_model
 from ssvae_core.registry import Registry, default_registry
+from ssvae_core.version import __version__
 
 __all__ = [
     "SSVAE",
@@ -21,6 +25,7 @@ __all__ = [
     "Registry",
     "SSVAEClassifier",
     "SSVAEError",
+    "__version__",
     "build_model",
     "config_from_dict",
     "default_config",

@@ -1,6 +1,6 @@
 """The built-in acquisition functions: which unlabeled examples to label next.
 
-Every score reads :class:`~ssvae_core.types.AcquisitionInputs` (``p(y|x)``, the head's
+Every score reads ``AcquisitionInputs`` (``p(y|x)``, the head's
 certainty, the responsibilities ``r = q(c|x)``, τ, the posterior means and samples) and
 returns one number per example, higher meaning "label sooner":
 
@@ -38,7 +38,7 @@ returns one number per example, higher meaning "label sooner":
 without any. The others read ``p(y|x)`` or τ and are refused there.
 
 They register through the ``ssvae_register_acquisitions`` hook like any plugin's
-(:mod:`ssvae_core.builtin`).
+(``ssvae_core.builtin``).
 """
 
 # No ``from __future__ import annotations``: ``eqx.AbstractVar[...]`` must be an evaluated
@@ -56,7 +56,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from ssvae_core.components import BuildContext, ComponentFactory
 from ssvae_core.losses import entropy
 from ssvae_core.options import option
-from ssvae_core.protocols import AbstractAcquisition, top_unlabeled
+from ssvae_core.protocols import AbstractAcquisition, AbstractTopScoreAcquisition, top_unlabeled
 from ssvae_core.types import AcquisitionInputs
 
 
@@ -157,21 +157,23 @@ def class_balanced(
     return jnp.asarray(order[np.argsort(rank, kind="stable")][:count], dtype=jnp.int32)
 
 
-class RankedAcquisition(AbstractAcquisition):
+class AbstractRankedAcquisition(AbstractAcquisition):
     """A score-based acquisition whose batch is either the best scores (``balance`` off)
     or the best scores taken round-robin over the predicted classes (``balance`` on), so
-    that one confusing class cannot take the whole batch."""
+    that one confusing class cannot take the whole batch; its subclasses implement
+    ``score`` only."""
 
     balance: eqx.AbstractVar[bool]
 
     def select(self, inputs: AcquisitionInputs, count: int, key: PRNGKeyArray) -> Int[Array, " count"]:
+        """The best ``count`` unlabeled examples, round-robin over classes with ``balance``."""
         scores = self.score(inputs, key)
         if not self.balance:
             return top_unlabeled(scores, inputs.labeled, count)
         return class_balanced(scores, inputs.labeled, jnp.argmax(inputs.probabilities, axis=-1), count)
 
 
-class RandomAcquisition(AbstractAcquisition):
+class RandomAcquisition(AbstractTopScoreAcquisition):
     """Uniform random scores: the baseline."""
 
     num_samples: int = eqx.field(static=True, default=0)
@@ -181,7 +183,7 @@ class RandomAcquisition(AbstractAcquisition):
         return jax.random.uniform(key, (inputs.num_examples,))
 
 
-class UncertaintyAcquisition(RankedAcquisition):
+class UncertaintyAcquisition(AbstractRankedAcquisition):
     """An uncertainty of ``p(y|x)`` or the head's OOD score (``measure``)."""
 
     measure: str = eqx.field(static=True)
@@ -192,7 +194,7 @@ class UncertaintyAcquisition(RankedAcquisition):
         return UNCERTAINTIES[self.measure](inputs)
 
 
-class ChannelEntropyAcquisition(RankedAcquisition):
+class ChannelEntropyAcquisition(AbstractRankedAcquisition):
     """``H(q(c|x))``: how undecided the encoder is between channels."""
 
     num_samples: int = eqx.field(static=True, default=0)
@@ -203,7 +205,7 @@ class ChannelEntropyAcquisition(RankedAcquisition):
         return entropy(inputs.responsibilities)
 
 
-class DisagreementAcquisition(RankedAcquisition):
+class DisagreementAcquisition(AbstractRankedAcquisition):
     """The mutual information between label and channel under ``q(c|x)`` (through τ)."""
 
     num_samples: int = eqx.field(static=True, default=0)
@@ -215,7 +217,7 @@ class DisagreementAcquisition(RankedAcquisition):
         return channel_disagreement(inputs.responsibilities, inputs.tau)
 
 
-class BaldAcquisition(RankedAcquisition):
+class BaldAcquisition(AbstractRankedAcquisition):
     """The mutual information between ``y`` and ``z`` over ``num_samples`` posterior samples."""
 
     num_samples: int = eqx.field(static=True)

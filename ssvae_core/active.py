@@ -1,8 +1,8 @@
 """Choosing examples to label: acquisition inputs from a model, and the query itself.
 
-:func:`acquisition_inputs` runs the model over the candidates in fixed-size batches (one
+``acquisition_inputs`` runs the model over the candidates in fixed-size batches (one
 compile per model structure) and collects what acquisition functions read;
-:func:`build_acquisition` builds a registered acquisition by name for a model; :func:`query`
+``build_acquisition`` builds a registered acquisition by name for a model; ``query``
 puts both together and returns the examples to label next.
 
 ``p(y | x, z_s)`` for a posterior sample ``z_s`` (what ``bald`` reads): with channels, the
@@ -103,7 +103,7 @@ def acquisition_inputs(
     """What an acquisition reads about the examples ``x``; ``labeled`` marks those that
     carry a label. ``num_samples`` posterior samples per example are drawn with ``key``
     (each batch gets its own fold of it). With a ``calibration`` the probabilities, and
-    those of each posterior sample, are calibrated (:mod:`ssvae_core.calibration`)."""
+    those of each posterior sample, are calibrated (``ssvae_core.calibration``)."""
     count = x.shape[0]
     if labeled.shape != (count,):
         raise DataError(f"labeled must have one flag per example ({count}), got shape {labeled.shape}")
@@ -145,7 +145,7 @@ def acquisition_inputs(
 
 
 def model_context(model: SSVAE, input_shape: tuple[int, ...], embedding_dim: int = 0) -> BuildContext:
-    """The :class:`BuildContext` an acquisition factory receives for ``model``."""
+    """The ``BuildContext`` an acquisition factory receives for ``model``."""
     return BuildContext(
         input_shape=tuple(input_shape),
         latent_dim=int(model.encoder.latent_dim),
@@ -159,7 +159,7 @@ def model_context(model: SSVAE, input_shape: tuple[int, ...], embedding_dim: int
 
 
 def registered_strategy(name: str, registry: Registry) -> RegisteredComponent:
-    """The acquisition registered as ``name``; a :class:`ConfigError` names the allowed ones."""
+    """The acquisition registered as ``name``; a ``ConfigError`` names the allowed ones."""
     if not isinstance(name, str) or not name:
         raise ConfigError(f"the strategy must be an acquisition name; got {name!r}")
     try:
@@ -234,8 +234,8 @@ def query(
     """The ``count`` unlabeled examples of ``x`` to label next by ``strategy``, best first.
 
     ``labeled`` marks the rows already labeled (never chosen). A ``count`` larger than
-    the unlabeled rows, or below 1, is a :class:`DataError`; with no row labeled, a
-    strategy that reads predictions (not ``label_free``) is a :class:`ConfigError` naming
+    the unlabeled rows, or below 1, is a ``DataError``; with no row labeled, a
+    strategy that reads predictions (not ``label_free``) is a ``ConfigError`` naming
     those that need no label. The acquisition reads the ``calibration``'s ``p(y|x)`` when
     one is given.
     """

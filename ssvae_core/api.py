@@ -100,10 +100,10 @@ class SSVAEClassifier:
         """Train from scratch on every row of ``x``; rows whose label is ``-1`` are unlabeled.
         With no label at all (``y`` omitted or all ``-1``; pass ``num_classes`` or
         ``label_names``) the model trains on the unlabeled data alone: its channels form
-        without labels, and :meth:`query` picks the first examples to label.
+        without labels, and ``query`` picks the first examples to label.
 
         Each sink — ``sink(step, metrics)`` — receives the mean metrics of each chunk of
-        ``train.log_every`` steps (:attr:`history` keeps them too).
+        ``train.log_every`` steps (``history`` keeps them too).
         ``on_checkpoint(classifier)`` is called every ``train.checkpoint_every`` steps (at
         the end of the chunk that reaches them) with the classifier holding the training
         state reached, e.g. ``lambda c: c.save("model.ckpt")``. With ``train.eval_every``
@@ -146,7 +146,7 @@ class SSVAEClassifier:
         saving, loading and resuming to 20 on the same data gives the same model as 20
         steps in one go. ``y`` may hold labels the first run did not have: they join the
         labeled pool (the compiled step is reused; only values change). ``sinks``,
-        ``on_checkpoint`` and ``evaluate`` work as in :meth:`fit`.
+        ``on_checkpoint`` and ``evaluate`` work as in ``fit``.
         """
         _, state = self._fitted()
         dataset = self._training_data(x, y, len(self.label_names), self.label_names)
@@ -169,15 +169,15 @@ class SSVAEClassifier:
     def add_labels(
         self, indices: ArrayLike, labels: Sequence[str | int]
     ) -> tuple[str, ...]:
-        """Label rows of the training data (:attr:`training_data`) after training.
+        """Label rows of the training data (``training_data``) after training.
 
-        ``indices`` are rows of the data passed to :meth:`fit` (or :meth:`resume`);
+        ``indices`` are rows of the data passed to ``fit`` (or ``resume``);
         ``labels`` are label names — a name the model has not seen adds a class, which
         claims 1–3 free channels where its labeled examples sit (τ grows a column; old
         classes keep theirs) — or indices of known classes. A row already labeled
         differently, a row given two labels, an unknown index or an unknown class index
-        raise :class:`DataError` and change nothing. Returns the names of the classes
-        added. :meth:`retrain` then trains on the new labels.
+        raise ``DataError`` and change nothing. Returns the names of the classes
+        added. ``retrain`` then trains on the new labels.
         """
         self._fitted()
         if self.training_data is None:
@@ -206,7 +206,7 @@ class SSVAEClassifier:
     def _label_request(
         self, indices: ArrayLike, labels: Sequence[str | int], data: Dataset
     ) -> tuple[np.ndarray, list[str]]:
-        """Validated ``(rows, label names)`` of an :meth:`add_labels` call."""
+        """Validated ``(rows, label names)`` of an ``add_labels`` call."""
         try:
             rows = np.asarray(indices)
         except (TypeError, ValueError):
@@ -254,7 +254,7 @@ class SSVAEClassifier:
         new_names: tuple[str, ...],
     ) -> None:
         """Give each class in ``claiming`` free channels where its examples ``x`` sit (see
-        :mod:`ssvae_core.labelspace`), adding ``new_names`` to the label space."""
+        ``ssvae_core.labelspace``), adding ``new_names`` to the label space."""
         model, state = self._fitted()
         data = self.training_data
         assert data is not None
@@ -295,13 +295,13 @@ class SSVAEClassifier:
         evaluate: EvaluateCallback | None = None,
         split_channels: bool | None = None,
     ) -> SSVAEClassifier:
-        """Continue training for ``steps`` more steps on :attr:`training_data` with every
+        """Continue training for ``steps`` more steps on ``training_data`` with every
         label added so far (warm: parameters, optimiser state and τ counts carry on; adding
         labels of known classes compiles nothing new).
 
         With ``train.split_channels`` on (the default; ``split_channels`` overrides it for
-        this call), :meth:`split_channels` first splits every channel whose labeled
-        examples disagree; :attr:`channel_splits` records what it did."""
+        this call), ``split_channels`` first splits every channel whose labeled
+        examples disagree; ``channel_splits`` records what it did."""
         _, state = self._fitted()
         if self.training_data is None:
             raise SSVAEError(
@@ -320,13 +320,13 @@ class SSVAEClassifier:
         )
 
     def split_channels(self) -> dict[str, Any]:
-        """Split the channels where labeled examples of :attr:`training_data` disagree.
+        """Split the channels where labeled examples of ``training_data`` disagree.
 
         A channel where labeled examples of two or more classes sit, or where labels land
         in a channel τ gives to another class, is copied into a free channel (or a
         further channel of a class that owns two) for the class with less labeled mass
         there; τ's counts are reseeded so each copy belongs to one class (see
-        :mod:`ssvae_core.splitting` and ``docs/maths.md``). Returns the record:
+        ``ssvae_core.splitting`` and ``docs/maths.md``). Returns the record:
         ``applied``, ``splits`` and ``unresolved`` conflicts (each with a ``why``), and
         ``copied`` (which parts of the model the copy covers); a head without channels
         returns ``applied: False`` and changes nothing.
@@ -367,12 +367,12 @@ class SSVAEClassifier:
         options: dict[str, Any] | None = None,
         seed: int | None = None,
     ) -> QueryResult:
-        """The ``n`` unlabeled rows of :attr:`training_data` to label next, best first.
+        """The ``n`` unlabeled rows of ``training_data`` to label next, best first.
 
         ``strategy`` names a registered acquisition (``ssvae plugins`` lists them and their
         options); ``options`` sets its options. Strategies that draw random numbers use
         ``seed`` (default: the config's seed, folded with the training step). Label the
-        rows with :meth:`add_labels`, then :meth:`retrain`.
+        rows with ``add_labels``, then ``retrain``.
         """
         if seed is not None:
             check_seed(seed, "seed")
@@ -493,7 +493,7 @@ class SSVAEClassifier:
 
     def _fit_calibration(self, dataset: Dataset) -> Calibration:
         """The calibration of ``config.calibration`` fitted on ``dataset`` for the model
-        reached (:mod:`ssvae_core.calibration`)."""
+        reached (``ssvae_core.calibration``)."""
         model, state = self._fitted()
         return fit_calibration(
             self.config.calibration,
@@ -522,18 +522,18 @@ class SSVAEClassifier:
 
     def infer(self, x: ArrayLike | Dataset, *, calibrated: bool = True) -> Inference:
         """Every per-example output at once (probabilities, certainty, latents, ...);
-        the probabilities calibrated (:attr:`calibration`) unless ``calibrated`` is off."""
+        the probabilities calibrated (``calibration``) unless ``calibrated`` is off."""
         model, state = self._fitted()
         return infer(model, state.head_state, self._inputs(x), calibration=self._calibration(calibrated))
 
     def predict_proba(self, x: ArrayLike | Dataset, *, calibrated: bool = True) -> np.ndarray:
         """``p(y|x)``, shape ``(N, num_classes)``; rows sum to 1. Calibrated after training
-        (:attr:`calibration`, ``docs/maths.md``) unless ``calibrated`` is off; the most
+        (``calibration``, ``docs/maths.md``) unless ``calibrated`` is off; the most
         probable class is the same either way."""
         return self.infer(x, calibrated=calibrated).probabilities
 
     def _calibration(self, calibrated: bool = True) -> Calibration | None:
-        """:attr:`calibration` where it was fitted for the model's current step."""
+        """``calibration`` where it was fitted for the model's current step."""
         _, state = self._fitted()
         current = self.calibration
         if not calibrated or current is None or current.step != int(state.step):
@@ -550,7 +550,7 @@ class SSVAEClassifier:
         ``score``: ``"certainty"`` (default) ``1 − max_c r_c(x) max_y τ_{c,y}`` (τ head) or
         ``1 − max_y p(y|x)``, in [0, 1]; ``"likelihood"`` the reconstruction NLL
         ``Σ_c r_c(x) NLL(x | μ(x), c)`` (nats); ``"blend"`` Fisher's combination of both scores' tail
-        probabilities under the training data (:meth:`ood_reference`), in [0, 1]
+        probabilities under the training data (``ood_reference``), in [0, 1]
         (``docs/maths.md``, "Out-of-distribution scores").
         """
         check_score(score)
@@ -563,8 +563,8 @@ class SSVAEClassifier:
 
     def ood_reference(self) -> OODReference:
         """The training data's likelihood and certainty scores, which the blend score
-        compares an input with: computed from :attr:`training_data` (a seeded subsample
-        of at most 2,000 rows) for the current model, kept in checkpoints by :meth:`save`.
+        compares an input with: computed from ``training_data`` (a seeded subsample
+        of at most 2,000 rows) for the current model, kept in checkpoints by ``save``.
         """
         model, state = self._fitted()
         step, classes = int(state.step), len(self.label_names)
@@ -604,11 +604,11 @@ class SSVAEClassifier:
     ) -> dict[str, Any]:
         """Accuracy, ECE, confusion, reliability, reconstruction error and channel diagnostics
         on labeled data, of the calibrated ``p(y|x)``; ``calibration`` says how it was
-        calibrated (:attr:`calibration`; ``method`` ``"none"`` without one) and gives
+        calibrated (``calibration``; ``method`` ``"none"`` without one) and gives
         ``ece_uncalibrated``, the ECE of the head's own ``p(y|x)``. With ``ood`` (inputs
         that are out of distribution, the positives) also ``ood_auroc`` (the certainty score's AUROC) and ``ood``: AUROC and FPR at 95 %
         TPR per score, ``{"certainty": {"auroc": …, "fpr95": …}, "likelihood": …,
-        "blend": …}`` for the ``scores`` named (the blend only where :meth:`ood_reference`
+        "blend": …}`` for the ``scores`` named (the blend only where ``ood_reference``
         is available; otherwise ``ood_notes`` says why it is missing)."""
         if isinstance(scores, str) or not scores:
             raise ConfigError(
@@ -674,10 +674,10 @@ class SSVAEClassifier:
         return metrics
 
     def save(self, path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> None:
-        """Write a checkpoint (atomically) that :meth:`load` restores.
+        """Write a checkpoint (atomically) that ``load`` restores.
 
-        The blend score's reference (:meth:`ood_reference`) goes with it, computed first
-        when the classifier holds its training data, and so does :attr:`channel_splits`
+        The blend score's reference (``ood_reference``) goes with it, computed first
+        when the classifier holds its training data, and so does ``channel_splits``
         (what the last retrain split).
         """
         model, state = self._fitted()
@@ -715,7 +715,7 @@ class SSVAEClassifier:
     def load(
         cls, path: str | os.PathLike[str], *, registry: Registry | None = None
     ) -> SSVAEClassifier:
-        """Restore a classifier saved by :meth:`save` (or by ``ssvae train``)."""
+        """Restore a classifier saved by ``save`` (or by ``ssvae train``)."""
         checkpoint = load_checkpoint(path, registry)
         classifier = cls(checkpoint.config, registry=registry)
         classifier.model = checkpoint.model

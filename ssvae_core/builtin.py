@@ -16,6 +16,7 @@ from ssvae_core.options import option
 from ssvae_core.priors.mixture import MixturePrior
 from ssvae_core.priors.standard import StandardPrior
 from ssvae_core.terms.builtin import LOSS_TERMS
+from ssvae_core.tracking import BUILTIN_TRACKERS, TrackerFactory
 
 
 @dataclass(frozen=True)
@@ -174,3 +175,8 @@ def ssvae_register_loss_terms() -> dict[str, ComponentFactory]:
 @hookimpl
 def ssvae_register_acquisitions() -> dict[str, ComponentFactory]:
     return dict(ACQUISITIONS)
+
+
+@hookimpl
+def ssvae_register_trackers() -> dict[str, TrackerFactory]:
+    return dict(BUILTIN_TRACKERS)

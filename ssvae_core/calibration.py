@@ -6,8 +6,8 @@ labeled example is left out of training to fit a temperature on, so the accuracy
 confidence should match is estimated on the unlabeled training rows instead
 (``docs/maths.md``, "Calibration"):
 
-1. the few labels are propagated over the pixel kNN graph (:func:`propagate`, the
-   propagation of :mod:`ssvae_core.graph`), a classifier that never sees the model;
+1. the few labels are propagated over the pixel kNN graph (``propagate``, the
+   propagation of ``ssvae_core.graph``), a classifier that never sees the model;
 2. each unlabeled training row is seen once more through an augmented view (the training
    augmentation, ``[augment]``): the model is surer of the very images it was trained on
    than of new ones, and a view stands in for a new image;
@@ -24,7 +24,7 @@ confidence should match is estimated on the unlabeled training rows instead
    on the views is ``â`` (``T = 1`` when the model is no more confident than ``â``).
 
 Raising ``p`` to a power and renormalising keeps every example's most probable class, so
-the accuracy does not change. The fitted :class:`Calibration` is kept by the classifier and
+the accuracy does not change. The fitted ``Calibration`` is kept by the classifier and
 its checkpoint; predictions, evaluations, reports, the studio and the acquisitions read the
 calibrated ``p(y|x)``. Training never does: its terms read the head's own probabilities.
 """
@@ -152,7 +152,7 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, raw: object) -> Calibration:
-        """The calibration saved by :meth:`to_dict`; a malformed one is a :class:`DataError`."""
+        """The calibration saved by ``to_dict``; a malformed one is a ``DataError``."""
         try:
             assert isinstance(raw, dict)
             method, temperature, step = raw["method"], raw["temperature"], raw["step"]
@@ -175,7 +175,7 @@ _augment = jax.jit(augment_batch, static_argnums=2)
 
 def augmented_views(x: np.ndarray, augment: AugmentConfig, seed: int = VIEWS_SEED) -> np.ndarray:
     """One augmented view of each row of ``x`` (``x`` itself when ``augment`` is off), in
-    chunks of :data:`VIEWS_BATCH` rows (the last one padded: one compile per input shape)."""
+    chunks of ``VIEWS_BATCH`` rows (the last one padded: one compile per input shape)."""
     x = np.asarray(x, dtype=np.float32)
     if not augment.enabled or x.shape[0] == 0:
         return x
@@ -216,7 +216,7 @@ def _solve(operator: scipy.sparse.csr_matrix, alpha: float, source: np.ndarray) 
 
 @dataclass(frozen=True)
 class Propagation:
-    """Labels spread over the pixel kNN graph (as in :mod:`ssvae_core.graph`):
+    """Labels spread over the pixel kNN graph (as in ``ssvae_core.graph``):
     ``F = (1 − α)(I − αS)⁻¹ Y``, unnormalised, and ``held_out``, whether each labeled row
     left out of ``Y`` gets its own label back (``None`` when no class has two labels)."""
 
@@ -236,7 +236,7 @@ class Propagation:
 
     @property
     def accuracy_bound(self) -> float | None:
-        """:func:`wilson_lower_bound` of :attr:`accuracy`."""
+        """``wilson_lower_bound`` of ``accuracy``."""
         if self.held_out is None:
             return None
         return wilson_lower_bound(int(np.sum(self.held_out)), int(self.held_out.size))
@@ -261,11 +261,11 @@ def propagate(
     """Spread ``labels`` (``-1`` unknown) over the kNN graph of ``x`` and leave each
     labeled row out in turn.
 
-    ``S = D^{−1/2} W D^{−1/2}`` (:func:`ssvae_core.graph.knn_affinity`); ``F`` is the fixed
-    point of ``F ← αSF + (1 − α)Y``, as in :mod:`ssvae_core.graph`. Leaving row ``i``
+    ``S = D^{−1/2} W D^{−1/2}`` (``ssvae_core.graph.knn_affinity``); ``F`` is the fixed
+    point of ``F ← αSF + (1 − α)Y``, as in ``ssvae_core.graph``. Leaving row ``i``
     out removes ``(1 − α) G_{·i} onehot(y_i)`` from ``F``, ``G = (I − αS)⁻¹``, so its own
     row becomes ``F_i − (1 − α) G_ii onehot(y_i)``: one solve per left-out row, for at most
-    :data:`MAX_HELD_OUT` rows (seeded) of classes with another label.
+    ``MAX_HELD_OUT`` rows (seeded) of classes with another label.
     """
     labels = np.asarray(labels)
     affinity = knn_affinity(x, neighbours)

@@ -8,7 +8,7 @@ Loading rebuilds the model skeleton from the config and fills in the leaves, so 
 checkpoint never runs code. Files are written to a temporary name and renamed, so a crash
 never leaves a half-written checkpoint.
 
-Every read (:func:`read_manifest` and :func:`load_checkpoint`) verifies the content hash,
+Every read (``read_manifest`` and ``load_checkpoint``) verifies the content hash,
 which covers the manifest (without the hash itself, as canonical JSON) and every array
 byte, and refuses a file with bytes appended, cut off or changed. The manifest's claims
 (input shape, label names, step) are then checked before anything is built, so a crafted
@@ -260,8 +260,8 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes]:
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The manifest of a checkpoint, without loading its arrays.
 
-    Like :func:`load_checkpoint` it verifies the content hash and the manifest's claims,
-    so a modified, truncated or extended file is a :class:`CheckpointError` here too.
+    Like ``load_checkpoint`` it verifies the content hash and the manifest's claims,
+    so a modified, truncated or extended file is a ``CheckpointError`` here too.
     """
     return _read(path)[0]
 

@@ -127,7 +127,8 @@ def _parser() -> argparse.ArgumentParser:
         "--track", action="append", default=[], metavar="NAME",
         help="also log to a tracker (repeatable, or comma-separated): tensorboard, event files "
         "in RUN/tensorboard/ (needs: pip install 'ssvae-core[track]'); mlflow, MLflow's file "
-        "store in RUN/mlruns/ (needs: pip install 'ssvae-core[mlflow]')",
+        "store in RUN/mlruns/ (needs: pip install 'ssvae-core[mlflow]'); or one a plugin "
+        "adds (ssvae plugins lists them)",
     )
     train.add_argument(
         "--mlflow-dir", metavar="DIR",
@@ -202,7 +203,8 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument(
         "--track", action="append", default=[], metavar="NAME",
         help="also log to a tracker (repeatable, or comma-separated): tensorboard "
-        "(RUN/tensorboard/), mlflow (RUN/mlruns/; the run's MLflow run continues)",
+        "(RUN/tensorboard/), mlflow (RUN/mlruns/; the run's MLflow run continues), or one a "
+        "plugin adds",
     )
     retrain.add_argument(
         "--mlflow-dir", metavar="DIR",
@@ -661,11 +663,15 @@ def _plugins(args: argparse.Namespace) -> int:
         }
         for c in registry
     ]
+    trackers = [
+        {"name": t.name, "package": t.package, "version": t.version, "description": t.factory.description}
+        for t in registry.trackers.values()
+    ]
     problems = [{"plugin": p.plugin, "reason": p.reason} for p in registry.problems]
     if args.json:
-        print(json.dumps({"components": listing, "problems": problems}, indent=2, default=str))
+        print(json.dumps({"components": listing, "trackers": trackers, "problems": problems}, indent=2, default=str))
         return EXIT_OK
-    for entry in listing:
+    for entry in [*listing, *({"kind": "tracker", "options": [], **t} for t in trackers)]:
         print(f"{entry['kind']:9} {entry['name']:19} {entry['package']} {entry['version']}  — {entry['description']}")
         for opt in entry["options"]:
             allowed = f" {opt['choices']}" if "choices" in opt else ""

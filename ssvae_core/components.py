@@ -13,6 +13,8 @@ from jaxtyping import PRNGKeyArray
 from ssvae_core.likelihoods import AbstractLikelihood
 
 KINDS = ("prior", "encoder", "decoder", "head", "loss_term", "acquisition")
+"""The kinds of component, each with its config section (``loss_term``: ``[loss.<name>]``)
+and its registration hook."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class ComponentFactory:
     """A registered component.
 
     ``options`` is a frozen dataclass whose every field has a default (declare fields with
-    :func:`ssvae_core.options.option`); ``build(options, context, key)`` returns an instance
+    ``ssvae_core.options.option``); ``build(options, context, key)`` returns an instance
     of ``component_type``, a final subclass of the protocol for the hook's kind.
     """
 

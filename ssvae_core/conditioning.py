@@ -14,6 +14,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 CONDITIONING_METHODS = ("concat", "film", "cin", "none")
+"""How a decoder may be conditioned on the channel embedding ``e_c``: concatenated to ``z``,
+FiLM, conditional instance normalisation, or not at all."""
 
 
 class ComponentConditioning(eqx.Module):

@@ -122,21 +122,16 @@ class LossConfig:
     )
 
 
-# Keys of the former flat [loss] table, and where each now lives.
-MOVED_LOSS_KEYS = {
-    "usage_weight": "usage.weight",
-    "supervised_weight": "supervised.weight",
-    "consistency_weight": "consistency.weight",
-    "neighbour_weight": "neighbour.weight",
-    "num_neighbours": "neighbour.neighbours",
-    "pseudo_label_weight": "pseudo_label.weight",
-    "pseudo_label_threshold": "pseudo_label.threshold",
-    "embedding_repulsion": "embedding_repulsion.weight",
-    "graph_label_weight": "graph_label.weight",
-    "graph_label_share": "graph_label.share",
-    "graph_neighbours": "graph_label.neighbours",
-    "graph_alpha": "graph_label.alpha",
-}
+def moved_loss_keys(registry: Registry) -> dict[str, str]:
+    """Keys of the former flat ``[loss]`` table, and where each now lives
+    (``"usage_weight"`` → ``"usage.weight"``), as each loss term's options declare them
+    (``former_keys``)."""
+    moved: dict[str, str] = {}
+    for name in registry.names("loss_term"):
+        options = registry.get("loss_term", name).factory.options
+        for old, field in getattr(options, "former_keys", {}).items():
+            moved[old] = f"{name}.{field}"
+    return moved
 
 
 # The training step counter is a 32-bit integer: no run may take more steps than this.
@@ -146,14 +141,14 @@ MAX_SEED = 2**63 - 1
 
 
 def check_seed(seed: object, what: str) -> int:
-    """``seed`` if it is a whole number from 0 to :data:`MAX_SEED`; else one :class:`ConfigError`."""
+    """``seed`` if it is a whole number from 0 to ``MAX_SEED``; else one ``ConfigError``."""
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"{what} must be an integer from 0 to 2**63 - 1 ({MAX_SEED}), got {seed!r:.40}")
     return seed
 
 
 def check_steps(steps: object, what: str) -> int:
-    """``steps`` if it is a whole number from 1 to :data:`MAX_STEPS`; else one :class:`ConfigError`."""
+    """``steps`` if it is a whole number from 1 to ``MAX_STEPS``; else one ``ConfigError``."""
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
         raise ConfigError(
             f"{what} must be a positive integer of at most 2**31 - 1 ({MAX_STEPS}) steps, "
@@ -261,7 +256,7 @@ class Config:
         return min(self.train.batch_size - 1, max(1, math.ceil(fraction * self.train.batch_size)))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (TOML-ready) that :func:`config_from_dict` reads back."""
+        """Plain nested dict (TOML-ready) that ``config_from_dict`` reads back."""
         result: dict[str, Any] = {"seed": self.seed}
         for section in CORE_SECTIONS:
             result[section] = options_to_dict(getattr(self, section))
@@ -305,7 +300,7 @@ def parse_component(
 
 
 def config_from_dict(raw: Mapping[str, Any], registry: Registry | None = None) -> Config:
-    """Build a validated :class:`Config`; missing keys take their defaults."""
+    """Build a validated ``Config``; missing keys take their defaults."""
     registry = registry or default_registry()
     allowed = ["seed", *CORE_SECTIONS, *COMPONENT_SECTIONS]
     for key in raw:
@@ -318,11 +313,12 @@ def config_from_dict(raw: Mapping[str, Any], registry: Registry | None = None) -
     loss_table = _table(raw, "loss")
     term_tables = {k: v for k, v in loss_table.items() if isinstance(v, Mapping)}
     core_loss = {k: v for k, v in loss_table.items() if k not in term_tables}
+    moved = moved_loss_keys(registry) if core_loss else {}
     for key in core_loss:
-        if key in MOVED_LOSS_KEYS:
+        if key in moved:
             raise ConfigError(
-                f"loss.{key} is now loss.{MOVED_LOSS_KEYS[key]}: each loss term has its own "
-                f"table [loss.<term>] (in --set: loss.{MOVED_LOSS_KEYS[key]}=...)"
+                f"loss.{key} is now loss.{moved[key]}: each loss term has its own "
+                f"table [loss.<term>] (in --set: loss.{moved[key]}=...)"
             )
     for section, cls in CORE_SECTIONS.items():
         table = core_loss if section == "loss" else _table(raw, section)
@@ -391,7 +387,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
 
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a TOML file; a missing, unreadable or malformed file is a :class:`ConfigError`."""
+    """Read a TOML file; a missing, unreadable or malformed file is a ``ConfigError``."""
     try:
         where = repr(os.fspath(path))
     except TypeError:

@@ -1,10 +1,10 @@
 """Datasets: validated in-memory arrays, loaders and the benchmark split.
 
-A :class:`Dataset` always holds ``x`` as float32 in ``[0, 1]`` with shape
+A ``Dataset`` always holds ``x`` as float32 in ``[0, 1]`` with shape
 ``(N, *sample_shape)`` and ``y`` as int32 of shape ``(N,)`` where ``-1`` marks
 an unlabeled example. Loaders turn files (``.npz``, MNIST-style IDX) or the
-scikit-learn digits into a :class:`Dataset`; every problem with the input is
-reported as one :class:`~ssvae_core.errors.DataError`.
+scikit-learn digits into a ``Dataset``; every problem with the input is
+reported as one ``DataError``.
 """
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ def from_arrays(
     label_names: Sequence[str] | None = None,
     unlabeled_classes: bool = False,
 ) -> Dataset:
-    """Build a validated :class:`Dataset` from arrays.
+    """Build a validated ``Dataset`` from arrays.
 
     Parameters
     ----------
@@ -320,7 +320,7 @@ def from_arrays(
     label_names : sequence of str, optional
         One name per class.
     unlabeled_classes : bool
-        Allow classes without a labeled example (see :class:`Dataset`).
+        Allow classes without a labeled example (see ``Dataset``).
 
     Returns
     -------

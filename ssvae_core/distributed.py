@@ -1,8 +1,8 @@
 """Training in several processes — one per host, say — through ``jax.distributed``.
 
-Every process runs the same command. :func:`initialize` connects them before JAX computes
+Every process runs the same command. ``initialize`` connects them before JAX computes
 anything; from then on ``jax.devices()`` lists every process's devices, and
-:func:`ssvae_core.training.data_mesh` lays the data-parallel mesh over all of them: each
+``ssvae_core.training.data_mesh`` lays the data-parallel mesh over all of them: each
 process's devices compute their part of every global batch, and parameters, optimiser
 state and τ counts stay replicated, so the result is the one process's result with the
 same global batch. Process 0 writes the run directory; the others write nothing.
@@ -150,7 +150,7 @@ def initialize(options: DistributedOptions) -> bool:
     """Connect this process to the others (``jax.distributed.initialize``) when
     ``options`` ask for it; returns whether it did. Must come before JAX computes anything
     (before a model is built); a problem — a missing coordinator, no answer from it within
-    ``options.timeout`` seconds — is a :class:`ConfigError`."""
+    ``options.timeout`` seconds — is a ``ConfigError``."""
     if not options.enabled:
         return False
     import jax
@@ -203,7 +203,7 @@ def rendezvous(coordinator: str, num_processes: int, process_id: int, timeout: f
     """Meet every process at the coordinator's port before ``jax.distributed`` does: each
     process tells process 0 its id and the count it was given, and process 0 answers once
     all are there. A process that never arrives, a coordinator no one can reach, two
-    processes with one id or disagreeing counts are a :class:`ConfigError` on every process
+    processes with one id or disagreeing counts are a ``ConfigError`` on every process
     that took part; the port is free again afterwards, for the coordinator service."""
     deadline = time.monotonic() + timeout
     if process_id == 0:
@@ -349,7 +349,7 @@ class PeerStopped(SSVAEError):
 
 
 def process_count() -> int:
-    """How many processes train together (1 without :func:`initialize`)."""
+    """How many processes train together (1 without ``initialize``)."""
     import jax
 
     return int(jax.process_count())

@@ -1,7 +1,7 @@
 """Exception hierarchy.
 
 Every error a user can cause (config, data, checkpoint, plugin) derives from
-:class:`SSVAEError`; the CLI turns these into one line on stderr and exit code 2.
+``SSVAEError``; the CLI turns these into one line on stderr and exit code 2.
 """
 
 from __future__ import annotations

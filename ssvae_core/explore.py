@@ -20,7 +20,7 @@ import numpy as np
 
 from ssvae_core.errors import ConfigError
 
-PROJECTIONS = ("pca", "tsne", "tsne-channels")
+PROJECTIONS = ("pca", "channels", "tsne", "tsne-channels")
 MEMBERS_PER_CHANNEL = 8
 
 
@@ -30,6 +30,7 @@ def project(
     *,
     responsibilities: np.ndarray | None = None,
     seed: int = 0,
+    order: Sequence[int] | None = None,
 ) -> np.ndarray:
     """The ``(N, 2)`` projection of the posterior means ``z`` (``(N, D)``).
 
@@ -39,11 +40,18 @@ def project(
     ``tsne-channels``: t-SNE over the means and the channel responsibilities ``q(c|x)``
     together (``responsibilities``, ``(N, K)``), each responsibility scaled by the overall
     spread of ``z``: where the decoder is told the channel, ``z`` holds only the variation
-    within a mode, and the channels are what separates the classes.
+    within a mode, and the channels are what separates the classes. ``channels``: the
+    same information laid out at once (``channel_layout``; ``order`` lists the
+    channels around the circle); PCA of ``z`` without channels.
     """
     if method not in PROJECTIONS:
         raise ConfigError(f"unknown projection {method!r}; allowed: {', '.join(PROJECTIONS)}")
     z = np.asarray(z, dtype=np.float64).reshape(len(z), -1)
+    if method == "channels":
+        r = None if responsibilities is None else np.asarray(responsibilities, dtype=np.float64)
+        if r is not None and r.ndim == 2 and r.shape[1] > 1:
+            return channel_layout(project(z, "pca"), r, order)
+        method = "pca"
     if method == "tsne-channels":
         method = "tsne"
         r = None if responsibilities is None else np.asarray(responsibilities, dtype=np.float64)
@@ -66,6 +74,26 @@ def project(
     perplexity = float(min(30.0, max(2.0, (z.shape[0] - 1) / 3.0)))
     start = pca / max(float(np.std(pca[:, 0])), 1e-12) * 1e-4
     return TSNE(2, perplexity=perplexity, init=start, random_state=seed).fit_transform(z)
+
+
+def channel_layout(
+    within: np.ndarray, responsibilities: np.ndarray, order: Sequence[int] | None = None
+) -> np.ndarray:
+    """Points for ``N`` examples over ``K`` channels: channel ``c`` gets an anchor ``a_c``
+    on the unit circle (in ``order``, by default by index), and an example sits at
+    ``Σ_c q(c|x) a_c`` — at its channel's anchor when it is sure, between anchors when
+    undecided — plus its 2-D coordinates ``within`` (the PCA of ``z``), standardised and
+    scaled to a third of the gap between neighbouring anchors. Linear in ``N``: a run's
+    whole training set is drawn in milliseconds."""
+    r = np.asarray(responsibilities, dtype=np.float64)
+    k = r.shape[1]
+    slots = np.empty(k, dtype=np.int64)
+    slots[np.asarray(list(order) if order is not None else range(k), dtype=np.int64)] = np.arange(k)
+    angles = 2.0 * np.pi * slots / k
+    anchors = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    offsets = np.asarray(within, dtype=np.float64)
+    offsets = (offsets - offsets.mean(axis=0)) / max(float(offsets.std()), 1e-12) if len(offsets) > 1 else 0 * offsets
+    return r @ anchors + offsets * (np.sin(np.pi / k) / 3.0)
 
 
 def channel_members(responsibilities: np.ndarray, count: int = MEMBERS_PER_CHANNEL) -> list[np.ndarray]:
@@ -142,7 +170,7 @@ def tile(rows: Sequence[Sequence[np.ndarray]], *, scale: int = 4, gap: int = 2) 
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """An 8-bit image (from :func:`tile`) as PNG bytes."""
+    """An 8-bit image (from ``tile``) as PNG bytes."""
     from PIL import Image
 
     buffer = io.BytesIO()

@@ -195,7 +195,7 @@ def deskewed(images: np.ndarray) -> np.ndarray:
 
 
 def smoothed_rows(x: np.ndarray, blur: float, *, deskew: bool = False) -> np.ndarray:
-    """The rows of ``x`` flattened, images first deskewed (:func:`deskewed`) when asked and
+    """The rows of ``x`` flattened, images first deskewed (``deskewed``) when asked and
     blurred by a Gaussian of ``blur`` pixels.
 
     ``x`` is ``(N, H, W)`` or ``(N, H, W, C)`` for images (the blur acts on ``H`` and ``W``
@@ -232,7 +232,7 @@ def spectral_clusters(
     The ``num_clusters`` eigenvectors of the normalised graph Laplacian with the smallest
     eigenvalues embed each row (Laplacian eigenmaps); the embedding is normalised per row
     and clustered by k-means (Ng, Jordan and Weiss, 2001). ``blur`` and ``deskew`` prepare
-    images first (:func:`smoothed_rows`). Deterministic for a given ``seed``.
+    images first (``smoothed_rows``). Deterministic for a given ``seed``.
     """
     from sklearn.cluster import KMeans
     from sklearn.manifold import spectral_embedding

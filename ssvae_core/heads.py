@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from ssvae_core.losses import tau_from_counts, tau_probabilities, tau_supervised_loss
-from ssvae_core.protocols import AbstractHead
+from ssvae_core.protocols import AbstractChannelFreeHead, AbstractHead
 from ssvae_core.types import EncoderOutput
 
 
@@ -34,7 +34,7 @@ class TauHead(AbstractHead):
 
     A channel is *free* while its usage ``p̂_c`` is below ``free_usage`` or it holds less
     than ``free_mass`` of the label mass ``Σ_{c,y} s_{c,y}``: no label owns it, and a class
-    named after training may claim it (:meth:`assign_channels`).
+    named after training may claim it (``assign_channels``).
     """
 
     num_components: int = eqx.field(static=True)
@@ -125,7 +125,7 @@ class TauHead(AbstractHead):
         return dataclasses.replace(self, num_classes=num_classes), grown
 
 
-class SoftmaxHead(AbstractHead):
+class SoftmaxHead(AbstractChannelFreeHead):
     """``p(y|x) = softmax(W z + b)``; trained with cross-entropy on sampled ``z``."""
 
     num_classes: int = eqx.field(static=True)
@@ -159,8 +159,4 @@ class SoftmaxHead(AbstractHead):
         return -jnp.take_along_axis(log_p, jnp.clip(labels, 0)[:, None], axis=-1)[:, 0]
 
     def update_state(self, state: None, posterior: EncoderOutput, labels: Int[Array, " B"]) -> None:
-        return None
-
-    def class_map(self, state: None) -> None:
-        """``None``: the softmax head classifies from ``z``, not through channels."""
         return None

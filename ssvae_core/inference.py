@@ -8,7 +8,7 @@ means more likely out of distribution:
   ``Σ_c r_c(x) NLL(x | μ(x), c)`` (nats; unbounded; chosen over the negative ELBO on the
   validation split, docs/maths.md);
 - ``blend``: both turned into tail probabilities under the training data (an
-  :class:`OODReference` the model keeps) and combined by Fisher's rule, in [0, 1].
+  ``OODReference`` the model keeps) and combined by Fisher's rule, in [0, 1].
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ _KL_KEY = 0
 
 
 def check_score(score: object) -> str:
-    """``score`` if it names an OOD score, else one :class:`ConfigError` listing them."""
+    """``score`` if it names an OOD score, else one ``ConfigError`` listing them."""
     if not isinstance(score, str) or score not in OOD_SCORES:
         raise ConfigError(
             f"unknown OOD score {score!r}; choose one of {', '.join(map(repr, OOD_SCORES))}"
@@ -100,7 +100,7 @@ class OODReference:
 
     @classmethod
     def from_dict(cls, raw: object) -> OODReference:
-        """The reference saved by :meth:`to_dict`; a malformed one is a :class:`DataError`."""
+        """The reference saved by ``to_dict``; a malformed one is a ``DataError``."""
         try:
             assert isinstance(raw, dict)
             likelihood = np.sort(np.asarray(raw["likelihood"], dtype=np.float64))
@@ -140,7 +140,7 @@ class OODReference:
 def blend_score(result: Inference, reference: OODReference) -> np.ndarray:
     """Fisher's combination of the two tail probabilities, as a score in [0, 1]:
 
-    ``q = p_L p_C`` (:meth:`OODReference.tail`), ``blend = 1 − q (1 − ln q)`` (``q (1 − ln q)`` is the chance that two
+    ``q = p_L p_C`` (``OODReference.tail``), ``blend = 1 − q (1 − ln q)`` (``q (1 − ln q)`` is the chance that two
     independent uniform p-values have a product ≤ q).
     """
     p_likelihood = OODReference.tail(reference.likelihood, result.likelihood_score)
@@ -217,7 +217,7 @@ def infer(
     """Run the model over ``x`` in fixed-size batches (the last one padded, so one compile).
 
     ``likelihood=True`` also computes ``reconstruction_nll`` and ``negative_elbo``. With a
-    ``calibration`` the probabilities are calibrated (:mod:`ssvae_core.calibration`); the
+    ``calibration`` the probabilities are calibrated (``ssvae_core.calibration``); the
     certainty, and so every OOD score, is the head's own.
     """
     count = x.shape[0]
@@ -247,7 +247,7 @@ def reference_rows(count: int, size: int = REFERENCE_SIZE, seed: int = REFERENCE
 def ood_reference(
     model: SSVAE, head_state: PyTree[Any], x: np.ndarray, *, step: int, classes: int
 ) -> OODReference:
-    """The training data's likelihood and certainty scores (:func:`reference_rows` of ``x``)."""
+    """The training data's likelihood and certainty scores (``reference_rows`` of ``x``)."""
     result = infer(model, head_state, x[reference_rows(x.shape[0])], likelihood=True)
     return OODReference(
         likelihood=np.sort(result.likelihood_score.astype(np.float64)),

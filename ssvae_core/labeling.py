@@ -1,12 +1,12 @@
 """The label loop on run directories: query a run, and simulate query → label → retrain.
 
-:func:`query_run` writes the examples a run should have labeled next as a *query sheet*
+``query_run`` writes the examples a run should have labeled next as a *query sheet*
 (``RUN/queries/<name>.csv``: ``index,label,score,predicted,certainty`` with the label column
 empty, ready to fill in and hand to ``ssvae label``) and a PNG contact sheet of their images.
 
-:func:`run_loop` simulates the whole loop for one or more strategies and seeds: it trains a
+``run_loop`` simulates the whole loop for one or more strategies and seeds: it trains a
 run with a few labels per class, then round after round queries it, labels the queried
-examples with the data's own training labels (an :class:`Oracle` that refuses held-out
+examples with the data's own training labels (an ``Oracle`` that refuses held-out
 rows) and retrains warm. Each (strategy, seed) is an ordinary run directory under
 ``LOOP/runs/<strategy>/seed-<s>/`` — the same commands by hand (``ssvae train``, ``ssvae
 query``, ``ssvae label``, ``ssvae retrain``) give the same models — and the loop directory
@@ -60,7 +60,7 @@ SHEET_COLUMNS = 10
 class Oracle:
     """The labels a simulated annotator gives: the data's own labels of training rows only.
 
-    Asking for a held-out (test) row or a row outside the data is a :class:`DataError`, so
+    Asking for a held-out (test) row or a row outside the data is a ``DataError``, so
     a loop can never learn from the split it is scored on.
     """
 
@@ -236,7 +236,7 @@ INITIAL_TRAINING = ("cold", "warm")
 
 @dataclasses.dataclass(frozen=True)
 class LoopPlan:
-    """What :func:`run_loop` runs: strategies × seeds, each ``rounds`` rounds of
+    """What ``run_loop`` runs: strategies × seeds, each ``rounds`` rounds of
     ``per_round`` queries and ``steps_per_round`` warm steps, from a run trained with
     ``config`` (its ``data.labels_per_class`` is the initial budget).
 
@@ -386,8 +386,8 @@ def run_loop(
 
     Per seed, one run is trained with the initial labels (``LOOP/runs/initial/seed-<s>``;
     drawn by the split, or chosen by ``plan.initial_strategy`` from a label-free run, see
-    :class:`LoopPlan`) and copied for each strategy; each round queries ``per_round`` examples
-    (``queries/round-<r>.csv`` in the strategy's run), gives them the :class:`Oracle`'s
+    ``LoopPlan``) and copied for each strategy; each round queries ``per_round`` examples
+    (``queries/round-<r>.csv`` in the strategy's run), gives them the ``Oracle``'s
     labels (source ``oracle``) and retrains ``steps_per_round`` steps warm.
     ``on_round(record)`` is called after every round, round 0 being the initial training.
     """

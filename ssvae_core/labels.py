@@ -1,6 +1,6 @@
 """The label store: every label the examples of a run have received.
 
-A run directory holds ``labels.json``, a UTF-8 JSON object::
+A run directory holds ``labels.json``, a UTF-8 JSON object:
 
     {
      "format": "ssvae-labels",
@@ -17,12 +17,12 @@ Each entry records that one example received one label:
 ``index``
     The row of the example in the dataset as loaded (``load_dataset(...).x[index]``).
 ``hash``
-    A content hash of that row (:func:`example_hash`): the first 16 hex digits of the
+    A content hash of that row (``example_hash``): the first 16 hex digits of the
     SHA-256 of the row's shape and its float32 bytes. An index alone would silently
     attach a label to another image once the data were reordered or changed;
-    :meth:`LabelStore.verify` refuses a store whose hashes no longer match the data.
+    ``LabelStore.verify`` refuses a store whose hashes no longer match the data.
 ``label``
-    The label name, in the form :func:`label_name` gives it: Unicode NFC, no surrounding
+    The label name, in the form ``label_name`` gives it: Unicode NFC, no surrounding
     whitespace, at most 100 characters, at least one visible character, and no control,
     format (zero-width, bidirectional), line-break, private-use or unassigned characters.
     A new name that differs from a name already in use only by case, width, compatibility
@@ -34,13 +34,13 @@ Each entry records that one example received one label:
     When it was added, in UTC with seconds: ``2026-11-26T14:31:05Z``.
 
 Entries are appended in the order they were added; an example's current label is its
-latest entry. The one removal is :meth:`LabelStore.withdraw`, the studio's undo: it takes back
+latest entry. The one removal is ``LabelStore.withdraw``, the studio's undo: it takes back
 an example's latest entry when that entry is the one named. Adding a label that an example already holds is a no-op, and giving an
-example a different label from the one it holds is refused. :class:`LabelStore` is
+example a different label from the one it holds is refused. ``LabelStore`` is
 immutable: every change returns a new store, which the caller saves (atomically) only once
 the change has succeeded.
 
-Labels are also read from CSV files with the header ``index,label`` (:func:`read_label_csv`).
+Labels are also read from CSV files with the header ``index,label`` (``read_label_csv``).
 """
 
 from __future__ import annotations
@@ -149,10 +149,10 @@ def label_name(label: object) -> str:
     """The label name ``label`` stands for: Unicode NFC with surrounding whitespace removed.
 
     The one rule of label names, shared by ``ssvae label``, the label store, the studio and
-    :meth:`SSVAEClassifier.add_labels`: a name that is empty or invisible once normalised,
-    longer than :data:`MAX_LABEL_LENGTH` characters, or holding a control, format
+    ``SSVAEClassifier.add_labels``: a name that is empty or invisible once normalised,
+    longer than ``MAX_LABEL_LENGTH`` characters, or holding a control, format
     (zero-width, bidirectional), line-break, private-use or unassigned character raises
-    :class:`DataError` saying which.
+    ``DataError`` saying which.
     """
     name, problem = _normalised(label)
     if problem is not None:
@@ -174,7 +174,7 @@ def _look(name: str) -> str:
 def check_distinct_names(names: Iterable[str], existing: Iterable[str]) -> None:
     """Refuse a new name among ``names`` that looks like another name in use (it differs
     from one of ``existing``, or from another new name, only by case, width, compatibility
-    forms or spacing): one :class:`DataError` naming both."""
+    forms or spacing): one ``DataError`` naming both."""
     seen = {_look(name): name for name in existing}
     for name in dict.fromkeys(names):
         twin = seen.setdefault(_look(name), name)
@@ -267,7 +267,7 @@ class LabelStore:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LabelStore:
-        """Read and check a ``labels.json``; every problem is one :class:`DataError` line."""
+        """Read and check a ``labels.json``; every problem is one ``DataError`` line."""
         where = f"label store {os.fspath(path)!r}"
         text = _read_text(path, "label store", "utf-8")
         try:
@@ -350,11 +350,11 @@ class LabelStore:
         ``x`` is the dataset's examples (the hashes are taken from it); ``allowed``, when
         given, is the indices that may be labeled (a run's training rows), or a boolean mask
         over the rows of ``x``; ``known`` is further names in use (the model's classes).
-        Label names are normalised by :func:`label_name`. Labels an example already holds
+        Label names are normalised by ``label_name``. Labels an example already holds
         are skipped. Everything is checked before anything is built: an index out of range
         or not allowed, a label name that is not valid or looks like another name in use
-        (:func:`check_distinct_names`), or an example given a label different from the one
-        it holds (in this call or in the store) raises :class:`DataError` and nothing is added.
+        (``check_distinct_names``), or an example given a label different from the one
+        it holds (in this call or in the store) raises ``DataError`` and nothing is added.
         """
         rows = _as_rows(x)
         n = len(rows)
@@ -428,7 +428,7 @@ class LabelStore:
         """A new store without example ``index``'s latest entry, which must give it ``label``
         from ``source`` (an undo takes back exactly the label it gave, never an older one or
         another tool's). Returns the new store and the entry removed; anything else is a
-        :class:`DataError` and nothing changes."""
+        ``DataError`` and nothing changes."""
         index = _as_index(index)
         position = next(
             (k for k in range(len(self.entries) - 1, -1, -1) if self.entries[k].index == index), None
@@ -472,7 +472,7 @@ class LabelStore:
 
     def verify(self, x: np.ndarray) -> None:
         """Check that every entry's example is still in ``x`` with the content it was labeled
-        with; raises :class:`DataError` for the first one that is not."""
+        with; raises ``DataError`` for the first one that is not."""
         rows = _as_rows(x)
         n = len(rows)
         checked: dict[int, str] = {}
@@ -562,7 +562,7 @@ def _entry_from_json(item: object, where: str) -> LabelEntry:
 
 
 def _read_text(path: str | os.PathLike[str], what: str, encoding: str) -> str:
-    """The text of a file the user named; unreadable or not UTF-8 is one :class:`DataError`."""
+    """The text of a file the user named; unreadable or not UTF-8 is one ``DataError``."""
     raw = read_user_file(path, what, DataError)
     try:
         return raw.decode(encoding)
@@ -575,10 +575,10 @@ def read_label_csv(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
 
     UTF-8 (a byte-order mark is allowed); whitespace around fields is ignored and blank
     lines are skipped; quoting is strict (an unterminated or stray quote is an error). Each
-    row is a whole-number example index and a label name (:func:`label_name`). A query
+    row is a whole-number example index and a label name (``label_name``). A query
     sheet written by ``ssvae query`` (header ``index,label,score,predicted,certainty``) is
     read the same way, except that rows whose label was left empty are skipped. Every
-    problem is one :class:`DataError` line naming the file and the line.
+    problem is one ``DataError`` line naming the file and the line.
     """
     where = f"label file {os.fspath(path)!r}"
     text = _read_text(path, "label file", "utf-8-sig")

@@ -67,7 +67,7 @@ def claim_for_classes(
     every class after it (the first labels of a model trained without any name every
     class at once). ``labels[i]`` names the class of row ``i`` of ``responsibilities``.
     A class in ``optional`` (one τ already has a column for) claims nothing, ``()``, when
-    no channel is free; any other class without one is a :class:`DataError`."""
+    no channel is free; any other class without one is a ``DataError``."""
     free = np.array(free, dtype=bool)
     names = np.asarray(list(labels), dtype=object)
     claims = []

@@ -62,7 +62,7 @@ def top_channel_reconstruction(
     """``Σ_{c∈T} r_c NLL_c / Σ_{c∈T} r_c`` over the ``M`` decoded channels ``T``.
 
     The expected reconstruction under ``q(c|x)`` restricted to ``T`` and renormalised: equal
-    to :func:`expected_reconstruction` when ``T`` holds all of ``q(c|x)``'s mass.
+    to ``expected_reconstruction`` when ``T`` holds all of ``q(c|x)``'s mass.
     """
     mass = jnp.clip(jnp.sum(responsibilities, axis=-1), _EPS)
     return jnp.sum(responsibilities * nll_top, axis=-1) / mass

@@ -6,7 +6,7 @@
 
 ``rows`` are every row of the batch, or only the unlabeled ones when
 ``loss.reconstruct_labeled`` is off. Every weight is a traced
-:class:`~ssvae_core.schedules.Schedule`, so new weights, warm-ups or learning rates reuse
+``Schedule``, so new weights, warm-ups or learning rates reuse
 the compiled step. Every term keeps its own name in the returned metrics.
 """
 

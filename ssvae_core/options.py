@@ -1,7 +1,7 @@
 """Typed option dataclasses: declaring options, and checking raw (TOML) values against them.
 
-A component's options are a frozen dataclass whose fields are declared with :func:`option`,
-which records the help text and the allowed range or choices. :func:`parse_options` turns a
+A component's options are a frozen dataclass whose fields are declared with ``option``,
+which records the help text and the allowed range or choices. ``parse_options`` turns a
 mapping from a TOML table into that dataclass, rejecting unknown keys (with the nearest valid
 name suggested), wrong types, non-finite numbers (nan, inf) and out-of-range values, each
 with one message of the form ``prior.num_components must be an integer >= 2, got 0``.

@@ -7,9 +7,6 @@ from typing import Any
 
 import numpy as np
 
-LOSS_TERMS = ("loss", "reconstruction", "kl_z", "kl_c", "supervised", "usage")
-
-
 RECONSTRUCTED_MEMBERS = 6
 
 
@@ -35,17 +32,22 @@ def write_run_plots(
     written = []
 
     steps = [row["step"] for row in history]
-    terms = [t for t in LOSS_TERMS if history and t in history[0]]
+    terms = curve_names(history[0]) if history else []
     evaluated = [row for row in history if "held_out_accuracy" in row]
     if terms:
         panels = len(terms) + bool(evaluated)
-        fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 2.8))
-        for axis, term in zip(np.atleast_1d(axes), terms, strict=False):
+        columns = min(panels, 4)
+        rows = -(-panels // columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), squeeze=False)
+        for axis in axes.flat[panels:]:
+            axis.set_visible(False)
+        axes = axes.flat[:panels]
+        for axis, term in zip(axes, terms, strict=False):
             axis.plot(steps, [row.get(term, np.nan) for row in history])
             axis.set_title(term)
             axis.set_xlabel("step")
         if evaluated:  # train.eval_every: the held-out learning curve
-            axis = np.atleast_1d(axes)[-1]
+            axis = axes[-1]
             axis.plot([row["step"] for row in evaluated], [row["held_out_accuracy"] for row in evaluated], marker=".")
             axis.set_title("held-out accuracy")
             axis.set_xlabel("step")
@@ -106,12 +108,27 @@ def write_run_plots(
     return written
 
 
+def curve_names(row: dict[str, float]) -> list[str]:
+    """The loss curves a metrics row has: the total, the reconstruction, the prior's KL
+    terms (``kl_*``) and every registered loss term the objective logged, in the order
+    the objective sums them."""
+    from ssvae_core.registry import default_registry
+
+    terms = default_registry().ordered("loss_term")
+    return [
+        name
+        for name in ["loss", "reconstruction", *(k for k in row if k.startswith("kl_")), *terms]
+        if name in row
+    ]
+
+
 def write_latent_plots(
     folder: Path, classifier: Any, x: np.ndarray, labeled: np.ndarray | None = None, *, by_channel: bool = False
 ) -> list[Path]:
-    """``latent_map.png`` (PCA of the posterior means of ``x``, coloured by predicted class,
-    or with ``by_channel`` — a model without labels — by most responsible channel) and, for
-    a model with channels, ``channel_reconstructions.png``."""
+    """``latent_map.png`` (the ``channels`` projection of ``x`` over ``z`` and ``q(c|x)``,
+    PCA of ``z`` for a model without channels; coloured by predicted class, or with
+    ``by_channel`` — a model without labels — by most responsible channel) and, for a model
+    with channels, ``channel_reconstructions.png``."""
     from ssvae_core.explore import (
         channel_members,
         project,
@@ -121,7 +138,11 @@ def write_latent_plots(
     )
 
     inference = classifier.infer(x)
-    points = project(inference.z_mean, "pca")
+    tau = classifier.tau
+    # the channels of one class side by side (by the label that owns most of each)
+    order = None if tau is None or by_channel else np.argsort(np.argmax(tau, axis=1), kind="stable")
+    points = project(inference.z_mean, "channels", responsibilities=inference.responsibilities, order=order)
+    has_channels = inference.responsibilities.shape[-1] > 1
     by_channel = by_channel and inference.responsibilities.shape[-1] > 0
     if by_channel:
         colour = np.argmax(inference.responsibilities, axis=1)
@@ -131,8 +152,9 @@ def write_latent_plots(
     written = [folder / "latent_map.png"]
     write_latent_map(
         written[0], points, colour, names, labeled=labeled,
-        title=f"posterior means of {len(x)} training examples (PCA), coloured by "
-        + ("most responsible channel" if by_channel else "predicted class"),
+        title=f"{len(x)} training examples, coloured by "
+        + ("most responsible channel" if by_channel else "predicted class")
+        + ("\nplaced by q(c|x) over channel anchors, PCA of z within" if has_channels else " (PCA of z)"),
     )
     members = channel_members(inference.responsibilities, RECONSTRUCTED_MEMBERS)
     if members:

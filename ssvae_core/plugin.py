@@ -40,32 +40,47 @@ from ssvae_core.priors.channels import (
 )
 from ssvae_core.protocols import (
     AbstractAcquisition,
+    AbstractChannelFreeHead,
     AbstractDecoder,
     AbstractEncoder,
     AbstractHead,
     AbstractPrior,
+    AbstractTopScoreAcquisition,
     top_unlabeled,
 )
 from ssvae_core.schedules import Schedule
-from ssvae_core.terms import AbstractLossTerm, TermInputs, TermOptions, TermValue, masked_mean
+from ssvae_core.terms import (
+    AbstractLossTerm,
+    AbstractPreparedTerm,
+    TermInputs,
+    TermOptions,
+    TermValue,
+    masked_mean,
+)
+from ssvae_core.tracking import TrackerContext, TrackerFactory, TrackerSink
 from ssvae_core.types import AcquisitionInputs, DecoderOutput, EncoderOutput
 
 # One sorted list per topic; a new topic is one more ``__all__ += [...]`` block.
 
-# Protocols: the abstract modules a component implements (a final subclass, no overrides).
+# Protocols: the abstract modules a component implements (a final subclass that fills in
+# abstract methods and overrides no concrete one), and the abstract intermediate classes that
+# hold behaviour shared by several components.
 __all__ = [
     "AbstractAcquisition",
+    "AbstractChannelFreeHead",
     "AbstractChannelPrior",
     "AbstractDecoder",
     "AbstractEncoder",
     "AbstractHead",
     "AbstractLikelihood",
     "AbstractPrior",
+    "AbstractTopScoreAcquisition",
 ]
 
 # Loss terms: the base class, its options, what it reads and returns, its weight schedule.
 __all__ += [
     "AbstractLossTerm",
+    "AbstractPreparedTerm",
     "Schedule",
     "TermInputs",
     "TermOptions",
@@ -87,6 +102,13 @@ __all__ += [
     "ComponentFactory",
     "hookimpl",
     "option",
+]
+
+# Trackers (``--track NAME``): the factory a plugin registers, what it is opened with, the sink.
+__all__ += [
+    "TrackerContext",
+    "TrackerFactory",
+    "TrackerSink",
 ]
 
 # Building blocks shared with the built-in components.

@@ -6,7 +6,7 @@ Networks work on a single example and are ``vmap``-ed by the model; priors and h
 the whole batch, but must return per-example values so that no example's loss depends on
 another's.
 
-Defining a subclass checks its field order at once (:func:`check_field_order`): a field
+Defining a subclass checks its field order at once (``check_field_order``): a field
 without a default after one with a default is reported with the class's file and line.
 """
 
@@ -148,9 +148,50 @@ def check_field_order(cls: type) -> None:
     )
 
 
+def _method(value: object) -> object | None:
+    """The function behind a class attribute that is a method or property, else ``None``."""
+    if isinstance(value, (staticmethod, classmethod)):
+        return value.__func__
+    if isinstance(value, (property, typing.cast(type, type(lambda: None)))):
+        return value
+    return None
+
+
+def concrete_override(cls: type, protocol: type) -> str | None:
+    """``"C.m overrides the concrete B.m"`` for the first method of ``cls`` (or of one of
+    its bases below ``protocol``) that replaces a concrete method of a base, else ``None``.
+
+    The abstract-or-final rule: behaviour shared by several components lives in an
+    ``Abstract…`` class, and every other class only fills in abstract methods; overriding a
+    concrete method hides behaviour the base promised (the registry refuses such a class).
+    Special methods other than ``__call__`` are not checked (dataclasses writes them).
+    """
+    for owner in cls.__mro__:
+        if owner is protocol or not (isinstance(owner, type) and issubclass(owner, protocol)):
+            continue
+        for name, value in vars(owner).items():
+            if _method(value) is None or (name.startswith("__") and name != "__call__"):
+                continue
+            for base in owner.__mro__[1:]:
+                if name not in vars(base):
+                    continue
+                inherited = _method(vars(base)[name])
+                if (
+                    issubclass(base, protocol)
+                    and inherited is not None
+                    and not getattr(inherited, "__isabstractmethod__", False)
+                ):
+                    return (
+                        f"{owner.__qualname__}.{name} overrides the concrete "
+                        f"{base.__qualname__}.{name}"
+                    )
+                break
+    return None
+
+
 class FieldOrderChecked(eqx.Module):
     """Base of the component protocols: every subclass's field order is checked when the
-    class is defined (:func:`check_field_order`), before dataclasses sees it."""
+    class is defined (``check_field_order``), before dataclasses sees it."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -276,19 +317,20 @@ class AbstractHead(FieldOrderChecked):
         """The channel→label map ``τ`` (``K × Y``, rows sum to 1), or ``None`` for a head
         without one (a head that does not classify through channels)."""
 
+    @abc.abstractmethod
     def label_mass(self, state: PyTree[Any]) -> Float[Array, " K"] | None:
         """The label mass each channel holds (the τ head: ``Σ_y s_{c,y}``), or ``None`` for a
         head that does not classify through channels. Free channels are those with
         (almost) none; a new class claims them."""
-        return None
 
+    @abc.abstractmethod
     def free_channels(
         self, state: PyTree[Any], usage: Float[Array, " K"]
     ) -> Bool[Array, " K"] | None:
         """Which channels no label owns yet, given the channel usage ``p̂`` on the data;
         ``None`` for a head without channels."""
-        return None
 
+    @abc.abstractmethod
     def assign_channels(
         self, state: PyTree[Any], num_classes: int, owners: dict[int, tuple[int, ...]]
     ) -> tuple["AbstractHead", PyTree[Any]]:
@@ -296,6 +338,29 @@ class AbstractHead(FieldOrderChecked):
         class ``y`` starts out owning the channels ``owners[y]`` (a class named after
         training, or one that had no labels until now); other classes keep their
         statistics. Heads that cannot do this raise ``NotImplementedError``."""
+
+
+class AbstractChannelFreeHead(AbstractHead):
+    """A head that classifies from ``z`` (or anything but channels): no channel→label map,
+    no label mass, no free channels, and classes cannot be given channels after training.
+    Its subclasses implement the five methods that remain abstract."""
+
+    def class_map(self, state: PyTree[Any]) -> None:
+        """``None``: the head does not classify through channels."""
+        return None
+
+    def label_mass(self, state: PyTree[Any]) -> None:
+        """``None``: the head does not classify through channels."""
+        return None
+
+    def free_channels(self, state: PyTree[Any], usage: Float[Array, " K"]) -> None:
+        """``None``: the head does not classify through channels."""
+        return None
+
+    def assign_channels(
+        self, state: PyTree[Any], num_classes: int, owners: dict[int, tuple[int, ...]]
+    ) -> tuple["AbstractHead", PyTree[Any]]:
+        """Always raises ``NotImplementedError``: the head has no channels to give."""
         raise NotImplementedError(
             f"the {type(self).__name__} head cannot give channels to classes after training"
         )
@@ -304,12 +369,13 @@ class AbstractHead(FieldOrderChecked):
 class AbstractAcquisition(FieldOrderChecked):
     """Chooses which unlabeled examples to label next, from what the model knows of them.
 
-    :meth:`score` gives every example one finite number — higher means "label this
-    sooner" — from :class:`~ssvae_core.types.AcquisitionInputs` and a PRNG key (the same
-    key gives the same scores). :meth:`select` turns scores into a batch: by default the
-    ``count`` highest-scoring unlabeled examples (ties go to the lower index). A
-    batch-aware acquisition (one that spreads a batch over the latent space) overrides
-    :meth:`select`; it must still never choose a labeled example nor one example twice.
+    ``score`` gives every example one finite number — higher means "label this
+    sooner" — from ``AcquisitionInputs`` and a PRNG key (the same
+    key gives the same scores). ``select`` turns scores into a batch. An acquisition
+    whose batch is simply the best scores subclasses ``AbstractTopScoreAcquisition``,
+    which implements ``select``; a batch-aware one (that spreads a batch over the
+    latent space) implements ``select`` itself, and must still never choose a labeled
+    example nor one example twice.
 
     ``num_samples`` is how many posterior samples ``z_s ~ q(z|x)`` per example the score
     reads from ``inputs.sample_probabilities`` (0 when it needs none; drawing them costs
@@ -328,13 +394,25 @@ class AbstractAcquisition(FieldOrderChecked):
     def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
         """One finite score per example (labeled ones included); higher = label sooner."""
 
+    @abc.abstractmethod
     def select(
         self, inputs: AcquisitionInputs, count: int, key: PRNGKeyArray
     ) -> Int[Array, " count"]:
-        """The ``count`` unlabeled examples to label next, best first.
+        """The ``count`` unlabeled examples to label next, best first: never a labeled
+        example, never one example twice.
 
         ``count`` must not exceed the number of unlabeled examples.
         """
+
+
+class AbstractTopScoreAcquisition(AbstractAcquisition):
+    """An acquisition whose batch is the ``count`` highest-scoring unlabeled examples (ties
+    go to the lower index); its subclasses implement ``score`` only."""
+
+    def select(
+        self, inputs: AcquisitionInputs, count: int, key: PRNGKeyArray
+    ) -> Int[Array, " count"]:
+        """The ``count`` highest-scoring unlabeled examples, best first."""
         return top_unlabeled(self.score(inputs, key), inputs.labeled, count)
 
 

@@ -1,8 +1,10 @@
 """Plugin discovery: built-ins and entry points of the group ``ssvae``, through pluggy.
 
 A plugin that fails to import, raises in a hook, registers a name that is already taken,
-or returns a factory that does not satisfy its protocol is recorded in
-:attr:`Registry.problems` with its name and the reason; every other plugin keeps working.
+returns a factory that does not satisfy its protocol, or supports other core versions than
+the one installed is recorded in ``Registry.problems`` with its name and the reason; every
+other plugin keeps working (``ssvae_core.compatibility`` says how a plugin states the core
+versions it supports).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import pluggy
 
 from ssvae_core import builtin, hookspecs
+from ssvae_core.compatibility import core_mismatch, core_version, supported_core
 from ssvae_core.components import KINDS, ComponentFactory
 from ssvae_core.errors import ConfigError
 from ssvae_core.options import suggest
@@ -26,8 +29,10 @@ from ssvae_core.protocols import (
     AbstractEncoder,
     AbstractHead,
     AbstractPrior,
+    concrete_override,
 )
 from ssvae_core.terms.base import AbstractLossTerm, TermOptions
+from ssvae_core.tracking import TrackerFactory
 
 ENTRY_POINT_GROUP = "ssvae"
 CORE_PLUGIN = "ssvae_core"
@@ -49,6 +54,8 @@ HOOKS = {
     "loss_term": "ssvae_register_loss_terms",
     "acquisition": "ssvae_register_acquisitions",
 }
+# Trackers (``--track NAME``) are a plugin kind without a config table or a protocol class.
+TRACKER_HOOK = "ssvae_register_trackers"
 
 # Components shipped as separate packages, so a config naming one can say what to install.
 KNOWN_PACKAGES = {
@@ -72,6 +79,17 @@ class RegisteredComponent:
 
 
 @dataclass(frozen=True)
+class RegisteredTracker:
+    """A tracker's factory together with where it came from."""
+
+    name: str
+    factory: TrackerFactory
+    plugin: str
+    package: str
+    version: str
+
+
+@dataclass(frozen=True)
 class PluginProblem:
     """A plugin (or one of its components) that could not be registered, and why."""
 
@@ -79,15 +97,11 @@ class PluginProblem:
     reason: str
 
 
-def _core_version() -> str:
-    try:
-        return importlib.metadata.version("ssvae-core")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+local"
+def protocol_violation(kind: str, name: str, factory: Any, *, final: bool = True) -> str | None:
+    """Why ``factory`` cannot serve as a ``kind`` component, or ``None`` if it can.
 
-
-def protocol_violation(kind: str, name: str, factory: Any) -> str | None:
-    """Why ``factory`` cannot serve as a ``kind`` component, or ``None`` if it can."""
+    With ``final`` (the default) a component class that overrides a concrete method is
+    refused (``concrete_override``)."""
     if not isinstance(factory, ComponentFactory):
         return f"{kind} {name!r} is not a ComponentFactory (got {type(factory).__name__})"
     protocol = PROTOCOLS[kind]
@@ -97,6 +111,12 @@ def protocol_violation(kind: str, name: str, factory: Any) -> str | None:
     if inspect.isabstract(component_type):
         missing = ", ".join(sorted(getattr(component_type, "__abstractmethods__", ())))
         return f"{kind} {name!r} leaves abstract methods unimplemented: {missing}"
+    override = concrete_override(component_type, protocol) if final else None
+    if override is not None:
+        return (
+            f"{kind} {name!r}: {override}; a component fills in abstract methods only "
+            "(move shared behaviour into an Abstract… base class)"
+        )
     try:
         factory.default_options()
     except TypeError as error:
@@ -114,13 +134,24 @@ def protocol_violation(kind: str, name: str, factory: Any) -> str | None:
 class Registry:
     """Every component available in this environment, by kind and name."""
 
-    def __init__(self, *, entry_points: bool = True, plugins: Iterable[tuple[str, Any]] = ()):
+    def __init__(
+        self,
+        *,
+        entry_points: bool = True,
+        plugins: Iterable[tuple[str, Any]] = (),
+        final: bool = True,
+    ):
+        """``final=False`` accepts component classes that override concrete methods (the
+        conformance kit's seeded defects, each a correct component with one method
+        changed); every other registry refuses them."""
+        self.final = final
         self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.manager.add_hookspecs(hookspecs)
         self.components: dict[str, dict[str, RegisteredComponent]] = {kind: {} for kind in KINDS}
+        self.trackers: dict[str, RegisteredTracker] = {}
         self.problems: list[PluginProblem] = []
         self._origin: dict[str, tuple[str, str]] = {}
-        self.register(builtin, name=CORE_PLUGIN, package="ssvae-core", version=_core_version())
+        self.register(builtin, name=CORE_PLUGIN, package="ssvae-core", version=core_version())
         if entry_points:
             self._load_entry_points()
         for name, plugin in plugins:
@@ -138,7 +169,10 @@ class Registry:
                     PluginProblem(entry_point.name, f"failed to import: {type(error).__name__}: {error}")
                 )
                 continue
-            self.register(plugin, name=entry_point.name, package=package, version=version)
+            self.register(
+                plugin, name=entry_point.name, package=package, version=version,
+                supported=supported_core(plugin, dist),
+            )
 
     def register(
         self,
@@ -147,15 +181,24 @@ class Registry:
         name: str,
         package: str | None = None,
         version: str = "unknown",
+        supported: str | None = None,
     ) -> None:
-        """Register one plugin object and collect its components, recording any problem."""
+        """Register one plugin object and collect its components, recording any problem.
+
+        ``supported`` is the core versions the plugin supports (default: its
+        ``requires_core`` attribute); a plugin made for other versions is not registered.
+        """
+        mismatch = core_mismatch(package or name, version, supported or supported_core(plugin, None))
+        if mismatch is not None:
+            self.problems.append(PluginProblem(name, mismatch))
+            return
         try:
             self.manager.register(plugin, name=name)
         except Exception as error:
             self.problems.append(PluginProblem(name, f"rejected by pluggy: {error}"))
             return
         self._origin[name] = (package or name, version)
-        for kind, hook_name in HOOKS.items():
+        for kind, hook_name in {**HOOKS, "tracker": TRACKER_HOOK}.items():
             caller = getattr(self.manager.hook, hook_name)
             for impl in caller.get_hookimpls():
                 if impl.plugin_name != name:
@@ -173,7 +216,22 @@ class Registry:
                     )
                     continue
                 for component_name, factory in factories.items():
-                    self._add(kind, component_name, factory, name)
+                    if kind == "tracker":
+                        self._add_tracker(component_name, factory, name)
+                    else:
+                        self._add(kind, component_name, factory, name)
+
+    def _add_tracker(self, name: str, factory: Any, plugin: str) -> None:
+        existing = self.trackers.get(name)
+        if existing is not None:
+            reason = f"tracker {name!r} is already registered by {existing.plugin!r}"
+        elif not isinstance(factory, TrackerFactory):
+            reason = f"tracker {name!r} is not a TrackerFactory (got {type(factory).__name__})"
+        else:
+            package, version = self._origin[plugin]
+            self.trackers[name] = RegisteredTracker(name, factory, plugin, package, version)
+            return
+        self.problems.append(PluginProblem(plugin, reason))
 
     def _add(self, kind: str, name: str, factory: Any, plugin: str) -> None:
         existing = self.components[kind].get(name)
@@ -182,7 +240,7 @@ class Registry:
                 PluginProblem(plugin, f"{kind} {name!r} is already registered by {existing.plugin!r}")
             )
             return
-        violation = protocol_violation(kind, name, factory)
+        violation = protocol_violation(kind, name, factory, final=self.final)
         if violation is not None:
             self.problems.append(PluginProblem(plugin, violation))
             return
@@ -200,7 +258,7 @@ class Registry:
         return core + sorted(n for n in self.components[kind] if n not in core)
 
     def get(self, kind: str, name: str) -> RegisteredComponent:
-        """The component ``kind``/``name``; a :class:`ConfigError` says what is allowed."""
+        """The component ``kind``/``name``; a ``ConfigError`` says what is allowed."""
         try:
             return self.components[kind][name]
         except KeyError:

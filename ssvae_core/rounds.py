@@ -8,7 +8,7 @@ ECE, the free channels, the wall time. Each checkpoint a round writes carries th
 belongs to in its manifest (``round``: command, ``from_step``, the planned ``to_step``,
 ``labels_by_class``), so a round whose command was killed after a checkpoint is never lost:
 the next command on the run finds the checkpoint's step beyond the last recorded round
-(:func:`unrecorded_round`) and records it — complete when the checkpoint is the round's
+(``unrecorded_round``) and records it — complete when the checkpoint is the round's
 last, else marked ``"partial": true`` — or, for ``train --resume``, finishes it.
 """
 
@@ -100,7 +100,7 @@ def record_round(
     wall_time: float,
     **more: Any,
 ) -> dict[str, Any]:
-    """Append the record of a round (``info``: :func:`round_info`, its ``to_step``
+    """Append the record of a round (``info``: ``round_info``, its ``to_step``
     planned) to ``rounds.jsonl``; the step reached is the classifier's. A round that
     stopped before its planned step is marked ``"partial": true``."""
     path = out / ROUNDS_NAME

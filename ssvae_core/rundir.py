@@ -5,10 +5,10 @@ Every command that writes a run directory holds an exclusive lock on ``RUN_DIR/.
 writer is refused with one line naming the holder. A new run directory is created
 exclusively: two ``ssvae train --out D`` started together cannot both write ``D``.
 
-After a kill, :func:`recover` removes what an interrupted atomic write left behind (a
+After a kill, ``recover`` removes what an interrupted atomic write left behind (a
 hidden temporary file beside its target) and cuts ``metrics.jsonl`` back to the step of
 the last complete checkpoint (dropping a last line the kill cut short), so that a resumed
-run logs every step once; any other damage to it is refused (:mod:`ssvae_core.runfiles`).
+run logs every step once; any other damage to it is refused (``ssvae_core.runfiles``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class RunLock:
         self._handle: int | None = None
 
     def acquire(self) -> RunLock:
-        """Take the lock now or raise :class:`ConfigError` naming the process that holds it."""
+        """Take the lock now or raise ``ConfigError`` naming the process that holds it."""
         path = self.run_dir / LOCK_NAME
         try:
             handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

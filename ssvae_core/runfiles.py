@@ -1,21 +1,21 @@
 """The files of a run directory, read back through one validating reader.
 
-Every file of a run that ssvae reads again goes through :func:`read_run_text`: a missing
+Every file of a run that ssvae reads again goes through ``read_run_text``: a missing
 file where one is needed, a directory in its place, a file that cannot be read or is not
-UTF-8 is one :class:`CheckpointError` line naming the file and what is wrong. On top of it:
+UTF-8 is one ``CheckpointError`` line naming the file and what is wrong. On top of it:
 
 ``rounds.jsonl``, ``curve.jsonl``
-    :func:`read_json_lines`: every line is a JSON object (``rounds.jsonl``: a round record,
-    :func:`round_problem`); anything else names the file and the line. Both files are
+    ``read_json_lines``: every line is a JSON object (``rounds.jsonl``: a round record,
+    ``round_problem``); anything else names the file and the line. Both files are
     rewritten atomically, so no kill leaves a line cut short: a bad line is damage.
 ``metrics.jsonl``
-    Appended to while training, so a kill may cut its last line short. :func:`metric_lines`
-    is the one repair (used by :func:`ssvae_core.rundir.recover`): a last line that is not
+    Appended to while training, so a kill may cut its last line short. ``metric_lines``
+    is the one repair (used by ``ssvae_core.rundir.recover``): a last line that is not
     a whole JSON record is dropped; a bad line anywhere else is an error.
 ``report.json``
-    :func:`read_report`: a JSON object.
+    ``read_report``: a JSON object.
 ``labels.json``, ``config.toml``
-    :meth:`ssvae_core.labels.LabelStore.load` and :func:`ssvae_core.config.read_toml`,
+    ``ssvae_core.labels.LabelStore.load`` and ``ssvae_core.config.read_toml``,
     which give the same guarantees.
 """
 

@@ -1,6 +1,6 @@
 """Run directories: train on a dataset split and write config, metrics, checkpoint, report, plots.
 
-A run directory holds::
+A run directory holds:
 
     config.toml      the resolved configuration
     metrics.jsonl    one JSON object per logged chunk of steps
@@ -14,16 +14,16 @@ A run directory holds::
                      map, channel members and their reconstructions
     .lock            held by the one command writing the directory (ssvae_core.rundir)
 
-Labels given after training (``ssvae label``, :func:`label_run`) go to the label store;
-:func:`retrain_run` continues from the checkpoint with the store's labels (never the
+Labels given after training (``ssvae label``, ``label_run``) go to the label store;
+``retrain_run`` continues from the checkpoint with the store's labels (never the
 split's), and a label name the model has not seen claims free channels.
 
 A killed ``ssvae train`` loses at most the steps since its last checkpoint:
-:func:`resume_run` continues from that checkpoint (or from the start, if the kill came
-before the first one) and :func:`report_run` rewrites a missing report.
+``resume_run`` continues from that checkpoint (or from the start, if the kill came
+before the first one) and ``report_run`` rewrites a missing report.
 
-With several processes (:mod:`ssvae_core.distributed`) every process runs
-:func:`train_run`, :func:`resume_run` or :func:`retrain_run` alike and trains its part of
+With several processes (``ssvae_core.distributed``) every process runs
+``train_run``, ``resume_run`` or ``retrain_run`` alike and trains its part of
 each batch, but only process 0 writes the run directory (and calls the sinks); the others
 read what they need (the data; for a resume or retrain, the run's checkpoint and label
 store) and write nothing. All of them check their input first and learn whether every
@@ -143,7 +143,7 @@ def build_report(
     ``facts`` adds run facts (training set size, wall time, throughput). Accuracy, ECE,
     confusion, reliability, channel diagnostics and how the channels cluster the classes
     (``clustering``: clustering accuracy, many-to-one accuracy, NMI, ARI) come from
-    :meth:`SSVAEClassifier.evaluate`, with the OOD AUROC against ``ood`` when given
+    ``SSVAEClassifier.evaluate``, with the OOD AUROC against ``ood`` when given
     (``ood_auroc``: the certainty score; ``ood``: AUROC and FPR95 per score). ``hidden``,
     the training inputs whose labels the model never saw and those labels, adds
     ``clustering_train``, the same clustering figures on them.
@@ -311,7 +311,7 @@ def _checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
 def _checked_everywhere() -> Iterator[None]:
     """Around the checks before training: with several processes, every process learns
     whether all of them passed; one that failed raises its own error, the others
-    :class:`PeerStopped` (instead of waiting in the first step for a process that left)."""
+    ``PeerStopped`` (instead of waiting in the first step for a process that left)."""
     try:
         yield
     except Exception:
@@ -328,7 +328,7 @@ def _held(lock: RunLock | None) -> contextlib.AbstractContextManager[Any]:
 
 
 def _follower_result(classifier: SSVAEClassifier) -> dict[str, Any]:
-    """What :func:`train_run` and the others return on a process other than 0."""
+    """What ``train_run`` and the others return on a process other than 0."""
     return {
         "process_index": int(jax.process_index()),
         "process_count": process_count(),
@@ -371,7 +371,7 @@ def _write_results(
     save: dict[str, Any] | None = None,
     num_labels: int | None = None,
 ) -> dict[str, Any]:
-    """Checkpoint (when ``save`` gives its round, :func:`ssvae_core.rounds.round_info`),
+    """Checkpoint (when ``save`` gives its round, ``ssvae_core.rounds.round_info``),
     report (JSON + Markdown) and plots of a run."""
     config = classifier.config
     num_labels = len(split.labeled) if num_labels is None else num_labels
@@ -451,7 +451,7 @@ def held_out_evaluator(out: Path, dataset: Dataset, split: Split) -> EvaluateCal
 
 def time_to_accuracy(history: Sequence[dict[str, Any]]) -> dict[str, float | None] | None:
     """The training wall time at which the held-out accuracy first reached each of
-    :data:`TIME_TO_ACCURACY` (``None``: not reached), from the evaluations in
+    ``TIME_TO_ACCURACY`` (``None``: not reached), from the evaluations in
     ``metrics.jsonl``; ``None`` when the run has none."""
     curve = [(row["train_time_s"], row["held_out_accuracy"]) for row in history if "held_out_accuracy" in row]
     if not curve:
@@ -463,7 +463,7 @@ def time_to_accuracy(history: Sequence[dict[str, Any]]) -> dict[str, float | Non
 
 def _checkpointer(out: Path, num_labels: int, round_: dict[str, Any]) -> CheckpointCallback:
     """Saves the classifier's current state as the run's checkpoint (atomically), with
-    the round it belongs to (:mod:`ssvae_core.rounds`)."""
+    the round it belongs to (``ssvae_core.rounds``)."""
 
     def save(classifier: SSVAEClassifier) -> None:
         config = classifier.config
@@ -603,11 +603,11 @@ def resume_run(
     ``metrics.jsonl`` is cut back to the checkpoint's step (each repair is passed to
     ``on_notice``). A run that has all its steps but no report, or no line in
     ``rounds.jsonl`` for its last round, gets them; a round a kill interrupted is continued
-    and recorded as one round (:mod:`ssvae_core.rounds`). The
+    and recorded as one round (``ssvae_core.rounds``). The
     directory is locked for the whole command; metrics are appended, and checkpoint,
     config and reports are replaced atomically. ``data`` points to the run's dataset
     where it has moved (the same data, split by the run's seed). With several processes
-    only process 0 locks, repairs and writes the directory (see :func:`train_run`).
+    only process 0 locks, repairs and writes the directory (see ``train_run``).
     """
     writer = is_main_process()
     with _checked_everywhere():
@@ -720,7 +720,7 @@ def _complete_round(
 ) -> dict[str, Any]:
     """The report of the run's checkpoint (``report``, or the run's own when it is of this
     step, or written anew), and the record of the checkpoint's round when ``rounds.jsonl``
-    lacks it (``unrecorded``, :func:`ssvae_core.rounds.unrecorded_round`)."""
+    lacks it (``unrecorded``, ``ssvae_core.rounds.unrecorded_round``)."""
     step = int(classifier.state.step) if classifier.state is not None else 0
     if report is None:
         report = read_report(out / "report.json")
@@ -851,7 +851,7 @@ def _labeled_by_store(
 
     Labels of classes the classifier knows fill ``y``; labels naming classes it has not
     seen (or known classes without labels so far) go through
-    :meth:`SSVAEClassifier.add_labels`, which claims free channels for them.
+    ``SSVAEClassifier.add_labels``, which claims free channels for them.
     """
     store = run_store(out, dataset, split) if store is None else store
     position = {int(row): i for i, row in enumerate(split.train)}
@@ -902,7 +902,7 @@ def _finish_round(
     **more: Any,
 ) -> dict[str, Any]:
     """Checkpoint, report and plots of a finished round (``info``:
-    :func:`ssvae_core.rounds.round_info`), and its line in ``rounds.jsonl``."""
+    ``ssvae_core.rounds.round_info``), and its line in ``rounds.jsonl``."""
     report = _write_results(
         out, classifier, dataset, split, wall_time=wall_time, steps_trained=steps_trained,
         plots=plots, num_labels=sum(info["labels_by_class"].values()), save=info,
@@ -912,7 +912,7 @@ def _finish_round(
 
 
 def require_checkpoint(out: Path, before: str) -> Path:
-    """The run's checkpoint path; a :class:`CheckpointError` if the run has none yet."""
+    """The run's checkpoint path; a ``CheckpointError`` if the run has none yet."""
     checkpoint = out / CHECKPOINT_NAME
     if not checkpoint.exists():
         raise CheckpointError(
@@ -1026,11 +1026,11 @@ def retrain_run(
     ``held_lock`` is the run's lock when the caller holds it already (the studio holds it
     while it is open). Without ``intermediate_checkpoints`` the checkpoint is written only
     at the end, so a retrain stopped by an exception from a sink leaves the run's model as
-    it was (its extra lines in ``metrics.jsonl`` are removed by :func:`recover`). ``store``
+    it was (its extra lines in ``metrics.jsonl`` are removed by ``recover``). ``store``
     is the label store to train with, when the caller took it already (the studio takes it
     when the retrain starts; labels given later wait for the next one). ``split_channels``
     overrides the run's ``train.split_channels`` for this retrain. With several
-    processes only process 0 locks, repairs and writes the directory (see :func:`train_run`).
+    processes only process 0 locks, repairs and writes the directory (see ``train_run``).
     """
     writer = is_main_process()
     with _checked_everywhere():

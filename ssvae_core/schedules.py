@@ -1,6 +1,6 @@
 """Schedules: a value as a function of the training step, held as traced arrays.
 
-A :class:`Schedule` is an optax-style schedule (``step -> value``) whose numbers are
+A ``Schedule`` is an optax-style schedule (``step -> value``) whose numbers are
 leaves of the pytree, not constants of the compiled step: changing a loss weight, a
 warm-up length or the learning rate changes values that the step reads, so the train step
 is compiled once per model structure and never again for new numbers.
@@ -33,6 +33,7 @@ class Schedule(eqx.Module):
         self.decay_steps = jnp.asarray(decay_steps, dtype=jnp.float32)
 
     def __call__(self, step: Int[Array, ""] | int) -> Float[Array, ""]:
+        """The value at ``step`` (traced: a new step never recompiles)."""
         t = jnp.asarray(step).astype(jnp.float32)
         warm = jnp.where(
             self.warmup_steps > 0,

@@ -7,10 +7,10 @@ a warm retrain would keep them merged: τ only reweighs the shared channel. At t
 a retrain this module finds such *conflicts* and resolves each by splitting the channel,
 as split-and-merge EM splits a component:
 
-1. :func:`plan_splits` (pure numpy) reads the labeled examples' responsibilities ``q(c|x)``,
+1. ``plan_splits`` (pure numpy) reads the labeled examples' responsibilities ``q(c|x)``,
    τ's soft counts, the channel usage and the free channels, and decides which class
    stays, which class moves and to which target channel.
-2. :func:`apply_splits` copies the shared channel into the target: the encoder's logit row
+2. ``apply_splits`` copies the shared channel into the target: the encoder's logit row
    (weights and bias, both copies' biases lowered by ``log 2`` so every other channel keeps
    its responsibility), the channel's decoder embedding ``e_c`` and, for a mixture prior
    with a learned π, its weight (halved between the two), each copy slightly perturbed;
@@ -22,7 +22,7 @@ symmetry through the supervised loss, and the unlabeled look-alikes of the movin
 follow them during the retrain.
 
 Where a component cannot be copied the split degrades, and the record says so: an encoder
-whose channel logits are not a :class:`~ssvae_core.networks.PosteriorHeads` linear layer
+whose channel logits are not a ``PosteriorHeads`` linear layer
 keeps its logits (only τ's counts are reseeded: the target channel is *reassigned* to the
 moving class and its labeled examples are pulled there by the supervised loss); a channel
 prior other than the mixture keeps its per-channel parameters; a head without channels
@@ -161,7 +161,7 @@ def plan_splits(
     and the moving class owns no channel at all, to a *redundant* channel — the least used
     channel of a class that owns two or more, which keeps its others. A moving class that
     owns a channel elsewhere is never given another class's channel; such a conflict, and
-    one with no target at all, is returned as :class:`Unresolved`.
+    one with no target at all, is returned as ``Unresolved``.
     """
     r = np.asarray(responsibilities, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
@@ -260,7 +260,7 @@ def _logit_layer(encoder: Any) -> Any | None:
 
 def _split_params(model: Any, split: ChannelSplit, key: jax.Array | None, learn_pi: bool) -> Any:
     """Copy ``split.source`` into ``split.target`` in every channel-indexed parameter of
-    ``model`` (an :class:`~ssvae_core.model.SSVAE`, or an optimiser moment tree of its
+    ``model`` (an ``SSVAE``, or an optimiser moment tree of its
     shape, whose leaves may be ``None``); ``key`` perturbs the copy, ``None`` copies exactly
     (moments are copied without the ``log 2`` shift)."""
     from ssvae_core.priors.mixture import MixturePrior
@@ -311,7 +311,7 @@ def separate(model: Any, split: ChannelSplit, x_moving: np.ndarray, x_staying: n
 
     ``D = mean_moving(l_t − l_s) − mean_staying(l_t − l_s)`` over the logits ``l`` is linear
     in the logit layer's weights; one step along its gradient (rows ``s`` and ``t`` only,
-    in opposite directions) brings ``D`` to :data:`SEPARATION`; the two biases then move
+    in opposite directions) brings ``D`` to ``SEPARATION``; the two biases then move
     apart by the mean gap so the classes sit on either side of the tie. The labeled
     examples of the moving class start out mostly in the target, the staying class's in
     the source, and examples whose features resemble either follow. ``model`` is unchanged when its logits
@@ -358,7 +358,7 @@ def apply_splits(
     """``(model, head_state, opt_state)`` with every split of ``splits`` applied (see the
     module docstring); the optimiser's moments of a copied row are copied too. With the
     labeled ``inputs`` and their ``labels``, each pair of copies is turned apart
-    (:func:`separate`)."""
+    (``separate``)."""
     from ssvae_core.model import SSVAE
 
     learn_pi = bool(getattr(model.prior, "learn_pi", False))

@@ -1,14 +1,14 @@
 """Experiment tracking: metric sinks that write to a tracker's own format, offline.
 
 ``ssvae train --track tensorboard`` (and ``ssvae retrain``) adds a
-:class:`TensorBoardSink` that writes TensorBoard event files into ``RUN/tensorboard/``:
+``TensorBoardSink`` that writes TensorBoard event files into ``RUN/tensorboard/``:
 every metric of every logged chunk as a scalar (``train/<name>``, held-out evaluations as
 ``held_out/<name>``), the resolved configuration as text, and at the end the report's
 figures (``report/test_accuracy``, ``report/ece``), the report itself as text and the run's
 plots as images. ``tensorboard --logdir runs/`` shows them. It needs the ``track`` extra
 (``pip install 'ssvae-core[track]'``: TensorBoard's own event writer, no TensorFlow).
 
-``--track mlflow`` adds an :class:`MLflowSink` that logs into MLflow's local file store,
+``--track mlflow`` adds an ``MLflowSink`` that logs into MLflow's local file store,
 ``RUN/mlruns/`` (or the store ``--mlflow-dir`` names, which several runs may share): one
 MLflow run per run directory (a retrain continues it), the configuration flattened into
 parameters (``train.steps``, ``prior.num_components``, ...), the same metrics per step as
@@ -17,6 +17,11 @@ TensorBoard gets, the report's figures, and ``report.json``, ``report.md``,
 (``pip install 'ssvae-core[mlflow]'``: MLflow's client, ``mlflow-skinny``, no server).
 Several trackers may be named at once (``--track tensorboard --track mlflow``, or
 ``--track tensorboard,mlflow``).
+
+Trackers are a plugin kind: both built-in ones are registered through the hook
+``ssvae_register_trackers``, and a plugin package adds its own the same way, as a
+``TrackerFactory`` whose ``open`` makes a ``TrackerSink`` for a run directory
+(``--track NAME`` then picks it; ``ssvae plugins`` lists it).
 """
 
 from __future__ import annotations
@@ -25,15 +30,16 @@ import importlib
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ssvae_core.errors import ConfigError
 
-TRACKERS = ("tensorboard", "mlflow")
-# tracker → (module it needs, extra that installs it)
-REQUIREMENTS = {"tensorboard": ("tensorboard", "track"), "mlflow": ("mlflow", "mlflow")}
+if TYPE_CHECKING:
+    from ssvae_core.registry import Registry
+
 TENSORBOARD_DIR = "tensorboard"
 MLFLOW_DIR = "mlruns"
 MLFLOW_EXPERIMENT = "ssvae"
@@ -45,32 +51,72 @@ REPORT_FIGURES = ("test_accuracy", "ece", "reconstruction_error")
 class TrackerSink(Protocol):
     """A metric sink that also takes the final report and plots, and is closed."""
 
-    def __call__(self, step: int, metrics: Mapping[str, float]) -> None: ...
+    def __call__(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Log one chunk's mean metrics at training step ``step``."""
 
-    def report(self, report: Mapping[str, Any], plots: Sequence[Path] = ()) -> None: ...
+    def report(self, report: Mapping[str, Any], plots: Sequence[Path] = ()) -> None:
+        """Log the run's final report and its plot files, once, after training."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Flush and release what the sink holds; it may be called more than once."""
 
 
-def check_trackers(names: Sequence[str]) -> tuple[str, ...]:
-    """The tracker names (each item may be a comma-separated list), each known and
-    importable; a :class:`ConfigError` naming what to install otherwise."""
+@dataclass(frozen=True)
+class TrackerContext:
+    """What a tracker is opened with: the run directory, the resolved configuration as a
+    dict (``None`` when an existing run continues: ``ssvae retrain``), and tracker settings
+    from the command line by name (``mlflow_dir``)."""
+
+    run_dir: Path
+    config: Mapping[str, Any] | None
+    settings: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class TrackerFactory:
+    """A tracker, as a plugin registers it (hook ``ssvae_register_trackers``).
+
+    ``open(context)`` returns the ``TrackerSink`` for one run; it must write nothing
+    until the sink is first called. ``requires`` names a module the tracker imports and
+    ``install`` what installs it (``"the track extra: pip install 'ssvae-core[track]'"``):
+    ``--track`` imports the module before training and names ``install`` if it fails.
+    """
+
+    open: Callable[[TrackerContext], TrackerSink]
+    description: str
+    requires: str | None = None
+    install: str = ""
+
+
+def _registry(registry: Registry | None) -> Registry:
+    from ssvae_core.registry import default_registry
+
+    return registry if registry is not None else default_registry()
+
+
+def check_trackers(names: Sequence[str], registry: Registry | None = None) -> tuple[str, ...]:
+    """The tracker names (each item may be a comma-separated list), each registered and
+    importable; a ``ConfigError`` naming what to install otherwise."""
+    trackers = _registry(registry).trackers
+    allowed = ", ".join(trackers)
     given = [n.strip() for item in names for n in item.split(",")]
     if "" in given:
         raise ConfigError(
-            f"--track expects tracker names ({', '.join(TRACKERS)}), comma-separated or repeated; "
+            f"--track expects tracker names ({allowed}), comma-separated or repeated; "
             f"got an empty name in {','.join(names)!r}"
         )
     chosen = tuple(dict.fromkeys(given))
     for name in chosen:
-        if name not in TRACKERS:
-            raise ConfigError(f"unknown tracker {name!r} for --track; allowed: {', '.join(TRACKERS)}")
-        module, extra = REQUIREMENTS[name]
+        if name not in trackers:
+            raise ConfigError(f"unknown tracker {name!r} for --track; allowed: {allowed}")
+        factory = trackers[name].factory
+        if factory.requires is None:
+            continue
         try:
-            importlib.import_module(module)
+            importlib.import_module(factory.requires)
         except ImportError:
             raise ConfigError(
-                f"--track {name} needs the {extra} extra: pip install 'ssvae-core[{extra}]'"
+                f"--track {name} needs {factory.install or 'the module ' + factory.requires}"
             ) from None
     return chosen
 
@@ -270,7 +316,7 @@ class MLflowSink:
         self._reported = True
 
     def close(self) -> None:
-        """End the MLflow run: finished after :meth:`report`, failed without."""
+        """End the MLflow run: finished after ``report``, failed without."""
         if self._client is not None and self.run_id is not None:
             self._client.set_terminated(self.run_id, "FINISHED" if self._reported else "FAILED")
         self._client = None
@@ -282,22 +328,44 @@ def open_trackers(
     config: Mapping[str, Any] | None,
     *,
     mlflow_dir: str | os.PathLike[str] | None = None,
+    registry: Registry | None = None,
 ) -> list[TrackerSink]:
-    """The sinks of ``names`` (checked by :func:`check_trackers`) for run directory
+    """The sinks of ``names`` (checked by ``check_trackers``) for run directory
     ``out``; nothing is written until training logs its first chunk. The MLflow store is
     ``mlflow_dir`` (a folder, or a ``file:`` URI), by default ``out/mlruns``."""
-    sinks: list[TrackerSink] = []
-    for name in names:
-        if name == "tensorboard":
-            sinks.append(TensorBoardSink(Path(out) / TENSORBOARD_DIR, config))
-        elif name == "mlflow":
-            sinks.append(MLflowSink(mlflow_store(out, mlflow_dir), out, config))
-    return sinks
+    trackers = _registry(registry).trackers
+    context = TrackerContext(Path(out), config, {"mlflow_dir": mlflow_dir})
+    return [trackers[name].factory.open(context) for name in names]
+
+
+def _open_tensorboard(context: TrackerContext) -> TrackerSink:
+    return TensorBoardSink(context.run_dir / TENSORBOARD_DIR, context.config)
+
+
+def _open_mlflow(context: TrackerContext) -> TrackerSink:
+    store = mlflow_store(context.run_dir, context.settings.get("mlflow_dir"))
+    return MLflowSink(store, context.run_dir, context.config)
+
+
+BUILTIN_TRACKERS = {
+    "tensorboard": TrackerFactory(
+        _open_tensorboard,
+        "TensorBoard event files in RUN/tensorboard/",
+        requires="tensorboard",
+        install="the track extra: pip install 'ssvae-core[track]'",
+    ),
+    "mlflow": TrackerFactory(
+        _open_mlflow,
+        "an MLflow file store in RUN/mlruns/ (or --mlflow-dir)",
+        requires="mlflow",
+        install="the mlflow extra: pip install 'ssvae-core[mlflow]'",
+    ),
+}
 
 
 def mlflow_store(out: str | os.PathLike[str], given: str | os.PathLike[str] | None) -> Path:
     """The folder of the MLflow file store: ``given`` (a path or a ``file:`` URI) or
-    ``out/mlruns``; any other URI (a tracking server) is a :class:`ConfigError`."""
+    ``out/mlruns``; any other URI (a tracking server) is a ``ConfigError``."""
     if given is None:
         return Path(out) / MLFLOW_DIR
     text = os.fspath(given)

@@ -139,3 +139,28 @@ def fitted_classifier(synthetic: dict[str, np.ndarray]) -> SSVAEClassifier:
         }
     )
     return SSVAEClassifier(config).fit(synthetic["x"], synthetic["partial"])
+
+
+@pytest.fixture
+def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Install a one-module plugin distribution for this test: ``install_plugin(name,
+    source, requires_core=...)`` writes ``<name>.py`` and a ``dist-info`` whose entry point
+    of the group ``ssvae`` loads it, puts them on ``sys.path`` and drops the cached default
+    registry, so that the next one sees the plugin (and the one after the test does not)."""
+    import ssvae_core.registry
+
+    def install(name: str, source: str, *, requires_core: str = "") -> None:
+        (tmp_path / f"{name}.py").write_text(source)
+        info = tmp_path / f"{name}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: 1.0\n"
+            f"Requires-Dist: ssvae-core{requires_core}\n"
+            "Requires-Dist: ssvae-core[test]; extra == 'test'\n"
+        )
+        (info / "entry_points.txt").write_text(f"[ssvae]\n{name} = {name}\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        monkeypatch.setattr(ssvae_core.registry, "_DEFAULT", None)
+
+    return install

@@ -47,9 +47,28 @@ def test_tsne_projection_and_unknown_projections() -> None:
     gap = np.linalg.norm(joint[:40].mean(axis=0) - joint[40:].mean(axis=0))
     assert gap > 3 * max(np.linalg.norm(joint[:40].std(axis=0)), np.linalg.norm(joint[40:].std(axis=0)))
     assert project(z, "tsne-channels").shape == (80, 2)  # no channels: t-SNE of the means
-    with pytest.raises(ConfigError, match="unknown projection 'umap'; allowed: pca, tsne, tsne-channels"):
+    with pytest.raises(ConfigError, match="unknown projection 'umap'; allowed: pca, channels, tsne, tsne-channels"):
         project(z, "umap")
     assert project(z[:1], "pca").shape == (1, 2) and project(z[:, :1], "pca").shape == (80, 2)
+
+
+def test_channels_projection_separates_channels_that_share_their_means() -> None:
+    """The run's latent map: the same means in three channels land in three places, each
+    at its channel's anchor (in the given order around the circle), and a model without
+    channels gets the PCA of its means."""
+    rng = np.random.default_rng(2)
+    z = rng.normal(0, 1, (30, 4))
+    same = np.concatenate([z, z, z])
+    r = np.repeat(np.eye(3), 30, axis=0)
+    points = project(same, "channels", responsibilities=r, order=[2, 0, 1])
+    centres = [points[30 * c : 30 * (c + 1)].mean(axis=0) for c in range(3)]
+    spread = max(np.linalg.norm(points[30 * c : 30 * (c + 1)].std(axis=0)) for c in range(3))
+    assert min(np.linalg.norm(a - b) for i, a in enumerate(centres) for b in centres[i + 1 :]) > 3 * spread
+    angles = [np.arctan2(c[1], c[0]) % (2 * np.pi) for c in centres]
+    assert np.argsort(angles).tolist() == [2, 0, 1]  # channel 2 first around the circle
+    undecided = project(same[:1], "channels", responsibilities=np.full((1, 3), 1 / 3))
+    assert np.allclose(undecided, 0.0, atol=1e-9)
+    assert np.array_equal(project(z, "channels"), project(z, "pca"))
 
 
 def test_channel_members_are_the_channels_own_rows_most_typical_first() -> None:
@@ -123,3 +142,15 @@ def test_withdraw_takes_back_exactly_the_named_label_from_its_source() -> None:
         store.withdraw(4, "a", source="studio")
     with pytest.raises(DataError, match="from 'split'; only labels from 'studio'"):
         store.withdraw(1, "a", source="studio")
+
+
+def test_loss_curves_are_every_registered_term_the_objective_logged() -> None:
+    """The curves come from the registry (a plugin's term too), in summing order, after the
+    total, the reconstruction and the prior's KL terms; other metrics are not curves."""
+    from ssvae_core.plots import curve_names
+    from ssvae_core.registry import default_registry
+
+    terms = default_registry().ordered("loss_term")
+    row = {"step": 1, "grad_norm": 2.0, **{name: 0.0 for name in reversed(terms)}}
+    row.update({"kl_extra": 0.0, "reconstruction": 0.0, "loss": 0.0})
+    assert curve_names(row) == ["loss", "reconstruction", "kl_extra", *terms]

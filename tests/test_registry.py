@@ -188,3 +188,114 @@ def test_unknown_component_lists_what_is_allowed() -> None:
 def test_component_added_by_a_plugin_is_usable_in_a_config(registry: Registry) -> None:
     config = config_from_dict({"prior": {"name": "plain"}}, registry)
     assert config.prior.name == "plain"
+
+
+# --- abstract or final ---------------------------------------------------------------------
+
+
+class _RenamedStandard(StandardPrior):
+    """A concrete prior's subclass that replaces one of its concrete methods."""
+
+    def regularisers(self):  # type: ignore[override]
+        return {}
+
+
+class _OverridingPlugin:
+    @hookimpl
+    def ssvae_register_priors(self) -> dict[str, ComponentFactory]:
+        return {"overriding": _factory(_RenamedStandard)}
+
+
+def test_component_overriding_a_concrete_method_is_refused_in_one_line() -> None:
+    registry = Registry(entry_points=False, plugins=[("overrider", _OverridingPlugin())])
+    (problem,) = registry.problems
+    assert problem.plugin == "overrider"
+    assert problem.reason.startswith(
+        "prior 'overriding': _RenamedStandard.regularisers overrides the concrete "
+        "StandardPrior.regularisers"
+    )
+    assert "\n" not in problem.reason
+    assert "overriding" not in registry.names("prior")
+
+
+def test_every_builtin_component_fills_in_abstract_methods_only() -> None:
+    from ssvae_core.protocols import concrete_override
+    from ssvae_core.registry import PROTOCOLS
+
+    overrides = {
+        (c.kind, c.name): concrete_override(c.factory.component_type, PROTOCOLS[c.kind])
+        for c in Registry(entry_points=False)
+    }
+    assert {key: why for key, why in overrides.items() if why} == {}
+
+
+def test_a_term_defining_prepare_without_the_prepared_base_is_refused_at_once() -> None:
+    from ssvae_core.terms import AbstractLossTerm
+
+    with pytest.raises(TypeError, match="subclass AbstractPreparedTerm instead"):
+
+        class _Unprepared(AbstractLossTerm):  # pyright: ignore
+            def prepare(self, x, labels, num_classes):
+                return {}
+
+            def __call__(self, inputs, key):
+                raise NotImplementedError
+
+
+# --- supported core versions ---------------------------------------------------------------
+
+
+class _FuturePlugin:
+    requires_core = ">=99"
+
+    @hookimpl
+    def ssvae_register_priors(self) -> dict[str, ComponentFactory]:
+        return {"future": _factory(StandardPrior)}
+
+
+class _CurrentPlugin(_FuturePlugin):
+    requires_core = ">=0.1"
+
+    @hookimpl
+    def ssvae_register_priors(self) -> dict[str, ComponentFactory]:
+        return {"current": _factory(StandardPrior)}
+
+
+def test_plugin_for_other_core_versions_is_refused_in_one_line() -> None:
+    import ssvae_core
+
+    registry = Registry(
+        entry_points=False, plugins=[("future", _FuturePlugin()), ("current", _CurrentPlugin())]
+    )
+    (problem,) = registry.problems
+    assert problem.plugin == "future"
+    assert problem.reason == (
+        f"future unknown supports ssvae-core >=99, but ssvae-core {ssvae_core.__version__} is "
+        f"installed; install a release of future made for ssvae-core {ssvae_core.__version__}"
+    )
+    assert "future" not in registry.names("prior") and "current" in registry.names("prior")
+
+
+def test_installed_plugin_states_its_core_range_through_its_dependency(install_plugin) -> None:
+    """A distribution whose entry point loads, but whose ``ssvae-core`` requirement
+    excludes the installed core: refused, with its package and version."""
+    install_plugin(
+        "ssvae_tiny_future",
+        "from ssvae_core.plugin import hookimpl\n"
+        "@hookimpl\n"
+        "def ssvae_register_priors():\n"
+        "    return {}\n",
+        requires_core="<0.1",
+    )
+    reasons = _reasons(Registry())
+    assert reasons["ssvae_tiny_future"].startswith(
+        "ssvae-tiny-future 1.0 supports ssvae-core <0.1, but"
+    )
+
+
+def test_every_package_here_supports_the_core_it_ships_with() -> None:
+    """Each plugin's ``ssvae-core`` range admits this core (so the repository installs)."""
+    import ssvae_core
+
+    problems = [p.reason for p in Registry().problems if "supports ssvae-core" in p.reason]
+    assert problems == [], ssvae_core.__version__

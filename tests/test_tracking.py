@@ -140,3 +140,59 @@ def test_the_mlflow_store_is_a_local_folder(tmp_path: Path) -> None:
     assert mlflow_store(tmp_path, "file:///data/ml%20runs") == Path("/data/ml runs")
     with pytest.raises(ConfigError, match="names another host"):
         mlflow_store(tmp_path, "file://server/data/mlruns")
+
+
+TINY_TRACKER = '''
+import json
+
+from ssvae_core.plugin import TrackerFactory, hookimpl
+
+
+class LinesSink:
+    def __init__(self, context):
+        self.path = context.run_dir / "tiny_tracker.jsonl"
+        self.fresh = context.config is not None
+
+    def __call__(self, step, metrics):
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"step": step, "fresh": self.fresh, **metrics}) + "\\n")
+
+    def report(self, report, plots=()):
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"report": report["test_accuracy"], "plots": len(plots)}) + "\\n")
+
+    def close(self):
+        with self.path.open("a") as handle:
+            handle.write('"closed"\\n')
+
+
+@hookimpl
+def ssvae_register_trackers():
+    return {"tiny": TrackerFactory(LinesSink, "JSON lines in RUN/tiny_tracker.jsonl")}
+'''
+
+
+def test_a_plugin_adds_a_tracker_through_an_entry_point(
+    tmp_path: Path, install_plugin: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_plugin("ssvae_tiny_tracker", TINY_TRACKER)
+    assert main(["plugins"]) == 0
+    listing = capsys.readouterr().out
+    assert "tracker   tiny" in listing and "ssvae-tiny-tracker 1.0" in listing
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "10", "--labels-per-class", "2", "--out", str(run), "--quiet",
+                 "--no-plots", "--track", "tiny", *SMALL]) == 0
+    lines = [json.loads(line) for line in (run / "tiny_tracker.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines[:2]] == [5, 10] and lines[0]["fresh"] is True
+    assert "loss" in lines[0]
+    report = json.loads((run / "report.json").read_text())
+    assert lines[2] == {"report": report["test_accuracy"], "plots": 0}
+    assert lines[3:] and set(lines[3:]) == {"closed"}
+
+
+def test_an_unknown_tracker_lists_the_ones_plugins_added(
+    tmp_path: Path, install_plugin: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_plugin("ssvae_tiny_tracker", TINY_TRACKER)
+    assert main(["train", "--steps", "5", "--out", str(tmp_path / "run"), "--track", "wandb"]) == 2
+    assert "allowed: tensorboard, mlflow, tiny" in capsys.readouterr().err

@@ -36,6 +36,8 @@ class PosteriorHeads(eqx.Module):
         )
 
     def __call__(self, features: Float[Array, " F"]) -> EncoderOutput:
+        """``q(z|x)`` (mean, bounded log-variance) and the channel logits from one example's
+        features."""
         return EncoderOutput(
             z_mean=self.mean(features),
             z_log_var=bounded_log_var(self.log_var(features)),

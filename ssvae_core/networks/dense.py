@@ -17,6 +17,7 @@ from ssvae_core.protocols import AbstractDecoder, AbstractEncoder
 from ssvae_core.types import DecoderOutput, EncoderOutput
 
 ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu, "tanh": jnp.tanh}
+"""The activation functions by name, for a network's ``activation`` option."""
 
 
 def _layers(sizes: Sequence[int], key: PRNGKeyArray) -> list[eqx.nn.Linear]:

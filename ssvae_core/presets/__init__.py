@@ -16,7 +16,7 @@ def preset_names() -> list[str]:
 
 
 def preset_path(name: str) -> Path:
-    """The TOML file of preset ``name``; an unknown name is a :class:`ConfigError`."""
+    """The TOML file of preset ``name``; an unknown name is a ``ConfigError``."""
     names = preset_names()
     if name not in names:
         raise ConfigError(

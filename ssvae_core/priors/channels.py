@@ -1,13 +1,13 @@
 """Priors with channels: the shared ``KL_z`` / ``KL_c`` body of ``p(c) p(z|c)`` mixtures.
 
 Every prior with ``K > 0`` channels ``c ~ Cat(π)``, ``z | c ~ p(z|c)`` has the same two KL
-terms per example, with responsibilities ``r = softmax(logits)``::
+terms per example, with responsibilities ``r = softmax(logits)``:
 
     KL_z = Σ_c r_c KL(q(z|x) || p(z|c))
     KL_c = KL(q(c|x) || π) = Σ_c r_c (log r_c − log π_c)
 
-:class:`AbstractChannelPrior` implements both once; a subclass supplies the per-channel
-``KL(q(z|x) || p(z|c))`` in :meth:`AbstractChannelPrior.channel_kl` and ``log π`` in
+``AbstractChannelPrior`` implements both once; a subclass supplies the per-channel
+``KL(q(z|x) || p(z|c))`` in ``AbstractChannelPrior.channel_kl`` and ``log π`` in
 ``log_weights``. A prior without channels (``K = 0``) subclasses ``AbstractPrior`` directly.
 
 The ``pi_*`` helpers give a prior an optional learned π = softmax(pi_logits): the field is
@@ -73,7 +73,7 @@ def pi_regularisers(
     """``{"dirichlet_pi": R_π}`` for a learned π, ``{}`` when ``pi_logits`` is ``None``.
 
     ``R_π = −Σ_c (α − 1) log π_c`` with ``log π = log_softmax(pi_logits)``: the Dirichlet
-    MAP penalty (:func:`~ssvae_core.losses.dirichlet_penalty`).
+    MAP penalty (``dirichlet_penalty``).
     """
     if pi_logits is None:
         return {}
@@ -83,7 +83,7 @@ def pi_regularisers(
 class AbstractChannelPrior(AbstractPrior):
     """A prior ``p(c) p(z|c)`` with ``K > 0`` channels whose KL terms follow from ``channel_kl``.
 
-    :meth:`kl_terms` is concrete (do not override it)::
+    ``kl_terms`` is concrete (do not override it):
 
         KL_z = Σ_c r_c · channel_kl[:, c]         (channel_kl of shape (B, K))
         KL_z = channel_kl[:, 0]                   (channel_kl of shape (B, 1))

@@ -18,7 +18,7 @@ class MixturePrior(AbstractChannelPrior):
 
     ``KL_z = Σ_c r_c KL(q(z|x) || N(0, I))`` (every ``p(z|c)`` is ``N(0, I)``, so this is the
     plain Gaussian KL) and ``KL_c = KL(q(c|x) || π)``, both from
-    :class:`~ssvae_core.priors.channels.AbstractChannelPrior`. With ``learn_pi`` the Dirichlet MAP
+    ``AbstractChannelPrior``. With ``learn_pi`` the Dirichlet MAP
     penalty ``−Σ_c (α − 1) log π_c`` is added; otherwise π gets exactly zero update.
     """
 

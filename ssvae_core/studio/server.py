@@ -1,4 +1,4 @@
-"""The studio's web layer: a Starlette application over one :class:`StudioSession`.
+"""The studio's web layer: a Starlette application over one ``StudioSession``.
 
 Every request needs the session's token, from the query string (``?token=``), the
 ``X-SSVAE-Token`` header, or the cookie that the page's first load sets; anything else is
@@ -93,7 +93,7 @@ def _plotly_js() -> Path | None:
 
 
 async def _body(request: Request) -> Any:
-    """The request's JSON body; a :class:`StudioError` for anything else."""
+    """The request's JSON body; a ``StudioError`` for anything else."""
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
         raise StudioError(413, f"the body is {len(raw)} bytes; at most {MAX_BODY_BYTES} are accepted")
@@ -126,7 +126,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _guarded(handler: Handler) -> Handler:
-    """Turn the session's :class:`StudioError` (and other bad input) into a 4xx reply."""
+    """Turn the session's ``StudioError`` (and other bad input) into a 4xx reply."""
 
     async def run(request: Request) -> Response:
         try:

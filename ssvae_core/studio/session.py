@@ -1,13 +1,13 @@
 """The studio's hold on one run directory: its data, model, label store and retrain job.
 
-A :class:`StudioSession` locks the run for as long as it is open (the studio is then the
+A ``StudioSession`` locks the run for as long as it is open (the studio is then the
 run's one writer; ``ssvae label`` or ``ssvae retrain`` on the same run are refused until it
 closes). Everything the page shows is computed here, from the run's checkpoint and label
 store; labels are saved to ``labels.json`` (atomically, source ``studio``) before a call
 returns, so a server killed at any moment keeps every label it acknowledged.
 
-Methods raise :class:`StudioError` with an HTTP status for bad input; the web layer
-(:mod:`ssvae_core.studio.server`) turns it into a 4xx reply, and nothing changes.
+Methods raise ``StudioError`` with an HTTP status for bad input; the web layer
+(``ssvae_core.studio.server``) turns it into a 4xx reply, and nothing changes.
 """
 
 from __future__ import annotations

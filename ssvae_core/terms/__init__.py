@@ -1,11 +1,21 @@
-"""Loss terms: the extension point (:mod:`.base`) and the core's own terms (:mod:`.builtin`)."""
+"""Loss terms: the extension point (``base``) and the core's own terms (``builtin``)."""
 
 from ssvae_core.terms.base import (
     AbstractLossTerm,
+    AbstractPreparedTerm,
     TermInputs,
     TermOptions,
     TermValue,
     masked_mean,
+    prepared_fields,
 )
 
-__all__ = ["AbstractLossTerm", "TermInputs", "TermOptions", "TermValue", "masked_mean"]
+__all__ = [
+    "AbstractLossTerm",
+    "AbstractPreparedTerm",
+    "TermInputs",
+    "TermOptions",
+    "TermValue",
+    "masked_mean",
+    "prepared_fields",
+]

@@ -3,7 +3,7 @@
 The objective is the ELBO (reconstruction and the prior's KL terms) plus a weighted sum of
 loss terms. A term is an Equinox module with
 
-- ``weight``: a :class:`~ssvae_core.schedules.Schedule` (traced, so new weights never
+- ``weight``: a ``Schedule`` (traced, so new weights never
   recompile the step), built from its options' ``weight`` and ``warmup_steps``;
 - ``requires``: what the model and batch must offer — ``"channels"`` (the prior has
   channels; the term is skipped otherwise), ``"embeddings"`` (the decoder is conditioned on
@@ -11,10 +11,11 @@ loss terms. A term is an Equinox module with
   view of every row to the batch);
 - ``per_example``: ``True`` when its value is one number per example that depends on that
   example alone; ``False`` declares a batch-level or parameter-level value (a scalar);
-- :meth:`~AbstractLossTerm.prepare`: an optional host-side preparation over the training
-  data (a kNN graph, propagated labels) returning per-row arrays, which the sampler
-  gathers into ``batch.fields`` for the rows it draws;
-- ``__call__(inputs, key)``: the value, as a :class:`TermValue`.
+- a term that needs data beyond the batch (a kNN graph, propagated labels) subclasses
+  ``AbstractPreparedTerm`` and writes ``prepare``: a host-side preparation over the
+  training data returning per-row arrays, which the sampler gathers into
+  ``batch.fields`` for the rows it draws;
+- ``__call__(inputs, key)``: the value, as a ``TermValue``.
 
 The objective adds ``w(t) · mean_mask(values)`` to the loss and records the mean under the
 term's name in the metrics.
@@ -47,7 +48,13 @@ class TermOptions:
     A subclass may redeclare ``weight`` with its own default. A term shipped by a plugin
     package should default to ``weight = 0`` (off), so that installing the package changes
     nobody's training.
+
+    ``former_keys`` maps keys a configuration may still hold from an earlier layout (keys
+    of the former flat ``[loss]`` table) to the option that replaced them, so that such a
+    configuration is refused with one line naming the new key.
     """
+
+    former_keys: ClassVar[Mapping[str, str]] = {}
 
     weight: float = option(0.0, help="weight of the term (0 turns it off)")
     warmup_steps: int = option(
@@ -78,7 +85,7 @@ class TermInputs:
 
     ``posterior`` is ``q(z, c | x)`` for ``batch.x`` and ``z`` its one reparameterised
     sample (the same the reconstruction used); ``train_x`` holds every training input, for
-    terms that look up other rows (a nearest neighbour). :meth:`encode_view` encodes the
+    terms that look up other rows (a nearest neighbour). ``encode_view`` encodes the
     augmented view once, however many terms ask for it.
     """
 
@@ -133,20 +140,43 @@ class AbstractLossTerm(FieldOrderChecked):
     requires: ClassVar[frozenset[str]] = frozenset()
     per_example: ClassVar[bool] = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = vars(cls).get("prepare")
+        inherited = any("prepare" in vars(base) for base in cls.__mro__[1:])
+        if declared is not None and not inherited and not getattr(declared, "__isabstractmethod__", False):
+            raise TypeError(
+                f"{cls.__qualname__} defines prepare() but subclasses AbstractLossTerm, which "
+                "never calls it; subclass AbstractPreparedTerm instead"
+            )
+
+    @abc.abstractmethod
+    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
+        """The term's value for this batch (unweighted)."""
+
+
+class AbstractPreparedTerm(AbstractLossTerm):
+    """A loss term that prepares per-row data over the whole training set before training."""
+
+    @abc.abstractmethod
     def prepare(
         self, x: np.ndarray, labels: np.ndarray, num_classes: int
     ) -> dict[str, np.ndarray]:
         """Host-side preparation over the training data: per-row arrays (leading axis N).
 
         ``labels`` holds each training row's label, ``-1`` where unlabeled. The arrays are
-        moved to the device once and gathered into ``batch.fields`` by row. The default
-        prepares nothing; override it when the term needs data beyond the batch.
+        moved to the device once and gathered into ``batch.fields`` by row.
         """
-        return {}
 
-    @abc.abstractmethod
-    def __call__(self, inputs: TermInputs, key: PRNGKeyArray) -> TermValue:
-        """The term's value for this batch (unweighted)."""
+
+def prepared_fields(
+    term: AbstractLossTerm, x: np.ndarray, labels: np.ndarray, num_classes: int
+) -> dict[str, np.ndarray]:
+    """What ``term`` prepares over the training data (nothing unless it is an
+    ``AbstractPreparedTerm``)."""
+    if isinstance(term, AbstractPreparedTerm):
+        return term.prepare(x, labels, num_classes)
+    return {}
 
 
 def masked_mean(values: Float[Array, "*B"], mask: Float[Array, " B"] | None) -> Float[Array, ""]:

@@ -6,6 +6,7 @@ factory. In the objective they are summed in the order registered here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -35,7 +36,13 @@ from ssvae_core.losses import (
 from ssvae_core.neighbours import nearest_neighbours
 from ssvae_core.options import option
 from ssvae_core.schedules import Schedule
-from ssvae_core.terms.base import AbstractLossTerm, TermInputs, TermOptions, TermValue
+from ssvae_core.terms.base import (
+    AbstractLossTerm,
+    AbstractPreparedTerm,
+    TermInputs,
+    TermOptions,
+    TermValue,
+)
 from ssvae_core.types import reparameterise
 
 # --- supervised ----------------------------------------------------------------------------
@@ -43,6 +50,7 @@ from ssvae_core.types import reparameterise
 
 @dataclass(frozen=True)
 class SupervisedOptions(TermOptions):
+    former_keys: ClassVar[Mapping[str, str]] = {"supervised_weight": "weight"}
     weight: float = option(10.0, help="λ_sup of the head's supervised loss on the labeled rows")
 
 
@@ -63,6 +71,7 @@ class SupervisedTerm(AbstractLossTerm):
 
 @dataclass(frozen=True)
 class UsageOptions(TermOptions):
+    former_keys: ClassVar[Mapping[str, str]] = {"usage_weight": "weight"}
     weight: float = option(
         -5.0, help="w_u of the usage entropy H(p̂): > 0 concentrates, < 0 diversifies"
     )
@@ -99,6 +108,7 @@ class UsageTerm(AbstractLossTerm):
 
 @dataclass(frozen=True)
 class ConsistencyOptions(TermOptions):
+    former_keys: ClassVar[Mapping[str, str]] = {"consistency_weight": "weight"}
     weight: float = option(
         5.0, help="weight of −log Σ_c r_c(x) r_c(x') between an image and an augmented view", minimum=0.0
     )
@@ -165,13 +175,14 @@ class MutualInformationTerm(AbstractLossTerm):
 
 @dataclass(frozen=True)
 class NeighbourOptions(TermOptions):
+    former_keys: ClassVar[Mapping[str, str]] = {"neighbour_weight": "weight", "num_neighbours": "neighbours"}
     weight: float = option(
         0.0, help="weight of −log Σ_c r_c(x) r_c(n) between an image and one of its nearest neighbours", minimum=0.0
     )
     neighbours: int = option(5, help="k of the k-nearest-neighbour pairs (pixel space)", minimum=1)
 
 
-class NeighbourTerm(AbstractLossTerm):
+class NeighbourTerm(AbstractPreparedTerm):
     """``−log Σ_c r_c(x) r_c(n)`` with ``n`` a random one of ``x``'s k nearest neighbours."""
 
     weight: Schedule
@@ -195,6 +206,7 @@ class NeighbourTerm(AbstractLossTerm):
 
 @dataclass(frozen=True)
 class PseudoLabelOptions(TermOptions):
+    former_keys: ClassVar[Mapping[str, str]] = {"pseudo_label_weight": "weight", "pseudo_label_threshold": "threshold"}
     weight: float = option(
         0.0,
         help="weight of the supervised loss on an augmented view of unlabeled rows whose own p(y|x) is confident",
@@ -230,6 +242,7 @@ class PseudoLabelTerm(AbstractLossTerm):
 
 @dataclass(frozen=True)
 class EmbeddingRepulsionOptions(TermOptions):
+    former_keys: ClassVar[Mapping[str, str]] = {"embedding_repulsion": "weight"}
     weight: float = option(
         0.0, help="weight of the RBF repulsion between component embeddings e_c", minimum=0.0
     )
@@ -251,6 +264,7 @@ class EmbeddingRepulsionTerm(AbstractLossTerm):
 
 @dataclass(frozen=True)
 class GraphLabelOptions(TermOptions):
+    former_keys: ClassVar[Mapping[str, str]] = {"graph_label_weight": "weight", "graph_label_share": "share", "graph_neighbours": "neighbours", "graph_alpha": "alpha"}
     weight: float = option(
         5.0,
         help="weight of the supervised loss on unlabeled rows given a label by propagation over the input kNN graph",
@@ -275,12 +289,12 @@ class GraphLabelOptions(TermOptions):
             raise ValueError(f"alpha must be < 1, got {self.alpha:g}")
 
 
-class GraphLabelTerm(AbstractLossTerm):
+class GraphLabelTerm(AbstractPreparedTerm):
     """The head's supervised loss on unlabeled rows labeled by propagation over the input
-    kNN graph (:mod:`ssvae_core.graph`); those labels never reach the τ counts.
+    kNN graph (``ssvae_core.graph``); those labels never reach the τ counts.
 
     ``share``, ``neighbours``, ``alpha``, ``per_class``, ``blur`` and ``deskew`` are read
-    on the host by :meth:`prepare` only, in full precision; as static fields, changing one of
+    on the host by ``prepare`` only, in full precision; as static fields, changing one of
     them compiles the step anew.
     """
 
@@ -331,10 +345,10 @@ class GraphClusterOptions(TermOptions):
     )
 
 
-class GraphClusterTerm(AbstractLossTerm):
+class GraphClusterTerm(AbstractPreparedTerm):
     """``−log r_{m(j(x))}(x)`` on the unlabeled rows: ``j(x)`` the spectral cluster of ``x``
     in the input kNN graph (one cluster per channel), ``m`` the matching of clusters to
-    channels (:func:`ssvae_core.graph.clusters_to_channels`: by the labels propagated over
+    channels (``ssvae_core.graph.clusters_to_channels``: by the labels propagated over
     the same graph, so the cluster holding label ``y`` goes to the channel the τ head seeds
     for ``y``; without labels, cluster ``j`` to channel ``j``).
 
@@ -342,7 +356,7 @@ class GraphClusterTerm(AbstractLossTerm):
     encoder's first steps put them; the other terms refine them. With
     ``only_without_labels`` a run that has any label gets no targets (the term is 0).
     ``neighbours``, ``blur``, ``deskew`` and ``only_without_labels`` are read on the host
-    by :meth:`prepare` only.
+    by ``prepare`` only.
     """
 
     weight: Schedule

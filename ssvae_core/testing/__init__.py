@@ -1,7 +1,7 @@
 """The plugin conformance kit: Hypothesis strategies and ``check_*`` functions.
 
 Plugin authors run it in their own test suites (it needs the ``test`` extra:
-``pip install ssvae-core[test]``)::
+``pip install ssvae-core[test]``):
 
     from ssvae_core.testing import check_prior
 
@@ -9,12 +9,12 @@ Plugin authors run it in their own test suites (it needs the ``test`` extra:
         check_prior("laplace")
 
 ``profile="fast"`` (the default, meant for every save) or ``profile="thorough"`` (CI)
-picks how hard the checks search. A failure raises :class:`ConformanceError` naming the
+picks how hard the checks search. A failure raises ``ConformanceError`` naming the
 component, the check, its invariant, the minimal counterexample and the usual cause.
 
 The framework's own property suite (``tests/properties``) runs the same checks over every
-component the registry discovers. :mod:`ssvae_core.testing.strategies` holds the
-strategies, :mod:`ssvae_core.testing.defects` the seeded-defect corpus the kit is held to;
+component the registry discovers. ``ssvae_core.testing.strategies`` holds the
+strategies, ``ssvae_core.testing.defects`` the seeded-defect corpus the kit is held to;
 ``docs/plugins.md`` walks through writing and checking a plugin.
 """
 

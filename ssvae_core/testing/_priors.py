@@ -138,7 +138,7 @@ def _shifted(
 
 class _PriorOnly(eqx.Module):
     """The prior as the only trainable part, shaped like a model (``.prior``) so that
-    :func:`~ssvae_core.training.make_optimizer` labels its fields as in training."""
+    ``make_optimizer`` labels its fields as in training."""
 
     prior: AbstractPrior
 
@@ -202,7 +202,7 @@ class PriorSubject(Subject):
 
     @cached_property
     def step(self) -> Step:
-        """One optimiser step through :func:`~ssvae_core.training.make_optimizer`: the full
+        """One optimiser step through ``make_optimizer``: the full
         ``train_step`` of the small model (thorough) or of the prior's KL terms (fast)."""
         if self.settings.thorough:
             return super().step
@@ -247,7 +247,7 @@ class PriorSubject(Subject):
         num_components: int | None = None,
     ) -> st.SearchStrategy[dict[str, Any]]:
         """A batch of posteriors for ``K`` channels (this prior's by default) and a seed;
-        with ``extreme``, from the edges of the domain too (:mod:`.strategies`)."""
+        with ``extreme``, from the edges of the domain too (``strategies``)."""
         latent_dim = self.settings.latent_dim
         count = self.num_components if num_components is None else num_components
         return st.sampled_from(batch_sizes).flatmap(

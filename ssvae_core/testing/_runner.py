@@ -1,9 +1,9 @@
 """The machinery under the conformance checks: errors, the check table, the property runner.
 
 A check is a named function of a prepared *subject* (the built component plus what it needs
-to run). Property checks draw inputs with Hypothesis through :func:`for_all`; a failing
-property raises :class:`Violation` carrying the shrunk input, which :func:`run_check` turns
-into a :class:`ConformanceError` naming the component, the check, its invariant and that
+to run). Property checks draw inputs with Hypothesis through ``for_all``; a failing
+property raises ``Violation`` carrying the shrunk input, which ``run_check`` turns
+into a ``ConformanceError`` naming the component, the check, its invariant and that
 minimal counterexample.
 """
 
@@ -74,7 +74,7 @@ class Check:
     """One named invariant for one kind of component.
 
     ``function(subject)`` returns ``None`` or a short note when the invariant holds, raises
-    :class:`Violation` when it does not and :class:`NotApplicable` when it cannot apply.
+    ``Violation`` when it does not and ``NotApplicable`` when it cannot apply.
     ``hint`` is the usual cause of a failure, in one line, for the error message.
     """
 
@@ -103,7 +103,7 @@ def check(
 
 
 def expect(condition: Any, detail: str) -> None:
-    """Raise :class:`Violation` with ``detail`` unless ``condition`` holds."""
+    """Raise ``Violation`` with ``detail`` unless ``condition`` holds."""
     if not bool(condition):
         raise Violation(detail)
 
@@ -111,7 +111,7 @@ def expect(condition: Any, detail: str) -> None:
 def expect_close(
     actual: Any, expected: Any, what: str, *, rtol: float = 1e-5, atol: float = 1e-5
 ) -> None:
-    """Raise :class:`Violation` unless ``actual`` and ``expected`` agree elementwise."""
+    """Raise ``Violation`` unless ``actual`` and ``expected`` agree elementwise."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     expect(actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}")
     if np.allclose(actual, expected, rtol=rtol, atol=atol, equal_nan=False):
@@ -127,7 +127,7 @@ def expect_close(
 
 
 def expect_identical(first: Any, second: Any, what: str) -> None:
-    """Raise :class:`Violation` unless two pytrees of arrays are bitwise equal."""
+    """Raise ``Violation`` unless two pytrees of arrays are bitwise equal."""
     first_leaves, first_tree = jax.tree.flatten(first)
     second_leaves, second_tree = jax.tree.flatten(second)
     expect(first_tree == second_tree, f"{what}: the two calls return different structures")
@@ -199,7 +199,7 @@ def for_all(
 
 
 def run_check(subject: Any, entry: Check) -> str | None:
-    """Run one check on a prepared subject; a failure becomes a :class:`ConformanceError`."""
+    """Run one check on a prepared subject; a failure becomes a ``ConformanceError``."""
     try:
         return entry.function(subject)
     except Violation as violation:

@@ -1,7 +1,7 @@
 """Calling a component through its protocol's annotated signature, checked by beartype.
 
 The protocol methods carry jaxtyping shapes (``Float[Array, "B D"]``); an implementation's
-own annotations may differ or be missing. :func:`protocol_method` wraps a bound method in
+own annotations may differ or be missing. ``protocol_method`` wraps a bound method in
 a function with the protocol's parameter names and resolved annotations, checked by
 ``jaxtyping.jaxtyped(typechecker=beartype)``, so every call checks dtypes, ranks and that
 the shape names agree across arguments and the return value.

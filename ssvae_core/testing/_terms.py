@@ -26,7 +26,13 @@ from ssvae_core.model import SSVAE, build_model
 from ssvae_core.objective import term_context
 from ssvae_core.registry import Registry
 from ssvae_core.schedules import Schedule
-from ssvae_core.terms.base import REQUIREMENTS, AbstractLossTerm, TermInputs, TermValue
+from ssvae_core.terms.base import (
+    REQUIREMENTS,
+    AbstractLossTerm,
+    TermInputs,
+    TermValue,
+    prepared_fields,
+)
 from ssvae_core.testing import strategies
 from ssvae_core.testing._runner import check, expect, expect_close, expect_identical, for_all
 from ssvae_core.testing._subjects import (
@@ -97,7 +103,7 @@ class LossTermSubject(Subject):
         x = training_inputs(self.settings, TRAINING_ROWS)
         positions = np.arange(TRAINING_ROWS)
         labels = np.where(positions % 4 == 0, positions % self.settings.num_classes, -1)
-        prepared = self.term.prepare(x, labels.astype(np.int32), self.settings.num_classes)
+        prepared = prepared_fields(self.term, x, labels.astype(np.int32), self.settings.num_classes)
         return x, labels, prepared
 
     def batch(self, seed: int, labels: np.ndarray) -> Batch:

@@ -1,14 +1,14 @@
 """Conformance functions: does a component honour its protocol's contract?
 
-In the spirit of scikit-learn's ``check_estimator``::
+In the spirit of scikit-learn's ``check_estimator``:
 
     from ssvae_core.testing import check_prior
     check_prior("laplace")                      # a registered name
     check_prior(my_factory, MyOptions(num_components=4))
 
 Each function builds the component the way ``build_model`` does, runs every check of its
-kind (see :func:`conformance_checks`) and returns a report ``{check: outcome}``; the first
-failing check raises :class:`ConformanceError` naming the component, the invariant and the
+kind (see ``conformance_checks``) and returns a report ``{check: outcome}``; the first
+failing check raises ``ConformanceError`` naming the component, the invariant and the
 minimal counterexample Hypothesis found.
 """
 
@@ -68,9 +68,9 @@ def _resolve(component: Component, kind: str | None) -> tuple[str, ComponentFact
 def prepare(
     component: Component, options: Any = None, *, kind: str | None = None, **settings: Any
 ) -> Subject:
-    """Build ``component`` for checking; ``settings`` are :class:`ConformanceSettings` fields.
+    """Build ``component`` for checking; ``settings`` are ``ConformanceSettings`` fields.
 
-    Raises :class:`ConformanceError` (check ``builds``) when the factory cannot build it.
+    Raises ``ConformanceError`` (check ``builds``) when the factory cannot build it.
     """
     kind, factory, label = _resolve(component, kind)
     config = ConformanceSettings(**settings)
@@ -87,8 +87,8 @@ def prepare(
 def run_check(subject: Subject, entry: Check) -> str | None:
     """Run one check on a prepared subject; return its note (or ``None``) when it passes.
 
-    Raises :class:`ConformanceError` when the component violates the invariant and
-    :class:`NotApplicable` when the check does not apply to it.
+    Raises ``ConformanceError`` when the component violates the invariant and
+    ``NotApplicable`` when the check does not apply to it.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -104,11 +104,11 @@ def check_component(
     <why>"`` or ``"skipped"`` (named in ``skip``).
 
     ``component`` is a registered name (with ``kind``), a
-    :class:`~ssvae_core.registry.RegisteredComponent` or a bare
-    :class:`~ssvae_core.components.ComponentFactory` (with ``kind``). ``options`` defaults to
-    the factory's defaults; ``settings`` are :class:`ConformanceSettings` fields (shapes,
+    ``RegisteredComponent`` or a bare
+    ``ComponentFactory`` (with ``kind``). ``options`` defaults to
+    the factory's defaults; ``settings`` are ``ConformanceSettings`` fields (shapes,
     ``max_examples``, ``skip``, ...). The first violated invariant raises
-    :class:`ConformanceError`.
+    ``ConformanceError``.
     """
     subject = prepare(component, options, kind=kind, **settings)
     report = {}
@@ -126,36 +126,36 @@ def check_component(
 
 
 def check_prior(component: Component, options: Any = None, **settings: Any) -> dict[str, str]:
-    """:func:`check_component` for a prior: KL terms (exact ≥ 0 and 0 at q = p; Monte-Carlo
+    """``check_component`` for a prior: KL terms (exact ≥ 0 and 0 at q = p; Monte-Carlo
     ones converging), samples, π, regularisers, parameter scales and a frozen π in training."""
     return check_component(component, options, kind="prior", **settings)
 
 
 def check_encoder(component: Component, options: Any = None, **settings: Any) -> dict[str, str]:
-    """:func:`check_component` for an encoder: output structure with and without channels,
+    """``check_component`` for an encoder: output structure with and without channels,
     responsibilities, per-example independence, jit, signatures, a train step."""
     return check_component(component, options, kind="encoder", **settings)
 
 
 def check_decoder(component: Component, options: Any = None, **settings: Any) -> dict[str, str]:
-    """:func:`check_component` for a decoder: the sample's shape for every conditioning method
+    """``check_component`` for a decoder: the sample's shape for every conditioning method
     and likelihood, finite outputs, σ bounds, use of the embedding, independence, jit."""
     return check_component(component, options, kind="decoder", **settings)
 
 
 def check_head(component: Component, options: Any = None, **settings: Any) -> dict[str, str]:
-    """:func:`check_component` for a head: p(y|x) rows sum to 1, OOD score in [0, 1], no
+    """``check_component`` for a head: p(y|x) rows sum to 1, OOD score in [0, 1], no
     gradient into the state, unlabeled rows ignored, channel permutation, independence."""
     return check_component(component, options, kind="head", **settings)
 
 
 def check_loss_term(component: Component, options: Any = None, **settings: Any) -> dict[str, str]:
-    """:func:`check_component` for a loss term: its declared contract, per-row preparation,
+    """``check_component`` for a loss term: its declared contract, per-row preparation,
     finite values of the declared shape, per-example independence, jit, traced weights."""
     return check_component(component, options, kind="loss_term", **settings)
 
 
 def check_acquisition(component: Component, options: Any = None, **settings: Any) -> dict[str, str]:
-    """:func:`check_component` for an acquisition: finite scores, one per example, the same
+    """``check_component`` for an acquisition: finite scores, one per example, the same
     for a key; batches of distinct unlabeled examples, with and without channels."""
     return check_component(component, options, kind="acquisition", **settings)

@@ -1,6 +1,6 @@
 """A corpus of deliberately broken components: what the conformance kit must catch.
 
-Each :class:`Defect` is a small working component with one bug of the kind plugin authors
+Each ``Defect`` is a small working component with one bug of the kind plugin authors
 actually write — a sign error in a variance ratio, a naive softmax, a sample drawn with the
 variance as its scale, a factory that drops an option, a batch statistic, NumPy noise in a
 method — and names the check meant to catch it and a phrase its message must contain.
@@ -31,7 +31,12 @@ from ssvae_core.losses import categorical_kl, diagonal_gaussian_log_density, gau
 from ssvae_core.networks.dense import DenseDecoder, DenseEncoder
 from ssvae_core.options import option
 from ssvae_core.priors.channels import AbstractChannelPrior
-from ssvae_core.protocols import AbstractAcquisition, AbstractEncoder, AbstractPrior
+from ssvae_core.protocols import (
+    AbstractAcquisition,
+    AbstractEncoder,
+    AbstractPrior,
+    AbstractTopScoreAcquisition,
+)
 from ssvae_core.schedules import Schedule
 from ssvae_core.terms import AbstractLossTerm, TermInputs, TermOptions, TermValue
 from ssvae_core.types import AcquisitionInputs, DecoderOutput, EncoderOutput
@@ -588,7 +593,7 @@ class NoAcquisitionOptions:
     """The defective acquisitions have no options."""
 
 
-class LogOfZeroEntropy(AbstractAcquisition):
+class LogOfZeroEntropy(AbstractTopScoreAcquisition):
     """Entropy as ``−Σ p log p`` with an unclipped log: ``0 · log 0`` is nan on one-hot rows."""
 
     num_samples: int = eqx.field(static=True, default=0)
@@ -623,7 +628,7 @@ class WithReplacement(AbstractAcquisition):
         return jax.random.choice(key, inputs.num_examples, (count,), replace=True, p=weights / jnp.sum(weights))
 
 
-class GlobalRandomness(AbstractAcquisition):
+class GlobalRandomness(AbstractTopScoreAcquisition):
     """Random scores from NumPy's global generator instead of the key."""
 
     num_samples: int = eqx.field(static=True, default=0)
@@ -632,7 +637,7 @@ class GlobalRandomness(AbstractAcquisition):
         return jnp.asarray(np.random.random(inputs.num_examples))
 
 
-class TauAlways(AbstractAcquisition):
+class TauAlways(AbstractTopScoreAcquisition):
     """Reads τ without asking whether the model has channels (and its factory accepts any)."""
 
     num_samples: int = eqx.field(static=True, default=0)

@@ -1,12 +1,12 @@
 """Hypothesis strategies for ssvae's arrays, drawn from a small fixed set of shapes.
 
 JAX compiles a function once per distinct input shape, so every strategy here draws its
-shapes from short fixed tuples (:data:`BATCH_SIZES`, :data:`NUM_COMPONENTS`,
-:data:`LATENT_DIMS`, :data:`SAMPLE_SHAPES`) and lets Hypothesis vary only the values: a
+shapes from short fixed tuples (``BATCH_SIZES``, ``NUM_COMPONENTS``,
+``LATENT_DIMS``, ``SAMPLE_SHAPES``) and lets Hypothesis vary only the values: a
 property over a compiled function then compiles at most a handful of times.
 
 Typical values: logits in ``[-8, 8]``, means in ``[-4, 4]``, log-variances in ``[-4, 2]``,
-inputs in ``[0, 1]``. With ``extreme=True``, :func:`posteriors` also draws the edges of
+inputs in ``[0, 1]``. With ``extreme=True``, ``posteriors`` also draws the edges of
 the domain, where a careless ``exp`` or ``log`` overflows: means in ``[-100, 100]``,
 log-variances in ``[-20, 10]``, and responsibilities that are near one-hot (one logit up
 to 60 above the rest) or near uniform, around logits as large as ±100.
@@ -42,22 +42,22 @@ LARGE_NUM_COMPONENTS = 64
 
 
 def batch_sizes() -> st.SearchStrategy[int]:
-    """A batch size from :data:`BATCH_SIZES` (1 catches squeezed axes, 8 batch coupling)."""
+    """A batch size from ``BATCH_SIZES`` (1 catches squeezed axes, 8 batch coupling)."""
     return st.sampled_from(BATCH_SIZES)
 
 
 def num_components() -> st.SearchStrategy[int]:
-    """A number of channels ``K`` from :data:`NUM_COMPONENTS`."""
+    """A number of channels ``K`` from ``NUM_COMPONENTS``."""
     return st.sampled_from(NUM_COMPONENTS)
 
 
 def latent_dims() -> st.SearchStrategy[int]:
-    """A latent size ``D`` from :data:`LATENT_DIMS`."""
+    """A latent size ``D`` from ``LATENT_DIMS``."""
     return st.sampled_from(LATENT_DIMS)
 
 
 def num_classes() -> st.SearchStrategy[int]:
-    """A number of labels ``Y`` from :data:`NUM_CLASSES`."""
+    """A number of labels ``Y`` from ``NUM_CLASSES``."""
     return st.sampled_from(NUM_CLASSES)
 
 
@@ -75,7 +75,7 @@ def float_arrays(
 
 
 def logits(batch_size: int, num_components: int) -> st.SearchStrategy[Float[np.ndarray, "B K"]]:
-    """Channel logits of shape ``(B, K)`` in :data:`LOGIT_RANGE`."""
+    """Channel logits of shape ``(B, K)`` in ``LOGIT_RANGE``."""
     return float_arrays((batch_size, num_components), *LOGIT_RANGE)
 
 
@@ -115,12 +115,12 @@ def _peaked(
 
 
 def means(batch_size: int, latent_dim: int) -> st.SearchStrategy[Float[np.ndarray, "B D"]]:
-    """Posterior means ``μ`` of shape ``(B, D)`` in :data:`MEAN_RANGE`."""
+    """Posterior means ``μ`` of shape ``(B, D)`` in ``MEAN_RANGE``."""
     return float_arrays((batch_size, latent_dim), *MEAN_RANGE)
 
 
 def log_variances(batch_size: int, latent_dim: int) -> st.SearchStrategy[Float[np.ndarray, "B D"]]:
-    """Posterior log-variances ``log σ²`` of shape ``(B, D)`` in :data:`LOG_VAR_RANGE`."""
+    """Posterior log-variances ``log σ²`` of shape ``(B, D)`` in ``LOG_VAR_RANGE``."""
     return float_arrays((batch_size, latent_dim), *LOG_VAR_RANGE)
 
 
@@ -181,12 +181,12 @@ def inputs(
 
 
 def seeds() -> st.SearchStrategy[int]:
-    """An integer seed; :func:`keys` turns it into a key (seeds print better in examples)."""
+    """An integer seed; ``keys`` turns it into a key (seeds print better in examples)."""
     return st.integers(0, 2**31 - 1)
 
 
 def keys() -> st.SearchStrategy[PRNGKeyArray]:
-    """A PRNG key made from :func:`seeds`."""
+    """A PRNG key made from ``seeds``."""
     return seeds().map(jax.random.PRNGKey)
 
 

@@ -1,5 +1,5 @@
-"""Training, by file: the pure step (:mod:`.step`), batches and the data on the device
-(:mod:`.batches`), and the loop with its metric sinks (:mod:`.loop`)."""
+"""Training, by file: the pure step (``step``), batches and the data on the device
+(``batches``), and the loop with its metric sinks (``loop``)."""
 
 from ssvae_core.training.batches import TrainingArrays, labeled_pool, sample_batch, training_arrays
 from ssvae_core.training.loop import JsonLinesSink, MetricSink, Trainer, data_mesh, take_steps

@@ -16,6 +16,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ssvae_core.augment import AugmentConfig, augment_batch
 from ssvae_core.objective import Objective
+from ssvae_core.terms.base import prepared_fields
 from ssvae_core.types import Batch
 
 
@@ -68,13 +69,13 @@ def training_arrays(
     """Prepare every loss term of ``objective`` on the host and move the data to the device.
 
     ``labels`` holds one label per row of ``x``, ``-1`` where unlabeled; ``balance_labels``
-    balances the labeled pool over classes (:func:`labeled_pool`).
+    balances the labeled pool over classes (``labeled_pool``).
     """
     labels = np.asarray(labels)
     classes = num_classes if num_classes is not None else int(labels.max(initial=-1)) + 1
     fields: dict[str, np.ndarray] = {}
     for name, term in objective.named_terms() if objective is not None else ():
-        for field, values in term.prepare(x, labels, classes).items():
+        for field, values in prepared_fields(term, x, labels, classes).items():
             if field in fields:
                 raise ValueError(f"loss term {name!r} prepares {field!r}, which another term prepared")
             if np.shape(values)[:1] != (x.shape[0],):

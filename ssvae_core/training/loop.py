@@ -152,7 +152,7 @@ DATA_AXIS = "data"
 def data_mesh(devices: int, batch_size: int) -> Mesh | None:
     """The 1-D mesh of data-parallel training over ``devices`` local devices (0: all of
     them); ``None`` for one device in one process. With several processes
-    (:mod:`ssvae_core.distributed`) the mesh takes that many devices of every process, in
+    (``ssvae_core.distributed``) the mesh takes that many devices of every process, in
     process order. A batch that does not split evenly is a ConfigError."""
     available = jax.local_devices()
     count = len(available) if devices == 0 else devices

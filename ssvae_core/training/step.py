@@ -2,7 +2,7 @@
 
 ``train_step(model, state, opt_state, batch, key, *, spec)`` is a pure function. Every
 number that may change between runs of one model — loss weights and their schedules, the
-learning rate — is a traced leaf of :class:`StepSpec`; its static part (the optimiser's
+learning rate — is a traced leaf of ``StepSpec``; its static part (the optimiser's
 structure, augmentation, batch sizes) changes only with the model's structure, so the step
 is compiled once per model structure.
 """
@@ -83,8 +83,8 @@ def make_optimizer(config: TrainConfig, model: SSVAE) -> optax.GradientTransform
     """Clip by global norm, then the Adam/AdamW direction; prior fields get their declared
     scale (``optax.set_to_zero`` for a scale of 0, so a frozen field gets exactly zero update).
 
-    The learning rate is not part of it: :func:`train_step` multiplies the direction by
-    ``−lr(t)`` from a traced :class:`~ssvae_core.schedules.Schedule`. The transformation is
+    The learning rate is not part of it: ``train_step`` multiplies the direction by
+    ``−lr(t)`` from a traced ``Schedule``. The transformation is
     built once per (optimiser, clip, decay, prior scales) and reused, so the compiled step
     that it keys is reused too.
     """

@@ -1,13 +1,13 @@
 """The flow prior: K channels ``N(μ_c, I)`` pushed through one shared normalising flow.
 
-Generative model::
+Generative model:
 
     c ~ Cat(π)
     u | c ~ N(μ_c, I)                   a learned mean per channel (the base)
     z = T(u)                            T: one invertible flow shared by every channel
 
 so ``log p(z|c) = log N(T⁻¹(z); μ_c, I) + log |det ∂T⁻¹(z)/∂z|``. ``T`` is a flowjax
-bijection (:func:`masked_autoregressive_bijection` builds the plugin's); its parameters are
+bijection (``masked_autoregressive_bijection`` builds the plugin's); its parameters are
 an ordinary field of the prior, wrapped by paramax where flowjax constrains them, and are
 unwrapped on every use. Because the channels differ only in the base, one inverse pass of
 the flow per latent sample serves all K channels.
@@ -116,18 +116,18 @@ class FlowPrior(AbstractChannelPrior):
 
     ``KL_z`` has no closed form. For each channel it is the Monte-Carlo estimate with S
     samples ``z_s ~ q(z|x)`` drawn from the ``key`` passed to ``kl_terms``, the same draws for
-    every channel::
+    every channel:
 
         KL(q(z|x) || p(z|c)) ≈ (1/S) Σ_s [log q(z_s|x) − log N(u_s; μ_c, I) − log |det J_{T⁻¹}(z_s)|]
 
-    with ``u_s = T⁻¹(z_s)``; :meth:`channel_kl` returns the ``(B, K)`` matrix and
+    with ``u_s = T⁻¹(z_s)``; ``channel_kl`` returns the ``(B, K)`` matrix and
     ``AbstractChannelPrior.kl_terms`` weights it by the responsibilities,
     ``KL_z = Σ_c r_c KL(q(z|x) || p(z|c))``, with ``KL_c = KL(q(c|x) || π)``. The decoder is
     conditioned on the channel, as for the built-in mixture prior.
 
     π is uniform unless ``learn_pi``: then ``π = softmax(pi_logits)`` (a trainable field,
     zeros at the start) with the Dirichlet MAP penalty ``−Σ_c (α − 1) log π_c`` among the
-    :meth:`regularisers`; with a fixed π the field is ``None`` and nothing can move π.
+    ``regularisers``; with a fixed π the field is ``None`` and nothing can move π.
     ``flow_lr_scale`` multiplies the flow's optimiser update (0 freezes it).
     """
 

@@ -67,14 +67,14 @@ def geometric_centres(
 class GeometricMixturePrior(AbstractChannelPrior):
     """K channels with uniform ``π`` and ``p(z|c) = N(μ_c, I)``, centres fixed or learned.
 
-    Closed form, per example::
+    Closed form, per example:
 
         KL_z = Σ_c r_c KL(q(z|x) || N(μ_c, I))
              = Σ_c r_c · ½ Σ_d (σ_d² + (μ_d − μ_{c,d})² − 1 − log σ_d²)
         KL_c = KL(q(c|x) || π) = Σ_c r_c (log r_c + log K)
 
     (``KL_z`` and ``KL_c`` from ``AbstractChannelPrior.kl_terms``, with the per-channel KL of
-    :meth:`channel_kl`.) The decoder is conditioned on the channel (every conditioning
+    ``channel_kl``.) The decoder is conditioned on the channel (every conditioning
     method works). With ``centre_lr_scale = 0`` (the default) the prior holds no arrays;
     otherwise ``learned_centres`` (``K × D``, starting at the layout) is trained with that
     learning-rate scale.

@@ -43,7 +43,7 @@ class VampPrior(AbstractChannelPrior):
         KL_z ≈ (1/S) Σ_s [log q(z_s | x) − log Σ_k π_k q(z_s | u_k)],   z_s ~ q(z | x),
 
     drawn with the ``key`` passed to ``kl_terms``. It compares ``q(z|x)`` with the whole
-    mixture rather than with one channel, so :meth:`channel_kl` returns it as a single
+    mixture rather than with one channel, so ``channel_kl`` returns it as a single
     column, which ``AbstractChannelPrior.kl_terms`` takes as ``KL_z`` itself. The encoder's
     K channel logits give ``KL_c = KL(q(c|x) || π)`` so that the τ head classifies from the
     latent alone. The channels live in latent space only: the decoder is not conditioned
@@ -52,8 +52,8 @@ class VampPrior(AbstractChannelPrior):
 
     π is uniform unless ``learn_pi``: then ``π = softmax(pi_logits)`` with ``pi_logits`` a
     trainable field (zeros at the start, so π starts uniform) that enters ``log p(z)`` in
-    ``KL_z``, ``KL_c`` and :meth:`sample`, and the Dirichlet MAP penalty
-    ``R_π = −Σ_k (α − 1) log π_k`` is one of the :meth:`regularisers`. With a fixed π the
+    ``KL_z``, ``KL_c`` and ``sample``, and the Dirichlet MAP penalty
+    ``R_π = −Σ_k (α − 1) log π_k`` is one of the ``regularisers``. With a fixed π the
     prior holds no ``pi_logits`` at all (the field is ``None``), so nothing can move π and
     the model's arrays are those of a VampPrior with a uniform π: checkpoints written
     before π could be learned load unchanged.

@@ -276,6 +276,7 @@ const PALETTE = [
 ];
 const PROJECTION_TITLES = {
   pca: "PCA of the posterior means",
+  channels: "q(c|x) over channel anchors, PCA of the means within",
   tsne: "t-SNE of the posterior means",
   "tsne-channels": "t-SNE of the posterior means and q(c|x)",
 };

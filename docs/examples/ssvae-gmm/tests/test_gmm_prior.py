@@ -3,6 +3,8 @@ and a short training run whose learned means and variances are read back."""
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +18,7 @@ from ssvae_core.testing import check_prior
 
 def test_the_gmm_prior_is_registered_by_its_entry_point() -> None:
     component = default_registry().get("prior", "gmm")
-    assert (component.package, component.version) == ("ssvae-gmm", "0.1.0")
+    assert (component.package, component.version) == ("ssvae-gmm", version("ssvae-gmm"))
     assert component.factory.options is GMMOptions
 
 

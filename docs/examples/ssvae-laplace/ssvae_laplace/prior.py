@@ -61,14 +61,14 @@ def gaussian_laplace_kl(
 class LaplaceMixturePrior(AbstractChannelPrior):
     """K channels with uniform weights and factorised Laplace ``p(z|c)`` around ``μ_c``.
 
-    Per example, with ``r = softmax(logits)``::
+    Per example, with ``r = softmax(logits)``:
 
         KL_z = Σ_c r_c KL(q(z|x) || p(z|c))        closed form, or Monte Carlo:
              ≈ Σ_c r_c (1/S) Σ_s [log q(z_s|x) − log p(z_s|c)],  z_s ~ q(z|x) from ``key``
         KL_c = KL(q(c|x) || π) = Σ_c r_c (log r_c + log K)
 
     ``AbstractChannelPrior`` computes both terms; this class supplies the per-channel KL
-    (:meth:`channel_kl`). The decoder is conditioned on the channel (every conditioning
+    (``channel_kl``). The decoder is conditioned on the channel (every conditioning
     method works). ``location_lr_scale`` scales the locations' optimiser update; 0 freezes them.
     """
 

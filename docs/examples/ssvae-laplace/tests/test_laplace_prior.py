@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import ssvae_laplace
 from ssvae_laplace import LaplaceMixturePrior, gaussian_laplace_kl, laplace_log_density
 from ssvae_laplace.plugin import LaplaceOptions
 
@@ -21,7 +22,7 @@ from ssvae_core.testing import check_prior
 
 def test_the_laplace_prior_is_registered_by_its_entry_point() -> None:
     component = default_registry().get("prior", "laplace")
-    assert (component.package, component.version) == ("ssvae-laplace", "0.1.0")
+    assert (component.package, component.version) == ("ssvae-laplace", ssvae_laplace.__version__)
 
 
 def test_the_laplace_prior_passes_the_conformance_kit() -> None:
