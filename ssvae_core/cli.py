@@ -163,14 +163,30 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
     label = commands.add_parser(
-        "label", help="add labels from a CSV file to a run's label store",
+        "label", help="add labels from a CSV file or a Label Studio export to a run's label store",
         description="FILE.csv has the header 'index,label': rows of the run's dataset (as "
-        "loaded; held-out test rows are refused) and label names. A name the model has not "
+        "loaded; held-out test rows are refused) and label names; FILE.json is a Label Studio "
+        "export whose tasks carry the row in data.index. A name the model has not "
         "seen becomes a new class at the next `ssvae retrain`. Any bad row changes nothing.",
     )
     label.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
-    label.add_argument("labels_file", metavar="FILE.csv", help="CSV with columns index,label")
+    label.add_argument(
+        "labels_file", metavar="FILE",
+        help="CSV with columns index,label (or an export of `ssvae labels --export`), or a Label "
+        "Studio JSON export (.json)",
+    )
     label.add_argument("--data", metavar="PATH", help="where the run's data are, if they moved")
+    label.add_argument(
+        "--annotator", metavar="NAME",
+        help="who gave these labels (kept in the store); an example labeled differently by "
+        "several annotators holds their consensus, and `ssvae labels` reports their agreement",
+    )
+    label.add_argument(
+        "--relabel", action="store_true",
+        help="corrections: an example that holds another label gets this one (a new entry that "
+        "supersedes the old); rows that keep an example's label confirm it, so `ssvae labels "
+        "--issues` does not propose it again",
+    )
 
     labels = commands.add_parser(
         "labels", help="count a run's labels per class and per source",
@@ -180,6 +196,19 @@ def _parser() -> argparse.ArgumentParser:
     labels.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
     labels.add_argument("--json", action="store_true", help="machine-readable counts")
     labels.add_argument("--data", metavar="PATH", help="where the run's data are, if they moved")
+    labels.add_argument(
+        "--issues", action="store_true",
+        help="list the labeled examples the model most disputes (lowest out-of-sample probability "
+        "of their label) with the label it suggests; labels confirmed in a review are left out",
+    )
+    labels.add_argument(
+        "--n", type=int, default=20, metavar="N", help="with --issues: how many to list (default 20)"
+    )
+    labels.add_argument(
+        "--export", metavar="FILE",
+        help="write every labeled example's current label to FILE: .csv (index,label,source,time,"
+        "confirmed) or .json (Label Studio tasks), chosen by the extension",
+    )
 
     retrain = commands.add_parser(
         "retrain", help="continue a run warm with every label in its store",
@@ -268,6 +297,17 @@ def _parser() -> argparse.ArgumentParser:
         "--initial-training", choices=("warm", "cold"), default="warm",
         help="with --initial-strategy: continue the label-free model on the chosen labels for "
         "--steps-per-round steps (warm, default) or train the first model on them from scratch (cold)",
+    )
+    loop.add_argument(
+        "--oracle-noise", type=float, default=0.0, metavar="P",
+        help="the simulated annotator gives a wrong label (another class, uniformly) with "
+        "probability P, the same one each time an example is asked (default 0)",
+    )
+    loop.add_argument(
+        "--review-issues", type=int, default=0, metavar="N",
+        help="each round, before retraining, review the top N label issues (`ssvae labels "
+        "--issues`) with the data's true labels: wrong ones corrected, right ones confirmed "
+        "(default 0: no review)",
     )
     loop.add_argument("--rounds", type=int, default=5, metavar="R", help="query rounds (default 5)")
     loop.add_argument("--per-round", type=int, default=10, metavar="N", help="queries per round (default 10)")
@@ -472,7 +512,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _label(args: argparse.Namespace) -> int:
     from ssvae_core.runs import label_run
 
-    result = label_run(args.run_dir, args.labels_file, data=args.data)
+    result = label_run(
+        args.run_dir, args.labels_file, data=args.data, relabel=args.relabel, annotator=args.annotator
+    )
     new = result["new_classes"]
     print(
         f"added {result['added']} label(s) to {args.run_dir}"
@@ -484,6 +526,27 @@ def _label(args: argparse.Namespace) -> int:
 def _labels(args: argparse.Namespace) -> int:
     from ssvae_core.runs import labels_summary
 
+    if args.export is not None:
+        from ssvae_core.label_io import export_run
+
+        count = export_run(args.run_dir, args.export, data=args.data)
+        print(f"wrote {count} label(s) to {args.export}")
+        return EXIT_OK
+    if args.issues:
+        from ssvae_core.label_issues import run_issues
+
+        issues = [issue.to_json() for issue in run_issues(args.run_dir, n=args.n, data=args.data)]
+        if args.json:
+            print(json.dumps(issues, indent=2, ensure_ascii=False))
+            return EXIT_OK
+        print(f"{len(issues)} label(s) the model disputes, most likely wrong first:")
+        print(f"{'index':>7}  {'label':<12} {'p(label)':>8}  {'suggested':<12} {'p':>6}  source")
+        for issue in issues:
+            print(
+                f"{issue['index']:>7}  {issue['label']:<12.12} {issue['p_label']:>8.3f}  "
+                f"{issue['suggested']:<12.12} {issue['p_suggested']:>6.3f}  {issue['source']}"
+            )
+        return EXIT_OK
     summary = labels_summary(args.run_dir, data=args.data)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -491,6 +554,16 @@ def _labels(args: argparse.Namespace) -> int:
     print(f"{summary['total']} labeled examples ({summary['entries']} entries)")
     print("per class:  " + "  ".join(f"{name}: {n}" for name, n in summary["by_label"].items()))
     print("per source: " + "  ".join(f"{name}: {n}" for name, n in summary["by_source"].items()))
+    if len(summary["annotators"]) > 1 or summary["shared"]:
+        print("per annotator: " + "  ".join(
+            f"{name}: {row['labels']}" + (f" ({row['agreed']}/{row['shared']} shared agree)" if row["shared"] else "")
+            for name, row in summary["annotators"].items()
+        ))
+        if summary["agreement"] is not None:
+            print(
+                f"agreement: {summary['agreement']:.3f} of annotators agree with the consensus, on "
+                f"average over the {summary['shared']} examples labeled by several"
+            )
     if summary["untrained_classes"]:
         print("not trained yet: " + ", ".join(summary["untrained_classes"]) + " (run `ssvae retrain`)")
     return EXIT_OK
@@ -585,6 +658,7 @@ def _loop(args: argparse.Namespace) -> int:
         config, strategies, tuple(parse_seeds(args.seeds)),
         rounds=args.rounds, per_round=args.per_round, steps_per_round=args.steps_per_round,
         initial_strategy=args.initial_strategy, initial_training=args.initial_training,
+        oracle_noise=args.oracle_noise, review_issues=args.review_issues,
     )
     out = args.out if args.out is not None else new_run_dir()
     total = len(plan.seeds) * len(plan.strategies) * plan.rounds

@@ -36,6 +36,7 @@ from ssvae_core.config import Config, check_seed, check_steps, dumps_toml
 from ssvae_core.data import Dataset, Split, load_dataset
 from ssvae_core.errors import ConfigError, DataError
 from ssvae_core.explore import as_image, save_figure
+from ssvae_core.label_issues import review_run, wrong_labels
 from ssvae_core.labels import QUERY_SHEET_HEADER, STORE_NAME, utc_now
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.rundir import LOCK_NAME, RunLock, check_fresh_dir, claim_new_run_dir
@@ -61,13 +62,32 @@ class Oracle:
     """The labels a simulated annotator gives: the data's own labels of training rows only.
 
     Asking for a held-out (test) row or a row outside the data is a ``DataError``, so
-    a loop can never learn from the split it is scored on.
+    a loop can never learn from the split it is scored on. With ``noise`` > 0 the oracle
+    errs as people do: each example's label is replaced, with probability ``noise``, by
+    another class drawn uniformly — the same wrong label whenever that example is asked for
+    (the draw depends on ``seed`` and the example only). ``truth`` gives the data's own.
     """
 
     dataset: Dataset
     split: Split
+    noise: float = 0.0
+    seed: int = 0
 
     def labels(self, indices: Sequence[int]) -> list[str]:
+        names = self.truth(indices)
+        if self.noise <= 0.0:
+            return names
+        classes = self.dataset.label_names
+        noisy = []
+        for index, name in zip(indices, names, strict=True):
+            rng = np.random.default_rng([self.seed, int(index), 0x0BAD])
+            if rng.random() < self.noise:
+                others = [other for other in classes if other != name]
+                name = others[int(rng.integers(len(others)))]
+            noisy.append(name)
+        return noisy
+
+    def truth(self, indices: Sequence[int]) -> list[str]:
         train = set(int(i) for i in self.split.train)
         names = []
         for index in indices:
@@ -255,6 +275,8 @@ class LoopPlan:
     options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     initial_strategy: str | None = None
     initial_training: str = "warm"
+    oracle_noise: float = 0.0
+    review_issues: int = 0
 
     def check(self, registry: Registry) -> None:
         for name, value in (("--rounds", self.rounds), ("--per-round", self.per_round), ("--steps-per-round", self.steps_per_round)):
@@ -264,6 +286,12 @@ class LoopPlan:
             self.config.train.steps + self.rounds * self.steps_per_round,
             "the steps of the first training and of every round together",
         )
+        if isinstance(self.oracle_noise, bool) or not isinstance(self.oracle_noise, (int, float)) or not (
+            0.0 <= self.oracle_noise < 1.0
+        ):
+            raise ConfigError(f"--oracle-noise must be a fraction from 0 to below 1; got {self.oracle_noise!r}")
+        if isinstance(self.review_issues, bool) or not isinstance(self.review_issues, int) or self.review_issues < 0:
+            raise ConfigError(f"--review-issues must be an integer >= 0; got {self.review_issues!r}")
         if not self.seeds:
             raise ConfigError("give at least one seed")
         for seed in self.seeds:
@@ -419,6 +447,8 @@ def run_loop(
             "per_round": plan.per_round,
             "steps_per_round": plan.steps_per_round,
             "initial_steps": plan.config.train.steps,
+            "oracle_noise": plan.oracle_noise,
+            "review_issues": plan.review_issues,
             "options": {k: dict(v) for k, v in plan.options.items()},
             "started": utc_now(),
         }
@@ -429,7 +459,7 @@ def run_loop(
             initial = out / "runs" / "initial" / f"seed-{seed}"
             started = time.perf_counter()
             split = split_dataset(dataset, config)
-            oracle = Oracle(dataset, split)
+            oracle = Oracle(dataset, split, noise=float(plan.oracle_noise), seed=seed)
             start: dict[str, Any] = {}
             if plan.initial_strategy is None:
                 report = train_run(config, initial, dataset=dataset, registry=registry, plots=False)
@@ -455,8 +485,11 @@ def run_loop(
                     )
                     indices = [row["index"] for row in queried["rows"]]
                     _label_store(run, dataset, split, indices, oracle.labels(indices))
+                    reviewed = review_run(run, oracle, plan.review_issues) if plan.review_issues else {}
                     round_report = retrain_run(run, plan.steps_per_round, registry=registry, plots=False)
-                    record = _round_record(strategy, seed, round_, round_report, len(indices))
+                    record = {**_round_record(strategy, seed, round_, round_report, len(indices)), **reviewed}
+                    if plan.oracle_noise:
+                        record["wrong_labels"] = wrong_labels(run, oracle)
                     record["series"] = strategy + plan.series_suffix
                     record["wall_time_s"] = round(time.perf_counter() - started, 3)
                     records.append(record)

@@ -32,12 +32,28 @@ Each entry records that one example received one label:
     any identifier matching ``[a-z][a-z0-9_-]*``.
 ``time``
     When it was added, in UTC with seconds: ``2026-11-26T14:31:05Z``.
+``batch`` (optional)
+    An identifier shared by the entries given in one action (a map selection labeled in
+    the studio): ``LabelStore.withdraw_last`` takes such an action back as a whole.
+``confirmed`` (optional, ``true`` when present)
+    A person reviewed this label — kept or corrected it — (``ssvae_core.label_issues``
+    does not propose it again while it is current); it settles the example's label.
+``annotator`` (optional)
+    Who gave the label (a name under the label-name rule; ``ssvae label --annotator``, the
+    studio's name field). Entries without one are one anonymous annotator.
+
+Each annotator gives an example one label; another annotator's different label is a vote.
+An example's current label is the *consensus* of the latest label of each annotator since
+its last confirmed entry (the most votes; a tie goes to the label voted first), so with a
+single annotator it is simply the latest entry.
 
 Entries are appended in the order they were added; an example's current label is its
-latest entry. The one removal is ``LabelStore.withdraw``, the studio's undo: it takes back
-an example's latest entry when that entry is the one named. Adding a label that an example already holds is a no-op, and giving an
-example a different label from the one it holds is refused. ``LabelStore`` is
-immutable: every change returns a new store, which the caller saves (atomically) only once
+latest entry. The removals are ``LabelStore.withdraw`` and ``LabelStore.withdraw_last``,
+the studio's undo: they take back an example's latest entry when that entry is the one
+named (the label it held before, if any, is its label again). Adding a label that an example
+already holds is a no-op, and giving an example a different label from the one it holds is
+refused unless the call says ``relabel=True`` (a correction: the new entry supersedes the old).
+``LabelStore`` is immutable: every change returns a new store, which the caller saves (atomically) only once
 the change has succeeded.
 
 Labels are also read from CSV files with the header ``index,label`` (``read_label_csv``).
@@ -83,6 +99,8 @@ MAX_LABEL_LENGTH = 100
 HASH_DIGITS = 16
 
 _ENTRY_FIELDS = ("index", "hash", "label", "source", "time")
+_OPTIONAL_FIELDS = ("batch", "confirmed", "annotator")
+_BATCH_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,40}", re.ASCII)
 _SOURCE_PATTERN = re.compile(r"[a-z][a-z0-9_-]*", re.ASCII)
 _HASH_PATTERN = re.compile(rf"[0-9a-f]{{{HASH_DIGITS}}}", re.ASCII)
 _TIME_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z", re.ASCII)
@@ -91,6 +109,9 @@ _CSV_INDEX_PATTERN = re.compile(r"[0-9]+", re.ASCII)
 _CSV_HEADER = ("index", "label")
 # ``ssvae query`` writes this sheet: fill in ``label`` where you know it, leave the rest empty
 QUERY_SHEET_HEADER = ("index", "label", "score", "predicted", "certainty")
+# ``ssvae labels --export FILE.csv`` writes this; ``ssvae label`` reads its index and label
+EXPORT_HEADER = ("index", "label", "source", "time", "confirmed")
+_HEADERS = (_CSV_HEADER, QUERY_SHEET_HEADER, EXPORT_HEADER)
 
 
 def example_hash(x_row: np.ndarray) -> str:
@@ -238,15 +259,30 @@ class LabelEntry:
     label: str
     source: str
     time: str
+    batch: str | None = None
+    confirmed: bool = False
+    annotator: str | None = None
+
+    @property
+    def voter(self) -> str:
+        """Who this label counts for in the consensus ("" for no annotator)."""
+        return self.annotator or ""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "index": self.index,
             "hash": self.hash,
             "label": self.label,
             "source": self.source,
             "time": self.time,
         }
+        if self.batch is not None:
+            out["batch"] = self.batch
+        if self.confirmed:
+            out["confirmed"] = True
+        if self.annotator is not None:
+            out["annotator"] = self.annotator
+        return out
 
 
 @dataclass(frozen=True)
@@ -344,6 +380,10 @@ class LabelStore:
         allowed: Iterable[int] | np.ndarray | None = None,
         now: str | None = None,
         known: Sequence[str] = (),
+        batch: str | None = None,
+        relabel: bool = False,
+        confirm: bool = False,
+        annotator: str | None = None,
     ) -> LabelStore:
         """A new store with ``labels[k]`` given to example ``indices[k]``.
 
@@ -354,7 +394,14 @@ class LabelStore:
         are skipped. Everything is checked before anything is built: an index out of range
         or not allowed, a label name that is not valid or looks like another name in use
         (``check_distinct_names``), or an example given a label different from the one
-        it holds (in this call or in the store) raises ``DataError`` and nothing is added.
+        it holds (in this call or in the store) raises ``DataError`` and nothing is added;
+        with ``relabel=True`` the new label supersedes the one held (a correction, marked
+        ``confirmed``). ``batch``
+        marks the entries of this call as one action (``withdraw_last``); with
+        ``confirm=True`` the entries are marked ``confirmed`` and added even where the
+        example holds that label already (a review that kept it). ``annotator`` names who
+        gave the labels: a label differing from another annotator's is a vote, not a
+        conflict (see the module docstring).
         """
         rows = _as_rows(x)
         n = len(rows)
@@ -374,6 +421,13 @@ class LabelStore:
         problem = _time_problem(time)
         if problem is not None:
             raise DataError(f"label time {problem}")
+        if batch is not None and (not isinstance(batch, str) or not _BATCH_PATTERN.fullmatch(batch)):
+            raise DataError(f"a label batch must match [A-Za-z0-9_-]{{1,40}}; got {batch!r:.60}")
+        if annotator is not None:
+            who, problem = _normalised(annotator)
+            if problem is not None:
+                raise DataError(f"the annotator's name {annotator!r:.60} {problem}")
+            annotator = who
         allowed_set = _allowed_indices(allowed, n)
 
         names = []
@@ -392,7 +446,7 @@ class LabelStore:
                     "held-out test set or out of range)"
                 )
 
-        held = self.current()
+        held = self._votes().get(annotator or "", {})
         stored_hash = {entry.index: entry.hash for entry in self.entries}
         requested: dict[int, str] = {}
         for index, name in zip(index_list, names, strict=True):
@@ -402,10 +456,11 @@ class LabelStore:
                     f"example {index} is given two different labels, {earlier!r} and {name!r}; "
                     "give each example one label"
                 )
-            if index in held and held[index] != name:
+            if index in held and held[index] != name and not relabel:
                 raise DataError(
-                    f"example {index} is already labeled {held[index]!r}; it cannot also be "
-                    f"labeled {name!r}"
+                    f"example {index} is already labeled {held[index]!r}"
+                    + (f" by {annotator!r}" if annotator else "")
+                    + f"; it cannot also be labeled {name!r}"
                 )
             if index in stored_hash and stored_hash[index] != example_hash(rows[index]):
                 raise DataError(_changed_message(index))
@@ -418,9 +473,12 @@ class LabelStore:
                 label=name,
                 source=source,
                 time=time,
+                batch=batch,
+                confirmed=confirm or relabel,  # a correction settles the example's label
+                annotator=annotator,
             )
             for index, name in requested.items()
-            if held.get(index) != name
+            if held.get(index) != name or confirm
         )
         return LabelStore(self.entries + added)
 
@@ -447,10 +505,71 @@ class LabelStore:
             )
         return LabelStore(self.entries[:position] + self.entries[position + 1 :]), entry
 
+    def withdraw_last(self, *, source: str) -> tuple[LabelStore, list[LabelEntry]]:
+        """A new store without the latest action from ``source`` that can still be taken
+        back: its latest entry that is still its example's latest, with every other entry of
+        the same ``batch`` that is still its example's latest. Returns the new store and the
+        entries removed; ``DataError`` when there is nothing to take back."""
+        latest = {entry.index: k for k, entry in enumerate(self.entries)}
+        last = next(
+            (k for k in range(len(self.entries) - 1, -1, -1)
+             if self.entries[k].source == source and latest[self.entries[k].index] == k),
+            None,
+        )
+        if last is None:
+            raise DataError(f"there is no label from {source!r} to take back")
+        batch = self.entries[last].batch
+        removed = {
+            k for k in latest.values()
+            if k == last or (batch is not None and self.entries[k].batch == batch
+                             and self.entries[k].source == source)
+        }
+        kept = tuple(entry for k, entry in enumerate(self.entries) if k not in removed)
+        return LabelStore(kept), [self.entries[k] for k in sorted(removed)]
+
+    def _open_entries(self) -> dict[int, list[LabelEntry]]:
+        """Per example, its entries since its last confirmed one (that one included)."""
+        out: dict[int, list[LabelEntry]] = {}
+        for entry in self.entries:
+            if entry.confirmed:
+                out[entry.index] = [entry]
+            else:
+                out.setdefault(entry.index, []).append(entry)
+        return out
+
+    def _votes(self) -> dict[str, dict[int, str]]:
+        """Per annotator ("" for none), its label of each example in the consensus."""
+        votes: dict[str, dict[int, str]] = {}
+        for index, ballot in self.ballots().items():
+            for voter, label in ballot.items():
+                votes.setdefault(voter, {})[index] = label
+        return votes
+
+    def ballots(self) -> dict[int, dict[str, str]]:
+        """Per example, each annotator's label in its consensus (``{"": ...}`` for labels
+        without an annotator)."""
+        out: dict[int, dict[str, str]] = {}
+        for index, entries in self._open_entries().items():
+            ballot: dict[str, str] = {}
+            for entry in entries:
+                ballot.pop(entry.voter, None)
+                ballot[entry.voter] = entry.label
+            out[index] = ballot
+        return out
+
     def current(self) -> dict[int, str]:
-        """Each labeled example's current label (its latest entry), by index."""
-        latest = {entry.index: entry.label for entry in self.entries}
-        return {index: latest[index] for index in sorted(latest)}
+        """Each labeled example's current label, by index: the consensus of its annotators
+        (the latest entry where there is one annotator)."""
+        out: dict[int, str] = {}
+        for index, ballot in sorted(self.ballots().items()):
+            if len(ballot) == 1:
+                out[index] = next(iter(ballot.values()))
+                continue
+            tally: dict[str, int] = {}
+            for label in ballot.values():  # in the order voted: a tie goes to the first
+                tally[label] = tally.get(label, 0) + 1
+            out[index] = max(tally, key=lambda label: tally[label])
+        return out
 
     def label_names(self) -> list[str]:
         """The distinct labels of all entries, in order of first appearance."""
@@ -462,9 +581,10 @@ class LabelStore:
         latest = {entry.index: entry for entry in self.entries}
         by_label: dict[str, int] = {name: 0 for name in self.label_names()}
         by_source: dict[str, int] = {}
-        for entry in latest.values():
-            by_label[entry.label] += 1
-            by_source[entry.source] = by_source.get(entry.source, 0) + 1
+        for index, label in self.current().items():
+            by_label[label] += 1
+            source = latest[index].source
+            by_source[source] = by_source.get(source, 0) + 1
         return {
             "by_label": {name: count for name, count in by_label.items() if count},
             "by_source": by_source,
@@ -535,9 +655,20 @@ def _entry_from_json(item: object, where: str) -> LabelEntry:
     for name in _ENTRY_FIELDS:
         if name not in item:
             raise DataError(f"{where} lacks the field {name!r}; each entry has {allowed}")
-    unknown = sorted(set(item) - set(_ENTRY_FIELDS))
+    unknown = sorted(set(item) - set(_ENTRY_FIELDS) - set(_OPTIONAL_FIELDS))
     if unknown:
-        raise DataError(f"{where} has unknown field {unknown[0]!r}; allowed: {allowed}")
+        optional = ", ".join(repr(name) for name in _OPTIONAL_FIELDS)
+        raise DataError(f"{where} has unknown field {unknown[0]!r}; allowed: {allowed} and {optional}")
+    batch = item.get("batch")
+    if batch is not None and (not isinstance(batch, str) or not _BATCH_PATTERN.fullmatch(batch)):
+        raise DataError(f"{where}: 'batch' must match [A-Za-z0-9_-]{{1,40}}; got {batch!r:.60}")
+    if "confirmed" in item and item["confirmed"] is not True:
+        raise DataError(f"{where}: 'confirmed' must be true when present; got {item['confirmed']!r:.40}")
+    annotator = item.get("annotator")
+    if annotator is not None:
+        problem = _label_problem(annotator)
+        if problem is not None:
+            raise DataError(f"{where}: 'annotator' {problem}")
     index = item["index"]
     if not isinstance(index, int) or isinstance(index, bool) or index < 0:
         raise DataError(f"{where}: 'index' must be a whole number >= 0; got {index!r}")
@@ -557,7 +688,8 @@ def _entry_from_json(item: object, where: str) -> LabelEntry:
         if problem is not None:
             raise DataError(f"{where}: {name!r} {problem}")
     return LabelEntry(
-        index=index, hash=digest, label=label, source=item["source"], time=item["time"]
+        index=index, hash=digest, label=label, source=item["source"], time=item["time"], batch=batch,
+        confirmed="confirmed" in item, annotator=annotator,
     )
 
 
@@ -600,10 +732,11 @@ def read_label_csv(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
         if not any(fields):
             continue
         if not header_seen:
-            if tuple(fields) not in (_CSV_HEADER, QUERY_SHEET_HEADER):
+            if tuple(fields) not in _HEADERS:
                 raise DataError(
                     f"{where}, line {line}: expected the header 'index,label' (or a query "
-                    f"sheet's '{','.join(QUERY_SHEET_HEADER)}'); got {','.join(row)!r:.80}"
+                    f"sheet's '{','.join(QUERY_SHEET_HEADER)}', or an export's "
+                    f"'{','.join(EXPORT_HEADER)}'); got {','.join(row)!r:.80}"
                 )
             header = tuple(fields)
             header_seen = True

@@ -50,7 +50,7 @@ from ssvae_core.config import Config, check_steps, config_from_dict, dumps_toml,
 from ssvae_core.data import Dataset, Split, benchmark_split, from_arrays, load_dataset
 from ssvae_core.distributed import PeerStopped, all_agree, is_main_process, process_count
 from ssvae_core.errors import CheckpointError, ConfigError, DataError
-from ssvae_core.labels import STORE_NAME, LabelStore, read_label_csv
+from ssvae_core.labels import STORE_NAME, LabelStore
 from ssvae_core.metrics import clustering_metrics
 from ssvae_core.model import build_model
 from ssvae_core.registry import Registry, default_registry
@@ -932,16 +932,21 @@ def label_run(
     *,
     source: str = "file",
     data: str | None = None,
+    relabel: bool = False,
+    annotator: str | None = None,
 ) -> dict[str, Any]:
     """Add the labels of a CSV file (``index,label``; rows of the run's dataset, label
-    names, new names allowed) to the run's label store.
+    names, new names allowed) to the run's label store. With ``relabel`` the rows are a
+    review: they replace the labels examples hold, and confirm those they keep.
 
     Every row is checked first — an unknown index, a held-out test example, an example
     given two different labels, a malformed file — and any problem changes nothing.
     Returns ``{"added": n, "new_classes": [...], "counts": ...}``.
     """
+    from ssvae_core.label_io import read_label_file
+
     out = _run_dir(run_dir, "label")
-    indices, names = read_label_csv(labels_file)
+    indices, names = read_label_file(labels_file)
     with RunLock(out):
         require_checkpoint(out, "before labeling")
         manifest = read_manifest(out / CHECKPOINT_NAME)
@@ -951,7 +956,8 @@ def label_run(
         split = split_dataset(dataset, config)
         store = run_store(out, dataset, split)
         updated = store.add(
-            indices, names, x=dataset.x, source=source, allowed=split.train, known=manifest["label_names"]
+            indices, names, x=dataset.x, source=source, allowed=split.train, known=manifest["label_names"],
+            relabel=relabel, confirm=relabel, annotator=annotator,
         )
         updated.save(out / STORE_NAME)
         known = set(manifest["label_names"])
@@ -979,6 +985,8 @@ def labels_summary(run_dir: str | os.PathLike[str], *, data: str | None = None) 
     config = _run_config(out, data)
     dataset = load_dataset(config.data.dataset)
     split = split_dataset(dataset, config)
+    from ssvae_core.annotators import agreement
+
     store.verify(dataset.x)
     outside = sorted(set(store.current()) - {int(row) for row in split.train})
     if outside:
@@ -997,6 +1005,7 @@ def labels_summary(run_dir: str | os.PathLike[str], *, data: str | None = None) 
         "by_label": by_label,
         "by_source": counts["by_source"],
         "untrained_classes": [n for n in store.label_names() if known and n not in known],
+        **agreement(store),
     }
 
 
