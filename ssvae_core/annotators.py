@@ -1,8 +1,8 @@
 """Who labeled what: per-annotator counts and their agreement with the consensus.
 
 The label store keeps each annotator's label of an example (``annotator``, see
-:mod:`ssvae_core.labels`); an example's current label is the consensus of its annotators'
-labels. :func:`agreement` reports, for ``ssvae labels`` and the studio, how many examples
+``ssvae_core.labels``); an example's current label is the consensus of its annotators'
+labels. ``agreement`` reports, for ``ssvae labels`` and the studio, how many examples
 each annotator labeled, and on the examples labeled by several, how often each agrees with
 the consensus and the mean share of annotators that do.
 """
@@ -20,7 +20,7 @@ __all__ = ["ANONYMOUS", "agreement"]
 
 def agreement(store: LabelStore) -> dict[str, Any]:
     """``{"annotators": {name: {"labels", "shared", "agreed"}}, "shared": n, "agreement": a}``:
-    per annotator (labels without one under :data:`ANONYMOUS`) the examples it labeled,
+    per annotator (labels without one under ``ANONYMOUS``) the examples it labeled,
     those among them that others labeled too and how many of those it labeled as the
     consensus; ``agreement`` is the mean share of annotators agreeing with the consensus over
     the ``shared`` examples labeled by several (``None`` when there is none)."""

@@ -20,8 +20,13 @@ import numpy as np
 
 from ssvae_core.errors import ConfigError
 
-PROJECTIONS = ("pca", "channels", "tsne", "tsne-channels")
+PROJECTIONS = ("classes", "pca", "channels", "tsne", "tsne-channels")
 MEMBERS_PER_CHANNEL = 8
+# t-SNE runs on at most this many points (a fixed random subset); the others are placed
+# among their nearest embedded neighbours, so a map of 100,000 points costs what 2,000 do
+TSNE_POINTS = 2000
+NEIGHBOURS = 5
+CLASS_SPREAD = 0.12
 
 
 def project(
@@ -29,24 +34,35 @@ def project(
     method: str = "pca",
     *,
     responsibilities: np.ndarray | None = None,
+    probabilities: np.ndarray | None = None,
     seed: int = 0,
     order: Sequence[int] | None = None,
 ) -> np.ndarray:
     """The ``(N, 2)`` projection of the posterior means ``z`` (``(N, D)``).
 
-    ``pca``: the two principal axes (signs fixed so the largest loading is positive, so
-    the same means always give the same picture). ``tsne``: scikit-learn's t-SNE, started
-    from the PCA picture; slower (seconds for thousands of points), keeps neighbourhoods.
-    ``tsne-channels``: t-SNE over the means and the channel responsibilities ``q(c|x)``
-    together (``responsibilities``, ``(N, K)``), each responsibility scaled by the overall
-    spread of ``z``: where the decoder is told the channel, ``z`` holds only the variation
-    within a mode, and the channels are what separates the classes. ``channels``: the
-    same information laid out at once (``channel_layout``; ``order`` lists the
+    ``classes``: the model's class probabilities ``probabilities`` (``(N, Y)``) as a point
+    among the classes' anchors, evenly spaced on the unit circle (each point is the
+    probability-weighted mean of the anchors, so a confident example sits at its class's
+    anchor and one torn between two classes on the chord between them), spread around
+    that point by the principal axes of ``z`` within its predicted class (at most
+    ``CLASS_SPREAD``); linear in N, the studio's default. ``pca``: the two principal axes
+    (signs fixed so the largest loading is positive, so the same means always give the
+    same picture). ``tsne``: scikit-learn's t-SNE, started from the PCA picture; slower,
+    keeps neighbourhoods; past ``TSNE_POINTS`` points it embeds a fixed random subset and
+    places each other point at the distance-weighted mean of its ``NEIGHBOURS`` nearest
+    embedded points (in the space it projects). ``tsne-channels``: t-SNE over the means and
+    the channel responsibilities ``q(c|x)`` together (``responsibilities``, ``(N, K)``),
+    each responsibility scaled by the overall spread of ``z``: where the decoder is told
+    the channel, ``z`` holds only the variation within a mode, and the channels are what
+    separates the classes. ``channels``: the
+    channel responsibilities laid out at once (``channel_layout``; ``order`` lists the
     channels around the circle); PCA of ``z`` without channels.
     """
     if method not in PROJECTIONS:
         raise ConfigError(f"unknown projection {method!r}; allowed: {', '.join(PROJECTIONS)}")
     z = np.asarray(z, dtype=np.float64).reshape(len(z), -1)
+    if method == "classes":
+        return _class_layout(z, probabilities)
     if method == "channels":
         r = None if responsibilities is None else np.asarray(responsibilities, dtype=np.float64)
         if r is not None and r.ndim == 2 and r.shape[1] > 1:
@@ -69,11 +85,53 @@ def project(
     pca = centred @ (axes * signs[:, None]).T
     if method == "pca":
         return pca
+    return _tsne(z, pca, seed)
+
+
+def _tsne(z: np.ndarray, pca: np.ndarray, seed: int) -> np.ndarray:
     from sklearn.manifold import TSNE
 
-    perplexity = float(min(30.0, max(2.0, (z.shape[0] - 1) / 3.0)))
-    start = pca / max(float(np.std(pca[:, 0])), 1e-12) * 1e-4
-    return TSNE(2, perplexity=perplexity, init=start, random_state=seed).fit_transform(z)
+    n = z.shape[0]
+    chosen = np.arange(n)
+    if n > TSNE_POINTS:
+        chosen = np.sort(np.random.default_rng(seed).choice(n, TSNE_POINTS, replace=False))
+    perplexity = float(min(30.0, max(2.0, (len(chosen) - 1) / 3.0)))
+    start = pca[chosen] / max(float(np.std(pca[chosen, 0])), 1e-12) * 1e-4
+    embedded = TSNE(2, perplexity=perplexity, init=start, random_state=seed).fit_transform(z[chosen])
+    if len(chosen) == n:
+        return embedded
+    from sklearn.neighbors import NearestNeighbors
+
+    points = np.empty((n, 2))
+    points[chosen] = embedded
+    rest = np.setdiff1d(np.arange(n), chosen)
+    distance, nearest = NearestNeighbors(n_neighbors=NEIGHBOURS).fit(z[chosen]).kneighbors(z[rest])
+    weights = 1.0 / np.maximum(distance, 1e-12)
+    weights /= weights.sum(axis=1, keepdims=True)
+    points[rest] = np.einsum("nk,nkd->nd", weights, embedded[nearest])
+    return points
+
+
+def _class_layout(z: np.ndarray, probabilities: np.ndarray | None) -> np.ndarray:
+    if probabilities is None:
+        raise ConfigError("the 'classes' projection needs the class probabilities of the points")
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != z.shape[0] or p.shape[1] == 0:
+        raise ConfigError(
+            f"the class probabilities must have shape ({z.shape[0]}, classes); got {p.shape}"
+        )
+    angles = 2.0 * np.pi * np.arange(p.shape[1]) / p.shape[1]
+    anchors = np.stack([np.sin(angles), np.cos(angles)], axis=1)  # clockwise from the top
+    centre = (p / np.maximum(p.sum(axis=1, keepdims=True), 1e-12)) @ anchors
+    spread = np.zeros_like(centre)
+    predicted = np.argmax(p, axis=1)
+    for y in np.unique(predicted):
+        rows = np.flatnonzero(predicted == y)
+        local = project(z[rows], "pca")
+        scale = float(np.max(np.abs(local))) if len(rows) > 1 else 0.0
+        if scale > 0.0:
+            spread[rows] = CLASS_SPREAD * local / scale
+    return centre + spread
 
 
 def channel_layout(

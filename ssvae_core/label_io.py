@@ -15,7 +15,7 @@ labeled example's current label:
 Import (``ssvae label RUN FILE.json``) reads a Label Studio export: a JSON list of tasks,
 each with the dataset row in ``data.index`` (or ``data.ssvae_index``) and the label in the
 first ``choices`` result of its latest annotation that was not cancelled; tasks without one
-are skipped. Every problem is one :class:`DataError` naming the task.
+are skipped. Every problem is one ``DataError`` naming the task.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def read_label_studio(path: str | os.PathLike[str]) -> tuple[list[int], list[str
 
 def read_label_file(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
     """The labels of a Label Studio ``.json`` export, or else of a CSV file
-    (:func:`ssvae_core.labels.read_label_csv`)."""
+    (``ssvae_core.labels.read_label_csv``)."""
     if Path(os.fspath(path)).suffix.lower() == ".json":
         return read_label_studio(path)
     return read_label_csv(path)

@@ -203,7 +203,7 @@ def run_issues(
 
 def review_run(run_dir: str | os.PathLike[str], oracle: Any, n: int) -> dict[str, int]:
     """A careful review of a run's top ``n`` label issues, as a loop simulates it: the
-    ``oracle``'s true label (:meth:`Oracle.truth`) replaces a wrong one and confirms a
+    ``oracle``'s true label (``Oracle.truth``) replaces a wrong one and confirms a
     right one (source ``review``). Returns ``{"reviewed": ..., "corrected": ...}``."""
     from ssvae_core.labels import STORE_NAME
     from ssvae_core.rundir import RunLock

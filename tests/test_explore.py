@@ -32,22 +32,28 @@ def test_pca_projection_finds_the_spread_and_is_deterministic() -> None:
     assert np.allclose(project(-z, "pca"), -points)  # the axes are fixed by the rule, not by the SVD
 
 
+def _two_groups_apart(points: np.ndarray) -> bool:
+    """The first and second halves of ``points`` lie far apart for their spread."""
+    half = len(points) // 2
+    first, second = points[:half], points[half:]
+    gap = np.linalg.norm(first.mean(axis=0) - second.mean(axis=0))
+    return bool(gap > 3 * max(np.linalg.norm(first.std(axis=0)), np.linalg.norm(second.std(axis=0))))
+
+
 def test_tsne_projection_and_unknown_projections() -> None:
     rng = np.random.default_rng(1)
     z = np.concatenate([rng.normal(0, 0.1, (40, 4)), rng.normal(5, 0.1, (40, 4))])
     points = project(z, "tsne")
     assert points.shape == (80, 2) and np.all(np.isfinite(points))
-    gap = np.linalg.norm(points[:40].mean(axis=0) - points[40:].mean(axis=0))
-    assert gap > 3 * max(np.linalg.norm(points[:40].std(axis=0)), np.linalg.norm(points[40:].std(axis=0)))
+    assert _two_groups_apart(points)
     # the same means in two channels: t-SNE of the means alone cannot tell them apart,
     # the means with the responsibilities can
     same = np.concatenate([z[:40], z[:40]])
     r = np.repeat(np.eye(2), 40, axis=0)
     joint = project(same, "tsne-channels", responsibilities=r)
-    gap = np.linalg.norm(joint[:40].mean(axis=0) - joint[40:].mean(axis=0))
-    assert gap > 3 * max(np.linalg.norm(joint[:40].std(axis=0)), np.linalg.norm(joint[40:].std(axis=0)))
+    assert _two_groups_apart(joint)
     assert project(z, "tsne-channels").shape == (80, 2)  # no channels: t-SNE of the means
-    with pytest.raises(ConfigError, match="unknown projection 'umap'; allowed: pca, channels, tsne, tsne-channels"):
+    with pytest.raises(ConfigError, match="unknown projection 'umap'; allowed: classes, pca, channels, tsne, tsne-channels"):
         project(z, "umap")
     assert project(z[:1], "pca").shape == (1, 2) and project(z[:, :1], "pca").shape == (80, 2)
 
@@ -154,3 +160,56 @@ def test_loss_curves_are_every_registered_term_the_objective_logged() -> None:
     row = {"step": 1, "grad_norm": 2.0, **{name: 0.0 for name in reversed(terms)}}
     row.update({"kl_extra": 0.0, "reconstruction": 0.0, "loss": 0.0})
     assert curve_names(row) == ["loss", "reconstruction", "kl_extra", *terms]
+
+
+def test_withdraw_last_takes_back_one_action_and_relabel_supersedes(tmp_path: Path) -> None:
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    store = LabelStore.empty().add([1, 2], ["a", "b"], x=x, source="split")
+    store = store.add([3], ["a"], x=x, source="studio")
+    store = store.add([4, 5, 6], ["c", "c", "c"], x=x, source="studio", batch="b1")
+    with pytest.raises(DataError, match="already labeled 'a'"):
+        store.add([1], ["b"], x=x, source="studio")
+    store = store.add([1], ["b"], x=x, source="studio", relabel=True)  # a correction
+    assert store.current()[1] == "b"
+    store.save(tmp_path / "labels.json")
+    store = LabelStore.load(tmp_path / "labels.json")  # the batch survives a save and a load
+    assert [e.batch for e in store.entries] == [None, None, None, "b1", "b1", "b1", None]
+    store, removed = store.withdraw_last(source="studio")
+    assert [e.index for e in removed] == [1] and store.current()[1] == "a"  # the split's label again
+    store, removed = store.withdraw_last(source="studio")
+    assert [e.index for e in removed] == [4, 5, 6]
+    store, removed = store.withdraw_last(source="studio")
+    assert [e.index for e in removed] == [3] and store.current() == {1: "a", 2: "b"}
+    with pytest.raises(DataError, match="no label from 'studio' to take back"):
+        store.withdraw_last(source="studio")
+    with pytest.raises(DataError, match="batch must match"):
+        store.add([7], ["a"], x=x, source="studio", batch="no spaces")
+
+
+def test_the_class_layout_puts_each_point_among_its_classes() -> None:
+    rng = np.random.default_rng(2)
+    p = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    z = rng.normal(size=(4, 3))
+    points = project(z, "classes", probabilities=p)
+    anchors = np.array([[0.0, 1.0], [np.sqrt(3) / 2, -0.5], [-np.sqrt(3) / 2, -0.5]])
+    # the confident points at their anchors (the first two predicted class 0 share its spread);
+    # the torn one near halfway between its two classes
+    assert np.allclose(points[[1, 3]], anchors[[1, 2]], atol=1e-9)
+    assert np.linalg.norm(points[0] - anchors[0]) <= 0.12 * np.sqrt(2) + 1e-9
+    assert np.linalg.norm(points[2] - anchors[:2].mean(axis=0)) <= 0.12 * np.sqrt(2) + 1e-9
+    many = rng.dirichlet(np.full(10, 0.1), size=5000)
+    spread = project(rng.normal(size=(5000, 6)), "classes", probabilities=many)
+    assert spread.shape == (5000, 2) and np.all(np.linalg.norm(spread, axis=1) <= 1.0 + 0.12 * np.sqrt(2))
+    with pytest.raises(ConfigError, match="needs the class probabilities"):
+        project(z, "classes")
+
+
+def test_tsne_past_its_point_budget_embeds_a_subset_and_places_the_rest(monkeypatch) -> None:
+    from ssvae_core import explore
+
+    monkeypatch.setattr(explore, "TSNE_POINTS", 60)
+    rng = np.random.default_rng(3)
+    z = np.concatenate([rng.normal(0, 0.1, (100, 4)), rng.normal(5, 0.1, (100, 4))])
+    points = project(z, "tsne")
+    assert points.shape == (200, 2) and np.all(np.isfinite(points))
+    assert _two_groups_apart(points)

@@ -1,8 +1,11 @@
 """The studio's page in a real browser: Debian's chromium, headless, through its chromedriver.
 
 Open the studio on a small digits run, take a query, label five images with the keyboard,
-undo one more, add a new class, look at the map and the channels, retrain, wait for it
-and see the accuracy update. A screenshot of every panel is kept under
+one with a click (Enter after it labels nothing), undo one more, add a new class, look at
+the map (the class layout by default, stable class colours, a lasso selection through its
+preview, labeled and undone as one action), the channels, retrain, wait for it and see the
+accuracy update, correct a label from the history, and open a second studio in the same
+browser without locking the first one out. A screenshot of every panel is kept under
 ``$SSVAE_TEST_ARTIFACTS/studio/`` (default ``build/test-artifacts/studio/``).
 
 Without chromium, chromedriver or selenium the test is skipped, unless
@@ -11,10 +14,12 @@ Without chromium, chromedriver or selenium the test is skipped, unless
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,25 +85,21 @@ def browser() -> Iterator[object]:
         driver.quit()
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+@contextlib.contextmanager
+def _serve(run: Path, token: str) -> Iterator[str]:
     import uvicorn
 
     from ssvae_core.studio import StudioSession, create_app
 
-    run = tmp_path / "run"
-    code = main(["train", "--labels-per-class", "2", "--steps", str(TRAIN_STEPS), "--seed", "0",
-                 "--out", str(run), "--quiet", "--no-plots", *RUN_OPTIONS, *([] if DEMO else SMALL)])
-    assert code == 0
     session = StudioSession(run)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
-    server = uvicorn.Server(uvicorn.Config(create_app(session, TOKEN), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(session, token), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", run
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -106,10 +107,22 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         sock.close()
 
 
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    run = tmp_path / "run"
+    code = main(["train", "--labels-per-class", "2", "--steps", str(TRAIN_STEPS), "--seed", "0",
+                 "--out", str(run), "--quiet", "--no-plots", *RUN_OPTIONS, *([] if DEMO else SMALL)])
+    assert code == 0
+    shutil.copytree(run, tmp_path / "second")  # for a second studio in the same browser
+    with _serve(run, TOKEN) as base:
+        yield base, run
+
+
 def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[str, Path]) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.select import Select
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver = browser
@@ -129,6 +142,10 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     accuracy_before = element("accuracy").text
     assert accuracy_before.endswith("%")
 
+    # who labels here: asked once, kept by the browser
+    element("annotator").send_keys("ana")
+    driver.execute_script("document.activeElement.blur()")
+
     # a query, then five images labeled with the keyboard
     element("take-query").click()
     wait.until(lambda d: element("current-image").is_displayed())
@@ -142,19 +159,33 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     no_error()
     driver.save_screenshot(str(shots / "queue.png"))
 
+    # one with a click; Enter afterwards gives the next image nothing
+    index = element("current-image").get_attribute("data-index")
+    driver.find_element(By.CSS_SELECTOR, '#label-buttons [data-label="2"]').click()
+    wait.until(lambda d: element("num-labeled").text == "26")
+    wait.until(lambda d, index=index: element("current-image").get_attribute("data-index") != index)
+    labeled[int(index)] = "2"
+    index = element("current-image").get_attribute("data-index")
+    ActionChains(driver).send_keys(Keys.ENTER).perform()
+    time.sleep(0.5)  # time for a label request, had Enter sent one
+    assert element("num-labeled").text == "26"
+    assert element("current-image").get_attribute("data-index") == index
+    # labels changed since the map was drawn: the map says it is stale
+    assert element("map-status").get_attribute("data-stale") == "1"
+
     # one more, taken back with Backspace
     index = int(element("current-image").get_attribute("data-index"))
     ActionChains(driver).send_keys("9").perform()
-    wait.until(lambda d: element("num-labeled").text == "26")
+    wait.until(lambda d: element("num-labeled").text == "27")
     ActionChains(driver).send_keys(Keys.BACKSPACE).perform()
-    wait.until(lambda d: element("num-labeled").text == "25")
+    wait.until(lambda d: element("num-labeled").text == "26")
     assert int(element("current-image").get_attribute("data-index")) == index
 
     # a class the model has not seen; the shortcuts keep quiet while a name is typed
     element("new-class-name").send_keys("1", Keys.BACKSPACE, "smudge")
     element("new-class").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#label-buttons [data-label="smudge"]'))
-    wait.until(lambda d: element("num-labeled").text == "26")
+    wait.until(lambda d: element("num-labeled").text == "27")
     labeled[index] = "smudge"
     no_error()
 
@@ -163,13 +194,25 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
         index = element("current-image").get_attribute("data-index")
         ActionChains(driver).send_keys(key).perform()
         wait.until(lambda d, index=index: element("current-image").get_attribute("data-index") != index)
-    assert element("num-labeled").text == "26"
+    assert element("num-labeled").text == "27"
     no_error()
 
-    # the map and the channels
+    # the map and the channels; the map opens on the class layout
     element("tab-map").click()
     wait.until(lambda d: element("map-plot").get_attribute("data-state") == "ready")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#map-plot .scatterlayer .point")) > 1000)
+    assert element("map-projection").get_attribute("value") == "classes"
+    assert element("map-status").get_attribute("data-stale") == "0"
+    # a class has one colour in every colour mode, whatever its name sorts as
+    colours = "return Object.fromEntries(document.getElementById('map-plot').data.map((t) => [t.name, t.marker.color]))"
+    predicted_colours = driver.execute_script(colours)
+    Select(element("map-colour")).select_by_value("label")
+    label_colours = driver.execute_script(colours)
+    shared = set(predicted_colours) & set(label_colours) - {"unlabeled"}
+    assert {"2", "smudge"} <= set(label_colours) and shared
+    assert all(predicted_colours[name] == label_colours[name] for name in shared)
+    assert len(set(label_colours.values())) == len(label_colours)
+    Select(element("map-colour")).select_by_value("predicted")
     # hovering a point shows its image; a lasso selection is labeled in one go (the
     # events Plotly fires for them, on three unlabeled points)
     chosen = driver.execute_script(
@@ -188,12 +231,39 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
         chosen,
     )
     wait.until(lambda d: element("label-selection").is_enabled())
-    assert element("label-selection").text == "Label 3 selected"
-    from selenium.webdriver.support.select import Select
-
-    Select(element("selection-label")).select_by_value("7")
+    assert element("label-selection").text == "Label 3 selected…"
+    # a preview first: the count, the images, the majority prediction as the label
     element("label-selection").click()
-    wait.until(lambda d: element("num-labeled").text == "29")
+    wait.until(lambda d: element("selection-preview").is_displayed())
+    assert "Label 3 examples" in element("preview-count").text
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#preview-thumbs img")) == 3
+    majority = driver.execute_script(
+        """const map = studio.map, votes = {};
+           for (const i of arguments[0]) { const p = map.predicted[map.index.indexOf(i)]; votes[p] = (votes[p] || 0) + 1; }
+           return Object.keys(votes).sort((a, b) => votes[b] - votes[a])[0];""",
+        chosen,
+    )
+    assert Select(element("selection-label")).first_selected_option.get_attribute("value") == majority
+    assert element("num-labeled").text == "27"  # nothing labeled before the confirmation
+    driver.save_screenshot(str(shots / "preview.png"))
+    # labeled, undone as one action, labeled again
+    Select(element("selection-label")).select_by_value("7")
+    element("confirm-selection").click()
+    wait.until(lambda d: element("num-labeled").text == "30")
+    wait.until(lambda d: element("undo-batch").is_displayed())
+    element("undo-batch").click()
+    wait.until(lambda d: element("num-labeled").text == "27")
+    assert "Took back 3 labels" in element("message").text
+    wait.until(lambda d: element("map-plot").get_attribute("data-state") == "ready")
+    driver.execute_script(
+        "document.getElementById('map-plot').emit('plotly_selected', "
+        "{points: arguments[0].map((i) => ({customdata: i}))})",
+        chosen,
+    )
+    element("label-selection").click()
+    Select(element("selection-label")).select_by_value("7")
+    element("confirm-selection").click()
+    wait.until(lambda d: element("num-labeled").text == "30")
     wait.until(lambda d: element("map-plot").get_attribute("data-state") == "ready")
     labeled.update({int(i): "7" for i in chosen})
     no_error()
@@ -223,11 +293,47 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#loss-plot .scatterlayer .trace")) == 2)
     driver.save_screenshot(str(shots / "training.png"))
 
+    wait.until(lambda d: element("map-status").get_attribute("data-stale") == "0")
+    assert "version 1" in element("map-status").get_attribute("textContent")  # the new model's map, drawn at once
     element("tab-history").click()
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history-table tbody tr")) == 29)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history-table tbody tr")) == 30)
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history-plot .scatterlayer .point")) == 2)
     assert "studio" in element("history-table").text
+    low, high = driver.execute_script("return document.getElementById('history-plot')._fullLayout.yaxis.range")
+    assert 0.0 <= low < high <= 1.0
+    # correct a label from the split in the history
+    split_row = driver.find_element(By.XPATH, "//tr[td[4]='split']")
+    corrected = int(split_row.get_attribute("data-index"))
+    held = split_row.find_elements(By.TAG_NAME, "td")[2].text
+    new_label = "0" if held != "0" else "1"
+    Select(split_row.find_element(By.CLASS_NAME, "history-relabel")).select_by_value(new_label)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history-table tbody tr")) == 31)
+    assert LabelStore.load(run / STORE_NAME).current()[corrected] == new_label
     driver.save_screenshot(str(shots / "history.png"))
+
+    # the labels the model disputes: one relabeled as it suggests, one kept
+    element("tab-issues").click()
+    element("find-issues").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#issues-list .issue")) >= 2)
+    driver.save_screenshot(str(shots / "issues.png"))
+    cards = driver.find_elements(By.CSS_SELECTOR, "#issues-list .issue")
+    disputed = [int(card.get_attribute("data-index")) for card in cards[:2]]
+    suggested = cards[0].find_element(By.CLASS_NAME, "issue-relabel").text.removeprefix("Relabel ")
+    count = len(cards)
+    cards[0].find_element(By.CLASS_NAME, "issue-relabel").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#issues-list .issue")) == count - 1)
+    cards[1].find_element(By.CLASS_NAME, "issue-keep").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#issues-list .issue")) == count - 2)
+    reviewed = LabelStore.load(run / STORE_NAME)
+    assert reviewed.current()[disputed[0]] == suggested
+    if disputed[0] in labeled:  # a label given above with an arbitrary key, corrected
+        labeled[disputed[0]] = suggested
+    assert {e.index for e in reviewed.entries[-2:] if e.confirmed} == set(disputed)
+    element("find-issues").click()
+    wait.until(lambda d: "disputed" in element("issues-status").text or "no label" in element("issues-status").text)
+    shown = {int(c.get_attribute("data-index")) for c in driver.find_elements(By.CSS_SELECTOR, "#issues-list .issue")}
+    assert not shown & set(disputed)
+    no_error()
     # the queue was taken again from the retrained model
     element("tab-queue").click()
     wait.until(lambda d: element("current-image").is_displayed())
@@ -239,5 +345,17 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     current = store.current()
     assert {i: current.get(i) for i in labeled} == labeled
     assert {e.source for e in store.entries if e.index in labeled} == {"studio"}
-    for name in ("queue", "map", "channels", "training", "history"):
+    assert {e.annotator for e in store.entries if e.source == "studio"} == {"ana"}
+    for name in ("queue", "map", "preview", "channels", "training", "history", "issues"):
         assert (shots / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+
+    # a second studio in the same browser (another port, its own token) leaves the first
+    # one's cookie alone
+    with _serve(run.parent / "second", "second-token-0123456789") as other:
+        driver.get(f"{other}/?token=second-token-0123456789")
+        wait.until(lambda d: element("run-name").text == "second")
+        driver.get(f"{base}/")  # no token in the URL: the cookie alone
+        wait.until(lambda d: element("run-name").text == run.name)
+        assert element("annotator").get_attribute("value") == "ana"  # asked once per browser
+        driver.get(f"{other}/")
+        wait.until(lambda d: element("run-name").text == "second")

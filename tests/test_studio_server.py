@@ -31,7 +31,7 @@ from ssvae_core.data import load_digits
 from ssvae_core.labels import STORE_NAME, LabelStore
 from ssvae_core.runs import split_dataset
 from ssvae_core.studio import StudioSession, create_app, shortcut_keys
-from ssvae_core.studio.server import TOKEN_COOKIE
+from ssvae_core.studio.server import MAX_ERROR_CHARS, cookie_name
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -109,7 +109,7 @@ def test_the_page_with_the_token_sets_a_cookie_for_the_rest(run: Path) -> None:
         page = browser.get("/", params={"token": TOKEN})
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         cookie = page.headers["set-cookie"]
-        assert TOKEN_COOKIE in cookie and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
+        assert cookie.startswith(cookie_name(TOKEN) + "=") and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
         assert browser.get("/api/state").status_code == 200  # the cookie alone
         assert browser.get("/static/studio.js").status_code == 200
         plotly = browser.get("/static/plotly.min.js")
@@ -212,7 +212,7 @@ def test_bad_input_gets_a_4xx_with_a_message_and_changes_nothing(
     before = {name: (run / name).read_bytes() for name in (STORE_NAME, "model.ckpt", "metrics.jsonl")}
     for method, path, body, status, message in _bad_requests(rows):
         if isinstance(body, (str, bytes)):
-            reply = client.request(method, path, content=body)
+            reply = client.request(method, path, content=body, headers={"content-type": "application/json"})
         else:
             reply = client.request(method, path, json=body) if body is not None else client.request(method, path)
         assert reply.status_code == status, (method, path, reply.status_code, reply.text[:300])
@@ -280,7 +280,7 @@ def test_labels_undo_and_a_new_class(
     assert client.get(f"/api/examples/{a}").json()["label"] == "3"
     assert a not in [i["index"] for i in client.get("/api/queue", params={"n": 50}).json()["items"]]
     removed = client.post("/api/undo", json={"index": a, "label": "3"})
-    assert removed.status_code == 200 and removed.json()["removed"]["index"] == a
+    assert removed.status_code == 200 and [e["index"] for e in removed.json()["removed"]] == [a]
     assert a not in _store(run).current() and _store(run).current()[b] == "4"
     assert client.post("/api/labels", json={"labels": [{"index": a, "label": "8"}]}).status_code == 200
 
@@ -290,7 +290,7 @@ def test_two_clients_labeling_at_once_lose_nothing(
 ) -> None:
     session, first = studio
     second = TestClient(create_app(session, TOKEN))
-    second.cookies.set(TOKEN_COOKIE, TOKEN)
+    second.cookies.set(cookie_name(TOKEN), TOKEN)
     free = rows["unlabeled"][:60]
     shared = rows["unlabeled"][60]
     results: list[int] = []
@@ -339,6 +339,10 @@ def test_retrain_in_the_background_with_labels_given_meanwhile(
     assert [r["command"] for r in rounds] == ["train", "retrain"] and rounds[1]["labels"] == 22
     assert _store(run).current()[c] == "5"  # given during the retrain, kept for the next one
     assert rounds[1]["claimed_channels"]["blot"]  # the new class took free channels
+    # the Channels panel says the same as rounds.jsonl about who owns them
+    channels = client.get("/api/channels").json()["channels"]
+    for c in rounds[1]["claimed_channels"]["blot"]:
+        assert channels[c]["owner"] == "blot" and channels[c]["claimed"] and not channels[c]["free"]
 
 
 def test_a_retrain_leaves_a_label_write_in_flight_alone(run: Path) -> None:
@@ -508,3 +512,149 @@ def test_without_the_studio_extra_the_command_says_what_to_install(
     assert main(["studio", str(run), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'ssvae-core[studio]'" in err and "starlette" in err and err.count("\n") == 1
+
+
+# --- two studios in one browser, bodies that are not plain JSON objects -----------------
+
+
+def test_two_studios_in_one_browser_keep_their_own_cookies(run: Path, tmp_path: Path) -> None:
+    """Cookies are shared by every port of a host: each server's cookie has its own name."""
+    other_run = tmp_path / "other"
+    shutil.copytree(run, other_run)
+    other_token = "another-token-9876543210"
+    assert cookie_name(TOKEN) != cookie_name(other_token)
+    with StudioSession(run) as first, StudioSession(other_run) as second:
+        jar: dict[str, str] = {}  # the browser's cookies for 127.0.0.1, whatever the port
+        for session, token in ((first, TOKEN), (second, other_token)):
+            page = TestClient(create_app(session, token)).get("/", params={"token": token})
+            name, value = page.headers["set-cookie"].split(";")[0].split("=", 1)
+            jar[name] = value
+        assert len(jar) == 2  # the second page did not overwrite the first one's cookie
+        for session, token, name in ((first, TOKEN, "run"), (second, other_token, "other")):
+            browser = TestClient(create_app(session, token), cookies=jar)
+            assert browser.get("/api/state").json()["run"] == name
+
+
+def test_bodies_that_are_not_json_objects_get_a_4xx_and_errors_are_bounded(
+    studio: tuple[StudioSession, TestClient], run: Path, rows: dict[str, Any]
+) -> None:
+    _, client = studio
+    free_row = rows["unlabeled"][0]
+    before = (run / STORE_NAME).read_bytes()
+    plain = client.post("/api/labels", content=json.dumps({"labels": [{"index": free_row, "label": "1"}]}),
+                        headers={"content-type": "text/plain"})
+    assert plain.status_code == 415 and "application/json" in plain.json()["error"]
+    assert client.post("/api/labels", content=b'{"labels": []}').status_code == 415  # no type at all
+    for depth in (9, 100_000):
+        nested = "[" * depth + "]" * depth
+        reply = client.post("/api/labels", content=nested, headers={"content-type": "application/json"})
+        assert reply.status_code == 400 and "levels deep" in reply.json()["error"], depth
+    deep_item = {"labels": [{"index": free_row, "label": [[[[[[[["1"]]]]]]]]}]}
+    assert client.post("/api/labels", json=deep_item).status_code == 400
+    huge = client.post("/api/labels", json={"labels": [{"index": free_row, "label": "x" * (1 << 20)}],
+                                            "new_class": True})
+    assert huge.status_code == 400 and len(huge.json()["error"]) <= MAX_ERROR_CHARS
+    wordy = client.post("/api/labels", json={"labels": [{"index": free_row, "label": "1"}], "y" * 5000: 1})
+    assert wordy.status_code == 400 and len(wordy.json()["error"]) <= MAX_ERROR_CHARS
+    assert (run / STORE_NAME).read_bytes() == before
+
+
+# --- undo from the store, batches, corrections --------------------------------------------
+
+
+def _client(session: StudioSession) -> TestClient:
+    client = TestClient(create_app(session, TOKEN))
+    client.headers["X-SSVAE-Token"] = TOKEN
+    return client
+
+
+def test_a_batch_is_undone_as_one_action_and_undo_outlives_the_page(run: Path, rows: dict[str, Any]) -> None:
+    session = StudioSession(run)
+    client = _client(session)
+    a, b, c, d = rows["unlabeled"][:4]
+    labeled = rows["labeled"][0]
+    held = _store(run).current()[labeled]
+    assert client.post("/api/labels", json={"labels": [{"index": a, "label": "3"}]}).status_code == 200
+    batch = client.post("/api/labels", json={"labels": [{"index": i, "label": "5"} for i in (b, c, d)]})
+    assert batch.json()["added"] == 3
+    undone = client.post("/api/undo", json={})
+    assert undone.status_code == 200
+    assert sorted(e["index"] for e in undone.json()["removed"]) == sorted([b, c, d])
+    assert undone.json()["num_labeled"] == 21
+    assert set(_store(run).current()) & {b, c, d} == set()
+    # a correction of a label from the split; undoing it gives the old label back
+    other = str((int(held) + 1) % 10)
+    assert client.post("/api/labels", json={"labels": [{"index": labeled, "label": other}]}).status_code == 409
+    fixed = client.post("/api/labels", json={"labels": [{"index": labeled, "label": other}], "relabel": True})
+    assert fixed.status_code == 200 and _store(run).current()[labeled] == other
+    history = client.get("/api/history").json()["entries"]
+    assert [e["current"] for e in history if e["index"] == labeled] == [True, False]
+    session.close()
+    # a new page, a new server: the undo is in the store, not in the page
+    with StudioSession(run) as reopened:
+        again = _client(reopened)
+        restored = again.post("/api/undo", json={}).json()
+        assert restored["removed"][0]["index"] == labeled and restored["restored"] == {str(labeled): held}
+        assert [e["index"] for e in again.post("/api/undo", json={}).json()["removed"]] == [a]
+        nothing = again.post("/api/undo", json={})
+        assert nothing.status_code == 404 and "no label from 'studio'" in nothing.json()["error"]
+    assert _store(run).current()[labeled] == held and a not in _store(run).current()
+
+
+def test_label_issues_relabeled_or_kept_are_not_proposed_again(
+    studio: tuple[StudioSession, TestClient], run: Path
+) -> None:
+    _, client = studio
+    issues = client.get("/api/issues", params={"n": 6}).json()["items"]
+    assert 1 < len(issues) <= 6
+    current = _store(run).current()
+    assert all(current[i["index"]] == i["label"] != i["suggested"] for i in issues)
+    first, second = issues[0], issues[1]
+    fixed = client.post("/api/labels", json={"labels": [{"index": first["index"], "label": first["suggested"]}],
+                                             "relabel": True, "confirm": True})
+    kept = client.post("/api/labels", json={"labels": [{"index": second["index"], "label": second["label"]}],
+                                            "confirm": True})
+    assert fixed.status_code == kept.status_code == 200 and kept.json()["added"] == 1
+    store = _store(run)
+    assert store.current()[first["index"]] == first["suggested"]
+    assert store.entries[-1].confirmed and store.entries[-1].label == second["label"]
+    again = {i["index"] for i in client.get("/api/issues", params={"n": 6}).json()["items"]}
+    assert not again & {first["index"], second["index"]}
+    assert client.get("/api/issues", params={"n": 0}).status_code == 400
+    bad = client.post("/api/labels", json={"labels": [{"index": first["index"], "label": "1"}], "confirm": 1})
+    assert bad.status_code == 400 and "'confirm' must be true or false" in bad.json()["error"]
+
+
+def test_the_labels_download_as_csv_and_label_studio_json(studio: tuple[StudioSession, TestClient], run: Path) -> None:
+    _, client = studio
+    current = _store(run).current()
+    table = client.get("/api/export.csv")
+    assert table.status_code == 200 and table.headers["content-type"].startswith("text/csv")
+    assert 'filename="run-labels.csv"' in table.headers["content-disposition"]
+    lines = table.text.splitlines()
+    assert lines[0] == "index,label,source,time,confirmed" and len(lines) == len(current) + 1
+    tasks = client.get("/api/export.json").json()
+    assert {t["id"]: t["annotations"][0]["result"][0]["value"]["choices"][0] for t in tasks} == current
+    assert client.get("/api/export.txt").status_code == 404
+
+
+def test_annotators_vote_and_the_history_reports_their_agreement(
+    studio: tuple[StudioSession, TestClient], run: Path, rows: dict[str, Any]
+) -> None:
+    _, client = studio
+    a, b = rows["unlabeled"][:2]
+    for who, label in (("ana", "3"), ("ben", "5"), ("cy", "5")):
+        reply = client.post("/api/labels", json={"labels": [{"index": a, "label": label}], "annotator": who})
+        assert reply.status_code == 200, reply.text
+    mine = client.post("/api/labels", json={"labels": [{"index": a, "label": "8"}], "annotator": "ana"})
+    assert mine.status_code == 409 and "by 'ana'" in mine.json()["error"]  # one label per annotator
+    assert client.post("/api/labels", json={"labels": [{"index": b, "label": "1"}], "annotator": "ana"}).status_code == 200
+    assert _store(run).current()[a] == "5"  # the consensus
+    history = client.get("/api/history").json()
+    votes = history["agreement"]
+    assert votes["shared"] == 1 and votes["agreement"] == round(2 / 3, 4)
+    assert votes["annotators"]["ana"] == {"labels": 2, "shared": 1, "agreed": 0}
+    assert votes["annotators"]["ben"] == {"labels": 1, "shared": 1, "agreed": 1}
+    assert {e["annotator"] for e in history["entries"] if e["index"] == a} == {"ana", "ben", "cy"}
+    bad = client.post("/api/labels", json={"labels": [{"index": b, "label": "1"}], "annotator": "\u202e"})
+    assert bad.status_code == 400 and "annotator" in bad.json()["error"]

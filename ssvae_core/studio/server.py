@@ -2,16 +2,21 @@
 
 Every request needs the session's token, from the query string (``?token=``), the
 ``X-SSVAE-Token`` header, or the cookie that the page's first load sets; anything else is
-refused with 403 before a route runs. The application serves its own API, the page's
+refused with 403 before a route runs. The cookie's name is derived from the token
+(``cookie_name``), so studios on other ports of the same host, each with its own
+token, keep their own cookies in one browser. The application serves its own API, the page's
 files from the package (an explicit list: no path from a request reaches the file
 system) and the Plotly.js bundled with the ``plotly`` package; nothing else.
 
 Bad input gets a 4xx reply ``{"error": "..."}`` naming what was wrong and what is
-allowed, and changes nothing.
+allowed, and changes nothing. A body must be ``application/json``, at most
+``MAX_BODY_BYTES`` long and ``MAX_JSON_DEPTH`` levels deep; error messages are cut to
+``MAX_ERROR_CHARS`` characters (they never echo a whole oversized value back).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import socket
@@ -35,6 +40,8 @@ from ssvae_core.studio.session import StudioError, StudioSession
 TOKEN_COOKIE = "ssvae_studio_token"
 TOKEN_HEADER = "x-ssvae-token"
 MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_JSON_DEPTH = 8
+MAX_ERROR_CHARS = 400
 DEFAULT_PORT = 8765
 PAGE_FILES = ("index.html", "studio.js", "studio.css")
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -46,7 +53,17 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+def cookie_name(token: str) -> str:
+    """The name of the cookie that carries ``token``: one per token, so that two studios
+    open in one browser (cookies are shared by every port of a host) never overwrite
+    each other's."""
+    digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:16]
+    return f"{TOKEN_COOKIE}_{digest}"
+
+
 def _error(status: int, message: str) -> JSONResponse:
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 1] + "…"
     return JSONResponse({"error": message}, status_code=status)
 
 
@@ -56,6 +73,7 @@ class TokenGate:
     def __init__(self, app: ASGIApp, token: str):
         self.app = app
         self.token = token
+        self.cookie = cookie_name(token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,7 +83,7 @@ class TokenGate:
         offered = (
             request.query_params.get("token")
             or request.headers.get(TOKEN_HEADER)
-            or request.cookies.get(TOKEN_COOKIE)
+            or request.cookies.get(self.cookie)
             or ""
         )
         if not secrets.compare_digest(offered.encode("utf-8", "replace"), self.token.encode("utf-8")):
@@ -92,17 +110,43 @@ def _plotly_js() -> Path | None:
     return path if path.is_file() else None
 
 
+def _depth(value: Any) -> int:
+    """How deeply ``value`` (parsed JSON) nests lists and objects, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_JSON_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 async def _body(request: Request) -> Any:
     """The request's JSON body; a ``StudioError`` for anything else."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise StudioError(
+            415, f"the body must be sent as application/json; got {kind or 'no content type'!r:.60}"
+        )
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
         raise StudioError(413, f"the body is {len(raw)} bytes; at most {MAX_BODY_BYTES} are accepted")
     if not raw:
         raise StudioError(400, "the body is empty; send a JSON object")
     try:
-        return json.loads(raw.decode("utf-8"))
+        value = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        value = None
+        raw = b""
     except (UnicodeDecodeError, ValueError) as error:
         raise StudioError(400, f"the body is not valid JSON: {error}") from None
+    if not raw or _depth(value) > MAX_JSON_DEPTH:
+        raise StudioError(400, f"the body nests lists and objects more than {MAX_JSON_DEPTH} levels deep")
+    return value
 
 
 def _int_param(request: Request, name: str, default: int) -> int:
@@ -150,7 +194,7 @@ def create_app(session: StudioSession, token: str) -> Starlette:
         response = FileResponse(static / "index.html", media_type=_TYPES[".html"])
         response.headers["Cache-Control"] = "no-store"
         if request.query_params.get("token"):
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/")
+            response.set_cookie(cookie_name(token), token, httponly=True, samesite="strict", path="/")
         return response
 
     async def static_file(request: Request) -> Response:
@@ -185,6 +229,18 @@ def create_app(session: StudioSession, token: str) -> Starlette:
         strategy = request.query_params.get("strategy", "margin")
         n = _int_param(request, "n", 10)
         return JSONResponse(await threaded(session.queue)(strategy, n))
+
+    async def issues(request: Request) -> Response:
+        return JSONResponse(await threaded(session.issues)(_int_param(request, "n", 20)))
+
+    async def export(request: Request) -> Response:
+        suffix = "." + request.path_params["kind"]
+        if suffix not in (".csv", ".json"):
+            raise StudioError(404, "labels are exported as /api/export.csv or /api/export.json")
+        text = await threaded(session.export)(suffix)
+        media = "text/csv; charset=utf-8" if suffix == ".csv" else "application/json"
+        name = f"{session.out.name}-labels{suffix}".replace('"', "")
+        return Response(text, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     async def labels(request: Request) -> Response:
         return JSONResponse(await threaded(session.add_labels)(await _body(request)))
@@ -225,6 +281,8 @@ def create_app(session: StudioSession, token: str) -> Starlette:
         Route("/api/examples/{index}", _guarded(example), methods=["GET"]),
         Route("/api/queue", _guarded(queue), methods=["GET"]),
         Route("/api/labels", _guarded(labels), methods=["POST"]),
+        Route("/api/issues", _guarded(issues), methods=["GET"]),
+        Route("/api/export.{kind:str}", _guarded(export), methods=["GET"]),
         Route("/api/undo", _guarded(undo), methods=["POST"]),
         Route("/api/channels/{channel}.png", _guarded(channel_png), methods=["GET"]),
         Route("/api/channels", _guarded(channels), methods=["GET"]),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import secrets
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ssvae_core.active import query, query_key, registered_strategy
+from ssvae_core.annotators import agreement
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.checkpoint import read_manifest
 from ssvae_core.data import load_dataset
@@ -36,6 +38,8 @@ from ssvae_core.explore import (
     tile,
 )
 from ssvae_core.inference import infer
+from ssvae_core.label_io import export_text
+from ssvae_core.label_issues import DEFAULT_ISSUES, classifier_issues
 from ssvae_core.labels import STORE_NAME, LabelStore, label_name
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.rundir import RunLock, recover
@@ -53,6 +57,7 @@ from ssvae_core.runs import (
 SOURCE = "studio"
 DEFAULT_STRATEGY = "margin"
 LABEL_FREE_STRATEGY = "typical"
+DEFAULT_PROJECTION = "classes"
 MAX_QUERY = 200
 MAX_LABELS_PER_REQUEST = 10_000
 MAX_RETRAIN_STEPS = 1_000_000
@@ -241,7 +246,7 @@ class StudioSession:
             "strategies": sorted(self.registry.names("acquisition")),
             # a run without labels has no predictions to be unsure of: choose typical examples
             "default_strategy": DEFAULT_STRATEGY if current else LABEL_FREE_STRATEGY,
-            "projections": list(PROJECTIONS),
+            "projections": list(PROJECTIONS),  # the first is the default
             "num_train": len(self.train_rows),
             "num_labeled": sum(1 for index in current if index in self._position),
             "accuracy": report.get("test_accuracy"),
@@ -251,14 +256,11 @@ class StudioSession:
             "retrain": self.retrain_status(),
         }
 
-    def latent_map(self, projection: str = "pca") -> dict[str, Any]:
+    def latent_map(self, projection: str = DEFAULT_PROJECTION) -> dict[str, Any]:
         if projection not in PROJECTIONS:
-            raise StudioError(400, f"unknown projection {projection!r}; allowed: {', '.join(PROJECTIONS)}")
+            raise StudioError(400, f"unknown projection {projection!r:.40}; allowed: {', '.join(PROJECTIONS)}")
         view = self._view
-        points = self._cached(
-            ("map", view.version, projection),
-            lambda: project(view.z_mean, projection, responsibilities=view.responsibilities),
-        )
+        points = self._map_points(view, projection)
         names = list(view.classifier.label_names)
         current = self._store.current()
         predicted = np.argmax(view.probabilities, axis=1)
@@ -276,6 +278,15 @@ class StudioSession:
             "ood": np.round(view.ood, 5).tolist(),
             "label": [current.get(int(row)) for row in self.train_rows],
         }
+
+    def _map_points(self, view: _View, projection: str) -> np.ndarray:
+        return self._cached(
+            ("map", view.version, projection),
+            lambda: project(
+                view.z_mean, projection, responsibilities=view.responsibilities,
+                probabilities=view.probabilities,
+            ),
+        )
 
     def _cached(self, key: Any, compute: Any) -> Any:
         with self._cache_lock:
@@ -314,17 +325,34 @@ class StudioSession:
         usage = view.responsibilities.mean(axis=0)
         rows = view.classifier._channel_rows(usage)
         tau = view.classifier.tau
+        claims = self._claims()
         out = []
         for c, row in enumerate(rows):
+            claimant = claims.get(c)
             out.append({
                 "channel": c,
                 "usage": float(usage[c]),
-                "owner": row.get("owner"),
+                # a claimed channel belongs to its class, as rounds.jsonl says, even before
+                # its τ row has moved there
+                "owner": claimant if claimant is not None else row.get("owner"),
+                "claimed": claimant is not None,
                 "tau": [] if tau is None else np.round(tau[c], 5).tolist(),
-                "free": bool(row.get("free", False)),
+                "free": claimant is None and bool(row.get("free", False)),
                 "members": self.train_rows[view.members[c]].tolist(),
             })
         return {"channels": out, "label_names": self._model_labels(), "version": view.version}
+
+    def _claims(self) -> dict[int, str]:
+        """The channel each class claimed in the run's rounds (a later claim wins), among
+        the model's classes."""
+        names = set(self._model_labels())
+        claims: dict[int, str] = {}
+        with contextlib.suppress(SSVAEError):  # damaged while the studio is open: no claims shown
+            for record in read_rounds(self.out / ROUNDS_NAME):
+                for name, channels in (record.get("claimed_channels") or {}).items():
+                    if name in names:
+                        claims.update((int(c), name) for c in channels)
+        return claims
 
     def channel_png(self, channel: object) -> bytes:
         view = self._view
@@ -383,15 +411,26 @@ class StudioSession:
         return {"strategy": strategy, "version": view.version, "items": items}
 
     def add_labels(self, body: object) -> dict[str, Any]:
-        """Label examples: ``{"labels": [{"index": i, "label": name}, ...], "new_class": bool}``."""
+        """Label examples: ``{"labels": [{"index": i, "label": name}, ...], "new_class": bool,
+        "relabel": bool}``. The labels of one request are one action for ``undo``;
+        ``relabel`` gives examples a label other than the one they hold (a correction)."""
         if not isinstance(body, Mapping):
             raise StudioError(400, 'the body must be a JSON object {"labels": [{"index": ..., "label": ...}]}')
-        unknown = sorted(set(body) - {"labels", "new_class"})
+        fields = {"labels", "new_class", "relabel", "confirm", "annotator"}
+        unknown = sorted(set(body) - fields)
         if unknown:
-            raise StudioError(400, f"unknown field {unknown[0]!r}; allowed: 'labels', 'new_class'")
-        items, new_class = body.get("labels"), body.get("new_class", False)
-        if not isinstance(new_class, bool):
-            raise StudioError(400, f"'new_class' must be true or false; got {new_class!r}")
+            raise StudioError(
+                400, f"unknown field {unknown[0]!r:.40}; allowed: {', '.join(map(repr, sorted(fields)))}"
+            )
+        annotator = body.get("annotator")
+        if annotator is not None and not isinstance(annotator, str):
+            raise StudioError(400, f"'annotator' must be a name (a string) or null; got {annotator!r:.40}")
+        items = body.get("labels")
+        new_class, relabel = body.get("new_class", False), body.get("relabel", False)
+        confirm = body.get("confirm", False)
+        for name, flag in (("new_class", new_class), ("relabel", relabel), ("confirm", confirm)):
+            if not isinstance(flag, bool):
+                raise StudioError(400, f"'{name}' must be true or false; got {flag!r:.40}")
         if not isinstance(items, list) or not items:
             raise StudioError(400, "'labels' must be a non-empty list of {\"index\": ..., \"label\": ...}")
         if len(items) > MAX_LABELS_PER_REQUEST:
@@ -423,7 +462,9 @@ class StudioSession:
             try:
                 updated = store.add(
                     indices, names, x=self.dataset.x, source=SOURCE, allowed=self.train_rows,
-                    known=self._model_labels(),
+                    known=self._model_labels(), relabel=relabel, confirm=confirm,
+                    annotator=annotator or None,
+                    batch=secrets.token_hex(6) if len(indices) > 1 else None,
                 )
             except DataError as error:
                 status = 409 if "already labeled" in str(error) or "two different labels" in str(error) else 400
@@ -440,31 +481,61 @@ class StudioSession:
                 "new_classes": [name for name in updated.label_names() if name not in self._model_labels()],
             }
 
+    def issues(self, n: object = DEFAULT_ISSUES) -> dict[str, Any]:
+        """The labeled examples the model most disputes (``ssvae_core.label_issues``)."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_QUERY:
+            raise StudioError(400, f"n must be an integer from 1 to {MAX_QUERY}; got {n!r}")
+        view = self._view
+        found = classifier_issues(view.classifier, self.dataset.x, self._store, n=n)
+        return {"version": view.version, "items": [issue.to_json() for issue in found]}
+
+    def export(self, suffix: str) -> str:
+        """The store's current labels as a ``.csv`` or Label Studio ``.json`` download."""
+        return export_text(self._store, suffix)
+
     def undo(self, body: object) -> dict[str, Any]:
-        """Withdraw a studio label: ``{"index": i, "label": name}``."""
-        if not isinstance(body, Mapping) or set(body) != {"index", "label"}:
-            raise StudioError(400, 'the body must be a JSON object {"index": ..., "label": ...}')
-        index, label = body["index"], body["label"]
-        self._row(index)
-        if not isinstance(label, str):
-            raise StudioError(400, f"'label' must be a string; got {label!r:.40}")
+        """Take labels back, from the store (so an undo outlives the page): ``{}`` takes back
+        the latest studio action (one label, or every label of one batch); ``{"index": i,
+        "label": name}`` withdraws that example's studio label. An example relabeled in the
+        studio holds its earlier label again."""
+        if not isinstance(body, Mapping) or (body and set(body) != {"index", "label"}):
+            raise StudioError(
+                400, 'the body must be a JSON object: {} (the latest action) or {"index": ..., "label": ...}'
+            )
         with self._labels_lock:
             try:
-                updated, entry = self._store.withdraw(index, label, source=SOURCE)
+                if body:
+                    index, label = body["index"], body["label"]
+                    self._row(index)
+                    if not isinstance(label, str):
+                        raise StudioError(400, f"'label' must be a string; got {label!r:.40}")
+                    updated, entry = self._store.withdraw(index, label, source=SOURCE)
+                    removed = [entry]
+                else:
+                    updated, removed = self._store.withdraw_last(source=SOURCE)
             except DataError as error:
                 status = 404 if "no label" in str(error) else 409
                 raise StudioError(status, str(error)) from None
             updated.save(self.out / STORE_NAME)
             self._store = updated
-            return {"removed": entry.to_json(), "num_labeled": len(updated.current())}
+            current = updated.current()
+            return {
+                "removed": [entry.to_json() for entry in removed],
+                "restored": {str(e.index): current.get(e.index) for e in removed},
+                "num_labeled": sum(1 for index in current if index in self._position),
+            }
 
     def history(self) -> dict[str, Any]:
-        entries = [entry.to_json() for entry in reversed(self._store.entries)]
+        latest = {entry.index: k for k, entry in enumerate(self._store.entries)}
+        entries = [
+            {**entry.to_json(), "current": latest[entry.index] == k}
+            for k, entry in reversed(list(enumerate(self._store.entries)))
+        ]
         rounds = []
         keep = ("round", "command", "labels", "test_accuracy", "ece", "to_step", "claimed_channels", "time")
         with contextlib.suppress(SSVAEError):  # damaged while the studio is open: no rounds shown
             rounds = [{key: record.get(key) for key in keep} for record in read_rounds(self.out / ROUNDS_NAME)]
-        return {"entries": entries, "rounds": rounds}
+        return {"entries": entries, "rounds": rounds, "agreement": agreement(self._store)}
 
     # ---- retraining -------------------------------------------------------------------
 
@@ -518,9 +589,13 @@ class StudioSession:
                 held_lock=self._lock, intermediate_checkpoints=False, store=store,
             )
             accuracy = report.get("test_accuracy")
-            self._view = self._load_view(version=self._view.version + 1)
+            view = self._load_view(version=self._view.version + 1)
+            self._map_points(view, DEFAULT_PROJECTION)  # ready when the page asks for it
+            self._view = view
             with self._cache_lock:
-                self._cache = {k: v for k, v in self._cache.items() if k[0] == "image"}
+                self._cache = {
+                    k: v for k, v in self._cache.items() if k[0] == "image" or k[1] == view.version
+                }
         except RetrainCancelled:
             self._recover()
             state, message = "cancelled", "cancelled; the model is as it was before this retrain"

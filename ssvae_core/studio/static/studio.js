@@ -2,6 +2,7 @@
 //
 // Element ids (stable: the browser test drives them):
 //   header    #run-name #run-step #num-labeled #accuracy (data-version: the model's version)
+//             #annotator (who labels in this browser; kept in localStorage)
 //             #retrain-badge; #message shows errors from the API (class "info" for notes)
 //   tabs      #tab-queue #tab-map #tab-channels #tab-training #tab-history, each showing
 //             #panel-queue #panel-map #panel-channels #panel-training #panel-history
@@ -9,12 +10,19 @@
 //             (data-index) #current-info #label-buttons (.label-button[data-label])
 //             #new-class-name #new-class #skip #undo #queue-thumbs
 //   map       #map-projection #map-colour #map-plot (data-state "loading" while a map is
-//             asked for, then "ready") #hover-image #hover-info #selection-count
-//             #selection-label #label-selection
+//             asked for, then "ready") #map-status (data-stale "1" while the map shows an
+//             older model or labels changed since it was drawn) #hover-image #hover-info
+//             #selection-count #label-selection (opens the preview) #undo-batch
+//             preview   #selection-preview #preview-count #preview-thumbs #selection-label
+//             (defaults to the selection's majority prediction) #confirm-selection
+//             #cancel-selection
 //   channels  #channels-list (.channel cards, #channel-<c>)
 //   training  #retrain-steps #retrain #cancel-retrain #retrain-progress #retrain-state
 //             (data-state: the job's state) #loss-plot
-//   history   #history-plot #history-table
+//   issues    #issues-size #find-issues #issues-status #issues-list (.issue[data-index]
+//             cards with .issue-relabel and .issue-keep buttons)
+//   history   #history-plot #history-table (rows: .history-withdraw buttons for studio
+//             labels, .history-relabel selects for every current label)
 //
 // The token travels in a same-site cookie that the server set when the page was opened.
 "use strict";
@@ -27,7 +35,6 @@ const studio = {
   queue: [],           // the items of the last query
   position: 0,         // the current item of the queue
   done: new Set(),     // queue items labeled or skipped
-  undo: [],            // this tab's labels, newest last: {index, label}
   map: null,           // the last /api/map reply
   mapStale: false,     // labels changed since the map was drawn
   hovered: null,       // the map point under the pointer
@@ -37,7 +44,17 @@ const studio = {
 
 // ---- talking to the server -------------------------------------------------------------
 
+// Who labels in this browser: asked once, kept in localStorage, sent with every label.
+const ANNOTATOR_KEY = "ssvae-studio-annotator";
+
+function annotator() {
+  return $("annotator").value.trim() || null;
+}
+
 async function api(path, body) {
+  if (body && path === "/api/labels") {
+    body = { ...body, annotator: annotator() };
+  }
   const options = body === undefined ? {} : {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   };
@@ -84,6 +101,7 @@ async function refreshState() {
   fillSelect($("queue-strategy"), info.strategies, $("queue-strategy").value || info.default_strategy);
   fillSelect($("map-projection"), info.projections, $("map-projection").value || info.projections[0]);
   fillSelect($("selection-label"), info.label_names, $("selection-label").value);
+  showMapStatus();
   drawLabelButtons();
   showJob(info.retrain);
   if (info.version !== studio.version) {
@@ -122,7 +140,11 @@ function drawLabelButtons() {
       key.textContent = keys[name];
       button.append(key);
     }
-    button.addEventListener("click", () => attempt(() => labelCurrent(name, false)));
+    button.addEventListener("click", () => {
+      // the focus leaves the button: Enter must not give the next image this label unasked
+      button.blur();
+      attempt(() => labelCurrent(name, false));
+    });
     return button;
   });
   box.replaceChildren(...buttons);
@@ -193,7 +215,6 @@ async function labelCurrent(name, newClass) {
     throw new Error("no image to label: take a query first");
   }
   const reply = await api("/api/labels", { labels: [{ index: item.index, label: name }], new_class: newClass });
-  studio.undo.push({ index: item.index, label: name.trim(), position: studio.position });
   afterLabels(reply);
   advance();
 }
@@ -201,6 +222,7 @@ async function labelCurrent(name, newClass) {
 function afterLabels(reply) {
   quiet();
   studio.mapStale = true;
+  showMapStatus();
   $("num-labeled").textContent = reply.num_labeled;
   if (reply.label_names.join("\u0000") !== studio.info.label_names.join("\u0000")) {
     refreshState().catch((error) => say(error.message));
@@ -217,22 +239,33 @@ async function newClass() {
   $("new-class-name").blur();
 }
 
-async function undo() {
-  const last = studio.undo[studio.undo.length - 1];
-  if (!last) {
-    throw new Error("nothing to undo in this tab");
-  }
-  const reply = await api("/api/undo", { index: last.index, label: last.label });
-  studio.undo.pop();
+// Undo takes back the latest studio action kept in the label store (one label, or a map
+// selection as a whole), so it works the same after a reload or from another tab.
+async function undo(body = {}) {
+  const reply = await api("/api/undo", body);
   studio.mapStale = true;
+  showMapStatus();
   $("num-labeled").textContent = reply.num_labeled;
-  const position = studio.queue.findIndex((q) => q.index === last.index);
-  if (position >= 0) {
+  const removed = reply.removed;
+  const positions = removed.map((e) => studio.queue.findIndex((q) => q.index === e.index)).filter((p) => p >= 0);
+  for (const position of positions) {
     studio.done.delete(position);
-    studio.position = position;
+  }
+  if (positions.length) {
+    studio.position = Math.min(...positions);
     drawQueue();
   }
-  say(`Took back label ${last.label} of example #${last.index}.`, "info");
+  const what = removed.length === 1
+    ? `label ${removed[0].label} of example #${removed[0].index}`
+    : `${removed.length} labels ${[...new Set(removed.map((e) => e.label))].join(", ")}`;
+  say(`Took back ${what}.`, "info");
+  $("undo-batch").hidden = true;
+  if (!$("panel-map").hidden) {
+    await drawMap();
+  }
+  if (!$("panel-history").hidden) {
+    await drawHistory();
+  }
 }
 
 function onKey(event) {
@@ -240,12 +273,22 @@ function onKey(event) {
   if (target instanceof HTMLInputElement || target instanceof HTMLSelectElement || target instanceof HTMLTextAreaElement) {
     return;  // typing a name or a number: no shortcuts
   }
+  if (event.key === "Enter" && target instanceof HTMLButtonElement && target.closest("#label-buttons")) {
+    event.preventDefault();  // a label is given by its key or a click, never by Enter
+    return;
+  }
+  const undoKey = event.key === "Backspace" || ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "z");
+  if (undoKey && !$("panel-map").hidden) {
+    event.preventDefault();
+    attempt(() => undo());
+    return;
+  }
   if ($("panel-queue").hidden) {
     return;
   }
-  if (event.key === "Backspace" || ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "z")) {
+  if (undoKey) {
     event.preventDefault();
-    attempt(undo);
+    attempt(() => undo());
     return;
   }
   if (event.ctrlKey || event.metaKey || event.altKey) {
@@ -274,25 +317,64 @@ const PALETTE = [
   "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
   "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
 ];
+const UNLABELED = "#bbbbbb";
 const PROJECTION_TITLES = {
+  classes: "the classifier's probabilities among the classes, spread by z within each",
   pca: "PCA of the posterior means",
   channels: "q(c|x) over channel anchors, PCA of the means within",
   tsne: "t-SNE of the posterior means",
   "tsne-channels": "t-SNE of the posterior means and q(c|x)",
 };
 
+// A class keeps its colour in every colour mode and after new classes: its position among
+// the run's label names picks it (never the order the names sort in).
+function classColour(name) {
+  const position = studio.info ? studio.info.label_names.indexOf(name) : -1;
+  return position < 0 ? UNLABELED : PALETTE[position % PALETTE.length];
+}
+
 async function drawMap() {
-  const projection = $("map-projection").value || "pca";
+  const projection = $("map-projection").value || studio.info.projections[0];
   $("map-plot").dataset.state = "loading";
+  const started = Date.now();
+  const status = $("map-status");
+  const tick = () => {  // t-SNE takes a while: say so, and for how long it has been at it
+    const seconds = Math.round((Date.now() - started) / 1000);
+    status.textContent = `computing the ${projection} map of model version ${studio.version}… ${seconds} s`;
+    status.dataset.stale = "1";
+  };
+  tick();
+  const timer = setInterval(tick, 1000);
   try {
     studio.map = await api(`/api/map?projection=${encodeURIComponent(projection)}`);
+    studio.mapStale = false;
   } finally {
+    clearInterval(timer);
     $("map-plot").dataset.state = "ready";
+    showMapStatus();
   }
-  studio.mapStale = false;
   studio.selected = [];
   showSelection();
   plotMap();
+}
+
+function showMapStatus() {
+  const status = $("map-status");
+  const map = studio.map;
+  if (!map || $("map-plot").dataset.state === "loading") {
+    return;
+  }
+  let text = `model version ${map.version}`;
+  let stale = false;
+  if (studio.info && map.version !== studio.info.version) {
+    text = `stale: this map shows model version ${map.version}; the model is at version ${studio.info.version}`;
+    stale = true;
+  } else if (studio.mapStale) {
+    text += "; labels changed since it was drawn (reopen the tab to redraw)";
+    stale = true;
+  }
+  status.textContent = text;
+  status.dataset.stale = stale ? "1" : "0";
 }
 
 function plotMap() {
@@ -306,18 +388,23 @@ function plotMap() {
   if (colour === "ood") {
     traces = [{
       x: data.x, y: data.y, customdata: data.index, mode: "markers", type: "scatter", name: "OOD score",
-      marker: { size: 5, color: data.ood, colorscale: "Viridis", showscale: true, colorbar: { title: "OOD" } },
+      marker: { size: 5, color: data.ood, colorscale: "Viridis", showscale: true, colorbar: { title: { text: "OOD" } } },
       hovertemplate: "#%{customdata}<extra></extra>",
     }];
   } else {
     const values = data[colour].map((v) => (v === null ? "unlabeled" : String(v)));
-    const groups = [...new Set(values)].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+    const order = (v) => (colour === "channel" ? Number(v) : studio.info.label_names.indexOf(v));
+    const groups = [...new Set(values)].sort((a, b) => (a === "unlabeled") - (b === "unlabeled") || order(a) - order(b));
+    const colourOf = (group) => {
+      if (group === "unlabeled") return UNLABELED;
+      return colour === "channel" ? PALETTE[Number(group) % PALETTE.length] : classColour(group);
+    };
     traces = groups.map((group) => {
       const rows = values.map((v, i) => (v === group ? i : -1)).filter((i) => i >= 0).map(point);
       return {
         x: rows.map((i) => data.x[i]), y: rows.map((i) => data.y[i]), customdata: rows.map((i) => data.index[i]),
         mode: "markers", type: "scatter", name: (colour === "channel" ? "c=" : "") + group,
-        marker: { size: 5, opacity: group === "unlabeled" ? 0.25 : 0.8 },
+        marker: { size: 5, color: colourOf(group), opacity: group === "unlabeled" ? 0.25 : 0.8 },
         hovertemplate: "#%{customdata}<extra></extra>",
       };
     });
@@ -359,10 +446,43 @@ async function showHover(index) {
 function showSelection() {
   const count = studio.selected.length;
   $("selection-count").textContent = count
-    ? `${count} selected:`
+    ? `${count} selected`
     : "Select points with the lasso or box tool to label them together.";
   $("label-selection").disabled = count === 0;
-  $("label-selection").textContent = `Label ${count} selected`;
+  $("label-selection").textContent = `Label ${count} selected…`;
+  $("selection-preview").hidden = true;
+}
+
+const PREVIEW_THUMBS = 12;
+
+// A selection is labeled through a preview: how many, a few of them, and the label they
+// will get (the majority of the model's predictions unless changed), then a confirmation.
+function previewSelection() {
+  const chosen = studio.selected;
+  if (!chosen.length) {
+    throw new Error("select points with the lasso or box tool first");
+  }
+  const position = new Map(studio.map.index.map((index, i) => [index, i]));
+  const votes = new Map();
+  for (const index of chosen) {
+    const predicted = studio.map.predicted[position.get(index)];
+    votes.set(predicted, (votes.get(predicted) || 0) + 1);
+  }
+  const [majority, count] = [...votes.entries()].sort((a, b) => b[1] - a[1])[0];
+  $("selection-label").value = majority;
+  const labeled = chosen.filter((index) => studio.map.label[position.get(index)] !== null).length;
+  $("preview-count").textContent = `Label ${chosen.length} examples as the one class below? ` +
+    `The model predicts ${majority} for ${count} of them` + (labeled ? `; ${labeled} hold a label already.` : ".");
+  const step = Math.max(1, Math.floor(chosen.length / PREVIEW_THUMBS));
+  const shown = chosen.filter((_, i) => i % step === 0).slice(0, PREVIEW_THUMBS);
+  $("preview-thumbs").replaceChildren(...shown.map((index) => {
+    const img = document.createElement("img");
+    img.src = imageUrl(index);
+    img.alt = `example ${index}`;
+    img.title = `#${index}, predicted ${studio.map.predicted[position.get(index)]}`;
+    return img;
+  }));
+  $("selection-preview").hidden = false;
 }
 
 async function labelSelection() {
@@ -370,11 +490,13 @@ async function labelSelection() {
   if (!studio.selected.length || !name) {
     throw new Error("select points and a label first");
   }
+  const count = studio.selected.length;
   const labels = studio.selected.map((index) => ({ index, label: name }));
   const reply = await api("/api/labels", { labels });
   afterLabels(reply);
-  say(`Labeled ${studio.selected.length} examples ${name} (${reply.added} new).`, "info");
   await drawMap();
+  say(`Labeled ${count} examples ${name} (${reply.added} new); Undo takes them back as one.`, "info");
+  $("undo-batch").hidden = reply.added === 0;
 }
 
 // ---- channels ----------------------------------------------------------------------------
@@ -489,22 +611,107 @@ async function drawHistory() {
   const reply = await api("/api/history");
   const rows = reply.entries.slice(0, 500).map((e) => {
     const row = document.createElement("tr");
-    for (const value of [e.time.replace("T", " ").replace("Z", ""), `#${e.index}`, e.label, e.source]) {
+    row.dataset.index = e.index;
+    row.className = e.current ? "current" : "superseded";
+    for (const value of [e.time.replace("T", " ").replace("Z", ""), `#${e.index}`, e.label, e.source, e.annotator || ""]) {
       const cell = document.createElement("td");
       cell.textContent = value;
       row.append(cell);
     }
+    const actions = document.createElement("td");
+    if (e.current) {  // a current label can be corrected; a studio one also withdrawn
+      const relabel = document.createElement("select");
+      relabel.className = "history-relabel";
+      relabel.title = "give this example another label";
+      relabel.replaceChildren(...studio.info.label_names.map((name) => new Option(name, name)));
+      relabel.value = e.label;
+      relabel.addEventListener("change", () => attempt(async () => {
+        await api("/api/labels", { labels: [{ index: e.index, label: relabel.value }], relabel: true });
+        studio.mapStale = true;
+        say(`Example #${e.index} is labeled ${relabel.value} now (was ${e.label}); Undo takes it back.`, "info");
+        await Promise.all([drawHistory(), refreshCount()]);
+      }));
+      actions.append(relabel);
+      if (e.source === "studio") {
+        const withdraw = document.createElement("button");
+        withdraw.className = "history-withdraw";
+        withdraw.textContent = "withdraw";
+        withdraw.addEventListener("click", () => attempt(() => undo({ index: e.index, label: e.label })));
+        actions.append(withdraw);
+      }
+    }
+    row.append(actions);
     return row;
   });
   $("history-table").tBodies[0].replaceChildren(...rows);
+  const votes = reply.agreement;
+  $("history-agreement").textContent = Object.entries(votes.annotators)
+    .map(([name, row]) => `${name}: ${row.labels}` + (row.shared ? ` (${row.agreed}/${row.shared} shared agree)` : ""))
+    .join(", ") + (votes.agreement === null ? "" : `; agreement ${percent(votes.agreement)} over ${votes.shared} examples labeled by several`);
   const rounds = reply.rounds;
+  // the axis spans the accuracies seen, within 0–100 % (one round is a point, not a 0–150 % axis)
+  const accuracies = rounds.map((r) => r.test_accuracy).filter((a) => a !== null && a !== undefined);
+  const low = accuracies.length ? Math.max(0, Math.min(...accuracies) - 0.05) : 0;
+  const high = accuracies.length ? Math.min(1, Math.max(...accuracies) + 0.05) : 1;
   Plotly.react($("history-plot"), [{
     x: rounds.map((r) => r.labels), y: rounds.map((r) => r.test_accuracy), mode: "lines+markers",
     text: rounds.map((r) => `round ${r.round} (${r.command}), step ${r.to_step}`), name: "held-out accuracy",
   }], {
     margin: { l: 50, r: 10, t: 30, b: 40 }, title: { text: "held-out accuracy after each training round", font: { size: 13 } },
-    xaxis: { title: { text: "labels used" } }, yaxis: { title: { text: "accuracy" }, tickformat: ".1%" },
+    xaxis: { title: { text: "labels used" } },
+    yaxis: { title: { text: "accuracy" }, tickformat: ".1%", range: [low, high] },
   }, { displaylogo: false });
+}
+
+async function refreshCount() {
+  const info = await api("/api/state");
+  $("num-labeled").textContent = info.num_labeled;
+}
+
+// ---- label issues ------------------------------------------------------------------------
+
+async function findIssues() {
+  const n = Number.parseInt($("issues-size").value, 10) || 20;
+  $("issues-status").textContent = "looking…";
+  const reply = await api(`/api/issues?n=${n}`);
+  const cards = reply.items.map((item) => {
+    const card = document.createElement("div");
+    card.className = "issue";
+    card.dataset.index = item.index;
+    const img = document.createElement("img");
+    img.src = imageUrl(item.index);
+    img.alt = `example ${item.index}`;
+    const text = document.createElement("div");
+    text.append(
+      line(`#${item.index}, labeled ${item.label} (${item.source}): p = ${item.p_label.toFixed(3)}`),
+      line(`the model suggests ${item.suggested}: p = ${item.p_suggested.toFixed(3)}`),
+    );
+    const relabel = document.createElement("button");
+    relabel.className = "issue-relabel";
+    relabel.textContent = `Relabel ${item.suggested}`;
+    relabel.addEventListener("click", () => attempt(() => review(card, item, item.suggested)));
+    const keep = document.createElement("button");
+    keep.className = "issue-keep";
+    keep.textContent = `Keep ${item.label}`;
+    keep.addEventListener("click", () => attempt(() => review(card, item, item.label)));
+    text.append(relabel, keep);
+    card.append(img, text);
+    return card;
+  });
+  $("issues-list").replaceChildren(...cards);
+  $("issues-status").textContent = cards.length
+    ? `${cards.length} disputed labels (model version ${reply.version})`
+    : "no label is disputed";
+}
+
+// Relabel or keep: either way the label is marked as reviewed and not proposed again.
+async function review(card, item, label) {
+  const reply = await api("/api/labels", {
+    labels: [{ index: item.index, label }], relabel: label !== item.label, confirm: true,
+  });
+  afterLabels(reply);
+  card.remove();
+  say(label === item.label ? `Kept ${label} for #${item.index}.` : `#${item.index} is labeled ${label} now (was ${item.label}).`, "info");
 }
 
 // ---- wiring ------------------------------------------------------------------------------
@@ -529,20 +736,26 @@ function showPanel(name) {
 }
 
 function wire() {
+  $("annotator").value = localStorage.getItem(ANNOTATOR_KEY) || "";
+  $("annotator").addEventListener("change", () => localStorage.setItem(ANNOTATOR_KEY, $("annotator").value.trim()));
   for (const tab of document.querySelectorAll(".tab")) {
     tab.addEventListener("click", () => showPanel(tab.dataset.panel));
   }
   $("take-query").addEventListener("click", () => attempt(takeQuery));
   $("skip").addEventListener("click", () => { if (studio.queue[studio.position]) advance(); });
-  $("undo").addEventListener("click", () => attempt(undo));
+  $("undo").addEventListener("click", () => attempt(() => undo()));
+  $("undo-batch").addEventListener("click", () => attempt(() => undo()));
   $("new-class").addEventListener("click", () => attempt(newClass));
   $("new-class-name").addEventListener("keydown", (event) => {
     if (event.key === "Enter") attempt(newClass);
   });
   $("map-projection").addEventListener("change", () => attempt(drawMap));
   $("map-colour").addEventListener("change", plotMap);
-  $("label-selection").addEventListener("click", () => attempt(labelSelection));
+  $("label-selection").addEventListener("click", () => attempt(async () => previewSelection()));
+  $("confirm-selection").addEventListener("click", () => attempt(labelSelection));
+  $("cancel-selection").addEventListener("click", () => { $("selection-preview").hidden = true; });
   $("retrain").addEventListener("click", () => attempt(retrain));
+  $("find-issues").addEventListener("click", () => attempt(findIssues));
   $("cancel-retrain").addEventListener("click", () => attempt(cancelRetrain));
   document.addEventListener("keydown", onKey);
 }
