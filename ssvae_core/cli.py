@@ -309,6 +309,16 @@ def _parser() -> argparse.ArgumentParser:
         "--issues`) with the data's true labels: wrong ones corrected, right ones confirmed "
         "(default 0: no review)",
     )
+    loop.add_argument(
+        "--stop-when", choices=("stable",), metavar="stable",
+        help="end a strategy's rounds early once its labels stop paying: 'stable' when the share "
+        "of the unlabeled pool whose predicted class changed in a round falls below "
+        "--stable-below (every round's share is in curve.jsonl as prediction_change)",
+    )
+    loop.add_argument(
+        "--stable-below", type=float, default=0.01, metavar="F",
+        help="with --stop-when stable: the share of changed predictions that counts as stable (default 0.01)",
+    )
     loop.add_argument("--rounds", type=int, default=5, metavar="R", help="query rounds (default 5)")
     loop.add_argument("--per-round", type=int, default=10, metavar="N", help="queries per round (default 10)")
     loop.add_argument(
@@ -659,6 +669,7 @@ def _loop(args: argparse.Namespace) -> int:
         rounds=args.rounds, per_round=args.per_round, steps_per_round=args.steps_per_round,
         initial_strategy=args.initial_strategy, initial_training=args.initial_training,
         oracle_noise=args.oracle_noise, review_issues=args.review_issues,
+        stop_when=args.stop_when, stable_below=args.stable_below,
     )
     out = args.out if args.out is not None else new_run_dir()
     total = len(plan.seeds) * len(plan.strategies) * plan.rounds
@@ -669,7 +680,9 @@ def _loop(args: argparse.Namespace) -> int:
         print(
             f"{record['strategy']:>16} seed {record['seed']} round {record['round']}/{plan.rounds}: "
             f"{record['labels']} labels, test accuracy {record['test_accuracy']:.4f}, "
-            f"ECE {record['ece']:.4f} ({record['wall_time_s']:.1f}s)",
+            f"ECE {record['ece']:.4f} ({record['wall_time_s']:.1f}s)"
+            + (f", predictions changed {100 * record['prediction_change']:.1f} %" if "prediction_change" in record else "")
+            + (" — stable: stopped" if record.get("stopped") else ""),
             flush=True,
         )
 

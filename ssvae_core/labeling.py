@@ -51,6 +51,7 @@ from ssvae_core.runs import (
     split_dataset,
     train_run,
 )
+from ssvae_core.stopping import DEFAULT_STABLE_BELOW, STOP_WHEN, pool_predictions, prediction_change
 
 QUERIES_DIR = "queries"
 CURVE_NAME = "curve.jsonl"
@@ -277,6 +278,8 @@ class LoopPlan:
     initial_training: str = "warm"
     oracle_noise: float = 0.0
     review_issues: int = 0
+    stop_when: str | None = None
+    stable_below: float = DEFAULT_STABLE_BELOW
 
     def check(self, registry: Registry) -> None:
         for name, value in (("--rounds", self.rounds), ("--per-round", self.per_round), ("--steps-per-round", self.steps_per_round)):
@@ -292,6 +295,12 @@ class LoopPlan:
             raise ConfigError(f"--oracle-noise must be a fraction from 0 to below 1; got {self.oracle_noise!r}")
         if isinstance(self.review_issues, bool) or not isinstance(self.review_issues, int) or self.review_issues < 0:
             raise ConfigError(f"--review-issues must be an integer >= 0; got {self.review_issues!r}")
+        if self.stop_when is not None and self.stop_when not in STOP_WHEN:
+            raise ConfigError(f"--stop-when must be one of {', '.join(STOP_WHEN)}; got {self.stop_when!r}")
+        if isinstance(self.stable_below, bool) or not isinstance(self.stable_below, (int, float)) or not (
+            0.0 < self.stable_below < 1.0
+        ):
+            raise ConfigError(f"--stable-below must be a fraction between 0 and 1; got {self.stable_below!r}")
         if not self.seeds:
             raise ConfigError("give at least one seed")
         for seed in self.seeds:
@@ -449,6 +458,8 @@ def run_loop(
             "initial_steps": plan.config.train.steps,
             "oracle_noise": plan.oracle_noise,
             "review_issues": plan.review_issues,
+            "stop_when": plan.stop_when,
+            "stable_below": plan.stable_below,
             "options": {k: dict(v) for k, v in plan.options.items()},
             "started": utc_now(),
         }
@@ -476,6 +487,8 @@ def run_loop(
                 append_json_line(out / CURVE_NAME, record)
                 if on_round is not None:
                     on_round(record)
+                train_rows = np.asarray(split.train)
+                previous = pool_predictions(run, dataset.x, train_rows)
                 for round_ in range(1, plan.rounds + 1):
                     started = time.perf_counter()
                     (run / QUERIES_DIR).mkdir(exist_ok=True)
@@ -490,12 +503,20 @@ def run_loop(
                     record = {**_round_record(strategy, seed, round_, round_report, len(indices)), **reviewed}
                     if plan.oracle_noise:
                         record["wrong_labels"] = wrong_labels(run, oracle)
+                    now = pool_predictions(run, dataset.x, train_rows)
+                    record["prediction_change"] = round(prediction_change(previous, now), 5)
+                    previous = now
+                    stop = plan.stop_when == "stable" and record["prediction_change"] < plan.stable_below
+                    if stop:
+                        record["stopped"] = "stable"
                     record["series"] = strategy + plan.series_suffix
                     record["wall_time_s"] = round(time.perf_counter() - started, 3)
                     records.append(record)
                     append_json_line(out / CURVE_NAME, record)
                     if on_round is not None:
                         on_round(record)
+                    if stop:
+                        break
         summary = summarise_curve(records)
         atomic_write_bytes(out / "curve.json", json.dumps(summary, indent=2).encode("utf-8"))
         if plots:

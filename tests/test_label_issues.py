@@ -245,3 +245,23 @@ def test_annotators_on_the_command_line(trained: Path, tmp_path: Path, capsys: p
     again.write_text(f"index,label\n{a},7\n", encoding="utf-8")
     assert main(["label", str(run), str(again), "--annotator", "ana"]) == 2
     assert "already labeled '3' by 'ana'" in capsys.readouterr().err
+
+
+def test_the_loop_reports_how_much_the_pool_changed_and_stops_when_stable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ssvae_core.stopping import PoolPredictions, prediction_change
+
+    before = PoolPredictions(np.arange(4), np.array([0, 1, 1, 2]), np.array([True, True, False, True]))
+    after = PoolPredictions(np.arange(4), np.array([0, 2, 0, 2]), np.array([True, True, True, False]))
+    assert prediction_change(before, after) == 0.5  # rows 0 and 1 are unlabeled in both; 1 changed
+    loop = tmp_path / "loop"
+    assert main(["loop", "--initial-labels-per-class", "2", "--rounds", "4", "--per-round", "5",
+                 "--steps-per-round", "1", "--steps", "30", "--stop-when", "stable", "--stable-below", "0.5",
+                 "--no-plots", "--out", str(loop), *SMALL]) == 0
+    assert "stable: stopped" in capsys.readouterr().out
+    records = [json.loads(line) for line in (loop / "curve.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["round"] for r in records] == [0, 1]  # one step per round moves almost nothing
+    assert records[1]["stopped"] == "stable" and 0.0 <= records[1]["prediction_change"] < 0.5
+    assert main(["loop", "--out", str(tmp_path / "bad"), "--stable-below", "0"]) == 2
+    assert "--stable-below must be a fraction" in capsys.readouterr().err
