@@ -157,7 +157,14 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
         labeled[int(index)] = key
     wait.until(lambda d: element("num-labeled").text == "25")
     no_error()
+    # why the image is queued: its two likeliest classes, its channel, its labeled neighbours
+    assert "nearest labeled: #" in element("current-why").text and " or " in element("current-why").text
     driver.save_screenshot(str(shots / "queue.png"))
+    # ? shows the keys, Escape hides them
+    ActionChains(driver).send_keys("?").perform()
+    wait.until(lambda d: element("help-overlay").is_displayed())
+    ActionChains(driver).send_keys(Keys.ESCAPE).perform()
+    wait.until(lambda d: not element("help-overlay").is_displayed())
 
     # one with a click; Enter afterwards gives the next image nothing
     index = element("current-image").get_attribute("data-index")
@@ -181,15 +188,16 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     wait.until(lambda d: element("num-labeled").text == "26")
     assert int(element("current-image").get_attribute("data-index")) == index
 
-    # a class the model has not seen; the shortcuts keep quiet while a name is typed
-    element("new-class-name").send_keys("1", Keys.BACKSPACE, "smudge")
-    element("new-class").click()
+    # a class the model has not seen, from its key; the shortcuts keep quiet while a name is typed
+    ActionChains(driver).send_keys("+").perform()
+    assert driver.switch_to.active_element == element("new-class-name")
+    ActionChains(driver).send_keys("1", Keys.BACKSPACE, "smudge", Keys.ENTER).perform()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#label-buttons [data-label="smudge"]'))
     wait.until(lambda d: element("num-labeled").text == "27")
     labeled[index] = "smudge"
     no_error()
 
-    # → and space skip (space too while the "New class" button has the focus)
+    # → and space skip
     for key in (Keys.ARROW_RIGHT, Keys.SPACE):
         index = element("current-image").get_attribute("data-index")
         ActionChains(driver).send_keys(key).perform()

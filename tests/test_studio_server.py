@@ -247,6 +247,9 @@ def test_state_map_example_queue_channels_and_history(
     queue = client.get("/api/queue", params={"strategy": "margin", "n": 7}).json()
     picked = [item["index"] for item in queue["items"]]
     assert len(set(picked)) == 7 and not set(picked) & set(rows["labeled"]) and set(picked) <= set(train_rows)
+    first = queue["items"][0]  # why it is queued
+    assert len(first["top"]) == 2 and first["top"][0][1] >= first["top"][1][1] and first["channel"] in range(14)
+    assert [n["label"] is not None and n["index"] in rows["labeled"] for n in first["neighbours"]] == [True] * 3
     example = client.get(f"/api/examples/{picked[0]}").json()
     assert example["predicted"] == queue["items"][0]["predicted"] and example["label"] is None
     assert abs(sum(example["probabilities"].values()) - 1.0) < 1e-4

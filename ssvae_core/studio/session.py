@@ -62,6 +62,7 @@ MAX_QUERY = 200
 MAX_LABELS_PER_REQUEST = 10_000
 MAX_RETRAIN_STEPS = 1_000_000
 IMAGE_SCALE = 8
+NEIGHBOURS_SHOWN = 3
 
 
 class StudioError(SSVAEError):
@@ -403,12 +404,33 @@ class StudioSession:
                 "score": float(score) if math.isfinite(float(score)) else None,
                 "predicted": names[int(p)],
                 "certainty": float(c),
+                **self._reasons(view, int(i), labeled),
             }
             for i, score, p, c in zip(
                 result.indices, result.scores, result.predictions, result.certainty, strict=True
             )
         ]
         return {"strategy": strategy, "version": view.version, "items": items}
+
+    def _reasons(self, view: _View, row: int, labeled: np.ndarray) -> dict[str, Any]:
+        """Why an example is queued: its two most probable classes, its channel and its
+        nearest labeled neighbours in the latent space (with their labels)."""
+        names = list(view.classifier.label_names)
+        order = np.argsort(-view.probabilities[row])[:2]
+        near: list[dict[str, Any]] = []
+        if np.any(labeled):
+            rows = np.flatnonzero(labeled)
+            distance = np.linalg.norm(view.z_mean[rows] - view.z_mean[row], axis=1)
+            current = self._store.current()
+            for k in rows[np.argsort(distance, kind="stable")[:NEIGHBOURS_SHOWN]]:
+                index = int(self.train_rows[k])
+                near.append({"index": index, "label": current.get(index)})
+        has_channels = view.responsibilities.shape[1] > 0
+        return {
+            "top": [[names[int(y)], round(float(view.probabilities[row, y]), 5)] for y in order],
+            "channel": int(np.argmax(view.responsibilities[row])) if has_channels else None,
+            "neighbours": near,
+        }
 
     def add_labels(self, body: object) -> dict[str, Any]:
         """Label examples: ``{"labels": [{"index": i, "label": name}, ...], "new_class": bool,

@@ -175,10 +175,26 @@ function drawQueue() {
     image.dataset.index = item.index;
     image.hidden = false;
     $("current-info").innerHTML = "";
+    const why = document.createElement("div");
+    why.id = "current-why";
+    why.append(
+      line("why: " + item.top.map(([name, p]) => `${name} ${(100 * p).toFixed(0)} %`).join(" or ")
+        + (item.channel === null ? "" : `, channel ${item.channel}`)),
+      line("nearest labeled: " + (item.neighbours.map((n) => `#${n.index} (${n.label})`).join(", ") || "none")),
+    );
+    const near = document.createElement("div");
+    near.className = "neighbours";
+    near.append(...item.neighbours.map((n) => {
+      const img = document.createElement("img");
+      img.src = imageUrl(n.index);
+      img.alt = img.title = `#${n.index}, labeled ${n.label}`;
+      return img;
+    }));
     $("current-info").append(
       line(`example #${item.index}`),
       line(`predicted ${item.predicted}, certainty ${item.certainty.toFixed(3)}`),
       line(`score ${item.score === null ? "–" : item.score.toPrecision(4)}`),
+      why, near,
     );
   }
   const thumbs = studio.queue.map((q, i) => {
@@ -272,6 +288,16 @@ function onKey(event) {
   const target = event.target;
   if (target instanceof HTMLInputElement || target instanceof HTMLSelectElement || target instanceof HTMLTextAreaElement) {
     return;  // typing a name or a number: no shortcuts
+  }
+  if (event.key === "?" || (event.key === "Escape" && !$("help-overlay").hidden)) {
+    event.preventDefault();
+    $("help-overlay").hidden = !$("help-overlay").hidden || event.key === "Escape";
+    return;
+  }
+  if (event.key === "+" && !$("panel-queue").hidden) {
+    event.preventDefault();  // a new class: type its name, Enter gives it to the image
+    $("new-class-name").focus();
+    return;
   }
   if (event.key === "Enter" && target instanceof HTMLButtonElement && target.closest("#label-buttons")) {
     event.preventDefault();  // a label is given by its key or a click, never by Enter
