@@ -221,6 +221,19 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     assert all(predicted_colours[name] == label_colours[name] for name in shared)
     assert len(set(label_colours.values())) == len(label_colours)
     Select(element("map-colour")).select_by_value("predicted")
+    # filters: one predicted class, then only its labeled examples, then everything again
+    total = len(driver.execute_script("return studio.map.index"))
+    wanted = driver.execute_script("return studio.map.predicted[0]")
+    Select(element("filter-class")).select_by_value(wanted)
+    names = driver.execute_script("return document.getElementById('map-plot').data.map((t) => t.name)")
+    assert names == [wanted]
+    shown = int(element("filter-count").text.split()[0])
+    assert 0 < shown < total
+    Select(element("filter-labeled")).select_by_value("labeled")
+    assert int(element("filter-count").text.split()[0]) < shown
+    Select(element("filter-labeled")).select_by_value("")
+    Select(element("filter-class")).select_by_value("")
+    assert element("filter-count").text.startswith(f"{total} of {total}")
     # hovering a point shows its image; a lasso selection is labeled in one go (the
     # events Plotly fires for them, on three unlabeled points)
     chosen = driver.execute_script(

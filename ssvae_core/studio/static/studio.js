@@ -6,6 +6,8 @@
 //             #retrain-badge; #message shows errors from the API (class "info" for notes)
 //   tabs      #tab-queue #tab-map #tab-channels #tab-training #tab-history, each showing
 //             #panel-queue #panel-map #panel-channels #panel-training #panel-history
+//   filters   #filter-class #filter-min #filter-max #filter-channel #filter-labeled
+//             #filter-count: what the map and the queue show
 //   queue     #queue-strategy #queue-size #take-query #queue-status #current-image
 //             (data-index) #current-info #label-buttons (.label-button[data-label])
 //             #new-class-name #new-class #skip #undo #queue-thumbs
@@ -101,6 +103,8 @@ async function refreshState() {
   fillSelect($("queue-strategy"), info.strategies, $("queue-strategy").value || info.default_strategy);
   fillSelect($("map-projection"), info.projections, $("map-projection").value || info.projections[0]);
   fillSelect($("selection-label"), info.label_names, $("selection-label").value);
+  fillSelect($("filter-class"), ["", ...info.model_labels], $("filter-class").value);
+  $("filter-class").options[0].textContent = "any class";
   showMapStatus();
   drawLabelButtons();
   showJob(info.retrain);
@@ -162,8 +166,35 @@ async function takeQuery() {
   drawQueue();
 }
 
+// The filters: predicted class, certainty range, channel, labeled or not. They apply to
+// the map's points and to the queue's examples alike.
+function passes(point) {
+  const wanted = $("filter-class").value;
+  const low = Number.parseFloat($("filter-min").value);
+  const high = Number.parseFloat($("filter-max").value);
+  const channel = $("filter-channel").value;
+  const labeled = $("filter-labeled").value;
+  return (!wanted || point.predicted === wanted)
+    && !(point.certainty < (Number.isNaN(low) ? 0 : low))
+    && !(point.certainty > (Number.isNaN(high) ? 1 : high))
+    && (channel === "" || point.channel === Number(channel))
+    && (!labeled || (labeled === "labeled") === (point.label !== null && point.label !== undefined));
+}
+
+function filtersChanged() {
+  plotMap();
+  if (studio.queue.length) {
+    const first = studio.queue.findIndex((q, i) => !studio.done.has(i) && passes(q));
+    studio.position = first < 0 ? studio.queue.length : first;
+    drawQueue();
+  }
+}
+
 function drawQueue() {
-  const item = studio.queue[studio.position];
+  let item = studio.queue[studio.position];
+  if (item && !passes(item)) {
+    item = undefined;
+  }
   const image = $("current-image");
   if (!item) {
     image.hidden = true;
@@ -197,7 +228,7 @@ function drawQueue() {
       why, near,
     );
   }
-  const thumbs = studio.queue.map((q, i) => {
+  const thumbs = studio.queue.map((q, i) => [q, i]).filter(([q]) => passes(q)).map(([q, i]) => {
     const box = document.createElement("div");
     box.className = "thumb" + (i === studio.position ? " current" : "") + (studio.done.has(i) ? " done" : "");
     const img = document.createElement("img");
@@ -220,7 +251,7 @@ function line(text) {
 
 function advance() {
   studio.done.add(studio.position);
-  const next = studio.queue.findIndex((_, i) => !studio.done.has(i));
+  const next = studio.queue.findIndex((q, i) => !studio.done.has(i) && passes(q));
   studio.position = next < 0 ? studio.queue.length : next;
   drawQueue();
 }
@@ -410,17 +441,23 @@ function plotMap() {
   }
   const colour = $("map-colour").value;
   const point = (i) => i;
+  const shown = data.index.map((_, i) => i).filter((i) => passes({
+    predicted: data.predicted[i], certainty: data.certainty[i], channel: data.channel[i], label: data.label[i],
+  }));
+  const keep = new Set(shown);
+  $("filter-count").textContent = `${shown.length} of ${data.index.length} examples on the map`;
   let traces;
   if (colour === "ood") {
     traces = [{
-      x: data.x, y: data.y, customdata: data.index, mode: "markers", type: "scatter", name: "OOD score",
-      marker: { size: 5, color: data.ood, colorscale: "Viridis", showscale: true, colorbar: { title: { text: "OOD" } } },
+      x: shown.map((i) => data.x[i]), y: shown.map((i) => data.y[i]), customdata: shown.map((i) => data.index[i]),
+      mode: "markers", type: "scatter", name: "OOD score",
+      marker: { size: 5, color: shown.map((i) => data.ood[i]), colorscale: "Viridis", showscale: true, colorbar: { title: { text: "OOD" } } },
       hovertemplate: "#%{customdata}<extra></extra>",
     }];
   } else {
-    const values = data[colour].map((v) => (v === null ? "unlabeled" : String(v)));
+    const values = data[colour].map((v, i) => (!keep.has(i) ? null : v === null ? "unlabeled" : String(v)));
     const order = (v) => (colour === "channel" ? Number(v) : studio.info.label_names.indexOf(v));
-    const groups = [...new Set(values)].sort((a, b) => (a === "unlabeled") - (b === "unlabeled") || order(a) - order(b));
+    const groups = [...new Set(values.filter((v) => v !== null))].sort((a, b) => (a === "unlabeled") - (b === "unlabeled") || order(a) - order(b));
     const colourOf = (group) => {
       if (group === "unlabeled") return UNLABELED;
       return colour === "channel" ? PALETTE[Number(group) % PALETTE.length] : classColour(group);
@@ -777,6 +814,9 @@ function wire() {
   });
   $("map-projection").addEventListener("change", () => attempt(drawMap));
   $("map-colour").addEventListener("change", plotMap);
+  for (const id of ["filter-class", "filter-min", "filter-max", "filter-channel", "filter-labeled"]) {
+    $(id).addEventListener("change", filtersChanged);
+  }
   $("label-selection").addEventListener("click", () => attempt(async () => previewSelection()));
   $("confirm-selection").addEventListener("click", () => attempt(labelSelection));
   $("cancel-selection").addEventListener("click", () => { $("selection-preview").hidden = true; });
