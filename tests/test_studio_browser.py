@@ -205,6 +205,23 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     assert element("num-labeled").text == "27"
     no_error()
 
+    # a page at once in the grid: predictions by default, one changed, the rest skipped;
+    # labeled as one action, and taken back as one
+    element("grid-toggle").click()
+    items = driver.find_elements(By.CSS_SELECTOR, "#queue-grid .grid-item")
+    assert len(items) >= 3
+    Select(items[0].find_element(By.CLASS_NAME, "grid-label")).select_by_value("5")
+    for item in items[2:]:
+        Select(item.find_element(By.CLASS_NAME, "grid-label")).select_by_value("")
+    gridded = {int(items[0].get_attribute("data-index")): "5"}
+    element("grid-apply").click()
+    wait.until(lambda d: element("num-labeled").text == "29")
+    assert LabelStore.load(run / STORE_NAME).current()[next(iter(gridded))] == "5"
+    ActionChains(driver).send_keys(Keys.BACKSPACE).perform()
+    wait.until(lambda d: element("num-labeled").text == "27")
+    element("grid-toggle").click()
+    no_error()
+
     # the map and the channels; the map opens on the class layout
     element("tab-map").click()
     wait.until(lambda d: element("map-plot").get_attribute("data-state") == "ready")

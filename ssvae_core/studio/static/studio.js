@@ -11,6 +11,8 @@
 //   queue     #queue-strategy #queue-size #take-query #queue-status #current-image
 //             (data-index) #current-info #label-buttons (.label-button[data-label])
 //             #new-class-name #new-class #skip #undo #queue-thumbs
+//             #grid-toggle #grid-apply #queue-grid (.grid-item[data-index] with a
+//             .grid-label select, the prediction by default)
 //   map       #map-projection #map-colour #map-plot (data-state "loading" while a map is
 //             asked for, then "ready") #map-status (data-stale "1" while the map shows an
 //             older model or labels changed since it was drawn) #hover-image #hover-info
@@ -239,8 +241,52 @@ function drawQueue() {
     return box;
   });
   $("queue-thumbs").replaceChildren(...thumbs);
+  drawGrid();
   const left = studio.queue.length - studio.done.size;
   $("queue-status").textContent = studio.queue.length ? `${left} of ${studio.queue.length} left` : "";
+}
+
+// The grid: every example of the query still to label (within the filters) with a label
+// picker set to its prediction; "Label these" gives them all at once, as one action.
+function drawGrid() {
+  const grid = $("queue-grid");
+  if (grid.hidden) {
+    return;
+  }
+  const items = studio.queue.map((q, i) => [q, i]).filter(([q, i]) => !studio.done.has(i) && passes(q));
+  grid.replaceChildren(...items.map(([q, i]) => {
+    const box = document.createElement("div");
+    box.className = "grid-item";
+    box.dataset.index = q.index;
+    box.dataset.position = i;
+    const img = document.createElement("img");
+    img.src = imageUrl(q.index);
+    img.alt = `example ${q.index}`;
+    const pick = document.createElement("select");
+    pick.className = "grid-label";
+    pick.replaceChildren(new Option("skip", ""), ...studio.info.label_names.map((name) => new Option(name, name)));
+    pick.value = q.predicted;
+    box.append(img, pick);
+    return box;
+  }));
+  $("grid-apply").hidden = items.length === 0;
+  $("grid-apply").textContent = `Label these ${items.length}`;
+}
+
+async function labelGrid() {
+  const boxes = [...document.querySelectorAll("#queue-grid .grid-item")];
+  const chosen = boxes.filter((box) => box.querySelector("select").value !== "");
+  if (!chosen.length) {
+    throw new Error("every example of the grid is set to skip");
+  }
+  const labels = chosen.map((box) => ({ index: Number(box.dataset.index), label: box.querySelector("select").value }));
+  const reply = await api("/api/labels", { labels });
+  for (const box of chosen) {
+    studio.done.add(Number(box.dataset.position));
+  }
+  afterLabels(reply);
+  advance();
+  say(`Labeled ${labels.length} examples (${reply.added} new); Undo takes them back as one.`, "info");
 }
 
 function line(text) {
@@ -822,6 +868,8 @@ function wire() {
   $("cancel-selection").addEventListener("click", () => { $("selection-preview").hidden = true; });
   $("retrain").addEventListener("click", () => attempt(retrain));
   $("find-issues").addEventListener("click", () => attempt(findIssues));
+  $("grid-toggle").addEventListener("click", () => { $("queue-grid").hidden = !$("queue-grid").hidden; drawQueue(); });
+  $("grid-apply").addEventListener("click", () => attempt(labelGrid));
   $("cancel-retrain").addEventListener("click", () => attempt(cancelRetrain));
   document.addEventListener("keydown", onKey);
 }
