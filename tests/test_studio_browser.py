@@ -327,6 +327,7 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     wait.until(lambda d: element("accuracy").get_attribute("data-version") == "1")
     assert element("accuracy").text.endswith("%")
     assert "held-out accuracy" in element("retrain-state").text
+    assert "of the unlabeled examples" in element("retrain-state").text  # the stopping signal
     # the loss and, with train.eval_every, the held-out accuracy as it trained
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#loss-plot .scatterlayer .trace")) == 2)
     driver.save_screenshot(str(shots / "training.png"))

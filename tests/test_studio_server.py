@@ -335,6 +335,7 @@ def test_retrain_in_the_background_with_labels_given_meanwhile(
     assert job["state"] == "done", job["message"]
     assert job["step"] == 20 and [h["step"] for h in job["history"]] == [10, 20]
     assert 0.0 <= job["accuracy"] <= 1.0 and job["version"] == 1
+    assert 0.0 <= job["prediction_change"] <= 1.0  # how much of the unlabeled pool it changed
     state = client.get("/api/state").json()
     assert state["version"] == 1 and state["step"] == 50 and "blot" in state["model_labels"]
     assert client.get("/api/retrain").json()["state"] == "done"

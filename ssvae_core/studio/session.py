@@ -87,6 +87,7 @@ class RetrainJob:
     history: list[dict[str, float]] = field(default_factory=list)
     message: str | None = None
     accuracy: float | None = None
+    prediction_change: float | None = None
     version: int = 0
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -99,6 +100,7 @@ class RetrainJob:
             "history": list(self.history),
             "message": self.message,
             "accuracy": self.accuracy,
+            "prediction_change": self.prediction_change,
             "version": self.version,
         }
 
@@ -602,7 +604,7 @@ class StudioSession:
             if job.cancel.is_set():
                 raise RetrainCancelled
 
-        state, message, accuracy = "done", None, None
+        state, message, accuracy, change = "done", None, None, None
         try:
             if job.cancel.is_set():
                 raise RetrainCancelled
@@ -613,6 +615,14 @@ class StudioSession:
             accuracy = report.get("test_accuracy")
             view = self._load_view(version=self._view.version + 1)
             self._map_points(view, DEFAULT_PROJECTION)  # ready when the page asks for it
+            # the stopping signal: how much of the unlabeled pool this retrain changed
+            unlabeled = ~np.isin(self.train_rows, np.fromiter(self._store.current(), dtype=np.int64))
+            if np.any(unlabeled):
+                old_names = np.asarray(self._view.classifier.label_names, dtype=object)
+                new_names = np.asarray(view.classifier.label_names, dtype=object)
+                before = old_names[np.argmax(self._view.probabilities[unlabeled], axis=1)]
+                after = new_names[np.argmax(view.probabilities[unlabeled], axis=1)]
+                change = round(float(np.mean(before != after)), 5)
             self._view = view
             with self._cache_lock:
                 self._cache = {
@@ -628,7 +638,7 @@ class StudioSession:
             self._recover()
             state, message = "failed", f"{type(error).__name__}: {error}"
         with self._job_lock:
-            job.state, job.message, job.accuracy = state, message, accuracy
+            job.state, job.message, job.accuracy, job.prediction_change = state, message, accuracy, change
             job.version = self._view.version
 
     def _recover(self) -> None:

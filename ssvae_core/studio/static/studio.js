@@ -673,6 +673,10 @@ function showJob(job) {
   if (job.state === "done" && job.accuracy !== null) {
     text += `, held-out accuracy ${percent(job.accuracy)}`;
   }
+  if (job.state === "done" && job.prediction_change !== null) {  // the stopping signal
+    text += `; it changed the prediction of ${percent(job.prediction_change)} of the unlabeled examples` +
+      (job.prediction_change < 0.01 ? " (under 1 %: more labels of this kind have stopped paying)" : "");
+  }
   if (job.message) {
     text += ` — ${job.message}`;
   }
