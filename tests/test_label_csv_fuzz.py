@@ -57,11 +57,14 @@ NAMES = st.one_of(
 
 @FUZZ
 @given(rows=st.lists(st.tuples(st.integers(0, 10**6), NAMES), min_size=1, max_size=6))
+@example(rows=[(0, "\r0")])
 def test_rows_written_as_csv_read_back_as_their_normal_names(
     path: Path, rows: list[tuple[int, str]]
 ) -> None:
     buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, lineterminator="\n")
+    # The CSV default line ending, so that a field holding a lone "\r" or "\n" is quoted
+    # (a writer quotes the characters of its own line terminator only).
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(["index", "label"])
     writer.writerows(rows)
     result = _read(path, buffer.getvalue().encode("utf-8"))
