@@ -16,16 +16,23 @@ offline and reproducibly (``numpy.random.default_rng([seed, 3])``):
   second model trained with class 9 unlabeled (K = 20), its held-out 9s against its other
   held-out images.
 
-Reported per OOD set and score (``certainty``, ``likelihood``, ``blend``; docs/maths.md):
-AUROC and FPR at 95 % TPR (the OOD images are the positives), plus the variants the
-scores were chosen from (``variants``). One JSON line per seed (also appended to
-``--out``), then a summary line::
+Reported per OOD set and score (every score of ``ssvae_core.ood``; the ratio scores
+with ``--background`` or a run holding a background model): AUROC, FPR at 95 % TPR and
+AUPR (the OOD images are the positives), plus candidate combinations (``variants``). One
+JSON line per seed (also appended to ``--out``), then a summary line::
 
     python benchmarks/ood.py --dataset ../shared/data/mnist-t10k --preset mnist --run RUN_DIR
     python benchmarks/ood.py --dataset digits --preset digits --seeds 0,1,2 --open-set
 
+Real pairs (``--test-data``, ``--ood-data``): a model trained on every image of
+``--dataset`` (labels: the benchmark split's), its ``--test-data`` images against each
+``--ood-data`` set; the models are kept in ``--run-dir`` and reused. Without
+``--test-data``, ``--ood-data`` adds sets beside the built ones.
+
 ``--validation`` trains without a fifth of the unlabeled training images and measures on
-those (for choosing score definitions), as in ``benchmarks/quality.py``.
+those against synthetic outliers made from them (``validation_sets``, never the sets
+above: for choosing scores), as in ``benchmarks/quality.py``. With ``--run`` and on real
+pairs, ``training_synthetic`` holds the same outliers made from training images.
 """
 
 from __future__ import annotations
@@ -43,8 +50,19 @@ from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import label_budget_argument, load_config
 from ssvae_core.data import Dataset, load_dataset
 from ssvae_core.errors import ConfigError, DataError
-from ssvae_core.inference import OOD_SCORES, Inference, OODReference, infer, ood_scores
 from ssvae_core.metrics import accuracy, ood_table
+from ssvae_core.ood import (
+    BACKGROUND_NOISE,
+    NEEDS_BACKGROUND,
+    OOD_SCORES,
+    OODInputs,
+    OODReference,
+    fisher_log_p,
+    ood_scores,
+    reference_rows,
+    score_inputs,
+    tail,
+)
 from ssvae_core.runs import split_dataset, training_view
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -154,60 +172,105 @@ def ood_sets(x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     }
 
 
-# --- score variants (what the library's scores were chosen from) ------------------------------
-
-
-def _ecdf_tail(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """The tail probability without the exponential extension (the first rule tried)."""
-    at_least = reference.size - np.searchsorted(reference, scores, side="left")
-    return (1.0 + at_least) / (reference.size + 1.0)
-
-
-def variant_scores(result: Inference, reference: OODReference, train: Inference) -> dict[str, np.ndarray]:
-    """The candidate scores: both likelihood definitions and several blend rules."""
-    elbo_reference = np.sort(train.negative_elbo)
-    p_elbo = OODReference.tail(elbo_reference, result.negative_elbo)
-    p_cert = OODReference.tail(reference.certainty, result.ood_score)
-    nll_reference = np.sort(train.reconstruction_nll)
-    p_nll = OODReference.tail(nll_reference, result.reconstruction_nll)
-    f_elbo = 1.0 - p_elbo  # the likelihood score's ECDF over the training data
-    uncertainty = result.ood_score
-    q = p_elbo * p_cert
-    flat_q = _ecdf_tail(elbo_reference, result.negative_elbo) * _ecdf_tail(
-        reference.certainty, uncertainty
-    )
+def validation_sets(x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Synthetic outliers for choosing scores, built from validation images ``x`` (N, H, W)
+    with transformations the benchmark's sets do not use: noise at the images' own pixel
+    statistics (each pixel drawn from the data's pixel histogram), images turned upside
+    down, two images averaged, the centre half of an image blown up to full size, the image
+    shrunk to half its size in the middle of an empty frame (a *simpler* input than the
+    data: the case where raw likelihoods fail), and inverted images (the one kind the
+    benchmark shares: any model must keep separating them)."""
+    rng = np.random.default_rng([seed, 5])
+    n, height, width = x.shape[0], x.shape[1], x.shape[2]
+    partner = x[rng.permutation(n)]
+    top, left = height // 4, width // 4
+    centre = x[:, top : top + height // 2, left : left + width // 2]
+    zoomed = np.repeat(np.repeat(centre, 2, axis=1), 2, axis=2)[:, :height, :width]
+    half = x[:, : height // 2 * 2, : width // 2 * 2].reshape(n, height // 2, 2, width // 2, 2).mean(axis=(2, 4))
+    shrunk = np.zeros_like(x)
+    shrunk[:, top : top + height // 2, left : left + width // 2] = half
     return {
-        "negative_elbo": result.negative_elbo,
-        "reconstruction_nll": result.reconstruction_nll,
-        "blend_fisher": 1.0 - q * (1.0 - np.log(q)),
-        "blend_fisher_flat_tail": 1.0 - flat_q * (1.0 - np.log(flat_q)),
-        "blend_mean": 0.5 * (uncertainty + f_elbo),
-        "blend_max": np.maximum(uncertainty, f_elbo),
-        "blend_or": 1.0 - (1.0 - uncertainty) * (1.0 - f_elbo),
-        "blend_fisher_nll": 1.0 - (p_nll * p_cert) * (1.0 - np.log(p_nll * p_cert)),
+        "pixel_noise": rng.choice(x.ravel(), size=x.shape).astype(np.float32),
+        "inverted": (1.0 - x).astype(np.float32),
+        "upside_down": x[:, ::-1, :].copy(),
+        "mixed": (0.5 * (x + partner)).astype(np.float32),
+        "zoomed": zoomed.astype(np.float32),
+        "shrunk": shrunk.astype(np.float32),
     }
 
 
+# --- score variants (candidates measured beside the library's scores) -------------------------
+
+
+def variant_scores(inputs: OODInputs, reference: OODReference) -> dict[str, np.ndarray]:
+    """Candidate scores beside the library's: other ways of combining the certainty and
+    corrected likelihoods' tail probabilities (``−ln p``; Fisher's rule or the minimum)."""
+    parts = [n for n in ("certainty", "excess", "complexity", "ratio") if n in reference.scores]
+    log_p = {
+        name: np.log(tail(reference.scores[name], values))
+        for name, values in ood_scores(inputs, None, parts).items()
+    }
+    out = {"minp_excess": -np.minimum(log_p["certainty"], log_p["excess"])}
+    out["fisher_certainty_excess_complexity"] = -fisher_log_p(
+        [log_p["certainty"], log_p["excess"], log_p["complexity"]]
+    )
+    if "ratio" in log_p:
+        out["fisher_certainty_excess_ratio"] = -fisher_log_p([log_p["certainty"], log_p["excess"], log_p["ratio"]])
+        out["fisher_excess_ratio"] = -fisher_log_p([log_p["excess"], log_p["ratio"]])
+        out["minp_ratio"] = -np.minimum(log_p["certainty"], log_p["ratio"])
+    return out
+
+
+def available_scores(classifier: SSVAEClassifier) -> tuple[str, ...]:
+    return tuple(s for s in OOD_SCORES if classifier.background is not None or s not in NEEDS_BACKGROUND)
+
+
 def score_all(
-    classifier: SSVAEClassifier, x_in: np.ndarray, sets: dict[str, np.ndarray], train_x: np.ndarray
+    classifier: SSVAEClassifier, x_in: np.ndarray, sets: dict[str, np.ndarray]
 ) -> dict[str, Any]:
-    """AUROC and FPR95 of every score and variant, per OOD set."""
+    """AUROC, FPR95 and AUPR of every score and variant, per OOD set."""
     model, state = classifier.model, classifier.state
     assert model is not None and state is not None
-    reference = classifier.ood_reference()
-    from ssvae_core.inference import reference_rows
+    names = available_scores(classifier)
+    reference = classifier.ood_reference(names)
+    background = classifier._background()
 
-    train = infer(model, state.head_state, train_x[reference_rows(len(train_x))], likelihood=True)
-    inside = infer(model, state.head_state, x_in, likelihood=True)
-    in_scores = ood_scores(inside, reference)
-    in_variants = variant_scores(inside, reference, train)
+    def scores(x: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        inputs = score_inputs(model, state.head_state, x, names, background=background)
+        return ood_scores(inputs, reference, names), variant_scores(inputs, reference)
+
+    in_scores, in_variants = scores(x_in)
     table: dict[str, Any] = {}
     variants: dict[str, Any] = {}
     for name, x_out in sets.items():
-        outside = infer(model, state.head_state, x_out, likelihood=True)
-        table[name] = ood_table(in_scores, ood_scores(outside, reference))
-        variants[name] = ood_table(in_variants, variant_scores(outside, reference, train))
+        out_scores, out_variants = scores(x_out)
+        table[name] = ood_table(in_scores, out_scores)
+        variants[name] = ood_table(in_variants, out_variants)
     return {"ood": table, "variants": variants}
+
+
+def training_synthetic(classifier: SSVAEClassifier, x: np.ndarray, seed: int) -> dict[str, Any]:
+    """For choosing scores without held-out images: 2,000 training images outside the
+    reference (``reference_rows``) against the synthetic outliers of
+    ``validation_sets`` made from 2,000 others (``training_synthetic``, and the
+    candidates in ``training_synthetic_variants``); nothing where the reference holds every
+    training image."""
+    rows = np.setdiff1d(np.arange(len(x)), reference_rows(len(x)))
+    size = min(2000, len(rows) // 2)
+    if size == 0:
+        return {}
+    pick = np.random.default_rng([seed, 9]).choice(rows, 2 * size, replace=False)
+    synthetic = score_all(classifier, x[pick[:size]], validation_sets(x[pick[size:]], seed))
+    return {"training_synthetic": synthetic["ood"], "training_synthetic_variants": synthetic["variants"]}
+
+
+def fit_background(args: argparse.Namespace, classifier: SSVAEClassifier) -> float:
+    """Train the background model if ``--background`` asks for it; its training time."""
+    if not args.background:
+        return 0.0
+    classifier.fit_background(noise=args.background_noise, steps=args.background_steps)
+    assert classifier.background is not None and classifier.background.background_info is not None
+    return classifier.background.background_info["train_time_s"]
 
 
 # --- one seed ----------------------------------------------------------------------------------
@@ -242,24 +305,29 @@ def evaluate_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     if args.validation:
         split = validation_split(split, seed)
     train = training_view(dataset, split)
-    fit_time = 0.0
+    fit_time = background_time = 0.0
     if loaded is None:
         classifier = SSVAEClassifier(config)
         started = time.perf_counter()
         classifier.fit(train)
         fit_time = time.perf_counter() - started
+        background_time = fit_background(args, classifier)
     else:
         classifier = loaded
-        classifier.training_data = train  # the blend's reference, if the checkpoint lacks it
+        classifier.training_data = train  # the reference, if the checkpoint lacks it
     x_in, y_in = dataset.x[split.test], dataset.y[split.test]
     started = time.perf_counter()
-    sets = ood_sets(x_in, seed)
+    sets = validation_sets(x_in, seed) if args.validation else ood_sets(x_in, seed)
+    if not args.validation:
+        sets.update({data.name: data.x for data in map(load_dataset, args.ood_data)})
     if args.write_sets is not None:
         folder = Path(args.write_sets)
         folder.mkdir(parents=True, exist_ok=True)
         for name, images in sets.items():  # inputs for `ssvae evaluate RUN --ood PATH`
             np.savez(folder / f"{name}-seed{seed}.npz", x=images, y=np.full(len(images), -1))
-    result = score_all(classifier, x_in, sets, train.x)
+    result = score_all(classifier, x_in, sets)
+    if args.run is not None:
+        result.update(training_synthetic(classifier, train.x, seed))
     result["accuracy"] = accuracy(classifier.predict_proba(x_in), y_in)
     if args.open_set:
         result.update(open_set_scores(args, seed, dataset, split))
@@ -272,6 +340,7 @@ def evaluate_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "num_in": len(x_in),
         **result,
         "fit_wall_time_s": fit_time,
+        "background_fit_wall_time_s": background_time,
         "score_wall_time_s": time.perf_counter() - started,
         "overrides": args.set,
     }
@@ -287,17 +356,91 @@ def open_set_scores(args: argparse.Namespace, seed: int, dataset: Dataset, split
     started = time.perf_counter()
     classifier.fit(train)
     fit_time = time.perf_counter() - started
+    fit_background(args, classifier)
     x_in, y_in = dataset.x[split.test], dataset.y[split.test]
     is_hidden = np.isin(y_in, hidden)
     model, state = classifier.model, classifier.state
     assert model is not None and state is not None
-    reference = classifier.ood_reference()
-    result = infer(model, state.head_state, x_in, likelihood=True)
-    scores = ood_scores(result, reference)
+    names = available_scores(classifier)
+    reference = classifier.ood_reference(names)
+    inputs = score_inputs(model, state.head_state, x_in, names, background=classifier._background())
+    scores = {**ood_scores(inputs, reference, names), **variant_scores(inputs, reference)}
     table = ood_table(
         {k: v[~is_hidden] for k, v in scores.items()}, {k: v[is_hidden] for k, v in scores.items()}
     )
     return {"hidden": table, "hidden_fit_wall_time_s": fit_time}
+
+
+# --- real pairs: a model trained on one dataset, another dataset's test images as OOD --------
+
+
+def pair_training_view(dataset: Dataset, config: Any) -> Dataset:
+    """Every training image, labeled only for the benchmark split's ``labels_per_class``
+    per class (the split's held-out fifth stays in as unlabeled data)."""
+    split = split_dataset(dataset, config)
+    labels = np.full(len(dataset.y), -1, dtype=np.int32)
+    labels[split.labeled] = dataset.y[split.labeled]
+    from ssvae_core.data import from_arrays
+
+    return from_arrays(
+        dataset.x, labels, name=dataset.name, num_classes=dataset.num_classes,
+        label_names=dataset.label_names, unlabeled_classes=True,
+    )
+
+
+def trained_or_saved(
+    args: argparse.Namespace, path: Path, config: Any, train: Dataset
+) -> tuple[SSVAEClassifier, float, float]:
+    """The classifier saved at ``path`` (its seed and data must match), else one trained and saved;
+    with ``--background`` and none saved, its background model trained and saved too. Also
+    the training times of both (0 for what was loaded)."""
+    fit_time = 0.0
+    if path.exists():
+        classifier = SSVAEClassifier.load(path)
+        saved = classifier.config
+        if (saved.seed, saved.data.dataset) != (config.seed, config.data.dataset):
+            raise ConfigError(f"{path} was trained with another seed or data; remove it or change --run-dir")
+        classifier.training_data = train
+    else:
+        classifier = SSVAEClassifier(config)
+        started = time.perf_counter()
+        classifier.fit(train)
+        fit_time = time.perf_counter() - started
+        path.parent.mkdir(parents=True, exist_ok=True)
+        classifier.save(path)
+    background_time = 0.0
+    if args.background and classifier.background is None:
+        background_time = fit_background(args, classifier)
+        classifier.save(path)
+    return classifier, fit_time, background_time
+
+
+def evaluate_pair(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """A model trained on every image of ``--dataset`` (labels per the benchmark split)
+    scored on ``--test-data`` (in distribution) against each ``--ood-data`` set."""
+    config = _config(args, seed)
+    dataset = load_dataset(config.data.dataset)
+    train = pair_training_view(dataset, config)
+    run_dir = Path(args.run_dir) if args.run_dir is not None else Path("runs") / f"ood_pair_{dataset.name}_seed{seed}"
+    classifier, fit_time, background_time = trained_or_saved(args, run_dir / "model.ckpt", config, train)
+    test = load_dataset(args.test_data)
+    started = time.perf_counter()
+    sets = {data.name: data.x for data in map(load_dataset, args.ood_data)}
+    result = {**score_all(classifier, test.x, sets), **training_synthetic(classifier, train.x, seed)}
+    result["accuracy"] = accuracy(classifier.predict_proba(test.x), test.y)
+    return {
+        "dataset": dataset.name,
+        "test_data": test.name,
+        "seed": seed,
+        "preset": args.preset,
+        "evaluated_on": "test",
+        "num_in": len(test.x),
+        **result,
+        "fit_wall_time_s": fit_time,
+        "background_fit_wall_time_s": background_time,
+        "score_wall_time_s": time.perf_counter() - started,
+        "overrides": args.set,
+    }
 
 
 def main() -> int:
@@ -312,10 +455,18 @@ def main() -> int:
     parser.add_argument("--validation", action="store_true", help="measure on a validation set")
     parser.add_argument("--out", default=None, help="append the JSON lines to this file too")
     parser.add_argument("--write-sets", default=None, metavar="DIR", help="also save each OOD set as DIR/NAME-seedS.npz")
+    parser.add_argument("--test-data", default=None, metavar="PATH", help="real pairs: score a model trained on all of --dataset on these images (in distribution) ...")
+    parser.add_argument("--ood-data", action="append", default=[], metavar="PATH", help="... against these (repeatable; without --test-data: more OOD sets beside the built ones)")
+    parser.add_argument("--run-dir", default=None, metavar="DIR", help="real pairs: keep (and reuse) the trained models here")
+    parser.add_argument("--background", action="store_true", help="also train the background model (the ratio scores)")
+    parser.add_argument("--background-noise", type=float, default=BACKGROUND_NOISE, help="its share of pixels replaced by noise")
+    parser.add_argument("--background-steps", type=int, default=None, help="its training steps (default: the model's)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    results = run_seeds(evaluate_seed, args, seeds, "ood")
+    if args.test_data is not None and not args.ood_data:
+        parser.error("--test-data needs --ood-data")
+    results = run_seeds(evaluate_pair if args.test_data else evaluate_seed, args, seeds, "ood")
     if results is None:
         return 2
     summary: dict[str, Any] = {
@@ -331,8 +482,8 @@ def main() -> int:
             continue
         groups = results[0][key] if key == "ood" else {"hidden": results[0][key]}
         for name in groups:
-            for score in OOD_SCORES:
-                for metric in ("auroc", "fpr95"):
+            for score in (results[0][key][name] if key == "ood" else results[0][key]):
+                for metric in ("auroc", "fpr95", "aupr"):
                     values = [
                         (r[key][name] if key == "ood" else r[key])[score][metric] for r in results
                     ]

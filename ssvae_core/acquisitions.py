@@ -8,7 +8,9 @@ returns one number per example, higher meaning "label sooner":
 - ``least_confidence``: ``1 − max_y p(y|x)``;
 - ``margin``: ``1 − (p₍₁₎ − p₍₂₎)``, one minus the gap between the two most probable classes;
 - ``entropy``: ``H(p(y|x))``;
-- ``ood``: the OOD score ``1 − certainty`` (τ head: ``1 − max_c r_c max_y τ_{c,y}``);
+- ``ood``: an OOD score (option ``score``): by default the head's ``1 − certainty`` (τ head:
+  ``1 − max_c r_c max_y τ_{c,y}``), or any score of ``ssvae_core.ood``, which the caller
+  computes into ``AcquisitionInputs.ood`` (``ssvae_core.active.query``'s ``ood``);
 - ``channel_entropy``: ``H(r)``, how undecided the encoder is between channels;
 - ``disagreement``: ``H(Σ_c r_c τ_c) − Σ_c r_c H(τ_c)``, the mutual information between
   ``y`` and ``c`` under ``q(c|x)``: the channels an example straddles disagree on its label;
@@ -55,6 +57,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from ssvae_core.components import BuildContext, ComponentFactory
 from ssvae_core.losses import entropy
+from ssvae_core.ood import OOD_SCORES
 from ssvae_core.options import option
 from ssvae_core.protocols import AbstractAcquisition, AbstractTopScoreAcquisition, top_unlabeled
 from ssvae_core.types import AcquisitionInputs
@@ -192,6 +195,20 @@ class UncertaintyAcquisition(AbstractRankedAcquisition):
 
     def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
         return UNCERTAINTIES[self.measure](inputs)
+
+
+class OODAcquisition(AbstractRankedAcquisition):
+    """An OOD score: ``1 − certainty`` for ``ood_score="certainty"``, else the scores the
+    caller put in ``inputs.ood`` (``ssvae_core.active.query`` computes them)."""
+
+    ood_score: str = eqx.field(static=True, default="certainty")
+    num_samples: int = eqx.field(static=True, default=0)
+    balance: bool = eqx.field(static=True, default=False)
+
+    def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
+        if self.ood_score == "certainty" or inputs.ood is None:
+            return UNCERTAINTIES["ood"](inputs)
+        return inputs.ood
 
 
 class ChannelEntropyAcquisition(AbstractRankedAcquisition):
@@ -469,6 +486,17 @@ class RankedOptions:
 
 
 @dataclass(frozen=True)
+class OODOptions:
+    score: str = option(
+        "certainty",
+        help="the OOD score to rank by (docs/user-guide.md, \"Out-of-distribution scores\"); "
+        "the blends and ratios need the run's training-data scores and background model",
+        choices=OOD_SCORES,
+    )
+    balance: bool = option(False, help=BALANCE_HELP)
+
+
+@dataclass(frozen=True)
 class BaldOptions:
     num_samples: int = option(8, help="posterior samples z_s ~ q(z|x) per example", minimum=2)
     balance: bool = option(False, help=BALANCE_HELP)
@@ -495,7 +523,6 @@ def _uncertainty(measure: str) -> ComponentFactory:
         "least_confidence": "1 − max_y p(y|x)",
         "margin": "1 − (p₍₁₎ − p₍₂₎), the gap between the two most probable classes",
         "entropy": "H(p(y|x))",
-        "ood": "the OOD score 1 − max_c r_c max_y τ_{c,y} (the head's certainty)",
     }
     return ComponentFactory(
         UncertaintyAcquisition, RankedOptions,
@@ -522,7 +549,11 @@ ACQUISITIONS: dict[str, ComponentFactory] = {
     "least_confidence": _uncertainty("least_confidence"),
     "margin": _uncertainty("margin"),
     "entropy": _uncertainty("entropy"),
-    "ood": _uncertainty("ood"),
+    "ood": ComponentFactory(
+        OODAcquisition, OODOptions,
+        lambda options, context, key: OODAcquisition(ood_score=options.score, balance=options.balance),
+        "an OOD score: 1 − max_c r_c max_y τ_{c,y} (the head's certainty), or the one named by score",
+    ),
     "channel_entropy": ComponentFactory(
         ChannelEntropyAcquisition, RankedOptions, _build_channel_entropy,
         "H(q(c|x)), the responsibilities' entropy",

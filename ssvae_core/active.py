@@ -13,7 +13,7 @@ head in place of ``q(c|x)``; without channels the head reads ``z_s`` directly.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,6 +230,7 @@ def query(
     key: PRNGKeyArray | None = None,
     registry: Registry | None = None,
     calibration: Calibration | None = None,
+    ood: Callable[[np.ndarray, str], np.ndarray] | None = None,
 ) -> QueryResult:
     """The ``count`` unlabeled examples of ``x`` to label next by ``strategy``, best first.
 
@@ -237,7 +238,9 @@ def query(
     the unlabeled rows, or below 1, is a ``DataError``; with no row labeled, a
     strategy that reads predictions (not ``label_free``) is a ``ConfigError`` naming
     those that need no label. The acquisition reads the ``calibration``'s ``p(y|x)`` when
-    one is given.
+    one is given. An acquisition with an ``ood_score`` other than ``certainty`` (the
+    ``ood`` acquisition's ``score``) gets ``ood(x, score)`` in ``AcquisitionInputs.ood``
+    (e.g. ``SSVAEClassifier.ood_score``); without ``ood`` it is a ``ConfigError``.
     """
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise DataError(f"the number of examples to query must be a positive integer; got {count!r}")
@@ -263,6 +266,15 @@ def query(
         model, head_state, x, labeled, num_samples=int(acquisition.num_samples), key=inputs_key,
         calibration=calibration,
     )
+    wanted = getattr(acquisition, "ood_score", "certainty")
+    if wanted != "certainty":
+        if ood is None:
+            raise ConfigError(
+                f"strategy {strategy!r} ranks by the {wanted} OOD score, which needs the classifier "
+                "(its training data's scores, its background model); query through "
+                "SSVAEClassifier.query, `ssvae query` or the studio"
+            )
+        inputs = dataclasses.replace(inputs, ood=jnp.asarray(ood(x, wanted), dtype=jnp.float32))
     chosen = np.asarray(acquisition.select(inputs, int(count), score_key))
     if chosen.shape != (count,) or np.unique(chosen).size != count or np.any(labeled[chosen]):
         raise DataError(

@@ -18,15 +18,7 @@ from ssvae_core.checkpoint import load_checkpoint, save_checkpoint
 from ssvae_core.config import Config, check_seed, default_config
 from ssvae_core.data import Dataset, from_arrays
 from ssvae_core.errors import CheckpointError, ConfigError, DataError, SSVAEError
-from ssvae_core.inference import (
-    OOD_SCORES,
-    Inference,
-    OODReference,
-    check_score,
-    infer,
-    ood_reference,
-    ood_scores,
-)
+from ssvae_core.inference import Inference, infer
 from ssvae_core.labels import check_distinct_names, label_name
 from ssvae_core.labelspace import channel_table, claim_for_classes
 from ssvae_core.metrics import (
@@ -40,6 +32,24 @@ from ssvae_core.metrics import (
 )
 from ssvae_core.model import SSVAE, build_model
 from ssvae_core.objective import Objective, build_objective
+from ssvae_core.ood import (
+    BACKGROUND_NOISE,
+    DEFAULT_SCORE,
+    NEEDS_BACKGROUND,
+    OOD_SCORES,
+    Background,
+    OODReference,
+    background_path,
+    check_fpr,
+    check_output,
+    check_score,
+    no_background,
+    ood_reference,
+    ood_scores,
+    p_values,
+    score_inputs,
+    train_background,
+)
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.splitting import apply_splits, plan_splits, split_support
 from ssvae_core.training import MetricSink, Trainer, TrainState, init_state, training_arrays
@@ -81,8 +91,12 @@ class SSVAEClassifier:
         self.claims: dict[str, tuple[int, ...]] = {}
         # what the last retrain's channel splitting did (split_channels())
         self.channel_splits: dict[str, Any] | None = None
-        # the training data's OOD scores, for the blend score (ood_reference())
+        # the training data's OOD scores, for the blends and p-values (ood_reference())
         self._ood_reference: OODReference | None = None
+        # the background model of the ratio OOD scores (fit_background()) and, on a
+        # background model itself, its noise rate and training time
+        self.background: SSVAEClassifier | None = None
+        self.background_info: dict[str, float] | None = None
         # the calibration of p(y|x) fitted after the last training (ssvae_core.calibration)
         self.calibration: Calibration | None = None
 
@@ -388,7 +402,7 @@ class SSVAEClassifier:
             model, state.head_state, data.x, data.y >= 0, n,
             strategy=strategy, options=options, input_shape=self.input_shape,
             key=query_key(self.config.seed if seed is None else seed, int(state.step)),
-            registry=self.registry, calibration=self._calibration(),
+            registry=self.registry, calibration=self._calibration(), ood=self.ood_score,
         )
 
     def _training_data(
@@ -544,41 +558,93 @@ class SSVAEClassifier:
         """The most probable class of each example."""
         return self.infer(x).predictions
 
-    def ood_score(self, x: ArrayLike | Dataset, score: str = "certainty") -> np.ndarray:
+    def ood_score(
+        self, x: ArrayLike | Dataset, score: str = DEFAULT_SCORE, *, as_: str = "score"
+    ) -> np.ndarray:
         """Out-of-distribution score per example; higher is more likely out of distribution.
 
-        ``score``: ``"certainty"`` (default) ``1 − max_c r_c(x) max_y τ_{c,y}`` (τ head) or
-        ``1 − max_y p(y|x)``, in [0, 1]; ``"likelihood"`` the reconstruction NLL
-        ``Σ_c r_c(x) NLL(x | μ(x), c)`` (nats); ``"blend"`` Fisher's combination of both scores' tail
-        probabilities under the training data (``ood_reference``), in [0, 1]
-        (``docs/maths.md``, "Out-of-distribution scores").
+        ``score`` (``docs/maths.md``, "Out-of-distribution scores"): ``"blend_excess"``
+        (the default, chosen on validation data) Fisher's combination of the certainty and
+        excess scores' tail probabilities under the training data, as ``−ln p``;
+        ``"certainty"`` ``1 − max_c r_c(x) max_y τ_{c,y}`` (τ head) or ``1 − max_y p(y|x)``;
+        ``"likelihood"`` the reconstruction NLL ``L(x) = Σ_c r_c(x) NLL(x | μ(x), c)``
+        (nats); ``"complexity"`` ``L(x)`` minus the input's PNG code length (nats);
+        ``"excess"`` ``L(x)`` minus the NLL of a perfect reconstruction (nats);
+        ``"ratio"`` ``L(x)`` minus the background model's (``fit_background``);
+        ``"blend"`` (in [0, 1]), ``"blend_complexity"`` and ``"blend_ratio"`` the certainty
+        score combined with the likelihood, complexity or ratio score like the default.
+
+        ``as_="p_value"`` gives instead the share of training examples scoring at least as
+        high (``ood_reference``; an exponential tail beyond the largest): flagging the
+        inputs with a p-value ≤ α flags about a share α of in-distribution inputs.
         """
         check_score(score)
-        if score == "certainty":
-            return self.infer(x).ood_score
+        check_output(as_)
         model, state = self._fitted()
-        reference = self.ood_reference() if score == "blend" else None
-        result = infer(model, state.head_state, self._inputs(x), likelihood=True)
-        return ood_scores(result, reference, (score,))[score]
+        needs_reference = as_ == "p_value" or score.startswith("blend")
+        reference = self.ood_reference((score,), own=as_ == "p_value") if needs_reference else None
+        inputs = score_inputs(model, state.head_state, self._inputs(x), (score,), background=self._background())
+        values = ood_scores(inputs, reference, (score,))[score]
+        if as_ == "p_value":
+            assert reference is not None
+            return p_values(values, reference, score)
+        return values
 
-    def ood_reference(self) -> OODReference:
-        """The training data's likelihood and certainty scores, which the blend score
-        compares an input with: computed from ``training_data`` (a seeded subsample
-        of at most 2,000 rows) for the current model, kept in checkpoints by ``save``.
+    def _background(self) -> Background | None:
+        """The background model for scoring, if there is one."""
+        if self.background is None:
+            return None
+        model, state = self.background._fitted()
+        info = self.background.background_info or {}
+        return Background(
+            model=model, head_state=state.head_state,
+            noise=float(info.get("noise", BACKGROUND_NOISE)), train_time_s=float(info.get("train_time_s", 0.0)),
+        )
+
+    def fit_background(
+        self, *, noise: float = BACKGROUND_NOISE, steps: int | None = None
+    ) -> SSVAEClassifier:
+        """Train the background model of the ``ratio`` OOD scores: a classifier of the same
+        config (``steps`` training steps if given) on ``training_data`` with a share
+        ``noise`` of its pixels replaced by uniform noise. The model itself is untouched;
+        the background goes into ``background`` and into checkpoints (``save``)."""
+        self._fitted()
+        if self.training_data is None:
+            raise SSVAEError("fit_background trains on the training data; fit (or resume) first")
+        self.background = train_background(self, self.training_data, noise=noise, steps=steps)
+        if self._ood_reference is not None and "ratio" not in self._ood_reference.scores:
+            self._ood_reference = None  # recomputed with the ratio scores
+        return self
+
+    def ood_reference_complete(self) -> bool:
+        """Whether the kept reference holds every score the classifier can compute."""
+        names = [name for name in OOD_SCORES if self.background is not None or name not in NEEDS_BACKGROUND]
+        return self._ood_reference is not None and self._ood_reference.has(names, own=True)
+
+    def ood_reference(self, names: Sequence[str] = (), *, own: bool = False) -> OODReference:
+        """The training data's OOD scores (every score the model can compute), which the
+        blends and the p-values compare an input with: computed from ``training_data``
+        (a seeded subsample of at most 2,000 rows) for the current model, kept in
+        checkpoints by ``save``. ``names``: the scores the caller needs, ``own`` whether
+        their own distributions too (for p-values); a kept reference that lacks them is
+        recomputed, and without training data that is an ``SSVAEError``.
         """
         model, state = self._fitted()
         step, classes = int(state.step), len(self.label_names)
         cached = self._ood_reference
-        if cached is not None and (cached.step, cached.classes) == (step, classes):
+        if cached is not None and (cached.step, cached.classes) == (step, classes) and cached.has(names, own=own):
             return cached
+        if any(name in NEEDS_BACKGROUND for name in names) and self.background is None:
+            raise no_background()
         if self.training_data is None:
             raise SSVAEError(
-                "the blend OOD score needs the training data's scores, and this classifier "
+                "the OOD blends and p-values need the training data's scores, and this classifier "
                 "has neither (its checkpoint was saved without them); call resume(x, y, ...) "
                 "with the training data, or evaluate the run directory with `ssvae evaluate`"
             )
         self._ood_reference = ood_reference(
-            model, state.head_state, self.training_data.x, step=step, classes=classes
+            model, state.head_state, self.training_data.x, step=step, classes=classes,
+            background=self._background(),
         )
         return self._ood_reference
 
@@ -601,28 +667,35 @@ class SSVAEClassifier:
         *,
         ood: ArrayLike | Dataset | None = None,
         scores: Sequence[str] = OOD_SCORES,
+        fpr: float | None = None,
     ) -> dict[str, Any]:
         """Accuracy, ECE, confusion, reliability, reconstruction error and channel diagnostics
         on labeled data, of the calibrated ``p(y|x)``; ``calibration`` says how it was
         calibrated (``calibration``; ``method`` ``"none"`` without one) and gives
         ``ece_uncalibrated``, the ECE of the head's own ``p(y|x)``. With ``ood`` (inputs
-        that are out of distribution, the positives) also ``ood_auroc`` (the certainty score's AUROC) and ``ood``: AUROC and FPR at 95 %
-        TPR per score, ``{"certainty": {"auroc": …, "fpr95": …}, "likelihood": …,
-        "blend": …}`` for the ``scores`` named (the blend only where ``ood_reference``
-        is available; otherwise ``ood_notes`` says why it is missing)."""
+        that are out of distribution, the positives) also ``ood_auroc`` (the certainty
+        score's AUROC) and ``ood``: AUROC, FPR at 95 % TPR and AUPR (OOD positive) per score,
+        ``{"certainty": {"auroc": …, "fpr95": …, "aupr": …}, "likelihood": …, …}`` for the
+        ``scores`` named (the blends only where ``ood_reference`` is available, the ratio
+        scores only with a background model; otherwise ``ood_notes`` says why one is
+        missing). With ``fpr`` (a false-positive rate in (0, 1)) also ``ood_flagged``: the
+        shares of OOD and of evaluated inputs whose default score's p-value is at most
+        ``fpr`` (``ood_score`` with ``as_="p_value"``)."""
         if isinstance(scores, str) or not scores:
             raise ConfigError(
                 f"scores must be a non-empty list of OOD score names ({', '.join(OOD_SCORES)}); "
                 f"got {scores!r}"
             )
         names = tuple(dict.fromkeys(check_score(score) for score in scores))
+        if fpr is not None:
+            fpr = check_fpr(fpr)
         dataset = x if isinstance(x, Dataset) else from_arrays(x, y)
         keep = dataset.y >= 0
         if not np.any(keep):
             raise DataError("evaluate needs labeled examples (labels >= 0)")
         ood_x = self._inputs(ood) if ood is not None else None
         model, state = self._fitted()
-        result = infer(model, state.head_state, self._inputs(dataset.x[keep]), likelihood=ood is not None)
+        result = infer(model, state.head_state, self._inputs(dataset.x[keep]))
         calibration = self._calibration()
         raw_probabilities = result.probabilities
         if calibration is not None:
@@ -659,31 +732,72 @@ class SSVAEClassifier:
             metrics["channels"]["table"] = rows
             metrics["channels"]["free_channels"] = [r["channel"] for r in rows if r["free"]]
         if ood_x is not None:
-            out = infer(model, state.head_state, ood_x, likelihood=True)
-            reference = None
-            if "blend" in names:
-                try:
-                    reference = self.ood_reference()
-                except SSVAEError as error:
-                    metrics["ood_notes"] = {"blend": str(error)}
-                    names = tuple(name for name in names if name != "blend")
-            wanted = tuple(dict.fromkeys(("certainty", *names)))
-            table = ood_table(ood_scores(result, reference, wanted), ood_scores(out, reference, wanted))
-            metrics["ood_auroc"] = table["certainty"]["auroc"]
-            metrics["ood"] = {name: table[name] for name in names}
+            metrics.update(self._ood_metrics(self._inputs(dataset.x[keep]), ood_x, names, fpr))
+        return metrics
+
+    def _ood_metrics(
+        self, x_in: np.ndarray, x_out: np.ndarray, names: tuple[str, ...], fpr: float | None
+    ) -> dict[str, Any]:
+        """``ood_auroc``, ``ood`` (AUROC, FPR95, AUPR per score), ``ood_notes`` (the scores
+        that could not be computed, and why) and, with ``fpr``, ``ood_flagged``."""
+        model, state = self._fitted()
+        notes: dict[str, str] = {}
+        if self.background is None:
+            for name in NEEDS_BACKGROUND & set(names):
+                notes[name] = str(no_background())
+        reference = None
+        blends = tuple(name for name in names if name.startswith("blend") and name not in notes)
+        if blends or fpr is not None:
+            try:
+                reference = self.ood_reference(blends + ((DEFAULT_SCORE,) if fpr is not None else ()), own=fpr is not None)
+            except SSVAEError as error:
+                for name in blends:
+                    notes[name] = str(error)
+        available = tuple(name for name in names if name not in notes)
+        flag_by = (DEFAULT_SCORE,) if fpr is not None and DEFAULT_SCORE not in notes else ()
+        wanted = tuple(dict.fromkeys(("certainty", *available, *flag_by)))
+        background = self._background()
+        inside = ood_scores(score_inputs(model, state.head_state, x_in, wanted, background=background), reference, wanted)
+        outside = ood_scores(score_inputs(model, state.head_state, x_out, wanted, background=background), reference, wanted)
+        table = ood_table(inside, outside)
+        metrics: dict[str, Any] = {
+            "ood_auroc": table["certainty"]["auroc"],
+            "ood": {name: table[name] for name in available},
+        }
+        if notes:
+            metrics["ood_notes"] = notes
+        if fpr is not None:
+            score = DEFAULT_SCORE
+            if reference is None or not flag_by:
+                raise SSVAEError(
+                    f"flagging at a false-positive rate reads the {score} score's p-values, which "
+                    f"need the training data's scores: {notes.get(score, 'they are missing')}"
+                )
+            metrics["ood_flagged"] = {
+                "score": score,
+                "fpr": fpr,
+                "flagged_ood": float(np.mean(p_values(outside[score], reference, score) <= fpr)),
+                "flagged_in": float(np.mean(p_values(inside[score], reference, score) <= fpr)),
+            }
         return metrics
 
     def save(self, path: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> None:
         """Write a checkpoint (atomically) that ``load`` restores.
 
-        The blend score's reference (``ood_reference``) goes with it, computed first
+        The OOD scores' reference (``ood_reference``) goes with it, computed first
         when the classifier holds its training data, and so does ``channel_splits``
-        (what the last retrain split).
+        (what the last retrain split). A background model (``fit_background``) is
+        written next to it, to ``background_path`` of ``path``.
         """
         model, state = self._fitted()
         where = repr(os.fspath(path))
         if os.path.isdir(path):
             raise CheckpointError(f"cannot save a checkpoint to {where}: it is a directory; give a file path")
+        if self.background is not None:
+            self.background.save(background_path(path), extra={"ood_background_of": int(state.step)})
+            extra = {**(extra or {}), "ood_background": {
+                "file": background_path(path).name, **(self.background.background_info or {}),
+            }}
         if self.channel_splits is not None:
             extra = {**(extra or {}), "channel_splits": self.channel_splits}
         if self.training_data is not None or self._ood_reference is not None:
@@ -726,6 +840,12 @@ class SSVAEClassifier:
         if "ood_reference" in checkpoint.manifest:
             classifier._ood_reference = OODReference.from_dict(checkpoint.manifest["ood_reference"])
         classifier.channel_splits = checkpoint.manifest.get("channel_splits")
+        background = checkpoint.manifest.get("ood_background")
+        if isinstance(background, dict) and background_path(path).is_file():
+            classifier.background = cls.load(background_path(path), registry=registry)
+            classifier.background.background_info = {
+                k: float(v) for k, v in background.items() if k in ("noise", "train_time_s")
+            }
         if "calibration" in checkpoint.manifest:
             classifier.calibration = Calibration.from_dict(checkpoint.manifest["calibration"])
         return classifier

@@ -15,6 +15,7 @@ from typing import Any
 
 from ssvae_core.config import label_budget_argument
 from ssvae_core.errors import SSVAEError
+from ssvae_core.ood import BACKGROUND_NOISE, DEFAULT_SCORE, OOD_SCORES
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -145,12 +146,18 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", metavar="PATH", help="evaluate on every labeled example of PATH")
     evaluate.add_argument(
         "--ood", metavar="PATH",
-        help="out-of-distribution inputs: AUROC and FPR at 95%% TPR of each OOD score "
-        "(certainty, likelihood, blend) against the evaluated data",
+        help="out-of-distribution inputs: AUROC, FPR at 95%% TPR and AUPR of each OOD score "
+        f"({', '.join(OOD_SCORES)}) against the evaluated data",
     )
     evaluate.add_argument(
         "--score", action="append", default=None, metavar="NAME",
-        help="with --ood: report only this OOD score (repeatable): certainty, likelihood, blend",
+        help=f"with --ood: report only this OOD score (repeatable): {', '.join(OOD_SCORES)}",
+    )
+    evaluate.add_argument(
+        "--ood-fpr", type=float, default=None, metavar="RATE",
+        help=f"with --ood: also flag inputs whose {DEFAULT_SCORE} score's p-value under the "
+        "training data is at most RATE (a false-positive rate in (0, 1), e.g. 0.05) and "
+        "report the shares flagged",
     )
     evaluate.add_argument("--json", action="store_true", help="print the whole report as JSON")
 
@@ -161,6 +168,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
     report.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+    background = commands.add_parser(
+        "background", help="train a run's background model (the ratio OOD scores)",
+        description="Trains a model of the run's config on its training images with a share of "
+        "their pixels replaced by noise, and stores it in the run (model.background.ckpt); the "
+        "run's own model is not changed.",
+    )
+    background.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    background.add_argument(
+        "--noise", type=float, default=BACKGROUND_NOISE, metavar="RATE",
+        help="the share of pixels replaced by uniform noise, in (0, 1]",
+    )
+    background.add_argument(
+        "--steps", type=int, default=None, metavar="N", help="training steps (default: the run's train.steps)",
+    )
 
     label = commands.add_parser(
         "label", help="add labels from a CSV file or a Label Studio export to a run's label store",
@@ -420,6 +442,17 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _background(args: argparse.Namespace) -> int:
+    from ssvae_core.ood import background_run
+
+    info = background_run(args.run_dir, noise=args.noise, steps=args.steps)
+    print(
+        f"background model: {info['steps']} steps in {info['train_time_s']:.1f} s, noise "
+        f"{info['noise']:g}, {info['bytes'] / 1e6:.2f} MB in {info['file']}"
+    )
+    return EXIT_OK
+
+
 def _held_out_line(report: dict[str, Any]) -> str:
     """``test accuracy … ECE …``, or for a run without labels its clustering figures."""
     if report.get("test_accuracy") is None:
@@ -490,7 +523,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         from ssvae_core.errors import ConfigError
 
         raise ConfigError("--score chooses among the OOD scores; it needs --ood PATH")
-    report = evaluate_run(args.run_dir, data=args.data, ood=args.ood, ood_scores=args.score)
+    if args.ood_fpr is not None and args.ood is None:
+        from ssvae_core.errors import ConfigError
+
+        raise ConfigError("--ood-fpr flags out-of-distribution inputs; it needs --ood PATH")
+    report = evaluate_run(
+        args.run_dir, data=args.data, ood=args.ood, ood_scores=args.score, ood_fpr=args.ood_fpr
+    )
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -503,11 +542,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(line)
     for score, figures in (report.get("ood") or {}).items():
         print(
-            f"OOD {score:<10}  AUROC {figures['auroc']:.4f}  FPR95 {figures['fpr95']:.4f}  "
-            f"vs {report.get('ood_dataset', 'ood')}"
+            f"OOD {score:<16}  AUROC {figures['auroc']:.4f}  FPR95 {figures['fpr95']:.4f}  "
+            f"AUPR {figures['aupr']:.4f}  vs {report.get('ood_dataset', 'ood')}"
         )
     for score, why in (report.get("ood_notes") or {}).items():
-        print(f"OOD {score:<10}  not available: {why}")
+        print(f"OOD {score:<16}  not available: {why}")
+    flagged = report.get("ood_flagged")
+    if flagged:
+        print(
+            f"OOD flagged at p ≤ {flagged['fpr']:g} ({flagged['score']}): "
+            f"{flagged['flagged_ood']:.1%} of {report.get('ood_dataset', 'ood')}, "
+            f"{flagged['flagged_in']:.1%} of the evaluated data"
+        )
     per_class = report.get("per_class_accuracy") or {}
     if per_class:
         print(
@@ -772,7 +818,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ssvae`` console script."""
     args = _parser().parse_args(argv)
     handlers = {
-        "train": _train, "evaluate": _evaluate, "report": _report, "label": _label,
+        "train": _train, "evaluate": _evaluate, "report": _report, "background": _background, "label": _label,
         "labels": _labels, "retrain": _retrain, "query": _query, "loop": _loop,
         "studio": _studio, "plugins": _plugins,
     }

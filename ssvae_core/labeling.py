@@ -186,7 +186,7 @@ def query_run(
             classifier.model, classifier.state.head_state, train_x, labeled, n,
             strategy=strategy, options=options, input_shape=classifier.input_shape,
             key=query_key(config.seed if seed is None else seed, step), registry=registry,
-            calibration=classifier.calibration,
+            calibration=classifier.calibration, ood=classifier.ood_score,
         )
         names = classifier.label_names
         rows = [

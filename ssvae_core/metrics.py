@@ -136,12 +136,23 @@ def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float = 0.95)
     return float(np.mean(inside >= threshold))
 
 
+def aupr(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """Area under the precision–recall curve with ``out`` the positives (average precision)."""
+    from sklearn.metrics import average_precision_score
+
+    scores = np.concatenate([in_scores, out_scores])
+    targets = np.concatenate([np.zeros(len(in_scores)), np.ones(len(out_scores))])
+    return float(average_precision_score(targets, scores))
+
+
 def ood_table(in_scores: dict[str, np.ndarray], out_scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """``{score: {"auroc": …, "fpr95": …}}`` for each score named in both dicts."""
+    """``{score: {"auroc": …, "fpr95": …, "aupr": …}}`` for each score named in both dicts
+    (``out`` the positives)."""
     return {
         name: {
             "auroc": auroc(in_scores[name], out_scores[name]),
             "fpr95": fpr_at_tpr(in_scores[name], out_scores[name]),
+            "aupr": aupr(in_scores[name], out_scores[name]),
         }
         for name in in_scores
         if name in out_scores

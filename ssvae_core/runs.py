@@ -135,6 +135,7 @@ def build_report(
     num_labels: int | None,
     ood: Dataset | None = None,
     ood_scores: Sequence[str] | None = None,
+    ood_fpr: float | None = None,
     hidden: tuple[np.ndarray, np.ndarray] | None = None,
     **facts: Any,
 ) -> dict[str, Any]:
@@ -144,7 +145,8 @@ def build_report(
     confusion, reliability, channel diagnostics and how the channels cluster the classes
     (``clustering``: clustering accuracy, many-to-one accuracy, NMI, ARI) come from
     ``SSVAEClassifier.evaluate``, with the OOD AUROC against ``ood`` when given
-    (``ood_auroc``: the certainty score; ``ood``: AUROC and FPR95 per score). ``hidden``,
+    (``ood_auroc``: the certainty score; ``ood``: AUROC, FPR95 and AUPR per score;
+    ``ood_flagged`` with ``ood_fpr``). ``hidden``,
     the training inputs whose labels the model never saw and those labels, adds
     ``clustering_train``, the same clustering figures on them.
 
@@ -154,9 +156,9 @@ def build_report(
     """
     config = classifier.config
     evaluation = (
-        classifier.evaluate(x, y, ood=ood)
+        classifier.evaluate(x, y, ood=ood, fpr=ood_fpr)
         if ood_scores is None
-        else classifier.evaluate(x, y, ood=ood, scores=ood_scores)
+        else classifier.evaluate(x, y, ood=ood, scores=ood_scores, fpr=ood_fpr)
     )
     label_free = num_labels == 0
     report: dict[str, Any] = {
@@ -781,27 +783,30 @@ def evaluate_run(
     data: str | None = None,
     ood: str | None = None,
     ood_scores: Sequence[str] | None = None,
+    ood_fpr: float | None = None,
     registry: Registry | None = None,
 ) -> dict[str, Any]:
     """Reload a run's checkpoint and report the held-out metrics again.
 
     Without ``data`` the run's own dataset and split are rebuilt and its test set is used;
     with ``data`` every labeled example of that dataset is evaluated. With ``ood`` the
-    report adds AUROC and FPR95 per OOD score (``report["ood"]``; ``ood_scores`` names
-    them, default all); a checkpoint saved
-    without the blend score's reference gets it recomputed from the run's training
-    examples (when the run's data can be read).
+    report adds AUROC, FPR95 and AUPR per OOD score (``report["ood"]``; ``ood_scores`` names
+    them, default all), and with ``ood_fpr`` the shares flagged at that false-positive
+    rate (``report["ood_flagged"]``); a checkpoint saved without the OOD scores' reference
+    gets it recomputed from the run's training examples (when the run's data can be read).
     """
-    from ssvae_core.inference import check_score
+    from ssvae_core.ood import check_fpr, check_score
 
     for score in ood_scores or ():
         check_score(score)
+    if ood_fpr is not None:
+        check_fpr(ood_fpr)
     checkpoint = _checkpoint_path(run_dir)
     manifest = read_manifest(checkpoint)  # a clear error for a missing or foreign file
     classifier = SSVAEClassifier.load(checkpoint, registry=registry)
     config = classifier.config
     ood_dataset = load_dataset(ood) if ood is not None else None
-    if ood_dataset is not None and "ood_reference" not in manifest:
+    if ood_dataset is not None and not classifier.ood_reference_complete():
         try:
             own = load_dataset(config.data.dataset)
             classifier.training_data = training_view(own, split_dataset(own, config))
@@ -819,7 +824,8 @@ def evaluate_run(
         x, y = dataset.x[keep], dataset.y[keep]
     num_labels = manifest.get("data", {}).get("num_labels")
     return build_report(
-        classifier, dataset, x, y, num_labels=num_labels, ood=ood_dataset, ood_scores=ood_scores
+        classifier, dataset, x, y, num_labels=num_labels, ood=ood_dataset, ood_scores=ood_scores,
+        ood_fpr=ood_fpr,
     )
 
 

@@ -71,7 +71,9 @@ class AcquisitionInputs(eqx.Module):
     ``sample_probabilities`` ``p(y | x, z_s)`` for ``S`` posterior samples ``z_s ~ q(z|x)``
     (``S × N × Y``; ``S`` is the acquisition's ``num_samples``, possibly 0). ``labeled``
     marks the examples that already carry a label: they are never chosen, and batch-aware
-    acquisitions treat them as covered.
+    acquisitions treat them as covered. ``ood`` holds a named OOD score per example
+    (``ssvae_core.ood``) where the acquisition asked for one (the ``ood`` acquisition's
+    ``score``), else ``None``.
     """
 
     probabilities: Float[Array, "N Y"]
@@ -82,6 +84,7 @@ class AcquisitionInputs(eqx.Module):
     z_log_var: Float[Array, "N D"]
     sample_probabilities: Float[Array, "S N Y"]
     labeled: Bool[Array, " N"]
+    ood: Float[Array, " N"] | None = None
 
     @property
     def num_examples(self) -> int:

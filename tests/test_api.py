@@ -34,10 +34,12 @@ def test_predict_is_the_most_probable_class(fitted_classifier: SSVAEClassifier, 
     )
 
 
-def test_ood_score_lies_in_unit_interval(fitted_classifier: SSVAEClassifier, synthetic) -> None:
-    scores = fitted_classifier.ood_score(synthetic["x"])
+def test_ood_scores_lie_in_their_ranges(fitted_classifier: SSVAEClassifier, synthetic) -> None:
+    scores = fitted_classifier.ood_score(synthetic["x"], score="certainty")
     assert scores.shape == (60,)
     assert np.all((scores >= 0.0) & (scores <= 1.0))
+    default = fitted_classifier.ood_score(synthetic["x"])  # −ln of a combined p-value
+    assert default.shape == (60,) and np.all(np.isfinite(default)) and np.all(default >= 0.0)
 
 
 def test_encode_returns_latent_means_and_responsibilities(

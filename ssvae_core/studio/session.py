@@ -37,10 +37,11 @@ from ssvae_core.explore import (
     reconstruct_through,
     tile,
 )
-from ssvae_core.inference import infer
+from ssvae_core.inference import Inference, infer
 from ssvae_core.label_io import export_text
 from ssvae_core.label_issues import DEFAULT_ISSUES, classifier_issues
 from ssvae_core.labels import STORE_NAME, LabelStore, label_name
+from ssvae_core.ood import DEFAULT_SCORE, ood_scores, score_inputs
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.rundir import RunLock, recover
 from ssvae_core.runfiles import read_report, read_rounds
@@ -128,6 +129,22 @@ def _percentile(values: np.ndarray) -> np.ndarray:
     return np.searchsorted(order, values, side="left") / (values.size - 1)
 
 
+def studio_ood(classifier: SSVAEClassifier, result: Inference, x: np.ndarray) -> np.ndarray:
+    """The OOD colouring's score: the default OOD score (``DEFAULT_SCORE``)
+    where the checkpoint keeps the training data's scores (and, for a ratio score, a
+    background model), else the likelihood score."""
+    try:
+        reference = classifier.ood_reference((DEFAULT_SCORE,))
+    except SSVAEError:
+        return result.likelihood_score
+    model, state = classifier.model, classifier.state
+    assert model is not None and state is not None
+    inputs = score_inputs(
+        model, state.head_state, x, (DEFAULT_SCORE,), background=classifier._background(), result=result
+    )
+    return ood_scores(inputs, reference, (DEFAULT_SCORE,))[DEFAULT_SCORE]
+
+
 def shortcut_keys(names: list[str]) -> dict[str, str]:
     """A keyboard key per label name: its first character that is a letter or digit and
     not taken yet (lowercase), else the first free digit; names left over get none."""
@@ -193,6 +210,7 @@ class StudioSession:
             classifier.model, classifier.state.head_state, x, likelihood=True,
             calibration=classifier.calibration,
         )
+        ood = studio_ood(classifier, result, x)
         responsibilities = result.responsibilities
         return _View(
             classifier=classifier,
@@ -202,7 +220,7 @@ class StudioSession:
             certainty=result.certainty,
             responsibilities=responsibilities,
             z_mean=result.z_mean,
-            ood=_percentile(np.asarray(result.likelihood_score, dtype=np.float64)),
+            ood=_percentile(np.asarray(ood, dtype=np.float64)),
             members=channel_members(responsibilities),
         )
 
@@ -395,7 +413,7 @@ class StudioSession:
                 model, state.head_state, self.dataset.x[self.train_rows], labeled, n,
                 strategy=strategy, input_shape=view.classifier.input_shape,
                 key=query_key(self.config.seed, view.step), registry=self.registry,
-                calibration=view.classifier.calibration,
+                calibration=view.classifier.calibration, ood=view.classifier.ood_score,
             )
         except (ConfigError, DataError) as error:
             raise StudioError(400, str(error)) from None
