@@ -1,10 +1,11 @@
 """Plugin discovery: built-ins and entry points of the group ``ssvae``, through pluggy.
 
-A plugin that fails to import, raises in a hook, registers a name that is already taken,
-returns a factory that does not satisfy its protocol, or supports other core versions than
-the one installed is recorded in ``Registry.problems`` with its name and the reason; every
-other plugin keeps working (``ssvae_core.compatibility`` says how a plugin states the core
-versions it supports).
+A plugin that fails to import, changes process-wide state when imported (JAX's
+configuration, NumPy's global random state, the environment: ``ssvae_core.hygiene``),
+raises in a hook, registers a name that is already taken, returns a factory that does not
+satisfy its protocol, or supports other core versions than the one installed is recorded
+in ``Registry.problems`` with its name and the reason; every other plugin keeps working
+(``ssvae_core.compatibility`` says how a plugin states the core versions it supports).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ssvae_core import builtin, hookspecs
 from ssvae_core.compatibility import core_mismatch, core_version, supported_core
 from ssvae_core.components import KINDS, ComponentFactory
 from ssvae_core.errors import ConfigError
+from ssvae_core.hygiene import describe_changes, process_changes
 from ssvae_core.options import suggest
 from ssvae_core.protocols import (
     AbstractAcquisition,
@@ -163,11 +165,15 @@ class Registry:
             package = dist.metadata["Name"] if dist is not None else entry_point.module
             version = dist.version if dist is not None else "unknown"
             try:
-                plugin = entry_point.load()
+                with process_changes() as changes:
+                    plugin = entry_point.load()
             except Exception as error:  # a broken plugin must not take the others down
                 self.problems.append(
                     PluginProblem(entry_point.name, f"failed to import: {type(error).__name__}: {error}")
                 )
+                continue
+            if changes:  # undone already; the plugin is not registered
+                self.problems.append(PluginProblem(entry_point.name, describe_changes(changes)))
                 continue
             self.register(
                 plugin, name=entry_point.name, package=package, version=version,

@@ -386,6 +386,9 @@ class Subject:
     """A component prepared for checking: its label, factory, options and settings."""
 
     kind: str
+    # What building the subject changed in the process-wide state (``prepare`` records it,
+    # then undoes it); ``None`` when the subject was not built through ``prepare``.
+    build_changes: list[str] | None = None
 
     def __init__(
         self, label: str, factory: ComponentFactory, options: Any, settings: ConformanceSettings

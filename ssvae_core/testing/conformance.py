@@ -18,9 +18,11 @@ import warnings
 from typing import Any
 
 from ssvae_core.components import KINDS, ComponentFactory
+from ssvae_core.hygiene import process_changes
 from ssvae_core.registry import RegisteredComponent, default_registry
 from ssvae_core.testing._acquisitions import AcquisitionSubject
 from ssvae_core.testing._heads import HeadSubject
+from ssvae_core.testing._hygiene import register_hygiene_checks
 from ssvae_core.testing._networks import DecoderSubject, EncoderSubject
 from ssvae_core.testing._priors import PriorSubject
 from ssvae_core.testing._runner import CHECKS, Check, NotApplicable
@@ -38,6 +40,9 @@ SUBJECTS: dict[str, type[Subject]] = {
 }
 
 Component = str | RegisteredComponent | ComponentFactory
+
+# After every kind's own checks: the process-hygiene check runs last.
+register_hygiene_checks()
 
 
 def conformance_checks(kind: str) -> tuple[Check, ...]:
@@ -78,10 +83,13 @@ def prepare(
     if unknown:
         raise ValueError(f"skip names unknown {kind} checks: {', '.join(sorted(unknown))}")
     options = factory.default_options() if options is None else options
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), process_changes() as changes:
         # Building is not under test here; plugins may warn about their own design.
         warnings.simplefilter("ignore", UserWarning)
-        return SUBJECTS[kind](label, factory, options, config)
+        subject = SUBJECTS[kind](label, factory, options, config)
+    # What the build changed in the process (now undone), for the process_hygiene check.
+    subject.build_changes = changes
+    return subject
 
 
 def run_check(subject: Subject, entry: Check) -> str | None:

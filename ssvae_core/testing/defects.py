@@ -27,6 +27,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ssvae_core.components import BuildContext, ComponentFactory
 from ssvae_core.heads import TauHead
+from ssvae_core.hygiene import process_changes
 from ssvae_core.losses import categorical_kl, diagonal_gaussian_log_density, gaussian_kl
 from ssvae_core.networks.dense import DenseDecoder, DenseEncoder
 from ssvae_core.options import option
@@ -374,6 +375,17 @@ def _one_sample(options: SampleOptions, context: BuildContext, key: PRNGKeyArray
         latent_dim=context.latent_dim,
         num_samples=options.num_samples,
     )
+
+
+def _seeding_build(options: ChannelOptions, context: BuildContext, key: PRNGKeyArray) -> Any:
+    np.random.seed(0)  # the bug: NumPy's global generator reseeded for everyone
+    return _channels(GaussianChannels, options, context, key)
+
+
+# A plugin module that switches JAX to float64 when imported: imported here with the
+# process state saved and restored, so that importing the corpus changes nothing.
+with process_changes():
+    from ssvae_core.testing import _impure_plugin
 
 
 # --- Encoders: the built-in dense encoder with one thing changed -------------------------
@@ -800,6 +812,22 @@ DEFECTS: tuple[Defect, ...] = (
         "monte_carlo_kl_converges",
         "RMS error",
         ComponentFactory(OneSampleKL, SampleOptions, _one_sample, "deliberately broken"),
+    ),
+    Defect(
+        "float64 switched on at import",
+        "prior",
+        "the plugin module calls jax.config.update('jax_enable_x64', True) when imported",
+        "process_hygiene",
+        "JAX setting jax_enable_x64 False -> True",
+        _impure_plugin.FACTORY,
+    ),
+    Defect(
+        "NumPy seeded in the factory",
+        "prior",
+        "the factory calls np.random.seed(0), resetting NumPy's global generator",
+        "process_hygiene",
+        "NumPy's global random state",
+        ComponentFactory(GaussianChannels, ChannelOptions, _seeding_build, "deliberately broken"),
     ),
     Defect(
         "logits without channels",
