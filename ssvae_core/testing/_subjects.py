@@ -73,7 +73,9 @@ class ConformanceSettings:
     Monte-Carlo sample count; ``exact_kl_terms`` lists the KL terms that are exact
     (analytic) KLs, by default every deterministic term whose name starts with ``kl``.
     ``fixed_weights`` says whether π must stay fixed in training (default: unless the
-    options have ``learn_pi=True``). ``skip`` names checks not to run. ``shrink=False``
+    options have ``learn_pi=True``). ``inert_options`` names options meant to change
+    nothing a check can observe (a numerical tolerance, a logging switch), which
+    ``every_option_has_an_effect`` then leaves out. ``skip`` names checks not to run. ``shrink=False``
     reports the first failing example as found instead of shrinking it to a smaller one
     (faster where only whether a check fails matters, as in a corpus of known defects).
     """
@@ -88,6 +90,7 @@ class ConformanceSettings:
     sample_count_option: str = "num_samples"
     exact_kl_terms: tuple[str, ...] | None = None
     fixed_weights: bool | None = None
+    inert_options: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
     shrink: bool = True
 

@@ -24,6 +24,7 @@ from ssvae_core.testing._acquisitions import AcquisitionSubject
 from ssvae_core.testing._heads import HeadSubject
 from ssvae_core.testing._hygiene import register_hygiene_checks
 from ssvae_core.testing._networks import DecoderSubject, EncoderSubject
+from ssvae_core.testing._prior_dynamics import register_prior_dynamics
 from ssvae_core.testing._priors import PriorSubject
 from ssvae_core.testing._runner import CHECKS, Check, NotApplicable
 from ssvae_core.testing._runner import run_check as _run_check
@@ -41,7 +42,9 @@ SUBJECTS: dict[str, type[Subject]] = {
 
 Component = str | RegisteredComponent | ComponentFactory
 
-# After every kind's own checks: the process-hygiene check runs last.
+# After the prior's value checks, those of its gradients, draws and options; after every
+# kind's own checks, the process-hygiene check.
+register_prior_dynamics()
 register_hygiene_checks()
 
 
