@@ -194,11 +194,38 @@ def test_builtin_terms_pass_check_loss_term() -> None:
 
 def test_priors_pass_the_new_checks_with_notes() -> None:
     report = check_prior("mixture", skip=("monte_carlo_kl_converges",))
-    assert report["samples_match_kl_density"].startswith("passed (mass ")
+    assert report["samples_match_kl_density"].startswith("passed (box mass ")
+    assert "Stein statistics within" in report["samples_match_kl_density"]
     assert report["options_honoured"] == "passed (checked num_components, learn_pi)"
     assert report["kl_terms_per_example_finite"] == (
         "passed (K in [2, 10, 64], typical and extreme inputs)"
     )
+    assert report["kl_gradients"].startswith("passed (") and "directional" in report["kl_gradients"]
+    assert report["every_option_has_an_effect"] == "passed (3 options)"
+    assert report["process_hygiene"] == (
+        "passed (re-imported ssvae_core.builtin, ssvae_core.priors.mixture)"
+    )
+
+
+def test_the_trained_like_prior_moves_what_trains_and_keeps_what_is_frozen() -> None:
+    defect = _defect("σ² for σ in log space")
+    subject = prepare(defect.factory, defect.options, kind="prior")
+    built, trained = subject.prior, subject.trained
+    # Built at the origin with unit variances: every channel alike until trained.
+    assert np.all(np.asarray(built.locations) == 0) and np.all(np.asarray(built.log_variances) == 0)
+    moved = np.asarray(trained.locations)
+    assert np.all(moved != 0) and len({tuple(row) for row in moved.round(6)}) == len(moved)
+    assert np.all(np.asarray(trained.log_variances) != 0)  # no scale entry: trains at 1
+    # π's logits have scale 0 and one axis: a fixed π stays as built.
+    assert np.array_equal(np.asarray(trained.pi_logits), np.asarray(built.pi_logits))
+    assert subject.trained is not subject.prior
+
+
+def test_an_option_declared_inert_is_left_out_of_every_option_has_an_effect() -> None:
+    defect = _defect("option never used")
+    subject = prepare(defect.factory, defect.options, kind="prior", inert_options=("log_variance",))
+    (entry,) = [e for e in conformance_checks("prior") if e.name == "every_option_has_an_effect"]
+    assert run_check(subject, entry) == "4 options"
 
 
 def test_an_example_that_fails_then_passes_on_replay_is_reported_as_hidden_randomness() -> None:

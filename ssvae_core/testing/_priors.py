@@ -73,7 +73,7 @@ DENSITY_GRID_POINTS = {"fast": 80, "thorough": 160}
 DENSITY_CELL_BLOCK = {"fast": 10, "thorough": 20}
 DENSITY_BOX_PERCENT = 1.0
 DENSITY_MC_SAMPLES = 16
-DENSITY_MASS_TOLERANCE = 0.02
+DENSITY_MASS_TOLERANCE = 0.05
 DENSITY_P_VALUE = 1e-6
 # Stein's identity in the full latent dimension: draws (over all keys), random directions,
 # and how many standard errors from 0 a statistic may be.
@@ -85,6 +85,7 @@ NARROW_LOG_VAR = -14.0
 # one) moved by seeded noise of PERTURBATION times its RMS (or 1 where it is all zeros).
 AS_BUILT, TRAINED_LIKE = "as built", "trained-like"
 PERTURBATION = 0.5
+NETWORK_PERTURBATION = 0.1
 PERTURBATION_SEED = 3
 # sample() is drawn with several keys; each key's draws must pass on their own.
 SAMPLE_KEYS = 4
@@ -156,7 +157,8 @@ def trained_like(prior: AbstractPrior, seed: int = PERTURBATION_SEED) -> Abstrac
     """``prior`` with its parameters moved as training moves them: every inexact array of a
     field whose ``parameter_scales()`` entry is not 0 (a field without an entry trains at
     scale 1), and every channel-indexed array (leading axis ``K``, two axes or more) of the
-    others, gets seeded Gaussian noise of ``PERTURBATION`` times its RMS (1 where it is 0).
+    others, gets seeded Gaussian noise of ``PERTURBATION`` times its RMS (1 where it is 0);
+    other arrays of two axes or more (network weights) ``NETWORK_PERTURBATION`` times.
 
     A freshly built prior is often special (every channel at the origin, every scale 1),
     which hides a ``sample()`` that ignores the channel or mixes up σ and σ².
@@ -177,7 +179,9 @@ def trained_like(prior: AbstractPrior, seed: int = PERTURBATION_SEED) -> Abstrac
                 return leaf
             values = np.asarray(leaf, dtype=np.float64)
             rms = float(np.sqrt(np.mean(values**2)))
-            noise = rng.normal(size=leaf.shape) * PERTURBATION * (rms if rms > 0 else 1.0)
+            # Network weights compound through layers: they move less than channel parameters.
+            size = PERTURBATION if channel_indexed or leaf.ndim < 2 else NETWORK_PERTURBATION
+            noise = rng.normal(size=leaf.shape) * size * (rms if rms > 0 else 1.0)
             return jnp.asarray(values + noise, dtype=leaf.dtype)
 
         if value is not None and jax.tree.leaves(eqx.filter(value, eqx.is_inexact_array)):
@@ -1119,7 +1123,9 @@ def _density_in_two_dimensions(
     worst = 1.0
     for index, z in enumerate(draws):
         observed, _, _ = np.histogram2d(z[:, 0], z[:, 1], bins=coarse_edges)
-        expected = coarse * len(z)
+        # The shape within the box is tested here, its mass above: a Monte-Carlo term's
+        # noise makes the implied density's mass a few per cent high (Jensen), evenly.
+        expected = coarse / total * observed.sum()
         used = expected >= 5
         statistic = float(np.sum((observed[used] - expected[used]) ** 2 / expected[used]))
         p_value = float(scipy.stats.chi2.sf(statistic, int(used.sum()) - 1))

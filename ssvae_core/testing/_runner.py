@@ -61,12 +61,38 @@ class NotApplicable(Exception):
 
 
 class Violation(AssertionError):
-    """Raised inside a check when the invariant fails; carries the input that broke it."""
+    """Raised inside a check when the invariant fails; carries the input that broke it and,
+    where the failure itself shows its cause, a hint that replaces the check's own."""
 
-    def __init__(self, detail: str):
+    def __init__(self, detail: str, hint: str | None = None):
         super().__init__(detail)
         self.detail = detail
+        self.hint = hint
         self.example: Mapping[str, Any] | None = None
+
+
+# Errors JAX raises when Python needs the value of a traced array: the code works eagerly
+# and fails under jit (and eval_shape, vmap, grad).
+TRACED_VALUE_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+TRACED_VALUE_HINT = (
+    "Python control flow (if, while, bool(), int(), float()) or NumPy on a traced array: it "
+    "works eagerly and fails under jit; use jnp.where, jax.lax.cond or jnp functions instead"
+)
+
+
+def cause_hint(error: BaseException) -> str | None:
+    """A hint that names the cause shown by ``error`` itself, if it shows one."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, TRACED_VALUE_ERRORS):
+            return TRACED_VALUE_HINT
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @dataclass(frozen=True)
@@ -183,7 +209,7 @@ def for_all(
         except NotApplicable:
             raise
         except Exception as error:
-            wrapped = Violation(f"raised {describe_error(error)}")
+            wrapped = Violation(f"raised {describe_error(error)}", cause_hint(error))
             wrapped.example = example
             raise wrapped from error
 
@@ -204,8 +230,9 @@ def run_check(subject: Any, entry: Check) -> str | None:
         return entry.function(subject)
     except Violation as violation:
         example = format_example(violation.example) if violation.example is not None else None
+        hint = violation.hint or cause_hint(violation) or entry.hint
         raise ConformanceError(
-            subject.label, entry.name, entry.invariant, violation.detail, example, entry.hint
+            subject.label, entry.name, entry.invariant, violation.detail, example, hint
         ) from None
     except (NotApplicable, ConformanceError):
         raise
@@ -215,7 +242,7 @@ def run_check(subject: Any, entry: Check) -> str | None:
             entry.name,
             entry.invariant,
             f"raised {describe_error(error)}",
-            hint=entry.hint,
+            hint=cause_hint(error) or entry.hint,
         ) from error
 
 

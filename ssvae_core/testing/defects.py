@@ -13,6 +13,7 @@ does).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from ssvae_core.protocols import (
 )
 from ssvae_core.schedules import Schedule
 from ssvae_core.terms import AbstractLossTerm, TermInputs, TermOptions, TermValue
+from ssvae_core.testing._runner import TRACED_VALUE_HINT
 from ssvae_core.types import AcquisitionInputs, DecoderOutput, EncoderOutput
 
 
@@ -55,6 +57,9 @@ class Defect:
     message: str
     factory: ComponentFactory
     options: Any = None
+    # The usual cause the message must give, where the failure shows a more specific one
+    # than the check's own hint (``None``: the check's hint).
+    hint: str | None = None
 
 
 # --- A correct reference prior: channels with learned means and variances -----------------
@@ -115,6 +120,7 @@ def _channels(
     *,
     num_components: int | None = None,
     location_lr_scale: float | None = None,
+    **fields: Any,
 ) -> GaussianChannels:
     count = options.num_components if num_components is None else num_components
     scale = options.location_lr_scale if location_lr_scale is None else location_lr_scale
@@ -125,6 +131,7 @@ def _channels(
         locations=options.spread * jax.random.normal(key, (count, context.latent_dim)),
         log_variances=jnp.full((count, context.latent_dim), options.log_variance),
         pi_logits=options.skew * jnp.arange(count, dtype=jnp.float32),
+        **fields,
     )
 
 
@@ -375,6 +382,111 @@ def _one_sample(options: SampleOptions, context: BuildContext, key: PRNGKeyArray
         latent_dim=context.latent_dim,
         num_samples=options.num_samples,
     )
+
+
+# --- Bugs that show only away from the built parameters, in gradients or in some keys ----
+
+
+class VarianceAsScaleInLogSpace(GaussianChannels):
+    def sample(
+        self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
+        channel_key, noise_key = jax.random.split(key)
+        channels = jax.random.categorical(channel_key, self.pi_logits, shape=(num_samples,))
+        noise = jax.random.normal(noise_key, (num_samples, self.locations.shape[1]))
+        # The bug: exp(log σ²) as the scale; at log σ² = 0, as built, σ² = σ = 1.
+        return self.locations[channels] + jnp.exp(self.log_variances[channels]) * noise, channels
+
+
+class ChannelIgnoredInSample(GaussianChannels):
+    def sample(
+        self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
+        channel_key, noise_key = jax.random.split(key)
+        channels = jax.random.categorical(channel_key, self.pi_logits, shape=(num_samples,))
+        noise = jax.random.normal(noise_key, (num_samples, self.locations.shape[1]))
+        # The bug: channel 0's parameters for every draw (every channel alike as built).
+        return self.locations[0] + jnp.exp(0.5 * self.log_variances[0]) * noise, channels
+
+
+class WiderWithMostKeys(GaussianChannels):
+    def sample(
+        self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
+        z, channels = GaussianChannels.sample(self, num_samples, encoder=encoder, key=key)
+        # The bug: with 90 % of keys the draws are 1.5 times as wide as p(z|c).
+        wide = jax.random.uniform(jax.random.fold_in(key, 7)) < 0.9
+        centre = self.locations[channels]
+        return jnp.where(wide, centre + 1.5 * (z - centre), z), channels
+
+
+class DecidedInPython(GaussianChannels):
+    def channel_kl(
+        self, posterior: EncoderOutput, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> Float[Array, "B K"]:
+        kl = GaussianChannels.channel_kl(self, posterior, encoder=encoder, key=key)
+        if jnp.any(kl > 1e6):  # the bug: Python control flow on a traced value
+            kl = jnp.minimum(kl, 1e6)
+        return kl
+
+
+@dataclass(frozen=True)
+class MonteCarloOptions(ChannelOptions):
+    num_samples: int = option(4, help="Monte-Carlo samples of KL_z", minimum=1)
+
+
+class MonteCarloChannels(GaussianChannels):
+    """Gaussian channels whose KL_z is estimated from reparameterised draws of q(z|x)."""
+
+    num_samples: int = eqx.field(static=True)
+
+    def draws(self, posterior: EncoderOutput, key: PRNGKeyArray) -> Float[Array, "S B D"]:
+        noise = jax.random.normal(key, (self.num_samples, *posterior.z_mean.shape))
+        return posterior.z_mean + jnp.exp(0.5 * posterior.z_log_var) * noise
+
+    def channel_kl(
+        self, posterior: EncoderOutput, *, encoder: AbstractEncoder, key: PRNGKeyArray
+    ) -> Float[Array, "B K"]:
+        draws = self.draws(posterior, key)
+        log_q = diagonal_gaussian_log_density(draws, posterior.z_mean, posterior.z_log_var)
+        log_p = diagonal_gaussian_log_density(
+            draws[:, :, None, :], self.locations, self.log_variances
+        )
+        return jnp.mean(log_q[:, :, None] - log_p, axis=0)
+
+
+class StoppedDraws(MonteCarloChannels):
+    def draws(self, posterior: EncoderOutput, key: PRNGKeyArray) -> Float[Array, "S B D"]:
+        return jax.lax.stop_gradient(MonteCarloChannels.draws(self, posterior, key))  # the bug
+
+
+class VarianceAsStdDraws(MonteCarloChannels):
+    def draws(self, posterior: EncoderOutput, key: PRNGKeyArray) -> Float[Array, "S B D"]:
+        noise = jax.random.normal(key, (self.num_samples, *posterior.z_mean.shape))
+        return posterior.z_mean + jnp.exp(posterior.z_log_var) * noise  # the bug: σ² for σ
+
+
+class FixedKeyDraws(MonteCarloChannels):
+    def draws(self, posterior: EncoderOutput, key: PRNGKeyArray) -> Float[Array, "S B D"]:
+        return MonteCarloChannels.draws(self, posterior, jax.random.PRNGKey(0))  # the bug
+
+
+def _monte_carlo_factory(cls: type[MonteCarloChannels]) -> ComponentFactory:
+    def build(options: MonteCarloOptions, context: BuildContext, key: PRNGKeyArray) -> Any:
+        return _channels(cls, options, context, key, num_samples=options.num_samples)
+
+    return ComponentFactory(cls, MonteCarloOptions, build, "deliberately broken")
+
+
+def _unused_log_variance(
+    options: ChannelOptions, context: BuildContext, key: PRNGKeyArray
+) -> GaussianChannels:
+    # The bug: log_variance is parsed but the channels always start at -1.
+    return _channels(GaussianChannels, dataclasses.replace(options, log_variance=-1.0), context, key)
+
+
+# Channels alike and of unit variance as built, as a documented initialisation leaves them.
+AT_THE_ORIGIN = ChannelOptions(spread=0.0, log_variance=0.0)
 
 
 def _seeding_build(options: ChannelOptions, context: BuildContext, key: PRNGKeyArray) -> Any:
@@ -695,7 +807,7 @@ DEFECTS: tuple[Defect, ...] = (
         "prior",
         "sample() adds σ² · ε instead of σ · ε",
         "samples_match_kl_density",
-        "variances of sample()",
+        "do not follow the density the KL terms imply",
         _channel_factory(SampleScaledByVariance),
     ),
     Defect(
@@ -812,6 +924,75 @@ DEFECTS: tuple[Defect, ...] = (
         "monte_carlo_kl_converges",
         "RMS error",
         ComponentFactory(OneSampleKL, SampleOptions, _one_sample, "deliberately broken"),
+    ),
+    Defect(
+        "σ² for σ in log space",
+        "prior",
+        "sample() scales by exp(log σ²): right only where log σ² = 0, as every channel is built",
+        "samples_match_kl_density",
+        "do not follow the density the KL terms imply",
+        _channel_factory(VarianceAsScaleInLogSpace),
+        AT_THE_ORIGIN,
+    ),
+    Defect(
+        "channel ignored in sample()",
+        "prior",
+        "sample() draws every z from channel 0's parameters: right only while channels agree",
+        "samples_match_kl_density",
+        "draws of sample()",
+        _channel_factory(ChannelIgnoredInSample),
+        AT_THE_ORIGIN,
+    ),
+    Defect(
+        "wrong with 90 % of keys",
+        "prior",
+        "sample() draws too wide for 90 % of keys",
+        "samples_match_kl_density",
+        "do not follow the density the KL terms imply",
+        _channel_factory(WiderWithMostKeys),
+    ),
+    Defect(
+        "draws behind stop_gradient",
+        "prior",
+        "a Monte-Carlo KL whose draws of q(z|x) are not reparameterised (stop_gradient)",
+        "kl_gradients",
+        "the Monte-Carlo draws do not carry the gradient",
+        _monte_carlo_factory(StoppedDraws),
+    ),
+    Defect(
+        "variance as standard deviation in the draws",
+        "prior",
+        "a Monte-Carlo KL drawing z = μ + σ² ε instead of μ + σ ε",
+        "kl_gradients",
+        "the draws do not follow q(z|x)",
+        _monte_carlo_factory(VarianceAsStdDraws),
+    ),
+    Defect(
+        "draws from a fixed key",
+        "prior",
+        "a Monte-Carlo KL drawing from jax.random.PRNGKey(0) instead of its key argument",
+        "monte_carlo_draws_from_key",
+        "a Monte-Carlo estimate whose draws ignore that key",
+        _monte_carlo_factory(FixedKeyDraws),
+    ),
+    Defect(
+        "option never used",
+        "prior",
+        "the factory parses log_variance and always starts the channels at -1",
+        "every_option_has_an_effect",
+        "option log_variance",
+        ComponentFactory(
+            GaussianChannels, ChannelOptions, _unused_log_variance, "deliberately broken"
+        ),
+    ),
+    Defect(
+        "Python if on a traced value",
+        "prior",
+        "channel_kl branches in Python on jnp.any(kl > 1e6): fine eagerly, an error under jit",
+        "jit_matches_eager",
+        "TracerBoolConversionError",
+        _channel_factory(DecidedInPython),
+        hint=TRACED_VALUE_HINT,
     ),
     Defect(
         "float64 switched on at import",
