@@ -96,12 +96,17 @@ class StudentTChannels(AbstractChannelPrior):
         chi2 = 2.0 * jax.random.gamma(gamma_key, 0.5 * self.dof, (shape[0], 1))
         return gaussian / jnp.sqrt(chi2 / self.dof)
 
+    def channels_and_standard(
+        self, num_samples: int, key: PRNGKeyArray
+    ) -> tuple[Int[Array, " N"], Float[Array, "N D"]]:
+        channel_key, z_key = jax.random.split(key)
+        channels = jax.random.categorical(channel_key, self.log_weights(), shape=(num_samples,))
+        return channels, self.scale_draws(z_key, (num_samples, self.locations.shape[1]))
+
     def sample(
         self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
     ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
-        channel_key, z_key = jax.random.split(key)
-        channels = jax.random.categorical(channel_key, self.log_weights(), shape=(num_samples,))
-        standard = self.scale_draws(z_key, (num_samples, self.locations.shape[1]))
+        channels, standard = self.channels_and_standard(num_samples, key)
         std = jnp.exp(0.5 * self.log_variances[channels])
         return self.locations[channels] + std * standard, channels
 
@@ -136,9 +141,7 @@ class ChannelIgnoredInSample(StudentTChannels):
     def sample(
         self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
     ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
-        channel_key, z_key = jax.random.split(key)
-        channels = jax.random.categorical(channel_key, self.log_weights(), shape=(num_samples,))
-        standard = self.scale_draws(z_key, (num_samples, self.locations.shape[1]))
+        channels, standard = self.channels_and_standard(num_samples, key)
         # The bug: channel 0's parameters for every draw (all channels agree when built).
         return self.locations[0] + jnp.exp(0.5 * self.log_variances[0]) * standard, channels
 
@@ -147,9 +150,7 @@ class VarianceAsScaleInSample(StudentTChannels):
     def sample(
         self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
     ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
-        channel_key, z_key = jax.random.split(key)
-        channels = jax.random.categorical(channel_key, self.log_weights(), shape=(num_samples,))
-        standard = self.scale_draws(z_key, (num_samples, self.locations.shape[1]))
+        channels, standard = self.channels_and_standard(num_samples, key)
         # The bug: exp(log σ²) as the scale (σ² = σ = 1 when built).
         return self.locations[channels] + jnp.exp(self.log_variances[channels]) * standard, channels
 

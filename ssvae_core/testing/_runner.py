@@ -209,7 +209,7 @@ def for_all(
         except NotApplicable:
             raise
         except Exception as error:
-            wrapped = Violation(f"raised {describe_error(error)}", cause_hint(error))
+            wrapped = Violation(f"raised {describe_error(error)}")
             wrapped.example = example
             raise wrapped from error
 

@@ -96,12 +96,18 @@ class GaussianChannels(AbstractChannelPrior):
     def log_weights(self) -> Float[Array, " K"]:
         return jax.nn.log_softmax(self.pi_logits)
 
+    def channels_and_noise(
+        self, num_samples: int, key: PRNGKeyArray
+    ) -> tuple[Int[Array, " N"], Float[Array, "N D"]]:
+        """Channels drawn from π and standard Gaussian noise, one row per draw."""
+        channel_key, noise_key = jax.random.split(key)
+        channels = jax.random.categorical(channel_key, self.pi_logits, shape=(num_samples,))
+        return channels, jax.random.normal(noise_key, (num_samples, self.locations.shape[1]))
+
     def sample(
         self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
     ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
-        channel_key, noise_key = jax.random.split(key)
-        channels = jax.random.categorical(channel_key, self.pi_logits, shape=(num_samples,))
-        noise = jax.random.normal(noise_key, (num_samples, self.locations.shape[1]))
+        channels, noise = self.channels_and_noise(num_samples, key)
         std = jnp.exp(0.5 * self.log_variances[channels])
         return self.locations[channels] + std * noise, channels
 
@@ -182,9 +188,7 @@ class SampleScaledByVariance(GaussianChannels):
     def sample(
         self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
     ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
-        channel_key, noise_key = jax.random.split(key)
-        channels = jax.random.categorical(channel_key, self.pi_logits, shape=(num_samples,))
-        noise = jax.random.normal(noise_key, (num_samples, self.locations.shape[1]))
+        channels, noise = self.channels_and_noise(num_samples, key)
         variance = jnp.exp(self.log_variances[channels])  # the bug: σ² where σ belongs
         return self.locations[channels] + variance * noise, channels
 
@@ -391,9 +395,7 @@ class VarianceAsScaleInLogSpace(GaussianChannels):
     def sample(
         self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
     ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
-        channel_key, noise_key = jax.random.split(key)
-        channels = jax.random.categorical(channel_key, self.pi_logits, shape=(num_samples,))
-        noise = jax.random.normal(noise_key, (num_samples, self.locations.shape[1]))
+        channels, noise = self.channels_and_noise(num_samples, key)
         # The bug: exp(log σ²) as the scale; at log σ² = 0, as built, σ² = σ = 1.
         return self.locations[channels] + jnp.exp(self.log_variances[channels]) * noise, channels
 
@@ -402,9 +404,7 @@ class ChannelIgnoredInSample(GaussianChannels):
     def sample(
         self, num_samples: int, *, encoder: AbstractEncoder, key: PRNGKeyArray
     ) -> tuple[Float[Array, "N D"], Int[Array, " N"]]:
-        channel_key, noise_key = jax.random.split(key)
-        channels = jax.random.categorical(channel_key, self.pi_logits, shape=(num_samples,))
-        noise = jax.random.normal(noise_key, (num_samples, self.locations.shape[1]))
+        channels, noise = self.channels_and_noise(num_samples, key)
         # The bug: channel 0's parameters for every draw (every channel alike as built).
         return self.locations[0] + jnp.exp(0.5 * self.log_variances[0]) * noise, channels
 
