@@ -418,7 +418,8 @@ def _acts_with_another(
 ) -> bool:
     """Whether changing ``name`` shows once a switch (an option with choices, or a bool)
     is changed too: a sample count acts only with a Monte-Carlo estimator, say."""
-    for other, value in changes.items():
+    # Bools first: switching one rarely needs a new program; a choice often does.
+    for other, value in sorted(changes.items(), key=lambda item: not isinstance(item[1], bool)):
         field = next(f for f in dataclasses.fields(subject.options) if f.name == other)
         switch = bool(field.metadata.get("choices")) or isinstance(value, bool)
         if other == name or not switch or fingerprints.get(other) is None:
