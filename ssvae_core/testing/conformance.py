@@ -137,8 +137,12 @@ def check_component(
 
 
 def check_prior(component: Component, options: Any = None, **settings: Any) -> dict[str, str]:
-    """``check_component`` for a prior: KL terms (exact ≥ 0 and 0 at q = p; Monte-Carlo
-    ones converging), samples, π, regularisers, parameter scales and a frozen π in training."""
+    """``check_component`` for a prior, as built and trained-like (parameters moved): KL
+    terms (exact ≥ 0 and 0 at q = p; Monte-Carlo ones converging, drawing from their key and
+    matching a reparameterised reference), their gradients against finite differences,
+    samples against the density the KL terms imply (several keys), π, regularisers,
+    parameter scales, a frozen π in training, an effect for every option, and process
+    hygiene."""
     return check_component(component, options, kind="prior", **settings)
 
 
