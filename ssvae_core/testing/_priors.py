@@ -453,7 +453,9 @@ class PriorSubject(Subject):
             other, encoder = self.rebuilt(**{option: count + 1})
         except ConformanceError:
             return ()
-        changed = self.kl(posterior, 0, other, encoder=encoder)
+        # Eagerly: another sample count is another program to compile, while the eager
+        # operations are those the eager checks run anyway.
+        changed = self.kl(posterior, 0, other, encoder=encoder, jit=False)
         return tuple(
             name
             for name in fixed
