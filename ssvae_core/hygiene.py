@@ -3,7 +3,7 @@
 A plugin shares the process with every other plugin and with the user's runs, so importing
 it, registering it or building its components must not change JAX's global configuration
 (``jax_enable_x64``, the default device, matmul precision, debug flags, ...), NumPy's global
-random state or the environment. :func:`process_changes` records such changes around a
+random state or the environment. ``process_changes`` records such changes around a
 block and puts the state back; the registry refuses a plugin whose import changes any, and
 the conformance kit's ``process_hygiene`` check builds a component under it.
 """

@@ -1,7 +1,7 @@
 """The ``process_hygiene`` check, for components of every kind.
 
 Importing a plugin and building its components must leave the process-wide state alone
-(:mod:`ssvae_core.hygiene`): the kit re-imports the modules that define the component
+(``ssvae_core.hygiene``): the kit re-imports the modules that define the component
 (the plugin's whole package, for a plugin outside the core) and rebuilds it, each time
 recording what changed and putting it back.
 """

@@ -2,8 +2,8 @@
 
 Each is run on the prior as built and, where a freshly built prior could hide a bug (every
 channel alike, every scale 1), on a *trained-like* copy whose trainable arrays were moved
-by seeded noise (:func:`trained_like`). The checks of gradients, Monte-Carlo draws and
-options are in :mod:`._prior_dynamics`.
+by seeded noise (``trained_like``). The checks of gradients, Monte-Carlo draws and
+options are in ``_prior_dynamics``.
 
 Which KL terms are *exact* (analytic) KLs and which are Monte-Carlo estimates is decided
 by observation: a term whose value changes with the ``key`` passed to ``kl_terms`` is an
