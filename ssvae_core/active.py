@@ -144,6 +144,25 @@ def acquisition_inputs(
     )
 
 
+def query_inputs(
+    model: SSVAE,
+    head_state: PyTree[Any],
+    x: np.ndarray,
+    labeled: np.ndarray,
+    *,
+    num_samples: int,
+    key: PRNGKeyArray,
+    calibration: Calibration | None = None,
+) -> AcquisitionInputs:
+    """The acquisition inputs ``query`` computes with its ``key``: pass them back to
+    ``query(..., inputs=...)`` to answer further queries on the same model without running
+    it again."""
+    inputs_key = jax.random.split(key)[0]
+    return acquisition_inputs(
+        model, head_state, x, labeled, num_samples=num_samples, key=inputs_key, calibration=calibration,
+    )
+
+
 def model_context(model: SSVAE, input_shape: tuple[int, ...], embedding_dim: int = 0) -> BuildContext:
     """The ``BuildContext`` an acquisition factory receives for ``model``."""
     return BuildContext(
@@ -231,6 +250,7 @@ def query(
     registry: Registry | None = None,
     calibration: Calibration | None = None,
     ood: Callable[[np.ndarray, str], np.ndarray] | None = None,
+    inputs: AcquisitionInputs | None = None,
 ) -> QueryResult:
     """The ``count`` unlabeled examples of ``x`` to label next by ``strategy``, best first.
 
@@ -241,6 +261,9 @@ def query(
     one is given. An acquisition with an ``ood_score`` other than ``certainty`` (the
     ``ood`` acquisition's ``score``) gets ``ood(x, score)`` in ``AcquisitionInputs.ood``
     (e.g. ``SSVAEClassifier.ood_score``); without ``ood`` it is a ``ConfigError``.
+    ``inputs``, when given, are what ``query_inputs`` returned for the same model, ``x``,
+    ``key``, calibration and the strategy's ``num_samples`` (computed once, e.g. by a server
+    that answers many queries on one model); their ``labeled`` is replaced.
     """
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise DataError(f"the number of examples to query must be a positive integer; got {count!r}")
@@ -261,11 +284,21 @@ def query(
             f"{', '.join(label_free_strategies(registry))}"
         )
     key = jax.random.PRNGKey(0) if key is None else key
-    inputs_key, score_key = jax.random.split(key)
-    inputs = acquisition_inputs(
-        model, head_state, x, labeled, num_samples=int(acquisition.num_samples), key=inputs_key,
-        calibration=calibration,
-    )
+    score_key = jax.random.split(key)[1]
+    if inputs is None:
+        inputs = query_inputs(
+            model, head_state, x, labeled, num_samples=int(acquisition.num_samples), key=key,
+            calibration=calibration,
+        )
+    else:
+        sample_count = int(inputs.sample_probabilities.shape[0])
+        if inputs.probabilities.shape[0] != labeled.size or sample_count != int(acquisition.num_samples):
+            raise DataError(
+                f"the precomputed acquisition inputs hold {inputs.probabilities.shape[0]} examples "
+                f"and {sample_count} posterior samples; strategy {strategy!r} needs "
+                f"{labeled.size} examples and {int(acquisition.num_samples)} samples"
+            )
+        inputs = dataclasses.replace(inputs, labeled=jnp.asarray(labeled, dtype=bool))
     wanted = getattr(acquisition, "ood_score", "certainty")
     if wanted != "certainty":
         if ood is None:

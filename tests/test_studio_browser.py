@@ -214,6 +214,7 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     for item in items[2:]:
         Select(item.find_element(By.CLASS_NAME, "grid-label")).select_by_value("")
     gridded = {int(items[0].get_attribute("data-index")): "5"}
+    driver.save_screenshot(str(shots / "grid.png"))
     element("grid-apply").click()
     wait.until(lambda d: element("num-labeled").text == "29")
     assert LabelStore.load(run / STORE_NAME).current()[next(iter(gridded))] == "5"
@@ -246,6 +247,7 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     assert names == [wanted]
     shown = int(element("filter-count").text.split()[0])
     assert 0 < shown < total
+    driver.save_screenshot(str(shots / "filters.png"))
     Select(element("filter-labeled")).select_by_value("labeled")
     assert int(element("filter-count").text.split()[0]) < shown
     Select(element("filter-labeled")).select_by_value("")
@@ -385,7 +387,7 @@ def test_label_with_the_keyboard_add_a_class_and_retrain(browser, served: tuple[
     assert {i: current.get(i) for i in labeled} == labeled
     assert {e.source for e in store.entries if e.index in labeled} == {"studio"}
     assert {e.annotator for e in store.entries if e.source == "studio"} == {"ana"}
-    for name in ("queue", "map", "preview", "channels", "training", "history", "issues"):
+    for name in ("queue", "grid", "filters", "map", "preview", "channels", "training", "history", "issues"):
         assert (shots / f"{name}.png").read_bytes().startswith(b"\x89PNG")
 
     # a second studio in the same browser (another port, its own token) leaves the first

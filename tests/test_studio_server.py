@@ -264,6 +264,37 @@ def test_state_map_example_queue_channels_and_history(
     assert len(history["entries"]) == 20 and history["rounds"][0]["command"] == "train"
 
 
+def test_the_default_map_and_queue_are_ready_when_the_page_opens(
+    studio: tuple[StudioSession, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # computed once when the studio opens: the page's first requests run neither the
+    # model nor the projection, and a label between two queries does not either
+    import ssvae_core.active as active
+    import ssvae_core.studio.session as studio_session
+
+    session, client = studio
+    runs: list[str] = []
+    real_inputs, real_project = active.acquisition_inputs, studio_session.project
+    monkeypatch.setattr(active, "acquisition_inputs", lambda *a, **k: runs.append("model") or real_inputs(*a, **k))
+    monkeypatch.setattr(studio_session, "project", lambda *a, **k: runs.append("map") or real_project(*a, **k))
+    assert client.get("/api/map").status_code == 200
+    first = client.get("/api/queue", params={"strategy": "margin", "n": 5}).json()["items"]
+    assert client.post("/api/labels", json={"labels": [{"index": first[0]["index"], "label": "3"}]}).status_code == 200
+    second = client.get("/api/queue", params={"strategy": "margin", "n": 5}).json()["items"]
+    assert runs == []
+    # the same examples as a query that runs the model
+    view = session._view
+    labeled = np.isin(session.train_rows, list(_store(session.out).current()))
+    fresh = active.query(
+        view.classifier.model, view.classifier.state.head_state, session.dataset.x[session.train_rows], labeled, 5,
+        strategy="margin", input_shape=view.classifier.input_shape,
+        key=active.query_key(session.config.seed, view.step), calibration=view.classifier.calibration,
+    )
+    assert runs == ["model"]
+    assert [int(session.train_rows[i]) for i in fresh.indices] == [item["index"] for item in second]
+    assert first[0]["index"] not in [item["index"] for item in second]
+
+
 def test_labels_undo_and_a_new_class(
     studio: tuple[StudioSession, TestClient], run: Path, rows: dict[str, Any]
 ) -> None:

@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ssvae_core.errors import ConfigError, SSVAEError
 from ssvae_core.runs import _run_dir, require_checkpoint
-from ssvae_core.studio.session import StudioError, StudioSession
+from ssvae_core.studio.session import DEFAULT_PROJECTION, StudioError, StudioSession
 
 TOKEN_COOKIE = "ssvae_studio_token"
 TOKEN_HEADER = "x-ssvae-token"
@@ -215,7 +215,7 @@ def create_app(session: StudioSession, token: str) -> Starlette:
         return JSONResponse(await threaded(session.state)())
 
     async def latent_map(request: Request) -> Response:
-        projection = request.query_params.get("projection", "pca")
+        projection = request.query_params.get("projection", DEFAULT_PROJECTION)
         return JSONResponse(await threaded(session.latent_map)(projection))
 
     async def example(request: Request) -> Response:

@@ -23,7 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from ssvae_core.active import query, query_key, registered_strategy
+from ssvae_core.active import (
+    build_acquisition,
+    model_context,
+    query,
+    query_inputs,
+    query_key,
+    registered_strategy,
+)
 from ssvae_core.annotators import agreement
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.checkpoint import read_manifest
@@ -196,6 +203,7 @@ class StudioSession:
             self._job = RetrainJob()
             self._job_lock = threading.Lock()
             self._view = self._load_view(version=0)
+            self._warm(self._view)
         except BaseException:
             self._lock.release()
             raise
@@ -222,6 +230,33 @@ class StudioSession:
             z_mean=result.z_mean,
             ood=_percentile(np.asarray(ood, dtype=np.float64)),
             members=channel_members(responsibilities),
+        )
+
+    def _warm(self, view: _View) -> None:
+        """What the page asks for first, computed before it asks: the default map and what
+        the default query strategy reads about every training example."""
+        self._map_points(view, DEFAULT_PROJECTION)
+        strategy = DEFAULT_STRATEGY if self._store.current() else LABEL_FREE_STRATEGY
+        with contextlib.suppress(ConfigError, DataError):  # the queue reports it when asked
+            self._query_inputs(view, strategy)
+
+    def _query_inputs(self, view: _View, strategy: str) -> Any:
+        """What ``strategy`` reads about the training examples under ``view``'s model: once
+        per model version and number of posterior samples, since a label given between two
+        queries changes only which examples are labeled."""
+        model, state = view.classifier.model, view.classifier.state
+        assert model is not None and state is not None
+        acquisition = build_acquisition(
+            strategy, model_context(model, view.classifier.input_shape), None, registry=self.registry,
+        )
+        samples = int(acquisition.num_samples)
+        return self._cached(
+            ("inputs", view.version, samples),
+            lambda: query_inputs(
+                model, state.head_state, self.dataset.x[self.train_rows],
+                np.zeros(len(self.train_rows), dtype=bool), num_samples=samples,
+                key=query_key(self.config.seed, view.step), calibration=view.classifier.calibration,
+            ),
         )
 
     @property
@@ -414,6 +449,7 @@ class StudioSession:
                 strategy=strategy, input_shape=view.classifier.input_shape,
                 key=query_key(self.config.seed, view.step), registry=self.registry,
                 calibration=view.classifier.calibration, ood=view.classifier.ood_score,
+                inputs=self._query_inputs(view, strategy),
             )
         except (ConfigError, DataError) as error:
             raise StudioError(400, str(error)) from None
@@ -632,7 +668,7 @@ class StudioSession:
             )
             accuracy = report.get("test_accuracy")
             view = self._load_view(version=self._view.version + 1)
-            self._map_points(view, DEFAULT_PROJECTION)  # ready when the page asks for it
+            self._warm(view)  # ready when the page asks for it
             # the stopping signal: how much of the unlabeled pool this retrain changed
             unlabeled = ~np.isin(self.train_rows, np.fromiter(self._store.current(), dtype=np.int64))
             if np.any(unlabeled):
