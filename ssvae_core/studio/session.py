@@ -67,6 +67,7 @@ DEFAULT_STRATEGY = "margin"
 LABEL_FREE_STRATEGY = "typical"
 DEFAULT_PROJECTION = "classes"
 MAX_QUERY = 200
+DEFAULT_QUEUE = 20  # the page's default query size
 MAX_LABELS_PER_REQUEST = 10_000
 MAX_RETRAIN_STEPS = 1_000_000
 IMAGE_SCALE = 8
@@ -237,8 +238,8 @@ class StudioSession:
         the default query strategy reads about every training example."""
         self._map_points(view, DEFAULT_PROJECTION)
         strategy = DEFAULT_STRATEGY if self._store.current() else LABEL_FREE_STRATEGY
-        with contextlib.suppress(ConfigError, DataError):  # the queue reports it when asked
-            self._query_inputs(view, strategy)
+        with contextlib.suppress(StudioError):  # the queue reports it when asked
+            self.queue(strategy, n=DEFAULT_QUEUE, view=view)  # compiles its selection too
 
     def _query_inputs(self, view: _View, strategy: str) -> Any:
         """What ``strategy`` reads about the training examples under ``view``'s model: once
@@ -428,14 +429,16 @@ class StudioSession:
 
     # ---- queries and labels -----------------------------------------------------------
 
-    def queue(self, strategy: str = DEFAULT_STRATEGY, n: object = 10) -> dict[str, Any]:
+    def queue(
+        self, strategy: str = DEFAULT_STRATEGY, n: object = 10, *, view: _View | None = None
+    ) -> dict[str, Any]:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_QUERY:
             raise StudioError(400, f"n must be an integer from 1 to {MAX_QUERY}; got {n!r}")
         try:
             registered_strategy(strategy, self.registry)
         except ConfigError as error:
             raise StudioError(400, str(error)) from None
-        view = self._view
+        view = self._view if view is None else view
         labeled_rows = np.fromiter(self._store.current(), dtype=np.int64)
         labeled = np.isin(self.train_rows, labeled_rows)
         n = min(n, int(np.sum(~labeled)))

@@ -41,6 +41,8 @@ const studio = {
   done: new Set(),     // queue items labeled or skipped
   map: null,           // the last /api/map reply
   mapStale: false,     // labels changed since the map was drawn
+  mapPending: false,   // the map's data came while its panel was hidden: drawn when shown
+  channelsStale: true, // the channels panel waits for its first showing (or a new model)
   hovered: null,       // the map point under the pointer
   selected: [],        // map points selected with the lasso or box
   polling: null,       // the retrain poll timer
@@ -114,7 +116,10 @@ async function refreshState() {
     const first = studio.version < 0;
     studio.version = info.version;
     const requery = !first && studio.queue.length > 0;
-    await Promise.all([drawMap(), drawChannels(), drawHistory(), requery ? takeQuery() : null]);
+    // the channels' images are drawn when their panel is first shown, not while the page opens
+    studio.channelsStale = true;
+    const channels = $("panel-channels").hidden ? null : drawChannels();
+    await Promise.all([drawMap(), channels, drawHistory(), requery ? takeQuery() : null]);
     if (!first) {
       say(`The model was retrained (version ${info.version}): the map, queue, channels and history show it now.`, "info");
     }
@@ -490,8 +495,13 @@ function plotMap() {
   const shown = data.index.map((_, i) => i).filter((i) => passes({
     predicted: data.predicted[i], certainty: data.certainty[i], channel: data.channel[i], label: data.label[i],
   }));
-  const keep = new Set(shown);
   $("filter-count").textContent = `${shown.length} of ${data.index.length} examples on the map`;
+  // thousands of points are drawn once, when the map is shown, not while it is hidden
+  studio.mapPending = $("panel-map").hidden;
+  if (studio.mapPending) {
+    return;
+  }
+  const keep = new Set(shown);
   let traces;
   if (colour === "ood") {
     traces = [{
@@ -611,6 +621,7 @@ async function labelSelection() {
 // ---- channels ----------------------------------------------------------------------------
 
 async function drawChannels() {
+  studio.channelsStale = false;
   const reply = await api("/api/channels");
   if (!reply.channels.length) {
     $("channels-list").replaceChildren(line("This model has no channels (its prior has one component)."));
@@ -838,7 +849,15 @@ function showPanel(name) {
   }
   // plots drawn while their panel was hidden take their size now
   for (const plot of document.querySelectorAll(`#panel-${name} .js-plotly-plot`)) {
-    Plotly.Plots.resize(plot);
+    if (!(name === "map" && studio.mapPending)) {
+      Plotly.Plots.resize(plot);
+    }
+  }
+  if (name === "map" && studio.mapPending && !studio.mapStale) {
+    plotMap();
+  }
+  if (name === "channels" && studio.channelsStale) {
+    attempt(drawChannels);
   }
   if (name === "map" && studio.mapStale) {
     attempt(drawMap);
