@@ -53,7 +53,7 @@ from ssvae_core.labeling import (
     write_curve_plot,
 )
 from ssvae_core.registry import default_registry
-from ssvae_core.runs import split_dataset
+from ssvae_core.run import split_dataset
 
 DRAW = "draw"  # the split's random draw of the first labels, per class
 

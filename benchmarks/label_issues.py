@@ -35,7 +35,8 @@ from ssvae_core.errors import SSVAEError
 from ssvae_core.label_issues import run_issues
 from ssvae_core.labeling import parse_seeds
 from ssvae_core.labels import STORE_NAME, LabelStore
-from ssvae_core.runs import retrain_run, split_dataset, train_run
+from ssvae_core.run import split_dataset
+from ssvae_core.runs import retrain_run, train_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from active import validation_data

@@ -63,7 +63,7 @@ from ssvae_core.ood import (
     score_inputs,
     tail,
 )
-from ssvae_core.runs import split_dataset, training_view
+from ssvae_core.run import split_dataset, training_view
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from open_set import known_view

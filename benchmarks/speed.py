@@ -41,7 +41,7 @@ import numpy as np
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import load_config
 from ssvae_core.data import load_dataset
-from ssvae_core.runs import split_dataset, training_view
+from ssvae_core.run import split_dataset, training_view
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
 """Labels in and out of a run: CSV and Label Studio JSON, chosen by the file's extension.
 
+``label_run`` (``ssvae label RUN FILE``) adds a file's labels to the run's label store,
+``labels_summary`` (``ssvae labels RUN``) counts them, and ``export_run`` writes them out.
+
 Export (``ssvae labels RUN --export FILE``, the studio's download button) writes each
 labeled example's current label:
 
@@ -27,8 +30,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ssvae_core.errors import DataError
-from ssvae_core.labels import EXPORT_HEADER, LabelStore, _normalised, _read_text, read_label_csv
+from ssvae_core.errors import CheckpointError, DataError
+from ssvae_core.labels import (
+    EXPORT_HEADER,
+    STORE_NAME,
+    LabelStore,
+    normalised_label,
+    read_label_csv,
+    read_user_text,
+)
+from ssvae_core.run import Run
 
 EXPORT_FORMATS = (".csv", ".json")
 
@@ -36,6 +47,8 @@ __all__ = [
     "EXPORT_FORMATS",
     "export_run",
     "export_text",
+    "label_run",
+    "labels_summary",
     "read_label_file",
     "read_label_studio",
     "write_export",
@@ -94,15 +107,84 @@ def write_export(store: LabelStore, path: str | os.PathLike[str]) -> int:
 def export_run(run_dir: str | os.PathLike[str], path: str | os.PathLike[str], *, data: str | None = None) -> int:
     """``ssvae labels RUN --export FILE``: the run's store (checked against its data) to
     ``FILE``; returns how many labels were written."""
-    from ssvae_core.data import load_dataset
-    from ssvae_core.runs import _run_config, _run_dir, require_checkpoint, run_store, split_dataset
-
     _format(path)
-    out = _run_dir(run_dir, "labels")
-    require_checkpoint(out, "before exporting its labels")
-    config = _run_config(out, data)
-    dataset = load_dataset(config.data.dataset)
-    return write_export(run_store(out, dataset, split_dataset(dataset, config)), path)
+    run = Run.open(run_dir, "labels", data=data)
+    run.require_checkpoint("before exporting its labels")
+    return write_export(run.label_store(), path)
+
+
+def label_run(
+    run_dir: str | os.PathLike[str],
+    labels_file: str | os.PathLike[str],
+    *,
+    source: str = "file",
+    data: str | None = None,
+    relabel: bool = False,
+    annotator: str | None = None,
+) -> dict[str, Any]:
+    """Add the labels of a file (``read_label_file``: rows of the run's dataset, label
+    names, new names allowed) to the run's label store. With ``relabel`` the rows are a
+    review: they replace the labels examples hold, and confirm those they keep.
+
+    Every row is checked first — an unknown index, a held-out test example, an example
+    given two different labels, a malformed file — and any problem changes nothing.
+    Returns ``{"added": n, "new_classes": [...], "counts": ...}``.
+    """
+    run = Run.open(run_dir, "label", data=data)
+    indices, names = read_label_file(labels_file)
+    with run.lock():
+        run.require_checkpoint("before labeling")
+        manifest = run.manifest()
+        run.recover(int(manifest["step"]))  # what an interrupted command left, the store's included
+        store = run.label_store()
+        updated = store.add(
+            indices, names, x=run.dataset.x, source=source, allowed=run.split.train,
+            known=manifest["label_names"], relabel=relabel, confirm=relabel, annotator=annotator,
+        )
+        updated.save(run.store_path)
+        known = set(manifest["label_names"])
+        return {
+            "added": len(updated) - len(store),
+            "new_classes": [name for name in updated.label_names() if name not in known],
+            "counts": updated.counts(),
+        }
+
+
+def labels_summary(run_dir: str | os.PathLike[str], *, data: str | None = None) -> dict[str, Any]:
+    """The run's label store in numbers: labels per class and per source. The store is
+    checked as every command that trains on it checks it (against the run's data, which
+    ``data`` points to where they have moved): an invalid store is refused, not counted."""
+    from ssvae_core.annotators import agreement
+
+    run = Run.open(run_dir, "labels", data=data)
+    if not run.store_path.exists():
+        raise CheckpointError(
+            f"{os.fspath(run.path)!r} has no label store ({STORE_NAME}); it was written before "
+            "runs kept one — `ssvae retrain` creates it from the split"
+        )
+    store = LabelStore.load(run.store_path)
+    run.require_checkpoint("before counting its labels")
+    manifest = run.manifest()
+    store.verify(run.dataset.x)
+    outside = sorted(set(store.current()) - {int(row) for row in run.split.train})
+    if outside:
+        raise DataError(
+            f"label store: example {outside[0]} is not a training example of this run (it is "
+            "in the held-out test set); remove it from labels.json"
+        )
+    known = list(manifest.get("label_names", []))
+    counts = store.counts()
+    # the model's classes in its order, then classes it has not trained on yet
+    order = {name: i for i, name in enumerate(dict.fromkeys([*known, *store.label_names()]))}
+    by_label = dict(sorted(counts["by_label"].items(), key=lambda item: order.get(item[0], len(order))))
+    return {
+        "total": len(store.current()),
+        "entries": len(store),
+        "by_label": by_label,
+        "by_source": counts["by_source"],
+        "untrained_classes": [n for n in store.label_names() if known and n not in known],
+        **agreement(store),
+    }
 
 
 def _choice(task: dict[str, Any], where: str) -> str | None:
@@ -127,7 +209,7 @@ def _choice(task: dict[str, Any], where: str) -> str | None:
 def read_label_studio(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
     """The ``(indices, labels)`` of a Label Studio JSON export (see the module docstring)."""
     name = f"label file {os.fspath(path)!r}"
-    text = _read_text(path, "label file", "utf-8-sig")
+    text = read_user_text(path, "label file", "utf-8-sig")
     try:
         tasks = json.loads(text)
     except json.JSONDecodeError as error:
@@ -152,7 +234,7 @@ def read_label_studio(path: str | os.PathLike[str]) -> tuple[list[int], list[str
         label = _choice(task, where)
         if label is None:
             continue
-        normal, problem = _normalised(label)
+        normal, problem = normalised_label(label)
         if problem is not None:
             raise DataError(f"{where}: the label {problem}")
         indices.append(index)

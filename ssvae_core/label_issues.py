@@ -185,52 +185,44 @@ def run_issues(
     run_dir: str | os.PathLike[str], *, n: int = DEFAULT_ISSUES, data: str | None = None
 ) -> list[LabelIssue]:
     """``ssvae labels RUN --issues``: the label issues of a run's store under its model."""
-    from ssvae_core.api import SSVAEClassifier
-    from ssvae_core.data import load_dataset
-    from ssvae_core.runs import _run_config, _run_dir, require_checkpoint, run_store, split_dataset
+    from ssvae_core.run import Run
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"--n must be a positive integer; got {n!r}")
-    out = _run_dir(run_dir, "labels")
-    checkpoint = require_checkpoint(out, "before looking for label issues")
-    config = _run_config(out, data)
-    dataset = load_dataset(config.data.dataset)
-    split = split_dataset(dataset, config)
-    store = run_store(out, dataset, split)
-    classifier = SSVAEClassifier.load(checkpoint)
-    return classifier_issues(classifier, dataset.x, store, n=n)
+    run = Run.open(run_dir, "labels", data=data)
+    run.require_checkpoint("before looking for label issues")
+    store = run.label_store()
+    return classifier_issues(run.load_classifier(), run.dataset.x, store, n=n)
 
 
 def review_run(run_dir: str | os.PathLike[str], oracle: Any, n: int) -> dict[str, int]:
     """A careful review of a run's top ``n`` label issues, as a loop simulates it: the
     ``oracle``'s true label (``Oracle.truth``) replaces a wrong one and confirms a
     right one (source ``review``). Returns ``{"reviewed": ..., "corrected": ...}``."""
-    from ssvae_core.labels import STORE_NAME
-    from ssvae_core.rundir import RunLock
+    from ssvae_core.run import Run
 
     issues = run_issues(run_dir, n=n)
     if not issues:
         return {"reviewed": 0, "corrected": 0}
     indices = [issue.index for issue in issues]
     truth = oracle.truth(indices)
-    out = os.fspath(run_dir)
-    with RunLock(Path(out)):
-        from ssvae_core.runs import run_store
-
-        store = run_store(Path(out), oracle.dataset, oracle.split)
+    run = Run(Path(os.fspath(run_dir)))
+    with run.lock():
+        store = run.label_store(oracle.dataset, oracle.split)
         updated = store.add(
             indices, truth, x=oracle.dataset.x, source="review", allowed=oracle.split.train,
             relabel=True, confirm=True,
         )
-        updated.save(Path(out) / STORE_NAME)
+        updated.save(run.store_path)
     corrected = sum(1 for issue, name in zip(issues, truth, strict=True) if issue.label != name)
     return {"reviewed": len(issues), "corrected": corrected}
 
 
 def wrong_labels(run_dir: str | os.PathLike[str], oracle: Any) -> int:
     """How many of a run's current labels differ from the data's own (a loop's noisy oracle)."""
-    from ssvae_core.labels import STORE_NAME, LabelStore
+    from ssvae_core.labels import LabelStore
+    from ssvae_core.run import Run
 
-    current = LabelStore.load(Path(os.fspath(run_dir)) / STORE_NAME).current()
+    current = LabelStore.load(Run(Path(os.fspath(run_dir))).store_path).current()
     indices = sorted(current)
     return sum(1 for index, name in zip(indices, oracle.truth(indices), strict=True) if current[index] != name)

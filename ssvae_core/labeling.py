@@ -30,27 +30,19 @@ from typing import Any
 import numpy as np
 
 from ssvae_core.active import label_free_strategies, query, query_key, registered_strategy
-from ssvae_core.api import SSVAEClassifier
 from ssvae_core.checkpoint import atomic_write_bytes
 from ssvae_core.config import Config, check_seed, check_steps, dumps_toml
 from ssvae_core.data import Dataset, Split, load_dataset
 from ssvae_core.errors import ConfigError, DataError
 from ssvae_core.explore import as_image, save_figure
 from ssvae_core.label_issues import review_run, wrong_labels
-from ssvae_core.labels import QUERY_SHEET_HEADER, STORE_NAME, utc_now
+from ssvae_core.labels import QUERY_SHEET_HEADER, utc_now
 from ssvae_core.registry import Registry, default_registry
-from ssvae_core.rundir import LOCK_NAME, RunLock, check_fresh_dir, claim_new_run_dir
-from ssvae_core.runs import (
-    _run_config,
-    _run_dir,
-    append_json_line,
-    check_trainable,
-    require_checkpoint,
-    retrain_run,
-    run_store,
-    split_dataset,
-    train_run,
-)
+from ssvae_core.retraining import retrain_run
+from ssvae_core.run import Run, split_dataset
+from ssvae_core.rundir import LOCK_NAME, check_fresh_dir, claim_new_run_dir
+from ssvae_core.runfiles import append_json_line
+from ssvae_core.runs import check_trainable, train_run
 from ssvae_core.stopping import DEFAULT_STABLE_BELOW, STOP_WHEN, pool_predictions, prediction_change
 
 QUERIES_DIR = "queries"
@@ -166,18 +158,16 @@ def query_run(
     row has ``index`` (a row of the run's dataset, as ``ssvae label`` expects), ``score``,
     ``predicted`` and ``certainty``.
     """
-    run = _run_dir(run_dir, "query")
+    run = Run.open(run_dir, "query", data=data)
     if seed is not None:
         check_seed(seed, "--seed")
     target = None if out is None else _sheet_path(Path(out))
-    with RunLock(run):
-        checkpoint = require_checkpoint(run, "before querying it")
+    with run.lock():
+        run.require_checkpoint("before querying it")
         registry = registry or default_registry()
-        config = _run_config(run, data)
-        dataset = load_dataset(config.data.dataset)
-        split = split_dataset(dataset, config)
-        labeled_rows = set(run_store(run, dataset, split).current())
-        classifier = SSVAEClassifier.load(checkpoint, registry=registry)
+        config, dataset, split = run.config, run.dataset, run.split
+        labeled_rows = set(run.label_store().current())
+        classifier = run.load_classifier(registry)
         train_x = dataset.x[split.train]
         labeled = np.isin(split.train, np.fromiter(labeled_rows, dtype=np.int64, count=len(labeled_rows)))
         assert classifier.model is not None and classifier.state is not None
@@ -201,7 +191,7 @@ def query_run(
             )
         ]
         if target is None:
-            folder = run / QUERIES_DIR
+            folder = run.path / QUERIES_DIR
             folder.mkdir(exist_ok=True)
             target = _free_path(folder / f"step-{step}-{strategy}.csv")
         atomic_write_bytes(target, sheet_csv(rows).encode("utf-8"))
@@ -209,7 +199,7 @@ def query_run(
         if image:
             write_sheet_image(
                 picture, dataset.x[[r["index"] for r in rows]], rows,
-                f"{strategy}: {len(rows)} examples to label ({run.name}, step {step})",
+                f"{strategy}: {len(rows)} examples to label ({run.path.name}, step {step})",
             )
         return {
             "path": target,
@@ -434,90 +424,14 @@ def run_loop(
     check_fresh_dir(out)
     dataset = load_dataset(plan.config.data.dataset)
     check_trainable(plan.config, dataset, registry)
-    for seed in plan.seeds:  # every round's queries must find unlabeled examples left
-        split = split_dataset(dataset, plan.config.replace(seed=seed))
-        pool = len(split.train) - len(split.labeled)
-        if plan.rounds * plan.per_round > pool:
-            raise ConfigError(
-                f"--rounds {plan.rounds} × --per-round {plan.per_round} queries "
-                f"{plan.rounds * plan.per_round} examples, but the training split of seed {seed} "
-                f"has only {pool} unlabeled examples; query fewer"
-            )
-    records: list[dict[str, Any]] = []
+    _check_pools(plan, dataset)
     with claim_new_run_dir(out):
-        settings = {
-            "data": plan.config.data.dataset,
-            "strategies": list(plan.strategies),
-            "seeds": list(plan.seeds),
-            "initial_labels_per_class": plan.config.data.labels_per_class,
-            "initial_strategy": plan.initial_strategy,
-            "initial_training": plan.initial_training if plan.initial_strategy is not None else None,
-            "rounds": plan.rounds,
-            "per_round": plan.per_round,
-            "steps_per_round": plan.steps_per_round,
-            "initial_steps": plan.config.train.steps,
-            "oracle_noise": plan.oracle_noise,
-            "review_issues": plan.review_issues,
-            "stop_when": plan.stop_when,
-            "stable_below": plan.stable_below,
-            "options": {k: dict(v) for k, v in plan.options.items()},
-            "started": utc_now(),
-        }
-        atomic_write_bytes(out / "loop.json", json.dumps(settings, indent=2).encode("utf-8"))
+        atomic_write_bytes(out / "loop.json", json.dumps(_loop_settings(plan), indent=2).encode("utf-8"))
         atomic_write_bytes(out / "config.toml", dumps_toml(plan.config.to_dict()).encode("utf-8"))
+        loop = _Loop(plan, dataset, out, registry, on_round)
         for seed in plan.seeds:
-            config = plan.config.replace(seed=seed)
-            initial = out / "runs" / "initial" / f"seed-{seed}"
-            started = time.perf_counter()
-            split = split_dataset(dataset, config)
-            oracle = Oracle(dataset, split, noise=float(plan.oracle_noise), seed=seed)
-            start: dict[str, Any] = {}
-            if plan.initial_strategy is None:
-                report = train_run(config, initial, dataset=dataset, registry=registry, plots=False)
-            else:
-                report, start = _chosen_start(plan, config, dataset, split, oracle, out, registry)
-            initial_time = round(time.perf_counter() - started, 3)
-            for strategy in plan.strategies:
-                run = out / "runs" / strategy / f"seed-{seed}"
-                _copy_run(initial, run)
-                record = {**_round_record(strategy, seed, 0, report, 0), **start}
-                record["series"] = strategy + plan.series_suffix
-                record["wall_time_s"] = initial_time
-                records.append(record)
-                append_json_line(out / CURVE_NAME, record)
-                if on_round is not None:
-                    on_round(record)
-                train_rows = np.asarray(split.train)
-                previous = pool_predictions(run, dataset.x, train_rows)
-                for round_ in range(1, plan.rounds + 1):
-                    started = time.perf_counter()
-                    (run / QUERIES_DIR).mkdir(exist_ok=True)
-                    queried = query_run(
-                        run, plan.per_round, strategy=strategy, options=plan.options.get(strategy),
-                        out=run / QUERIES_DIR / f"round-{round_}.csv", registry=registry, image=False,
-                    )
-                    indices = [row["index"] for row in queried["rows"]]
-                    _label_store(run, dataset, split, indices, oracle.labels(indices))
-                    reviewed = review_run(run, oracle, plan.review_issues) if plan.review_issues else {}
-                    round_report = retrain_run(run, plan.steps_per_round, registry=registry, plots=False)
-                    record = {**_round_record(strategy, seed, round_, round_report, len(indices)), **reviewed}
-                    if plan.oracle_noise:
-                        record["wrong_labels"] = wrong_labels(run, oracle)
-                    now = pool_predictions(run, dataset.x, train_rows)
-                    record["prediction_change"] = round(prediction_change(previous, now), 5)
-                    previous = now
-                    stop = plan.stop_when == "stable" and record["prediction_change"] < plan.stable_below
-                    if stop:
-                        record["stopped"] = "stable"
-                    record["series"] = strategy + plan.series_suffix
-                    record["wall_time_s"] = round(time.perf_counter() - started, 3)
-                    records.append(record)
-                    append_json_line(out / CURVE_NAME, record)
-                    if on_round is not None:
-                        on_round(record)
-                    if stop:
-                        break
-        summary = summarise_curve(records)
+            loop.seed(seed)
+        summary = summarise_curve(loop.records)
         atomic_write_bytes(out / "curve.json", json.dumps(summary, indent=2).encode("utf-8"))
         if plots:
             write_curve_plot(
@@ -528,6 +442,116 @@ def run_loop(
                 + f", seeds {', '.join(map(str, plan.seeds))}",
             )
         return summary
+
+
+def _check_pools(plan: LoopPlan, dataset: Dataset) -> None:
+    """Refuse a loop whose queries would run out of unlabeled examples for some seed."""
+    for seed in plan.seeds:
+        split = split_dataset(dataset, plan.config.replace(seed=seed))
+        pool = len(split.train) - len(split.labeled)
+        if plan.rounds * plan.per_round > pool:
+            raise ConfigError(
+                f"--rounds {plan.rounds} × --per-round {plan.per_round} queries "
+                f"{plan.rounds * plan.per_round} examples, but the training split of seed {seed} "
+                f"has only {pool} unlabeled examples; query fewer"
+            )
+
+
+def _loop_settings(plan: LoopPlan) -> dict[str, Any]:
+    """What ``LOOP/loop.json`` records of the plan."""
+    return {
+        "data": plan.config.data.dataset,
+        "strategies": list(plan.strategies),
+        "seeds": list(plan.seeds),
+        "initial_labels_per_class": plan.config.data.labels_per_class,
+        "initial_strategy": plan.initial_strategy,
+        "initial_training": plan.initial_training if plan.initial_strategy is not None else None,
+        "rounds": plan.rounds,
+        "per_round": plan.per_round,
+        "steps_per_round": plan.steps_per_round,
+        "initial_steps": plan.config.train.steps,
+        "oracle_noise": plan.oracle_noise,
+        "review_issues": plan.review_issues,
+        "stop_when": plan.stop_when,
+        "stable_below": plan.stable_below,
+        "options": {k: dict(v) for k, v in plan.options.items()},
+        "started": utc_now(),
+    }
+
+
+@dataclasses.dataclass
+class _Loop:
+    """A running loop: its plan, data and folder, and the curve's records so far."""
+
+    plan: LoopPlan
+    dataset: Dataset
+    out: Path
+    registry: Registry
+    on_round: Callable[[dict[str, Any]], None] | None
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Add a round's record to the curve (``curve.jsonl``) and pass it on."""
+        self.records.append(record)
+        append_json_line(self.out / CURVE_NAME, record)
+        if self.on_round is not None:
+            self.on_round(record)
+
+    def seed(self, seed: int) -> None:
+        """The initial run of ``seed``, then every strategy's rounds from a copy of it."""
+        plan, dataset = self.plan, self.dataset
+        config = plan.config.replace(seed=seed)
+        initial = self.out / "runs" / "initial" / f"seed-{seed}"
+        started = time.perf_counter()
+        split = split_dataset(dataset, config)
+        oracle = Oracle(dataset, split, noise=float(plan.oracle_noise), seed=seed)
+        start: dict[str, Any] = {}
+        if plan.initial_strategy is None:
+            report = train_run(config, initial, dataset=dataset, registry=self.registry, plots=False)
+        else:
+            report, start = _chosen_start(plan, config, dataset, split, oracle, self.out, self.registry)
+        initial_time = round(time.perf_counter() - started, 3)
+        for strategy in plan.strategies:
+            run = self.out / "runs" / strategy / f"seed-{seed}"
+            _copy_run(initial, run)
+            record = {**_round_record(strategy, seed, 0, report, 0), **start}
+            record["series"] = strategy + plan.series_suffix
+            record["wall_time_s"] = initial_time
+            self.log(record)
+            self.rounds(run, strategy, seed, oracle)
+
+    def rounds(self, run: Path, strategy: str, seed: int, oracle: Oracle) -> None:
+        """The rounds of one strategy: query, label by the oracle, retrain; until the last
+        round or, with ``stop_when`` ``stable``, the first round that changed few
+        predictions."""
+        plan, dataset = self.plan, self.dataset
+        train_rows = np.asarray(oracle.split.train)
+        previous = pool_predictions(run, dataset.x, train_rows)
+        for round_ in range(1, plan.rounds + 1):
+            started = time.perf_counter()
+            (run / QUERIES_DIR).mkdir(exist_ok=True)
+            queried = query_run(
+                run, plan.per_round, strategy=strategy, options=plan.options.get(strategy),
+                out=run / QUERIES_DIR / f"round-{round_}.csv", registry=self.registry, image=False,
+            )
+            indices = [row["index"] for row in queried["rows"]]
+            _label_store(run, dataset, oracle.split, indices, oracle.labels(indices))
+            reviewed = review_run(run, oracle, plan.review_issues) if plan.review_issues else {}
+            round_report = retrain_run(run, plan.steps_per_round, registry=self.registry, plots=False)
+            record = {**_round_record(strategy, seed, round_, round_report, len(indices)), **reviewed}
+            if plan.oracle_noise:
+                record["wrong_labels"] = wrong_labels(run, oracle)
+            now = pool_predictions(run, dataset.x, train_rows)
+            record["prediction_change"] = round(prediction_change(previous, now), 5)
+            previous = now
+            stop = plan.stop_when == "stable" and record["prediction_change"] < plan.stable_below
+            if stop:
+                record["stopped"] = "stable"
+            record["series"] = strategy + plan.series_suffix
+            record["wall_time_s"] = round(time.perf_counter() - started, 3)
+            self.log(record)
+            if stop:
+                break
 
 
 def _chosen_start(
@@ -568,9 +592,10 @@ def _chosen_start(
 
 def _label_store(run: Path, dataset: Dataset, split: Split, indices: list[int], names: list[str]) -> None:
     """Add the oracle's labels to the run's store (what ``ssvae label`` does with a file)."""
-    with RunLock(run):
-        store = run_store(run, dataset, split)
-        store.add(indices, names, x=dataset.x, source="oracle", allowed=split.train).save(run / STORE_NAME)
+    own = Run(run)
+    with own.lock():
+        store = own.label_store(dataset, split)
+        store.add(indices, names, x=dataset.x, source="oracle", allowed=split.train).save(own.store_path)
 
 
 __all__ = [

@@ -89,7 +89,9 @@ __all__ = [
     "example_hash",
     "example_hashes",
     "label_name",
+    "normalised_label",
     "read_label_csv",
+    "read_user_text",
 ]
 
 STORE_NAME = "labels.json"
@@ -175,14 +177,15 @@ def label_name(label: object) -> str:
     (zero-width, bidirectional), line-break, private-use or unassigned character raises
     ``DataError`` saying which.
     """
-    name, problem = _normalised(label)
+    name, problem = normalised_label(label)
     if problem is not None:
         raise DataError(f"label {label!r:.60} {problem}")
     return name
 
 
-def _normalised(label: object) -> tuple[str, str | None]:
-    """``label`` normalised, and why it is not a valid name (None if it is)."""
+def normalised_label(label: object) -> tuple[str, str | None]:
+    """``label`` normalised, and why it is not a valid name (None if it is): what
+    ``label_name`` checks, for a caller that words the error itself."""
     name = unicodedata.normalize("NFC", label).strip() if isinstance(label, str) else label
     return str(name), _label_problem(name)
 
@@ -305,7 +308,7 @@ class LabelStore:
     def load(cls, path: str | os.PathLike[str]) -> LabelStore:
         """Read and check a ``labels.json``; every problem is one ``DataError`` line."""
         where = f"label store {os.fspath(path)!r}"
-        text = _read_text(path, "label store", "utf-8")
+        text = read_user_text(path, "label store", "utf-8")
         try:
             document = json.loads(text)
         except json.JSONDecodeError as error:
@@ -414,39 +417,47 @@ class LabelStore:
                 f"got {len(index_list)} example indices but {len(label_list)} labels; "
                 "give one label per index"
             )
-        problem = _source_problem(source)
-        if problem is not None:
-            raise DataError(f"label source {problem}")
-        time = utc_now() if now is None else now
-        problem = _time_problem(time)
-        if problem is not None:
-            raise DataError(f"label time {problem}")
-        if batch is not None and (not isinstance(batch, str) or not _BATCH_PATTERN.fullmatch(batch)):
-            raise DataError(f"a label batch must match [A-Za-z0-9_-]{{1,40}}; got {batch!r:.60}")
-        if annotator is not None:
-            who, problem = _normalised(annotator)
-            if problem is not None:
-                raise DataError(f"the annotator's name {annotator!r:.60} {problem}")
-            annotator = who
+        time, annotator = _checked_action(source, now, batch, annotator)
         allowed_set = _allowed_indices(allowed, n)
 
         names = []
         for index, label in zip(index_list, label_list, strict=True):
-            name, problem = _normalised(label)
+            name, problem = normalised_label(label)
             if problem is not None:
                 raise DataError(f"the label of example {index}, {label!r:.60}, {problem}")
             names.append(name)
         check_distinct_names(names, [*known, *self.label_names()])
-        for index in index_list:
-            if not 0 <= index < n:
-                raise DataError(_range_message(index, n))
-            if allowed_set is not None and index not in allowed_set:
-                raise DataError(
-                    f"example {index} is not a training example of this run (it is in the "
-                    "held-out test set or out of range)"
-                )
-
+        _check_rows(index_list, n, allowed_set)
         held = self._votes().get(annotator or "", {})
+        requested = self._requested(index_list, names, rows, held, annotator=annotator, relabel=relabel)
+        added = tuple(
+            LabelEntry(
+                index=index,
+                hash=example_hash(rows[index]),
+                label=name,
+                source=source,
+                time=time,
+                batch=batch,
+                confirmed=confirm or relabel,  # a correction settles the example's label
+                annotator=annotator,
+            )
+            for index, name in requested.items()
+            if held.get(index) != name or confirm
+        )
+        return LabelStore(self.entries + added)
+
+    def _requested(
+        self,
+        index_list: list[int],
+        names: list[str],
+        rows: np.ndarray,
+        held: dict[int, str],
+        *,
+        annotator: str | None,
+        relabel: bool,
+    ) -> dict[int, str]:
+        """The label asked for each example, checked against the others of the call, the
+        label the annotator gave it before (``held``) and the example's stored hash."""
         stored_hash = {entry.index: entry.hash for entry in self.entries}
         requested: dict[int, str] = {}
         for index, name in zip(index_list, names, strict=True):
@@ -465,22 +476,7 @@ class LabelStore:
             if index in stored_hash and stored_hash[index] != example_hash(rows[index]):
                 raise DataError(_changed_message(index))
             requested[index] = name
-
-        added = tuple(
-            LabelEntry(
-                index=index,
-                hash=example_hash(rows[index]),
-                label=name,
-                source=source,
-                time=time,
-                batch=batch,
-                confirmed=confirm or relabel,  # a correction settles the example's label
-                annotator=annotator,
-            )
-            for index, name in requested.items()
-            if held.get(index) != name or confirm
-        )
-        return LabelStore(self.entries + added)
+        return requested
 
     def withdraw(self, index: int, label: str, *, source: str) -> tuple[LabelStore, LabelEntry]:
         """A new store without example ``index``'s latest entry, which must give it ``label``
@@ -693,7 +689,41 @@ def _entry_from_json(item: object, where: str) -> LabelEntry:
     )
 
 
-def _read_text(path: str | os.PathLike[str], what: str, encoding: str) -> str:
+def _checked_action(
+    source: str, now: str | None, batch: str | None, annotator: str | None
+) -> tuple[str, str | None]:
+    """The time of a call to ``LabelStore.add`` and its annotator's name, normalised,
+    after checking its source, time, batch and annotator."""
+    problem = _source_problem(source)
+    if problem is not None:
+        raise DataError(f"label source {problem}")
+    time = utc_now() if now is None else now
+    problem = _time_problem(time)
+    if problem is not None:
+        raise DataError(f"label time {problem}")
+    if batch is not None and (not isinstance(batch, str) or not _BATCH_PATTERN.fullmatch(batch)):
+        raise DataError(f"a label batch must match [A-Za-z0-9_-]{{1,40}}; got {batch!r:.60}")
+    if annotator is not None:
+        who, problem = normalised_label(annotator)
+        if problem is not None:
+            raise DataError(f"the annotator's name {annotator!r:.60} {problem}")
+        annotator = who
+    return time, annotator
+
+
+def _check_rows(index_list: list[int], n: int, allowed_set: set[int] | None) -> None:
+    """Refuse an index out of range or not among the allowed ones."""
+    for index in index_list:
+        if not 0 <= index < n:
+            raise DataError(_range_message(index, n))
+        if allowed_set is not None and index not in allowed_set:
+            raise DataError(
+                f"example {index} is not a training example of this run (it is in the "
+                "held-out test set or out of range)"
+            )
+
+
+def read_user_text(path: str | os.PathLike[str], what: str, encoding: str) -> str:
     """The text of a file the user named; unreadable or not UTF-8 is one ``DataError``."""
     raw = read_user_file(path, what, DataError)
     try:
@@ -713,7 +743,7 @@ def read_label_csv(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
     problem is one ``DataError`` line naming the file and the line.
     """
     where = f"label file {os.fspath(path)!r}"
-    text = _read_text(path, "label file", "utf-8-sig")
+    text = read_user_text(path, "label file", "utf-8-sig")
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     indices: list[int] = []
     labels: list[str] = []
@@ -756,7 +786,7 @@ def read_label_csv(path: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
             )
         if len(index_text) > 18:
             raise DataError(f"{where}, line {line}: the index {index_text:.40}... is out of range")
-        name, problem = _normalised(label)
+        name, problem = normalised_label(label)
         if problem is not None:
             raise DataError(f"{where}, line {line}: the label {problem}")
         indices.append(int(index_text))

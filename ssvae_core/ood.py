@@ -212,19 +212,15 @@ def background_run(
     it beside the run's checkpoint (which is rewritten with the same model, its OOD
     reference now holding the ratio scores). Returns the background's noise rate, steps,
     training time, file name and size."""
-    from ssvae_core.api import SSVAEClassifier
-    from ssvae_core.data import load_dataset
-    from ssvae_core.rundir import RunLock
-    from ssvae_core.runs import CHECKPOINT_NAME, _run_dir, split_dataset, training_view
+    from ssvae_core.run import CHECKPOINT_NAME, Run, training_view
 
-    out = _run_dir(run_dir, "background")
-    with RunLock(out):
-        checkpoint = out / CHECKPOINT_NAME
+    run = Run.open(run_dir, "background")
+    with run.lock():
+        checkpoint = run.checkpoint_path
         if not checkpoint.is_file():
-            raise DataError(f"{out} has no checkpoint ({CHECKPOINT_NAME}); train the run first")
-        classifier = SSVAEClassifier.load(checkpoint)
-        dataset = load_dataset(classifier.config.data.dataset)
-        classifier.training_data = training_view(dataset, split_dataset(dataset, classifier.config))
+            raise DataError(f"{run.path} has no checkpoint ({CHECKPOINT_NAME}); train the run first")
+        classifier = run.load_classifier()
+        classifier.training_data = training_view(run.dataset, run.split)
         classifier.fit_background(noise=noise, steps=steps)
         classifier.save(checkpoint)
     assert classifier.background is not None and classifier.background.state is not None

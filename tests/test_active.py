@@ -18,7 +18,7 @@ from ssvae_core.data import load_digits
 from ssvae_core.errors import DataError
 from ssvae_core.labeling import LoopPlan, Oracle, parse_seeds, run_loop
 from ssvae_core.labels import LabelStore, read_label_csv
-from ssvae_core.runs import split_dataset
+from ssvae_core.run import split_dataset
 
 from .test_compilation import _Compilations, compilations  # noqa: F401
 

@@ -24,7 +24,7 @@ from ssvae_core.calibration import (
 from ssvae_core.config import config_from_dict
 from ssvae_core.errors import ConfigError, DataError
 from ssvae_core.graph import propagate_labels
-from ssvae_core.runs import markdown_report
+from ssvae_core.reports import markdown_report
 
 NO_VIEWS = AugmentConfig(shift=0.0, rotation=0.0)
 

@@ -18,7 +18,7 @@ from ssvae_core.config import load_config
 from ssvae_core.data import load_digits
 from ssvae_core.label_issues import find_label_issues, out_of_sample_probabilities
 from ssvae_core.labels import STORE_NAME, LabelStore
-from ssvae_core.runs import split_dataset
+from ssvae_core.run import split_dataset
 
 SMALL = [
     "--set", "encoder.hidden=[16]", "--set", "decoder.hidden=[16]", "--set", "model.latent_dim=4",
@@ -100,7 +100,7 @@ def test_a_noisy_oracle_errs_at_its_rate_and_the_same_way_each_time() -> None:
     from ssvae_core.config import load_config
     from ssvae_core.data import load_digits
     from ssvae_core.labeling import Oracle
-    from ssvae_core.runs import split_dataset
+    from ssvae_core.run import split_dataset
 
     digits = load_digits()
     split = split_dataset(digits, load_config(None, []))

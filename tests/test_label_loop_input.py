@@ -74,7 +74,7 @@ def _refused(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) 
 def _unlabeled_train_row(run: Path, shapes_npz: Path) -> int:
     from ssvae_core.config import config_from_dict
     from ssvae_core.data import load_dataset
-    from ssvae_core.runs import split_dataset
+    from ssvae_core.run import split_dataset
 
     config = config_from_dict(
         {"seed": 0, "data": {"labels_per_class": 2, "dataset": str(shapes_npz)}}
@@ -351,10 +351,10 @@ def _rounds(run: Path) -> list[dict[str, object]]:
 
 def _sheet(run: Path, tmp_path: Path, shapes_npz: Path) -> tuple[Path, dict[int, str]]:
     from ssvae_core.data import load_dataset
-    from ssvae_core.runs import _run_config, split_dataset
+    from ssvae_core.run import Run, split_dataset
 
     dataset = load_dataset(str(shapes_npz))
-    split = split_dataset(dataset, _run_config(run, None))
+    split = split_dataset(dataset, Run(run).config)
     held = LabelStore.load(run / STORE_NAME).current()
     rows = [int(i) for i in split.train if int(i) not in held][:4]
     labels = {row: dataset.label_names[int(dataset.y[row])] for row in rows}

@@ -29,7 +29,7 @@ from ssvae_core.cli import main
 from ssvae_core.config import load_config
 from ssvae_core.data import load_digits
 from ssvae_core.labels import STORE_NAME, LabelStore
-from ssvae_core.runs import split_dataset
+from ssvae_core.run import split_dataset
 from ssvae_core.studio import StudioSession, create_app, shortcut_keys
 from ssvae_core.studio.server import MAX_ERROR_CHARS, cookie_name
 

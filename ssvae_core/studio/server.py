@@ -34,7 +34,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ssvae_core.errors import ConfigError, SSVAEError
-from ssvae_core.runs import _run_dir, require_checkpoint
+from ssvae_core.run import Run
 from ssvae_core.studio.session import DEFAULT_PROJECTION, StudioError, StudioSession
 
 TOKEN_COOKIE = "ssvae_studio_token"
@@ -187,6 +187,32 @@ def create_app(session: StudioSession, token: str) -> Starlette:
     """The studio application for ``session``, guarded by ``token``."""
     if not isinstance(token, str) or len(token) < 8:
         raise ConfigError("the studio's access token must be a string of at least 8 characters")
+
+    async def not_found(request: Request, error: Exception) -> Response:
+        return _error(404, f"no such page: {request.url.path}")
+
+    async def wrong_method(request: Request, error: Exception) -> Response:
+        return _error(405, f"{request.method} is not allowed on {request.url.path}")
+
+    app = Starlette(
+        routes=[*_page_routes(token), *_api_routes(session)],
+        exception_handlers={404: not_found, 405: wrong_method},
+    )
+    app.add_middleware(TokenGate, token=token)
+    return app
+
+
+def _threaded(method: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """``method`` run in the thread pool, so that the event loop keeps serving."""
+
+    async def call(*args: Any) -> Any:
+        return await run_in_threadpool(method, *args)
+
+    return call
+
+
+def _page_routes(token: str) -> list[Route]:
+    """The page and its static files (the page sets the token's cookie)."""
     static = _static_dir()
     plotly_js = _plotly_js()
 
@@ -205,76 +231,70 @@ def create_app(session: StudioSession, token: str) -> Starlette:
             raise StudioError(404, f"no static file {name!r}")
         return FileResponse(static / name, media_type=_TYPES[Path(name).suffix])
 
-    def threaded(method: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-        async def call(*args: Any) -> Any:
-            return await run_in_threadpool(method, *args)
+    return [
+        Route("/", _guarded(page), methods=["GET"]),
+        Route("/static/{name}", _guarded(static_file), methods=["GET"]),
+    ]
 
-        return call
 
+def _api_routes(session: StudioSession) -> list[Route]:
+    """The JSON and image API the page calls, each answered by ``session``."""
     async def state(request: Request) -> Response:
-        return JSONResponse(await threaded(session.state)())
+        return JSONResponse(await _threaded(session.state)())
 
     async def latent_map(request: Request) -> Response:
         projection = request.query_params.get("projection", DEFAULT_PROJECTION)
-        return JSONResponse(await threaded(session.latent_map)(projection))
+        return JSONResponse(await _threaded(session.latent_map)(projection))
 
     async def example(request: Request) -> Response:
-        return JSONResponse(await threaded(session.example)(_path_int(request, "index")))
+        return JSONResponse(await _threaded(session.example)(_path_int(request, "index")))
 
     async def example_png(request: Request) -> Response:
-        data = await threaded(session.example_png)(_path_int(request, "index"))
+        data = await _threaded(session.example_png)(_path_int(request, "index"))
         return Response(data, media_type="image/png")
 
     async def queue(request: Request) -> Response:
         strategy = request.query_params.get("strategy", "margin")
         n = _int_param(request, "n", 10)
-        return JSONResponse(await threaded(session.queue)(strategy, n))
+        return JSONResponse(await _threaded(session.queue)(strategy, n))
 
     async def issues(request: Request) -> Response:
-        return JSONResponse(await threaded(session.issues)(_int_param(request, "n", 20)))
+        return JSONResponse(await _threaded(session.issues)(_int_param(request, "n", 20)))
 
     async def export(request: Request) -> Response:
         suffix = "." + request.path_params["kind"]
         if suffix not in (".csv", ".json"):
             raise StudioError(404, "labels are exported as /api/export.csv or /api/export.json")
-        text = await threaded(session.export)(suffix)
+        text = await _threaded(session.export)(suffix)
         media = "text/csv; charset=utf-8" if suffix == ".csv" else "application/json"
         name = f"{session.out.name}-labels{suffix}".replace('"', "")
         return Response(text, media_type=media, headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     async def labels(request: Request) -> Response:
-        return JSONResponse(await threaded(session.add_labels)(await _body(request)))
+        return JSONResponse(await _threaded(session.add_labels)(await _body(request)))
 
     async def undo(request: Request) -> Response:
-        return JSONResponse(await threaded(session.undo)(await _body(request)))
+        return JSONResponse(await _threaded(session.undo)(await _body(request)))
 
     async def channels(request: Request) -> Response:
-        return JSONResponse(await threaded(session.channels)())
+        return JSONResponse(await _threaded(session.channels)())
 
     async def channel_png(request: Request) -> Response:
-        data = await threaded(session.channel_png)(_path_int(request, "channel"))
+        data = await _threaded(session.channel_png)(_path_int(request, "channel"))
         return Response(data, media_type="image/png")
 
     async def retrain(request: Request) -> Response:
         if request.method == "GET":
             return JSONResponse(session.retrain_status())
-        return JSONResponse(await threaded(session.start_retrain)(await _body(request)), status_code=202)
+        return JSONResponse(await _threaded(session.start_retrain)(await _body(request)), status_code=202)
 
     async def cancel(request: Request) -> Response:
         return JSONResponse(session.cancel_retrain())
 
     async def history(request: Request) -> Response:
-        return JSONResponse(await threaded(session.history)())
+        return JSONResponse(await _threaded(session.history)())
 
-    async def not_found(request: Request, error: Exception) -> Response:
-        return _error(404, f"no such page: {request.url.path}")
-
-    async def wrong_method(request: Request, error: Exception) -> Response:
-        return _error(405, f"{request.method} is not allowed on {request.url.path}")
-
-    routes = [
-        Route("/", _guarded(page), methods=["GET"]),
-        Route("/static/{name}", _guarded(static_file), methods=["GET"]),
+    return [
         Route("/api/state", _guarded(state), methods=["GET"]),
         Route("/api/map", _guarded(latent_map), methods=["GET"]),
         Route("/api/examples/{index}.png", _guarded(example_png), methods=["GET"]),
@@ -290,9 +310,6 @@ def create_app(session: StudioSession, token: str) -> Starlette:
         Route("/api/retrain/cancel", _guarded(cancel), methods=["POST"]),
         Route("/api/history", _guarded(history), methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: wrong_method})
-    app.add_middleware(TokenGate, token=token)
-    return app
 
 
 def is_loopback(host: str) -> bool:
@@ -321,7 +338,7 @@ def serve(
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"--port must be from 0 (any free port) to 65535; got {port!r}")
     token = new_token() if token is None else token
-    require_checkpoint(_run_dir(run_dir, "studio"), "before opening it in the studio")
+    Run.open(run_dir, "studio").require_checkpoint("before opening it in the studio")
     try:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

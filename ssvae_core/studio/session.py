@@ -33,8 +33,6 @@ from ssvae_core.active import (
 )
 from ssvae_core.annotators import agreement
 from ssvae_core.api import SSVAEClassifier
-from ssvae_core.checkpoint import read_manifest
-from ssvae_core.data import load_dataset
 from ssvae_core.errors import ConfigError, DataError, SSVAEError
 from ssvae_core.explore import (
     PROJECTIONS,
@@ -50,17 +48,8 @@ from ssvae_core.label_issues import DEFAULT_ISSUES, classifier_issues
 from ssvae_core.labels import STORE_NAME, LabelStore, label_name
 from ssvae_core.ood import DEFAULT_SCORE, ood_scores, score_inputs
 from ssvae_core.registry import Registry, default_registry
-from ssvae_core.rundir import RunLock, recover
-from ssvae_core.runfiles import read_report, read_rounds
-from ssvae_core.runs import (
-    ROUNDS_NAME,
-    _run_config,
-    _run_dir,
-    require_checkpoint,
-    retrain_run,
-    run_store,
-    split_dataset,
-)
+from ssvae_core.retraining import retrain_run
+from ssvae_core.run import Run
 
 SOURCE = "studio"
 DEFAULT_STRATEGY = "margin"
@@ -183,21 +172,22 @@ class StudioSession:
         data: str | None = None,
         registry: Registry | None = None,
     ):
-        self.out = _run_dir(run_dir, "studio")
+        self.run = run = Run.open(run_dir, "studio", data=data)
+        self.out = run.path
         self.registry = registry or default_registry()
-        self._lock = RunLock(self.out).acquire()
+        self._lock = run.lock().acquire()
         try:
-            self.checkpoint = require_checkpoint(self.out, "before opening it in the studio")
-            recover(self.out, int(read_manifest(self.checkpoint)["step"]))  # before any label is written
-            read_rounds(self.out / ROUNDS_NAME)  # a damaged run file is refused here, in one line
-            read_report(self.out / "report.json")
-            self.config = _run_config(self.out, data)
+            self.checkpoint = run.require_checkpoint("before opening it in the studio")
+            run.recover(int(run.manifest()["step"]))  # before any label is written
+            run.rounds()  # a damaged run file is refused here, in one line
+            run.report()
+            self.config = run.config
             self.data = data
-            self.dataset = load_dataset(self.config.data.dataset)
-            self.split = split_dataset(self.dataset, self.config)
+            self.dataset = run.dataset
+            self.split = run.split
             self.train_rows = np.asarray(self.split.train, dtype=np.int64)
             self._position = {int(row): i for i, row in enumerate(self.train_rows)}
-            self._store = run_store(self.out, self.dataset, self.split)
+            self._store = run.label_store()
             self._labels_lock = threading.Lock()
             self._cache_lock = threading.Lock()
             self._cache: dict[Any, Any] = {}
@@ -285,7 +275,7 @@ class StudioSession:
 
     def _report(self) -> dict[str, Any]:
         try:
-            return read_report(self.out / "report.json") or {}
+            return self.run.report() or {}
         except SSVAEError:  # damaged while the studio is open: shown without its report
             return {}
 
@@ -405,7 +395,7 @@ class StudioSession:
         names = set(self._model_labels())
         claims: dict[int, str] = {}
         with contextlib.suppress(SSVAEError):  # damaged while the studio is open: no claims shown
-            for record in read_rounds(self.out / ROUNDS_NAME):
+            for record in self.run.rounds():
                 for name, channels in (record.get("claimed_channels") or {}).items():
                     if name in names:
                         claims.update((int(c), name) for c in channels)
@@ -551,7 +541,7 @@ class StudioSession:
                 status = 409 if "already labeled" in str(error) or "two different labels" in str(error) else 400
                 raise StudioError(status, str(error)) from None
             if len(updated) != len(store):
-                updated.save(self.out / STORE_NAME)
+                updated.save(self.run.store_path)
                 self._store = updated
             current = updated.current()
             return {
@@ -597,7 +587,7 @@ class StudioSession:
             except DataError as error:
                 status = 404 if "no label" in str(error) else 409
                 raise StudioError(status, str(error)) from None
-            updated.save(self.out / STORE_NAME)
+            updated.save(self.run.store_path)
             self._store = updated
             current = updated.current()
             return {
@@ -615,7 +605,7 @@ class StudioSession:
         rounds = []
         keep = ("round", "command", "labels", "test_accuracy", "ece", "to_step", "claimed_channels", "time")
         with contextlib.suppress(SSVAEError):  # damaged while the studio is open: no rounds shown
-            rounds = [{key: record.get(key) for key in keep} for record in read_rounds(self.out / ROUNDS_NAME)]
+            rounds = [{key: record.get(key) for key in keep} for record in self.run.rounds()]
         return {"entries": entries, "rounds": rounds, "agreement": agreement(self._store)}
 
     # ---- retraining -------------------------------------------------------------------
@@ -701,7 +691,7 @@ class StudioSession:
     def _recover(self) -> None:
         """After a retrain that did not finish: metrics back to the checkpoint's step."""
         # labels may be being written meanwhile: their temporary files are not leftovers
-        recover(self.out, int(read_manifest(self.checkpoint)["step"]), spare=(STORE_NAME,))
+        self.run.recover(int(self.run.manifest()["step"]), spare=(STORE_NAME,))
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait for the running retrain, if any, to end; returns its state."""

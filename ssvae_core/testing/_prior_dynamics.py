@@ -23,8 +23,8 @@ from ssvae_core.protocols import AbstractEncoder, AbstractPrior
 from ssvae_core.testing._priors import (
     NARROW_LOG_VAR,
     PriorSubject,
-    _kl_terms,
-    _one_hot_logits,
+    one_hot_logits,
+    sampled_kl_terms,
     trained_like,
 )
 from ssvae_core.testing._runner import ConformanceError, NotApplicable, Violation, check, expect
@@ -62,7 +62,7 @@ def _term_sums(
     trainable: Any, frozen: Any, encoder: AbstractEncoder, key: PRNGKeyArray
 ) -> dict[str, Float[Array, ""]]:
     posterior, prior = eqx.combine(trainable, frozen)
-    return {name: jnp.sum(value) for name, value in _kl_terms(prior, encoder, posterior, key).items()}
+    return {name: jnp.sum(value) for name, value in sampled_kl_terms(prior, encoder, posterior, key).items()}
 
 
 _term_gradients_jit = eqx.filter_jit(jax.jacrev(_term_sums))
@@ -225,7 +225,7 @@ def _monte_carlo_reference(subject: PriorSubject, monte_carlo: tuple[str, ...]) 
     posterior = EncoderOutput(
         z_mean=jnp.asarray(means, dtype=jnp.float32),
         z_log_var=jnp.asarray(np.broadcast_to(log_vars, (batch, latent_dim)), dtype=jnp.float32),
-        logits=jnp.asarray(_one_hot_logits(np.arange(batch) % count, count)) if count else None,
+        logits=jnp.asarray(one_hot_logits(np.arange(batch) % count, count)) if count else None,
     )
     # The prior's own estimate with many keys (its compiled kl_terms, no new program).
     estimates = [subject.kl(posterior, 100 + index) for index in range(REFERENCE_KEYS)]

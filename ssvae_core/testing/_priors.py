@@ -100,15 +100,16 @@ PROBE_SCALE = 0.37
 ADAM_EPS = 1e-8
 
 
-def _kl_terms(
+def sampled_kl_terms(
     prior: AbstractPrior, encoder: AbstractEncoder, posterior: EncoderOutput, key: PRNGKeyArray
 ) -> dict[str, Float[Array, " B"]]:
+    """The prior's KL terms per example at one ``z`` drawn from ``posterior`` with ``key``."""
     z_key, prior_key = jax.random.split(key)
     z = reparameterise(posterior, z_key)
     return prior.kl_terms(posterior, z, encoder=encoder, key=prior_key)
 
 
-_kl_terms_jit = eqx.filter_jit(_kl_terms)
+_sampled_kl_terms_jit = eqx.filter_jit(sampled_kl_terms)
 
 
 @eqx.filter_jit
@@ -123,11 +124,11 @@ def _monte_carlo_estimates(
     """Estimates with few and more samples (``MC_REPEATS`` keys each), and the reference."""
     low, high, reference = priors
     keys = jax.random.split(key, MC_REPEATS)
-    repeat = jax.vmap(_kl_terms, in_axes=(None, None, None, 0))
+    repeat = jax.vmap(sampled_kl_terms, in_axes=(None, None, None, 0))
     return (
         repeat(low, encoder, posterior, keys),
         repeat(high, encoder, posterior, keys),
-        _kl_terms(reference, encoder, posterior, key),
+        sampled_kl_terms(reference, encoder, posterior, key),
     )
 
 
@@ -151,7 +152,7 @@ def sample_with_keys(
     )
 
 
-def _one_hot_logits(channels: np.ndarray, num_components: int) -> np.ndarray:
+def one_hot_logits(channels: np.ndarray, num_components: int) -> np.ndarray:
     """Logits whose softmax is (numerically) one-hot at ``channels``."""
     logits = np.full((len(channels), num_components), ONE_HOT_LOGIT, dtype=np.float32)
     logits[np.arange(len(channels)), channels] = 0.0
@@ -243,7 +244,7 @@ def _prior_step(
 
     def loss(params: _PriorOnly) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
         prior = eqx.combine(params, static).prior
-        terms = {n: jnp.mean(v) for n, v in _kl_terms(prior, encoder, posterior, key).items()}
+        terms = {n: jnp.mean(v) for n, v in sampled_kl_terms(prior, encoder, posterior, key).items()}
         penalties = prior.regularisers()
         return sum(terms.values()) + sum(penalties.values()), {**terms, **penalties}
 
@@ -319,7 +320,7 @@ class PriorSubject(Subject):
         prior = self.prior if prior is None else prior
         encoder = self.encoder if encoder is None else encoder
         key = jax.random.PRNGKey(seed)
-        kl_terms = _kl_terms_jit if jit else _kl_terms
+        kl_terms = _sampled_kl_terms_jit if jit else sampled_kl_terms
         terms = kl_terms(prior, encoder, posterior, key)
         expect(isinstance(terms, dict), f"kl_terms returned {type(terms).__name__}, not a dict")
         return {name: np.asarray(value) for name, value in terms.items()}
@@ -399,7 +400,7 @@ class PriorSubject(Subject):
             return EncoderOutput(
                 z_mean=jnp.asarray(means[channels] + shift * std, dtype=jnp.float32),
                 z_log_var=jnp.asarray(np.log(variances[channels]) + spread, dtype=jnp.float32),
-                logits=jnp.asarray(_one_hot_logits(channels, self.num_components))
+                logits=jnp.asarray(one_hot_logits(channels, self.num_components))
                 if self.num_components
                 else None,
             )
@@ -651,7 +652,7 @@ def _exact_kl_zero(subject: PriorSubject) -> str:
             notes.append(f"not {', '.join(latent_terms)}: {reason}")
         elif channels:
             logits = (
-                jnp.asarray(_one_hot_logits(np.asarray(channels), subject.num_components))
+                jnp.asarray(one_hot_logits(np.asarray(channels), subject.num_components))
                 if subject.num_components
                 else None
             )
@@ -871,7 +872,7 @@ def _relabels(
         return EncoderOutput(
             z_mean=jnp.repeat(posterior.z_mean[:1], count, axis=0),
             z_log_var=jnp.repeat(posterior.z_log_var[:1], count, axis=0),
-            logits=jnp.asarray(_one_hot_logits(channels, count)),
+            logits=jnp.asarray(one_hot_logits(channels, count)),
         )
 
     original = subject.kl(one_hot_batch(permutation), seed, subject.trained)

@@ -497,7 +497,7 @@ def _seeding_build(options: ChannelOptions, context: BuildContext, key: PRNGKeyA
 # A plugin module that switches JAX to float64 when imported: imported here with the
 # process state saved and restored, so that importing the corpus changes nothing.
 with process_changes():
-    from ssvae_core.testing import _impure_plugin
+    from ssvae_core.testing._impure_plugin import FACTORY as IMPURE_FACTORY
 
 
 # --- Encoders: the built-in dense encoder with one thing changed -------------------------
@@ -1000,7 +1000,7 @@ DEFECTS: tuple[Defect, ...] = (
         "the plugin module calls jax.config.update('jax_enable_x64', True) when imported",
         "process_hygiene",
         "JAX setting jax_enable_x64 False -> True",
-        _impure_plugin.FACTORY,
+        IMPURE_FACTORY,
     ),
     Defect(
         "NumPy seeded in the factory",
