@@ -430,7 +430,7 @@ def run_loop(
         atomic_write_bytes(out / "config.toml", dumps_toml(plan.config.to_dict()).encode("utf-8"))
         loop = _Loop(plan, dataset, out, registry, on_round)
         for seed in plan.seeds:
-            loop.seed(seed)
+            loop.run_seed(seed)
         summary = summarise_curve(loop.records)
         atomic_write_bytes(out / "curve.json", json.dumps(summary, indent=2).encode("utf-8"))
         if plots:
@@ -497,7 +497,7 @@ class _Loop:
         if self.on_round is not None:
             self.on_round(record)
 
-    def seed(self, seed: int) -> None:
+    def run_seed(self, seed: int) -> None:
         """The initial run of ``seed``, then every strategy's rounds from a copy of it."""
         plan, dataset = self.plan, self.dataset
         config = plan.config.replace(seed=seed)
@@ -518,9 +518,9 @@ class _Loop:
             record["series"] = strategy + plan.series_suffix
             record["wall_time_s"] = initial_time
             self.log(record)
-            self.rounds(run, strategy, seed, oracle)
+            self.run_rounds(run, strategy, seed, oracle)
 
-    def rounds(self, run: Path, strategy: str, seed: int, oracle: Oracle) -> None:
+    def run_rounds(self, run: Path, strategy: str, seed: int, oracle: Oracle) -> None:
         """The rounds of one strategy: query, label by the oracle, retrain; until the last
         round or, with ``stop_when`` ``stable``, the first round that changed few
         predictions."""

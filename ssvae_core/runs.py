@@ -42,7 +42,7 @@ from ssvae_core.model import build_model
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.reports import evaluate_run, held_out_evaluator
 from ssvae_core.resuming import resume_run
-from ssvae_core.retraining import DEFAULT_RETRAIN_STEPS, retrain_run
+from ssvae_core.retraining import retrain_run
 from ssvae_core.rounds import round_info, unrecorded_round
 from ssvae_core.run import (
     Run,
@@ -187,7 +187,6 @@ def report_run(
 
 
 __all__ = [
-    "DEFAULT_RETRAIN_STEPS",
     "check_trainable",
     "evaluate_run",
     "label_run",
