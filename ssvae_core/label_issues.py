@@ -58,6 +58,7 @@ class LabelIssue:
     source: str
 
     def to_json(self) -> dict[str, Any]:
+        """The issue as a JSON object."""
         return {
             "index": self.index,
             "label": self.label,
@@ -206,7 +207,7 @@ def review_run(run_dir: str | os.PathLike[str], oracle: Any, n: int) -> dict[str
         return {"reviewed": 0, "corrected": 0}
     indices = [issue.index for issue in issues]
     truth = oracle.truth(indices)
-    run = Run(Path(os.fspath(run_dir)))
+    run = Run(Path(run_dir))
     with run.lock():
         store = run.label_store(oracle.dataset, oracle.split)
         updated = store.add(
@@ -223,6 +224,6 @@ def wrong_labels(run_dir: str | os.PathLike[str], oracle: Any) -> int:
     from ssvae_core.labels import LabelStore
     from ssvae_core.run import Run
 
-    current = LabelStore.load(Run(Path(os.fspath(run_dir))).store_path).current()
+    current = LabelStore.load(Run(Path(run_dir)).store_path).current()
     indices = sorted(current)
     return sum(1 for index, name in zip(indices, oracle.truth(indices), strict=True) if current[index] != name)

@@ -67,6 +67,7 @@ class Oracle:
     seed: int = 0
 
     def labels(self, indices: Sequence[int]) -> list[str]:
+        """The labels the oracle gives ``indices`` (with its noise, if any)."""
         names = self.truth(indices)
         if self.noise <= 0.0:
             return names
@@ -81,6 +82,7 @@ class Oracle:
         return noisy
 
     def truth(self, indices: Sequence[int]) -> list[str]:
+        """The data's own labels of ``indices``; a held-out or unlabeled row is a ``DataError``."""
         train = set(int(i) for i in self.split.train)
         names = []
         for index in indices:
@@ -272,6 +274,7 @@ class LoopPlan:
     stable_below: float = DEFAULT_STABLE_BELOW
 
     def check(self, registry: Registry) -> None:
+        """Refuse a plan that cannot run (counts, fractions, seeds, strategies), before anything is trained."""
         for name, value in (("--rounds", self.rounds), ("--per-round", self.per_round), ("--steps-per-round", self.steps_per_round)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer; got {value!r}")

@@ -272,6 +272,7 @@ class LabelEntry:
         return self.annotator or ""
 
     def to_json(self) -> dict[str, Any]:
+        """The entry as ``labels.json`` stores it."""
         out: dict[str, Any] = {
             "index": self.index,
             "hash": self.hash,
@@ -302,6 +303,7 @@ class LabelStore:
 
     @classmethod
     def empty(cls) -> LabelStore:
+        """A store with no labels."""
         return cls(())
 
     @classmethod
@@ -359,6 +361,7 @@ class LabelStore:
         return cls(entries)
 
     def to_json(self) -> dict[str, Any]:
+        """The store as ``labels.json`` holds it."""
         return {
             "format": STORE_FORMAT,
             "version": STORE_VERSION,

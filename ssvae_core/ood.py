@@ -86,6 +86,7 @@ def check_score(score: object) -> str:
 
 
 def check_output(output: object) -> str:
+    """``output`` checked to be one of ``OUTPUTS``."""
     if not isinstance(output, str) or output not in OUTPUTS:
         raise ConfigError(f"as_ must be one of {', '.join(map(repr, OUTPUTS))}; got {output!r}")
     return output
@@ -239,6 +240,7 @@ def background_run(
 
 
 def no_background() -> ConfigError:
+    """The error of a ratio score asked of a classifier without a background model."""
     return ConfigError(
         "the ratio OOD scores need a background model, and this classifier has none; "
         "train one with fit_background() (or `ssvae background RUN_DIR`)"
@@ -327,10 +329,12 @@ class OODReference:
 
     @property
     def likelihood(self) -> np.ndarray:
+        """The reference's likelihood scores (the training examples')."""
         return self.scores["likelihood"]
 
     @property
     def certainty(self) -> np.ndarray:
+        """The reference's certainty scores (the training examples')."""
         return self.scores["certainty"]
 
     def has(self, names: Sequence[str], *, own: bool = False) -> bool:
@@ -343,6 +347,7 @@ class OODReference:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The reference as the checkpoint stores it."""
         return {
             "step": int(self.step),
             "classes": int(self.classes),

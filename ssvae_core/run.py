@@ -125,6 +125,9 @@ class Run:
     path: Path
     data: str | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))  # a str or PathLike works too
+
     @classmethod
     def open(cls, run_dir: str | os.PathLike[str], command: str, *, data: str | None = None) -> Run:
         """``run_dir`` checked to be a run directory (a folder with a checkpoint or a

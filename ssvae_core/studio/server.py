@@ -313,6 +313,7 @@ def _api_routes(session: StudioSession) -> list[Route]:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (a loopback name or address)."""
     try:
         infos = socket.getaddrinfo(host, None)
     except socket.gaierror:

@@ -91,6 +91,7 @@ class RetrainJob:
     thread: threading.Thread | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The job's state as the page reads it."""
         return {
             "state": self.state,
             "step": self.step,
@@ -252,6 +253,7 @@ class StudioSession:
 
     @property
     def version(self) -> int:
+        """The version of the model shown: one more after each finished retrain."""
         return self._view.version
 
     def _model_labels(self) -> list[str]:
@@ -280,6 +282,7 @@ class StudioSession:
             return {}
 
     def state(self) -> dict[str, Any]:
+        """What the page shows first: the run, its model, labels and retrain."""
         report = self._report()
         names = self.label_names()
         current = self._store.current()
@@ -304,6 +307,7 @@ class StudioSession:
         }
 
     def latent_map(self, projection: str = DEFAULT_PROJECTION) -> dict[str, Any]:
+        """The training examples laid out by ``projection`` of the latent space."""
         if projection not in PROJECTIONS:
             raise StudioError(400, f"unknown projection {projection!r:.40}; allowed: {', '.join(PROJECTIONS)}")
         view = self._view
@@ -344,6 +348,7 @@ class StudioSession:
             return self._cache.setdefault(key, value)
 
     def example(self, index: object) -> dict[str, Any]:
+        """One training example: its label, the model's prediction, certainty and channel."""
         row = self._row(index)
         view = self._view
         names = list(view.classifier.label_names)
@@ -359,6 +364,7 @@ class StudioSession:
         }
 
     def example_png(self, index: object) -> bytes:
+        """The image of one example, as PNG."""
         self._row(index)
         return self._cached(
             ("image", index),
@@ -366,6 +372,7 @@ class StudioSession:
         )
 
     def channels(self) -> dict[str, Any]:
+        """The model's channels: usage, owner, free or not, claims by new classes."""
         view = self._view
         if view.responsibilities.shape[1] == 0:
             return {"channels": [], "label_names": self._model_labels(), "version": view.version}
@@ -402,6 +409,7 @@ class StudioSession:
         return claims
 
     def channel_png(self, channel: object) -> bytes:
+        """The most typical members of one channel and their reconstructions, as PNG."""
         view = self._view
         count = view.responsibilities.shape[1]
         if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel < count:
@@ -422,6 +430,7 @@ class StudioSession:
     def queue(
         self, strategy: str = DEFAULT_STRATEGY, n: object = 10, *, view: _View | None = None
     ) -> dict[str, Any]:
+        """The unlabeled examples ``strategy`` would have labeled next."""
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_QUERY:
             raise StudioError(400, f"n must be an integer from 1 to {MAX_QUERY}; got {n!r}")
         try:
@@ -597,6 +606,7 @@ class StudioSession:
             }
 
     def history(self) -> dict[str, Any]:
+        """Every label given, newest first, the rounds so far and the annotators' agreement."""
         latest = {entry.index: k for k, entry in enumerate(self._store.entries)}
         entries = [
             {**entry.to_json(), "current": latest[entry.index] == k}
@@ -611,6 +621,7 @@ class StudioSession:
     # ---- retraining -------------------------------------------------------------------
 
     def retrain_status(self) -> dict[str, Any]:
+        """The state of the background retrain."""
         with self._job_lock:
             return self._job.to_json()
 
@@ -635,6 +646,7 @@ class StudioSession:
             return job.to_json()
 
     def cancel_retrain(self) -> dict[str, Any]:
+        """Stop the running retrain at the end of its current chunk."""
         with self._job_lock:
             if self._job.state != "running":
                 raise StudioError(409, "no retrain is running")
