@@ -15,7 +15,7 @@ from numpy.typing import ArrayLike
 from ssvae_core.active import QueryResult, query, query_key
 from ssvae_core.calibration import Calibration, fit_calibration
 from ssvae_core.checkpoint import load_checkpoint, save_checkpoint
-from ssvae_core.config import Config, check_seed, default_config
+from ssvae_core.config import Config, check_seed, default_config, resolve_components
 from ssvae_core.data import Dataset, from_arrays
 from ssvae_core.errors import CheckpointError, ConfigError, DataError, SSVAEError
 from ssvae_core.inference import Inference, infer
@@ -79,7 +79,7 @@ class SSVAEClassifier:
                 f"got {type(config).__name__}{hint}"
             )
         self.registry = registry or default_registry()
-        self.config = config or default_config(self.registry)
+        self.config = resolve_components(config or default_config(self.registry), self.registry)
         self.model: SSVAE | None = None
         self.state: TrainState | None = None
         self.opt_state: Any = None
@@ -110,6 +110,7 @@ class SSVAEClassifier:
         sinks: Sequence[MetricSink] = (),
         on_checkpoint: CheckpointCallback | None = None,
         evaluate: EvaluateCallback | None = None,
+        model: SSVAE | None = None,
     ) -> SSVAEClassifier:
         """Train from scratch on every row of ``x``; rows whose label is ``-1`` are unlabeled.
         With no label at all (``y`` omitted or all ``-1``; pass ``num_classes`` or
@@ -124,17 +125,17 @@ class SSVAEClassifier:
         set, ``evaluate(classifier, seconds)`` is called every that many steps (and at the
         last step; ``seconds``: the training time of this call so far, the sum of the
         chunks' ``seconds``) and its floats join that chunk's metrics, e.g. held-out accuracy.
+
+        ``model`` is the untrained model to start from, as ``initial_model`` builds it for
+        the same data (built once up front, say, so that a config error surfaces before
+        anything else happens); by default it is built here.
         """
         dataset = self._training_data(x, y, num_classes, label_names)
-        model_key, state_key = jax.random.split(jax.random.PRNGKey(self.config.seed))
-        model, self.config = build_model(
-            self.config,
-            input_shape=dataset.sample_shape,
-            num_classes=dataset.num_classes,
-            key=model_key,
-            data=dataset.x,
-            registry=self.registry,
-        )
+        if model is None:
+            model = self.initial_model(dataset)
+        elif not isinstance(model, SSVAE):
+            raise SSVAEError(f"model must be an SSVAE built by initial_model, got {type(model).__name__}")
+        state_key = jax.random.split(jax.random.PRNGKey(self.config.seed))[1]
         self.model = model
         self.state = init_state(model, state_key)
         self.input_shape = dataset.sample_shape
@@ -143,6 +144,21 @@ class SSVAEClassifier:
         self.history = []
         self.training_data = dataset
         return self._train(dataset, self.config.train.steps, sinks, on_checkpoint, evaluate)
+
+    def initial_model(self, dataset: Dataset) -> SSVAE:
+        """The untrained model ``fit`` starts from on ``dataset`` (its input shape, classes
+        and data-dependent initialisation); a component that cannot be built for it is a
+        ``ConfigError``."""
+        model_key = jax.random.split(jax.random.PRNGKey(self.config.seed))[0]
+        model, _ = build_model(
+            self.config,
+            input_shape=dataset.sample_shape,
+            num_classes=dataset.num_classes,
+            key=model_key,
+            data=dataset.x,
+            registry=self.registry,
+        )
+        return model
 
     def resume(
         self,

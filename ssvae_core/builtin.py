@@ -127,11 +127,13 @@ def _build_softmax(options: SoftmaxOptions, context: BuildContext, key: PRNGKeyA
 def ssvae_register_priors() -> dict[str, ComponentFactory]:
     return {
         "standard": ComponentFactory(
-            StandardPrior, StandardOptions, _build_standard, "N(0, I); no channels, softmax head"
+            StandardPrior, StandardOptions, _build_standard, "N(0, I); no channels, softmax head",
+            channels=False,
         ),
         "mixture": ComponentFactory(
             MixturePrior, MixtureOptions, _build_mixture,
             "Cat(π) channels over N(0, I); τ head, component-aware decoder",
+            channels=True, conditions_decoder=True,
         ),
     }
 
@@ -159,7 +161,8 @@ def ssvae_register_decoders() -> dict[str, ComponentFactory]:
 def ssvae_register_heads() -> dict[str, ComponentFactory]:
     return {
         "tau": ComponentFactory(
-            TauHead, TauOptions, _build_tau, "Latent-only τ-classifier from channel soft counts"
+            TauHead, TauOptions, _build_tau, "Latent-only τ-classifier from channel soft counts",
+            needs_channels=True,
         ),
         "softmax": ComponentFactory(
             SoftmaxHead, SoftmaxOptions, _build_softmax, "Linear softmax classifier on z"

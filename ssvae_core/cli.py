@@ -484,16 +484,12 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         return _resume(args)
 
-    overrides = list(args.set)
-    if args.data is not None:
-        overrides.insert(0, f"data.dataset={json.dumps(args.data, ensure_ascii=False)}")
-    if args.labels_per_class is not None:
-        overrides.insert(0, f"data.labels_per_class={args.labels_per_class}")
-    if args.seed is not None:
-        overrides.insert(0, f"seed={args.seed}")
-    if args.steps is not None:
-        overrides.insert(0, f"train.steps={args.steps}")
-    config = load_config(args.config, overrides, preset=args.preset)
+    flags = {
+        "data.dataset": args.data, "data.labels_per_class": args.labels_per_class,
+        "seed": args.seed, "train.steps": args.steps,
+    }
+    values = {key: value for key, value in flags.items() if value is not None}
+    config = load_config(args.config, args.set, preset=args.preset, values=values)
     trackers = check_trackers(args.track)
     mlflow_dir = _mlflow_dir(args, trackers)
     writer = _start_distributed(args)

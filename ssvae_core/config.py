@@ -36,19 +36,27 @@ else:  # pragma: no cover
 EVERY_LABEL = "all"
 
 
+def check_label_budget(value: object) -> int | str:
+    """``value`` if it is a label budget: an integer >= 0 (0: no labels) or ``all``; else a
+    ``ValueError``. The one check of ``data.labels_per_class``, wherever it comes from."""
+    if value == EVERY_LABEL or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value  # type: ignore[return-value]
+    raise ValueError(
+        f"labels_per_class must be an integer >= 0 (0: no labels) or {EVERY_LABEL!r} "
+        f"(every training label), got {value!r}"
+    )
+
+
 def label_budget_argument(text: str) -> int | str:
-    """A command-line label budget: an integer >= 0 (0: no labels) or ``all``; an
+    """A command-line label budget, checked by ``check_label_budget``; an
     ``argparse.ArgumentTypeError`` otherwise (argparse exits with status 2)."""
     import argparse
 
     value = str(text).strip().lower()
-    if value == EVERY_LABEL:
-        return value
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(
-            f"expected an integer >= 0 (0: no labels) or {EVERY_LABEL!r} (every training label), got {text!r}"
-        )
-    return int(value)
+    try:
+        return check_label_budget(int(value) if value.lstrip("-").isdigit() else text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -58,16 +66,11 @@ class DataConfig:
     )
     labels_per_class: int | str = option(
         10,
-        help=f"labeled training examples per class: an integer (0: none, the model learns from the unlabeled data alone) or {EVERY_LABEL!r} (every training label)",
-        minimum=0,
+        help=f"labeled training examples per class: an integer >= 0 (0: none, the model learns from the unlabeled data alone) or {EVERY_LABEL!r} (every training label)",
     )
 
     def validate(self) -> None:
-        if isinstance(self.labels_per_class, str) and self.labels_per_class != EVERY_LABEL:
-            raise ValueError(
-                f"labels_per_class must be an integer >= 0 or {EVERY_LABEL!r} (every training "
-                f"label), got {self.labels_per_class!r}"
-            )
+        check_label_budget(self.labels_per_class)
 
     @property
     def label_budget(self) -> int | None:
@@ -86,7 +89,7 @@ class ModelConfig:
     embedding_dim: int = option(16, help="size of the component embeddings e_c", minimum=1)
     conditioning: str = option(
         "auto",
-        help="how the decoder sees e_c ('auto': film for priors that condition the decoder, else none)",
+        help="how the decoder sees e_c ('auto', decided when the config is loaded: film for a prior whose channels condition the decoder, else none)",
         choices=("auto", *CONDITIONING_METHODS),
     )
     likelihood: str = option("bernoulli", help="observation model p(x|z,c)", choices=LIKELIHOODS)
@@ -225,7 +228,13 @@ AUTO_HEAD = "auto"
 
 @dataclass(frozen=True)
 class Config:
-    """A complete, validated run configuration."""
+    """A complete, validated run configuration.
+
+    ``load_config`` and ``config_from_dict`` return it resolved: ``head`` names a head and
+    ``model.conditioning`` a method, never ``"auto"`` (``resolve_components``). ``auto``
+    names the settings that were ``"auto"`` (``"head"``, ``"model.conditioning"``), so that
+    ``with_values`` decides them again for the new values.
+    """
 
     seed: int
     data: DataConfig
@@ -239,6 +248,7 @@ class Config:
     decoder: ComponentConfig
     head: ComponentConfig
     terms: tuple[tuple[str, Any], ...] = ()
+    auto: frozenset[str] = dataclasses.field(default=frozenset(), compare=False)
 
     def term_options(self, name: str) -> Any:
         """The options of loss term ``name`` (its ``[loss.<name>]`` table)."""
@@ -293,7 +303,7 @@ def parse_component(
     if not isinstance(name, str):
         raise ConfigError(f"{section}.name must be a string, got {name!r}")
     if section == "head" and name == AUTO_HEAD:
-        # Resolved once the prior is built: τ head with channels, softmax without.
+        # Decided by resolve_components: τ head with channels, softmax without.
         return ComponentConfig(AUTO_HEAD, table)
     component = registry.get(section, name)
     return ComponentConfig(name, parse_options(component.factory.options, table, section))
@@ -326,7 +336,77 @@ def config_from_dict(raw: Mapping[str, Any], registry: Registry | None = None) -
     for section in COMPONENT_SECTIONS:
         sections[section] = parse_component(section, _table(raw, section), registry)
     sections["terms"] = parse_terms(term_tables, registry)
-    return Config(seed=seed, **sections)
+    return resolve_components(Config(seed=seed, **sections), registry)
+
+
+def _auto_conditioning(conditions_decoder: bool, accepted: Sequence[str]) -> str:
+    """``film`` for a prior whose channels condition the decoder (else the first other
+    method the decoder accepts), ``none`` otherwise."""
+    others = [method for method in accepted if method != "none"]
+    if not conditions_decoder or not others:
+        return "none"
+    return "film" if "film" in others else others[0]
+
+
+def _resolved_conditioning(config: Config, conditions_decoder: bool, registry: Registry) -> str:
+    conditioning = config.model.conditioning
+    decoder = config.decoder.name
+    accepted = registry.get("decoder", decoder).factory.conditioning
+    if conditioning == "auto":
+        return _auto_conditioning(conditions_decoder, accepted)
+    if conditioning != "none" and not conditions_decoder:
+        raise ConfigError(
+            f"model.conditioning must be 'none' or 'auto' for prior {config.prior.name!r}, "
+            f"whose channels do not condition the decoder; got {conditioning!r}"
+        )
+    if conditioning not in accepted:
+        raise ConfigError(
+            f"model.conditioning must be one of {', '.join(repr(m) for m in ('auto', *accepted))} "
+            f"for decoder {decoder!r}, which accepts only those; got {conditioning!r}"
+        )
+    return conditioning
+
+
+def _resolved_head(config: Config, channels: bool, registry: Registry) -> ComponentConfig:
+    head = config.head
+    if head.name == AUTO_HEAD:
+        head = parse_component("head", {"name": "tau" if channels else "softmax", **head.options}, registry)
+    elif isinstance(head.options, Mapping):  # a ComponentConfig written by hand
+        head = parse_component("head", {"name": head.name, **head.options}, registry)
+    if registry.get("head", head.name).factory.needs_channels and not channels:
+        raise ConfigError(
+            f"head {head.name!r} needs a prior with channels, and prior {config.prior.name!r} "
+            "has none; use head 'softmax' (or 'auto')"
+        )
+    return head
+
+
+def resolve_components(config: Config, registry: Registry | None = None) -> Config:
+    """``config`` with ``head = "auto"`` and ``model.conditioning = "auto"`` decided from
+    what the factories declare (``ComponentFactory``): the τ head for a prior with
+    channels, else softmax; ``film`` for a prior whose channels condition the decoder,
+    else ``none``. A combination the declarations rule out (a conditioning method with a
+    prior whose channels do not condition the decoder or a decoder that does not accept
+    it, a head that needs channels with a prior without) is one ``ConfigError``. A
+    resolved config comes back unchanged."""
+    registry = registry or default_registry()
+    prior = registry.get("prior", config.prior.name).factory
+    channels = prior.has_channels(config.prior.options)
+    conditioning = _resolved_conditioning(config, prior.channels_condition_decoder(config.prior.options), registry)
+    head = _resolved_head(config, channels, registry)
+    auto = set(config.auto)
+    if config.model.conditioning == "auto":
+        auto.add("model.conditioning")
+    if config.head.name == AUTO_HEAD:
+        auto.add("head")
+    if conditioning == config.model.conditioning and head == config.head and auto == config.auto:
+        return config
+    return dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, conditioning=conditioning),
+        head=head,
+        auto=frozenset(auto),
+    )
 
 
 def parse_terms(tables: Mapping[str, Mapping[str, Any]], registry: Registry) -> tuple[tuple[str, Any], ...]:
@@ -352,6 +432,12 @@ def default_config(registry: Registry | None = None) -> Config:
     return config_from_dict({}, registry)
 
 
+def _key_path(path: str) -> list[str] | None:
+    """``section.key`` → its parts; ``None`` unless 1 to 3 non-empty parts."""
+    keys = [k.strip() for k in path.strip().split(".")]
+    return keys if all(keys) and len(keys) <= 3 else None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``section.key=value`` → (path, value); the value is read as TOML, else as a string."""
     if not isinstance(text, str):
@@ -359,8 +445,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set expects section.key=value, got {text!r}")
     path, value_text = text.split("=", 1)
-    keys = [k.strip() for k in path.strip().split(".")]
-    if not all(keys) or len(keys) > 3:
+    keys = _key_path(path)
+    if keys is None:
         raise ConfigError(
             f"--set expects section.key=value, loss.<term>.key=value or seed=N, got {text!r}"
         )
@@ -371,19 +457,66 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, value
 
 
+def _set_value(table: dict[str, Any], keys: Sequence[str], value: Any) -> None:
+    """Set ``table[k1][k2]... = value``, making the tables on the way."""
+    for depth, key in enumerate(keys[:-1]):
+        table = table.setdefault(key, {})
+        if not isinstance(table, dict):
+            where = ".".join(keys[: depth + 1])
+            raise ConfigError(f"cannot set {'.'.join(keys)}: {where} is not a table")
+    table[keys[-1]] = value
+
+
+def set_values(raw: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``raw`` with typed ``values`` set by dotted key (``{"train.steps": 100}``)."""
+    result = merge_tables({}, raw)
+    for path, value in values.items():
+        keys = _key_path(path) if isinstance(path, str) else None
+        if keys is None:
+            raise ConfigError(
+                f"a config key must be section.key, loss.<term>.key or seed, got {path!r}"
+            )
+        _set_value(result, keys, list(value) if isinstance(value, tuple) else value)
+    return result
+
+
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """A copy of ``raw`` with each ``section.key=value`` override applied."""
     result = merge_tables({}, raw)
     for text in overrides:
         keys, value = parse_override(text)
-        table = result
-        for depth, key in enumerate(keys[:-1]):
-            table = table.setdefault(key, {})
-            if not isinstance(table, dict):
-                where = ".".join(keys[: depth + 1])
-                raise ConfigError(f"cannot set {'.'.join(keys)}: {where} is not a table")
-        table[keys[-1]] = value
+        _set_value(result, keys, value)
     return result
+
+
+def _unresolved_dict(config: Config) -> dict[str, Any]:
+    """``config.to_dict()`` with the settings that were ``"auto"`` set to ``"auto"`` again
+    (an automatic head keeps only the options that differ from its defaults)."""
+    raw = config.to_dict()
+    if "model.conditioning" in config.auto:
+        raw["model"]["conditioning"] = "auto"
+    if "head" in config.auto:
+        defaults = options_to_dict(type(config.head.options)())
+        raw["head"] = {"name": AUTO_HEAD} | {
+            key: value for key, value in raw["head"].items() if key != "name" and defaults.get(key) != value
+        }
+    return raw
+
+
+def with_values(config: Config, values: Mapping[str, Any], registry: Registry | None = None) -> Config:
+    """``config`` with typed values set by dotted key, e.g.
+    ``with_values(config, {"train.steps": 100, "data.labels_per_class": 1})``.
+
+    The result is checked as a whole, as a TOML file would be, with the same messages
+    (one ``ConfigError``); settings that were ``"auto"`` are decided again for the new
+    values (a new prior gets the head that suits it); a component given another name
+    starts from that component's defaults."""
+    raw = _unresolved_dict(config)
+    for section in COMPONENT_SECTIONS:
+        name = values.get(f"{section}.name", raw[section]["name"])
+        if name != raw[section]["name"]:
+            raw[section] = {"name": name}
+    return config_from_dict(set_values(raw, values), registry)
 
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -411,9 +544,12 @@ def load_config(
     registry: Registry | None = None,
     *,
     preset: str | None = None,
+    values: Mapping[str, Any] | None = None,
 ) -> Config:
     """Defaults, then a shipped preset (if named), then the TOML file at ``path`` (if any),
-    then ``overrides``; later layers win key by key."""
+    then typed ``values`` by dotted key (as ``with_values``), then the ``section.key=value``
+    strings of ``overrides``; later layers win key by key. The config comes back resolved
+    (``resolve_components``)."""
     raw: dict[str, Any] = {}
     if preset is not None:
         from ssvae_core.presets import preset_path
@@ -421,7 +557,7 @@ def load_config(
         raw = read_toml(preset_path(preset))
     if path is not None:
         raw = merge_tables(raw, read_toml(path))
-    return config_from_dict(apply_overrides(raw, overrides), registry)
+    return config_from_dict(apply_overrides(set_values(raw, values or {}), overrides), registry)
 
 
 def merge_tables(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,10 +11,9 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ssvae_core.components import BuildContext
-from ssvae_core.config import AUTO_HEAD, ComponentConfig, Config, parse_component
+from ssvae_core.config import ComponentConfig, Config, resolve_components
 from ssvae_core.errors import ConfigError
 from ssvae_core.likelihoods import AbstractLikelihood, make_likelihood
-from ssvae_core.options import parse_options
 from ssvae_core.protocols import AbstractDecoder, AbstractEncoder, AbstractHead, AbstractPrior
 from ssvae_core.registry import PROTOCOLS, Registry, default_registry
 from ssvae_core.types import EncoderOutput, reparameterise
@@ -109,12 +108,15 @@ def build_model(
     data: np.ndarray | None = None,
     registry: Registry | None = None,
 ) -> tuple[SSVAE, Config]:
-    """Build the model a config describes; returns it and the config with ``auto`` resolved.
+    """Build the model a config describes; returns it and the config, resolved.
 
+    A config from ``load_config`` or ``config_from_dict`` is already resolved; one put
+    together by hand with ``"auto"`` left in it is resolved here (``resolve_components``).
     ``data`` (training inputs) is offered to components with data-dependent
     initialisation; it is ``None`` when rebuilding a skeleton for a checkpoint.
     """
     registry = registry or default_registry()
+    config = resolve_components(config, registry)
     model_config = config.model
     likelihood = make_likelihood(
         model_config.likelihood,
@@ -135,35 +137,15 @@ def build_model(
     )
     prior_key, encoder_key, decoder_key, head_key, embedding_key = jax.random.split(key, 5)
     prior = _build("prior", config.prior, context, prior_key, registry)
-
-    conditioning = model_config.conditioning
-    if conditioning == "auto":
-        conditioning = "film" if prior.conditions_decoder else "none"
-    elif conditioning != "none" and not prior.conditions_decoder:
-        raise ConfigError(
-            f"model.conditioning must be 'none' or 'auto' for prior {config.prior.name!r}, "
-            f"whose channels do not condition the decoder; got {conditioning!r}"
-        )
+    _check_declared(prior, config.prior, registry)
     context = dataclasses.replace(
-        context, num_components=prior.num_components, conditioning=conditioning
+        context, num_components=prior.num_components, conditioning=model_config.conditioning
     )
-
-
-    head_config = config.head
-    if head_config.name == AUTO_HEAD:
-        name = "tau" if prior.num_components > 0 else "softmax"
-        head_config = parse_component("head", {"name": name, **head_config.options}, registry)
-    elif not dataclasses.is_dataclass(head_config.options):
-        head_config = ComponentConfig(
-            head_config.name,
-            parse_options(registry.get("head", head_config.name).factory.options, head_config.options, "head"),
-        )
-
     encoder = _build("encoder", config.encoder, context, encoder_key, registry)
     decoder = _build("decoder", config.decoder, context, decoder_key, registry)
-    head = _build("head", head_config, context, head_key, registry)
+    head = _build("head", config.head, context, head_key, registry)
     embeddings = None
-    if conditioning != "none":
+    if model_config.conditioning != "none":
         embeddings = jax.random.normal(
             embedding_key, (prior.num_components, model_config.embedding_dim)
         )
@@ -175,7 +157,22 @@ def build_model(
         likelihood=likelihood,
         embeddings=embeddings,
     )
-    resolved = config.replace(
-        model=dataclasses.replace(model_config, conditioning=conditioning), head=head_config
+    return model, config
+
+
+def _check_declared(prior: AbstractPrior, component: ComponentConfig, registry: Registry) -> None:
+    """The built prior has channels and conditions the decoder as its factory declares."""
+    registered = registry.get("prior", component.name)
+    declared = (
+        registered.factory.has_channels(component.options),
+        registered.factory.channels_condition_decoder(component.options),
     )
-    return model, resolved
+    built = (prior.num_components > 0, bool(prior.conditions_decoder) and prior.num_components > 0)
+    if declared != built:
+        raise ConfigError(
+            f"prior {component.name!r} from plugin {registered.plugin!r} built a prior with "
+            f"num_components={prior.num_components} and conditions_decoder="
+            f"{prior.conditions_decoder}, but its ComponentFactory declares channels="
+            f"{declared[0]} and conditions_decoder={declared[1]}; declare channels= and "
+            "conditions_decoder= in its ComponentFactory"
+        )

@@ -127,7 +127,11 @@ def train_run(
             split = split_dataset(dataset, config)
             if labeled is not None:
                 split = chosen_labels(dataset, split, labeled)
-            config = check_trainable(config, dataset, registry)
+            train = training_view(dataset, split)
+            classifier = SSVAEClassifier(config, registry=registry)
+            config = classifier.config  # resolved, as the run directory records it
+            model = classifier.initial_model(train)  # a config error surfaces before anything is written
+            data_mesh(config.train.devices, config.train.batch_size)  # devices and batch agree
             if writer:
                 lock = claim_new_run_dir(run.path)
     except PeerStopped:
@@ -138,10 +142,8 @@ def train_run(
                 run.path.rmdir()
         raise
     with held(lock):
-        train = training_view(dataset, split)
-        classifier = SSVAEClassifier(config, registry=registry)
         if not writer:
-            classifier.fit(train)
+            classifier.fit(train, model=model)
             return follower_result(classifier)
         write_text(run.config_path, dumps_toml(config.to_dict()))
         split_store(dataset, split).save(run.store_path)
@@ -150,7 +152,7 @@ def train_run(
         wall_time = train_logged(
             run,
             lambda all_sinks: classifier.fit(
-                train, sinks=all_sinks, on_checkpoint=checkpoint,
+                train, model=model, sinks=all_sinks, on_checkpoint=checkpoint,
                 evaluate=held_out_evaluator(run, dataset, split),
             ),
             append=False,

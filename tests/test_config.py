@@ -18,6 +18,7 @@ from ssvae_core.config import (
     dumps_toml,
     load_config,
     parse_override,
+    with_values,
 )
 from ssvae_core.errors import ConfigError
 from ssvae_core.model import build_model
@@ -36,21 +37,22 @@ def _rejects(raw: dict[str, Any], message: str) -> None:
 # --- defaults ------------------------------------------------------------------------------
 
 
-def test_default_config_uses_mixture_prior_dense_networks_and_auto_head() -> None:
+def test_default_config_uses_mixture_prior_dense_networks_and_the_tau_head() -> None:
     config = default_config()
     assert (config.prior.name, config.encoder.name, config.decoder.name, config.head.name) == (
         "mixture",
         "dense",
         "dense",
-        "auto",
+        "tau",
     )
+    assert config.model.conditioning == "film"
     assert config.data.dataset == "digits"
 
 
 def test_missing_keys_take_their_defaults() -> None:
     config = config_from_dict({"model": {"latent_dim": 3}})
     assert config.model.latent_dim == 3
-    assert config.model == type(config.model)(latent_dim=3)
+    assert config.model == type(config.model)(latent_dim=3, conditioning="film")
 
 
 # --- unknown names -------------------------------------------------------------------------
@@ -335,11 +337,154 @@ def test_dumps_toml_escapes_quotes_and_backslashes() -> None:
     assert tomllib.loads(dumps_toml(data)) == data
 
 
-def test_conditioning_film_with_the_standard_prior_is_rejected(tiny_raw: dict[str, Any]) -> None:
+def test_conditioning_film_with_the_standard_prior_is_rejected_when_loaded(tiny_raw: dict[str, Any]) -> None:
     tiny_raw["prior"] = {"name": "standard"}
     tiny_raw["model"]["conditioning"] = "film"
     with pytest.raises(ConfigError, match=r"model\.conditioning must be 'none' or 'auto'"):
-        _resolved(tiny_raw)
+        config_from_dict(tiny_raw)
+
+
+# --- resolved when loaded ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prior", "head", "conditioning"),
+    [("mixture", "tau", "film"), ("standard", "softmax", "none")],
+)
+def test_auto_head_and_conditioning_are_decided_when_loaded(
+    prior: str, head: str, conditioning: str
+) -> None:
+    config = config_from_dict({"prior": {"name": prior}, "head": {"name": "auto"}})
+    assert (config.head.name, config.model.conditioning) == (head, conditioning)
+    assert config.auto == {"head", "model.conditioning"}
+    assert type(config.head.options).__name__ == f"{head.capitalize()}Options"
+
+
+def test_options_of_an_auto_head_are_checked_against_the_head_chosen() -> None:
+    assert config_from_dict({"head": {"name": "auto", "alpha0": 0.5}}).head.options.alpha0 == 0.5
+    _rejects(
+        {"prior": {"name": "standard"}, "head": {"name": "auto", "alpha0": 0.5}},
+        "unknown option head.alpha0",
+    )
+
+
+def test_a_head_that_needs_channels_with_a_prior_without_is_rejected_when_loaded() -> None:
+    _rejects(
+        {"prior": {"name": "standard"}, "head": {"name": "tau"}},
+        "head 'tau' needs a prior with channels, and prior 'standard' has none; use head 'softmax'",
+    )
+
+
+def _registry_with(kind: str, name: str, factory: Any) -> Any:
+    from ssvae_core.hookspecs import hookimpl
+    from ssvae_core.registry import HOOKS, Registry
+
+    class Plugin:
+        pass
+
+    setattr(Plugin, HOOKS[kind], hookimpl(lambda self: {name: factory}))
+    registry = Registry(entry_points=False, plugins=[("test-plugin", Plugin())])
+    assert not registry.problems, registry.problems
+    return registry
+
+
+def test_a_prior_declared_not_to_condition_the_decoder_gets_none_and_refuses_film() -> None:
+    import dataclasses
+
+    from ssvae_core.registry import default_registry
+
+    mixture = default_registry().get("prior", "mixture").factory
+    registry = _registry_with("prior", "latent_only", dataclasses.replace(mixture, conditions_decoder=False))
+    config = config_from_dict({"prior": {"name": "latent_only"}}, registry)
+    assert (config.head.name, config.model.conditioning) == ("tau", "none")
+    with pytest.raises(ConfigError, match=r"model\.conditioning must be 'none' or 'auto' for prior 'latent_only'"):
+        config_from_dict({"prior": {"name": "latent_only"}, "model": {"conditioning": "concat"}}, registry)
+
+
+def test_a_decoder_declaring_its_conditioning_methods_gets_one_and_refuses_the_others() -> None:
+    import dataclasses
+
+    from ssvae_core.registry import default_registry
+
+    dense = default_registry().get("decoder", "dense").factory
+    registry = _registry_with("decoder", "concat_only", dataclasses.replace(dense, conditioning=("concat", "none")))
+    config = config_from_dict({"decoder": {"name": "concat_only"}}, registry)
+    assert config.model.conditioning == "concat"
+    with pytest.raises(ConfigError, match="model.conditioning must be one of 'auto', 'concat', 'none' for decoder 'concat_only'"):
+        config_from_dict({"decoder": {"name": "concat_only"}, "model": {"conditioning": "film"}}, registry)
+
+
+def test_a_prior_built_otherwise_than_declared_is_refused_naming_the_declaration() -> None:
+    import dataclasses
+
+    from ssvae_core.registry import default_registry
+
+    mixture = default_registry().get("prior", "mixture").factory
+    registry = _registry_with("prior", "mislabeled", dataclasses.replace(mixture, channels=False))
+    config = config_from_dict({"prior": {"name": "mislabeled"}}, registry)
+    assert config.head.name == "softmax"
+    with pytest.raises(ConfigError, match="declares channels=False"):
+        build_model(config, input_shape=(4,), num_classes=3, key=jax.random.PRNGKey(0), registry=registry)
+
+
+def test_a_factory_declaring_unknown_conditioning_methods_is_refused() -> None:
+    import dataclasses
+
+    from ssvae_core.registry import default_registry
+
+    dense = default_registry().get("decoder", "dense").factory
+    with pytest.raises(TypeError, match="'none' included"):
+        dataclasses.replace(dense, conditioning=("film",))
+
+
+# --- typed values --------------------------------------------------------------------------
+
+
+def test_with_values_sets_typed_values_by_dotted_key() -> None:
+    config = with_values(default_config(), {"train.steps": 100, "data.labels_per_class": 1, "seed": 3, "decoder.hidden": (8,)})
+    assert (config.train.steps, config.data.labels_per_class, config.seed) == (100, 1, 3)
+    assert config.decoder.options.hidden == (8,)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"train.steps": 0}, "train.steps must be an integer >= 1, got 0"),
+        ({"data.labels_per_class": -1}, "data.labels_per_class must be an integer >= 0 (0: no labels) or 'all'"),
+        ({"data.labels_per_class": "every"}, "data.labels_per_class must be an integer >= 0 (0: no labels) or 'all'"),
+        ({"model.latnt_dim": 3}, "unknown option model.latnt_dim (did you mean 'latent_dim'?)"),
+        ({"train": 3}, "[train] must be a table of options, got 3"),
+        ({"a.b.c.d": 1}, "a config key must be section.key, loss.<term>.key or seed, got 'a.b.c.d'"),
+    ],
+)
+def test_with_values_refuses_bad_values_with_the_messages_of_a_config_file(
+    values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        with_values(default_config(), values)
+    raw = {}
+    for key, value in values.items():
+        if key.count(".") == 1:
+            section, name = key.split(".")
+            raw.setdefault(section, {})[name] = value
+    if raw:  # the same message from a config file
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            config_from_dict(raw)
+
+
+def test_with_values_decides_auto_settings_again_for_a_new_prior() -> None:
+    config = with_values(config_from_dict({"head": {"name": "auto", "alpha0": 0.5}}), {"model.latent_dim": 3})
+    assert (config.head.name, config.head.options.alpha0) == ("tau", 0.5)
+    standard = with_values(default_config(), {"prior.name": "standard"})
+    assert (standard.head.name, standard.model.conditioning) == ("softmax", "none")
+    explicit = config_from_dict({"head": {"name": "tau"}})
+    with pytest.raises(ConfigError, match="head 'tau' needs a prior with channels"):
+        with_values(explicit, {"prior.name": "standard"})
+
+
+def test_load_config_applies_typed_values_before_the_set_strings(tmp_path: Path) -> None:
+    config = load_config(None, ["train.steps=7"], values={"train.steps": 100, "data.dataset": 'a "b".npz'})
+    assert (config.train.steps, config.data.dataset) == (7, 'a "b".npz')
 
 
 def test_graph_alpha_of_one_is_rejected() -> None:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssvae_core.config import config_from_dict
+from ssvae_core.config import ComponentConfig, config_from_dict
 from ssvae_core.errors import ConfigError
 from ssvae_core.heads import SoftmaxHead, TauHead
 from ssvae_core.model import build_model
@@ -144,11 +144,14 @@ def test_tau_supervised_loss_passes_no_gradient_into_counts() -> None:
 
 
 def test_tau_head_needs_a_prior_with_channels() -> None:
-    config = config_from_dict(
-        {"prior": {"name": "standard"}, "head": {"name": "tau"}, "model": {"latent_dim": 2}}
-    )
-    with pytest.raises(ConfigError, match="needs a prior with channels"):
-        build_model(config, input_shape=(4,), num_classes=3, key=jax.random.PRNGKey(0))
+    with pytest.raises(ConfigError, match="needs a prior with channels"):  # when loaded
+        config_from_dict(
+            {"prior": {"name": "standard"}, "head": {"name": "tau"}, "model": {"latent_dim": 2}}
+        )
+    config = config_from_dict({"prior": {"name": "standard"}, "model": {"latent_dim": 2}})
+    by_hand = config.replace(head=ComponentConfig("tau", {}))
+    with pytest.raises(ConfigError, match="needs a prior with channels"):  # put together by hand
+        build_model(by_hand, input_shape=(4,), num_classes=3, key=jax.random.PRNGKey(0))
 
 
 # --- softmax head --------------------------------------------------------------------------

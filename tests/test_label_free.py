@@ -69,7 +69,7 @@ def test_train_with_a_label_budget_that_is_not_a_count_or_all_exits_2(
     with pytest.raises(SystemExit) as exited:  # argparse: usage and one error line
         main(["train", "--labels-per-class", "every", "--out", str(tmp_path / "run"), "--quiet"])
     assert exited.value.code == 2
-    assert "expected an integer >= 0 (0: no labels) or 'all'" in capsys.readouterr().err
+    assert "labels_per_class must be an integer >= 0 (0: no labels) or 'all'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

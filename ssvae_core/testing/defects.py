@@ -334,7 +334,7 @@ def _hand_written(cls: type[HandWrittenTerms]) -> ComponentFactory:
             num_components=options.num_components, conditions_decoder=True, locations=locations
         )
 
-    return ComponentFactory(cls, HandWrittenOptions, build, "deliberately broken")
+    return ComponentFactory(cls, HandWrittenOptions, build, "deliberately broken", channels=True)
 
 
 @dataclass(frozen=True)
