@@ -339,3 +339,57 @@ def test_resume_rejects_options_that_would_change_the_run(
 ) -> None:
     assert main(["train", "--resume", str(run["out"]), "--steps", "20", "--seed", "3"]) == 2
     assert "drop --seed" in capsys.readouterr().err
+
+
+# --- the model is built once ---------------------------------------------------------------
+
+
+def test_train_builds_the_model_once(
+    tmp_path: Path, npz_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssvae_core.api
+    import ssvae_core.runs
+    from ssvae_core.model import build_model
+
+    calls = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("data") is not None)
+        return build_model(*args, **kwargs)
+
+    monkeypatch.setattr(ssvae_core.api, "build_model", counted)
+    monkeypatch.setattr(ssvae_core.runs, "build_model", counted)
+    out = tmp_path / "run"
+    assert main(_train_args(npz_path, out, "--steps", "2", "--set", "train.log_every=2", "--no-plots")) == 0
+    assert calls == [True]  # once, with the training data
+    assert load_config(out / "config.toml").head.name == "tau"
+
+
+def test_a_component_that_cannot_be_built_for_the_data_writes_no_run_dir(
+    tmp_path: Path, synthetic
+) -> None:
+    import dataclasses
+
+    from ssvae_core.config import config_from_dict
+    from ssvae_core.data import from_arrays
+    from ssvae_core.errors import ConfigError
+    from ssvae_core.hookspecs import hookimpl
+    from ssvae_core.registry import Registry, default_registry
+    from ssvae_core.runs import train_run
+
+    dense = default_registry().get("decoder", "dense").factory
+
+    def refuse(options: Any, context: Any, key: Any) -> Any:
+        raise ValueError(f"input shape {context.input_shape} is not square")
+
+    class Plugin:
+        @hookimpl
+        def ssvae_register_decoders(self) -> dict[str, Any]:
+            return {"square": dataclasses.replace(dense, build=refuse)}
+
+    registry = Registry(entry_points=False, plugins=[("square-plugin", Plugin())])
+    config = config_from_dict({"decoder": {"name": "square"}, "train": {"steps": 2}}, registry)
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"decoder 'square': input shape .* is not square"):
+        train_run(config, out, dataset=from_arrays(synthetic["x"], synthetic["y"]), registry=registry)
+    assert not out.exists()
