@@ -49,5 +49,6 @@ def ssvae_register_priors() -> dict[str, ComponentFactory]:
         "vamp": ComponentFactory(
             VampPrior, VampOptions, _build_vamp,
             "VampPrior: mixture of q(z|u_k) over K learned pseudo-inputs; Monte-Carlo KL_z, τ head",
+            channels=True, conditions_decoder=False,  # the channels live in latent space only
         )
     }
