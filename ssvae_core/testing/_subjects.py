@@ -21,7 +21,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from ssvae_core.components import BuildContext, ComponentFactory
-from ssvae_core.config import ComponentConfig, ModelConfig, TrainConfig, default_config
+from ssvae_core.config import ComponentConfig, Config, ModelConfig, TrainConfig, default_config
 from ssvae_core.hookspecs import hookimpl
 from ssvae_core.likelihoods import AbstractLikelihood, make_likelihood
 from ssvae_core.model import SSVAE, build_model
@@ -280,52 +280,8 @@ def tiny_model(
     ``channels`` picks the companion prior: ``mixture`` with ``settings.num_components``
     channels, or ``standard``. Adam without clipping, so one step is easy to predict.
     """
-    # final=False: the seeded defects are correct components with one method overridden;
-    # the abstract-or-final rule is the registry's to enforce, the kit checks behaviour.
-    registry = Registry(
-        entry_points=False,
-        plugins=[("ssvae-conformance-subject", _SubjectPlugin(kind, factory))],
-        final=False,
-    )
-    if registry.problems:
-        raise RuntimeError("; ".join(problem.reason for problem in registry.problems))
-    dense = registry.get("encoder", "dense").factory.options(hidden=COMPANION_HIDDEN)
-    if channels:
-        mixture = registry.get("prior", "mixture").factory.options(
-            num_components=settings.num_components
-        )
-        prior = ComponentConfig("mixture", mixture)
-    else:
-        prior = ComponentConfig("standard", registry.get("prior", "standard").factory.options())
-    components = {
-        "prior": prior,
-        "encoder": ComponentConfig("dense", dense),
-        "decoder": ComponentConfig("dense", dense),
-        "head": ComponentConfig("auto", {}),
-    }
-    components[kind] = ComponentConfig(SUBJECT_NAME, options)
-    train = TrainConfig(
-        batch_size=MODEL_BATCH_SIZE, learning_rate=1e-2, grad_clip=0.0, optimizer="adam"
-    )
-    config = default_config(registry)
-    if not settings.thorough:
-        # The consistency term's augmented view and the graph labels' propagation dominate
-        # the step's compile time and do not touch the component under test.
-        config = config.replace(
-            terms=tuple(
-                (name, dataclasses.replace(options, weight=0.0) if name in HEAVY_TERMS else options)
-                for name, options in config.terms
-            )
-        )
-    config = config.replace(
-        model=ModelConfig(
-            latent_dim=settings.latent_dim,
-            embedding_dim=settings.embedding_dim,
-            conditioning=conditioning,
-        ),
-        train=train,
-        **components,
-    )
+    registry = _subject_registry(kind, factory)
+    config = _tiny_config(kind, options, settings, registry, channels=channels, conditioning=conditioning)
     data = training_inputs(settings)
     model, config = build_model(
         config,
@@ -357,6 +313,70 @@ def tiny_model(
     )
     return TinyModel(
         model, init_state(model, jax.random.PRNGKey(3)), batch, spec, arrays, config.train
+    )
+
+
+def _subject_registry(kind: str, factory: ComponentFactory) -> Registry:
+    """The built-ins and the subject, registered as a plugin of its own."""
+    # final=False: the seeded defects are correct components with one method overridden;
+    # the abstract-or-final rule is the registry's to enforce, the kit checks behaviour.
+    registry = Registry(
+        entry_points=False,
+        plugins=[("ssvae-conformance-subject", _SubjectPlugin(kind, factory))],
+        final=False,
+    )
+    if registry.problems:
+        raise RuntimeError("; ".join(problem.reason for problem in registry.problems))
+    return registry
+
+
+def _tiny_config(
+    kind: str,
+    options: Any,
+    settings: ConformanceSettings,
+    registry: Registry,
+    *,
+    channels: bool,
+    conditioning: str,
+) -> Config:
+    """The tiny model's config: the subject in its section, small dense companions, the
+    heavy loss terms off unless ``settings.thorough``."""
+    dense = registry.get("encoder", "dense").factory.options(hidden=COMPANION_HIDDEN)
+    if channels:
+        mixture = registry.get("prior", "mixture").factory.options(
+            num_components=settings.num_components
+        )
+        prior = ComponentConfig("mixture", mixture)
+    else:
+        prior = ComponentConfig("standard", registry.get("prior", "standard").factory.options())
+    components = {
+        "prior": prior,
+        "encoder": ComponentConfig("dense", dense),
+        "decoder": ComponentConfig("dense", dense),
+        "head": ComponentConfig("auto", {}),
+    }
+    components[kind] = ComponentConfig(SUBJECT_NAME, options)
+    train = TrainConfig(
+        batch_size=MODEL_BATCH_SIZE, learning_rate=1e-2, grad_clip=0.0, optimizer="adam"
+    )
+    config = default_config(registry)
+    if not settings.thorough:
+        # The consistency term's augmented view and the graph labels' propagation dominate
+        # the step's compile time and do not touch the component under test.
+        config = config.replace(
+            terms=tuple(
+                (name, dataclasses.replace(options, weight=0.0) if name in HEAVY_TERMS else options)
+                for name, options in config.terms
+            )
+        )
+    return config.replace(
+        model=ModelConfig(
+            latent_dim=settings.latent_dim,
+            embedding_dim=settings.embedding_dim,
+            conditioning=conditioning,
+        ),
+        train=train,
+        **components,
     )
 
 
