@@ -657,6 +657,71 @@ class Split:
     labeled: np.ndarray
 
 
+def _split_labels(y: ArrayLike, num_classes: int | None) -> tuple[np.ndarray, int]:
+    """The labels of ``benchmark_split`` and the number of classes, checked: valid labels
+    of at least two classes."""
+    labels = _coerce_y(y)
+    k = _infer_num_classes(labels) if num_classes is None else _check_num_classes(num_classes)
+    _check_label_values(labels, k)
+    labeled_classes = np.unique(labels[labels >= 0])
+    if labeled_classes.size == 1:
+        raise DataError(
+            f"the data labels only one class ({int(labeled_classes[0])}); a classifier needs "
+            "labeled examples of at least two classes"
+        )
+    return labels, k
+
+
+def _check_split_budget(labels_per_class: object) -> None:
+    if labels_per_class is not None and (
+        isinstance(labels_per_class, bool)
+        or not isinstance(labels_per_class, (int, np.integer))
+        or labels_per_class < 0
+    ):
+        raise DataError(
+            f"labels_per_class must be an integer >= 0 or None; got {labels_per_class!r}"
+        )
+
+
+def _train_test(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` indices: the labeled examples among the first ``N // 5`` of a
+    permutation are the test set, everything else trains."""
+    n = labels.shape[0]
+    perm = rng.permutation(n).astype(np.int64)
+    head, tail = perm[: n // 5], perm[n // 5 :]
+    head_labeled = labels[head] >= 0
+    test = head[head_labeled]
+    if test.size == 0:
+        raise DataError(
+            f"the test set is empty: {n} examples give {n // 5} test slots "
+            f"holding {test.size} labeled examples; need labeled data and N >= 5"
+        )
+    return np.concatenate([tail, head[~head_labeled]]), test
+
+
+def _pick_labeled(
+    labels: np.ndarray, train: np.ndarray, k: int, labels_per_class: int | None, rng: np.random.Generator
+) -> np.ndarray:
+    """The labeled training examples: every one (``None``), none (0), or
+    ``labels_per_class`` drawn from each class in order."""
+    if labels_per_class is None:
+        return train[labels[train] >= 0]
+    if labels_per_class == 0:
+        return np.empty(0, dtype=np.int64)
+    picks = []
+    for c in range(k):
+        members = train[labels[train] == c]
+        if members.size == 0:
+            continue  # a class nobody has labeled yet: it may be named later
+        if members.size < labels_per_class:
+            raise DataError(
+                f"class {c} has {members.size} labeled training example(s); "
+                f"labels_per_class={labels_per_class} requested"
+            )
+        picks.append(rng.choice(members, labels_per_class, replace=False))
+    return np.concatenate(picks) if picks else np.empty(0, dtype=np.int64)
+
+
 def benchmark_split(
     y: ArrayLike,
     labels_per_class: int | None,
@@ -699,56 +764,11 @@ def benchmark_split(
     # /16-scaled sklearn digits (10 labels per class, seeds 0, 1, 2) it gives
     # mean test accuracy 0.9109, matching the published 0.911; the sorted
     # reading gives 0.8942.
-    labels = _coerce_y(y)
-    n = labels.shape[0]
-    k = (
-        _infer_num_classes(labels)
-        if num_classes is None
-        else _check_num_classes(num_classes)
-    )
-    _check_label_values(labels, k)
-    labeled_classes = np.unique(labels[labels >= 0])
-    if labeled_classes.size == 1:
-        raise DataError(
-            f"the data labels only one class ({int(labeled_classes[0])}); a classifier needs "
-            "labeled examples of at least two classes"
-        )
-    if labels_per_class is not None and (
-        isinstance(labels_per_class, bool)
-        or not isinstance(labels_per_class, (int, np.integer))
-        or labels_per_class < 0
-    ):
-        raise DataError(
-            f"labels_per_class must be an integer >= 0 or None; got {labels_per_class!r}"
-        )
+    labels, k = _split_labels(y, num_classes)
+    _check_split_budget(labels_per_class)
     rng = np.random.default_rng(seed)
-    perm = rng.permutation(n).astype(np.int64)
-    head, tail = perm[: n // 5], perm[n // 5 :]
-    head_labeled = labels[head] >= 0
-    test = head[head_labeled]
-    if test.size == 0:
-        raise DataError(
-            f"the test set is empty: {n} examples give {n // 5} test slots "
-            f"holding {test.size} labeled examples; need labeled data and N >= 5"
-        )
-    train = np.concatenate([tail, head[~head_labeled]])
-    if labels_per_class is None:
-        labeled = train[labels[train] >= 0]
-    elif labels_per_class == 0:
-        labeled = np.empty(0, dtype=np.int64)
-    else:
-        picks = []
-        for c in range(k):
-            members = train[labels[train] == c]
-            if members.size == 0:
-                continue  # a class nobody has labeled yet: it may be named later
-            if members.size < labels_per_class:
-                raise DataError(
-                    f"class {c} has {members.size} labeled training example(s); "
-                    f"labels_per_class={labels_per_class} requested"
-                )
-            picks.append(rng.choice(members, labels_per_class, replace=False))
-        labeled = np.concatenate(picks) if picks else np.empty(0, dtype=np.int64)
+    train, test = _train_test(labels, rng)
+    labeled = _pick_labeled(labels, train, k, labels_per_class, rng)
     return Split(
         train=_readonly(np.sort(train).astype(np.int64)),
         test=_readonly(test.astype(np.int64)),

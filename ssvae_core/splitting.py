@@ -163,6 +163,16 @@ def plan_splits(
     owns a channel elsewhere is never given another class's channel; such a conflict, and
     one with no target at all, is returned as ``Unresolved``.
     """
+    r, y, counts, usage, free = _plan_inputs(responsibilities, labels, counts, usage, free)
+    mass, count_share, owners, present = _participation(r, y, counts, free, min_mass, min_share)
+    conflicts = _conflicts(present, mass, owners)
+    return _resolve(conflicts, mass, count_share, owners, present, usage, free, min_share)
+
+
+def _plan_inputs(
+    responsibilities: np.ndarray, labels: np.ndarray, counts: np.ndarray, usage: np.ndarray, free: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``plan_splits``'s inputs as arrays of the right types, their shapes checked."""
     r = np.asarray(responsibilities, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     counts = np.asarray(counts, dtype=np.float64)
@@ -177,16 +187,30 @@ def plan_splits(
         raise ValueError(f"usage and free must have shape ({num_channels},)")
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}); got {y.min()}…{y.max()}")
+    return r, y, counts, usage, free
+
+
+def _participation(
+    r: np.ndarray, y: np.ndarray, counts: np.ndarray, free: np.ndarray, min_mass: float, min_share: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(mass, count_share, owners, present)``: each class's labeled mass and share of
+    counts per channel ``(K, Y)``, τ's owner of each channel, and which classes take part
+    in which channel (see ``plan_splits``)."""
+    num_channels, num_classes = counts.shape
     mass = r.T @ np.eye(num_classes)[y] if y.size else np.zeros((num_channels, num_classes))
     class_mass = mass.sum(axis=0)
     count_share = counts / np.maximum(counts.sum(axis=0, keepdims=True), 1e-12)
     owners = _owners(counts, free)
     by_labels = (mass >= min_mass) & (mass >= min_share * class_mass[None, :])
     by_counts = (count_share >= min_share) & (owners[:, None] == np.arange(num_classes)[None, :])
-    present = by_labels | by_counts
+    return mass, count_share, owners, by_labels | by_counts
 
+
+def _conflicts(present: np.ndarray, mass: np.ndarray, owners: np.ndarray) -> list[tuple[int, int, int]]:
+    """``(channel, staying, moving)`` for each class that must leave a shared channel, in
+    the order they are resolved: a moving class owning no channel first, then by mass."""
     conflicts = []  # (priority, channel, staying, moving)
-    for channel in range(num_channels):
+    for channel in range(present.shape[0]):
         classes = np.flatnonzero(present[channel])
         if classes.size < 2:
             continue
@@ -196,13 +220,37 @@ def plan_splits(
             owns_none = not np.any(owners == moving)
             conflicts.append(((not owns_none, -mass[channel, moving], channel), channel, staying, int(moving)))
     conflicts.sort(key=lambda item: item[0])
+    return [(channel, staying, moving) for _, channel, staying, moving in conflicts]
 
-    sources = {channel for _, channel, _, _ in conflicts}
-    taken: set[int] = set(sources)
+
+def _redundant_channels(owned: dict[int, int], taken: set[int]) -> list[int]:
+    """The channels not yet taken of every class that owns two or more (it keeps the rest)."""
+    owner_channels: dict[int, list[int]] = {}
+    for c, owner in owned.items():
+        owner_channels.setdefault(owner, []).append(c)
+    return [
+        c for owner, chans in owner_channels.items() if len(chans) >= 2
+        for c in chans if c not in taken
+    ]
+
+
+def _resolve(
+    conflicts: Sequence[tuple[int, int, int]],
+    mass: np.ndarray,
+    count_share: np.ndarray,
+    owners: np.ndarray,
+    present: np.ndarray,
+    usage: np.ndarray,
+    free: np.ndarray,
+    min_share: float,
+) -> SplitPlan:
+    """A target channel for each conflict in turn (a free one, else a redundant one for a
+    class owning none), or the conflict left ``Unresolved``."""
+    taken: set[int] = {channel for channel, _, _ in conflicts}
     owned = {int(c): int(o) for c, o in enumerate(owners) if o >= 0}
     splits: list[ChannelSplit] = []
     unresolved: list[Unresolved] = []
-    for _, channel, staying, moving in conflicts:
+    for channel, staying, moving in conflicts:
         mass_pair = (float(mass[channel, staying]), float(mass[channel, moving]))
         reason = (
             "newcomer"
@@ -212,14 +260,7 @@ def plan_splits(
         candidates = [c for c in np.flatnonzero(free) if c not in taken]
         target_was, freed_from = "free", None
         if not candidates and moving not in owned.values():
-            # a further channel of a class that owns two or more (it keeps the rest)
-            owner_channels: dict[int, list[int]] = {}
-            for c, owner in owned.items():
-                owner_channels.setdefault(owner, []).append(c)
-            candidates = [
-                c for owner, chans in owner_channels.items() if len(chans) >= 2
-                for c in chans if c not in taken
-            ]
+            candidates = _redundant_channels(owned, taken)
             target_was = "redundant"
         if not candidates:
             unresolved.append(Unresolved(channel, tuple(int(c) for c in np.flatnonzero(present[channel])), moving))
