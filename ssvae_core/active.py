@@ -236,6 +236,55 @@ def query_key(seed: int, step: int) -> PRNGKeyArray:
     return jax.random.fold_in(jax.random.PRNGKey(seed), step)
 
 
+def _query_mask(labeled: np.ndarray, count: object) -> np.ndarray:
+    """``labeled`` as a boolean mask, checked to leave ``count`` (a positive integer)
+    unlabeled rows to query."""
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise DataError(f"the number of examples to query must be a positive integer; got {count!r}")
+    labeled = np.asarray(labeled, dtype=bool)
+    unlabeled = int(np.sum(~labeled))
+    if count > unlabeled:
+        raise DataError(
+            f"cannot query {count} examples: only {unlabeled} of the {labeled.size} training "
+            "examples are unlabeled"
+        )
+    return labeled
+
+
+def _reused_inputs(
+    inputs: AcquisitionInputs, labeled: np.ndarray, num_samples: int, strategy: str
+) -> AcquisitionInputs:
+    """Precomputed acquisition inputs with ``labeled`` replaced, checked to fit the query."""
+    sample_count = int(inputs.sample_probabilities.shape[0])
+    if inputs.probabilities.shape[0] != labeled.size or sample_count != num_samples:
+        raise DataError(
+            f"the precomputed acquisition inputs hold {inputs.probabilities.shape[0]} examples "
+            f"and {sample_count} posterior samples; strategy {strategy!r} needs "
+            f"{labeled.size} examples and {num_samples} samples"
+        )
+    return dataclasses.replace(inputs, labeled=jnp.asarray(labeled, dtype=bool))
+
+
+def _with_ood(
+    inputs: AcquisitionInputs,
+    acquisition: Any,
+    strategy: str,
+    x: np.ndarray,
+    ood: Callable[[np.ndarray, str], np.ndarray] | None,
+) -> AcquisitionInputs:
+    """``inputs`` with the OOD score the acquisition ranks by, when it is not ``certainty``."""
+    wanted = getattr(acquisition, "ood_score", "certainty")
+    if wanted == "certainty":
+        return inputs
+    if ood is None:
+        raise ConfigError(
+            f"strategy {strategy!r} ranks by the {wanted} OOD score, which needs the classifier "
+            "(its training data's scores, its background model); query through "
+            "SSVAEClassifier.query, `ssvae query` or the studio"
+        )
+    return dataclasses.replace(inputs, ood=jnp.asarray(ood(x, wanted), dtype=jnp.float32))
+
+
 def query(
     model: SSVAE,
     head_state: PyTree[Any],
@@ -265,15 +314,7 @@ def query(
     ``key``, calibration and the strategy's ``num_samples`` (computed once, e.g. by a server
     that answers many queries on one model); their ``labeled`` is replaced.
     """
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
-        raise DataError(f"the number of examples to query must be a positive integer; got {count!r}")
-    labeled = np.asarray(labeled, dtype=bool)
-    unlabeled = int(np.sum(~labeled))
-    if count > unlabeled:
-        raise DataError(
-            f"cannot query {count} examples: only {unlabeled} of the {labeled.size} training "
-            "examples are unlabeled"
-        )
+    labeled = _query_mask(labeled, count)
     shape = tuple(input_shape) if input_shape is not None else tuple(x.shape[1:])
     registry = registry or default_registry()
     acquisition = build_acquisition(strategy, model_context(model, shape), options, registry=registry)
@@ -285,29 +326,14 @@ def query(
         )
     key = jax.random.PRNGKey(0) if key is None else key
     score_key = jax.random.split(key)[1]
+    num_samples = int(acquisition.num_samples)
     if inputs is None:
         inputs = query_inputs(
-            model, head_state, x, labeled, num_samples=int(acquisition.num_samples), key=key,
-            calibration=calibration,
+            model, head_state, x, labeled, num_samples=num_samples, key=key, calibration=calibration,
         )
     else:
-        sample_count = int(inputs.sample_probabilities.shape[0])
-        if inputs.probabilities.shape[0] != labeled.size or sample_count != int(acquisition.num_samples):
-            raise DataError(
-                f"the precomputed acquisition inputs hold {inputs.probabilities.shape[0]} examples "
-                f"and {sample_count} posterior samples; strategy {strategy!r} needs "
-                f"{labeled.size} examples and {int(acquisition.num_samples)} samples"
-            )
-        inputs = dataclasses.replace(inputs, labeled=jnp.asarray(labeled, dtype=bool))
-    wanted = getattr(acquisition, "ood_score", "certainty")
-    if wanted != "certainty":
-        if ood is None:
-            raise ConfigError(
-                f"strategy {strategy!r} ranks by the {wanted} OOD score, which needs the classifier "
-                "(its training data's scores, its background model); query through "
-                "SSVAEClassifier.query, `ssvae query` or the studio"
-            )
-        inputs = dataclasses.replace(inputs, ood=jnp.asarray(ood(x, wanted), dtype=jnp.float32))
+        inputs = _reused_inputs(inputs, labeled, num_samples, strategy)
+    inputs = _with_ood(inputs, acquisition, strategy, x, ood)
     chosen = np.asarray(acquisition.select(inputs, int(count), score_key))
     if chosen.shape != (count,) or np.unique(chosen).size != count or np.any(labeled[chosen]):
         raise DataError(
