@@ -54,7 +54,9 @@ def label_budget_argument(text: str) -> int | str:
 
     value = str(text).strip().lower()
     try:
-        return check_label_budget(int(value) if value.lstrip("-").isdigit() else text)
+        if value.lstrip("-").isdigit():
+            return check_label_budget(int(value))
+        return check_label_budget(value if value == EVERY_LABEL else text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 

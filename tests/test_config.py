@@ -332,6 +332,19 @@ def test_labels_per_class_other_than_a_count_or_all_is_refused(value: Any) -> No
         config_from_dict({"data": {"labels_per_class": value}})
 
 
+def test_the_label_budget_flag_is_checked_by_the_config_s_own_check() -> None:
+    import argparse
+
+    from ssvae_core.config import label_budget_argument
+
+    assert (label_budget_argument(" 3 "), label_budget_argument("ALL"), label_budget_argument("0")) == (3, "all", 0)
+    for text in ("-1", "every", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(
+            "labels_per_class must be an integer >= 0 (0: no labels) or 'all' (every training label), got"
+        )):
+            label_budget_argument(text)
+
+
 def test_dumps_toml_escapes_quotes_and_backslashes() -> None:
     data = {"data": {"dataset": 'C:\\data\\"odd".npz'}, "seed": 0}
     assert tomllib.loads(dumps_toml(data)) == data
