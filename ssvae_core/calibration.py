@@ -45,6 +45,8 @@ from ssvae_core.graph import blur_option, deskew_option, knn_affinity, smoothed_
 from ssvae_core.options import option
 
 CALIBRATION_METHODS = ("agreement", "none")
+# How the model's mistakes are taken to relate to the propagation's (``CalibrationConfig.errors``).
+ERROR_MODELS = ("auto", "shared", "independent")
 # T is searched in [1, MAX_TEMPERATURE] by this many bisections of log T.
 MAX_TEMPERATURE = 1e4
 _BISECTIONS = 100
@@ -76,6 +78,16 @@ class CalibrationConfig:
     )
     blur: float = blur_option()
     deskew: bool = deskew_option()
+    errors: str = option(
+        "auto",
+        help="how the model's mistakes relate to the propagation's: 'shared' takes the agreement as the accuracy estimate (the model learned the propagated labels and their mistakes); 'independent' divides it by a lower bound of the propagation's held-out accuracy where one is measurable (two or more labels per class); 'auto' is 'shared' when the graph-label term [loss.graph_label] is on, else 'independent'",
+        choices=ERROR_MODELS,
+    )
+
+    def learned_propagation(self, graph_labels: bool) -> bool:
+        """Whether the accuracy estimate takes the model's mistakes as the propagation's:
+        ``errors = "shared"``, or ``"auto"`` with the graph-label term on (``graph_labels``)."""
+        return self.errors == "shared" or (self.errors == "auto" and graph_labels)
 
     def validate(self) -> None:
         if self.alpha >= 1.0:

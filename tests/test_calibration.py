@@ -204,6 +204,35 @@ def test_config_refuses_an_unknown_method_and_alpha_of_one() -> None:
     with pytest.raises(ConfigError, match="alpha must be < 1"):
         config_from_dict({"calibration": {"alpha": 1.0}})
     assert config_from_dict({}).calibration.method == "agreement"
+    with pytest.raises(ConfigError, match=r"calibration\.errors"):
+        config_from_dict({"calibration": {"errors": "correlated"}})
+
+
+def test_the_error_model_decides_whether_the_agreement_is_taken_as_it_is() -> None:
+    for errors, graph_labels, shared in [
+        ("auto", True, True), ("auto", False, False), ("shared", False, True),
+        ("shared", True, True), ("independent", True, False), ("independent", False, False),
+    ]:
+        assert CalibrationConfig(errors=errors).learned_propagation(graph_labels) is shared
+
+
+def test_a_classifier_with_graph_labels_can_take_its_mistakes_as_independent(synthetic) -> None:
+    def fitted(errors: str) -> SSVAEClassifier:
+        config = config_from_dict(
+            {
+                "model": {"latent_dim": 2, "embedding_dim": 4},
+                "prior": {"name": "mixture", "num_components": 4},
+                "encoder": {"hidden": [16]},
+                "decoder": {"hidden": [16]},
+                "loss": {"graph_label": {"weight": 1.0}},
+                "calibration": {"errors": errors},
+                "train": {"steps": 2, "batch_size": 8, "log_every": 2},
+            }
+        )
+        return SSVAEClassifier(config).fit(synthetic["x"], synthetic["partial"])
+
+    assert fitted("auto").calibration.facts["learned_propagation"] is True
+    assert fitted("independent").calibration.facts["learned_propagation"] is False
 
 
 # --- the classifier ---------------------------------------------------------------------------
