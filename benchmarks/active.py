@@ -66,7 +66,7 @@ def validation_data(args: argparse.Namespace, seed: int) -> str:
         [f"seed={seed}", f"data.dataset={json.dumps(args.dataset)}", f"data.labels_per_class={args.initial}", *args.set],
         preset=args.preset,
     )
-    dataset = load_dataset(config.data.dataset)
+    dataset = load_dataset(config.data.dataset, config.data.test_dataset)
     split = split_dataset(dataset, config)
     path = Path(args.out) / f"validation-data-seed-{seed}.npz"
     if not path.exists():

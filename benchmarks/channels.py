@@ -92,7 +92,7 @@ def main() -> int:
         overrides.append(f"data.labels_per_class={args.labels_per_class}")
     try:
         config = load_config(None, overrides, preset=args.preset)
-        dataset = load_dataset(config.data.dataset)
+        dataset = load_dataset(config.data.dataset, config.data.test_dataset)
         split = split_dataset(dataset, config)
         if args.validation:
             split = validation_split(split, args.seed)

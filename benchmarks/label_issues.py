@@ -59,7 +59,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     overrides = [f"data.dataset={json.dumps(data)}", f"seed={seed}", f"data.labels_per_class={args.initial}",
                  *args.set]
     config = load_config(args.config, overrides, preset=args.preset)
-    dataset = load_dataset(config.data.dataset)
+    dataset = load_dataset(config.data.dataset, config.data.test_dataset)
     split = split_dataset(dataset, config)
     out = Path(args.out) / f"seed-{seed}"
     initial = out / "initial"

@@ -300,7 +300,7 @@ def evaluate_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         raise ConfigError("--validation trains its own model; drop --run")
     loaded = _load_run(args.run, seed) if args.run is not None else None
     config = loaded.config if loaded is not None else _config(args, seed)
-    dataset = load_dataset(config.data.dataset)
+    dataset = load_dataset(config.data.dataset, config.data.test_dataset)
     split = split_dataset(dataset, config)
     if args.validation:
         split = validation_split(split, seed)
@@ -419,7 +419,7 @@ def evaluate_pair(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """A model trained on every image of ``--dataset`` (labels per the benchmark split)
     scored on ``--test-data`` (in distribution) against each ``--ood-data`` set."""
     config = _config(args, seed)
-    dataset = load_dataset(config.data.dataset)
+    dataset = load_dataset(config.data.dataset, config.data.test_dataset)
     train = pair_training_view(dataset, config)
     run_dir = Path(args.run_dir) if args.run_dir is not None else Path("runs") / f"ood_pair_{dataset.name}_seed{seed}"
     classifier, fit_time, background_time = trained_or_saved(args, run_dir / "model.ckpt", config, train)

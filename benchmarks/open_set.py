@@ -69,7 +69,7 @@ def evaluate_seed(args: argparse.Namespace, seed: int) -> dict[str, object]:
     if args.labels_per_class is not None:
         overrides.append(f"data.labels_per_class={args.labels_per_class}")
     config = load_config(args.config, overrides, preset=args.preset)
-    dataset = load_dataset(config.data.dataset)
+    dataset = load_dataset(config.data.dataset, config.data.test_dataset)
     hidden = args.hidden
     split = split_dataset(dataset, config)
     if args.validation:

@@ -45,7 +45,7 @@ def main() -> int:
     try:
         base = [f"data.dataset={json.dumps(args.dataset)}", f"train.steps={args.steps}"]
         config = load_config(None, base, preset=args.preset)
-        dataset = load_dataset(config.data.dataset)
+        dataset = load_dataset(config.data.dataset, config.data.test_dataset)
         split = split_dataset(dataset, config)
         train = training_view(dataset, split)
         more = train.y.copy()

@@ -123,7 +123,7 @@ def step_flops(classifier: SSVAEClassifier, data: Any) -> float | None:
 def run_case(case: Case, args: argparse.Namespace, peak: float) -> dict[str, Any]:
     config = _config(case, args)
     preset_steps = load_config(None, [], preset=case.dataset).train.steps
-    dataset = load_dataset(config.data.dataset)
+    dataset = load_dataset(config.data.dataset, config.data.test_dataset)
     data = training_view(dataset, split_dataset(dataset, config))
     classifier = SSVAEClassifier(config)
     started = time.perf_counter()

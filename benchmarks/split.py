@@ -47,7 +47,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, object]]:
     overrides = [f"seed={seed}", f"data.dataset={json.dumps(args.dataset)}",
                  f"data.labels_per_class={args.initial}", *args.set]
     config = load_config(args.config, overrides, preset=args.preset)
-    dataset = load_dataset(config.data.dataset)
+    dataset = load_dataset(config.data.dataset, config.data.test_dataset)
     split = validation_split(split_dataset(dataset, config), seed)
     train = training_view(dataset, split)
     hidden = dataset.y[split.train]  # the training examples' own labels, given as they are asked for

@@ -20,6 +20,15 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from ssvae_core.options import option
 
 ELASTIC_GRID = 4
+COLOUR_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
+
+
+def channels_last(sample_shape: tuple[int, ...]) -> bool:
+    """Whether a 3-D sample is an image ``(H, W, C)`` with its channels last (``C`` grey,
+    RGB or RGBA and ``H`` not) rather than ``(C, H, W)``: ``(32, 32, 3)`` is, ``(3, 32, 32)``
+    and ``(1, 28, 28)`` are not."""
+    shape = tuple(sample_shape)
+    return len(shape) == 3 and shape[-1] in COLOUR_CHANNELS and shape[0] not in COLOUR_CHANNELS
 
 
 @dataclass(frozen=True)
@@ -64,11 +73,14 @@ def _warp_image(
 def augment_example(
     x: Float[Array, "..."], key: PRNGKeyArray, config: AugmentConfig
 ) -> Float[Array, "..."]:
-    """Augment one example: images ``(H, W)`` or ``(C, H, W)`` are warped, any shape gets noise."""
+    """Augment one example: images ``(H, W)``, ``(C, H, W)`` or ``(H, W, C)`` (``channels_last``)
+    are warped, any shape gets noise."""
     warp_key, noise_key = jax.random.split(key)
     warps = config.shift > 0 or config.rotation > 0 or config.elastic > 0
     if warps and x.ndim == 2:
         x = _warp_image(x, warp_key, config)
+    elif warps and channels_last(x.shape):
+        x = jax.vmap(lambda channel: _warp_image(channel, warp_key, config), in_axes=-1, out_axes=-1)(x)
     elif warps and x.ndim == 3:
         # The same warp for every channel of one image.
         x = jax.vmap(lambda channel: _warp_image(channel, warp_key, config))(x)

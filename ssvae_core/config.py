@@ -64,7 +64,12 @@ def label_budget_argument(text: str) -> int | str:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = option(
-        "digits", help="'digits' (embedded), an .npz file, or a folder with MNIST-style IDX files"
+        "digits",
+        help="'digits' (embedded), an .npz or .csv file, or a folder: MNIST-style IDX files, x.npy (and y.npy), or one subfolder of PNG/JPEG images per class",
+    )
+    test_dataset: str = option(
+        "",
+        help="a test set that came with the data, in any form 'dataset' takes, with the same sample shape and class names: the whole of 'dataset' is then training data and this is the test set (empty: hold out a fifth of 'dataset')",
     )
     labels_per_class: int | str = option(
         10,
@@ -72,6 +77,11 @@ class DataConfig:
     )
 
     def validate(self) -> None:
+        if self.test_dataset and self.test_dataset == self.dataset:
+            raise ValueError(
+                f"test_dataset must be a different dataset from dataset (both are {self.dataset!r}); "
+                "leave it empty to hold out a fifth of the data"
+            )
         check_label_budget(self.labels_per_class)
 
     @property
@@ -553,12 +563,13 @@ def load_config(
     strings of ``overrides``; later layers win key by key. The config comes back resolved
     (``resolve_components``)."""
     raw: dict[str, Any] = {}
+    top = read_toml(path) if path is not None else {}
     if preset is not None:
-        from ssvae_core.presets import preset_path
+        from ssvae_core.presets import preset_table
 
-        raw = read_toml(preset_path(preset))
-    if path is not None:
-        raw = merge_tables(raw, read_toml(path))
+        # the auto preset reads the data that the file, values and overrides name
+        raw = preset_table(preset, apply_overrides(set_values(top, values or {}), overrides), registry)
+    raw = merge_tables(raw, top)
     return config_from_dict(apply_overrides(set_values(raw, values or {}), overrides), registry)
 
 

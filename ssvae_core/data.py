@@ -34,6 +34,7 @@ __all__ = [
     "load_idx",
     "load_idx_folder",
     "load_npz",
+    "with_test_part",
 ]
 
 UNLABELED = -1
@@ -49,7 +50,10 @@ _OTHER_FORMATS = (
     (_GZIP_MAGIC, "a gzip file"),
     (b"%PDF", "a PDF document"),
 )
-_DATASET_FORMS = "'digits', a path to a .npz file, or a directory holding IDX files"
+_DATASET_FORMS = (
+    "'digits', a .npz or .csv file, or a directory holding IDX files, x.npy (and y.npy) "
+    "or one subfolder of PNG/JPEG images per class"
+)
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -231,6 +235,10 @@ class Dataset:
     unlabeled_classes : bool
         Allow classes without any labeled example (a training view whose first labels
         were chosen by a query and missed a class, which may be named later).
+    test_rows : int
+        How many of the last examples are a test set given with the data (``load_dataset``
+        with ``test``): ``benchmark_split`` then tests on exactly those and trains on the
+        rest. 0 (the default): the split holds out a fifth of the rows.
     """
 
     x: np.ndarray
@@ -239,9 +247,18 @@ class Dataset:
     num_classes: int
     label_names: tuple[str, ...] = field(default=())
     unlabeled_classes: bool = field(default=False)
+    test_rows: int = field(default=0)
 
     def __post_init__(self) -> None:
         x = _coerce_x(self.x)
+        if (
+            isinstance(self.test_rows, bool)
+            or not isinstance(self.test_rows, (int, np.integer))
+            or not 0 <= self.test_rows < x.shape[0]
+        ):
+            raise DataError(
+                f"test_rows must be an integer from 0 to N - 1 = {x.shape[0] - 1}; got {self.test_rows!r}"
+            )
         y = _coerce_y(self.y)
         if y.shape[0] != x.shape[0]:
             raise DataError(
@@ -283,6 +300,7 @@ class Dataset:
         object.__setattr__(self, "y", _readonly(y))
         object.__setattr__(self, "num_classes", k)
         object.__setattr__(self, "label_names", names)
+        object.__setattr__(self, "test_rows", int(self.test_rows))
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -606,14 +624,21 @@ def load_idx_folder(path: str | os.PathLike[str]) -> Dataset:
     return replace(load_idx(images[0], labels[0]), name=folder.resolve().name)
 
 
-def load_dataset(spec: str | os.PathLike[str]) -> Dataset:
-    """Load a dataset from a spec.
+def load_dataset(
+    spec: str | os.PathLike[str], test: str | os.PathLike[str] | None = None
+) -> Dataset:
+    """Load a dataset from a spec, with the test set that came with it when ``test`` is given.
 
     Parameters
     ----------
     spec : str or os.PathLike
-        ``"digits"`` (built in; wins over a same-named path), a ``.npz`` file,
-        or a directory holding one IDX images/labels pair.
+        ``"digits"`` (built in; wins over a same-named path), a ``.npz`` file, a ``.csv``
+        file of feature vectors with a ``label`` column, or a directory: one IDX
+        images/labels pair, ``x.npy`` (and ``y.npy``), or class subfolders of PNG/JPEG
+        images (``ssvae_core.datasets``).
+    test : str or os.PathLike, optional
+        ``None`` or ``""``: none. A second dataset of the same sample shape and class names: the given test set.
+        The result is the two concatenated, with ``test_rows`` = the test part's length.
 
     Returns
     -------
@@ -622,8 +647,18 @@ def load_dataset(spec: str | os.PathLike[str]) -> Dataset:
     Raises
     ------
     DataError
-        If the spec matches none of the allowed forms or loading fails.
+        If the spec matches none of the allowed forms, loading fails, or the two parts
+        differ in sample shape or class names.
     """
+    train = _load_one(spec)
+    if test is None or test == "":
+        return train
+    return with_test_part(train, _load_one(test), str(spec), str(test))
+
+
+def _load_one(spec: str | os.PathLike[str]) -> Dataset:
+    from ssvae_core import datasets
+
     if isinstance(spec, str) and spec == "digits":
         return load_digits()
     try:
@@ -631,11 +666,37 @@ def load_dataset(spec: str | os.PathLike[str]) -> Dataset:
     except TypeError as exc:
         raise DataError(f"dataset spec must be {_DATASET_FORMS}; got {spec!r}") from exc
     if p.is_dir():
-        return load_idx_folder(p)
+        return datasets.load_folder(p)
     if p.suffix.lower() == ".npz":
         return load_npz(p)
-    state = "does not exist" if not p.exists() else "is not a .npz file or a directory"
+    if p.suffix.lower() == ".csv":
+        return datasets.load_csv(p)
+    state = "does not exist" if not p.exists() else "is not a .npz or .csv file or a directory"
     raise DataError(f"dataset {str(spec)!r} {state}; expected {_DATASET_FORMS}")
+
+
+def with_test_part(train: Dataset, test: Dataset, train_spec: str, test_spec: str) -> Dataset:
+    """``train`` followed by ``test``, the last ``len(test)`` rows marked as the given test
+    set (``Dataset.test_rows``); a ``DataError`` naming both when their sample shapes or
+    class names differ."""
+    if train.sample_shape != test.sample_shape:
+        raise DataError(
+            f"the test data {test_spec!r} has samples of shape {test.sample_shape} but the "
+            f"training data {train_spec!r} has {train.sample_shape}; they must match"
+        )
+    if train.label_names != test.label_names:
+        raise DataError(
+            f"the test data {test_spec!r} has classes {list(test.label_names)} but the training "
+            f"data {train_spec!r} has {list(train.label_names)}; they must be the same, in the same order"
+        )
+    return Dataset(
+        x=np.concatenate([train.x, test.x]),
+        y=np.concatenate([train.y, test.y]),
+        name=train.name,
+        num_classes=train.num_classes,
+        label_names=train.label_names,
+        test_rows=len(test),
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -699,6 +760,22 @@ def _train_test(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     return np.concatenate([tail, head[~head_labeled]]), test
 
 
+def _given_train_test(labels: np.ndarray, given_test: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` indices with the last ``given_test`` rows given as the test set: its
+    labeled rows are the test set, the rows before it train in the order of a permutation."""
+    n = labels.shape[0]
+    if not 0 < given_test < n:  # 0 is the held-out fifth, not a given test set
+        raise DataError(f"given_test must lie in [0, {n}); got {given_test}")
+    given = np.arange(n - given_test, n, dtype=np.int64)
+    test = given[labels[given] >= 0]
+    if test.size == 0:
+        raise DataError(
+            f"the given test set has {given_test} examples and none of them is labeled; "
+            "a test set needs labels"
+        )
+    return rng.permutation(n - given_test).astype(np.int64), test
+
+
 def _pick_labeled(
     labels: np.ndarray, train: np.ndarray, k: int, labels_per_class: int | None, rng: np.random.Generator
 ) -> np.ndarray:
@@ -727,15 +804,22 @@ def benchmark_split(
     labels_per_class: int | None,
     seed: int,
     num_classes: int | None = None,
+    *,
+    given_test: int = 0,
 ) -> Split:
     """Split indices into train/test and pick the labeled training examples.
 
-    Protocol: ``rng = np.random.default_rng(seed)``; ``perm = rng.permutation(N)``;
-    the first ``N // 5`` of ``perm`` are the test set (unlabeled ones among them
-    move to train), the rest are train. Then for each class ``c`` in order,
-    ``rng.choice(train_c, labels_per_class, replace=False)`` picks its labeled
-    examples, where ``train_c`` is the training indices of class ``c`` in
+    Protocol ("held-out fifth"): ``rng = np.random.default_rng(seed)``;
+    ``perm = rng.permutation(N)``; the first ``N // 5`` of ``perm`` are the test set
+    (unlabeled ones among them move to train), the rest are train. Then for each class
+    ``c`` in order, ``rng.choice(train_c, labels_per_class, replace=False)`` picks its
+    labeled examples, where ``train_c`` is the training indices of class ``c`` in
     permutation order (``train[y[train] == c]``, not sorted).
+
+    With ``given_test`` > 0 ("given test split"), the last ``given_test`` rows are a test
+    set that came with the data: its labeled rows are the test set (its unlabeled rows
+    are in neither part), ``perm = rng.permutation(N - given_test)`` orders the rest, all
+    of which are train, and the labeled examples are drawn from them as above.
 
     Parameters
     ----------
@@ -748,6 +832,9 @@ def benchmark_split(
         Seed for ``numpy.random.default_rng``.
     num_classes : int, optional
         Number of classes; inferred as ``max(y) + 1``.
+    given_test : int
+        Rows at the end of ``y`` that are the given test set (``Dataset.test_rows``);
+        0 holds out a fifth.
 
     Returns
     -------
@@ -767,7 +854,7 @@ def benchmark_split(
     labels, k = _split_labels(y, num_classes)
     _check_split_budget(labels_per_class)
     rng = np.random.default_rng(seed)
-    train, test = _train_test(labels, rng)
+    train, test = _given_train_test(labels, given_test, rng) if given_test else _train_test(labels, rng)
     labeled = _pick_labeled(labels, train, k, labels_per_class, rng)
     return Split(
         train=_readonly(np.sort(train).astype(np.int64)),

@@ -425,7 +425,7 @@ def run_loop(
     plan.check(registry)
     out = Path(out_dir)
     check_fresh_dir(out)
-    dataset = load_dataset(plan.config.data.dataset)
+    dataset = load_dataset(plan.config.data.dataset, plan.config.data.test_dataset)
     check_trainable(plan.config, dataset, registry)
     _check_pools(plan, dataset)
     with claim_new_run_dir(out):

@@ -16,6 +16,7 @@ Every other module of ``ssvae_core`` is internal and may change without notice.
 
 from __future__ import annotations
 
+from ssvae_core.augment import channels_last
 from ssvae_core.components import KINDS, BuildContext, ComponentFactory
 from ssvae_core.conditioning import CONDITIONING_METHODS, ComponentConditioning
 from ssvae_core.hookspecs import hookimpl
@@ -118,6 +119,7 @@ __all__ += [
     "ComponentConditioning",
     "PosteriorHeads",
     "bounded_log_var",
+    "channels_last",
     "make_likelihood",
     "pi_log_weights",
     "pi_logits_field",

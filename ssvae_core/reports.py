@@ -25,7 +25,7 @@ from ssvae_core.errors import DataError
 from ssvae_core.metrics import clustering_metrics
 from ssvae_core.ood import check_fpr, check_score
 from ssvae_core.registry import Registry
-from ssvae_core.run import Run, split_dataset, training_view, write_text
+from ssvae_core.run import Run, split_dataset, split_protocol, training_view, write_text
 
 
 def build_report(
@@ -233,6 +233,7 @@ def write_report(
         num_labels=num_labels,
         hidden=hidden_training_labels(dataset, split, labeled),
         num_train=len(split.train),
+        **split_protocol(config),
         wall_time_s=wall_time,
         images_per_s=steps_trained * config.train.batch_size / max(wall_time, 1e-9),
     )
@@ -331,12 +332,12 @@ def evaluate_run(
     ood_dataset = load_dataset(ood) if ood is not None else None
     if ood_dataset is not None and not classifier.ood_reference_complete():
         try:
-            own = load_dataset(config.data.dataset)
+            own = load_dataset(config.data.dataset, config.data.test_dataset)
             classifier.training_data = training_view(own, split_dataset(own, config))
         except DataError:
             pass  # the run's data have moved: the report notes the missing blend score
     if data is None:
-        dataset = load_dataset(config.data.dataset)
+        dataset = load_dataset(config.data.dataset, config.data.test_dataset)
         split = split_dataset(dataset, config)
         x, y = dataset.x[split.test], dataset.y[split.test]
     else:

@@ -90,7 +90,7 @@ def _resumed(
 ) -> _Resumed:
     """The training of a resume: from the checkpoint (or from the start, before the first
     one), continuing the round a kill interrupted, or as a round of its own."""
-    dataset = load_dataset(config.data.dataset)
+    dataset = load_dataset(config.data.dataset, config.data.test_dataset)
     split = split_dataset(dataset, config)
     train = training_view(dataset, split)
     if classifier is not None:

@@ -91,7 +91,7 @@ def retrain_run(
             # a caller holding the lock (the studio) may be writing the label store meanwhile
             spare = (STORE_NAME,) if held_lock is not None else ()
             tell(on_notice, run.recover(done, spare=spare) if writer else ())
-            dataset = load_dataset(config.data.dataset)
+            dataset = load_dataset(config.data.dataset, config.data.test_dataset)
             split = split_dataset(dataset, config)
             unrecorded = unrecorded_round(run.path, run.manifest(), done) if writer else None
             if unrecorded is not None:  # a round an interrupted command left unrecorded

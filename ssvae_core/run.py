@@ -59,8 +59,20 @@ def write_text(path: Path, text: str) -> None:
 
 
 def split_dataset(dataset: Dataset, config: Config) -> Split:
-    """The benchmark split of ``dataset`` with the config's label budget and seed."""
-    return benchmark_split(dataset.y, config.data.label_budget, config.seed, dataset.num_classes)
+    """The benchmark split of ``dataset`` with the config's label budget and seed: its given
+    test set when it came with one (``Dataset.test_rows``), else a held-out fifth."""
+    return benchmark_split(
+        dataset.y, config.data.label_budget, config.seed, dataset.num_classes,
+        given_test=dataset.test_rows,
+    )
+
+
+def split_protocol(config: Config) -> dict[str, str]:
+    """How a run's test set was chosen, for its report: ``protocol`` ("given test split" with
+    ``test_dataset``, its path, or "held-out fifth")."""
+    if config.data.test_dataset:
+        return {"protocol": "given test split", "test_dataset": config.data.test_dataset}
+    return {"protocol": "held-out fifth"}
 
 
 def chosen_labels(dataset: Dataset, split: Split, rows: Sequence[int]) -> Split:
@@ -99,11 +111,15 @@ def split_store(dataset: Dataset, split: Split) -> LabelStore:
 
 
 def resolvable(config: Config) -> Config:
-    """The config with a data path made absolute, so the run finds it from anywhere."""
-    name = config.data.dataset
-    if name == "digits" or not Path(name).exists():
+    """The config with its data paths made absolute, so the run finds them from anywhere."""
+    changes = {
+        key: os.path.abspath(name)
+        for key, name in (("dataset", config.data.dataset), ("test_dataset", config.data.test_dataset))
+        if name and name != "digits" and Path(name).exists()
+    }
+    if not changes:
         return config
-    return config.replace(data=dataclasses.replace(config.data, dataset=os.path.abspath(name)))
+    return config.replace(data=dataclasses.replace(config.data, **changes))
 
 
 def with_data(config: Config, data: str | None) -> Config:
@@ -234,7 +250,7 @@ class Run:
     @functools.cached_property
     def dataset(self) -> Dataset:
         """The run's dataset (``config.data.dataset``)."""
-        return load_dataset(self.config.data.dataset)
+        return load_dataset(self.config.data.dataset, self.config.data.test_dataset)
 
     @functools.cached_property
     def split(self) -> Split:
@@ -277,6 +293,7 @@ __all__ = [
     "chosen_labels",
     "resolvable",
     "split_dataset",
+    "split_protocol",
     "split_store",
     "training_view",
     "with_data",

@@ -136,7 +136,7 @@ def finish_round(
 
 def classifier_data(classifier: SSVAEClassifier) -> tuple[Dataset, Split]:
     """The dataset and split of the classifier's own configuration."""
-    dataset = load_dataset(classifier.config.data.dataset)
+    dataset = load_dataset(classifier.config.data.dataset, classifier.config.data.test_dataset)
     return dataset, split_dataset(dataset, classifier.config)
 
 

@@ -122,7 +122,7 @@ def train_run(
         with checked_everywhere():
             if writer:
                 check_fresh_dir(run.path)
-            dataset = dataset if dataset is not None else load_dataset(config.data.dataset)
+            dataset = dataset if dataset is not None else load_dataset(config.data.dataset, config.data.test_dataset)
             config = resolvable(config)
             split = split_dataset(dataset, config)
             if labeled is not None:

@@ -1,6 +1,7 @@
 """Convolutional encoder and component-aware decoder: the conv counterpart of the dense family.
 
-Samples are images of shape ``(H, W)`` (one channel) or ``(C, H, W)``. With
+Samples are images of shape ``(H, W)`` (one channel), ``(C, H, W)``, or ``(H, W, C)`` with
+``C`` in 1, 3, 4 and ``H`` not (colour last, as image files are read; ``channels_last``). With
 ``L = len(channels)`` stride-2 layers:
 
 - the encoder's convolutions ('SAME' padding) map a side ``n`` to ``⌈n/2⌉``, so it
@@ -28,19 +29,33 @@ from ssvae_core.plugin import (
     DecoderOutput,
     EncoderOutput,
     PosteriorHeads,
+    channels_last,
 )
 
 
 def image_shape(sample_shape: Sequence[int]) -> tuple[int, int, int]:
-    """``(C, H, W)`` of a sample of shape ``(H, W)`` (``C = 1``) or ``(C, H, W)``."""
+    """``(C, H, W)`` of a sample of shape ``(H, W)`` (``C = 1``), ``(C, H, W)`` or, colour
+    last, ``(H, W, C)``."""
     shape = tuple(sample_shape)
     if len(shape) == 2:
         return (1, *shape)
+    if channels_last(shape):
+        return shape[2], shape[0], shape[1]
     if len(shape) == 3:
         return shape[0], shape[1], shape[2]
     raise ValueError(
-        f"the conv networks take images of shape (H, W) or (C, H, W), got sample shape {shape}"
+        f"the conv networks take images of shape (H, W), (C, H, W) or (H, W, C), got sample shape {shape}"
     )
+
+
+def _channels_first(x: Float[Array, "*sample"], sample_shape: tuple[int, ...]) -> Float[Array, "C H W"]:
+    if channels_last(sample_shape):
+        return jnp.moveaxis(x, -1, 0)
+    return x.reshape(image_shape(sample_shape))
+
+
+def _as_sample(h: Float[Array, "C H W"], sample_shape: tuple[int, ...]) -> Float[Array, "*sample"]:
+    return jnp.moveaxis(h, 0, -1) if channels_last(sample_shape) else h.reshape(sample_shape)
 
 
 def _check_channels(channels: Sequence[int]) -> None:
@@ -137,7 +152,7 @@ class ConvEncoder(AbstractEncoder):
 
     def __call__(self, x: Float[Array, "*sample"]) -> EncoderOutput:
         act = ACTIVATIONS[self.activation]
-        h = jnp.moveaxis(x.reshape(image_shape(self.input_shape)), 0, -1)
+        h = jnp.moveaxis(_channels_first(x, self.input_shape), 0, -1)
         for conv in self.convs:
             h = act(conv_channels_last(conv, h))
         # the heads read the features in (C, H, W) order, as they always have
@@ -217,5 +232,5 @@ class ConvDecoder(AbstractDecoder):
         h = self.deconvs[-1](h)
         if self.per_pixel_scale:
             h, scale = jnp.split(h, 2)
-            scale_raw = scale.reshape(-1)
-        return DecoderOutput(loc=h.reshape(self.output_shape), scale_raw=scale_raw)
+            scale_raw = _as_sample(scale, self.output_shape).reshape(-1)
+        return DecoderOutput(loc=_as_sample(h, self.output_shape), scale_raw=scale_raw)

@@ -54,7 +54,7 @@ def ssvae_register_encoders() -> dict[str, ComponentFactory]:
     return {
         "conv": ComponentFactory(
             ConvEncoder, ConvOptions, _build_conv_encoder,
-            "stride-2 convolutions on (H, W) or (C, H, W) images, then linear heads",
+            "stride-2 convolutions on (H, W), (C, H, W) or (H, W, C) images, then linear heads",
         )
     }
 
