@@ -64,3 +64,15 @@ def test_channels_of_one_image_share_the_warp() -> None:
     image = jnp.stack([IMAGES[0], IMAGES[0]])
     out = augment_example(image, jax.random.PRNGKey(10), AugmentConfig(shift=2.0, rotation=20.0))
     np.testing.assert_allclose(np.asarray(out[0]), np.asarray(out[1]))
+
+
+def test_colour_last_images_get_one_warp_for_every_channel() -> None:
+    grey = jax.random.uniform(jax.random.PRNGKey(3), (8, 8))
+    colour = jnp.stack([grey, grey * 0.5, grey * 0.25], axis=-1)  # (H, W, 3)
+    config = AugmentConfig(shift=2.0, rotation=30.0)
+    key = jax.random.PRNGKey(4)
+    warped = augment_example(colour, key, config)
+    alone = augment_example(grey, key, config)
+    assert warped.shape == (8, 8, 3)
+    np.testing.assert_allclose(warped[..., 0], alone, atol=1e-6)
+    np.testing.assert_allclose(warped[..., 2], alone * 0.25, atol=1e-6)

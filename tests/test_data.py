@@ -410,10 +410,10 @@ def test_load_dataset_unknown_spec_lists_allowed_forms(tmp_path: Path) -> None:
 
 
 def test_load_dataset_wrong_file_type_raises(tmp_path: Path) -> None:
-    path = tmp_path / "data.csv"
+    path = tmp_path / "data.txt"
     path.write_text("1,2\n")
     with pytest.raises(
-        DataError, match=r"not a \.npz file or a directory; expected 'digits'"
+        DataError, match=r"not a \.npz or \.csv file or a directory; expected 'digits'"
     ):
         load_dataset(path)
 

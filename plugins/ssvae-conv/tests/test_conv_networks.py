@@ -62,11 +62,28 @@ def _config(registry: Registry, *, encoder: str = "conv", **model: object):
 def test_image_shape_adds_a_channel_axis_to_2d_samples() -> None:
     assert image_shape((28, 28)) == (1, 28, 28)
     assert image_shape((3, 16, 8)) == (3, 16, 8)
-    with pytest.raises(ValueError, match=r"\(H, W\) or \(C, H, W\), got sample shape \(64,\)"):
+    assert image_shape((16, 8, 3)) == (3, 16, 8)  # colour last, as image files are read
+    assert image_shape((1, 16, 8)) == (1, 16, 8)
+    with pytest.raises(ValueError, match=r"\(H, W\), \(C, H, W\) or \(H, W, C\), got sample shape \(64,\)"):
         image_shape((64,))
 
 
-@pytest.mark.parametrize("shape", [(28, 28), (8, 8), (3, 8, 12)])
+def test_colour_last_images_give_the_numbers_of_the_same_images_colour_first() -> None:
+    x = jax.random.uniform(jax.random.PRNGKey(1), (3, 8, 12))
+    first = ConvEncoder((3, 8, 12), LATENT_DIM, 4, (4, 8), 3, "gelu", key=jax.random.PRNGKey(0))
+    last = ConvEncoder((8, 12, 3), LATENT_DIM, 4, (4, 8), 3, "gelu", key=jax.random.PRNGKey(0))
+    np.testing.assert_allclose(last(jnp.moveaxis(x, 0, -1)).z_mean, first(x).z_mean, rtol=1e-5, atol=1e-6)
+    scale_size = LIKELIHOODS["heteroscedastic_per_pixel"].scale_size(3 * 8 * 12)
+    z, e = jnp.ones((LATENT_DIM,)), jnp.ones((EMBEDDING_DIM,))
+    out_first = _decoder((3, 8, 12), "film", scale_size)(z, e)
+    out_last = _decoder((8, 12, 3), "film", scale_size)(z, e)
+    np.testing.assert_allclose(out_last.loc, jnp.moveaxis(out_first.loc, 0, -1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out_last.scale_raw, jnp.moveaxis(out_first.scale_raw.reshape(3, 8, 12), 0, -1).reshape(-1), rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (8, 8), (3, 8, 12), (8, 12, 3)])
 @pytest.mark.parametrize("conditioning", ["concat", "film", "cin", "none"])
 def test_decoder_output_matches_sample_and_likelihood(shape: tuple[int, ...], conditioning: str) -> None:
     # Shapes only: eval_shape traces the networks without running (or compiling) them.
@@ -144,7 +161,7 @@ def test_decoder_rejects_sizes_it_cannot_produce(registry: Registry, shape: tupl
 
 
 def test_encoder_rejects_non_image_samples(registry: Registry) -> None:
-    with pytest.raises(ConfigError, match=r"encoder 'conv': .*\(H, W\) or \(C, H, W\), got sample shape \(64,\)"):
+    with pytest.raises(ConfigError, match=r"encoder 'conv': .*\(H, W\), \(C, H, W\) or \(H, W, C\), got sample shape \(64,\)"):
         build_model(_config(registry), input_shape=(64,), num_classes=2, key=jax.random.PRNGKey(0))
 
 
