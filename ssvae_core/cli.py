@@ -18,6 +18,11 @@ from ssvae_core.errors import SSVAEError
 from ssvae_core.ood import BACKGROUND_NOISE, DEFAULT_SCORE, OOD_SCORES
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+TEST_DATA_HELP = (
+    "the test set that came with the data (data.test_dataset), with the same sample shape and "
+    "class names: all of --data then trains and every labeled example of PATH is the test set "
+    "(default: a fifth of --data is held out)"
+)
 
 
 def _add_distributed_flags(command: argparse.ArgumentParser) -> None:
@@ -96,12 +101,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", metavar="PATH", help="TOML config file (applied over --preset)")
     train.add_argument(
         "--preset", metavar="NAME",
-        help="a tuned configuration shipped with ssvae: digits, mnist (see docs/benchmarks.md)",
+        help="a tuned configuration shipped with ssvae: digits, mnist, or auto (chosen for the "
+        "data's shape and size; see docs/user-guide.md)",
     )
     train.add_argument(
         "--data", metavar="PATH",
-        help="an .npz file (arrays x, y) or a folder with an MNIST-style IDX pair (default: digits)",
+        help="an .npz or .csv file, or a folder: an MNIST-style IDX pair, x.npy (and y.npy), or "
+        "one subfolder of PNG/JPEG images per class (default: digits)",
     )
+    train.add_argument("--test-data", metavar="PATH", help=TEST_DATA_HELP)
     train.add_argument(
         "--labels-per-class", type=label_budget_argument, metavar="N",
         help="label budget per class: an integer (0: no labels, the model learns from the "
@@ -298,8 +306,9 @@ def _parser() -> argparse.ArgumentParser:
         "and seed is a run directory under OUT/runs/; OUT/curve.json and curve.png hold the "
         "held-out accuracy and ECE against labels used.",
     )
-    loop.add_argument("--data", metavar="PATH", help="an .npz file or IDX folder (default: digits)")
-    loop.add_argument("--preset", metavar="NAME", help="a shipped preset: digits, mnist")
+    loop.add_argument("--data", metavar="PATH", help="a dataset as train --data takes it (default: digits)")
+    loop.add_argument("--test-data", metavar="PATH", help=TEST_DATA_HELP)
+    loop.add_argument("--preset", metavar="NAME", help="a shipped preset: auto, digits, mnist")
     loop.add_argument("--config", metavar="PATH", help="TOML config file (applied over --preset)")
     loop.add_argument(
         "--strategy", action="append", metavar="NAME",
@@ -391,7 +400,7 @@ def _resume(args: argparse.Namespace) -> int:
         flag
         for flag, value in (
             ("--config", args.config), ("--preset", args.preset),
-            ("--labels-per-class", args.labels_per_class), ("--seed", args.seed),
+            ("--test-data", args.test_data), ("--labels-per-class", args.labels_per_class), ("--seed", args.seed),
             ("--out", args.out), ("--set", args.set or None), ("--track", args.track or None),
             ("--mlflow-dir", args.mlflow_dir),
         )
@@ -485,7 +494,8 @@ def _train(args: argparse.Namespace) -> int:
         return _resume(args)
 
     flags = {
-        "data.dataset": args.data, "data.labels_per_class": args.labels_per_class,
+        "data.dataset": args.data, "data.test_dataset": args.test_data,
+        "data.labels_per_class": args.labels_per_class,
         "seed": args.seed, "train.steps": args.steps,
     }
     values = {key: value for key, value in flags.items() if value is not None}
@@ -699,6 +709,8 @@ def _loop(args: argparse.Namespace) -> int:
     overrides = list(args.set)
     if args.data is not None:
         overrides.insert(0, f"data.dataset={json.dumps(args.data, ensure_ascii=False)}")
+    if args.test_data is not None:
+        overrides.insert(0, f"data.test_dataset={json.dumps(args.test_data, ensure_ascii=False)}")
     overrides.insert(0, f"data.labels_per_class={args.initial_labels_per_class}")
     if args.steps is not None:
         overrides.insert(0, f"train.steps={args.steps}")

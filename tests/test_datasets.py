@@ -258,3 +258,20 @@ def test_bad_data_on_the_cli_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["train", "--data", str(path), "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "line 2, column 'a'" in capsys.readouterr().err
     assert not (tmp_path / "r" / "report.json").exists()
+
+
+def test_train_with_test_data_tests_on_the_given_part_and_reports_the_protocol(tmp_path: Path) -> None:
+    train, test = _npz(tmp_path / "train.npz", 30, 0, shape=(4,)), _npz(tmp_path / "test.npz", 9, 1, shape=(4,))
+    out = tmp_path / "run"
+    args = [
+        "train", "--data", str(train), "--test-data", str(test), "--out", str(out), "--steps", "2",
+        "--labels-per-class", "2", "--set", "train.batch_size=8", "--set", "train.log_every=2",
+        "--set", "prior.num_components=3", "--quiet", "--no-plots",
+    ]  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["protocol"] == "given test split"
+    assert report["test_dataset"] == str(test.resolve())
+    assert report["num_test"] == 9 and report["num_train"] == 30
+    assert main(["train", "--resume", str(out), "--test-data", str(test)]) == 2
