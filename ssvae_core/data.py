@@ -38,8 +38,8 @@ __all__ = [
 ]
 
 UNLABELED = -1
-_IDX_LABELS_MAGIC = 0x00000801
-_IDX_IMAGES_MAGIC = 0x00000803
+IDX_LABELS_MAGIC = 0x00000801
+IDX_IMAGES_MAGIC = 0x00000803
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip entry; an empty zip archive
 _NPY_MAGIC = b"\x93NUMPY"
@@ -567,11 +567,11 @@ def load_idx(
         On a missing file, wrong magic number, truncated file or count mismatch.
     """
     images_file = Path(images_path)
-    x = _parse_idx(images_file, _IDX_IMAGES_MAGIC, 3, "images")
+    x = _parse_idx(images_file, IDX_IMAGES_MAGIC, 3, "images")
     y = None
     if labels_path is not None:
         labels_file = Path(labels_path)
-        y = _parse_idx(labels_file, _IDX_LABELS_MAGIC, 1, "labels")
+        y = _parse_idx(labels_file, IDX_LABELS_MAGIC, 1, "labels")
         if y.shape[0] != x.shape[0]:
             raise DataError(
                 f"{labels_file} holds {y.shape[0]} labels but {images_file} "

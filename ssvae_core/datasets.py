@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from ssvae_core.data import (
-    _IDX_IMAGES_MAGIC,
-    _IDX_LABELS_MAGIC,
+    IDX_IMAGES_MAGIC,
+    IDX_LABELS_MAGIC,
     Dataset,
     from_arrays,
     load_idx_folder,
@@ -58,7 +58,7 @@ def _is_idx(path: Path) -> bool:
                 head = stream.read(4)
     except (OSError, EOFError, zlib.error):
         return False
-    return len(head) == 4 and struct.unpack(">I", head)[0] in (_IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC)
+    return len(head) == 4 and struct.unpack(">I", head)[0] in (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC)
 
 
 def load_folder(path: str | os.PathLike[str]) -> Dataset:
