@@ -133,6 +133,11 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines += [
         *clustering_lines(report),
         f"| labels used | {report['num_labels']} |",
+        *(
+            [f"| test set | {report['protocol']}" + (f" ({report['test_dataset']})" if report.get("test_dataset") else "") + " |"]
+            if report.get("protocol")
+            else []
+        ),
         f"| prior | {report['prior']} |",
         f"| training steps | {report['steps']} |",
         f"| wall time (s) | {report['wall_time_s']:.1f} |",

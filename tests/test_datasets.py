@@ -274,4 +274,5 @@ def test_train_with_test_data_tests_on_the_given_part_and_reports_the_protocol(t
     assert report["protocol"] == "given test split"
     assert report["test_dataset"] == str(test.resolve())
     assert report["num_test"] == 9 and report["num_train"] == 30
+    assert f"| test set | given test split ({test.resolve()}) |" in (out / "report.md").read_text()
     assert main(["train", "--resume", str(out), "--test-data", str(test)]) == 2
