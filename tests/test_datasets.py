@@ -250,6 +250,14 @@ def test_colour_folder_trains_through_the_cli_with_the_auto_preset_and_plots(tmp
     pixels = np.asarray(Image.open(out / "plots" / "channel_reconstructions.png").convert("RGB"), dtype=int)
     assert np.abs(pixels[..., 0] - pixels[..., 1]).max() > 30
     assert (out / "plots" / "latent_map.png").exists()
+    # the studio's tiles too: the example and a channel's members with their reconstructions
+    from ssvae_core.studio.session import StudioSession
+
+    with StudioSession(out) as session:
+        example = Image.open(io.BytesIO(session.example_png(0)))
+        assert example.mode == "RGB"
+        channel = np.asarray(Image.open(io.BytesIO(session.channel_png(0))).convert("RGB"), dtype=int)
+        assert np.abs(channel[..., 0] - channel[..., 1]).max() > 30
 
 
 def test_bad_data_on_the_cli_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
