@@ -80,7 +80,7 @@ class CalibrationConfig:
     deskew: bool = deskew_option()
     errors: str = option(
         "auto",
-        help="how the model's mistakes relate to the propagation's: 'shared' takes the agreement as the accuracy estimate (the model learned the propagated labels and their mistakes); 'independent' divides it by a lower bound of the propagation's held-out accuracy where one is measurable (two or more labels per class); 'auto' is 'shared' when the graph-label term [loss.graph_label] is on, else 'independent'",
+        help="how the model's mistakes relate to the propagation's: 'shared' takes the agreement as the accuracy estimate (the model learned the propagated labels and their mistakes); 'independent' divides it by a lower bound of the propagation's held-out accuracy, and fits nothing (T = 1) where none is measurable (no class with two labels); 'auto' is 'shared' when the graph-label term [loss.graph_label] is on, else 'independent' but taking the agreement as it is where no held-out accuracy is measurable",
         choices=ERROR_MODELS,
     )
 
@@ -344,6 +344,13 @@ def fit_calibration(
     pool = (labels[rows] < 0) & (propagation.labels >= 0)
     if not np.any(pool):
         reason = "no label reaches an unlabeled training row over the graph"
+        return Calibration(config.method, 1.0, step, {"reason": reason})
+    if config.errors == "independent" and propagation.held_out is None:
+        reason = (
+            "no class has two labels, so the propagation's accuracy cannot be measured by "
+            "leaving labels out, and the model's mistakes are taken as independent of it "
+            "(calibration.errors = 'independent')"
+        )
         return Calibration(config.method, 1.0, step, {"reason": reason})
     probabilities = np.asarray(predict(augmented_views(x[rows][pool], augment)))
     agreement = float(np.mean(np.argmax(probabilities, axis=-1) == propagation.labels[pool]))

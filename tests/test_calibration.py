@@ -317,3 +317,13 @@ def test_markdown_report_says_how_p_was_calibrated() -> None:
     assert "ECE without it 0.0779" in text
     report["calibration"]["learned_propagation"] = True
     assert "which the model learned from" in markdown_report(report)
+
+
+def test_independent_mistakes_fit_nothing_where_no_class_has_two_labels() -> None:
+    x, labels, truth = _two_clusters()
+    predict, _ = _predict_with_a_fifth_wrong(x, labels, truth)
+    common = (x, labels, 2, predict, NO_VIEWS)
+    apart = fit_calibration(CalibrationConfig(neighbours=5, errors="independent"), *common, learned_propagation=False, step=0)
+    fallback = fit_calibration(CalibrationConfig(neighbours=5), *common, learned_propagation=False, step=0)
+    assert apart.temperature == 1.0 and "two labels" in apart.facts["reason"]
+    assert fallback.facts["accuracy_estimate"] == fallback.facts["agreement"] and fallback.temperature > 1.0
