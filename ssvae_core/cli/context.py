@@ -5,6 +5,7 @@ process writes, its trackers and its progress display."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,18 @@ def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespa
 def notice(text: str) -> None:
     """A warning for the user, on stderr."""
     print(f"ssvae: {text}", file=sys.stderr)
+
+
+def print_result(
+    result: Any, as_json: bool, print_text: Callable[[Any], None], **json_options: Any
+) -> int:
+    """Print ``result`` as indented JSON (``--json``; ``json_options`` go to ``json.dumps``)
+    or as ``print_text`` writes it for a reader; returns ``EXIT_OK``."""
+    if as_json:
+        print(json.dumps(result, indent=2, **json_options))
+    else:
+        print_text(result)
+    return EXIT_OK
 
 
 def held_out_line(report: Report) -> str:

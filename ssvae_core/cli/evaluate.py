@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from ssvae_core.cli.arguments import add_json, add_run_dir
 from ssvae_core.cli.command import Command
-from ssvae_core.cli.context import EXIT_OK, held_out_line
+from ssvae_core.cli.context import held_out_line, print_result
 from ssvae_core.errors import ConfigError
 from ssvae_core.ood import DEFAULT_SCORE, OOD_SCORES
 
@@ -79,11 +78,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_run(
         args.run_dir, data=args.data, ood=args.ood, ood_scores=args.score, ood_fpr=args.ood_fpr
     )
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report)
-    return EXIT_OK
+    return print_result(report, args.json, print_report)
 
 
 COMMAND = Command(

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from ssvae_core.cli.arguments import add_json, add_moved_data, add_run_dir
 from ssvae_core.cli.command import Command
-from ssvae_core.cli.context import EXIT_OK
+from ssvae_core.cli.context import EXIT_OK, print_result
 
 
 def add_arguments(labels: argparse.ArgumentParser) -> None:
@@ -71,17 +70,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.issues:
         issues = [issue.to_json() for issue in run_issues(args.run_dir, n=args.n, data=args.data)]
-        if args.json:
-            print(json.dumps(issues, indent=2, ensure_ascii=False))
-        else:
-            print_issues(issues)
-        return EXIT_OK
-    summary = labels_summary(args.run_dir, data=args.data)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print_summary(summary)
-    return EXIT_OK
+        return print_result(issues, args.json, print_issues, ensure_ascii=False)
+    return print_result(labels_summary(args.run_dir, data=args.data), args.json, print_summary)
 
 
 COMMAND = Command(

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from ssvae_core.cli.arguments import add_json
 from ssvae_core.cli.command import Command
-from ssvae_core.cli.context import EXIT_OK
+from ssvae_core.cli.context import print_result
 
 
 def add_arguments(plugins: argparse.ArgumentParser) -> None:
@@ -44,11 +43,12 @@ def listing() -> dict[str, list[dict[str, Any]]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the listing (as JSON with ``--json``); failed plugins go to stderr."""
-    found = listing()
-    if args.json:
-        print(json.dumps(found, indent=2, default=str))
-        return EXIT_OK
+    """Print the listing (as JSON with ``--json``)."""
+    return print_result(listing(), args.json, print_listing, default=str)
+
+
+def print_listing(found: dict[str, list[dict[str, Any]]]) -> None:
+    """One line per component and tracker, one per option; failed plugins go to stderr."""
     for entry in [*found["components"], *({"kind": "tracker", "options": [], **t} for t in found["trackers"])]:
         print(f"{entry['kind']:9} {entry['name']:19} {entry['package']} {entry['version']}  — {entry['description']}")
         for opt in entry["options"]:
@@ -56,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"    {opt['name']} = {opt['default']!r}  ({opt['type']}{allowed}) {opt['help']}")
     for problem in found["problems"]:
         print(f"problem: plugin {problem['plugin']!r}: {problem['reason']}", file=sys.stderr)
-    return EXIT_OK
 
 
 COMMAND = Command(
