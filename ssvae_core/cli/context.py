@@ -136,7 +136,7 @@ class TrainingSession:
         try:
             with TrainingProgress(total_steps, enabled=self.writer and not self.quiet) as progress:
                 report = fit([progress, *sinks], progress.start)
-            if self.writer:
+            if sinks:
                 finish_trackers(sinks, str(run_dir), report)
         finally:
             for sink in sinks:
