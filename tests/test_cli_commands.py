@@ -1,9 +1,8 @@
 """The ``ssvae`` command line as a list of commands: a new command is one module and one
-registration, and the package keeps its commands small and to public names."""
+registration."""
 
 from __future__ import annotations
 
-import ast
 import sys
 import textwrap
 from pathlib import Path
@@ -98,22 +97,3 @@ def test_every_command_module_is_registered() -> None:
     modules = {path.stem for path in CLI_DIR.glob("*.py")} - shared
     assert modules == {command.run.__module__.rsplit(".", 1)[1] for command in COMMANDS}
 
-
-def _private_imports(path: Path) -> list[str]:
-    """Underscore names another module's namespace is read for: ``from m import _x`` and
-    ``m._x``."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom):
-            found += [f"from {node.module} import {a.name}" for a in node.names if a.name.startswith("_")]
-        elif (
-            isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-            and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
-        ):
-            found.append(f"{ast.unparse(node)} (line {node.lineno})")
-    return found
-
-
-def test_the_cli_package_uses_no_private_name_of_another_module() -> None:
-    found = {path.name: _private_imports(path) for path in CLI_DIR.glob("*.py")}
-    assert {name: names for name, names in found.items() if names} == {}

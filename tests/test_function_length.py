@@ -16,12 +16,8 @@ PACKAGE = Path(ssvae_core.__file__).parent
 BEING_SPLIT = {
     "ssvae_core.active.query",
     "ssvae_core.data.benchmark_split",
-    "ssvae_core.labeling.run_loop",
-    "ssvae_core.labels.LabelStore.add",
     "ssvae_core.plots.write_run_plots",
-    "ssvae_core.runs.resume_run",
     "ssvae_core.splitting.plan_splits",
-    "ssvae_core.studio.server.create_app",
     "ssvae_core.testing._subjects.tiny_model",
 }
 
