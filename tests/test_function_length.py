@@ -11,16 +11,6 @@ import ssvae_core
 MAX_LINES = 80
 PACKAGE = Path(ssvae_core.__file__).parent
 
-# Functions over the limit that are being split now. The list only shrinks: once one is
-# split, the second test below fails until its name is removed here.
-BEING_SPLIT = {
-    "ssvae_core.active.query",
-    "ssvae_core.data.benchmark_split",
-    "ssvae_core.plots.write_run_plots",
-    "ssvae_core.splitting.plan_splits",
-    "ssvae_core.testing._subjects.tiny_model",
-}
-
 
 def _lengths(node: ast.AST, prefix: str) -> dict[str, int]:
     """Lines of every function under ``node`` (methods and nested functions included), by
@@ -49,14 +39,6 @@ def function_lengths() -> dict[str, int]:
 
 
 def test_no_function_in_ssvae_core_is_over_80_lines() -> None:
-    long = {
-        name: lines for name, lines in function_lengths().items()
-        if lines > MAX_LINES and name not in BEING_SPLIT
-    }
+    long = {name: lines for name, lines in function_lengths().items() if lines > MAX_LINES}
     assert long == {}, f"split these functions into ones of at most {MAX_LINES} lines"
 
-
-def test_the_functions_being_split_are_still_over_80_lines() -> None:
-    lengths = function_lengths()
-    done = sorted(name for name in BEING_SPLIT if lengths.get(name, 0) <= MAX_LINES)
-    assert done == [], "these are split (or gone): remove them from BEING_SPLIT"
