@@ -25,8 +25,7 @@ def run_config(
 ) -> Config:
     """The config of a new run: ``--preset``, then ``--config``, then the config values given
     as flags (``--steps``, ``seed``, ``labels_per_class``, ``--data``, ``--test-data``; typed,
-    by dotted key),
-    then the ``--set`` strings."""
+    by dotted key), then the ``--set`` strings."""
     from ssvae_core.config import load_config
 
     flags = {
