@@ -52,7 +52,14 @@ from ssvae_core.ood import (
 )
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.splitting import apply_splits, plan_splits, split_support
-from ssvae_core.training import MetricSink, Trainer, TrainState, init_state, training_arrays
+from ssvae_core.training import (
+    MetricSink,
+    Trainer,
+    TrainState,
+    data_fits_device,
+    init_state,
+    training_arrays,
+)
 
 CheckpointCallback = Callable[["SSVAEClassifier"], None]
 # evaluate(classifier, seconds): metrics of the state reached after ``seconds`` of training
@@ -507,6 +514,7 @@ class SSVAEClassifier:
             objective=trainer.spec.objective,
             num_classes=dataset.num_classes,
             balance_labels=self.config.train.balance_labels,
+            on_device=data_fits_device(dataset.x, self.config.train.data_on_device),
         )
         self.model, self.state, self.opt_state = trainer.train(
             arrays,

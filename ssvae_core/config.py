@@ -210,6 +210,11 @@ class TrainConfig:
         True,
         help="at the start of each warm retrain, split a channel where labeled examples of two classes sit (or a label lands in a channel another label owns): the moving class gets a copy of the channel in a free (or freed) channel and takes its look-alikes with it; the round record lists the splits",
     )
+    data_on_device: str = option(
+        "auto",
+        help="where the training inputs live: 'on' puts them on the device whole and each step draws its batch there; 'off' keeps them on the host (a memory-mapped array stays one) and a thread gathers each batch's rows, from the same seeded draws, two batches ahead; 'auto' is 'on' up to 512 MiB of float32 inputs, else 'off'. The neighbour term needs 'on'",
+        choices=("auto", "on", "off"),
+    )
     eval_every: int = option(
         0,
         help="steps between held-out evaluations of a run (at the end of the log_every chunk that reaches them, and at the last step): held_out_accuracy, held_out_ece (of the head's p(y|x): the calibration is fitted after training) and train_time_s join that line of metrics.jsonl (0: off)",

@@ -1,7 +1,16 @@
-"""Training, by file: the pure step (``step``), batches and the data on the device
-(``batches``), and the loop with its metric sinks (``loop``)."""
+"""Training, by file: the pure step (``step``), batches and the data on the device or
+the host (``batches``), and the loop with its metric sinks (``loop``)."""
 
-from ssvae_core.training.batches import TrainingArrays, labeled_pool, sample_batch, training_arrays
+from ssvae_core.training.batches import (
+    DEVICE_BYTES,
+    HostBatches,
+    HostTrainingArrays,
+    TrainingArrays,
+    data_fits_device,
+    labeled_pool,
+    sample_batch,
+    training_arrays,
+)
 from ssvae_core.training.loop import JsonLinesSink, MetricSink, Trainer, data_mesh, take_steps
 from ssvae_core.training.step import (
     StepSpec,
@@ -15,6 +24,9 @@ from ssvae_core.training.step import (
 )
 
 __all__ = [
+    "DEVICE_BYTES",
+    "HostBatches",
+    "HostTrainingArrays",
     "JsonLinesSink",
     "MetricSink",
     "StepSpec",
@@ -22,6 +34,7 @@ __all__ = [
     "Trainer",
     "TrainingArrays",
     "apply_gradients",
+    "data_fits_device",
     "data_mesh",
     "init_state",
     "labeled_pool",

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -24,13 +24,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from ssvae_core.config import Config
 from ssvae_core.errors import ConfigError
 from ssvae_core.model import SSVAE
 from ssvae_core.objective import Objective
-from ssvae_core.training.batches import TrainingArrays, sample_batch
+from ssvae_core.training.batches import (
+    DrawnRows,
+    HostBatches,
+    HostTrainingArrays,
+    TrainingArrays,
+    draw_rows,
+    finish_batch,
+)
 from ssvae_core.training.step import StepSpec, TrainState, learning_rate, make_optimizer, train_step
 
 Metrics = dict[str, Float[Array, ""]]
@@ -67,23 +74,44 @@ class JsonLinesSink:
         self.close()
 
 
+def _step_on(
+    spec: StepSpec,
+    drawn: Callable[[PRNGKeyArray], DrawnRows],
+    model: SSVAE,
+    state: TrainState,
+    opt_state: optax.OptState,
+    train_x: Float[Array, "N ..."] | None,
+) -> tuple[SSVAE, TrainState, optax.OptState, Metrics]:
+    """Split ``state.key``, take the batch ``drawn(batch_key)``, then one train step."""
+    next_key, batch_key, step_key = jax.random.split(state.key, 3)
+    state = dataclasses.replace(state, key=next_key)
+    batch = finish_batch(drawn(batch_key), batch_key, augment=spec.augment, with_view=spec.objective.uses_view)
+    if spec.batch_sharding is not None:  # each device takes its share of the rows
+        batch = jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, spec.batch_sharding), batch)
+    return train_step(model, state, opt_state, batch, step_key, spec=spec, train_x=train_x)
+
+
 def _sampled_step(
     data: TrainingArrays, spec: StepSpec, model: SSVAE, state: TrainState, opt_state: optax.OptState
 ) -> tuple[SSVAE, TrainState, optax.OptState, Metrics]:
     """Draw a batch on the device from ``state.key``, then take one train step."""
-    next_key, batch_key, step_key = jax.random.split(state.key, 3)
-    state = dataclasses.replace(state, key=next_key)
-    batch = sample_batch(
-        data,
-        batch_key,
-        spec.batch_size,
-        spec.labeled_batch_size,
-        augment=spec.augment,
-        with_view=spec.objective.uses_view,
-    )
-    if spec.batch_sharding is not None:  # each device takes its share of the rows
-        batch = jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, spec.batch_sharding), batch)
-    return train_step(model, state, opt_state, batch, step_key, spec=spec, train_x=data.x)
+
+    def drawn(batch_key: PRNGKeyArray) -> DrawnRows:
+        rows, labels = draw_rows(
+            batch_key, data.x.shape[0], data.labeled_index, data.labeled_y, data.labeled_count,
+            spec.batch_size, spec.labeled_batch_size,
+        )
+        fields = {name: values[rows] for name, values in data.fields.items()}
+        return DrawnRows(x=data.x[rows], rows=rows, labels=labels, fields=fields)
+
+    return _step_on(spec, drawn, model, state, opt_state, data.x)
+
+
+def _given_step(
+    drawn: DrawnRows, spec: StepSpec, model: SSVAE, state: TrainState, opt_state: optax.OptState
+) -> tuple[SSVAE, TrainState, optax.OptState, Metrics]:
+    """One train step on a batch drawn on the host (``HostBatches``) from ``state.key``."""
+    return _step_on(spec, lambda _: drawn, model, state, opt_state, None)
 
 
 @eqx.filter_jit(donate="all-except-first")
@@ -97,30 +125,47 @@ def _one_step(
 
 
 @eqx.filter_jit(donate="all-except-first")
+def _one_given_step(
+    spec: StepSpec,
+    drawn: DrawnRows,
+    model: SSVAE,
+    state: TrainState,
+    opt_state: optax.OptState,
+) -> tuple[SSVAE, TrainState, optax.OptState, Metrics]:
+    return _given_step(drawn, spec, model, state, opt_state)
+
+
+@eqx.filter_jit(donate="all-except-first")
 def _scanned_steps(
-    inputs: tuple[TrainingArrays, StepSpec],
+    inputs: tuple[TrainingArrays | None, StepSpec],
     model: SSVAE,
     state: TrainState,
     opt_state: optax.OptState,
     num_steps: int,
+    given: DrawnRows | None = None,
 ) -> tuple[SSVAE, TrainState, optax.OptState, Metrics]:
+    """``num_steps`` steps in one ``lax.scan``: each draws its batch from ``inputs``'
+    device data, or takes the next of ``given`` (batches stacked on a leading axis)."""
+    data, spec = inputs
     params, static = eqx.partition(model, eqx.is_array)
 
-    def body(carry: Any, _: None) -> tuple[Any, Metrics]:
+    def body(carry: Any, drawn: DrawnRows | None) -> tuple[Any, Metrics]:
         params, state, opt_state = carry
-        model, state, opt_state, metrics = _sampled_step(
-            *inputs, eqx.combine(params, static), state, opt_state
-        )
+        model = eqx.combine(params, static)
+        if drawn is None:
+            model, state, opt_state, metrics = _sampled_step(data, spec, model, state, opt_state)
+        else:
+            model, state, opt_state, metrics = _given_step(drawn, spec, model, state, opt_state)
         return (eqx.filter(model, eqx.is_array), state, opt_state), metrics
 
     (params, state, opt_state), metrics = jax.lax.scan(
-        body, (params, state, opt_state), None, length=num_steps
+        body, (params, state, opt_state), given, length=num_steps
     )
     return eqx.combine(params, static), state, opt_state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
 
 def take_steps(
-    data: TrainingArrays,
+    data: TrainingArrays | Iterator[DrawnRows],
     spec: StepSpec,
     model: SSVAE,
     state: TrainState,
@@ -131,16 +176,26 @@ def take_steps(
 ) -> tuple[SSVAE, TrainState, optax.OptState, Metrics]:
     """``num_steps`` steps; metrics are their means, still on the device.
 
-    ``fused`` compiles the whole chunk into one ``lax.scan``. Otherwise each step is its own
+    ``data`` is the training data on the device, or the batches of host data
+    (``HostBatches``), one per step. ``fused`` compiles the whole chunk into one
+    ``lax.scan`` (over the chunk's batches, stacked). Otherwise each step is its own
     compiled call and no value reaches the host until the chunk ends: on XLA's CPU backend
     convolutions inside a loop body run far slower than in a plain call, so this is the
     default there.
     """
+    on_device = isinstance(data, TrainingArrays)
     if fused:
-        return _scanned_steps((data, spec), model, state, opt_state, num_steps)
+        if on_device:
+            return _scanned_steps((data, spec), model, state, opt_state, num_steps)
+        batches = [next(data) for _ in range(num_steps)]
+        given = jax.tree.map(lambda *parts: jnp.stack(parts), *batches)
+        return _scanned_steps((None, spec), model, state, opt_state, num_steps, given)
     history = []
     for _ in range(num_steps):
-        model, state, opt_state, metrics = _one_step((data, spec), model, state, opt_state)
+        if on_device:
+            model, state, opt_state, metrics = _one_step((data, spec), model, state, opt_state)
+        else:
+            model, state, opt_state, metrics = _one_given_step(spec, next(data), model, state, opt_state)
         history.append(metrics)
     mean = jax.tree.map(lambda *values: jnp.mean(jnp.stack(values)), *history)
     return model, state, opt_state, mean
@@ -194,6 +249,19 @@ def _devices_of_every_process(count: int, processes: int) -> list[jax.Device]:
         for process in sorted(by_process)
         for device in sorted(by_process[process], key=lambda d: d.id)[:count]
     ]
+
+
+def _check_host_objective(objective: Objective) -> None:
+    """A ConfigError for a loss term that reads all training inputs in each step (the
+    neighbour term), which training from host data does not give it."""
+    from ssvae_core.terms.builtin import NeighbourTerm
+
+    for name, term in objective.named_terms():
+        if isinstance(term, NeighbourTerm):
+            raise ConfigError(
+                f"loss term {name!r} reads every training input in each step, so it needs the "
+                "training data on the device; set train.data_on_device = \"on\" or turn the term off"
+            )
 
 
 @dataclasses.dataclass
@@ -259,7 +327,7 @@ class Trainer:
 
     def train(
         self,
-        data: TrainingArrays,
+        data: TrainingArrays | HostTrainingArrays,
         model: SSVAE,
         state: TrainState,
         opt_state: optax.OptState,
@@ -278,22 +346,36 @@ class Trainer:
         checkpoint it).
         """
         until_step = self.config.train.steps if until_step is None else until_step
-        data, model, state, opt_state = self.replicate((data, model, state, opt_state))
+        step = int(state.step)
+        batches: HostBatches | None = None
+        if isinstance(data, HostTrainingArrays):
+            _check_host_objective(self.spec.objective)
+            batches = HostBatches(
+                data, state.key, max(until_step - step, 0), self.spec.batch_size,
+                self.spec.labeled_batch_size, sharding=self.spec.batch_sharding,
+            )
+            model, state, opt_state = self.replicate((model, state, opt_state))
+        else:
+            data, model, state, opt_state = self.replicate((data, model, state, opt_state))
+        source = data if batches is None else iter(batches)
         chunk = self.config.train.log_every
         fused = self.config.train.fuse_steps
-        step = int(state.step)
-        while step < until_step:
-            num_steps = min(chunk, until_step - step)
-            started = time.perf_counter()
-            model, state, opt_state, metrics = take_steps(
-                data, self.spec, model, state, opt_state, num_steps, fused=fused
-            )
-            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            step += num_steps
-            host["seconds"] = time.perf_counter() - started
-            if not all(math.isfinite(v) for v in host.values()):
-                raise FloatingPointError(f"training diverged at step {step}: {host}")
-            self._after_chunk(model, state, opt_state, step, host, sinks, on_chunk, extra_metrics)
+        try:
+            while step < until_step:
+                num_steps = min(chunk, until_step - step)
+                started = time.perf_counter()
+                model, state, opt_state, metrics = take_steps(
+                    source, self.spec, model, state, opt_state, num_steps, fused=fused
+                )
+                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                step += num_steps
+                host["seconds"] = time.perf_counter() - started
+                if not all(math.isfinite(v) for v in host.values()):
+                    raise FloatingPointError(f"training diverged at step {step}: {host}")
+                self._after_chunk(model, state, opt_state, step, host, sinks, on_chunk, extra_metrics)
+        finally:
+            if batches is not None:
+                batches.close()
         return self.localize((model, state, opt_state))
 
     def _after_chunk(
