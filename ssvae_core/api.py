@@ -31,6 +31,7 @@ from ssvae_core.metrics import (
     reliability_table,
 )
 from ssvae_core.model import SSVAE, build_model
+from ssvae_core.neighbours import exact_neighbours_up_to
 from ssvae_core.objective import Objective, build_objective
 from ssvae_core.ood import (
     BACKGROUND_NOISE,
@@ -508,14 +509,15 @@ class SSVAEClassifier:
                 on_checkpoint(self)
             last[0] = step
 
-        arrays = training_arrays(
-            dataset.x,
-            dataset.y,
-            objective=trainer.spec.objective,
-            num_classes=dataset.num_classes,
-            balance_labels=self.config.train.balance_labels,
-            on_device=data_fits_device(dataset.x, self.config.train.data_on_device),
-        )
+        with exact_neighbours_up_to(self.config.data.exact_neighbours):
+            arrays = training_arrays(
+                dataset.x,
+                dataset.y,
+                objective=trainer.spec.objective,
+                num_classes=dataset.num_classes,
+                balance_labels=self.config.train.balance_labels,
+                on_device=data_fits_device(dataset.x, self.config.train.data_on_device),
+            )
         self.model, self.state, self.opt_state = trainer.train(
             arrays,
             model,
@@ -533,18 +535,19 @@ class SSVAEClassifier:
         """The calibration of ``config.calibration`` fitted on ``dataset`` for the model
         reached (``ssvae_core.calibration``)."""
         model, state = self._fitted()
-        return fit_calibration(
-            self.config.calibration,
-            dataset.x,
-            dataset.y,
-            dataset.num_classes,
-            lambda x: infer(model, state.head_state, x).probabilities,
-            self.config.augment,
-            learned_propagation=self.config.calibration.learned_propagation(
-                self.config.term_options("graph_label").weight > 0
-            ),
-            step=int(state.step),
-        )
+        with exact_neighbours_up_to(self.config.data.exact_neighbours):
+            return fit_calibration(
+                self.config.calibration,
+                dataset.x,
+                dataset.y,
+                dataset.num_classes,
+                lambda x: infer(model, state.head_state, x).probabilities,
+                self.config.augment,
+                learned_propagation=self.config.calibration.learned_propagation(
+                    self.config.term_options("graph_label").weight > 0
+                ),
+                step=int(state.step),
+            )
 
     def _fitted(self) -> tuple[SSVAE, TrainState]:
         if self.model is None or self.state is None:

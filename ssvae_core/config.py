@@ -76,6 +76,12 @@ class DataConfig:
         help=f"labeled training examples per class: an integer >= 0 (0: none, the model learns from the unlabeled data alone) or {EVERY_LABEL!r} (every training label)",
     )
 
+    exact_neighbours: int = option(
+        50_000,
+        help="training rows up to which the pixel kNN graphs (graph labels, graph clustering, the calibration's propagation) use exact neighbours; above it approximate ones (pynndescent), whose cost grows about as N·k instead of N²",
+        minimum=0,
+    )
+
     def validate(self) -> None:
         if self.test_dataset and self.test_dataset == self.dataset:
             raise ValueError(

@@ -170,3 +170,47 @@ def test_the_graph_terms_build_their_graph_from_deskewed_images_when_told() -> N
     ):
         with pytest.raises(ValueError, match="one-channel images"):
             term.prepare(flat, labels, 2)
+
+
+# --- approximate neighbours above a size ----------------------------------------------------
+
+
+def _blobs(rows: int = 1500, seed: int = 0) -> np.ndarray:
+    """Rows in 15 tight clusters in 20 dimensions, with a few exact duplicates."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(size=(15, 20)) * 4.0
+    x = centres[rng.integers(0, 15, rows)] + 0.3 * rng.standard_normal((rows, 20))
+    x[1] = x[0]  # a duplicate may take a row's own first place among its neighbours
+    return x.astype(np.float32)
+
+
+def test_up_to_the_limit_neighbours_are_exact_and_above_it_approximate_but_close() -> None:
+    from sklearn.neighbors import NearestNeighbors
+
+    from ssvae_core.neighbours import EXACT_UP_TO, exact_neighbours_up_to, nearest_neighbours
+
+    x = _blobs()
+    exact = NearestNeighbors(n_neighbors=11).fit(x).kneighbors(x, return_distance=False)[:, 1:]
+    assert EXACT_UP_TO >= 50_000
+    assert np.array_equal(nearest_neighbours(x, 10), exact)
+    with exact_neighbours_up_to(x.shape[0] - 1):
+        approximate = nearest_neighbours(x, 10)
+        affinity = knn_affinity(x, 10)
+    assert approximate.shape == exact.shape
+    assert not np.any(approximate == np.arange(x.shape[0])[:, None])  # never a row itself
+    assert all(len(set(row)) == 10 for row in approximate)
+    recall = np.mean([np.intersect1d(a, e).size for a, e in zip(approximate, exact, strict=True)]) / 10
+    assert 0.9 <= recall < 1.0 or np.array_equal(np.sort(approximate), np.sort(exact))
+    assert np.array_equal(nearest_neighbours(x, 10, exact_up_to=0), approximate)  # seeded
+    assert affinity.nnz >= 10 * x.shape[0] and affinity.diagonal().sum() == 0
+    with pytest.raises(ValueError, match="rows >= 0"), exact_neighbours_up_to(-1):
+        pass
+
+
+def test_the_exact_neighbour_limit_is_a_validated_data_option() -> None:
+    from ssvae_core.config import config_from_dict
+    from ssvae_core.errors import ConfigError
+
+    assert config_from_dict({}).data.exact_neighbours == 50_000
+    with pytest.raises(ConfigError, match="exact_neighbours"):
+        config_from_dict({"data": {"exact_neighbours": -1}})
