@@ -94,17 +94,20 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(1.0, np.abs(a)), initial=0.0))
 
 
-def test_two_processes_train_as_one_and_only_process_0_writes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("data_on_device", ["on", "off"])
+def test_two_processes_train_as_one_and_only_process_0_writes(tmp_path: Path, data_on_device: str) -> None:
+    """With the data on the host ("off") each process gathers only its half of each batch."""
     reference = tmp_path / "one"
     assert main(["train", *SMALL, "--out", str(reference), "--set", "train.devices=1"]) == 0
     port = _free_port()
     first, second = tmp_path / "process-0", tmp_path / "process-1"
     run = tmp_path / "two"
+    where = ["--set", f"train.data_on_device={data_on_device}"]
     results = _run_all([
         # process 0 by flags, process 1 by environment variables
-        (["train", *SMALL, "--out", str(run), "--coordinator", f"127.0.0.1:{port}",
+        (["train", *SMALL, *where, "--out", str(run), "--coordinator", f"127.0.0.1:{port}",
           "--num-processes", "2", "--process-id", "0"], first, _child_env()),
-        (["train", *SMALL, "--out", str(tmp_path / "two-seen-by-1")], second,
+        (["train", *SMALL, *where, "--out", str(tmp_path / "two-seen-by-1")], second,
          _child_env(SSVAE_COORDINATOR=f"127.0.0.1:{port}", SSVAE_NUM_PROCESSES="2", SSVAE_PROCESS_ID="1")),
     ])
     for index, (code, _, err) in enumerate(results):

@@ -266,7 +266,7 @@ class HostBatches:
         self._sharding = sharding
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=self.PREFETCH)
         self._stop = threading.Event()
-        cpu = jax.devices("cpu")[0]
+        cpu = jax.local_devices(backend="cpu")[0]
         self._pool = jax.device_put(
             (
                 np.asarray(jax.device_get(key)),
