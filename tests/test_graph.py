@@ -214,3 +214,40 @@ def test_the_exact_neighbour_limit_is_a_validated_data_option() -> None:
     assert config_from_dict({}).data.exact_neighbours == 50_000
     with pytest.raises(ConfigError, match="exact_neighbours"):
         config_from_dict({"data": {"exact_neighbours": -1}})
+
+
+def test_a_fit_above_the_limit_builds_every_graph_approximately(monkeypatch, synthetic) -> None:
+    """Graph labels and the calibration's propagation both go through the approximate
+    neighbours when the training rows exceed ``data.exact_neighbours`` (and only then)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from ssvae_core import neighbours
+    from ssvae_core.api import SSVAEClassifier
+    from ssvae_core.config import config_from_dict
+
+    calls: list[int] = []
+
+    def counted(flat: np.ndarray, count: int, *, seed: int = 0) -> np.ndarray:
+        calls.append(flat.shape[0])
+        return NearestNeighbors(n_neighbors=count + 1).fit(flat).kneighbors(flat, return_distance=False)[:, 1:]
+
+    monkeypatch.setattr(neighbours, "approximate_neighbours", counted)
+
+    def fit(limit: int) -> None:
+        config = config_from_dict(
+            {
+                "data": {"exact_neighbours": limit},
+                "model": {"latent_dim": 2, "embedding_dim": 4},
+                "prior": {"name": "mixture", "num_components": 4},
+                "encoder": {"hidden": [16]},
+                "decoder": {"hidden": [16]},
+                "loss": {"graph_label": {"weight": 1.0}},
+                "train": {"steps": 2, "batch_size": 8, "log_every": 2},
+            }
+        )
+        SSVAEClassifier(config).fit(synthetic["x"], synthetic["partial"])
+
+    fit(len(synthetic["x"]))
+    assert calls == []
+    fit(len(synthetic["x"]) - 1)
+    assert len(calls) >= 2 and set(calls) <= {len(synthetic["x"])}

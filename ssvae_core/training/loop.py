@@ -1,7 +1,9 @@
 """The training loop: chunks of compiled steps, metrics to the host once per chunk, sinks.
 
 Each step is one compiled call that draws its batch on the device and takes one optimiser
-step (or, with ``train.fuse_steps``, a whole chunk is one ``lax.scan``). After every
+step (or, with ``train.fuse_steps``, a whole chunk is one ``lax.scan``). With the data on
+the host (``HostTrainingArrays``) the step takes a batch that ``HostBatches`` drew from the
+same key stream and gathered there, so the batches, and the steps, are the same. After every
 ``train.log_every`` steps the chunk's mean metrics reach the host and go to each metric
 sink — a callable ``sink(step, metrics)``: the run directory's JSON-lines log, the
 progress bar, a tracker.
