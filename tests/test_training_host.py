@@ -182,3 +182,19 @@ def test_the_neighbour_term_needs_the_data_on_the_device() -> None:
     x, labels = _data()
     with pytest.raises(ConfigError, match="data_on_device"):
         _train(config_from_dict(raw), x, labels, on_device=False)
+
+
+def test_the_host_step_compiles_once_for_every_batch(monkeypatch) -> None:
+    from ssvae_core.training import loop
+
+    traced: list[int] = []
+    original = loop._given_step
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        traced.append(1)  # runs only while the step is being traced
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_given_step", counted)
+    x, labels = _data()
+    _, (_, state, _), _ = _train(_config(graph_label=0.0, steps=7, log_every=7), x, labels, on_device=False, objective=False)
+    assert int(state.step) == 7 and len(traced) <= 1  # 0 where an earlier test compiled it
