@@ -18,7 +18,7 @@ with shifted and rotated copies to reach N beyond them, and written as ``x.npy``
   draws, without a browser;
 - ``peak_rss_mb``: this process's own peak (graph labels and studio).
 
-One JSON line per size::
+One JSON line per size (``--data-on-device off`` trains from host-side batches)::
 
     python benchmarks/scale.py --sizes 10000,60000 --mnist ../shared/data/mnist-train
 
@@ -128,19 +128,22 @@ def studio_seconds(run: Path) -> tuple[float, float, int]:
         session.close()
 
 
-def measure(images: np.ndarray, labels: np.ndarray, size: int, steps: int, work: Path) -> dict[str, object]:
+def measure(
+    images: np.ndarray, labels: np.ndarray, size: int, steps: int, work: Path, data_on_device: str
+) -> dict[str, object]:
     folder = work / f"mnist-{size}"
     folder.mkdir()
     x, y = augmented(images, labels, size)
     np.save(folder / "x.npy", x)
     np.save(folder / "y.npy", y.astype(np.int64))
-    result: dict[str, object] = {"rows": size, "steps": steps, "batch": BATCH}
+    result: dict[str, object] = {"rows": size, "steps": steps, "batch": BATCH, "data_on_device": data_on_device}
     result["graph_s"] = round(graph_seconds(folder), 2)
     run = work / f"run-{size}"
     ssvae = [sys.executable, "-m", "ssvae_core.cli"]
     fit_s, fit_rss = _child([*ssvae, "train", "--preset", "mnist", "--data", str(folder), "--steps", str(steps),
                              "--out", str(run), "--no-plots", "--quiet", "--set", f"train.batch_size={BATCH}",
-                             "--set", f"train.log_every={max(steps // 6, 1)}"])
+                             "--set", f"train.log_every={max(steps // 6, 1)}",
+                             "--set", f"train.data_on_device={data_on_device}"])
     chunks = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     chunks = [c for c in chunks if "seconds" in c]
     steady = chunks[1:] or chunks
@@ -185,6 +188,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300, help="training steps of each fit")
     parser.add_argument("--mnist", type=Path, default=Path("../shared/data/mnist-train"),
                         help="a folder with the MNIST training IDX files")
+    parser.add_argument("--data-on-device", default="auto", choices=("auto", "on", "off"),
+                        help="train.data_on_device of each fit")
     parser.add_argument("--recall", type=int, default=0, help="measure kNN recall on this many rows instead")
     parser.add_argument("--work", type=Path, default=None, help="folder for the data and runs (default: a temporary one)")
     args = parser.parse_args()
@@ -200,7 +205,7 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         for size in sizes:
-            print(json.dumps(measure(images, labels, size, args.steps, Path(work))), flush=True)
+            print(json.dumps(measure(images, labels, size, args.steps, Path(work), args.data_on_device)), flush=True)
     return 0
 
 
