@@ -16,7 +16,8 @@ with shifted and rotated copies to reach N beyond them, and written as ``x.npy``
 - ``studio_open_s`` and ``studio_map_s``: the studio's session opened on the run
   (``StudioSession``) and its first latent map (``latent_map``), the data the map tab
   draws, without a browser;
-- ``peak_rss_mb``: this process's own peak (graph labels and studio).
+- ``peak_rss_mb``: this process's own peak so far (graph labels and studio, of this size
+  and the smaller ones before it).
 
 One JSON line per size (``--data-on-device off`` trains from host-side batches)::
 
@@ -76,16 +77,26 @@ def augmented(images: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.nda
 
 
 def _child(command: list[str]) -> tuple[float, float]:
-    """Run ``command``; its wall seconds and peak resident memory (MB)."""
+    """Run ``command``; its wall seconds and peak resident memory (MB).
+
+    The peak is the child's own ``VmHWM``, read while it runs: its ``ru_maxrss`` would
+    count the memory of this process too, which it held from the fork until its exec."""
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    status, peak_kb = Path(f"/proc/{process.pid}/status"), 0
+    while process.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kb = max(peak_kb, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
     seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
         error = process.stderr.read().decode() if process.stderr else ""
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}): {error[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, peak_kb / 1024
 
 
 def graph_seconds(folder: Path) -> float:
