@@ -270,9 +270,9 @@ class HostBatches:
         self._pool = jax.device_put(
             (
                 np.asarray(jax.device_get(key)),
-                jnp.asarray(data.labeled_index),
-                jnp.asarray(data.labeled_y),
-                jnp.asarray(data.labeled_count, dtype=jnp.int32),
+                np.asarray(data.labeled_index, dtype=np.int32),
+                np.asarray(data.labeled_y, dtype=np.int32),
+                np.asarray(data.labeled_count, dtype=np.int32),
             ),
             cpu,
         )
@@ -294,7 +294,8 @@ class HostBatches:
                 if self._stop.is_set():
                     return
         except BaseException as error:
-            self._queue.put(("error", error))
+            if not self._stop.is_set():  # else nobody reads the queue any more
+                self._queue.put(("error", error))
 
     def _gather(self, rows: np.ndarray, labels: np.ndarray) -> DrawnRows:
         host, sharding = self._data, self._sharding
