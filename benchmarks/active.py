@@ -3,7 +3,7 @@
 For each seed: the benchmark split with ``--initial`` labels per class, trained with the
 preset; then ``--rounds`` rounds, each querying ``--per-round`` examples with every
 strategy, labeling them with the data's own training labels and retraining warm for
-``--steps-per-round`` steps (``ssvae_core.labeling.run_loop``: every strategy starts from
+``--steps-per-round`` steps (``ssvae_core.labels.labeling.run_loop``: every strategy starts from
 the same initial model and gets the same budget). Each seed is its own loop directory
 ``OUT/seed-<s>`` (a finished one is reused, so an interrupted benchmark resumes). Then a
 summary over every seed: held-out accuracy against labels used per strategy, one JSON line
@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 
 from ssvae_core.config import load_config
-from ssvae_core.data import load_dataset
+from ssvae_core.data.loading import load_dataset
 from ssvae_core.errors import SSVAEError
-from ssvae_core.labeling import (
+from ssvae_core.labels.labeling import (
     CURVE_NAME,
     LoopPlan,
     parse_seeds,
@@ -53,7 +53,7 @@ from ssvae_core.labeling import (
     write_curve_plot,
 )
 from ssvae_core.registry import default_registry
-from ssvae_core.run import split_dataset
+from ssvae_core.runs.run import split_dataset
 
 DRAW = "draw"  # the split's random draw of the first labels, per class
 

@@ -29,9 +29,9 @@ import numpy as np
 
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import label_budget_argument, load_config
-from ssvae_core.data import load_dataset
+from ssvae_core.data.loading import load_dataset
 from ssvae_core.errors import SSVAEError
-from ssvae_core.run import split_dataset, training_view
+from ssvae_core.runs.run import split_dataset, training_view
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from quality import validation_split

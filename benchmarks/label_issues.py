@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 
 from ssvae_core.config import load_config
-from ssvae_core.data import load_dataset
+from ssvae_core.data.loading import load_dataset
 from ssvae_core.errors import SSVAEError
-from ssvae_core.label_issues import run_issues
-from ssvae_core.labeling import parse_seeds
-from ssvae_core.labels import STORE_NAME, LabelStore
-from ssvae_core.run import split_dataset
-from ssvae_core.runs import retrain_run, train_run
+from ssvae_core.labels.label_issues import run_issues
+from ssvae_core.labels.labeling import parse_seeds
+from ssvae_core.labels.store import STORE_NAME, LabelStore
+from ssvae_core.runs.lifecycle import retrain_run, train_run
+from ssvae_core.runs.run import split_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from active import validation_data

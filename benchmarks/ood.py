@@ -16,7 +16,7 @@ offline and reproducibly (``numpy.random.default_rng([seed, 3])``):
   second model trained with class 9 unlabeled (K = 20), its held-out 9s against its other
   held-out images.
 
-Reported per OOD set and score (every score of ``ssvae_core.ood``; the ratio scores
+Reported per OOD set and score (every score of ``ssvae_core.runs.ood``; the ratio scores
 with ``--background`` or a run holding a background model): AUROC, FPR at 95 % TPR and
 AUPR (the OOD images are the positives), plus candidate combinations (``variants``). One
 JSON line per seed (also appended to ``--out``), then a summary line::
@@ -48,10 +48,10 @@ import numpy as np
 
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import label_budget_argument, load_config
-from ssvae_core.data import Dataset, load_dataset
+from ssvae_core.data.loading import Dataset, load_dataset
 from ssvae_core.errors import ConfigError, DataError
-from ssvae_core.metrics import accuracy, ood_table
-from ssvae_core.ood import (
+from ssvae_core.runs.metrics import accuracy, ood_table
+from ssvae_core.runs.ood import (
     BACKGROUND_NOISE,
     NEEDS_BACKGROUND,
     OOD_SCORES,
@@ -63,7 +63,7 @@ from ssvae_core.ood import (
     score_inputs,
     tail,
 )
-from ssvae_core.run import split_dataset, training_view
+from ssvae_core.runs.run import split_dataset, training_view
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from open_set import known_view
@@ -380,7 +380,7 @@ def pair_training_view(dataset: Dataset, config: Any) -> Dataset:
     split = split_dataset(dataset, config)
     labels = np.full(len(dataset.y), -1, dtype=np.int32)
     labels[split.labeled] = dataset.y[split.labeled]
-    from ssvae_core.data import from_arrays
+    from ssvae_core.data.loading import from_arrays
 
     return from_arrays(
         dataset.x, labels, name=dataset.name, num_classes=dataset.num_classes,

@@ -32,9 +32,9 @@ import numpy as np
 
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import label_budget_argument, load_config
-from ssvae_core.data import Dataset, from_arrays, load_dataset
-from ssvae_core.metrics import auroc
-from ssvae_core.run import split_dataset
+from ssvae_core.data.loading import Dataset, from_arrays, load_dataset
+from ssvae_core.runs.metrics import auroc
+from ssvae_core.runs.run import split_dataset
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from quality import run_seeds, validation_split

@@ -34,9 +34,9 @@ import numpy as np
 
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import label_budget_argument, load_config
-from ssvae_core.data import Split, load_dataset
+from ssvae_core.data.loading import Split, load_dataset
 from ssvae_core.errors import SSVAEError
-from ssvae_core.run import split_dataset, split_protocol, training_view
+from ssvae_core.runs.run import split_dataset, split_protocol, training_view
 
 VALIDATION_FRACTION = 0.2
 CLUSTERING = ("clustering_accuracy", "many_to_one_accuracy", "nmi", "ari")

@@ -25,9 +25,9 @@ import numpy as np
 
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import load_config
-from ssvae_core.data import load_dataset
+from ssvae_core.data.loading import load_dataset
 from ssvae_core.errors import SSVAEError
-from ssvae_core.run import split_dataset, training_view
+from ssvae_core.runs.run import split_dataset, training_view
 
 
 def _timed(call) -> float:  # type: ignore[no-untyped-def]

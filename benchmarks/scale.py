@@ -51,7 +51,7 @@ BATCH = 128
 
 def mnist(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """The MNIST rows as uint8 images and their labels."""
-    from ssvae_core.data import load_idx_folder
+    from ssvae_core.data.loading import load_idx_folder
 
     data = load_idx_folder(folder)
     return np.rint(data.x * 255).astype(np.uint8), data.y
@@ -104,12 +104,12 @@ def graph_seconds(folder: Path) -> float:
     import jax
 
     from ssvae_core.config import load_config
-    from ssvae_core.data import load_dataset
-    from ssvae_core.model import build_model
-    from ssvae_core.neighbours import exact_neighbours_up_to
-    from ssvae_core.objective import build_objective
-    from ssvae_core.run import split_dataset, training_view
-    from ssvae_core.terms.base import prepared_fields
+    from ssvae_core.data.loading import load_dataset
+    from ssvae_core.data.neighbours import exact_neighbours_up_to
+    from ssvae_core.modelling.model import build_model
+    from ssvae_core.modelling.objective import build_objective
+    from ssvae_core.modelling.terms.base import prepared_fields
+    from ssvae_core.runs.run import split_dataset, training_view
 
     config = load_config(None, [], preset="mnist")
     dataset = load_dataset(str(folder))
@@ -175,7 +175,7 @@ def measure(
 
 def recall(images: np.ndarray, rows: int, k: int = 10) -> dict[str, object]:
     """Recall of the approximate k nearest neighbours against the exact ones."""
-    from ssvae_core.neighbours import nearest_neighbours
+    from ssvae_core.data.neighbours import nearest_neighbours
 
     flat = images[:rows].reshape(rows, -1).astype(np.float32) / 255.0
     started = time.perf_counter()

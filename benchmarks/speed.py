@@ -40,8 +40,8 @@ import numpy as np
 
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import load_config
-from ssvae_core.data import load_dataset
-from ssvae_core.run import split_dataset, training_view
+from ssvae_core.data.loading import load_dataset
+from ssvae_core.runs.run import split_dataset, training_view
 
 
 @dataclass(frozen=True)

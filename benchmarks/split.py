@@ -29,8 +29,8 @@ from quality import validation_split
 
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import load_config
-from ssvae_core.data import load_dataset
-from ssvae_core.run import split_dataset, training_view
+from ssvae_core.data.loading import load_dataset
+from ssvae_core.runs.run import split_dataset, training_view
 
 
 def _with_splitting(classifier: SSVAEClassifier, on: bool) -> SSVAEClassifier:

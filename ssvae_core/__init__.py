@@ -11,7 +11,7 @@ build reads it there).
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import Config, config_from_dict, default_config, load_config
 from ssvae_core.errors import CheckpointError, ConfigError, DataError, PluginError, SSVAEError
-from ssvae_core.model import SSVAE, build_model
+from ssvae_core.modelling.model import SSVAE, build_model
 from ssvae_core.registry import Registry, default_registry
 from ssvae_core.version import __version__
 

@@ -12,16 +12,20 @@ import jax
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ssvae_core.active import QueryResult, query, query_key
-from ssvae_core.calibration import Calibration, fit_calibration
-from ssvae_core.checkpoint import load_checkpoint, save_checkpoint
 from ssvae_core.config import Config, check_seed, default_config, resolve_components
-from ssvae_core.data import Dataset, from_arrays
+from ssvae_core.data.loading import Dataset, from_arrays
+from ssvae_core.data.neighbours import exact_neighbours_up_to
 from ssvae_core.errors import CheckpointError, ConfigError, DataError, SSVAEError
-from ssvae_core.inference import Inference, infer
-from ssvae_core.labels import check_distinct_names, label_name
-from ssvae_core.labelspace import channel_table, claim_for_classes
-from ssvae_core.metrics import (
+from ssvae_core.labels.active import QueryResult, query, query_key
+from ssvae_core.labels.labelspace import channel_table, claim_for_classes
+from ssvae_core.labels.splitting import apply_splits, plan_splits, split_support
+from ssvae_core.labels.store import check_distinct_names, label_name
+from ssvae_core.modelling.inference import Inference, infer
+from ssvae_core.modelling.model import SSVAE, build_model
+from ssvae_core.modelling.objective import Objective, build_objective
+from ssvae_core.registry import Registry, default_registry
+from ssvae_core.runs.calibration import Calibration, fit_calibration
+from ssvae_core.runs.metrics import (
     accuracy,
     channel_diagnostics,
     clustering_metrics,
@@ -30,10 +34,7 @@ from ssvae_core.metrics import (
     ood_table,
     reliability_table,
 )
-from ssvae_core.model import SSVAE, build_model
-from ssvae_core.neighbours import exact_neighbours_up_to
-from ssvae_core.objective import Objective, build_objective
-from ssvae_core.ood import (
+from ssvae_core.runs.ood import (
     BACKGROUND_NOISE,
     DEFAULT_SCORE,
     NEEDS_BACKGROUND,
@@ -51,8 +52,6 @@ from ssvae_core.ood import (
     score_inputs,
     train_background,
 )
-from ssvae_core.registry import Registry, default_registry
-from ssvae_core.splitting import apply_splits, plan_splits, split_support
 from ssvae_core.training import (
     MetricSink,
     Trainer,
@@ -61,6 +60,7 @@ from ssvae_core.training import (
     init_state,
     training_arrays,
 )
+from ssvae_core.training.checkpoint import load_checkpoint, save_checkpoint
 
 CheckpointCallback = Callable[["SSVAEClassifier"], None]
 # evaluate(classifier, seconds): metrics of the state reached after ``seconds`` of training
@@ -105,7 +105,7 @@ class SSVAEClassifier:
         # background model itself, its noise rate and training time
         self.background: SSVAEClassifier | None = None
         self.background_info: dict[str, float] | None = None
-        # the calibration of p(y|x) fitted after the last training (ssvae_core.calibration)
+        # the calibration of p(y|x) fitted after the last training (ssvae_core.runs.calibration)
         self.calibration: Calibration | None = None
 
     def fit(
@@ -292,7 +292,7 @@ class SSVAEClassifier:
         new_names: tuple[str, ...],
     ) -> None:
         """Give each class in ``claiming`` free channels where its examples ``x`` sit (see
-        ``ssvae_core.labelspace``), adding ``new_names`` to the label space."""
+        ``ssvae_core.labels.labelspace``), adding ``new_names`` to the label space."""
         model, state = self._fitted()
         data = self.training_data
         assert data is not None
@@ -364,7 +364,7 @@ class SSVAEClassifier:
         in a channel τ gives to another class, is copied into a free channel (or a
         further channel of a class that owns two) for the class with less labeled mass
         there; τ's counts are reseeded so each copy belongs to one class (see
-        ``ssvae_core.splitting`` and ``docs/maths.md``). Returns the record:
+        ``ssvae_core.labels.splitting`` and ``docs/maths.md``). Returns the record:
         ``applied``, ``splits`` and ``unresolved`` conflicts (each with a ``why``), and
         ``copied`` (which parts of the model the copy covers); a head without channels
         returns ``applied: False`` and changes nothing.
@@ -533,7 +533,7 @@ class SSVAEClassifier:
 
     def _fit_calibration(self, dataset: Dataset) -> Calibration:
         """The calibration of ``config.calibration`` fitted on ``dataset`` for the model
-        reached (``ssvae_core.calibration``)."""
+        reached (``ssvae_core.runs.calibration``)."""
         model, state = self._fitted()
         with exact_neighbours_up_to(self.config.data.exact_neighbours):
             return fit_calibration(

@@ -7,16 +7,16 @@ from dataclasses import dataclass
 
 from jaxtyping import PRNGKeyArray
 
-from ssvae_core.acquisitions import ACQUISITIONS
-from ssvae_core.components import BuildContext, ComponentFactory
-from ssvae_core.heads import SoftmaxHead, TauHead
 from ssvae_core.hookspecs import hookimpl
-from ssvae_core.networks.dense import ACTIVATIONS, DenseDecoder, DenseEncoder
+from ssvae_core.labels.acquisitions import ACQUISITIONS
+from ssvae_core.modelling.components import BuildContext, ComponentFactory
+from ssvae_core.modelling.heads import SoftmaxHead, TauHead
+from ssvae_core.modelling.networks.dense import ACTIVATIONS, DenseDecoder, DenseEncoder
+from ssvae_core.modelling.priors.mixture import MixturePrior
+from ssvae_core.modelling.priors.standard import StandardPrior
+from ssvae_core.modelling.terms.builtin import LOSS_TERMS
 from ssvae_core.options import option
-from ssvae_core.priors.mixture import MixturePrior
-from ssvae_core.priors.standard import StandardPrior
-from ssvae_core.terms.builtin import LOSS_TERMS
-from ssvae_core.tracking import BUILTIN_TRACKERS, TrackerFactory
+from ssvae_core.runs.tracking import BUILTIN_TRACKERS, TrackerFactory
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ from typing import Any
 
 import tomli_w
 
-from ssvae_core.augment import AugmentConfig
-from ssvae_core.calibration import CalibrationConfig
-from ssvae_core.conditioning import CONDITIONING_METHODS
+from ssvae_core.data.augment import AugmentConfig
 from ssvae_core.errors import ConfigError, read_user_file
-from ssvae_core.likelihoods import LIKELIHOODS
+from ssvae_core.modelling.conditioning import CONDITIONING_METHODS
+from ssvae_core.modelling.likelihoods import LIKELIHOODS
 from ssvae_core.options import option, options_to_dict, parse_options, suggest
 from ssvae_core.registry import Registry, default_registry
+from ssvae_core.runs.calibration import CalibrationConfig
 
 if sys.version_info >= (3, 11):
     import tomllib

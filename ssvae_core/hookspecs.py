@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import pluggy
 
-from ssvae_core.components import ComponentFactory
-from ssvae_core.tracking import TrackerFactory
+from ssvae_core.modelling.components import ComponentFactory
+from ssvae_core.runs.tracking import TrackerFactory
 
 PROJECT_NAME = "ssvae"
 
@@ -30,7 +30,7 @@ def ssvae_register_priors() -> dict[str, ComponentFactory]:
     """Return priors by name.
 
     Each factory's ``build(options, context, key)`` returns a final subclass of
-    ``ssvae_core.protocols.AbstractPrior``. A prior with ``num_components > 0`` gets
+    ``ssvae_core.modelling.protocols.AbstractPrior``. A prior with ``num_components > 0`` gets
     the τ head automatically; its KL terms must be finite, per example, and (where they are
     true KLs) non-negative and zero when ``q`` equals ``p``.
     """

@@ -16,30 +16,29 @@ Every other module of ``ssvae_core`` is internal and may change without notice.
 
 from __future__ import annotations
 
-from ssvae_core.augment import channels_last
-from ssvae_core.components import KINDS, BuildContext, ComponentFactory
-from ssvae_core.conditioning import CONDITIONING_METHODS, ComponentConditioning
+from ssvae_core.data.augment import channels_last
 from ssvae_core.hookspecs import hookimpl
-from ssvae_core.likelihoods import AbstractLikelihood, make_likelihood
-from ssvae_core.losses import (
+from ssvae_core.modelling.components import KINDS, BuildContext, ComponentFactory
+from ssvae_core.modelling.conditioning import CONDITIONING_METHODS, ComponentConditioning
+from ssvae_core.modelling.likelihoods import AbstractLikelihood, make_likelihood
+from ssvae_core.modelling.losses import (
     categorical_kl,
     diagonal_gaussian_log_density,
     dirichlet_penalty,
     entropy,
     gaussian_kl,
 )
-from ssvae_core.model import reparameterise
-from ssvae_core.networks import PosteriorHeads, bounded_log_var
-from ssvae_core.networks.dense import ACTIVATIONS
-from ssvae_core.options import option
-from ssvae_core.priors.channels import (
+from ssvae_core.modelling.model import reparameterise
+from ssvae_core.modelling.networks import PosteriorHeads, bounded_log_var
+from ssvae_core.modelling.networks.dense import ACTIVATIONS
+from ssvae_core.modelling.priors.channels import (
     AbstractChannelPrior,
     pi_log_weights,
     pi_logits_field,
     pi_regularisers,
     uniform_log_weights,
 )
-from ssvae_core.protocols import (
+from ssvae_core.modelling.protocols import (
     AbstractAcquisition,
     AbstractChannelFreeHead,
     AbstractDecoder,
@@ -49,8 +48,8 @@ from ssvae_core.protocols import (
     AbstractTopScoreAcquisition,
     top_unlabeled,
 )
-from ssvae_core.schedules import Schedule
-from ssvae_core.terms import (
+from ssvae_core.modelling.schedules import Schedule
+from ssvae_core.modelling.terms import (
     AbstractLossTerm,
     AbstractPreparedTerm,
     TermInputs,
@@ -58,8 +57,9 @@ from ssvae_core.terms import (
     TermValue,
     masked_mean,
 )
-from ssvae_core.tracking import TrackerContext, TrackerFactory, TrackerSink
-from ssvae_core.types import AcquisitionInputs, DecoderOutput, EncoderOutput
+from ssvae_core.modelling.types import AcquisitionInputs, DecoderOutput, EncoderOutput
+from ssvae_core.options import option
+from ssvae_core.runs.tracking import TrackerContext, TrackerFactory, TrackerSink
 
 # One sorted list per topic; a new topic is one more ``__all__ += [...]`` block.
 

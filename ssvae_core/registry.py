@@ -1,7 +1,7 @@
 """Plugin discovery: built-ins and entry points of the group ``ssvae``, through pluggy.
 
 A plugin that fails to import, changes process-wide state when imported (JAX's
-configuration, NumPy's global random state, the environment: ``ssvae_core.hygiene``),
+configuration, NumPy's global random state, the environment: ``ssvae_core.modelling.hygiene``),
 raises in a hook, registers a name that is already taken, returns a factory that does not
 satisfy its protocol, or supports other core versions than the one installed is recorded
 in ``Registry.problems`` with its name and the reason; every other plugin keeps working
@@ -21,11 +21,10 @@ import pluggy
 
 from ssvae_core import builtin, hookspecs
 from ssvae_core.compatibility import core_mismatch, core_version, supported_core
-from ssvae_core.components import KINDS, ComponentFactory
 from ssvae_core.errors import ConfigError
-from ssvae_core.hygiene import describe_changes, process_changes
-from ssvae_core.options import suggest
-from ssvae_core.protocols import (
+from ssvae_core.modelling.components import KINDS, ComponentFactory
+from ssvae_core.modelling.hygiene import describe_changes, process_changes
+from ssvae_core.modelling.protocols import (
     AbstractAcquisition,
     AbstractDecoder,
     AbstractEncoder,
@@ -33,8 +32,9 @@ from ssvae_core.protocols import (
     AbstractPrior,
     concrete_override,
 )
-from ssvae_core.terms.base import AbstractLossTerm, TermOptions
-from ssvae_core.tracking import TrackerFactory
+from ssvae_core.modelling.terms.base import AbstractLossTerm, TermOptions
+from ssvae_core.options import suggest
+from ssvae_core.runs.tracking import TrackerFactory
 
 ENTRY_POINT_GROUP = "ssvae"
 CORE_PLUGIN = "ssvae_core"

@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssvae_core.active import build_acquisition, query
-from ssvae_core.components import BuildContext
 from ssvae_core.errors import ConfigError, DataError
-from ssvae_core.likelihoods import make_likelihood
-from ssvae_core.protocols import top_unlabeled
+from ssvae_core.labels.active import build_acquisition, query
+from ssvae_core.modelling.components import BuildContext
+from ssvae_core.modelling.likelihoods import make_likelihood
+from ssvae_core.modelling.protocols import top_unlabeled
+from ssvae_core.modelling.types import AcquisitionInputs
 from ssvae_core.registry import default_registry
-from ssvae_core.types import AcquisitionInputs
 
 KEY = jax.random.PRNGKey(0)
 
@@ -172,7 +172,7 @@ def test_unknown_strategy_and_bad_options_are_one_clear_error() -> None:
 
 def test_query_refuses_more_examples_than_the_unlabeled_pool() -> None:
     from ssvae_core.config import config_from_dict
-    from ssvae_core.model import build_model
+    from ssvae_core.modelling.model import build_model
     from ssvae_core.training import init_state
 
     config = config_from_dict({"encoder": {"hidden": [8]}, "decoder": {"hidden": [8]}})
@@ -189,7 +189,7 @@ def test_query_refuses_more_examples_than_the_unlabeled_pool() -> None:
 
 
 def test_balanced_batches_go_round_robin_over_predicted_classes() -> None:
-    from ssvae_core.acquisitions import class_balanced
+    from ssvae_core.labels.acquisitions import class_balanced
 
     scores = jnp.asarray([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     predictions = jnp.asarray([0, 0, 0, 1, 2, 1])

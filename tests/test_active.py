@@ -14,11 +14,11 @@ import pytest
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.cli import main
 from ssvae_core.config import load_config
-from ssvae_core.data import load_digits
+from ssvae_core.data.loading import load_digits
 from ssvae_core.errors import DataError
-from ssvae_core.labeling import LoopPlan, Oracle, parse_seeds, run_loop
-from ssvae_core.labels import LabelStore, read_label_csv
-from ssvae_core.run import split_dataset
+from ssvae_core.labels.labeling import LoopPlan, Oracle, parse_seeds, run_loop
+from ssvae_core.labels.store import LabelStore, read_label_csv
+from ssvae_core.runs.run import split_dataset
 
 from .test_compilation import _Compilations, compilations  # noqa: F401
 

@@ -9,7 +9,7 @@ import pytest
 
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import config_from_dict
-from ssvae_core.data import from_arrays
+from ssvae_core.data.loading import from_arrays
 from ssvae_core.errors import ConfigError, DataError, SSVAEError
 
 

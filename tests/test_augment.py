@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssvae_core.augment import AugmentConfig, augment_batch, augment_example
+from ssvae_core.data.augment import AugmentConfig, augment_batch, augment_example
 
 IMAGES = jax.random.uniform(jax.random.PRNGKey(0), (3, 8, 8))
 STRONG = AugmentConfig(shift=2.0, rotation=15.0, elastic=0.5, noise=0.05)

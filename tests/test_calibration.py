@@ -10,8 +10,11 @@ import pytest
 from scipy.special import softmax
 
 from ssvae_core.api import SSVAEClassifier
-from ssvae_core.augment import AugmentConfig
-from ssvae_core.calibration import (
+from ssvae_core.config import config_from_dict
+from ssvae_core.data.augment import AugmentConfig
+from ssvae_core.data.graph import propagate_labels
+from ssvae_core.errors import ConfigError, DataError
+from ssvae_core.runs.calibration import (
     Calibration,
     CalibrationConfig,
     fit_calibration,
@@ -21,10 +24,7 @@ from ssvae_core.calibration import (
     temper,
     wilson_lower_bound,
 )
-from ssvae_core.config import config_from_dict
-from ssvae_core.errors import ConfigError, DataError
-from ssvae_core.graph import propagate_labels
-from ssvae_core.reports import markdown_report
+from ssvae_core.runs.reports import markdown_report
 
 NO_VIEWS = AugmentConfig(shift=0.0, rotation=0.0)
 
@@ -269,7 +269,7 @@ def test_a_checkpoint_keeps_the_calibration(
 def test_acquisitions_read_the_calibrated_probabilities(
     fitted_classifier: SSVAEClassifier, synthetic
 ) -> None:
-    from ssvae_core.active import acquisition_inputs
+    from ssvae_core.labels.active import acquisition_inputs
 
     model, state = fitted_classifier.model, fitted_classifier.state
     labeled = synthetic["partial"] >= 0
@@ -293,7 +293,7 @@ def test_evaluation_states_the_calibration_and_the_ece_without_it(
     assert stated["temperature"] == fitted_classifier.calibration.temperature
     assert stated["agreement"] == fitted_classifier.calibration.facts["agreement"]
     raw = fitted_classifier.predict_proba(synthetic["x"], calibrated=False)
-    from ssvae_core.metrics import expected_calibration_error
+    from ssvae_core.runs.metrics import expected_calibration_error
 
     assert stated["ece_uncalibrated"] == pytest.approx(expected_calibration_error(raw, synthetic["y"]))
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ssvae_core.losses import categorical_kl, gaussian_kl
+from ssvae_core.modelling.losses import categorical_kl, gaussian_kl
+from ssvae_core.modelling.priors.channels import uniform_log_weights
+from ssvae_core.modelling.priors.mixture import MixturePrior
 from ssvae_core.plugin import AbstractChannelPrior, AbstractEncoder, EncoderOutput
-from ssvae_core.priors.channels import uniform_log_weights
-from ssvae_core.priors.mixture import MixturePrior
 
 BATCH, LATENT, K = 5, 3, 4
 

@@ -13,8 +13,14 @@ import numpy as np
 import pytest
 
 from ssvae_core.api import SSVAEClassifier
-from ssvae_core.checkpoint import FORMAT_VERSION, MAGIC, load_checkpoint, read_manifest, seal
 from ssvae_core.errors import CheckpointError
+from ssvae_core.training.checkpoint import (
+    FORMAT_VERSION,
+    MAGIC,
+    load_checkpoint,
+    read_manifest,
+    seal,
+)
 
 
 @pytest.fixture(scope="module")

@@ -294,7 +294,7 @@ def _checkpoint_arrays(path: Path) -> list[np.ndarray]:
     import equinox as eqx
     import jax
 
-    from ssvae_core.checkpoint import load_checkpoint
+    from ssvae_core.training.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(path)
     return [np.asarray(leaf) for leaf in jax.tree.leaves(eqx.filter(
@@ -348,8 +348,8 @@ def test_train_builds_the_model_once(
     tmp_path: Path, npz_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ssvae_core.api
-    import ssvae_core.runs
-    from ssvae_core.model import build_model
+    import ssvae_core.runs.lifecycle
+    from ssvae_core.modelling.model import build_model
 
     calls = []
 
@@ -358,7 +358,7 @@ def test_train_builds_the_model_once(
         return build_model(*args, **kwargs)
 
     monkeypatch.setattr(ssvae_core.api, "build_model", counted)
-    monkeypatch.setattr(ssvae_core.runs, "build_model", counted)
+    monkeypatch.setattr(ssvae_core.runs.lifecycle, "build_model", counted)
     out = tmp_path / "run"
     assert main(_train_args(npz_path, out, "--steps", "2", "--set", "train.log_every=2", "--no-plots")) == 0
     assert calls == [True]  # once, with the training data
@@ -371,11 +371,11 @@ def test_a_component_that_cannot_be_built_for_the_data_writes_no_run_dir(
     import dataclasses
 
     from ssvae_core.config import config_from_dict
-    from ssvae_core.data import from_arrays
+    from ssvae_core.data.loading import from_arrays
     from ssvae_core.errors import ConfigError
     from ssvae_core.hookspecs import hookimpl
     from ssvae_core.registry import Registry, default_registry
-    from ssvae_core.runs import train_run
+    from ssvae_core.runs.lifecycle import train_run
 
     dense = default_registry().get("decoder", "dense").factory
 

@@ -21,7 +21,7 @@ from ssvae_core.config import (
     with_values,
 )
 from ssvae_core.errors import ConfigError
-from ssvae_core.model import build_model
+from ssvae_core.modelling.model import build_model
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -203,7 +203,7 @@ def test_priors_pass_the_new_checks_with_notes() -> None:
     assert report["kl_gradients"].startswith("passed (") and "directional" in report["kl_gradients"]
     assert report["every_option_has_an_effect"] == "passed (3 options)"
     assert report["process_hygiene"] == (
-        "passed (re-imported ssvae_core.builtin, ssvae_core.priors.mixture)"
+        "passed (re-imported ssvae_core.builtin, ssvae_core.modelling.priors.mixture)"
     )
 
 

@@ -1,4 +1,4 @@
-"""Tests for ssvae_core.data: loaders, validation and the benchmark split."""
+"""Tests for ssvae_core.data.loading: loaders, validation and the benchmark split."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssvae_core.data import (
+from ssvae_core.data.loading import (
     Dataset,
     Split,
     benchmark_split,

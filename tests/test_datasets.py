@@ -13,11 +13,11 @@ from PIL import Image
 
 from ssvae_core.cli import main
 from ssvae_core.config import load_config
-from ssvae_core.data import Dataset, benchmark_split, load_dataset
-from ssvae_core.datasets import load_csv, load_image_folder
+from ssvae_core.data.datasets import load_csv, load_image_folder
+from ssvae_core.data.loading import Dataset, benchmark_split, load_dataset
 from ssvae_core.errors import ConfigError, DataError
 from ssvae_core.presets import auto_table, preset_names
-from ssvae_core.run import split_dataset
+from ssvae_core.runs.run import split_dataset
 
 
 def _image(path: Path, pixels: np.ndarray) -> None:

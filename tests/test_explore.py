@@ -12,9 +12,9 @@ import pytest
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import config_from_dict
 from ssvae_core.errors import ConfigError, DataError
-from ssvae_core.explore import as_image, channel_members, project, reconstruct_through, tile
-from ssvae_core.labels import LabelStore
-from ssvae_core.plots import write_latent_plots
+from ssvae_core.labels.store import LabelStore
+from ssvae_core.runs.explore import as_image, channel_members, project, reconstruct_through, tile
+from ssvae_core.runs.plots import write_latent_plots
 
 
 def test_pca_projection_finds_the_spread_and_is_deterministic() -> None:
@@ -153,8 +153,8 @@ def test_withdraw_takes_back_exactly_the_named_label_from_its_source() -> None:
 def test_loss_curves_are_every_registered_term_the_objective_logged() -> None:
     """The curves come from the registry (a plugin's term too), in summing order, after the
     total, the reconstruction and the prior's KL terms; other metrics are not curves."""
-    from ssvae_core.plots import curve_names
     from ssvae_core.registry import default_registry
+    from ssvae_core.runs.plots import curve_names
 
     terms = default_registry().ordered("loss_term")
     row = {"step": 1, "grad_norm": 2.0, **{name: 0.0 for name in reversed(terms)}}
@@ -205,8 +205,7 @@ def test_the_class_layout_puts_each_point_among_its_classes() -> None:
 
 
 def test_tsne_past_its_point_budget_embeds_a_subset_and_places_the_rest(monkeypatch) -> None:
-    from ssvae_core import explore
-
+    from ssvae_core.runs import explore
     monkeypatch.setattr(explore, "TSNE_POINTS", 60)
     rng = np.random.default_rng(3)
     z = np.concatenate([rng.normal(0, 0.1, (100, 4)), rng.normal(5, 0.1, (100, 4))])

@@ -1,4 +1,4 @@
-"""Label propagation over the input kNN graph (ssvae_core.graph) against hand values."""
+"""Label propagation over the input kNN graph (ssvae_core.data.graph) against hand values."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssvae_core.graph import graph_labels, knn_affinity, propagate_labels
-from ssvae_core.objective import Objective
-from ssvae_core.schedules import Schedule
-from ssvae_core.terms.builtin import GraphLabelTerm
+from ssvae_core.data.graph import graph_labels, knn_affinity, propagate_labels
+from ssvae_core.modelling.objective import Objective
+from ssvae_core.modelling.schedules import Schedule
+from ssvae_core.modelling.terms.builtin import GraphLabelTerm
 from ssvae_core.training import sample_batch, training_arrays
 
 
@@ -130,7 +130,7 @@ def _column_spread(image: np.ndarray) -> float:
 
 
 def test_deskewing_stands_slanted_strokes_upright_and_centres_them() -> None:
-    from ssvae_core.graph import deskewed
+    from ssvae_core.data.graph import deskewed
 
     images = np.stack([_slanted_bar(20, 0.4, shift=3), _slanted_bar(20, -0.3), np.zeros((20, 20), np.float32)])
     upright = deskewed(images)
@@ -150,8 +150,8 @@ def test_deskewing_stands_slanted_strokes_upright_and_centres_them() -> None:
 
 
 def test_the_graph_terms_build_their_graph_from_deskewed_images_when_told() -> None:
-    from ssvae_core.graph import deskewed, smoothed_rows
-    from ssvae_core.terms.builtin import GraphClusterTerm
+    from ssvae_core.data.graph import deskewed, smoothed_rows
+    from ssvae_core.modelling.terms.builtin import GraphClusterTerm
 
     bars = np.stack([_slanted_bar(16, s, shift=t) for s, t in ((0.0, 0), (0.6, 2), (-0.5, -2))])
     np.testing.assert_allclose(smoothed_rows(bars, 0.0, deskew=True), deskewed(bars).reshape(3, -1))
@@ -187,7 +187,7 @@ def _blobs(rows: int = 1500, seed: int = 0) -> np.ndarray:
 def test_up_to_the_limit_neighbours_are_exact_and_above_it_approximate_but_close() -> None:
     from sklearn.neighbors import NearestNeighbors
 
-    from ssvae_core.neighbours import EXACT_UP_TO, exact_neighbours_up_to, nearest_neighbours
+    from ssvae_core.data.neighbours import EXACT_UP_TO, exact_neighbours_up_to, nearest_neighbours
 
     x = _blobs()
     exact = NearestNeighbors(n_neighbors=11).fit(x).kneighbors(x, return_distance=False)[:, 1:]
@@ -221,9 +221,9 @@ def test_a_fit_above_the_limit_builds_every_graph_approximately(monkeypatch, syn
     neighbours when the training rows exceed ``data.exact_neighbours`` (and only then)."""
     from sklearn.neighbors import NearestNeighbors
 
-    from ssvae_core import neighbours
     from ssvae_core.api import SSVAEClassifier
     from ssvae_core.config import config_from_dict
+    from ssvae_core.data import neighbours
 
     calls: list[int] = []
 

@@ -1,4 +1,4 @@
-"""Spectral clusters of the input kNN graph and the graph_cluster term (ssvae_core.graph)."""
+"""Spectral clusters of the input kNN graph and the graph_cluster term (ssvae_core.data.graph)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssvae_core.graph import clusters_to_channels, smoothed_rows, spectral_clusters
-from ssvae_core.schedules import Schedule
-from ssvae_core.terms.builtin import GraphClusterTerm
+from ssvae_core.data.graph import clusters_to_channels, smoothed_rows, spectral_clusters
+from ssvae_core.modelling.schedules import Schedule
+from ssvae_core.modelling.terms.builtin import GraphClusterTerm
 
 
 def _blobs(per_blob: int = 30, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

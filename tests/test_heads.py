@@ -9,9 +9,9 @@ import pytest
 
 from ssvae_core.config import ComponentConfig, config_from_dict
 from ssvae_core.errors import ConfigError
-from ssvae_core.heads import SoftmaxHead, TauHead
-from ssvae_core.model import build_model
-from ssvae_core.types import EncoderOutput
+from ssvae_core.modelling.heads import SoftmaxHead, TauHead
+from ssvae_core.modelling.model import build_model
+from ssvae_core.modelling.types import EncoderOutput
 
 LOGITS = np.array([[2.0, 0.0], [0.0, 1.0], [-1.0, 3.0]], dtype=np.float32)
 COUNTS = np.array([[4.0, 1.0, 0.0], [0.0, 0.5, 3.0]], dtype=np.float32)

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ssvae_core.errors import DataError
-from ssvae_core.labels import label_name, read_label_csv
+from ssvae_core.labels.store import label_name, read_label_csv
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -13,14 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssvae_core.acquisitions import kmeans_plus_plus, typical_picks
-from ssvae_core.active import label_free_strategies
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.cli import main
 from ssvae_core.config import config_from_dict
 from ssvae_core.errors import ConfigError
-from ssvae_core.labels import LabelStore
-from ssvae_core.metrics import clustering_accuracy, clustering_metrics, many_to_one_accuracy
+from ssvae_core.labels.acquisitions import kmeans_plus_plus, typical_picks
+from ssvae_core.labels.active import label_free_strategies
+from ssvae_core.labels.store import LabelStore
+from ssvae_core.runs.metrics import clustering_accuracy, clustering_metrics, many_to_one_accuracy
 
 TINY = [
     "--set", "encoder.hidden=[16]", "--set", "decoder.hidden=[16]", "--set", "model.latent_dim=4",
@@ -204,7 +204,7 @@ def test_kmeans_plus_plus_spreads_a_batch_and_never_takes_a_labeled_example() ->
 def test_badge_and_typical_select_distinct_unlabeled_examples_of_a_fitted_model(
     fitted_classifier: SSVAEClassifier,
 ) -> None:
-    from ssvae_core.active import acquisition_inputs, build_acquisition, model_context
+    from ssvae_core.labels.active import acquisition_inputs, build_acquisition, model_context
 
     model, state = fitted_classifier.model, fitted_classifier.state
     assert model is not None and state is not None

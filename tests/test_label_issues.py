@@ -15,10 +15,10 @@ import pytest
 
 from ssvae_core.cli import main
 from ssvae_core.config import load_config
-from ssvae_core.data import load_digits
-from ssvae_core.label_issues import find_label_issues, out_of_sample_probabilities
-from ssvae_core.labels import STORE_NAME, LabelStore
-from ssvae_core.run import split_dataset
+from ssvae_core.data.loading import load_digits
+from ssvae_core.labels.label_issues import find_label_issues, out_of_sample_probabilities
+from ssvae_core.labels.store import STORE_NAME, LabelStore
+from ssvae_core.runs.run import split_dataset
 
 SMALL = [
     "--set", "encoder.hidden=[16]", "--set", "decoder.hidden=[16]", "--set", "model.latent_dim=4",
@@ -98,9 +98,9 @@ def test_labels_issues_on_the_command_line_and_corrections(
 
 def test_a_noisy_oracle_errs_at_its_rate_and_the_same_way_each_time() -> None:
     from ssvae_core.config import load_config
-    from ssvae_core.data import load_digits
-    from ssvae_core.labeling import Oracle
-    from ssvae_core.run import split_dataset
+    from ssvae_core.data.loading import load_digits
+    from ssvae_core.labels.labeling import Oracle
+    from ssvae_core.runs.run import split_dataset
 
     digits = load_digits()
     split = split_dataset(digits, load_config(None, []))
@@ -250,7 +250,7 @@ def test_annotators_on_the_command_line(trained: Path, tmp_path: Path, capsys: p
 def test_the_loop_reports_how_much_the_pool_changed_and_stops_when_stable(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ssvae_core.stopping import PoolPredictions, prediction_change
+    from ssvae_core.labels.stopping import PoolPredictions, prediction_change
 
     before = PoolPredictions(np.arange(4), np.array([0, 1, 1, 2]), np.array([True, True, False, True]))
     after = PoolPredictions(np.arange(4), np.array([0, 2, 0, 2]), np.array([True, True, True, False]))

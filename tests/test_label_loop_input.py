@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from ssvae_core.api import SSVAEClassifier
-from ssvae_core.checkpoint import load_checkpoint
 from ssvae_core.cli import main
 from ssvae_core.errors import CheckpointError, ConfigError, DataError
-from ssvae_core.labels import STORE_NAME, LabelStore, label_name
+from ssvae_core.labels.store import STORE_NAME, LabelStore, label_name
+from ssvae_core.training.checkpoint import load_checkpoint
 
 from .test_recovery import DRIVER, _quiet, cache_env
 from .test_recovery import TINY as RECOVERY_TINY
@@ -73,8 +73,8 @@ def _refused(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) 
 
 def _unlabeled_train_row(run: Path, shapes_npz: Path) -> int:
     from ssvae_core.config import config_from_dict
-    from ssvae_core.data import load_dataset
-    from ssvae_core.run import split_dataset
+    from ssvae_core.data.loading import load_dataset
+    from ssvae_core.runs.run import split_dataset
 
     config = config_from_dict(
         {"seed": 0, "data": {"labels_per_class": 2, "dataset": str(shapes_npz)}}
@@ -113,7 +113,7 @@ def test_a_damaged_run_file_is_one_line_for_retrain_and_resume(
 
 
 def test_a_metrics_line_cut_short_by_a_kill_is_the_one_repair(run: Path) -> None:
-    from ssvae_core.rundir import recover
+    from ssvae_core.runs.rundir import recover
 
     metrics = run / "metrics.jsonl"
     whole = metrics.read_bytes()
@@ -142,7 +142,7 @@ def test_seeds_beyond_64_bits_are_refused(run: Path, shapes_npz: Path, tmp_path:
 
 def _with_data(classifier: SSVAEClassifier, shapes_npz: Path) -> SSVAEClassifier:
     """The loaded classifier holding training data (three rows labeled), as after a fit."""
-    from ssvae_core.data import from_arrays, load_dataset
+    from ssvae_core.data.loading import from_arrays, load_dataset
 
     dataset = load_dataset(str(shapes_npz))
     y = np.full(len(dataset.y), -1, dtype=np.int32)
@@ -350,8 +350,8 @@ def _rounds(run: Path) -> list[dict[str, object]]:
 
 
 def _sheet(run: Path, tmp_path: Path, shapes_npz: Path) -> tuple[Path, dict[int, str]]:
-    from ssvae_core.data import load_dataset
-    from ssvae_core.run import Run, split_dataset
+    from ssvae_core.data.loading import load_dataset
+    from ssvae_core.runs.run import Run, split_dataset
 
     dataset = load_dataset(str(shapes_npz))
     split = split_dataset(dataset, Run(run).config)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ssvae_core.errors import DataError
-from ssvae_core.labels import (
+from ssvae_core.labels.store import (
     STORE_FORMAT,
     STORE_NAME,
     STORE_VERSION,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ssvae_core.cli import main
-from ssvae_core.reports import TIME_TO_ACCURACY, time_to_accuracy
+from ssvae_core.runs.reports import TIME_TO_ACCURACY, time_to_accuracy
 
 SMALL = [
     "--set", "encoder.hidden=[16]", "--set", "decoder.hidden=[16]", "--set", "model.latent_dim=4",

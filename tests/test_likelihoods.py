@@ -6,14 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssvae_core.likelihoods import (
+from ssvae_core.modelling.likelihoods import (
     Bernoulli,
     Gaussian,
     HeteroscedasticGaussian,
     heteroscedastic_sigma,
     make_likelihood,
 )
-from ssvae_core.types import DecoderOutput
+from ssvae_core.modelling.types import DecoderOutput
 
 X = np.array([[0.0, 1.0], [0.5, 0.25]], dtype=np.float32)
 LOC = np.array([[-1.0, 2.0], [0.5, 0.0]], dtype=np.float32)

@@ -1,4 +1,4 @@
-"""Each loss term in ssvae_core.losses against values worked out by hand."""
+"""Each loss term in ssvae_core.modelling.losses against values worked out by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssvae_core.losses import (
+from ssvae_core.modelling.losses import (
     categorical_kl,
     diagonal_gaussian_log_density,
     dirichlet_penalty,
@@ -189,7 +189,7 @@ def test_kl_warmup_without_warmup_gives_full_beta_at_step_zero() -> None:
 
 
 def test_agreement_loss_matches_hand_value() -> None:
-    from ssvae_core.losses import agreement_loss
+    from ssvae_core.modelling.losses import agreement_loss
 
     a = np.array([0.5, 0.5, 0.0])
     b = np.array([0.25, 0.25, 0.5])
@@ -198,14 +198,14 @@ def test_agreement_loss_matches_hand_value() -> None:
 
 
 def test_agreement_loss_is_zero_for_identical_one_hot_views() -> None:
-    from ssvae_core.losses import agreement_loss
+    from ssvae_core.modelling.losses import agreement_loss
 
     one_hot = jnp.asarray([0.0, 1.0, 0.0])
     assert float(agreement_loss(one_hot, one_hot)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_view_mutual_information_of_agreeing_balanced_views_is_log_k() -> None:
-    from ssvae_core.losses import view_mutual_information
+    from ssvae_core.modelling.losses import view_mutual_information
 
     one_hot = jnp.eye(4)[jnp.arange(40) % 4]
     assert float(view_mutual_information(one_hot, one_hot)) == pytest.approx(np.log(4.0), rel=1e-5)
@@ -215,7 +215,7 @@ def test_view_mutual_information_of_agreeing_balanced_views_is_log_k() -> None:
 
 
 def test_view_mutual_information_matches_a_hand_joint() -> None:
-    from ssvae_core.losses import view_mutual_information
+    from ssvae_core.modelling.losses import view_mutual_information
 
     a = np.array([[1.0, 0.0], [0.0, 1.0]])
     b = np.array([[1.0, 0.0], [1.0, 0.0]])
@@ -230,7 +230,7 @@ def test_view_mutual_information_matches_a_hand_joint() -> None:
 
 
 def test_embedding_repulsion_matches_hand_value() -> None:
-    from ssvae_core.losses import embedding_repulsion
+    from ssvae_core.modelling.losses import embedding_repulsion
 
     embeddings = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 0.0]])
     # squared distances: d01 = 4, d02 = 0, d12 = 4; kernel exp(−d / (2·2))
@@ -240,7 +240,7 @@ def test_embedding_repulsion_matches_hand_value() -> None:
 
 
 def test_embedding_repulsion_falls_as_embeddings_spread() -> None:
-    from ssvae_core.losses import embedding_repulsion
+    from ssvae_core.modelling.losses import embedding_repulsion
 
     near = jnp.asarray([[0.0, 0.0], [0.1, 0.0]])
     far = jnp.asarray([[0.0, 0.0], [5.0, 0.0]])
@@ -251,7 +251,7 @@ def test_embedding_repulsion_falls_as_embeddings_spread() -> None:
 
 
 def test_confident_pseudo_labels_pick_argmax_of_confident_unlabeled_rows_only() -> None:
-    from ssvae_core.losses import confident_pseudo_labels
+    from ssvae_core.modelling.losses import confident_pseudo_labels
 
     probabilities = jnp.asarray(
         [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ssvae_core.metrics import (
+from ssvae_core.runs.metrics import (
     auroc,
     confusion_matrix,
     expected_calibration_error,

@@ -10,14 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import ssvae_core.objective as objective_module
-import ssvae_core.terms.builtin as builtin_terms
-from ssvae_core.conditioning import CONDITIONING_METHODS
+import ssvae_core.modelling.objective as objective_module
+import ssvae_core.modelling.terms.builtin as builtin_terms
 from ssvae_core.config import Config, config_from_dict
-from ssvae_core.model import SSVAE, build_model
-from ssvae_core.networks.dense import DenseDecoder
-from ssvae_core.objective import build_objective
-from ssvae_core.types import Batch, EncoderOutput
+from ssvae_core.modelling.conditioning import CONDITIONING_METHODS
+from ssvae_core.modelling.model import SSVAE, build_model
+from ssvae_core.modelling.networks.dense import DenseDecoder
+from ssvae_core.modelling.objective import build_objective
+from ssvae_core.modelling.types import Batch, EncoderOutput
 
 SHAPE = (4, 4)
 KEY = jax.random.PRNGKey(0)
@@ -405,7 +405,7 @@ def test_pseudo_label_term_matches_hand_computation(
 def test_mutual_information_term_is_minus_the_information_of_the_two_views_channels(
     model: SSVAE, batch
 ) -> None:
-    from ssvae_core.losses import view_mutual_information
+    from ssvae_core.modelling.losses import view_mutual_information
 
     x, labels = batch
     view = jnp.flip(x, axis=-1)

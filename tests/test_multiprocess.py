@@ -20,8 +20,8 @@ import pytest
 
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.cli import main
-from ssvae_core.distributed import SOURCES, distributed_options, initialize
 from ssvae_core.errors import ConfigError
+from ssvae_core.training.distributed import SOURCES, distributed_options, initialize
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [

@@ -17,9 +17,9 @@ from ssvae_core.api import SSVAEClassifier
 from ssvae_core.cli import main
 from ssvae_core.config import config_from_dict
 from ssvae_core.errors import ConfigError, DataError, SSVAEError
-from ssvae_core.inference import Inference
-from ssvae_core.metrics import aupr, auroc, fpr_at_tpr, ood_table
-from ssvae_core.ood import (
+from ssvae_core.modelling.inference import Inference
+from ssvae_core.runs.metrics import aupr, auroc, fpr_at_tpr, ood_table
+from ssvae_core.runs.ood import (
     DEFAULT_SCORE,
     OOD_SCORES,
     OODInputs,
@@ -262,7 +262,7 @@ def test_without_reference_or_training_data_the_blend_is_refused_and_recomputabl
 
 
 def test_the_ood_acquisition_ranks_by_the_named_score(trained: SSVAEClassifier, synthetic) -> None:
-    from ssvae_core.active import query
+    from ssvae_core.labels.active import query
 
     assert trained.training_data is not None
     unlabeled = np.flatnonzero(trained.training_data.y < 0)

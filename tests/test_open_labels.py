@@ -19,14 +19,14 @@ import pytest
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.cli import main
 from ssvae_core.config import config_from_dict
-from ssvae_core.data import benchmark_split
+from ssvae_core.data.loading import benchmark_split
 from ssvae_core.errors import DataError, SSVAEError
-from ssvae_core.labels import STORE_NAME, LabelStore
-from ssvae_core.labelspace import claim_channels, claim_for_classes
-from ssvae_core.model import build_model
-from ssvae_core.objective import build_objective
-from ssvae_core.schedules import constant
-from ssvae_core.terms.builtin import UsageTerm
+from ssvae_core.labels.labelspace import claim_channels, claim_for_classes
+from ssvae_core.labels.store import STORE_NAME, LabelStore
+from ssvae_core.modelling.model import build_model
+from ssvae_core.modelling.objective import build_objective
+from ssvae_core.modelling.schedules import constant
+from ssvae_core.modelling.terms.builtin import UsageTerm
 from ssvae_core.training import labeled_pool
 
 from .test_compilation import _Compilations, compilations  # noqa: F401

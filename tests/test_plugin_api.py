@@ -175,14 +175,14 @@ def test_plugin_imports_ssvae_core_only_through_the_plugin_api(path: Path) -> No
 def test_the_checker_catches_every_import_form() -> None:
     source = "\n".join(
         [
-            "from ssvae_core.losses import gaussian_kl",  # 1: internal module
+            "from ssvae_core.modelling.losses import gaussian_kl",  # 1: internal module
             "import ssvae_core.training",  # 2: internal module
             "from ssvae_core import api",  # 3: not in ssvae_core.__all__
             "from ssvae_core.plugin import _secret",  # 4: not in __all__
             "import ssvae_core as core",
             "core.losses.entropy",  # 6: internal module through an alias
             "import importlib",
-            "importlib.import_module('ssvae_core.heads')",  # 8: internal module by name
+            "importlib.import_module('ssvae_core.modelling.heads')",  # 8: internal module by name
             "from ssvae_core.plugin import gaussian_kl",  # fine
             "from ssvae_core.testing import check_prior",  # fine
             "from ssvae_core import SSVAEClassifier, plugin",  # fine

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from ssvae_core import registry as registry_module
-from ssvae_core.hygiene import process_changes
+from ssvae_core.modelling.hygiene import process_changes
 from ssvae_core.registry import Registry
 
 

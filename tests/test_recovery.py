@@ -25,9 +25,9 @@ import jax
 import numpy as np
 import pytest
 
-from ssvae_core.checkpoint import load_checkpoint
 from ssvae_core.cli import main
-from ssvae_core.rundir import RunLock
+from ssvae_core.runs.rundir import RunLock
+from ssvae_core.training.checkpoint import load_checkpoint
 
 STEPS, LOG_EVERY, CHECKPOINT_EVERY = 40, 5, 10
 TINY = [

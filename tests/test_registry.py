@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from ssvae_core.components import ComponentFactory
 from ssvae_core.config import config_from_dict
 from ssvae_core.errors import ConfigError
 from ssvae_core.hookspecs import hookimpl
-from ssvae_core.priors.standard import StandardPrior
-from ssvae_core.protocols import AbstractPrior
+from ssvae_core.modelling.components import ComponentFactory
+from ssvae_core.modelling.priors.standard import StandardPrior
+from ssvae_core.modelling.protocols import AbstractPrior
 from ssvae_core.registry import Registry
 
 
@@ -219,7 +219,7 @@ def test_component_overriding_a_concrete_method_is_refused_in_one_line() -> None
 
 
 def test_every_builtin_component_fills_in_abstract_methods_only() -> None:
-    from ssvae_core.protocols import concrete_override
+    from ssvae_core.modelling.protocols import concrete_override
     from ssvae_core.registry import PROTOCOLS
 
     overrides = {
@@ -230,7 +230,7 @@ def test_every_builtin_component_fills_in_abstract_methods_only() -> None:
 
 
 def test_a_term_defining_prepare_without_the_prepared_base_is_refused_at_once() -> None:
-    from ssvae_core.terms import AbstractLossTerm
+    from ssvae_core.modelling.terms import AbstractLossTerm
 
     with pytest.raises(TypeError, match="subclass AbstractPreparedTerm instead"):
 

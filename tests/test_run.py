@@ -1,4 +1,4 @@
-"""``ssvae_core.run.Run``: a run directory as one object, and the package's module boundaries."""
+"""``ssvae_core.runs.run.Run``: a run directory as one object, and the package's module boundaries."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssvae_core.checkpoint import read_manifest
 from ssvae_core.config import config_from_dict
-from ssvae_core.data import load_dataset
+from ssvae_core.data.loading import load_dataset
 from ssvae_core.errors import CheckpointError
-from ssvae_core.labels import LabelStore
-from ssvae_core.run import Run, split_dataset
+from ssvae_core.labels.store import LabelStore
+from ssvae_core.runs.run import Run, split_dataset
+from ssvae_core.training.checkpoint import read_manifest
 
 from .test_recovery import TINY, _quiet
 

@@ -14,8 +14,8 @@ import pytest
 
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import config_from_dict
-from ssvae_core.data import load_dataset
-from ssvae_core.splitting import ChannelSplit, apply_splits, plan_splits
+from ssvae_core.data.loading import load_dataset
+from ssvae_core.labels.splitting import ChannelSplit, apply_splits, plan_splits
 
 
 def _onehots(channels: list[int], num_channels: int, sharp: float = 0.9) -> np.ndarray:
@@ -121,7 +121,7 @@ RAW = {
 
 
 def _model(raw: dict | None = None, input_shape: tuple[int, ...] = (8,)):
-    from ssvae_core.model import build_model
+    from ssvae_core.modelling.model import build_model
     from ssvae_core.training import init_state
 
     config = config_from_dict(raw or RAW)
@@ -262,9 +262,9 @@ def test_a_prior_without_channels_has_nothing_to_split(synthetic: dict[str, np.n
 def test_an_encoder_without_posterior_heads_keeps_its_logits_and_only_tau_is_reassigned() -> None:
     import equinox as eqx
 
-    from ssvae_core.protocols import AbstractEncoder
-    from ssvae_core.splitting import split_support
-    from ssvae_core.types import EncoderOutput
+    from ssvae_core.labels.splitting import split_support
+    from ssvae_core.modelling.protocols import AbstractEncoder
+    from ssvae_core.modelling.types import EncoderOutput
 
     class BareEncoder(AbstractEncoder):
         input_shape: tuple[int, ...] = eqx.field(static=True)

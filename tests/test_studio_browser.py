@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from ssvae_core.cli import main
-from ssvae_core.labels import STORE_NAME, LabelStore
+from ssvae_core.labels.store import STORE_NAME, LabelStore
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "browser-test-token-0123456789"

@@ -27,9 +27,9 @@ from starlette.testclient import TestClient
 
 from ssvae_core.cli import main
 from ssvae_core.config import load_config
-from ssvae_core.data import load_digits
-from ssvae_core.labels import STORE_NAME, LabelStore
-from ssvae_core.run import split_dataset
+from ssvae_core.data.loading import load_digits
+from ssvae_core.labels.store import STORE_NAME, LabelStore
+from ssvae_core.runs.run import split_dataset
 from ssvae_core.studio import StudioSession, create_app, shortcut_keys
 from ssvae_core.studio.server import MAX_ERROR_CHARS, cookie_name
 
@@ -269,7 +269,7 @@ def test_the_default_map_and_queue_are_ready_when_the_page_opens(
 ) -> None:
     # computed once when the studio opens: the page's first requests run neither the
     # model nor the projection, and a label between two queries does not either
-    import ssvae_core.active as active
+    import ssvae_core.labels.active as active
     import ssvae_core.studio.session as studio_session
 
     session, client = studio

@@ -133,7 +133,7 @@ def test_bad_mlflow_stores_are_refused(
 
 
 def test_the_mlflow_store_is_a_local_folder(tmp_path: Path) -> None:
-    from ssvae_core.tracking import mlflow_store
+    from ssvae_core.runs.tracking import mlflow_store
 
     assert mlflow_store(tmp_path, None) == tmp_path / "mlruns"
     assert mlflow_store(tmp_path, "shared/mlruns") == Path("shared/mlruns")

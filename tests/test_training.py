@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from ssvae_core.config import config_from_dict
-from ssvae_core.model import build_model
-from ssvae_core.objective import build_objective
-from ssvae_core.schedules import Schedule
+from ssvae_core.modelling.model import build_model
+from ssvae_core.modelling.objective import build_objective
+from ssvae_core.modelling.schedules import Schedule
+from ssvae_core.modelling.types import Batch
 from ssvae_core.training import (
     Trainer,
     init_state,
@@ -23,7 +24,6 @@ from ssvae_core.training import (
     train_step,
     training_arrays,
 )
-from ssvae_core.types import Batch
 
 SHAPE = (4, 4)
 LABELED_PER_BATCH = 3

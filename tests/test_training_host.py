@@ -12,8 +12,8 @@ import pytest
 
 from ssvae_core.config import config_from_dict
 from ssvae_core.errors import ConfigError
-from ssvae_core.model import build_model
-from ssvae_core.objective import build_objective
+from ssvae_core.modelling.model import build_model
+from ssvae_core.modelling.objective import build_objective
 from ssvae_core.training import (
     DEVICE_BYTES,
     HostBatches,

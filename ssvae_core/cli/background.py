@@ -7,7 +7,7 @@ import argparse
 from ssvae_core.cli.arguments import add_run_dir
 from ssvae_core.cli.command import Command
 from ssvae_core.cli.context import EXIT_OK
-from ssvae_core.ood import BACKGROUND_NOISE
+from ssvae_core.runs.ood import BACKGROUND_NOISE
 
 
 def add_arguments(background: argparse.ArgumentParser) -> None:

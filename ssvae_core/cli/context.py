@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ssvae_core.errors import ConfigError, SSVAEError
 
 if TYPE_CHECKING:
-    from ssvae_core.tracking import TrackerSink
+    from ssvae_core.runs.tracking import TrackerSink
     from ssvae_core.training import MetricSink
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
@@ -78,7 +78,7 @@ def print_train_summary(report: Report, run_dir: object) -> None:
 def start_distributed(args: argparse.Namespace) -> bool:
     """Connect to the other processes when the flags or the environment ask for it (before
     JAX computes anything); returns whether this process writes the run."""
-    from ssvae_core.distributed import distributed_options, initialize, is_main_process
+    from ssvae_core.training.distributed import distributed_options, initialize, is_main_process
 
     options = distributed_options({
         "mode": args.distributed, "coordinator": args.coordinator,
@@ -90,7 +90,7 @@ def start_distributed(args: argparse.Namespace) -> bool:
 
 def checked_trackers(args: argparse.Namespace) -> tuple[tuple[str, ...], str | None]:
     """``--track`` and ``--mlflow-dir``, checked (on every process, before any connects)."""
-    from ssvae_core.tracking import check_trackers, mlflow_store
+    from ssvae_core.runs.tracking import check_trackers, mlflow_store
 
     trackers = check_trackers(args.track)
     if args.mlflow_dir is None:
@@ -129,8 +129,8 @@ class TrainingSession:
         """Call ``fit(sinks, on_start)`` with the progress bar and the trackers as metric
         sinks, hand the report to the trackers, close them whatever happens, and print the
         summary (a follower process says who writes the run)."""
-        from ssvae_core.progress import TrainingProgress
-        from ssvae_core.tracking import finish_trackers
+        from ssvae_core.runs.tracking import finish_trackers
+        from ssvae_core.training.progress import TrainingProgress
 
         sinks = self._open_trackers(run_dir, config)
         try:
@@ -153,6 +153,6 @@ class TrainingSession:
     def _open_trackers(self, run_dir: object, config: dict[str, Any] | None) -> list[TrackerSink]:
         if not (self.writer and self.trackers):
             return []
-        from ssvae_core.tracking import open_trackers
+        from ssvae_core.runs.tracking import open_trackers
 
         return open_trackers(str(run_dir), self.trackers, config, mlflow_dir=self.mlflow_dir)

@@ -9,7 +9,7 @@ from ssvae_core.cli.arguments import add_json, add_run_dir
 from ssvae_core.cli.command import Command
 from ssvae_core.cli.context import held_out_line, print_result
 from ssvae_core.errors import ConfigError
-from ssvae_core.ood import DEFAULT_SCORE, OOD_SCORES
+from ssvae_core.runs.ood import DEFAULT_SCORE, OOD_SCORES
 
 
 def add_arguments(evaluate: argparse.ArgumentParser) -> None:

@@ -44,7 +44,7 @@ def add_arguments(retrain: argparse.ArgumentParser) -> None:
 
 def checkpoint_step(run_dir: str) -> int:
     """The step of the run's checkpoint (for the progress bar; 0 when it cannot be read)."""
-    from ssvae_core.checkpoint import read_manifest
+    from ssvae_core.training.checkpoint import read_manifest
 
     try:
         step = read_manifest(Path(run_dir) / "model.ckpt").get("step", 0)

@@ -6,11 +6,10 @@ parsing stay free of JAX; where one of them moves in the library, only this modu
 
 from __future__ import annotations
 
-from ssvae_core.label_io import export_run
-from ssvae_core.label_issues import run_issues
-from ssvae_core.labeling import LoopPlan, parse_seeds, query_run, run_loop
-from ssvae_core.ood import background_run
-from ssvae_core.runs import (
+from ssvae_core.labels.label_io import export_run
+from ssvae_core.labels.label_issues import run_issues
+from ssvae_core.labels.labeling import LoopPlan, parse_seeds, query_run, run_loop
+from ssvae_core.runs.lifecycle import (
     evaluate_run,
     label_run,
     labels_summary,
@@ -20,6 +19,7 @@ from ssvae_core.runs import (
     retrain_run,
     train_run,
 )
+from ssvae_core.runs.ood import background_run
 
 __all__ = [
     "LoopPlan",

@@ -50,7 +50,7 @@ def preset_table(name: str, above: Mapping[str, Any], registry: Any = None) -> d
 
     if name != AUTO:
         return read_toml(preset_path(name))
-    from ssvae_core.data import load_dataset
+    from ssvae_core.data.loading import load_dataset
     from ssvae_core.registry import default_registry
 
     data = above.get("data", {}) if isinstance(above.get("data", {}), Mapping) else {}
@@ -68,7 +68,7 @@ def preset_table(name: str, above: Mapping[str, Any], registry: Any = None) -> d
 
 
 def _image_sides(sample_shape: tuple[int, ...]) -> tuple[int, int] | None:
-    from ssvae_core.augment import channels_last
+    from ssvae_core.data.augment import channels_last
 
     if len(sample_shape) == 2:
         return sample_shape[0], sample_shape[1]
@@ -80,7 +80,7 @@ def _image_sides(sample_shape: tuple[int, ...]) -> tuple[int, int] | None:
 
 
 def _one_channel(sample_shape: tuple[int, ...]) -> bool:
-    from ssvae_core.augment import channels_last
+    from ssvae_core.data.augment import channels_last
 
     return len(sample_shape) == 2 or (channels_last(sample_shape) and sample_shape[-1] == 1)
 

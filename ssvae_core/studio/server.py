@@ -34,7 +34,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ssvae_core.errors import ConfigError, SSVAEError
-from ssvae_core.run import Run
+from ssvae_core.runs.run import Run
 from ssvae_core.studio.session import DEFAULT_PROJECTION, StudioError, StudioSession
 
 TOKEN_COOKIE = "ssvae_studio_token"

@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ssvae_core.active import (
+from ssvae_core.api import SSVAEClassifier
+from ssvae_core.errors import ConfigError, DataError, SSVAEError
+from ssvae_core.labels.active import (
     build_acquisition,
     model_context,
     query,
@@ -31,10 +33,13 @@ from ssvae_core.active import (
     query_key,
     registered_strategy,
 )
-from ssvae_core.annotators import agreement
-from ssvae_core.api import SSVAEClassifier
-from ssvae_core.errors import ConfigError, DataError, SSVAEError
-from ssvae_core.explore import (
+from ssvae_core.labels.annotators import agreement
+from ssvae_core.labels.label_io import export_text
+from ssvae_core.labels.label_issues import DEFAULT_ISSUES, classifier_issues
+from ssvae_core.labels.store import STORE_NAME, LabelStore, label_name
+from ssvae_core.modelling.inference import Inference, infer
+from ssvae_core.registry import Registry, default_registry
+from ssvae_core.runs.explore import (
     PROJECTIONS,
     channel_members,
     png_bytes,
@@ -42,14 +47,9 @@ from ssvae_core.explore import (
     reconstruct_through,
     tile,
 )
-from ssvae_core.inference import Inference, infer
-from ssvae_core.label_io import export_text
-from ssvae_core.label_issues import DEFAULT_ISSUES, classifier_issues
-from ssvae_core.labels import STORE_NAME, LabelStore, label_name
-from ssvae_core.ood import DEFAULT_SCORE, ood_scores, score_inputs
-from ssvae_core.registry import Registry, default_registry
-from ssvae_core.retraining import retrain_run
-from ssvae_core.run import Run
+from ssvae_core.runs.ood import DEFAULT_SCORE, ood_scores, score_inputs
+from ssvae_core.runs.retraining import retrain_run
+from ssvae_core.runs.run import Run
 
 SOURCE = "studio"
 DEFAULT_STRATEGY = "margin"
@@ -562,7 +562,7 @@ class StudioSession:
             }
 
     def issues(self, n: object = DEFAULT_ISSUES) -> dict[str, Any]:
-        """The labeled examples the model most disputes (``ssvae_core.label_issues``)."""
+        """The labeled examples the model most disputes (``ssvae_core.labels.label_issues``)."""
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_QUERY:
             raise StudioError(400, f"n must be an integer from 1 to {MAX_QUERY}; got {n!r}")
         view = self._view

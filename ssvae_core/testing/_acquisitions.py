@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import strategies as st
 
-from ssvae_core.components import ComponentFactory
-from ssvae_core.protocols import AbstractAcquisition
+from ssvae_core.modelling.components import ComponentFactory
+from ssvae_core.modelling.protocols import AbstractAcquisition
+from ssvae_core.modelling.types import AcquisitionInputs
 from ssvae_core.testing._runner import NotApplicable, check, expect, expect_identical, for_all
 from ssvae_core.testing._subjects import ConformanceSettings, Subject, build_checked, make_context
-from ssvae_core.types import AcquisitionInputs
 
 NUM_EXAMPLES = (1, 4, 12)
 

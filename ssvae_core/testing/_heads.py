@@ -17,8 +17,9 @@ import numpy as np
 from hypothesis import strategies as st
 from jaxtyping import Array, Float, Int, PyTree
 
-from ssvae_core.components import ComponentFactory
-from ssvae_core.protocols import AbstractHead
+from ssvae_core.modelling.components import ComponentFactory
+from ssvae_core.modelling.protocols import AbstractHead
+from ssvae_core.modelling.types import EncoderOutput
 from ssvae_core.testing import strategies
 from ssvae_core.testing._runner import (
     ConformanceError,
@@ -39,7 +40,6 @@ from ssvae_core.testing._subjects import (
     permute_channels,
     random_posterior,
 )
-from ssvae_core.types import EncoderOutput
 
 HISTORY_SIZE = 8
 

@@ -1,7 +1,7 @@
 """The ``process_hygiene`` check, for components of every kind.
 
 Importing a plugin and building its components must leave the process-wide state alone
-(``ssvae_core.hygiene``): the kit re-imports the modules that define the component
+(``ssvae_core.modelling.hygiene``): the kit re-imports the modules that define the component
 (the plugin's whole package, for a plugin outside the core) and rebuilds it, each time
 recording what changed and putting it back.
 """
@@ -13,8 +13,8 @@ import importlib.util
 import sys
 from types import ModuleType
 
-from ssvae_core.components import KINDS, ComponentFactory
-from ssvae_core.hygiene import process_changes
+from ssvae_core.modelling.components import KINDS, ComponentFactory
+from ssvae_core.modelling.hygiene import process_changes
 from ssvae_core.testing._runner import check, expect
 from ssvae_core.testing._subjects import Subject
 

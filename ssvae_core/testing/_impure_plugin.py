@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import jax
 from jaxtyping import PRNGKeyArray
 
-from ssvae_core.components import BuildContext, ComponentFactory
 from ssvae_core.hookspecs import hookimpl
-from ssvae_core.priors.standard import StandardPrior
+from ssvae_core.modelling.components import BuildContext, ComponentFactory
+from ssvae_core.modelling.priors.standard import StandardPrior
 
 jax.config.update("jax_enable_x64", True)  # the bug: a process-wide setting at import
 

@@ -19,15 +19,16 @@ import numpy as np
 from hypothesis import strategies as st
 from jaxtyping import Array, Float
 
-from ssvae_core.components import ComponentFactory
-from ssvae_core.conditioning import CONDITIONING_METHODS
-from ssvae_core.likelihoods import (
+from ssvae_core.modelling.components import ComponentFactory
+from ssvae_core.modelling.conditioning import CONDITIONING_METHODS
+from ssvae_core.modelling.likelihoods import (
     AbstractLikelihood,
     HeteroscedasticGaussian,
     heteroscedastic_sigma,
     make_likelihood,
 )
-from ssvae_core.protocols import AbstractDecoder, AbstractEncoder
+from ssvae_core.modelling.protocols import AbstractDecoder, AbstractEncoder
+from ssvae_core.modelling.types import DecoderOutput, EncoderOutput
 from ssvae_core.testing import strategies
 from ssvae_core.testing._runner import (
     ConformanceError,
@@ -50,7 +51,6 @@ from ssvae_core.testing._subjects import (
     mix_rows,
     random_like,
 )
-from ssvae_core.types import DecoderOutput, EncoderOutput
 
 
 def _heteroscedastic(per_pixel: bool) -> HeteroscedasticGaussian:

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ssvae_core.protocols import AbstractEncoder, AbstractPrior
+from ssvae_core.modelling.protocols import AbstractEncoder, AbstractPrior
+from ssvae_core.modelling.types import EncoderOutput
 from ssvae_core.testing._priors import (
     NARROW_LOG_VAR,
     PriorSubject,
@@ -29,7 +30,6 @@ from ssvae_core.testing._priors import (
 )
 from ssvae_core.testing._runner import ConformanceError, NotApplicable, Violation, check, expect
 from ssvae_core.testing._subjects import random_posterior
-from ssvae_core.types import EncoderOutput
 
 # Finite differences: a central step along a unit direction of each group of inputs.
 GRADIENT_STEP = 1e-2

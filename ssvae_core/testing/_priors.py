@@ -30,11 +30,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ssvae_core.components import ComponentFactory
 from ssvae_core.config import TrainConfig
-from ssvae_core.model import reparameterise
-from ssvae_core.priors.channels import AbstractChannelPrior
-from ssvae_core.protocols import AbstractEncoder, AbstractPrior
+from ssvae_core.modelling.components import ComponentFactory
+from ssvae_core.modelling.model import reparameterise
+from ssvae_core.modelling.priors.channels import AbstractChannelPrior
+from ssvae_core.modelling.protocols import AbstractEncoder, AbstractPrior
+from ssvae_core.modelling.types import EncoderOutput
 from ssvae_core.testing import strategies
 from ssvae_core.testing._runner import (
     ConformanceError,
@@ -60,7 +61,6 @@ from ssvae_core.testing._subjects import (
     random_posterior,
 )
 from ssvae_core.training import make_optimizer
-from ssvae_core.types import EncoderOutput
 
 # Monte-Carlo convergence: estimates at two sample counts against a high-sample reference.
 MC_SAMPLE_COUNTS = (4, 64)

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Flaky
 
-from ssvae_core.components import KINDS
-from ssvae_core.types import EncoderOutput
+from ssvae_core.modelling.components import KINDS
+from ssvae_core.modelling.types import EncoderOutput
 
 
 class ConformanceError(AssertionError):

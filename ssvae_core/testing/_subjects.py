@@ -20,12 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
-from ssvae_core.components import BuildContext, ComponentFactory
 from ssvae_core.config import ComponentConfig, Config, ModelConfig, TrainConfig, default_config
 from ssvae_core.hookspecs import hookimpl
-from ssvae_core.likelihoods import AbstractLikelihood, make_likelihood
-from ssvae_core.model import SSVAE, build_model
-from ssvae_core.objective import build_objective
+from ssvae_core.modelling.components import BuildContext, ComponentFactory
+from ssvae_core.modelling.likelihoods import AbstractLikelihood, make_likelihood
+from ssvae_core.modelling.model import SSVAE, build_model
+from ssvae_core.modelling.objective import build_objective
+from ssvae_core.modelling.types import Batch, EncoderOutput
 from ssvae_core.registry import PROTOCOLS, Registry
 from ssvae_core.testing import strategies
 from ssvae_core.testing._runner import ConformanceError, Violation, expect
@@ -40,7 +41,6 @@ from ssvae_core.training import (
     step_gradients,
     training_arrays,
 )
-from ssvae_core.types import Batch, EncoderOutput
 
 BUILD_INVARIANT = (
     "build(options, context, key) returns an instance of the factory's component_type, "
@@ -254,7 +254,7 @@ class _SubjectPlugin:
 
 @dataclass(frozen=True)
 class TinyModel:
-    """A model built by ``ssvae_core.model.build_model`` around the subject, with the
+    """A model built by ``ssvae_core.modelling.model.build_model`` around the subject, with the
     step spec and a batch drawn by the real sampler from the real training arrays (every
     default loss term prepared), so a check takes exactly the step ``ssvae train`` takes."""
 

@@ -20,19 +20,20 @@ import numpy as np
 from hypothesis import strategies as st
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ssvae_core.components import ComponentFactory
 from ssvae_core.config import ComponentConfig, ModelConfig, default_config
-from ssvae_core.model import SSVAE, build_model
-from ssvae_core.objective import term_context
-from ssvae_core.registry import Registry
-from ssvae_core.schedules import Schedule
-from ssvae_core.terms.base import (
+from ssvae_core.modelling.components import ComponentFactory
+from ssvae_core.modelling.model import SSVAE, build_model
+from ssvae_core.modelling.objective import term_context
+from ssvae_core.modelling.schedules import Schedule
+from ssvae_core.modelling.terms.base import (
     REQUIREMENTS,
     AbstractLossTerm,
     TermInputs,
     TermValue,
     prepared_fields,
 )
+from ssvae_core.modelling.types import Batch, reparameterise
+from ssvae_core.registry import Registry
 from ssvae_core.testing import strategies
 from ssvae_core.testing._runner import check, expect, expect_close, expect_identical, for_all
 from ssvae_core.testing._subjects import (
@@ -43,7 +44,6 @@ from ssvae_core.testing._subjects import (
     training_inputs,
 )
 from ssvae_core.training import labeled_pool
-from ssvae_core.types import Batch, reparameterise
 
 BATCH_SIZE = 6
 TRAINING_ROWS = 24

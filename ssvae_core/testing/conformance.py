@@ -17,8 +17,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from ssvae_core.components import KINDS, ComponentFactory
-from ssvae_core.hygiene import process_changes
+from ssvae_core.modelling.components import KINDS, ComponentFactory
+from ssvae_core.modelling.hygiene import process_changes
 from ssvae_core.registry import RegisteredComponent, default_registry
 from ssvae_core.testing._acquisitions import AcquisitionSubject
 from ssvae_core.testing._heads import HeadSubject

@@ -26,23 +26,23 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ssvae_core.components import BuildContext, ComponentFactory
-from ssvae_core.heads import TauHead
-from ssvae_core.hygiene import process_changes
-from ssvae_core.losses import categorical_kl, diagonal_gaussian_log_density, gaussian_kl
-from ssvae_core.networks.dense import DenseDecoder, DenseEncoder
-from ssvae_core.options import option
-from ssvae_core.priors.channels import AbstractChannelPrior
-from ssvae_core.protocols import (
+from ssvae_core.modelling.components import BuildContext, ComponentFactory
+from ssvae_core.modelling.heads import TauHead
+from ssvae_core.modelling.hygiene import process_changes
+from ssvae_core.modelling.losses import categorical_kl, diagonal_gaussian_log_density, gaussian_kl
+from ssvae_core.modelling.networks.dense import DenseDecoder, DenseEncoder
+from ssvae_core.modelling.priors.channels import AbstractChannelPrior
+from ssvae_core.modelling.protocols import (
     AbstractAcquisition,
     AbstractEncoder,
     AbstractPrior,
     AbstractTopScoreAcquisition,
 )
-from ssvae_core.schedules import Schedule
-from ssvae_core.terms import AbstractLossTerm, TermInputs, TermOptions, TermValue
+from ssvae_core.modelling.schedules import Schedule
+from ssvae_core.modelling.terms import AbstractLossTerm, TermInputs, TermOptions, TermValue
+from ssvae_core.modelling.types import AcquisitionInputs, DecoderOutput, EncoderOutput
+from ssvae_core.options import option
 from ssvae_core.testing._runner import TRACED_VALUE_HINT
-from ssvae_core.types import AcquisitionInputs, DecoderOutput, EncoderOutput
 
 
 @dataclass(frozen=True)

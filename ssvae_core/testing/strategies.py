@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from jaxtyping import Bool, Float, Int, PRNGKeyArray
 
-from ssvae_core.types import EncoderOutput
+from ssvae_core.modelling.types import EncoderOutput
 
 BATCH_SIZES = (1, 3, 8)
 NUM_COMPONENTS = (2, 3, 5)

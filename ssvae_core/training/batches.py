@@ -28,10 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ssvae_core.augment import AugmentConfig, augment_batch
-from ssvae_core.objective import Objective
-from ssvae_core.terms.base import prepared_fields
-from ssvae_core.types import Batch
+from ssvae_core.data.augment import AugmentConfig, augment_batch
+from ssvae_core.modelling.objective import Objective
+from ssvae_core.modelling.terms.base import prepared_fields
+from ssvae_core.modelling.types import Batch
 
 
 class TrainingArrays(eqx.Module):

@@ -30,8 +30,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ssvae_core.config import Config
 from ssvae_core.errors import ConfigError
-from ssvae_core.model import SSVAE
-from ssvae_core.objective import Objective
+from ssvae_core.modelling.model import SSVAE
+from ssvae_core.modelling.objective import Objective
 from ssvae_core.training.batches import (
     DrawnRows,
     HostBatches,
@@ -209,7 +209,7 @@ DATA_AXIS = "data"
 def data_mesh(devices: int, batch_size: int) -> Mesh | None:
     """The 1-D mesh of data-parallel training over ``devices`` local devices (0: all of
     them); ``None`` for one device in one process. With several processes
-    (``ssvae_core.distributed``) the mesh takes that many devices of every process, in
+    (``ssvae_core.training.distributed``) the mesh takes that many devices of every process, in
     process order. A batch that does not split evenly is a ConfigError."""
     available = jax.local_devices()
     count = len(available) if devices == 0 else devices
@@ -256,7 +256,7 @@ def _devices_of_every_process(count: int, processes: int) -> list[jax.Device]:
 def _check_host_objective(objective: Objective) -> None:
     """A ConfigError for a loss term that reads all training inputs in each step (the
     neighbour term), which training from host data does not give it."""
-    from ssvae_core.terms.builtin import NeighbourTerm
+    from ssvae_core.modelling.terms.builtin import NeighbourTerm
 
     for name, term in objective.named_terms():
         if isinstance(term, NeighbourTerm):
@@ -410,7 +410,7 @@ class Trainer:
                 raise
             failure = error
         if several:
-            from ssvae_core.distributed import PeerStopped, all_agree
+            from ssvae_core.training.distributed import PeerStopped, all_agree
 
             if not all_agree(failure is None):
                 if failure is not None:

@@ -18,12 +18,12 @@ import jax
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from ssvae_core.augment import AugmentConfig
 from ssvae_core.config import TrainConfig
-from ssvae_core.model import SSVAE
-from ssvae_core.objective import Objective
-from ssvae_core.schedules import Schedule
-from ssvae_core.types import Batch
+from ssvae_core.data.augment import AugmentConfig
+from ssvae_core.modelling.model import SSVAE
+from ssvae_core.modelling.objective import Objective
+from ssvae_core.modelling.schedules import Schedule
+from ssvae_core.modelling.types import Batch
 
 
 class TrainState(eqx.Module):

@@ -8,11 +8,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssvae_core.heads import TauHead
-from ssvae_core.labelspace import claim_channels
-from ssvae_core.losses import tau_probabilities
+from ssvae_core.labels.labelspace import claim_channels
+from ssvae_core.modelling.heads import TauHead
+from ssvae_core.modelling.losses import tau_probabilities
+from ssvae_core.modelling.types import EncoderOutput
 from ssvae_core.testing import strategies
-from ssvae_core.types import EncoderOutput
 
 PROPERTY = settings(max_examples=25, deadline=None, derandomize=True, database=None)
 # Channel counts K from a short fixed tuple, as in the kit's strategies (each new shape

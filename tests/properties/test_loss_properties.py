@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssvae_core.likelihoods import heteroscedastic_sigma
-from ssvae_core.losses import (
+from ssvae_core.modelling.likelihoods import heteroscedastic_sigma
+from ssvae_core.modelling.losses import (
     categorical_kl,
     diagonal_gaussian_log_density,
     entropy,

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 
 from ssvae_core.config import config_from_dict
-from ssvae_core.model import SSVAE, build_model
-from ssvae_core.objective import Objective, build_objective
+from ssvae_core.modelling.model import SSVAE, build_model
+from ssvae_core.modelling.objective import Objective, build_objective
+from ssvae_core.modelling.types import Batch
 from ssvae_core.testing import permute_channels, strategies
-from ssvae_core.types import Batch
 
 # K differs from every other leading size in the model (latent 4, hidden 16, classes 3),
 # so permute_channels touches exactly the channel-indexed arrays.

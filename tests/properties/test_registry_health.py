@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ssvae_core.components import KINDS
+from ssvae_core.modelling.components import KINDS
 from ssvae_core.registry import default_registry
 
 

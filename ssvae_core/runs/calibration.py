@@ -1,0 +1,377 @@
+"""Calibrating ``p(y|x)`` after training, without a held-out labeled set.
+
+With few labels τ's rows are near one-hot, so the confidence ``max_y p(y|x)`` is about
+``max_c r_c(x)``: as high for a channel's look-alike minority as for its majority. No
+labeled example is left out of training to fit a temperature on, so the accuracy the
+confidence should match is estimated on the unlabeled training rows instead
+(``docs/maths.md``, "Calibration"):
+
+1. the few labels are propagated over the pixel kNN graph (``propagate``, the
+   propagation of ``ssvae_core.data.graph``), a classifier that never sees the model;
+2. each unlabeled training row is seen once more through an augmented view (the training
+   augmentation, ``[augment]``): the model is surer of the very images it was trained on
+   than of new ones, and a view stands in for a new image;
+3. ``â``, the share of those views whose most probable class under the model is the
+   propagation's label of the row, estimates the model's accuracy when the model learned
+   from the propagated labels (the graph-label term, ``[loss.graph_label]``, is on), since
+   their mistakes are then the model's. Otherwise the two err apart, and their agreement
+   is about the model's accuracy times the propagation's: it is divided by the latter,
+   measured by leaving each labeled example out of the propagation in turn, where every
+   class has a label left (two or more labels per class), and taken at the lower end of
+   its uncertainty (a one-sided 95 % Wilson bound), so that few held-out labels make the
+   calibration do less rather than more;
+4. the temperature ``T ≥ 1`` of ``p_T(y|x) ∝ p(y|x)^{1/T}`` is the one whose mean confidence
+   on the views is ``â`` (``T = 1`` when the model is no more confident than ``â``).
+
+Raising ``p`` to a power and renormalising keeps every example's most probable class, so
+the accuracy does not change. The fitted ``Calibration`` is kept by the classifier and
+its checkpoint; predictions, evaluations, reports, the studio and the acquisitions read the
+calibrated ``p(y|x)``. Training never does: its terms read the head's own probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import numpy as np
+import scipy.sparse
+
+from ssvae_core.data.augment import AugmentConfig, augment_batch
+from ssvae_core.data.graph import blur_option, deskew_option, knn_affinity, smoothed_rows
+from ssvae_core.errors import DataError
+from ssvae_core.options import option
+
+CALIBRATION_METHODS = ("agreement", "none")
+# How the model's mistakes are taken to relate to the propagation's (``CalibrationConfig.errors``).
+ERROR_MODELS = ("auto", "shared", "independent")
+# T is searched in [1, MAX_TEMPERATURE] by this many bisections of log T.
+MAX_TEMPERATURE = 1e4
+_BISECTIONS = 100
+# The seeded subsample of unlabeled rows the fit reads (all of them when fewer), and the
+# key of their augmented views.
+MAX_ROWS = 20000
+ROWS_SEED = 0
+VIEWS_SEED = 0
+VIEWS_BATCH = 1024
+# The propagation's solves stop when every column's residual has shrunk by this factor.
+TOLERANCE = 1e-10
+MAX_ITERATIONS = 1000
+# The labeled rows left out in turn (a seeded subsample when there are more), and the
+# normal quantile of the one-sided lower bound taken of their accuracy (95 %).
+MAX_HELD_OUT = 200
+BOUND_Z = 1.645
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    method: str = option(
+        "agreement",
+        help="how p(y|x) is calibrated after training: 'agreement' fits a temperature T ≥ 1 so that the mean confidence on augmented views of the unlabeled training rows equals the model's estimated accuracy, its agreement there with the labels propagated over the pixel kNN graph (divided by a lower bound of the propagation's held-out accuracy unless the model was trained on those labels); 'none' keeps the head's p(y|x)",
+        choices=CALIBRATION_METHODS,
+    )
+    neighbours: int = option(10, help="k of the pixel kNN graph the labels propagate over", minimum=1)
+    alpha: float = option(
+        0.9, help="α of the propagation F ← αSF + (1 − α)Y, 0 < α < 1", minimum=0.0, exclusive_minimum=True
+    )
+    blur: float = blur_option()
+    deskew: bool = deskew_option()
+    errors: str = option(
+        "auto",
+        help="how the model's mistakes relate to the propagation's: 'shared' takes the agreement as the accuracy estimate (the model learned the propagated labels and their mistakes); 'independent' divides it by a lower bound of the propagation's held-out accuracy, and fits nothing (T = 1) where none is measurable (no class with two labels); 'auto' is 'shared' when the graph-label term [loss.graph_label] is on, else 'independent' but taking the agreement as it is where no held-out accuracy is measurable",
+        choices=ERROR_MODELS,
+    )
+
+    def learned_propagation(self, graph_labels: bool) -> bool:
+        """Whether the accuracy estimate takes the model's mistakes as the propagation's:
+        ``errors = "shared"``, or ``"auto"`` with the graph-label term on (``graph_labels``)."""
+        return self.errors == "shared" or (self.errors == "auto" and graph_labels)
+
+    def validate(self) -> None:
+        if self.alpha >= 1.0:
+            raise ValueError(f"alpha must be < 1, got {self.alpha:g}")
+
+
+def temper(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """``p_T(y) = p(y)^{1/T} / Σ_{y'} p(y')^{1/T}`` per row (in log space); ``T = 1`` is
+    the identity, ``T > 1`` flattens, the most probable class stays the same. Tempered
+    rows are float64, so that two classes ``T`` brings close never round to a tie."""
+    if temperature == 1.0:
+        return np.asarray(probabilities)
+    p = np.asarray(probabilities, dtype=np.float64)
+    log_p = np.log(np.clip(p, np.finfo(np.float64).tiny, None)) / temperature
+    log_p -= np.max(log_p, axis=-1, keepdims=True)
+    tempered = np.exp(log_p)
+    return tempered / np.sum(tempered, axis=-1, keepdims=True)
+
+
+def mean_confidence(probabilities: np.ndarray) -> float:
+    """``mean_i max_y p(y|x_i)``."""
+    return float(np.mean(np.max(probabilities, axis=-1)))
+
+
+def fit_temperature(probabilities: np.ndarray, target: float) -> float:
+    """The ``T ≥ 1`` whose tempered probabilities have mean confidence ``target``.
+
+    The mean confidence falls monotonically as ``T`` grows (towards ``1/Y``), so ``T`` is
+    found by bisection on ``log T`` in ``[1, 10⁴]``. ``T = 1`` when the probabilities are
+    already no more confident than ``target``; a ``target`` at or below what ``T = 10⁴``
+    reaches gives ``10⁴``.
+    """
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"the target confidence must lie in [0, 1], got {target}")
+    if mean_confidence(probabilities) <= target:
+        return 1.0
+    low, high = 0.0, float(np.log(MAX_TEMPERATURE))
+    if mean_confidence(temper(probabilities, MAX_TEMPERATURE)) >= target:
+        return MAX_TEMPERATURE
+    for _ in range(_BISECTIONS):
+        middle = 0.5 * (low + high)
+        if mean_confidence(temper(probabilities, float(np.exp(middle)))) > target:
+            low = middle
+        else:
+            high = middle
+    return float(np.exp(0.5 * (low + high)))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted calibration: ``p(y|x) ↦ p(y|x)^{1/T}`` renormalised.
+
+    ``step`` is the training step of the model it was fitted for; ``facts`` are the
+    figures of the fit (how many rows, the agreement, mean confidence before and after),
+    or ``reason`` why nothing could be fitted (``temperature`` is then 1).
+    """
+
+    method: str
+    temperature: float
+    step: int
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, probabilities: np.ndarray) -> np.ndarray:
+        """The calibrated ``p(y|x)``; each row's most probable class is unchanged."""
+        return temper(probabilities, self.temperature)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "temperature": float(self.temperature),
+            "step": int(self.step),
+            **self.facts,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: object) -> Calibration:
+        """The calibration saved by ``to_dict``; a malformed one is a ``DataError``."""
+        try:
+            assert isinstance(raw, dict)
+            method, temperature, step = raw["method"], raw["temperature"], raw["step"]
+            assert method in CALIBRATION_METHODS
+            assert isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+            assert np.isfinite(temperature) and 1.0 <= temperature <= MAX_TEMPERATURE
+            assert isinstance(step, int) and not isinstance(step, bool) and step >= 0
+        except (AssertionError, KeyError, TypeError):
+            raise DataError(
+                "the checkpoint's calibration is malformed (expected a method among "
+                f"{', '.join(CALIBRATION_METHODS)}, a temperature from 1 to {MAX_TEMPERATURE:g} "
+                "and an integer step)"
+            ) from None
+        facts = {k: v for k, v in raw.items() if k not in ("method", "temperature", "step")}
+        return cls(method=method, temperature=float(temperature), step=step, facts=facts)
+
+
+_augment = jax.jit(augment_batch, static_argnums=2)
+
+
+def augmented_views(x: np.ndarray, augment: AugmentConfig, seed: int = VIEWS_SEED) -> np.ndarray:
+    """One augmented view of each row of ``x`` (``x`` itself when ``augment`` is off), in
+    chunks of ``VIEWS_BATCH`` rows (the last one padded: one compile per input shape)."""
+    x = np.asarray(x, dtype=np.float32)
+    if not augment.enabled or x.shape[0] == 0:
+        return x
+    key = jax.random.PRNGKey(seed)
+    chunks = []
+    for start in range(0, x.shape[0], VIEWS_BATCH):
+        chunk = x[start : start + VIEWS_BATCH]
+        padded = np.concatenate([chunk, np.zeros((VIEWS_BATCH - chunk.shape[0], *x.shape[1:]), np.float32)])
+        views = _augment(padded, jax.random.fold_in(key, start), augment)
+        chunks.append(np.asarray(views)[: chunk.shape[0]])
+    return np.concatenate(chunks)
+
+
+def _solve(operator: scipy.sparse.csr_matrix, alpha: float, source: np.ndarray) -> np.ndarray:
+    """``(I − αS)⁻¹ source``, column by column, by conjugate gradients: ``S`` is symmetric
+    with eigenvalues in ``[−1, 1]``, so ``I − αS`` is positive definite with condition
+    number at most ``(1 + α)/(1 − α)`` (about 40 steps at α = 0.9, where the fixed-point
+    iteration ``u ← αSu + source`` needs about 250)."""
+    solution = np.zeros_like(source)
+    residual = source.copy()
+    direction = residual.copy()
+    squares = np.sum(residual * residual, axis=0)
+    stop = TOLERANCE**2 * squares
+    for _ in range(MAX_ITERATIONS):
+        if np.all(squares <= stop):
+            break
+        image = direction - alpha * (operator @ direction)
+        curvature = np.sum(direction * image, axis=0)
+        step = np.divide(squares, curvature, out=np.zeros_like(squares), where=curvature > 0)
+        solution += step * direction
+        residual -= step * image
+        following = np.sum(residual * residual, axis=0)
+        ratio = np.divide(following, squares, out=np.zeros_like(squares), where=squares > 0)
+        direction = residual + ratio * direction
+        squares = following
+    return solution
+
+
+@dataclass(frozen=True)
+class Propagation:
+    """Labels spread over the pixel kNN graph (as in ``ssvae_core.data.graph``):
+    ``F = (1 − α)(I − αS)⁻¹ Y``, unnormalised, and ``held_out``, whether each labeled row
+    left out of ``Y`` gets its own label back (``None`` when no class has two labels)."""
+
+    spread: np.ndarray  # (N, Y)
+    held_out: np.ndarray | None  # (n,) bool
+
+    @property
+    def labels(self) -> np.ndarray:
+        """``argmax_y F_iy``; ``-1`` for a row no label reaches."""
+        reached = np.max(self.spread, axis=-1) > 0
+        return np.where(reached, np.argmax(self.spread, axis=-1), -1)
+
+    @property
+    def accuracy(self) -> float | None:
+        """The share of held-out labeled rows the propagation labels right."""
+        return None if self.held_out is None else float(np.mean(self.held_out))
+
+    @property
+    def accuracy_bound(self) -> float | None:
+        """``wilson_lower_bound`` of ``accuracy``."""
+        if self.held_out is None:
+            return None
+        return wilson_lower_bound(int(np.sum(self.held_out)), int(self.held_out.size))
+
+
+def wilson_lower_bound(successes: int, trials: int, z: float = BOUND_Z) -> float:
+    """The lower end of Wilson's score interval for a share ``successes / trials``:
+    ``(p̂ + z²/2n − z √(p̂(1 − p̂)/n + z²/4n²)) / (1 + z²/n)``; below ``p̂``, the more so the
+    fewer the trials."""
+    if trials < 1:
+        raise ValueError("a share needs at least one trial")
+    share = successes / trials
+    z2 = z * z
+    centre = share + z2 / (2 * trials)
+    spread = z * np.sqrt(share * (1 - share) / trials + z2 / (4 * trials * trials))
+    return float((centre - spread) / (1 + z2 / trials))
+
+
+def propagate(
+    x: np.ndarray, labels: np.ndarray, num_classes: int, *, neighbours: int, alpha: float
+) -> Propagation:
+    """Spread ``labels`` (``-1`` unknown) over the kNN graph of ``x`` and leave each
+    labeled row out in turn.
+
+    ``S = D^{−1/2} W D^{−1/2}`` (``ssvae_core.data.graph.knn_affinity``); ``F`` is the fixed
+    point of ``F ← αSF + (1 − α)Y``, as in ``ssvae_core.data.graph``. Leaving row ``i``
+    out removes ``(1 − α) G_{·i} onehot(y_i)`` from ``F``, ``G = (I − αS)⁻¹``, so its own
+    row becomes ``F_i − (1 − α) G_ii onehot(y_i)``: one solve per left-out row, for at most
+    ``MAX_HELD_OUT`` rows (seeded) of classes with another label.
+    """
+    labels = np.asarray(labels)
+    affinity = knn_affinity(x, neighbours)
+    degree = np.asarray(affinity.sum(axis=1)).ravel()
+    scale = scipy.sparse.diags(1.0 / np.sqrt(np.maximum(degree, np.finfo(np.float64).tiny)))
+    operator = (scale @ affinity @ scale).tocsr()
+    known = np.flatnonzero(labels >= 0)
+    seeds = np.zeros((labels.size, num_classes))
+    seeds[known, labels[known]] = 1.0 - alpha
+    spread = _solve(operator, alpha, seeds)
+    per_class = np.bincount(labels[known], minlength=num_classes)
+    eligible = known[per_class[labels[known]] >= 2]
+    if eligible.size == 0:
+        return Propagation(spread, None)
+    if eligible.size > MAX_HELD_OUT:
+        eligible = np.sort(np.random.default_rng(ROWS_SEED).choice(eligible, MAX_HELD_OUT, replace=False))
+    units = np.zeros((labels.size, eligible.size))
+    units[eligible, np.arange(eligible.size)] = 1.0
+    own = _solve(operator, alpha, units)[eligible, np.arange(eligible.size)]
+    left_out = spread[eligible].copy()
+    left_out[np.arange(eligible.size), labels[eligible]] -= (1.0 - alpha) * own
+    return Propagation(spread, np.argmax(left_out, axis=-1) == labels[eligible])
+
+
+def fit_calibration(
+    config: CalibrationConfig,
+    x: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    predict: Callable[[np.ndarray], np.ndarray],
+    augment: AugmentConfig,
+    *,
+    learned_propagation: bool,
+    step: int,
+) -> Calibration:
+    """Fit ``config.method`` on the training data: inputs ``x`` and ``labels`` (``-1``
+    where unlabeled); ``predict(inputs)`` gives the model's uncalibrated ``p(y|x)``;
+    ``augment`` makes the views; ``learned_propagation`` says whether the model was trained
+    on propagated labels (then the agreement is the accuracy estimate as it is).
+
+    Without unlabeled rows, or without labels of two classes, nothing is estimable: the
+    result keeps ``T = 1`` and says why.
+    """
+    labels = np.asarray(labels)
+    if config.method == "none":
+        return Calibration("none", 1.0, step)
+    unlabeled = np.flatnonzero(labels < 0)
+    known = np.unique(labels[labels >= 0])
+    reason = None
+    if unlabeled.size == 0:
+        reason = "every training row is labeled: no unlabeled rows to estimate the accuracy on"
+    elif known.size < 2:
+        reason = "the training rows hold labels of fewer than two classes: nothing to propagate"
+    if reason is not None:
+        return Calibration(config.method, 1.0, step, {"reason": reason})
+    if unlabeled.size > MAX_ROWS:
+        keep = np.random.default_rng(ROWS_SEED).choice(unlabeled, MAX_ROWS, replace=False)
+        rows = np.sort(np.concatenate([np.flatnonzero(labels >= 0), keep]))
+    else:
+        rows = np.arange(labels.size)
+    propagation = propagate(
+        smoothed_rows(x[rows], config.blur, deskew=config.deskew), labels[rows], num_classes, neighbours=config.neighbours, alpha=config.alpha
+    )
+    pool = (labels[rows] < 0) & (propagation.labels >= 0)
+    if not np.any(pool):
+        reason = "no label reaches an unlabeled training row over the graph"
+        return Calibration(config.method, 1.0, step, {"reason": reason})
+    if config.errors == "independent" and propagation.held_out is None:
+        reason = (
+            "no class has two labels, so the propagation's accuracy cannot be measured by "
+            "leaving labels out, and the model's mistakes are taken as independent of it "
+            "(calibration.errors = 'independent')"
+        )
+        return Calibration(config.method, 1.0, step, {"reason": reason})
+    probabilities = np.asarray(predict(augmented_views(x[rows][pool], augment)))
+    agreement = float(np.mean(np.argmax(probabilities, axis=-1) == propagation.labels[pool]))
+    propagation_accuracy, bound = propagation.accuracy, propagation.accuracy_bound
+    estimate = agreement
+    if not learned_propagation and bound is not None:
+        estimate = min(1.0, agreement / max(bound, 1.0 / num_classes))
+    temperature = fit_temperature(probabilities, estimate)
+    return Calibration(
+        config.method,
+        temperature,
+        step,
+        {
+            "rows": int(pool.sum()),
+            "agreement": round(agreement, 6),
+            "propagation_accuracy": None if propagation_accuracy is None else round(propagation_accuracy, 6),
+            "propagation_accuracy_bound": None if bound is None else round(bound, 6),
+            "held_out": 0 if propagation.held_out is None else int(propagation.held_out.size),
+            "learned_propagation": bool(learned_propagation),
+            "accuracy_estimate": round(estimate, 6),
+            "confidence_before": round(mean_confidence(probabilities), 6),
+            "confidence_after": round(mean_confidence(temper(probabilities, temperature)), 6),
+        },
+    )
