@@ -543,9 +543,7 @@ class SSVAEClassifier:
                 dataset.num_classes,
                 lambda x: infer(model, state.head_state, x).probabilities,
                 self.config.augment,
-                learned_propagation=self.config.calibration.learned_propagation(
-                    self.config.term_options("graph_label").weight > 0
-                ),
+                graph_labels=self.config.term_options("graph_label").weight > 0,
                 step=int(state.step),
             )
 

@@ -88,7 +88,7 @@ def test_agreement_calibration_matches_the_share_where_model_and_graph_agree() -
     x, labels, truth = _two_clusters()
     predict, wrong = _predict_with_a_fifth_wrong(x, labels, truth)
     calibration = fit_calibration(
-        CalibrationConfig(), x, labels, 2, predict, NO_VIEWS, learned_propagation=True, step=7
+        CalibrationConfig(), x, labels, 2, predict, NO_VIEWS, graph_labels=True, step=7
     )
     assert calibration.facts["rows"] == 98
     assert calibration.facts["agreement"] == pytest.approx(1 - 20 / 98, abs=1e-6)
@@ -133,8 +133,8 @@ def test_agreement_is_divided_by_the_propagations_accuracy_unless_the_model_lear
     labels[10] = 1  # the propagation's held-out accuracy is 6/7
     predict, _ = _predict_with_a_fifth_wrong(x, labels, truth)
     common = (CalibrationConfig(neighbours=5), x, labels, 2, predict, NO_VIEWS)
-    learned = fit_calibration(*common, learned_propagation=True, step=0)
-    apart = fit_calibration(*common, learned_propagation=False, step=0)
+    learned = fit_calibration(*common, graph_labels=True, step=0)
+    apart = fit_calibration(*common, graph_labels=False, step=0)
     agreement = learned.facts["agreement"]
     assert learned.facts["accuracy_estimate"] == agreement
     assert apart.facts["propagation_accuracy"] == pytest.approx(6 / 7, abs=1e-6)
@@ -154,7 +154,7 @@ def test_agreement_calibration_reads_augmented_views_of_the_unlabeled_rows() -> 
 
     images = x.reshape(100, 2, 2)
     fit_calibration(
-        CalibrationConfig(), images, labels, 2, predict, AugmentConfig(noise=0.3), learned_propagation=True, step=0
+        CalibrationConfig(), images, labels, 2, predict, AugmentConfig(noise=0.3), graph_labels=True, step=0
     )
     assert seen[0].shape == (98, 2, 2)
     assert not np.allclose(seen[0], images[labels < 0])
@@ -164,11 +164,11 @@ def test_nothing_is_fitted_without_unlabeled_rows_or_with_method_none() -> None:
     x, _, truth = _two_clusters()
     never = pytest.fail  # predict must not be called
 
-    everything = fit_calibration(CalibrationConfig(), x, truth, 2, never, NO_VIEWS, learned_propagation=True, step=3)
+    everything = fit_calibration(CalibrationConfig(), x, truth, 2, never, NO_VIEWS, graph_labels=True, step=3)
     assert everything.temperature == 1.0 and "every training row is labeled" in everything.facts["reason"]
-    one_class = fit_calibration(CalibrationConfig(), x, np.where(truth == 0, 0, -1), 2, never, NO_VIEWS, learned_propagation=True, step=3)
+    one_class = fit_calibration(CalibrationConfig(), x, np.where(truth == 0, 0, -1), 2, never, NO_VIEWS, graph_labels=True, step=3)
     assert one_class.temperature == 1.0 and "fewer than two classes" in one_class.facts["reason"]
-    none = fit_calibration(CalibrationConfig(method="none"), x, truth, 2, never, NO_VIEWS, learned_propagation=True, step=3)
+    none = fit_calibration(CalibrationConfig(method="none"), x, truth, 2, never, NO_VIEWS, graph_labels=True, step=3)
     assert (none.method, none.temperature) == ("none", 1.0)
 
 
@@ -179,7 +179,7 @@ def test_nothing_is_fitted_when_no_label_reaches_an_unlabeled_row() -> None:
     labels = np.where(cluster < 2, cluster, -1)  # the third cluster is unlabeled and cut off
     calibration = fit_calibration(
         CalibrationConfig(neighbours=3), x, labels, 3, pytest.fail, NO_VIEWS,
-        learned_propagation=False, step=1,
+        graph_labels=False, step=1,
     )  # fmt: skip
     assert calibration.temperature == 1.0 and "no label reaches" in calibration.facts["reason"]
 
@@ -323,7 +323,7 @@ def test_independent_mistakes_fit_nothing_where_no_class_has_two_labels() -> Non
     x, labels, truth = _two_clusters()
     predict, _ = _predict_with_a_fifth_wrong(x, labels, truth)
     common = (x, labels, 2, predict, NO_VIEWS)
-    apart = fit_calibration(CalibrationConfig(neighbours=5, errors="independent"), *common, learned_propagation=False, step=0)
-    fallback = fit_calibration(CalibrationConfig(neighbours=5), *common, learned_propagation=False, step=0)
+    apart = fit_calibration(CalibrationConfig(neighbours=5, errors="independent"), *common, graph_labels=False, step=0)
+    fallback = fit_calibration(CalibrationConfig(neighbours=5), *common, graph_labels=False, step=0)
     assert apart.temperature == 1.0 and "two labels" in apart.facts["reason"]
     assert fallback.facts["accuracy_estimate"] == fallback.facts["agreement"] and fallback.temperature > 1.0

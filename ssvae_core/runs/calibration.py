@@ -310,13 +310,14 @@ def fit_calibration(
     predict: Callable[[np.ndarray], np.ndarray],
     augment: AugmentConfig,
     *,
-    learned_propagation: bool,
+    graph_labels: bool,
     step: int,
 ) -> Calibration:
     """Fit ``config.method`` on the training data: inputs ``x`` and ``labels`` (``-1``
     where unlabeled); ``predict(inputs)`` gives the model's uncalibrated ``p(y|x)``;
-    ``augment`` makes the views; ``learned_propagation`` says whether the model was trained
-    on propagated labels (then the agreement is the accuracy estimate as it is).
+    ``augment`` makes the views; ``graph_labels`` says whether the model was trained on
+    propagated labels, which with ``config.errors`` decides whether the agreement is the
+    accuracy estimate as it is (``CalibrationConfig.learned_propagation``).
 
     Without unlabeled rows, or without labels of two classes, nothing is estimable: the
     result keeps ``T = 1`` and says why.
@@ -352,6 +353,7 @@ def fit_calibration(
             "(calibration.errors = 'independent')"
         )
         return Calibration(config.method, 1.0, step, {"reason": reason})
+    learned_propagation = config.learned_propagation(graph_labels)
     probabilities = np.asarray(predict(augmented_views(x[rows][pool], augment)))
     agreement = float(np.mean(np.argmax(probabilities, axis=-1) == propagation.labels[pool]))
     propagation_accuracy, bound = propagation.accuracy, propagation.accuracy_bound
