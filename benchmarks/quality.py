@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from baselines import baseline_names, run_baselines
 
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import label_budget_argument, load_config
@@ -67,6 +68,13 @@ def evaluate_seed(args: argparse.Namespace, seed: int) -> dict[str, object]:
     split = split_dataset(dataset, config)
     if args.validation:
         split = validation_split(split, seed)
+    baselines = run_baselines(args.baselines, dataset, split, seed) if args.baselines else {}
+    if args.only_baselines:
+        return {
+            "dataset": dataset.name, "seed": seed,
+            "evaluated_on": "validation" if args.validation else "test",
+            **split_protocol(config), "num_labels": len(split.labeled), "baselines": baselines,
+        }
     classifier = SSVAEClassifier(config)
     started = time.perf_counter()
     classifier.fit(training_view(dataset, split))
@@ -95,6 +103,7 @@ def evaluate_seed(args: argparse.Namespace, seed: int) -> dict[str, object]:
         "encoder": classifier.config.encoder.name,
         "prior": classifier.config.prior.name,
         "overrides": args.set,
+        **({"baselines": baselines} if baselines else {}),
     }
 
 
@@ -116,6 +125,45 @@ def run_seeds(
         print(f"{program}: error: {error}", file=sys.stderr)
         return None
     return results
+
+
+def model_summary(results: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Mean, std and worst over seeds of the model's figures, its mean ECE and speed."""
+    summary: dict[str, Any] = {}
+    for name in ("accuracy", *CLUSTERING):
+        values = [r[name] for r in results]
+        if any(v is None for v in values):
+            continue  # no labels: no accuracy; no channels: no clustering figures
+        figures = np.array(values)
+        summary.update({
+            f"{name}_mean": float(figures.mean()),
+            f"{name}_std": float(figures.std()),
+            f"{name}_worst": float(figures.min()),
+        })
+        if name == "accuracy":
+            summary["worst_seed"] = seeds[int(figures.argmin())]
+    for name in ("ece", "ece_uncalibrated"):
+        if all(r[name] is not None for r in results):
+            summary[f"{name}_mean"] = float(np.mean([r[name] for r in results]))
+    summary.update({
+        "wall_time_s": float(np.mean([r["wall_time_s"] for r in results])),
+        "images_per_s": float(np.mean([r["images_per_s"] for r in results])),
+    })
+    return summary
+
+
+def baseline_summary(results: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Each baseline's mean and worst accuracy and mean ECE over seeds."""
+    summary: dict[str, Any] = {}
+    for name in names:
+        figures = [r["baselines"][name] for r in results if r["baselines"][name] is not None]
+        if not figures:
+            continue
+        accuracies = np.array([f["accuracy"] for f in figures])
+        summary[f"{name}_accuracy_mean"] = float(accuracies.mean())
+        summary[f"{name}_accuracy_worst"] = float(accuracies.min())
+        summary[f"{name}_ece_mean"] = float(np.mean([f["ece"] for f in figures]))
+    return summary
 
 
 def main() -> int:
@@ -141,7 +189,17 @@ def main() -> int:
         help="measure on a validation set carved from the training split (for tuning)",
     )
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument(
+        "--baselines", type=baseline_names, default=[], metavar="NAMES",
+        help="comma-separated baselines run on the same split and labels (logreg, convnet, "
+        "label_spreading; benchmarks/baselines.py)",
+    )
+    parser.add_argument(
+        "--only-baselines", action="store_true", help="run the --baselines and not the model"
+    )
     args = parser.parse_args()
+    if args.only_baselines and not args.baselines:
+        parser.error("--only-baselines needs --baselines")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     results = run_seeds(evaluate_seed, args, seeds, "quality")
     if results is None:
@@ -153,26 +211,10 @@ def main() -> int:
         "evaluated_on": "validation" if args.validation else "test",
         "seeds": seeds,
     }
-    for name in ("accuracy", *CLUSTERING):
-        values = [r[name] for r in results]
-        if any(v is None for v in values):
-            continue  # no labels: no accuracy; no channels: no clustering figures
-        figures = np.array(values)
-        summary.update({
-            f"{name}_mean": float(figures.mean()),
-            f"{name}_std": float(figures.std()),
-            f"{name}_worst": float(figures.min()),
-        })
-        if name == "accuracy":
-            summary["worst_seed"] = seeds[int(figures.argmin())]
-    for name in ("ece", "ece_uncalibrated"):
-        if all(r[name] is not None for r in results):
-            summary[f"{name}_mean"] = float(np.mean([r[name] for r in results]))
-    summary.update({
-        "wall_time_s": float(np.mean([r["wall_time_s"] for r in results])),
-        "images_per_s": float(np.mean([r["images_per_s"] for r in results])),
-        "overrides": args.set,
-    })
+    if not args.only_baselines:
+        summary.update(model_summary(results, seeds))
+    summary.update(baseline_summary(results, args.baselines))
+    summary["overrides"] = args.set
     print(json.dumps(summary), flush=True)
     return 0
 
