@@ -268,7 +268,9 @@ def test_bad_data_on_the_cli_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert not (tmp_path / "r" / "report.json").exists()
 
 
-def test_train_with_test_data_tests_on_the_given_part_and_reports_the_protocol(tmp_path: Path) -> None:
+def test_train_with_test_data_tests_on_the_given_part_and_reports_the_protocol(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     train, test = _npz(tmp_path / "train.npz", 30, 0, shape=(4,)), _npz(tmp_path / "test.npz", 9, 1, shape=(4,))
     out = tmp_path / "run"
     args = [
@@ -283,4 +285,6 @@ def test_train_with_test_data_tests_on_the_given_part_and_reports_the_protocol(t
     assert report["test_dataset"] == str(test.resolve())
     assert report["num_test"] == 9 and report["num_train"] == 30
     assert f"| test set | given test split ({test.resolve()}) |" in (out / "report.md").read_text()
+    # --resume takes --test-data as where the test set is now; this run has all its steps
     assert main(["train", "--resume", str(out), "--test-data", str(test)]) == 2
+    assert "has taken all of its 2 steps" in capsys.readouterr().err

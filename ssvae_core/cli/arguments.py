@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import TypedDict
 
 
 def add_run_dir(command: argparse.ArgumentParser, help: str = "a run directory") -> None:
@@ -11,8 +12,32 @@ def add_run_dir(command: argparse.ArgumentParser, help: str = "a run directory")
 
 
 def add_moved_data(command: argparse.ArgumentParser) -> None:
-    """``--data``: where an existing run's data are now."""
+    """``--data`` and ``--test-data``: where an existing run's data, and the test set it
+    was given, are now."""
     command.add_argument("--data", metavar="PATH", help="where the run's data are, if they moved")
+    add_moved_test_data(command)
+
+
+def add_moved_test_data(command: argparse.ArgumentParser) -> None:
+    """``--test-data``: where an existing run's given test set is now."""
+    command.add_argument(
+        "--test-data", metavar="PATH",
+        help="where the run's test data are, if they moved (a run trained with --test-data; "
+        "one that holds out a fifth of its data has none)",
+    )
+
+
+class MovedData(TypedDict):
+    """Where an existing run's data and its given test set are now (None: where recorded)."""
+
+    data: str | None
+    test_data: str | None
+
+
+def moved_data(args: argparse.Namespace) -> MovedData:
+    """``data`` and ``test_data`` of the library functions on an existing run, from the
+    flags ``add_moved_data`` adds."""
+    return {"data": args.data, "test_data": args.test_data}
 
 
 def add_test_data(command: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ssvae_core.cli.arguments import add_moved_data, add_run_dir
+from ssvae_core.cli.arguments import add_moved_data, add_run_dir, moved_data
 from ssvae_core.cli.command import Command
 from ssvae_core.cli.context import EXIT_OK
 
@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from ssvae_core.cli.workflows import label_run
 
     result = label_run(
-        args.run_dir, args.labels_file, data=args.data, relabel=args.relabel, annotator=args.annotator
+        args.run_dir, args.labels_file, relabel=args.relabel, annotator=args.annotator,
+        **moved_data(args),
     )
     new = result["new_classes"]
     print(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ssvae_core.cli.arguments import add_json, add_moved_data, add_run_dir
+from ssvae_core.cli.arguments import add_json, add_moved_data, add_run_dir, moved_data
 from ssvae_core.cli.command import Command
 from ssvae_core.cli.context import EXIT_OK, print_result
 
@@ -65,13 +65,13 @@ def run(args: argparse.Namespace) -> int:
     from ssvae_core.cli.workflows import export_run, labels_summary, run_issues
 
     if args.export is not None:
-        count = export_run(args.run_dir, args.export, data=args.data)
+        count = export_run(args.run_dir, args.export, **moved_data(args))
         print(f"wrote {count} label(s) to {args.export}")
         return EXIT_OK
     if args.issues:
-        issues = [issue.to_json() for issue in run_issues(args.run_dir, n=args.n, data=args.data)]
+        issues = [issue.to_json() for issue in run_issues(args.run_dir, n=args.n, **moved_data(args))]
         return print_result(issues, args.json, print_issues, ensure_ascii=False)
-    return print_result(labels_summary(args.run_dir, data=args.data), args.json, print_summary)
+    return print_result(labels_summary(args.run_dir, **moved_data(args)), args.json, print_summary)
 
 
 COMMAND = Command(

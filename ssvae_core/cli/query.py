@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ssvae_core.cli.arguments import add_moved_data, add_run_dir
+from ssvae_core.cli.arguments import add_moved_data, add_run_dir, moved_data
 from ssvae_core.cli.command import Command
 from ssvae_core.cli.config_flags import strategy_options
 from ssvae_core.cli.context import EXIT_OK
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = query_run(
         args.run_dir, args.n, strategy=args.strategy, options=strategy_options(args.set) or None,
-        seed=args.seed, out=args.out, data=args.data,
+        seed=args.seed, out=args.out, **moved_data(args),
     )
     print(f"{len(result['rows'])} examples to label ({result['strategy']}): {result['path']}")
     if result["image"] is not None:

@@ -12,6 +12,7 @@ from ssvae_core.cli.arguments import (
     add_quiet,
     add_run_dir,
     add_tracking,
+    moved_data,
 )
 from ssvae_core.cli.command import Command
 from ssvae_core.cli.context import EXIT_OK, TrainingSession, notice
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         args.run_dir, done + max(args.steps, 0),
         lambda sinks, on_start: retrain_run(
             args.run_dir, args.steps, sinks=sinks, on_start=on_start, on_notice=notice,
-            plots=not args.no_plots, data=args.data,
+            plots=not args.no_plots, **moved_data(args),
             split_channels=False if args.no_split else None,
         ),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ssvae_core.cli.arguments import add_moved_data, add_run_dir
+from ssvae_core.cli.arguments import add_moved_data, add_run_dir, moved_data
 from ssvae_core.cli.command import Command
 from ssvae_core.cli.context import EXIT_OK
 from ssvae_core.errors import ConfigError
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         serve(
-            args.run_dir, host=args.host, port=args.port, token=args.token, data=args.data,
+            args.run_dir, host=args.host, port=args.port, token=args.token, **moved_data(args),
             open_browser=args.open, on_ready=ready,
         )
     except KeyboardInterrupt:  # Ctrl+C is how the studio is stopped: the run is closed by now

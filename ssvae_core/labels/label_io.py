@@ -104,11 +104,17 @@ def write_export(store: LabelStore, path: str | os.PathLike[str]) -> int:
     return len(store.current())
 
 
-def export_run(run_dir: str | os.PathLike[str], path: str | os.PathLike[str], *, data: str | None = None) -> int:
+def export_run(
+    run_dir: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    data: str | None = None,
+    test_data: str | None = None,
+) -> int:
     """``ssvae labels RUN --export FILE``: the run's store (checked against its data) to
     ``FILE``; returns how many labels were written."""
     _format(path)
-    run = Run.open(run_dir, "labels", data=data)
+    run = Run.open(run_dir, "labels", data=data, test_data=test_data)
     run.require_checkpoint("before exporting its labels")
     return write_export(run.label_store(), path)
 
@@ -119,6 +125,7 @@ def label_run(
     *,
     source: str = "file",
     data: str | None = None,
+    test_data: str | None = None,
     relabel: bool = False,
     annotator: str | None = None,
 ) -> dict[str, Any]:
@@ -130,7 +137,7 @@ def label_run(
     given two different labels, a malformed file — and any problem changes nothing.
     Returns ``{"added": n, "new_classes": [...], "counts": ...}``.
     """
-    run = Run.open(run_dir, "label", data=data)
+    run = Run.open(run_dir, "label", data=data, test_data=test_data)
     indices, names = read_label_file(labels_file)
     with run.lock():
         run.require_checkpoint("before labeling")
@@ -150,13 +157,15 @@ def label_run(
         }
 
 
-def labels_summary(run_dir: str | os.PathLike[str], *, data: str | None = None) -> dict[str, Any]:
+def labels_summary(
+    run_dir: str | os.PathLike[str], *, data: str | None = None, test_data: str | None = None
+) -> dict[str, Any]:
     """The run's label store in numbers: labels per class and per source. The store is
     checked as every command that trains on it checks it (against the run's data, which
-    ``data`` points to where they have moved): an invalid store is refused, not counted."""
+    ``data`` and ``test_data`` point to where they have moved): an invalid store is refused, not counted."""
     from ssvae_core.labels.annotators import agreement
 
-    run = Run.open(run_dir, "labels", data=data)
+    run = Run.open(run_dir, "labels", data=data, test_data=test_data)
     if not run.store_path.exists():
         raise CheckpointError(
             f"{os.fspath(run.path)!r} has no label store ({STORE_NAME}); it was written before "

@@ -183,14 +183,18 @@ def classifier_issues(
 
 
 def run_issues(
-    run_dir: str | os.PathLike[str], *, n: int = DEFAULT_ISSUES, data: str | None = None
+    run_dir: str | os.PathLike[str],
+    *,
+    n: int = DEFAULT_ISSUES,
+    data: str | None = None,
+    test_data: str | None = None,
 ) -> list[LabelIssue]:
     """``ssvae labels RUN --issues``: the label issues of a run's store under its model."""
     from ssvae_core.runs.run import Run
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"--n must be a positive integer; got {n!r}")
-    run = Run.open(run_dir, "labels", data=data)
+    run = Run.open(run_dir, "labels", data=data, test_data=test_data)
     run.require_checkpoint("before looking for label issues")
     store = run.label_store()
     return classifier_issues(run.load_classifier(), run.dataset.x, store, n=n)

@@ -154,6 +154,7 @@ def query_run(
     seed: int | None = None,
     out: str | os.PathLike[str] | None = None,
     data: str | None = None,
+    test_data: str | None = None,
     registry: Registry | None = None,
     image: bool = True,
 ) -> dict[str, Any]:
@@ -163,9 +164,10 @@ def query_run(
     ``RUN/queries/step-<step>-<strategy>.csv`` (``-2``, ``-3``, ... when taken), with a
     PNG contact sheet beside it. Returns ``{"path", "image", "rows", "strategy"}`` where each
     row has ``index`` (a row of the run's dataset, as ``ssvae label`` expects), ``score``,
-    ``predicted`` and ``certainty``.
+    ``predicted`` and ``certainty``. ``data`` and ``test_data`` say where the run's data and
+    its given test set are, where they have moved.
     """
-    run = Run.open(run_dir, "query", data=data)
+    run = Run.open(run_dir, "query", data=data, test_data=test_data)
     if seed is not None:
         check_seed(seed, "--seed")
     target = None if out is None else _sheet_path(Path(out))

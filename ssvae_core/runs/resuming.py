@@ -17,12 +17,12 @@ import numpy as np
 
 from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import Config, check_steps, config_from_dict, read_toml
-from ssvae_core.data.loading import Dataset, Split, load_dataset
+from ssvae_core.data.loading import Dataset, Split
 from ssvae_core.errors import ConfigError
 from ssvae_core.labels.rounds import last_step, round_info, unrecorded_round
 from ssvae_core.registry import Registry
 from ssvae_core.runs.reports import held_out_evaluator
-from ssvae_core.runs.run import Run, split_dataset, training_view, with_data
+from ssvae_core.runs.run import Run, load_run_data, split_dataset, training_view, with_data
 from ssvae_core.runs.run_steps import (
     Notice,
     checked_everywhere,
@@ -53,8 +53,8 @@ class _Resumed:
 
 def _saved_state(run: Run, registry: Registry | None) -> tuple[SSVAEClassifier | None, Config, int]:
     """The run's classifier (None before its first checkpoint), its configuration (the
-    checkpoint's, or ``config.toml``'s) with the data moved to ``run.data``, and the steps
-    taken."""
+    checkpoint's, or ``config.toml``'s) with the data moved to ``run.data`` and its given
+    test set to ``run.test_data``, and the steps taken."""
     classifier = None
     if run.checkpoint_path.exists():
         classifier = run.load_classifier(registry)
@@ -63,8 +63,8 @@ def _saved_state(run: Run, registry: Registry | None) -> tuple[SSVAEClassifier |
     else:
         config = config_from_dict(read_toml(run.config_path), registry)
         done = 0
-    if run.data is not None:
-        config = with_data(config, run.data)
+    if run.data is not None or run.test_data is not None:
+        config = with_data(config, run.data, run.test_data)
         if classifier is not None:
             classifier.config = config
     return classifier, config, done
@@ -90,7 +90,7 @@ def _resumed(
 ) -> _Resumed:
     """The training of a resume: from the checkpoint (or from the start, before the first
     one), continuing the round a kill interrupted, or as a round of its own."""
-    dataset = load_dataset(config.data.dataset, config.data.test_dataset)
+    dataset = load_run_data(config)
     split = split_dataset(dataset, config)
     train = training_view(dataset, split)
     if classifier is not None:
@@ -129,6 +129,7 @@ def resume_run(
     on_notice: Notice | None = None,
     plots: bool = True,
     data: str | None = None,
+    test_data: str | None = None,
 ) -> dict[str, Any]:
     """Continue a run from its last checkpoint up to ``steps`` total (default: the run's
     own ``train.steps``), on its own data and split.
@@ -140,13 +141,14 @@ def resume_run(
     ``rounds.jsonl`` for its last round, gets them; a round a kill interrupted is continued
     and recorded as one round (``ssvae_core.labels.rounds``). The
     directory is locked for the whole command; metrics are appended, and checkpoint,
-    config and reports are replaced atomically. ``data`` points to the run's dataset
-    where it has moved (the same data, split by the run's seed). With several processes
-    only process 0 locks, repairs and writes the directory (see ``ssvae_core.runs.lifecycle.train_run``).
+    config and reports are replaced atomically. ``data`` points to the run's dataset,
+    and ``test_data`` to its given test set, where they have moved (the same data, split by
+    the run's seed). With several processes only process 0 locks, repairs and writes the
+    directory (see ``ssvae_core.runs.lifecycle.train_run``).
     """
     writer = is_main_process()
     with checked_everywhere():
-        run = Run.open(run_dir, "--resume", data=data)
+        run = Run.open(run_dir, "--resume", data=data, test_data=test_data)
         lock = run.lock().acquire() if writer else None
     with held(lock):
         with checked_everywhere():

@@ -15,13 +15,12 @@ from typing import Any
 import numpy as np
 
 from ssvae_core.config import check_steps
-from ssvae_core.data.loading import load_dataset
 from ssvae_core.errors import ConfigError
 from ssvae_core.labels.rounds import round_info, unrecorded_round
 from ssvae_core.labels.store import STORE_NAME, LabelStore
 from ssvae_core.registry import Registry
 from ssvae_core.runs.reports import held_out_evaluator
-from ssvae_core.runs.run import Run, split_dataset, with_data
+from ssvae_core.runs.run import Run, load_run_data, split_dataset, with_data
 from ssvae_core.runs.run_steps import (
     checked_everywhere,
     checkpointer,
@@ -50,6 +49,7 @@ def retrain_run(
     on_notice: Callable[[str], None] | None = None,
     plots: bool = True,
     data: str | None = None,
+    test_data: str | None = None,
     held_lock: RunLock | None = None,
     intermediate_checkpoints: bool = True,
     store: LabelStore | None = None,
@@ -69,13 +69,15 @@ def retrain_run(
     it was (its extra lines in ``metrics.jsonl`` are removed by ``recover``). ``store``
     is the label store to train with, when the caller took it already (the studio takes it
     when the retrain starts; labels given later wait for the next one). ``split_channels``
-    overrides the run's ``train.split_channels`` for this retrain. With several
+    overrides the run's ``train.split_channels`` for this retrain. ``data`` and ``test_data``
+    say where the run's data and its given test set are where they have moved (recorded in
+    the new checkpoint and ``config.toml``). With several
     processes only process 0 locks, repairs and writes the directory (see ``train_run``).
     """
     writer = is_main_process()
     with checked_everywhere():
         check_steps(steps, "--steps")
-        run = Run.open(run_dir, "retrain", data=data)
+        run = Run.open(run_dir, "retrain", data=data, test_data=test_data)
         if held_lock is not None and held_lock.run_dir.resolve() != run.path.resolve():
             raise ConfigError(
                 f"the lock given is on {os.fspath(held_lock.run_dir)!r}, not on {os.fspath(run.path)!r}"
@@ -85,13 +87,13 @@ def retrain_run(
         with checked_everywhere():
             run.require_checkpoint("first")
             classifier = run.load_classifier(registry)
-            classifier.config = config = with_data(classifier.config, data)
+            classifier.config = config = with_data(classifier.config, data, test_data)
             done = int(classifier.state.step) if classifier.state is not None else 0
             check_steps(done + steps, f"the {done} steps taken and --steps {steps} together")
             # a caller holding the lock (the studio) may be writing the label store meanwhile
             spare = (STORE_NAME,) if held_lock is not None else ()
             tell(on_notice, run.recover(done, spare=spare) if writer else ())
-            dataset = load_dataset(config.data.dataset, config.data.test_dataset)
+            dataset = load_run_data(config)
             split = split_dataset(dataset, config)
             unrecorded = unrecorded_round(run.path, run.manifest(), done) if writer else None
             if unrecorded is not None:  # a round an interrupted command left unrecorded

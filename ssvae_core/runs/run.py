@@ -17,8 +17,9 @@ A run directory holds:
 Every command on an existing run reaches it through ``Run``: ``Run.open`` checks that the
 folder is a run directory before anything (its lock) is written there; the run then gives
 its files' paths, its configuration as the checkpoint saved it (reading its data from
-``data`` where they have moved), its dataset and benchmark split, its label store checked
-against the data, its checkpoint, rounds, report and writer lock. The split is rebuilt
+``data``, and its given test set from ``test_data``, where they have moved), its dataset
+and benchmark split, its label store checked against the data, its checkpoint, rounds,
+report and writer lock. The split is rebuilt
 from the data and the run's seed, never stored: the same data give the same split.
 """
 
@@ -33,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ssvae_core.config import Config, config_from_dict
+from ssvae_core.config import Config, config_from_dict, read_toml
 from ssvae_core.data.loading import Dataset, Split, benchmark_split, from_arrays, load_dataset
-from ssvae_core.errors import CheckpointError, DataError
+from ssvae_core.errors import CheckpointError, ConfigError, DataError
 from ssvae_core.labels.rounds import ROUNDS_NAME
 from ssvae_core.labels.store import STORE_NAME, LabelStore
 from ssvae_core.registry import Registry
@@ -122,16 +123,51 @@ def resolvable(config: Config) -> Config:
     return config.replace(data=dataclasses.replace(config.data, **changes))
 
 
-def with_data(config: Config, data: str | None) -> Config:
-    """``config`` reading its data from ``data`` (where the run's data have moved), if given."""
-    if data is None:
+def no_test_set_to_move(run: str) -> ConfigError:
+    """The refusal of ``--test-data`` for ``run`` (a phrase naming it), which was given no
+    test set: its test examples are a fifth of its own data, so no test part can have moved."""
+    return ConfigError(
+        f"--test-data gives where a run's given test set has moved, but {run} was given none "
+        "(its data.test_dataset is empty): it holds out a fifth of its data for testing; "
+        "drop --test-data (--data alone says where its data are)"
+    )
+
+
+def with_data(config: Config, data: str | None, test_data: str | None = None) -> Config:
+    """``config`` reading its data from ``data`` and its given test set from ``test_data``
+    (where the run's data have moved), each if given; a ``ConfigError`` for ``test_data``
+    when the run was given no test set (``no_test_set_to_move``)."""
+    if test_data is not None and not config.data.test_dataset:
+        raise no_test_set_to_move("this run")
+    if data is None and test_data is None:
         return config
-    return resolvable(config.replace(data=dataclasses.replace(config.data, dataset=data)))
+    moved = dataclasses.replace(
+        config.data,
+        dataset=config.data.dataset if data is None else data,
+        test_dataset=config.data.test_dataset if test_data is None else test_data,
+    )
+    return resolvable(config.replace(data=moved))
+
+
+def load_run_data(config: Config) -> Dataset:
+    """The dataset of an existing run's ``config``, with its given test set; where one of
+    them is missing, a ``DataError`` naming it and the flag that says where it is now."""
+    for flag, part, path in (
+        ("--data", "data", config.data.dataset), ("--test-data", "test data", config.data.test_dataset)
+    ):
+        if path and path != "digits" and not Path(path).exists():
+            raise DataError(
+                f"the run's {part} {path!r} does not exist; if it moved, give where it is now "
+                f"with {flag} PATH (ssvae label, labels, query, retrain, studio and train "
+                "--resume take it)"
+            )
+    return load_dataset(config.data.dataset, config.data.test_dataset)
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One run directory: ``path``, with its data read from ``data`` where they have moved.
+    """One run directory: ``path``, with its data read from ``data`` and its given test set
+    from ``test_data`` where they have moved.
 
     The configuration, dataset and split are read once, when first asked for; the label
     store, checkpoint, rounds and report are read anew at every call, since commands
@@ -140,15 +176,24 @@ class Run:
 
     path: Path
     data: str | None = None
+    test_data: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))  # a str or PathLike works too
 
     @classmethod
-    def open(cls, run_dir: str | os.PathLike[str], command: str, *, data: str | None = None) -> Run:
+    def open(
+        cls,
+        run_dir: str | os.PathLike[str],
+        command: str,
+        *,
+        data: str | None = None,
+        test_data: str | None = None,
+    ) -> Run:
         """``run_dir`` checked to be a run directory (a folder with a checkpoint or a
         ``config.toml``) before anything is written there; ``command`` names the command
-        in the error."""
+        in the error. ``test_data`` (where the run's given test set has moved) is refused
+        here too, for a run that was given none (``no_test_set_to_move``)."""
         path = Path(run_dir)
         if not path.is_dir():
             raise CheckpointError(f"{command} expects a run directory, got {os.fspath(path)!r}")
@@ -157,7 +202,10 @@ class Run:
                 f"{os.fspath(path)!r} is not a run directory (it has neither {CHECKPOINT_NAME} "
                 f"nor {CONFIG_NAME})"
             )
-        return cls(path, data)
+        run = cls(path, data, test_data)
+        if test_data is not None and not run.recorded_test_set():
+            raise no_test_set_to_move(f"run {os.fspath(path)!r}")
+        return run
 
     # ---- the layout ---------------------------------------------------------------------
 
@@ -239,18 +287,25 @@ class Run:
 
         return SSVAEClassifier.load(self.checkpoint_path, registry=registry)
 
+    def recorded_test_set(self) -> str:
+        """The run's given test set as its checkpoint (before the first one, its
+        ``config.toml``) records it: ``data.test_dataset``, empty for a held-out fifth."""
+        config = self.manifest()["config"] if self.checkpoint_path.exists() else read_toml(self.config_path)
+        data = config.get("data")
+        return str(data.get("test_dataset") or "") if isinstance(data, dict) else ""
+
     @functools.cached_property
     def config(self) -> Config:
         """The configuration the checkpoint was trained with, reading its data from
-        ``data`` where given."""
-        return with_data(config_from_dict(self.manifest()["config"]), self.data)
+        ``data`` and its given test set from ``test_data`` where given."""
+        return with_data(config_from_dict(self.manifest()["config"]), self.data, self.test_data)
 
     # ---- data, split and labels -----------------------------------------------------------
 
     @functools.cached_property
     def dataset(self) -> Dataset:
-        """The run's dataset (``config.data.dataset``)."""
-        return load_dataset(self.config.data.dataset, self.config.data.test_dataset)
+        """The run's dataset (``config.data.dataset``, with its given test set)."""
+        return load_run_data(self.config)
 
     @functools.cached_property
     def split(self) -> Split:
@@ -291,6 +346,8 @@ __all__ = [
     "REPORT_NAME",
     "Run",
     "chosen_labels",
+    "load_run_data",
+    "no_test_set_to_move",
     "resolvable",
     "split_dataset",
     "split_protocol",

@@ -25,12 +25,12 @@ import numpy as np
 
 from ssvae_core.api import CheckpointCallback, SSVAEClassifier
 from ssvae_core.config import dumps_toml
-from ssvae_core.data.loading import Dataset, Split, from_arrays, load_dataset
+from ssvae_core.data.loading import Dataset, Split, from_arrays
 from ssvae_core.errors import DataError
 from ssvae_core.labels.rounds import ROUNDS_NAME, record_round, seconds_between, trained_classes
 from ssvae_core.labels.store import LabelStore
 from ssvae_core.runs.reports import write_report
-from ssvae_core.runs.run import Run, split_dataset, write_text
+from ssvae_core.runs.run import Run, load_run_data, split_dataset, write_text
 from ssvae_core.runs.rundir import RunLock
 from ssvae_core.training import JsonLinesSink, MetricSink
 from ssvae_core.training.distributed import PeerStopped, all_agree, process_count
@@ -136,7 +136,7 @@ def finish_round(
 
 def classifier_data(classifier: SSVAEClassifier) -> tuple[Dataset, Split]:
     """The dataset and split of the classifier's own configuration."""
-    dataset = load_dataset(classifier.config.data.dataset, classifier.config.data.test_dataset)
+    dataset = load_run_data(classifier.config)
     return dataset, split_dataset(dataset, classifier.config)
 
 

@@ -330,6 +330,7 @@ def serve(
     port: int = DEFAULT_PORT,
     token: str | None = None,
     data: str | None = None,
+    test_data: str | None = None,
     open_browser: bool = False,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
@@ -339,7 +340,7 @@ def serve(
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"--port must be from 0 (any free port) to 65535; got {port!r}")
     token = new_token() if token is None else token
-    Run.open(run_dir, "studio").require_checkpoint("before opening it in the studio")
+    Run.open(run_dir, "studio", data=data, test_data=test_data).require_checkpoint("before opening it in the studio")
     try:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -352,7 +353,7 @@ def serve(
             "(0 picks a free one) or --host"
         ) from None
     try:
-        session = StudioSession(run_dir, data=data)
+        session = StudioSession(run_dir, data=data, test_data=test_data)
     except BaseException:
         sock.close()
         raise

@@ -171,9 +171,10 @@ class StudioSession:
         run_dir: str | os.PathLike[str],
         *,
         data: str | None = None,
+        test_data: str | None = None,
         registry: Registry | None = None,
     ):
-        self.run = run = Run.open(run_dir, "studio", data=data)
+        self.run = run = Run.open(run_dir, "studio", data=data, test_data=test_data)
         self.out = run.path
         self.registry = registry or default_registry()
         self._lock = run.lock().acquire()
@@ -183,7 +184,7 @@ class StudioSession:
             run.rounds()  # a damaged run file is refused here, in one line
             run.report()
             self.config = run.config
-            self.data = data
+            self.data, self.test_data = data, test_data
             self.dataset = run.dataset
             self.split = run.split
             self.train_rows = np.asarray(self.split.train, dtype=np.int64)
@@ -668,7 +669,7 @@ class StudioSession:
             if job.cancel.is_set():
                 raise RetrainCancelled
             report = retrain_run(
-                self.out, steps, registry=self.registry, sinks=[sink], data=self.data,
+                self.out, steps, registry=self.registry, sinks=[sink], data=self.data, test_data=self.test_data,
                 held_lock=self._lock, intermediate_checkpoints=False, store=store,
             )
             accuracy = report.get("test_accuracy")
