@@ -205,9 +205,10 @@ def test_dataset_refuses_a_test_part_as_large_as_itself() -> None:
 
 def test_auto_preset_picks_conv_for_images_of_16_pixels_and_dense_otherwise() -> None:
     assert "auto" in preset_names()
-    mnist = auto_table((28, 28), 48000, [4800] * 10, has_unlabeled=False)
+    mnist = auto_table((28, 28), 60000, [6000] * 10, has_unlabeled=False)
     assert mnist["encoder"]["name"] == "conv" and mnist["loss"]["graph_label"]["deskew"]
-    assert mnist["train"] == {"steps": 4000, "batch_size": 128}
+    assert mnist["train"] == {"steps": 8000, "batch_size": 128}  # 17 passes, rounded up to 500
+    assert auto_table((28, 28), 8000, [800] * 10, has_unlabeled=False)["train"]["steps"] == 4000
     assert mnist["data"]["labels_per_class"] == 10
     colour = auto_table((32, 32, 3), 40, [10, 10, 10, 10], has_unlabeled=True)
     assert colour["encoder"]["name"] == "conv" and "deskew" not in colour["loss"]["graph_label"]

@@ -20,9 +20,10 @@ AUTO = "auto"
 AUTO_CONV_SIDE = 16
 # Labeled rows per class below which the auto preset uses every label instead of 10 per class.
 AUTO_ALL_LABELS_BELOW = 20
-# The shipped presets' step count and batch size, tuned on 1.4k (digits) and 48k (mnist)
-# training rows; beyond that the auto preset keeps 10 passes over the training rows.
-AUTO_STEPS, AUTO_BATCH, AUTO_EPOCHS, AUTO_MAX_STEPS = 4000, 128, 10, 20000
+# The shipped presets' step count and batch size, tuned on 1.4k (digits) and 8k (mnist10k)
+# training rows; beyond that the auto preset makes 17 passes over the training rows (full
+# MNIST's 60k, validation split: 0.9827 at 8,000 steps against 0.9787 at 4,000).
+AUTO_STEPS, AUTO_BATCH, AUTO_EPOCHS, AUTO_MAX_STEPS = 4000, 128, 17, 20000
 
 
 def preset_names() -> list[str]:
@@ -101,7 +102,7 @@ def auto_table(
       deskewed graph only for one-channel images; everything else (smaller images, feature
       vectors) takes the ``digits`` preset (dense networks);
     - ``prior.num_components`` is at least the number of classes;
-    - ``train.steps`` is 4000, or 10 passes over the training rows when that is more (at
+    - ``train.steps`` is 4000, or 17 passes over the training rows when that is more (at
       most 20000); ``train.batch_size`` is 128, or the largest power of two up to half the
       training rows when they are fewer than 256 (at least 8);
     - ``data.labels_per_class`` is ``"all"`` when the data have unlabeled rows (their labels
