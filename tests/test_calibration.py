@@ -315,6 +315,11 @@ def test_markdown_report_says_how_p_was_calibrated() -> None:
     assert "1149 unlabeled training rows" in text and "estimated accuracy 1.0000" in text
     assert "over 0.8411, the lower bound of the propagation's accuracy on 100 held-out labels (0.9000)" in text
     assert "ECE without it 0.0779" in text
+    report["calibration"]["independence_rejected"] = True
+    report["calibration"]["graph_features"] = {"chosen": "plain pixels"}
+    text = markdown_report(report)
+    assert "taken as it is: above what independent mistakes allow" in text and "over 0.8411" not in text
+    assert "a graph of the plain pixels" in text
     report["calibration"]["learned_propagation"] = True
     assert "which the model learned from" in markdown_report(report)
 

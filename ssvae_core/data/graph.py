@@ -151,6 +151,14 @@ def deskew_option(default: bool = False) -> bool:
     )
 
 
+def choose_features_option(default: bool = False) -> bool:
+    """The ``choose_features`` option of a component that builds an input-space graph."""
+    return option(
+        default,
+        help="build the graph from the blur and deskew set here only where they propagate the labels at least as well as the plain pixels, each labeled row left out in turn (needs a class with two labels; otherwise, or when false, the features set here)",
+    )
+
+
 def deskewed(images: np.ndarray) -> np.ndarray:
     """Each image sheared so that its ink stands upright, and centred on its centre of mass.
 

@@ -7,7 +7,10 @@ confidence should match is estimated on the unlabeled training rows instead
 (``docs/maths.md``, "Calibration"):
 
 1. the few labels are propagated over the pixel kNN graph (``propagate``, the
-   propagation of ``ssvae_core.data.graph``), a classifier that never sees the model;
+   propagation of ``ssvae_core.data.graph``), a classifier that never sees the model; with
+   ``choose_features`` the graph is built from the configured features (blur, deskewing)
+   or the plain pixels, whichever propagates the held-out labels better
+   (``ssvae_core.data.propagation.choose_features``);
 2. each unlabeled training row is seen once more through an augmented view (the training
    augmentation, ``[augment]``): the model is surer of the very images it was trained on
    than of new ones, and a view stands in for a new image;
@@ -19,7 +22,9 @@ confidence should match is estimated on the unlabeled training rows instead
    measured by leaving each labeled example out of the propagation in turn, where every
    class has a label left (two or more labels per class), and taken at the lower end of
    its uncertainty (a one-sided 95 % Wilson bound), so that few held-out labels make the
-   calibration do less rather than more;
+   calibration do less rather than more. Independent mistakes cannot agree on much more
+   than the propagation is right: an agreement above the upper end of that bound (the
+   propagation's accuracy is low and the model errs with it) is taken as it is;
 4. the temperature ``T ≥ 1`` of ``p_T(y|x) ∝ p(y|x)^{1/T}`` is the one whose mean confidence
    on the views is ``â`` (``T = 1`` when the model is no more confident than ``â``).
 
@@ -37,10 +42,17 @@ from typing import Any
 
 import jax
 import numpy as np
-import scipy.sparse
 
 from ssvae_core.data.augment import AugmentConfig, augment_batch
-from ssvae_core.data.graph import blur_option, deskew_option, knn_affinity, smoothed_rows
+from ssvae_core.data.graph import blur_option, choose_features_option, deskew_option, smoothed_rows
+from ssvae_core.data.propagation import (
+    Propagation,
+    choose_features,
+    propagate,
+    subsample,
+    wilson_lower_bound,
+    wilson_upper_bound,
+)
 from ssvae_core.errors import DataError
 from ssvae_core.options import option
 
@@ -50,19 +62,23 @@ ERROR_MODELS = ("auto", "shared", "independent")
 # T is searched in [1, MAX_TEMPERATURE] by this many bisections of log T.
 MAX_TEMPERATURE = 1e4
 _BISECTIONS = 100
-# The seeded subsample of unlabeled rows the fit reads (all of them when fewer), and the
-# key of their augmented views.
-MAX_ROWS = 20000
-ROWS_SEED = 0
+# The key of the augmented views of the rows the fit reads (``subsample``: every labeled
+# row and a seeded draw of at most 20,000 unlabeled ones).
 VIEWS_SEED = 0
 VIEWS_BATCH = 1024
-# The propagation's solves stop when every column's residual has shrunk by this factor.
-TOLERANCE = 1e-10
-MAX_ITERATIONS = 1000
-# The labeled rows left out in turn (a seeded subsample when there are more), and the
-# normal quantile of the one-sided lower bound taken of their accuracy (95 %).
-MAX_HELD_OUT = 200
-BOUND_Z = 1.645
+
+__all__ = [
+    "Calibration",
+    "CalibrationConfig",
+    "Propagation",
+    "fit_calibration",
+    "fit_temperature",
+    "mean_confidence",
+    "propagate",
+    "temper",
+    "wilson_lower_bound",
+    "wilson_upper_bound",
+]
 
 
 @dataclass(frozen=True)
@@ -78,9 +94,10 @@ class CalibrationConfig:
     )
     blur: float = blur_option()
     deskew: bool = deskew_option()
+    choose_features: bool = choose_features_option()
     errors: str = option(
         "auto",
-        help="how the model's mistakes relate to the propagation's: 'shared' takes the agreement as the accuracy estimate (the model learned the propagated labels and their mistakes); 'independent' divides it by a lower bound of the propagation's held-out accuracy, and fits nothing (T = 1) where none is measurable (no class with two labels); 'auto' is 'shared' when the graph-label term [loss.graph_label] is on, else 'independent' but taking the agreement as it is where no held-out accuracy is measurable",
+        help="how the model's mistakes relate to the propagation's: 'shared' takes the agreement as the accuracy estimate (the model learned the propagated labels and their mistakes); 'independent' divides it by a lower bound of the propagation's held-out accuracy — unless the agreement is above the upper bound of that accuracy, which independent mistakes could not give, and is then taken as it is — and fits nothing (T = 1) where none is measurable (no class with two labels); 'auto' is 'shared' when the graph-label term [loss.graph_label] is on, else 'independent' but taking the agreement as it is where no held-out accuracy is measurable",
         choices=ERROR_MODELS,
     )
 
@@ -201,105 +218,39 @@ def augmented_views(x: np.ndarray, augment: AugmentConfig, seed: int = VIEWS_SEE
     return np.concatenate(chunks)
 
 
-def _solve(operator: scipy.sparse.csr_matrix, alpha: float, source: np.ndarray) -> np.ndarray:
-    """``(I − αS)⁻¹ source``, column by column, by conjugate gradients: ``S`` is symmetric
-    with eigenvalues in ``[−1, 1]``, so ``I − αS`` is positive definite with condition
-    number at most ``(1 + α)/(1 − α)`` (about 40 steps at α = 0.9, where the fixed-point
-    iteration ``u ← αSu + source`` needs about 250)."""
-    solution = np.zeros_like(source)
-    residual = source.copy()
-    direction = residual.copy()
-    squares = np.sum(residual * residual, axis=0)
-    stop = TOLERANCE**2 * squares
-    for _ in range(MAX_ITERATIONS):
-        if np.all(squares <= stop):
-            break
-        image = direction - alpha * (operator @ direction)
-        curvature = np.sum(direction * image, axis=0)
-        step = np.divide(squares, curvature, out=np.zeros_like(squares), where=curvature > 0)
-        solution += step * direction
-        residual -= step * image
-        following = np.sum(residual * residual, axis=0)
-        ratio = np.divide(following, squares, out=np.zeros_like(squares), where=squares > 0)
-        direction = residual + ratio * direction
-        squares = following
-    return solution
+def _propagation(
+    config: CalibrationConfig, x: np.ndarray, labels: np.ndarray, num_classes: int
+) -> tuple[Propagation, dict[str, Any]]:
+    """The labels propagated over the graph of ``x`` — its configured features, or with
+    ``choose_features`` whichever of them and the plain pixels the held-out labels prefer —
+    and the facts of that choice."""
+    if not config.choose_features:
+        rows = smoothed_rows(x, config.blur, deskew=config.deskew)
+        return propagate(rows, labels, num_classes, neighbours=config.neighbours, alpha=config.alpha), {}
+    choice = choose_features(
+        x, labels, num_classes, blur=config.blur, deskew=config.deskew, neighbours=config.neighbours, alpha=config.alpha
+    )
+    propagation = choice.propagation
+    if propagation is None:
+        rows = smoothed_rows(x, choice.blur, deskew=choice.deskew)
+        propagation = propagate(rows, labels, num_classes, neighbours=config.neighbours, alpha=config.alpha)
+    return propagation, {"graph_features": choice.facts}
 
 
-@dataclass(frozen=True)
-class Propagation:
-    """Labels spread over the pixel kNN graph (as in ``ssvae_core.data.graph``):
-    ``F = (1 − α)(I − αS)⁻¹ Y``, unnormalised, and ``held_out``, whether each labeled row
-    left out of ``Y`` gets its own label back (``None`` when no class has two labels)."""
-
-    spread: np.ndarray  # (N, Y)
-    held_out: np.ndarray | None  # (n,) bool
-
-    @property
-    def labels(self) -> np.ndarray:
-        """``argmax_y F_iy``; ``-1`` for a row no label reaches."""
-        reached = np.max(self.spread, axis=-1) > 0
-        return np.where(reached, np.argmax(self.spread, axis=-1), -1)
-
-    @property
-    def accuracy(self) -> float | None:
-        """The share of held-out labeled rows the propagation labels right."""
-        return None if self.held_out is None else float(np.mean(self.held_out))
-
-    @property
-    def accuracy_bound(self) -> float | None:
-        """``wilson_lower_bound`` of ``accuracy``."""
-        if self.held_out is None:
-            return None
-        return wilson_lower_bound(int(np.sum(self.held_out)), int(self.held_out.size))
-
-
-def wilson_lower_bound(successes: int, trials: int, z: float = BOUND_Z) -> float:
-    """The lower end of Wilson's score interval for a share ``successes / trials``:
-    ``(p̂ + z²/2n − z √(p̂(1 − p̂)/n + z²/4n²)) / (1 + z²/n)``; below ``p̂``, the more so the
-    fewer the trials."""
-    if trials < 1:
-        raise ValueError("a share needs at least one trial")
-    share = successes / trials
-    z2 = z * z
-    centre = share + z2 / (2 * trials)
-    spread = z * np.sqrt(share * (1 - share) / trials + z2 / (4 * trials * trials))
-    return float((centre - spread) / (1 + z2 / trials))
-
-
-def propagate(
-    x: np.ndarray, labels: np.ndarray, num_classes: int, *, neighbours: int, alpha: float
-) -> Propagation:
-    """Spread ``labels`` (``-1`` unknown) over the kNN graph of ``x`` and leave each
-    labeled row out in turn.
-
-    ``S = D^{−1/2} W D^{−1/2}`` (``ssvae_core.data.graph.knn_affinity``); ``F`` is the fixed
-    point of ``F ← αSF + (1 − α)Y``, as in ``ssvae_core.data.graph``. Leaving row ``i``
-    out removes ``(1 − α) G_{·i} onehot(y_i)`` from ``F``, ``G = (I − αS)⁻¹``, so its own
-    row becomes ``F_i − (1 − α) G_ii onehot(y_i)``: one solve per left-out row, for at most
-    ``MAX_HELD_OUT`` rows (seeded) of classes with another label.
-    """
-    labels = np.asarray(labels)
-    affinity = knn_affinity(x, neighbours)
-    degree = np.asarray(affinity.sum(axis=1)).ravel()
-    scale = scipy.sparse.diags(1.0 / np.sqrt(np.maximum(degree, np.finfo(np.float64).tiny)))
-    operator = (scale @ affinity @ scale).tocsr()
-    known = np.flatnonzero(labels >= 0)
-    seeds = np.zeros((labels.size, num_classes))
-    seeds[known, labels[known]] = 1.0 - alpha
-    spread = _solve(operator, alpha, seeds)
-    per_class = np.bincount(labels[known], minlength=num_classes)
-    eligible = known[per_class[labels[known]] >= 2]
-    if eligible.size == 0:
-        return Propagation(spread, None)
-    if eligible.size > MAX_HELD_OUT:
-        eligible = np.sort(np.random.default_rng(ROWS_SEED).choice(eligible, MAX_HELD_OUT, replace=False))
-    units = np.zeros((labels.size, eligible.size))
-    units[eligible, np.arange(eligible.size)] = 1.0
-    own = _solve(operator, alpha, units)[eligible, np.arange(eligible.size)]
-    left_out = spread[eligible].copy()
-    left_out[np.arange(eligible.size), labels[eligible]] -= (1.0 - alpha) * own
-    return Propagation(spread, np.argmax(left_out, axis=-1) == labels[eligible])
+def _accuracy_estimate(
+    agreement: float, propagation: Propagation, learned_propagation: bool, num_classes: int
+) -> tuple[float, bool]:
+    """``â`` and whether independent mistakes were ruled out: the agreement as it is where
+    the model learned the propagation, or where no held-out accuracy is measurable, or where
+    the agreement is above the upper bound of that accuracy (independent mistakes agree on
+    about the propagation's accuracy at most, so the two err together); else the agreement
+    over the lower bound."""
+    bound = propagation.accuracy_bound
+    if learned_propagation or bound is None:
+        return agreement, False
+    if agreement > propagation.accuracy_upper_bound:
+        return agreement, True
+    return min(1.0, agreement / max(bound, 1.0 / num_classes)), False
 
 
 def fit_calibration(
@@ -334,14 +285,8 @@ def fit_calibration(
         reason = "the training rows hold labels of fewer than two classes: nothing to propagate"
     if reason is not None:
         return Calibration(config.method, 1.0, step, {"reason": reason})
-    if unlabeled.size > MAX_ROWS:
-        keep = np.random.default_rng(ROWS_SEED).choice(unlabeled, MAX_ROWS, replace=False)
-        rows = np.sort(np.concatenate([np.flatnonzero(labels >= 0), keep]))
-    else:
-        rows = np.arange(labels.size)
-    propagation = propagate(
-        smoothed_rows(x[rows], config.blur, deskew=config.deskew), labels[rows], num_classes, neighbours=config.neighbours, alpha=config.alpha
-    )
+    rows = subsample(labels)
+    propagation, facts = _propagation(config, x[rows], labels[rows], num_classes)
     pool = (labels[rows] < 0) & (propagation.labels >= 0)
     if not np.any(pool):
         reason = "no label reaches an unlabeled training row over the graph"
@@ -357,9 +302,7 @@ def fit_calibration(
     probabilities = np.asarray(predict(augmented_views(x[rows][pool], augment)))
     agreement = float(np.mean(np.argmax(probabilities, axis=-1) == propagation.labels[pool]))
     propagation_accuracy, bound = propagation.accuracy, propagation.accuracy_bound
-    estimate = agreement
-    if not learned_propagation and bound is not None:
-        estimate = min(1.0, agreement / max(bound, 1.0 / num_classes))
+    estimate, rejected = _accuracy_estimate(agreement, propagation, learned_propagation, num_classes)
     temperature = fit_temperature(probabilities, estimate)
     return Calibration(
         config.method,
@@ -372,8 +315,10 @@ def fit_calibration(
             "propagation_accuracy_bound": None if bound is None else round(bound, 6),
             "held_out": 0 if propagation.held_out is None else int(propagation.held_out.size),
             "learned_propagation": bool(learned_propagation),
+            "independence_rejected": bool(rejected),
             "accuracy_estimate": round(estimate, 6),
             "confidence_before": round(mean_confidence(probabilities), 6),
             "confidence_after": round(mean_confidence(temper(probabilities, temperature)), 6),
+            **facts,
         },
     )

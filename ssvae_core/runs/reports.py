@@ -199,8 +199,16 @@ def calibration_summary(calibration: dict[str, Any]) -> str:
             f"propagated over the pixel graph ({calibration['agreement']:.4f})"
         )
         bound = calibration.get("propagation_accuracy_bound")
+        features = calibration.get("graph_features", {}).get("chosen")
+        if features == "plain pixels":
+            text += " (a graph of the plain pixels, which propagate the held-out labels better than the configured features)"
         if calibration.get("learned_propagation"):
             text += ", which the model learned from"
+        elif calibration.get("independence_rejected"):
+            text += (
+                f", taken as it is: above what independent mistakes allow, the upper bound of the "
+                f"propagation's accuracy on {calibration['held_out']} held-out labels ({calibration['propagation_accuracy']:.4f})"
+            )
         elif bound is not None:
             text += (
                 f" over {bound:.4f}, the lower bound of the propagation's accuracy on "

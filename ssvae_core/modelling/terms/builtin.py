@@ -18,6 +18,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ssvae_core.data.graph import (
     blur_option,
+    choose_features_option,
     clusters_to_channels,
     deskew_option,
     graph_labels,
@@ -26,6 +27,7 @@ from ssvae_core.data.graph import (
     spectral_clusters,
 )
 from ssvae_core.data.neighbours import nearest_neighbours
+from ssvae_core.data.propagation import choose_features
 from ssvae_core.modelling.components import BuildContext, ComponentFactory
 from ssvae_core.modelling.losses import (
     agreement_loss,
@@ -283,6 +285,7 @@ class GraphLabelOptions(TermOptions):
     )
     blur: float = blur_option()
     deskew: bool = deskew_option()
+    choose_features: bool = choose_features_option()
 
     def validate(self) -> None:
         if self.alpha >= 1.0:
@@ -293,9 +296,11 @@ class GraphLabelTerm(AbstractPreparedTerm):
     """The head's supervised loss on unlabeled rows labeled by propagation over the input
     kNN graph (``ssvae_core.data.graph``); those labels never reach the τ counts.
 
-    ``share``, ``neighbours``, ``alpha``, ``per_class``, ``blur`` and ``deskew`` are read
-    on the host by ``prepare`` only, in full precision; as static fields, changing one of
-    them compiles the step anew.
+    ``share``, ``neighbours``, ``alpha``, ``per_class``, ``blur``, ``deskew`` and
+    ``choose_features`` are read on the host by ``prepare`` only, in full precision; as
+    static fields, changing one of them compiles the step anew. With ``choose_features``
+    the graph is built from ``blur`` and ``deskew`` or from the plain pixels, whichever
+    propagates the held-out labels better (``ssvae_core.data.propagation.choose_features``).
     """
 
     weight: Schedule
@@ -305,10 +310,17 @@ class GraphLabelTerm(AbstractPreparedTerm):
     per_class: bool = eqx.field(static=True)
     blur: float = eqx.field(static=True, default=0.0)
     deskew: bool = eqx.field(static=True, default=False)
+    choose_features: bool = eqx.field(static=True, default=False)
 
     def prepare(self, x: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+        blur, deskew = self.blur, self.deskew
+        if self.choose_features:
+            choice = choose_features(
+                x, labels, num_classes, blur=blur, deskew=deskew, neighbours=self.neighbours, alpha=self.alpha
+            )
+            blur, deskew = choice.blur, choice.deskew
         propagated = graph_labels(
-            smoothed_rows(x, self.blur, deskew=self.deskew),
+            smoothed_rows(x, blur, deskew=deskew),
             labels,
             num_classes,
             share=self.share,
@@ -434,6 +446,7 @@ def _graph_label(options: GraphLabelOptions, context: BuildContext, key: PRNGKey
         per_class=options.per_class,
         blur=options.blur,
         deskew=options.deskew,
+        choose_features=options.choose_features,
     )
 
 
