@@ -94,6 +94,8 @@ def evaluate_seed(args: argparse.Namespace, seed: int) -> dict[str, object]:
         **{name: clustering.get(name) for name in CLUSTERING},
         "ece_uncalibrated": None if label_free else (evaluation.get("calibration") or {}).get("ece_uncalibrated"),
         "temperature": None if label_free else (evaluation.get("calibration") or {}).get("temperature"),
+        # which graph the calibration read, where the labels chose it (choose_features)
+        "graph_features": ((evaluation.get("calibration") or {}).get("graph_features") or {}).get("chosen"),
         "free_channels": (evaluation.get("channels") or {}).get("free_channels", []),
         "num_labels": len(split.labeled),
         "wall_time_s": wall,
