@@ -13,6 +13,7 @@ from ssvae_core.api import SSVAEClassifier
 from ssvae_core.config import config_from_dict
 from ssvae_core.data.augment import AugmentConfig
 from ssvae_core.data.graph import propagate_labels
+from ssvae_core.data.propagation import propagate, wilson_lower_bound
 from ssvae_core.errors import ConfigError, DataError
 from ssvae_core.runs.calibration import (
     Calibration,
@@ -20,9 +21,7 @@ from ssvae_core.runs.calibration import (
     fit_calibration,
     fit_temperature,
     mean_confidence,
-    propagate,
     temper,
-    wilson_lower_bound,
 )
 from ssvae_core.runs.reports import markdown_report
 

@@ -50,8 +50,6 @@ from ssvae_core.data.propagation import (
     choose_features,
     propagate,
     subsample,
-    wilson_lower_bound,
-    wilson_upper_bound,
 )
 from ssvae_core.errors import DataError
 from ssvae_core.options import option
@@ -66,20 +64,6 @@ _BISECTIONS = 100
 # row and a seeded draw of at most 20,000 unlabeled ones).
 VIEWS_SEED = 0
 VIEWS_BATCH = 1024
-
-__all__ = [
-    "Calibration",
-    "CalibrationConfig",
-    "Propagation",
-    "fit_calibration",
-    "fit_temperature",
-    "mean_confidence",
-    "propagate",
-    "temper",
-    "wilson_lower_bound",
-    "wilson_upper_bound",
-]
-
 
 @dataclass(frozen=True)
 class CalibrationConfig:
