@@ -172,6 +172,63 @@ def test_the_graph_terms_build_their_graph_from_deskewed_images_when_told() -> N
             term.prepare(flat, labels, 2)
 
 
+def _faint_and_bold(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes of 4-pixel rows: ink mostly on the first two pixels or on the last two,
+    its direction turning a little from row to row, each row drawn at an intensity from 0.1
+    to 1 in shuffled order (0.02 to 1). In Euclidean distance a faint row of one class is nearer a
+    faint row of the other than a bold row of its own; in direction it is not."""
+    turn = np.linspace(0.0, 0.3, count)[:, None]
+    strength = np.random.default_rng(0).permutation(np.linspace(0.02, 1.0, count))[:, None]
+    first = strength * (np.array([1.0, 0.6, 0.0, 0.0]) + turn * np.array([0.0, 1.0, 0.3, 0.0]))
+    second = strength * (np.array([0.0, 0.0, 0.6, 1.0]) + turn * np.array([0.0, 0.3, 1.0, 0.0]))
+    return np.concatenate([first, second]), np.repeat([0, 1], count)
+
+
+def test_cosine_rows_have_unit_length_and_an_unknown_metric_is_refused() -> None:
+    from ssvae_core.data.graph import smoothed_rows
+
+    rows, _ = _faint_and_bold(5)
+    rows = np.concatenate([rows, np.zeros((1, 4))])
+    unit = smoothed_rows(rows, 0.0, metric="cosine")
+    np.testing.assert_allclose(np.linalg.norm(unit[:-1], axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(unit[-1], np.zeros(4))
+    np.testing.assert_array_equal(smoothed_rows(rows, 0.0), rows.astype(np.float32))
+    with pytest.raises(ValueError, match="unknown graph metric 'manhattan'; allowed: euclidean, cosine"):
+        smoothed_rows(rows, 0.0, metric="manhattan")
+
+
+def test_a_cosine_graph_joins_rows_by_their_direction_not_their_intensity() -> None:
+    from ssvae_core.data.graph import smoothed_rows
+
+    rows, classes = _faint_and_bold(20)
+    across = classes[:, None] != classes[None, :]
+    euclidean = knn_affinity(smoothed_rows(rows, 0.0), 3).toarray()
+    cosine = knn_affinity(smoothed_rows(rows, 0.0, metric="cosine"), 3).toarray()
+    assert euclidean[across].sum() > 0  # faint rows of the two classes are joined
+    assert cosine[across].sum() == 0
+    labels = np.full(40, -1)
+    labels[[0, 20]] = [0, 1]
+    term = GraphLabelTerm(Schedule(1.0), share=1.0, neighbours=3, alpha=0.9, per_class=False, metric="cosine")
+    found = term.prepare(rows, labels, 2)["graph_labels"]
+    unlabeled = labels < 0
+    assert np.all(found[unlabeled] == classes[unlabeled])
+
+
+def test_the_graph_metric_is_a_validated_option_of_every_graph_section() -> None:
+    from ssvae_core.config import load_config
+    from ssvae_core.errors import ConfigError
+
+    config = load_config(
+        None,
+        ["loss.graph_label.metric=cosine", "calibration.metric=cosine", "loss.graph_cluster.metric=cosine"],
+        preset="digits",
+    )
+    assert config.calibration.metric == "cosine"
+    with pytest.raises(ConfigError, match="metric") as raised:
+        load_config(None, ["loss.graph_label.metric=manhattan"], preset="digits")
+    assert "cosine" in str(raised.value)
+
+
 # --- approximate neighbours above a size ----------------------------------------------------
 
 

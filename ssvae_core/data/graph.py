@@ -151,6 +151,19 @@ def deskew_option(default: bool = False) -> bool:
     )
 
 
+GRAPH_METRICS = ("euclidean", "cosine")
+"""How an input-space graph measures distance between rows (``smoothed_rows``'s ``metric``)."""
+
+
+def metric_option(default: str = "euclidean") -> str:
+    """The ``metric`` option of a component that builds an input-space graph."""
+    return option(
+        default,
+        help="distance of the kNN graph: euclidean, or cosine (each row scaled to unit length, so an image's neighbours do not depend on how much ink it has)",
+        choices=GRAPH_METRICS,
+    )
+
+
 def choose_features_option(default: bool = False) -> bool:
     """The ``choose_features`` option of a component that builds an input-space graph."""
     return option(
@@ -202,9 +215,11 @@ def deskewed(images: np.ndarray) -> np.ndarray:
     return out[..., None] if single else out
 
 
-def smoothed_rows(x: np.ndarray, blur: float, *, deskew: bool = False) -> np.ndarray:
+def smoothed_rows(x: np.ndarray, blur: float, *, deskew: bool = False, metric: str = "euclidean") -> np.ndarray:
     """The rows of ``x`` flattened, images first deskewed (``deskewed``) when asked and
-    blurred by a Gaussian of ``blur`` pixels.
+    blurred by a Gaussian of ``blur`` pixels; with ``metric = "cosine"`` each row is then
+    scaled to unit length (a row of zeros stays so), so that the Euclidean distance between
+    rows, ``√(2 − 2 cos θ)``, orders neighbours by their cosine similarity.
 
     ``x`` is ``(N, H, W)`` or ``(N, H, W, C)`` for images (the blur acts on ``H`` and ``W``
     only); with ``blur = 0`` and no deskewing any shape is accepted and only flattened.
@@ -223,7 +238,13 @@ def smoothed_rows(x: np.ndarray, blur: float, *, deskew: bool = False) -> np.nda
 
         sigma = (0.0, blur, blur, 0.0)[: x.ndim]
         x = gaussian_filter(x, sigma=sigma)
-    return x.reshape(x.shape[0], -1)
+    rows = x.reshape(x.shape[0], -1)
+    if metric == "cosine":
+        length = np.linalg.norm(rows, axis=1, keepdims=True)
+        rows = np.divide(rows, length, out=np.zeros_like(rows), where=length > 0)
+    elif metric != "euclidean":
+        raise ValueError(f"unknown graph metric {metric!r}; allowed: {', '.join(GRAPH_METRICS)}")
+    return rows
 
 
 def spectral_clusters(

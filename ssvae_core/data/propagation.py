@@ -188,7 +188,15 @@ _CACHED_CHOICES = 4
 
 
 def choose_features(
-    x: np.ndarray, labels: np.ndarray, num_classes: int, *, blur: float, deskew: bool, neighbours: int, alpha: float
+    x: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    blur: float,
+    deskew: bool,
+    neighbours: int,
+    alpha: float,
+    metric: str = "euclidean",
 ) -> FeatureChoice:
     """The configured features (``blur``, ``deskew``) or the plain pixels, whichever
     propagates the held-out labels better over the kNN graph (``propagate``, on
@@ -209,12 +217,14 @@ def choose_features(
         return FeatureChoice(blur, deskew, {"chosen": "as configured (no class has two labels to leave one out)"})
     digest = hashlib.blake2b(x.view(np.uint8).ravel(), digest_size=16)
     digest.update(np.ascontiguousarray(labels, dtype=np.int64).view(np.uint8).ravel())
-    key = (digest.hexdigest(), x.shape, num_classes, float(blur), bool(deskew), int(neighbours), float(alpha))
+    key = (digest.hexdigest(), x.shape, num_classes, float(blur), bool(deskew), metric, int(neighbours), float(alpha))
     if key in _CHOICES:
         _CHOICES.move_to_end(key)
         return _CHOICES[key]
-    configured = propagate(smoothed_rows(x, blur, deskew=deskew), labels, num_classes, neighbours=neighbours, alpha=alpha)
-    plain = propagate(smoothed_rows(x, 0.0), labels, num_classes, neighbours=neighbours, alpha=alpha)
+    configured = propagate(
+        smoothed_rows(x, blur, deskew=deskew, metric=metric), labels, num_classes, neighbours=neighbours, alpha=alpha
+    )
+    plain = propagate(smoothed_rows(x, 0.0, metric=metric), labels, num_classes, neighbours=neighbours, alpha=alpha)
     ours, theirs = float(np.mean(configured.held_out_share)), float(np.mean(plain.held_out_share))
     keep = ours >= theirs
     choice = FeatureChoice(

@@ -44,7 +44,13 @@ import jax
 import numpy as np
 
 from ssvae_core.data.augment import AugmentConfig, augment_batch
-from ssvae_core.data.graph import blur_option, choose_features_option, deskew_option, smoothed_rows
+from ssvae_core.data.graph import (
+    blur_option,
+    choose_features_option,
+    deskew_option,
+    metric_option,
+    smoothed_rows,
+)
 from ssvae_core.data.propagation import (
     Propagation,
     choose_features,
@@ -78,6 +84,7 @@ class CalibrationConfig:
     )
     blur: float = blur_option()
     deskew: bool = deskew_option()
+    metric: str = metric_option()
     choose_features: bool = choose_features_option()
     errors: str = option(
         "auto",
@@ -209,14 +216,15 @@ def _propagation(
     ``choose_features`` whichever of them and the plain pixels the held-out labels prefer —
     and the facts of that choice."""
     if not config.choose_features:
-        rows = smoothed_rows(x, config.blur, deskew=config.deskew)
+        rows = smoothed_rows(x, config.blur, deskew=config.deskew, metric=config.metric)
         return propagate(rows, labels, num_classes, neighbours=config.neighbours, alpha=config.alpha), {}
     choice = choose_features(
-        x, labels, num_classes, blur=config.blur, deskew=config.deskew, neighbours=config.neighbours, alpha=config.alpha
+        x, labels, num_classes, blur=config.blur, deskew=config.deskew, metric=config.metric,
+        neighbours=config.neighbours, alpha=config.alpha,
     )
     propagation = choice.propagation
     if propagation is None:
-        rows = smoothed_rows(x, choice.blur, deskew=choice.deskew)
+        rows = smoothed_rows(x, choice.blur, deskew=choice.deskew, metric=config.metric)
         propagation = propagate(rows, labels, num_classes, neighbours=config.neighbours, alpha=config.alpha)
     return propagation, {"graph_features": choice.facts}
 

@@ -22,6 +22,7 @@ from ssvae_core.data.graph import (
     clusters_to_channels,
     deskew_option,
     graph_labels,
+    metric_option,
     propagate_labels,
     smoothed_rows,
     spectral_clusters,
@@ -285,6 +286,7 @@ class GraphLabelOptions(TermOptions):
     )
     blur: float = blur_option()
     deskew: bool = deskew_option()
+    metric: str = metric_option()
     choose_features: bool = choose_features_option()
 
     def validate(self) -> None:
@@ -296,8 +298,8 @@ class GraphLabelTerm(AbstractPreparedTerm):
     """The head's supervised loss on unlabeled rows labeled by propagation over the input
     kNN graph (``ssvae_core.data.graph``); those labels never reach the τ counts.
 
-    ``share``, ``neighbours``, ``alpha``, ``per_class``, ``blur``, ``deskew`` and
-    ``choose_features`` are read on the host by ``prepare`` only, in full precision; as
+    ``share``, ``neighbours``, ``alpha``, ``per_class``, ``blur``, ``deskew``, ``metric``
+    and ``choose_features`` are read on the host by ``prepare`` only, in full precision; as
     static fields, changing one of them compiles the step anew. With ``choose_features``
     the graph is built from ``blur`` and ``deskew`` or from the plain pixels, whichever
     propagates the held-out labels better (``ssvae_core.data.propagation.choose_features``).
@@ -311,16 +313,18 @@ class GraphLabelTerm(AbstractPreparedTerm):
     blur: float = eqx.field(static=True, default=0.0)
     deskew: bool = eqx.field(static=True, default=False)
     choose_features: bool = eqx.field(static=True, default=False)
+    metric: str = eqx.field(static=True, default="euclidean")
 
     def prepare(self, x: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
         blur, deskew = self.blur, self.deskew
         if self.choose_features:
             choice = choose_features(
-                x, labels, num_classes, blur=blur, deskew=deskew, neighbours=self.neighbours, alpha=self.alpha
+                x, labels, num_classes, blur=blur, deskew=deskew, metric=self.metric,
+                neighbours=self.neighbours, alpha=self.alpha,
             )
             blur, deskew = choice.blur, choice.deskew
         propagated = graph_labels(
-            smoothed_rows(x, blur, deskew=deskew),
+            smoothed_rows(x, blur, deskew=deskew, metric=self.metric),
             labels,
             num_classes,
             share=self.share,
@@ -351,6 +355,7 @@ class GraphClusterOptions(TermOptions):
     neighbours: int = option(10, help="k of the kNN graph the clusters are cut from", minimum=1)
     blur: float = blur_option()
     deskew: bool = deskew_option()
+    metric: str = metric_option()
     only_without_labels: bool = option(
         True,
         help="act only in a run with no label at all (the channels form before labels count; once labels exist, as in the label loop's later rounds, the term does nothing); false: in every run",
@@ -367,7 +372,7 @@ class GraphClusterTerm(AbstractPreparedTerm):
     The channels start from the graph's cluster structure instead of from wherever the
     encoder's first steps put them; the other terms refine them. With
     ``only_without_labels`` a run that has any label gets no targets (the term is 0).
-    ``neighbours``, ``blur``, ``deskew`` and ``only_without_labels`` are read on the host
+    ``neighbours``, ``blur``, ``deskew``, ``metric`` and ``only_without_labels`` are read on the host
     by ``prepare`` only.
     """
 
@@ -377,13 +382,14 @@ class GraphClusterTerm(AbstractPreparedTerm):
     blur: float = eqx.field(static=True)
     only_without_labels: bool = eqx.field(static=True, default=True)
     deskew: bool = eqx.field(static=True, default=False)
+    metric: str = eqx.field(static=True, default="euclidean")
     requires: ClassVar[frozenset[str]] = frozenset({"channels"})
 
     def prepare(self, x: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
         labels = np.asarray(labels)
         if self.only_without_labels and np.any(labels >= 0):
             return {"cluster_targets": np.full(labels.shape[0], -1, dtype=np.int32)}
-        rows = smoothed_rows(x, self.blur, deskew=self.deskew)
+        rows = smoothed_rows(x, self.blur, deskew=self.deskew, metric=self.metric)
         clusters = spectral_clusters(rows, self.clusters, num_neighbours=self.neighbours)
         mass = None
         if np.any(labels >= 0):
@@ -447,6 +453,7 @@ def _graph_label(options: GraphLabelOptions, context: BuildContext, key: PRNGKey
         blur=options.blur,
         deskew=options.deskew,
         choose_features=options.choose_features,
+        metric=options.metric,
     )
 
 
@@ -458,6 +465,7 @@ def _graph_cluster(options: GraphClusterOptions, context: BuildContext, key: PRN
         blur=options.blur,
         only_without_labels=options.only_without_labels,
         deskew=options.deskew,
+        metric=options.metric,
     )
 
 
