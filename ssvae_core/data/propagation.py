@@ -198,8 +198,8 @@ def choose_features(
     alpha: float,
     metric: str = "euclidean",
 ) -> FeatureChoice:
-    """The configured features (``blur``, ``deskew``) or the plain pixels, whichever
-    propagates the held-out labels better over the kNN graph (``propagate``, on
+    """The configured features (``blur``, ``deskew``) or the plain pixels, both on the
+    configured ``metric``, whichever propagates the held-out labels better over the kNN graph (``propagate``, on
     ``subsample(labels)``): the larger mean share of a left-out labeled row's propagated
     mass on its own label (``Propagation.held_out_share``; smoother than the share of rows
     labeled right, which few labels make a coarse count); a tie keeps the configured ones.
