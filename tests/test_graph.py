@@ -174,9 +174,9 @@ def test_the_graph_terms_build_their_graph_from_deskewed_images_when_told() -> N
 
 def _faint_and_bold(count: int) -> tuple[np.ndarray, np.ndarray]:
     """Two classes of 4-pixel rows: ink mostly on the first two pixels or on the last two,
-    its direction turning a little from row to row, each row drawn at an intensity from 0.1
-    to 1 in shuffled order (0.02 to 1). In Euclidean distance a faint row of one class is nearer a
-    faint row of the other than a bold row of its own; in direction it is not."""
+    its direction turning a little from row to row, each row drawn at an intensity from 0.02
+    to 1 in shuffled order. In Euclidean distance a faint row of one class is nearer a faint
+    row of the other than a bold row of its own; in direction it is not."""
     turn = np.linspace(0.0, 0.3, count)[:, None]
     strength = np.random.default_rng(0).permutation(np.linspace(0.02, 1.0, count))[:, None]
     first = strength * (np.array([1.0, 0.6, 0.0, 0.0]) + turn * np.array([0.0, 1.0, 0.3, 0.0]))
@@ -212,6 +212,13 @@ def test_a_cosine_graph_joins_rows_by_their_direction_not_their_intensity() -> N
     found = term.prepare(rows, labels, 2)["graph_labels"]
     unlabeled = labels < 0
     assert np.all(found[unlabeled] == classes[unlabeled])
+    # The cluster term cuts the same cosine graph: its two clusters are the two classes.
+    from ssvae_core.modelling.terms.builtin import GraphClusterTerm
+
+    clusters = GraphClusterTerm(
+        Schedule(1.0), clusters=2, neighbours=3, blur=0.0, only_without_labels=True, metric="cosine"
+    ).prepare(rows, np.full(40, -1), 2)["cluster_targets"]
+    assert len(set(clusters[:20])) == 1 and len(set(clusters[20:])) == 1 and clusters[0] != clusters[20]
 
 
 def test_the_graph_metric_is_a_validated_option_of_every_graph_section() -> None:

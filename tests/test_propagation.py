@@ -115,6 +115,22 @@ def test_the_graph_label_term_builds_its_graph_from_the_chosen_features() -> Non
     assert np.mean(as_set["graph_labels"][unlabeled] == truth[unlabeled]) < 0.8
 
 
+@pytest.mark.parametrize("choose", [False, True])
+def test_the_calibration_propagates_over_the_graph_of_its_metric(choose: bool) -> None:
+    from ssvae_core.runs.calibration import _propagation
+
+    x, truth = _checkerboards()
+    x = x * np.linspace(0.05, 1.0, x.shape[0], dtype=np.float32).reshape(-1, *([1] * (x.ndim - 1)))
+    labels = _labels(truth)
+    config = CalibrationConfig(neighbours=5, metric="cosine", choose_features=choose)
+    found, _ = _propagation(config, x, labels, 2)
+    rows = smoothed_rows(x, 0.0, metric="cosine")
+    expected = propagation_module.propagate(rows, labels, 2, neighbours=5, alpha=config.alpha)
+    np.testing.assert_allclose(found.spread, expected.spread, atol=1e-9)
+    euclidean = propagation_module.propagate(smoothed_rows(x, 0.0), labels, 2, neighbours=5, alpha=config.alpha)
+    assert not np.allclose(found.spread, euclidean.spread)
+
+
 def test_a_left_out_rows_share_is_its_propagated_mass_on_its_own_label() -> None:
     x, truth = _halves()
     labels = _labels(truth)

@@ -199,13 +199,14 @@ def choose_features(
     metric: str = "euclidean",
 ) -> FeatureChoice:
     """The configured features (``blur``, ``deskew``) or the plain pixels, both on the
-    configured ``metric``, whichever propagates the held-out labels better over the kNN graph (``propagate``, on
-    ``subsample(labels)``): the larger mean share of a left-out labeled row's propagated
-    mass on its own label (``Propagation.held_out_share``; smoother than the share of rows
-    labeled right, which few labels make a coarse count); a tie keeps the configured ones.
-    Nothing is measured — the configured features kept — when they are the plain pixels already or no class has two
-    labels. The graph-label term and the calibration ask the same question of the same
-    rows, so the last few answers are kept (keyed by a digest of the rows and labels).
+    configured ``metric``, whichever propagates the held-out labels better over the kNN
+    graph (``propagate``, on ``subsample(labels)``): the larger mean share of a left-out
+    labeled row's propagated mass on its own label (``Propagation.held_out_share``; smoother
+    than the share of rows labeled right, which few labels make a coarse count); a tie
+    keeps the configured ones. Nothing is measured — the configured features kept — when
+    they are the plain pixels already or no class has two labels. The graph-label term and
+    the calibration ask the same question of the same rows, so the last few answers are
+    kept (keyed by a digest of the rows and labels).
     """
     labels = np.asarray(labels)
     if blur == 0 and not deskew:
