@@ -17,9 +17,15 @@ from ssvae_core.api import SSVAEClassifier
 from ssvae_core.cli import main
 from ssvae_core.config import config_from_dict
 from ssvae_core.errors import ConfigError
-from ssvae_core.labels.acquisitions import kmeans_plus_plus, typical_picks
+from ssvae_core.labels.acquisitions import (
+    channels_formed,
+    kmeans_plus_plus,
+    resolved_space,
+    typical_picks,
+)
 from ssvae_core.labels.active import label_free_strategies
 from ssvae_core.labels.store import LabelStore
+from ssvae_core.modelling.types import AcquisitionInputs
 from ssvae_core.runs.metrics import clustering_accuracy, clustering_metrics, many_to_one_accuracy
 
 TINY = [
@@ -187,6 +193,57 @@ def test_typical_picks_skip_clusters_already_labeled() -> None:
     labeled[[0, 1, 40]] = True  # blobs 0 and 1 hold labels
     picks = typical_picks(points, labeled, 1, neighbours=5, seed=0)
     assert 70 <= int(picks[0]) < 90 and not labeled[picks].any()
+
+
+def _confident(channels: np.ndarray, num_channels: int, confidence: float = 0.97) -> np.ndarray:
+    r = np.full((channels.size, num_channels), (1 - confidence) / (num_channels - 1))
+    r[np.arange(channels.size), channels] = confidence
+    return r
+
+
+def test_channels_formed_needs_confident_examples_spread_over_the_channels() -> None:
+    channels = np.repeat(np.arange(4), 25)
+    assert channels_formed(_confident(channels, 4))
+    assert not channels_formed(_confident(np.zeros(100, int), 4))  # everything in one channel
+    assert not channels_formed(_confident(channels % 2, 8))  # two of eight channels in use
+    assert not channels_formed(np.full((100, 4), 0.25))  # no channel is confident
+    assert not channels_formed(_confident(channels, 4, confidence=0.6))
+    assert not channels_formed(np.zeros((100, 0)))  # a model without channels
+
+
+def _inputs(z_mean: np.ndarray, responsibilities: np.ndarray) -> AcquisitionInputs:
+    n = responsibilities.shape[0]
+    return AcquisitionInputs(
+        probabilities=jnp.full((n, 2), 0.5), certainty=jnp.zeros(n), responsibilities=jnp.asarray(responsibilities),
+        tau=None, z_mean=jnp.asarray(z_mean), z_log_var=jnp.zeros_like(jnp.asarray(z_mean)),
+        sample_probabilities=jnp.zeros((0, n, 2)), labeled=jnp.zeros(n, bool),
+    )
+
+
+def test_typical_reads_the_channels_once_they_have_formed() -> None:
+    from ssvae_core.labels.acquisitions import TypicalAcquisition
+
+    # channel 0 spreads over three far-apart blobs of μ(x); channels 1–3 share the fourth
+    z = _blobs((40, 40, 40, 60))
+    channels = np.concatenate([np.zeros(120, int), np.repeat([1, 2, 3], 20)])
+    formed = _inputs(z, _confident(channels, 4))
+    assert resolved_space(formed, "auto") == "responsibilities"
+    picks = np.asarray(TypicalAcquisition(space="auto", neighbours=5).select(formed, 4, jax.random.PRNGKey(0)))
+    assert sorted(channels[picks].tolist()) == [0, 1, 2, 3]
+    # within its channel each pick is typical of μ(x): not on the rim of its blob
+    blob = np.repeat([0, 1, 2, 3], [40, 40, 40, 60])
+    for pick in picks:
+        members = z[blob == blob[pick]]
+        radii = np.linalg.norm(members - members.mean(axis=0), axis=1)
+        assert np.linalg.norm(z[pick] - members.mean(axis=0)) < np.median(radii)
+    # on the posterior means alone three picks go to channel 0's blobs
+    by_mean = np.asarray(TypicalAcquisition(space="mean", neighbours=5).select(formed, 4, jax.random.PRNGKey(0)))
+    assert np.sum(channels[by_mean] == 0) == 3
+    # channels that have not formed (everything in one) leave auto on the posterior means
+    unformed = _inputs(z, _confident(np.zeros(180, int), 4))
+    assert resolved_space(unformed, "auto") == "mean"
+    auto = np.asarray(TypicalAcquisition(space="auto", neighbours=5).select(unformed, 4, jax.random.PRNGKey(0)))
+    assert sorted(auto.tolist()) == sorted(by_mean.tolist())
 
 
 def test_kmeans_plus_plus_spreads_a_batch_and_never_takes_a_labeled_example() -> None:

@@ -281,13 +281,45 @@ class DiverseAcquisition(AbstractAcquisition):
         return greedy_cover(inputs.z_mean, weights, inputs.labeled, count)
 
 
-REPRESENTATIONS = ("mean", "responsibilities", "both")
+REPRESENTATIONS = ("auto", "mean", "responsibilities", "both")
+
+#: ``auto`` reads the channels once they have formed: the examples are this confident in
+#: their channel on average (``mean_c max q(c|x)``) ...
+FORMED_CONFIDENCE = 0.9
+#: ... and the channels' usage spreads over at least this share of them (the effective
+#: number of channels, ``exp`` of the entropy of the mean responsibilities, over K).
+FORMED_SPREAD = 0.5
+
+
+def channels_formed(responsibilities: np.ndarray) -> bool:
+    """Whether the channels cluster the examples: each example confident in one channel
+    (mean ``max_c q(c|x)`` ≥ ``FORMED_CONFIDENCE``) and the examples spread over the
+    channels (effective number of channels ≥ ``FORMED_SPREAD`` × K). A model whose
+    channels hold nearly everything in one or two (a label-free model without the graph
+    clusters) fails the second; one with uniform responsibilities the first."""
+    r = np.asarray(responsibilities, dtype=np.float64)
+    if r.ndim != 2 or r.shape[0] == 0 or r.shape[1] < 2:
+        return False
+    usage = r.mean(axis=0)
+    usage = usage[usage > 0] / usage.sum()
+    spread = float(np.exp(-np.sum(usage * np.log(usage)))) / r.shape[1]
+    return float(r.max(axis=-1).mean()) >= FORMED_CONFIDENCE and spread >= FORMED_SPREAD
+
+
+def resolved_space(inputs: AcquisitionInputs, space: str) -> str:
+    """``auto`` → ``responsibilities`` where the channels have formed
+    (``channels_formed``), else ``mean``; any other space as it is."""
+    if space != "auto":
+        return space
+    return "responsibilities" if channels_formed(np.asarray(inputs.responsibilities)) else "mean"
 
 
 def representation(inputs: AcquisitionInputs, space: str) -> np.ndarray:
     """The examples as points: posterior means ``μ(x)`` standardised per dimension
     (``mean``), responsibilities ``q(c|x)`` (``responsibilities``), or both side by side,
-    the responsibilities scaled by ``√D`` so that each part weighs alike (``both``)."""
+    the responsibilities scaled by ``√D`` so that each part weighs alike (``both``);
+    ``auto`` as ``resolved_space`` decides."""
+    space = resolved_space(inputs, space)
     z = np.asarray(inputs.z_mean, dtype=np.float64)
     z = (z - z.mean(axis=0)) / np.maximum(z.std(axis=0), 1e-8)
     r = np.asarray(inputs.responsibilities, dtype=np.float64)
@@ -296,6 +328,15 @@ def representation(inputs: AcquisitionInputs, space: str) -> np.ndarray:
     if space == "responsibilities":
         return r
     return np.concatenate([z, r * np.sqrt(z.shape[-1])], axis=-1)
+
+
+def density_representation(inputs: AcquisitionInputs, space: str) -> np.ndarray:
+    """Where typicality is measured: the posterior means when the examples are placed by
+    their responsibilities alone (confident examples share nearly one point in ``q(c|x)``,
+    so density there says nothing about how typical an image is), else the same points."""
+    if resolved_space(inputs, space) == "responsibilities" and np.asarray(inputs.responsibilities).shape[-1] > 0:
+        return representation(inputs, "mean")
+    return representation(inputs, space)
 
 
 def typicality(points: np.ndarray, neighbours: int) -> np.ndarray:
@@ -310,11 +351,13 @@ def typicality(points: np.ndarray, neighbours: int) -> np.ndarray:
 
 
 def typical_picks(
-    points: np.ndarray, labeled: np.ndarray, count: int, *, neighbours: int, seed: int
+    points: np.ndarray, labeled: np.ndarray, count: int, *, neighbours: int, seed: int,
+    density_points: np.ndarray | None = None,
 ) -> np.ndarray:
     """TypiClust: k-means with ``|labeled| + count`` clusters; then, ``count`` times, the
     largest cluster with the fewest labeled or chosen members gives its most typical
-    unlabeled example (typicality within the cluster)."""
+    unlabeled example (typicality within the cluster, measured on ``density_points``,
+    by default the clustered points themselves)."""
     from sklearn.cluster import KMeans
 
     labeled = np.asarray(labeled, dtype=bool)
@@ -326,9 +369,10 @@ def typical_picks(
     sizes = np.bincount(assignment, minlength=clusters)
     covered = np.bincount(assignment[labeled], minlength=clusters)
     density = np.zeros(points.shape[0])
+    measured = points if density_points is None else density_points
     for c in range(clusters):
         members = np.flatnonzero(assignment == c)
-        density[members] = typicality(points[members], neighbours)
+        density[members] = typicality(measured[members], neighbours)
     taken = labeled.copy()
     remaining = np.bincount(assignment[~taken], minlength=clusters)
     picks = np.empty(count, dtype=np.int32)
@@ -400,17 +444,22 @@ class TypicalAcquisition(AbstractAcquisition):
     label_free: ClassVar[bool] = True
 
     def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
-        return jnp.asarray(typicality(representation(inputs, self.space), self.neighbours), dtype=jnp.float32)
+        points = density_representation(inputs, self.space)
+        return jnp.asarray(typicality(points, self.neighbours), dtype=jnp.float32)
 
     def select(self, inputs: AcquisitionInputs, count: int, key: PRNGKeyArray) -> Int[Array, " count"]:
-        points = representation(inputs, self.space)
-        picks = typical_picks(points, np.asarray(inputs.labeled), count, neighbours=self.neighbours, seed=_seed(key))
+        picks = typical_picks(
+            representation(inputs, self.space), np.asarray(inputs.labeled), count,
+            neighbours=self.neighbours, seed=_seed(key),
+            density_points=density_representation(inputs, self.space),
+        )
         return jnp.asarray(picks)
 
 
 class CoverAcquisition(AbstractAcquisition):
     """Typicality to the power ``power`` times the squared distance to the nearest labeled
-    or chosen example, maximised greedily (``greedy_cover``) in the chosen representation."""
+    or chosen example, maximised greedily (``greedy_cover``) in the chosen representation
+    (typicality on ``density_representation``)."""
 
     space: str = eqx.field(static=True)
     neighbours: int = eqx.field(static=True)
@@ -418,19 +467,18 @@ class CoverAcquisition(AbstractAcquisition):
     num_samples: int = eqx.field(static=True, default=0)
     label_free: ClassVar[bool] = True
 
-    def _weights(self, points: np.ndarray) -> np.ndarray:
-        density = typicality(points, self.neighbours)
+    def _weights(self, inputs: AcquisitionInputs) -> np.ndarray:
+        density = typicality(density_representation(inputs, self.space), self.neighbours)
         return (density / density.max()) ** self.power
 
     def score(self, inputs: AcquisitionInputs, key: PRNGKeyArray) -> Float[Array, " N"]:
         points = representation(inputs, self.space)
         distance = np.asarray(nearest_labeled(points, inputs.labeled), dtype=np.float64)
         distance[np.isinf(distance)] = 1.0
-        return jnp.asarray(self._weights(points) * distance, dtype=jnp.float32)
+        return jnp.asarray(self._weights(inputs) * distance, dtype=jnp.float32)
 
     def select(self, inputs: AcquisitionInputs, count: int, key: PRNGKeyArray) -> Int[Array, " count"]:
-        points = representation(inputs, self.space)
-        return greedy_cover(points, self._weights(points), inputs.labeled, count)
+        return greedy_cover(representation(inputs, self.space), self._weights(inputs), inputs.labeled, count)
 
 
 class BadgeAcquisition(AbstractAcquisition):
@@ -452,8 +500,9 @@ class BadgeAcquisition(AbstractAcquisition):
 @dataclass(frozen=True)
 class TypicalOptions:
     space: str = option(
-        "mean",
-        help="the representation: posterior means μ(x) standardised ('mean'), responsibilities q(c|x), or both side by side",
+        "auto",
+        help="the representation: posterior means μ(x) standardised ('mean'), responsibilities q(c|x) (typicality then on μ(x)), "
+        "both side by side, or 'auto': responsibilities once the channels have formed (confident and spread over the channels), else mean",
         choices=REPRESENTATIONS,
     )
     neighbours: int = option(20, help="nearest neighbours whose mean distance measures typicality", minimum=1)
