@@ -202,7 +202,7 @@ def main() -> int:
     parser.add_argument("--data-on-device", default="auto", choices=("auto", "on", "off"),
                         help="train.data_on_device of each fit")
     parser.add_argument("--recall", type=int, default=0, help="measure kNN recall on this many rows instead")
-    parser.add_argument("--work", type=Path, default=None, help="folder for the data and runs (default: a temporary one)")
+    parser.add_argument("--work", type=Path, default=None, help="folder under which a temporary folder holds the data and runs (created if missing; default: the system's)")
     args = parser.parse_args()
     try:
         sizes = [int(size) for size in args.sizes.split(",")]
@@ -214,6 +214,8 @@ def main() -> int:
     if args.recall:
         print(json.dumps(recall(images, min(args.recall, len(images)))), flush=True)
         return 0
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         for size in sizes:
             print(json.dumps(measure(images, labels, size, args.steps, Path(work), args.data_on_device)), flush=True)
