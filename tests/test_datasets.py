@@ -224,6 +224,23 @@ def test_auto_preset_picks_conv_for_images_of_16_pixels_and_dense_otherwise() ->
     assert "encoder" not in auto_table((28, 28), 100, [10] * 10, has_unlabeled=False, conv=False)
 
 
+def test_colour_folder_trains_without_labels_with_the_auto_preset(tmp_path: Path) -> None:
+    # the mnist preset's graph clusters act in a label-free run; colour images are not deskewed
+    assert all("deskew" not in table for table in auto_table((16, 16, 3), 40, [20, 20], has_unlabeled=False)["loss"].values()
+               if isinstance(table, dict))
+    root = _folder(tmp_path / "img", {"red": 12, "green": 12}, (16, 16, 3))
+    out = tmp_path / "run"
+    args = [
+        "train", "--data", str(root), "--out", str(out), "--preset", "auto", "--steps", "4",
+        "--labels-per-class", "0", "--set", "encoder.channels=[4]", "--set", "model.latent_dim=2",
+        "--set", "decoder.hidden=[8]", "--quiet",
+    ]  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["label_free"] is True and report["clustering"]["num_classes_present"] == 2
+
+
 def test_auto_preset_reads_the_data_the_overrides_name(tmp_path: Path) -> None:
     root = _folder(tmp_path / "img", {"a": 4, "b": 4}, (16, 16, 3), unlabeled=4)
     config = load_config(overrides=[f"data.dataset={json.dumps(str(root))}", "train.steps=7"], preset="auto")

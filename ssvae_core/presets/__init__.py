@@ -116,8 +116,8 @@ def auto_table(
     table.get("data", {}).pop("dataset", None)
     if image and not _one_channel(tuple(sample_shape)):
         # deskewing reads one-channel images (N, H, W) or (N, H, W, 1) only
-        table["loss"]["graph_label"].pop("deskew", None)
-        table["calibration"].pop("deskew", None)
+        for section in (table["loss"]["graph_label"], table["loss"]["graph_cluster"], table["calibration"]):
+            section.pop("deskew", None)
     classes = len(labeled_per_class)
     table["prior"]["num_components"] = max(int(table["prior"]["num_components"]), classes)
     batch = AUTO_BATCH if rows >= 2 * AUTO_BATCH else max(8, 2 ** int(math.log2(max(rows // 2, 1))))
