@@ -241,6 +241,17 @@ def test_colour_folder_trains_without_labels_with_the_auto_preset(tmp_path: Path
     assert report["label_free"] is True and report["clustering"]["num_classes_present"] == 2
 
 
+def test_deskewing_colour_images_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _folder(tmp_path / "img", {"red": 6, "green": 6}, (16, 16, 3))
+    args = [
+        "train", "--data", str(root), "--out", str(tmp_path / "run"), "--preset", "mnist", "--steps", "2",
+        "--labels-per-class", "all", "--quiet",
+    ]  # fmt: skip
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "loss.graph_label" in error and "one-channel images" in error and "Traceback" not in error
+
+
 def test_auto_preset_reads_the_data_the_overrides_name(tmp_path: Path) -> None:
     root = _folder(tmp_path / "img", {"a": 4, "b": 4}, (16, 16, 3), unlabeled=4)
     config = load_config(overrides=[f"data.dataset={json.dumps(str(root))}", "train.steps=7"], preset="auto")

@@ -29,6 +29,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ssvae_core.data.augment import AugmentConfig, augment_batch
+from ssvae_core.errors import ConfigError
 from ssvae_core.modelling.objective import Objective
 from ssvae_core.modelling.terms.base import prepared_fields
 from ssvae_core.modelling.types import Batch
@@ -122,7 +123,11 @@ def training_arrays(
     classes = num_classes if num_classes is not None else int(labels.max(initial=-1)) + 1
     fields: dict[str, np.ndarray] = {}
     for name, term in objective.named_terms() if objective is not None else ():
-        for field, values in prepared_fields(term, x, labels, classes).items():
+        try:
+            prepared = prepared_fields(term, x, labels, classes)
+        except ValueError as error:  # options the data cannot take (e.g. deskewing colour images)
+            raise ConfigError(f"loss.{name}: {error}") from None
+        for field, values in prepared.items():
             if field in fields:
                 raise ValueError(f"loss term {name!r} prepares {field!r}, which another term prepared")
             if np.shape(values)[:1] != (x.shape[0],):
