@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -224,23 +225,6 @@ def test_auto_preset_picks_conv_for_images_of_16_pixels_and_dense_otherwise() ->
     assert "encoder" not in auto_table((28, 28), 100, [10] * 10, has_unlabeled=False, conv=False)
 
 
-def test_colour_folder_trains_without_labels_with_the_auto_preset(tmp_path: Path) -> None:
-    # the mnist preset's graph clusters act in a label-free run; colour images are not deskewed
-    assert all("deskew" not in table for table in auto_table((16, 16, 3), 40, [20, 20], has_unlabeled=False)["loss"].values()
-               if isinstance(table, dict))
-    root = _folder(tmp_path / "img", {"red": 12, "green": 12}, (16, 16, 3))
-    out = tmp_path / "run"
-    args = [
-        "train", "--data", str(root), "--out", str(out), "--preset", "auto", "--steps", "4",
-        "--labels-per-class", "0", "--set", "encoder.channels=[4]", "--set", "model.latent_dim=2",
-        "--set", "decoder.hidden=[8]", "--quiet",
-    ]  # fmt: skip
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert main(args) == 0
-    report = json.loads((out / "report.json").read_text())
-    assert report["label_free"] is True and report["clustering"]["num_classes_present"] == 2
-
-
 def test_deskewing_colour_images_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _folder(tmp_path / "img", {"red": 6, "green": 6}, (16, 16, 3))
     args = [
@@ -263,17 +247,22 @@ def test_auto_preset_reads_the_data_the_overrides_name(tmp_path: Path) -> None:
 # --- the command line --------------------------------------------------------------------------
 
 
-def test_colour_folder_trains_through_the_cli_with_the_auto_preset_and_plots(tmp_path: Path) -> None:
-    root = _folder(tmp_path / "img", {"red": 6, "green": 6}, (16, 16, 3), unlabeled=4)
-    out = tmp_path / "run"
+def _train_auto(root: Path, out: Path, *extra: str) -> dict[str, Any]:
+    """``ssvae train --preset auto`` on ``root`` with a tiny model for 4 steps; its report."""
     args = [
         "train", "--data", str(root), "--out", str(out), "--preset", "auto", "--steps", "4",
-        "--set", "train.log_every=2", "--set", "encoder.channels=[4]", "--set", "model.latent_dim=2",
-        "--set", "decoder.hidden=[8]", "--quiet",
+        "--set", "encoder.channels=[4]", "--set", "model.latent_dim=2", "--set", "decoder.hidden=[8]",
+        "--quiet", *extra,
     ]  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(args) == 0
-    report = json.loads((out / "report.json").read_text())
+    return json.loads((out / "report.json").read_text())
+
+
+def test_colour_folder_trains_through_the_cli_with_the_auto_preset_and_plots(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "img", {"red": 6, "green": 6}, (16, 16, 3), unlabeled=4)
+    out = tmp_path / "run"
+    report = _train_auto(root, out, "--set", "train.log_every=2")
     assert report["protocol"] == "held-out fifth" and "test_dataset" not in report
     # the members are drawn in colour: a grey drawing has R = G = B everywhere
     pixels = np.asarray(Image.open(out / "plots" / "channel_reconstructions.png").convert("RGB"), dtype=int)
@@ -288,6 +277,14 @@ def test_colour_folder_trains_through_the_cli_with_the_auto_preset_and_plots(tmp
         channel = np.asarray(Image.open(io.BytesIO(session.channel_png(0))).convert("RGB"), dtype=int)
         assert np.abs(channel[..., 0] - channel[..., 1]).max() > 30
 
+
+def test_colour_folder_trains_without_labels_with_the_auto_preset(tmp_path: Path) -> None:
+    # the mnist preset's graph clusters act in a label-free run; on colour images they are not deskewed
+    loss = auto_table((16, 16, 3), 40, [20, 20], has_unlabeled=False)["loss"]
+    assert loss["graph_cluster"]["weight"] > 0 and "deskew" not in loss["graph_cluster"]
+    root = _folder(tmp_path / "img", {"red": 12, "green": 12}, (16, 16, 3))
+    report = _train_auto(root, tmp_path / "run", "--labels-per-class", "0")
+    assert report["label_free"] is True and report["clustering"]["num_classes_present"] == 2
 
 def test_bad_data_on_the_cli_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.csv"

@@ -334,7 +334,7 @@ def density_representation(inputs: AcquisitionInputs, space: str) -> np.ndarray:
     """Where typicality is measured: the posterior means when the examples are placed by
     their responsibilities alone (confident examples share nearly one point in ``q(c|x)``,
     so density there says nothing about how typical an image is), else the same points."""
-    if resolved_space(inputs, space) == "responsibilities" and np.asarray(inputs.responsibilities).shape[-1] > 0:
+    if resolved_space(inputs, space) == "responsibilities":
         return representation(inputs, "mean")
     return representation(inputs, space)
 
